@@ -1,0 +1,114 @@
+"""Message contracts: actor and queue names as data, and one payload dataclass per actor.
+
+Producers enqueue by name (``send("triggers.start", TriggerPayload(...))``) and never
+import actors; a contract test checks that every name declared here has an actor.
+Payloads are small and JSON-able, carry ids rather than rows, and gain fields only
+with defaults so that messages already on a queue still decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, TypeVar
+
+
+class Queue:
+    """Queue names. Each can be consumed by its own worker pool (deploy/pools.yaml)."""
+
+    TRIGGERS = "triggers"
+    STEPS = "steps"
+    TOOLS = "tools"
+    TOOLS_BROWSER = "tools.browser"
+    TOOLS_MEDIA = "tools.media"
+    TOOLS_EMAIL = "tools.email"
+    LLM = "llm"
+    SIDESHIFT = "sideshift"
+
+    ALL = (TRIGGERS, STEPS, TOOLS, TOOLS_BROWSER, TOOLS_MEDIA, TOOLS_EMAIL, LLM, SIDESHIFT)
+
+
+class Priority(IntEnum):
+    """Execution priorities (seed 002) mapped onto RabbitMQ message priority."""
+
+    LOW = 1
+    NORMAL = 3
+    HIGH = 6
+    CRITICAL = 9
+
+    @classmethod
+    def parse(cls, name: str | None) -> Priority:
+        """Map a priority name (any case) to its value; NORMAL when empty."""
+        if not name:
+            return cls.NORMAL
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(f"unknown priority {name!r}: expected LOW, NORMAL, HIGH or CRITICAL") from None
+
+
+#: RabbitMQ x-max-priority on every queue; must be >= the highest Priority.
+MAX_PRIORITY = 10
+
+#: Follow-on steps of running executions go ahead of first steps of new ones
+#: (DESIGN.md 3: a FIFO queue finishes a burst breadth-first). Added to the base priority.
+FOLLOW_ON_BOOST = 1
+
+
+@dataclass(frozen=True)
+class TriggerPayload:
+    """``triggers.start``: start (once) an execution of a workflow for one delivery."""
+
+    workflow_id: str
+    dedup_key: str
+    source: str
+    data: dict[str, Any] = field(default_factory=dict)
+    received_at: float = 0.0
+    priority: str = "NORMAL"
+
+
+@dataclass(frozen=True)
+class StepPayload:
+    """``steps.run`` and ``tools.call``: run one step of one execution (idempotent)."""
+
+    execution_id: str
+    step_id: str
+    iteration: int = 0
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """An actor's name, queue and payload type, declared once."""
+
+    name: str
+    queue: str
+    payload: type
+    doc: str
+
+
+ACTORS: dict[str, ActorSpec] = {
+    spec.name: spec
+    for spec in (
+        ActorSpec("triggers.start", Queue.TRIGGERS, TriggerPayload, "create the execution once, enqueue first steps"),
+        ActorSpec("steps.run", Queue.STEPS, StepPayload, "run a cheap step (condition, transform)"),
+        ActorSpec("tools.call", Queue.TOOLS, StepPayload, "run a step that calls an outside tool (HTTP)"),
+    )
+}
+
+P = TypeVar("P")
+
+
+def encode(payload: Any) -> dict[str, Any]:
+    """Turn a payload dataclass into the JSON-able kwargs of a message."""
+    return dataclasses.asdict(payload)
+
+
+def decode(cls: type[P], data: dict[str, Any]) -> P:
+    """Build a payload from message kwargs, ignoring fields a newer producer added.
+
+    Unknown keys are dropped (forward compatibility); missing keys take their defaults
+    (backward compatibility).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})

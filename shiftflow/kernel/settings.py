@@ -1,0 +1,240 @@
+"""Settings: the one place that reads the environment.
+
+``Settings.from_env(mapping)`` builds a frozen dataclass from a mapping (``os.environ``
+in processes, a plain dict in tests). A missing or malformed variable raises
+``SettingsError`` naming the variable and what is expected; the CLI turns that into a
+one-line message and exit code 2.
+
+Two modes:
+
+* ``dev``: embedded defaults (SQLite file, in-process broker, embedded MongoDB-wire store).
+  Nothing has to be installed.
+* ``production`` (the default): every connection URL must be given explicitly, because
+  silently talking to a default host in production is worse than refusing to start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from shiftflow.kernel.errors import SettingsError
+
+PREFIX = "SHIFTFLOW_"
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(PREFIX + name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: str | None) -> str:
+    raw = _get(env, name)
+    if raw is None:
+        if default is None:
+            raise SettingsError(
+                f"{PREFIX}{name} is not set: expected a URL starting with "
+                f"{' or '.join(s + '://' for s in schemes)}"
+            )
+        return default
+    scheme = urlsplit(raw).scheme
+    if scheme not in schemes:
+        raise SettingsError(
+            f"{PREFIX}{name}={_redact(raw)!r} is malformed: expected a URL starting with "
+            f"{' or '.join(s + '://' for s in schemes)}"
+        )
+    return raw
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={raw!r} is malformed: expected a whole number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{PREFIX}{name}={value} is out of range: expected {lo} to {hi}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={raw!r} is malformed: expected a number") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{PREFIX}{name}={value} is out of range: expected {lo} to {hi}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise SettingsError(f"{PREFIX}{name}={raw!r} is malformed: expected one of {', '.join(choices)}")
+    return raw
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _get(env, name)
+    return default if raw is None else raw
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL so that error messages never print a secret."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(":" + parts.password + "@", ":***@")
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting ShiftFlow reads, with its environment variable in the docstring table.
+
+    Build with ``Settings.from_env(os.environ)``; tests pass a plain dict.
+    """
+
+    mode: str = "production"
+    #: SHIFTFLOW_AMQP_URL: RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2F
+    amqp_url: str = ""
+    #: SHIFTFLOW_DATABASE_URL: postgresql://... or sqlite:///path (dev)
+    database_url: str = ""
+    #: SHIFTFLOW_MONGO_URL: mongodb://... (logs and analytics)
+    mongo_url: str = ""
+    #: SHIFTFLOW_MONGO_DB: database name inside MongoDB
+    mongo_db: str = "shiftflow"
+    #: SHIFTFLOW_REDIS_URL: redis://... (locks, rate limits, live updates); empty in dev mode
+    redis_url: str = ""
+    #: SHIFTFLOW_DATA_DIR: where dev mode keeps its SQLite file and embedded Mongo store
+    data_dir: str = ".shiftflow-dev"
+    #: SHIFTFLOW_SECRET_KEYS: comma-separated keys for encrypting connection secrets (newest first)
+    secret_keys: tuple[str, ...] = field(default_factory=tuple)
+    #: SHIFTFLOW_INGRESS_HOST / SHIFTFLOW_INGRESS_PORT: where the webhook ingress listens
+    ingress_host: str = "127.0.0.1"
+    ingress_port: int = 8080
+    #: SHIFTFLOW_PUBLIC_URL: the base URL printed for webhook endpoints
+    public_url: str = ""
+    #: SHIFTFLOW_METRICS_PORT: Prometheus exporter port of a worker pool (0 = off)
+    metrics_port: int = 9191
+    #: SHIFTFLOW_METRICS_DIR: prometheus_client multiprocess directory for worker pools
+    metrics_dir: str = ""
+    #: SHIFTFLOW_WEBHOOK_TOLERANCE_SECONDS: accepted clock skew of signed timestamps
+    webhook_tolerance_seconds: int = 300
+    #: SHIFTFLOW_WEBHOOK_MAX_BODY_BYTES: largest accepted webhook body
+    webhook_max_body_bytes: int = 262_144
+    #: SHIFTFLOW_PUBLISH_TIMEOUT_SECONDS: how long the ingress waits for a broker confirm
+    publish_timeout_seconds: float = 5.0
+    #: SHIFTFLOW_PREFETCH: RabbitMQ prefetch per consumer (DESIGN.md 3: 256 beat the default)
+    prefetch: int = 256
+    #: SHIFTFLOW_DELIVERY_LIMIT: deliveries of one step message before it is quarantined
+    delivery_limit: int = 5
+    #: SHIFTFLOW_HTTP_TIMEOUT_SECONDS: default connect+read timeout of outbound HTTP tools
+    http_timeout_seconds: float = 10.0
+    #: SHIFTFLOW_HTTP_ALLOW_PRIVATE: let HTTP tools reach loopback/private addresses (dev, tests)
+    http_allow_private: bool = False
+    #: SHIFTFLOW_LOG_BATCH_SIZE / SHIFTFLOW_LOG_FLUSH_MS: batching of MongoDB log writes
+    log_batch_size: int = 200
+    log_flush_ms: int = 100
+    #: SHIFTFLOW_LOG_LEVEL: Python logging level
+    log_level: str = "INFO"
+
+    @property
+    def dev(self) -> bool:
+        """True in dev mode (embedded defaults, in-process broker)."""
+        return self.mode == "dev"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from an environment mapping.
+
+        Parameters:
+            env: the mapping to read; ``os.environ`` when omitted.
+
+        Raises:
+            SettingsError: a variable is missing or malformed; the message names it.
+        """
+        env = os.environ if env is None else env
+        mode = _choice(env, "MODE", "production", ("dev", "production"))
+        dev = mode == "dev"
+        data_dir = _str(env, "DATA_DIR", ".shiftflow-dev")
+        keys_raw = _get(env, "SECRET_KEYS")
+        secret_keys = tuple(k.strip() for k in keys_raw.split(",") if k.strip()) if keys_raw else ()
+        for key in secret_keys:
+            if len(key) < 32:
+                raise SettingsError(
+                    f"{PREFIX}SECRET_KEYS has a key of {len(key)} characters: expected keys of at "
+                    "least 32 characters, comma-separated, newest first"
+                )
+        allow_private = _choice(env, "HTTP_ALLOW_PRIVATE", "true" if dev else "false", ("true", "false"))
+        return cls(
+            mode=mode,
+            amqp_url=_url(env, "AMQP_URL", ("amqp", "amqps"), "" if dev else None),
+            database_url=_url(
+                env,
+                "DATABASE_URL",
+                ("postgresql", "postgres", "sqlite"),
+                f"sqlite:///{data_dir}/shiftflow.db" if dev else None,
+            ),
+            mongo_url=_url(env, "MONGO_URL", ("mongodb", "mongodb+srv"), "" if dev else None),
+            mongo_db=_str(env, "MONGO_DB", "shiftflow"),
+            redis_url=_url(env, "REDIS_URL", ("redis", "rediss", "unix"), "") if _get(env, "REDIS_URL") else "",
+            data_dir=data_dir,
+            secret_keys=secret_keys,
+            ingress_host=_str(env, "INGRESS_HOST", "127.0.0.1"),
+            ingress_port=_int(env, "INGRESS_PORT", 8080, 0, 65535),
+            public_url=_str(env, "PUBLIC_URL", ""),
+            metrics_port=_int(env, "METRICS_PORT", 9191, 0, 65535),
+            metrics_dir=_str(env, "METRICS_DIR", ""),
+            webhook_tolerance_seconds=_int(env, "WEBHOOK_TOLERANCE_SECONDS", 300, 1, 86_400),
+            webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 262_144, 1_024, 16 * 1024 * 1024),
+            publish_timeout_seconds=_float(env, "PUBLISH_TIMEOUT_SECONDS", 5.0, 0.1, 120.0),
+            prefetch=_int(env, "PREFETCH", 256, 1, 2_000),
+            delivery_limit=_int(env, "DELIVERY_LIMIT", 5, 1, 1_000),
+            http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 10.0, 0.1, 600.0),
+            http_allow_private=allow_private == "true",
+            log_batch_size=_int(env, "LOG_BATCH_SIZE", 200, 1, 10_000),
+            log_flush_ms=_int(env, "LOG_FLUSH_MS", 100, 1, 60_000),
+            log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings with secrets hidden, for ``shiftflow config`` and start-up logs."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "secret_keys":
+                value = f"<{len(value)} keys>"
+            elif isinstance(value, str) and "://" in value:
+                value = _redact(value)
+            out[f.name] = value
+        return out
+
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from ``os.environ`` on first use."""
+    global _current
+    if _current is None:
+        _current = Settings.from_env()
+    return _current
+
+
+def configure(settings: Settings) -> Settings:
+    """Install ``settings`` as the process-wide settings (CLI start-up, dev mode, tests)."""
+    global _current
+    _current = settings
+    return settings

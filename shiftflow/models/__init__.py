@@ -1,0 +1,1 @@
+"""Relational state (Peewee models), query/command functions, migrations and the Mongo writer."""

@@ -1,0 +1,64 @@
+"""Workflows, their immutable versions, and the webhooks that trigger them."""
+
+from __future__ import annotations
+
+import peewee
+
+from shiftflow.kernel.db import JSONField
+from shiftflow.models.base import BaseModel, TimestampedModel, utcnow
+from shiftflow.models.tenancy import User, Workspace
+
+
+class Workflow(TimestampedModel):
+    """A workflow: its current definition lives in ``WorkflowVersion`` rows.
+
+    ``status`` is DRAFT, ACTIVE, PAUSED or ARCHIVED (seed 000 adds COMPLETED and FAILED
+    for workflows that reached ``max_executions`` or were stopped by an error).
+    """
+
+    workspace = peewee.ForeignKeyField(Workspace, backref="workflows", on_delete="CASCADE")
+    created_by = peewee.ForeignKeyField(User, backref="workflows", null=True, on_delete="SET NULL")
+    name = peewee.CharField(max_length=200)
+    description = peewee.TextField(null=True)
+    status = peewee.CharField(max_length=12, default="DRAFT", index=True)
+    trigger_type = peewee.CharField(max_length=12, default="MANUAL")
+    current_version = peewee.IntegerField(default=1)
+    max_executions = peewee.IntegerField(null=True)
+    execution_count = peewee.IntegerField(default=0)
+    successful_executions = peewee.IntegerField(default=0)
+    failed_executions = peewee.IntegerField(default=0)
+    last_executed_at = peewee.DateTimeField(null=True)
+    tags = JSONField(default=list)
+
+    class Meta:
+        indexes = ((("workspace", "status"), False),)
+
+
+class WorkflowVersion(BaseModel):
+    """An immutable snapshot of a workflow definition; executions pin one."""
+
+    workflow = peewee.ForeignKeyField(Workflow, backref="versions", on_delete="CASCADE")
+    version = peewee.IntegerField()
+    definition = JSONField()
+    change_description = peewee.TextField(null=True)
+    created_by = peewee.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("workflow", "version"), True),)
+
+
+class Webhook(TimestampedModel):
+    """A webhook endpoint ``POST /hooks/{token}`` that triggers one workflow.
+
+    ``secrets`` holds the signing secrets accepted at once (rotation); ``scheme`` is
+    ``standard`` (Standard Webhooks), ``stripe`` or ``github``.
+    """
+
+    workflow = peewee.ForeignKeyField(Workflow, backref="webhooks", on_delete="CASCADE")
+    token = peewee.CharField(max_length=64, unique=True)
+    scheme = peewee.CharField(max_length=12, default="standard")
+    secrets = JSONField(default=list)
+    is_active = peewee.BooleanField(default=True)
+    total_calls = peewee.IntegerField(default=0)
+    last_called_at = peewee.DateTimeField(null=True)
