@@ -1,0 +1,67 @@
+"""Enqueue by actor name: the one way producers and actors send messages.
+
+Producers never import actors (DESIGN.md 2); they name them. The queue comes from the
+contract table, so a message always lands where its actor listens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import pika.exceptions
+from dramatiq.errors import ConnectionError as DramatiqConnectionError
+
+from shiftflow.kernel.contracts import ACTORS, Priority, encode
+from shiftflow.kernel.errors import BrokerUnavailable
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to send once the transaction that decided it has committed."""
+
+    actor: str
+    payload: Any
+    priority: int = int(Priority.NORMAL)
+    delay_ms: int | None = None
+
+
+def build_message(actor: str, payload: Any, *, priority: int = int(Priority.NORMAL)) -> dramatiq.Message[Any]:
+    """Build the Dramatiq message for ``actor`` with ``payload`` as its kwargs.
+
+    Raises:
+        KeyError: ``actor`` is not declared in ``contracts.ACTORS``.
+    """
+    spec = ACTORS[actor]
+    return dramatiq.Message(
+        queue_name=spec.queue,
+        actor_name=spec.name,
+        args=(),
+        kwargs={"payload": encode(payload)},
+        options={"broker_priority": priority},
+    )
+
+
+def send(actor: str, payload: Any, *, priority: int = int(Priority.NORMAL), delay_ms: int | None = None) -> str:
+    """Publish one message and return its message id.
+
+    With the RabbitMQ broker assembled by ``kernel.broker`` publisher confirms are on,
+    so returning means RabbitMQ has the message on disk.
+
+    Raises:
+        BrokerUnavailable: the broker could not be reached or did not confirm.
+    """
+    message = build_message(actor, payload, priority=priority)
+    try:
+        sent = dramatiq.get_broker().enqueue(message, delay=delay_ms)
+    except (DramatiqConnectionError, pika.exceptions.AMQPError) as exc:
+        # AMQPError covers NackError: the broker refused to take the message.
+        raise BrokerUnavailable(f"could not publish {actor}: {exc}") from exc
+    return sent.message_id
+
+
+def send_all(messages: list[Outgoing]) -> None:
+    """Send messages in order (after the deciding transaction committed)."""
+    for out in messages:
+        send(out.actor, out.payload, priority=out.priority, delay_ms=out.delay_ms)
