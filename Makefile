@@ -1,0 +1,41 @@
+# The one entry point for people and CI. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: help venv run test test-unit test-integration lint services bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,lint,embedded]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create the virtualenv and install ShiftFlow with its extras
+
+run: $(STAMP) ## run everything in one process on embedded defaults (no servers needed)
+	$(VENV)/bin/shiftflow dev
+
+services: ## start (or install, then start) PostgreSQL, Redis and RabbitMQ on loopback
+	bash scripts/ensure-services.sh
+
+test: $(STAMP) services ## unit + integration tests against real services
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## unit tests only (no services)
+	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff, mypy and the import contracts (DESIGN.md section 2)
+	$(VENV)/bin/ruff check shiftflow tests bench scripts
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench: $(STAMP) services ## benchmarks (print ratios against a baseline from the same run)
+	@ls bench/*.py >/dev/null 2>&1 && for b in bench/bench_*.py; do $(PY) $$b || exit 1; done || echo "no benchmarks yet"
+
+clean: ## remove the virtualenv and dev-mode data
+	rm -rf $(VENV) .shiftflow-dev

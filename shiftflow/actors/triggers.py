@@ -1,0 +1,17 @@
+"""Trigger actors: a trigger message becomes (at most) one execution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shiftflow.actors import actor
+from shiftflow.kernel.contracts import TriggerPayload, decode
+from shiftflow.kernel.enqueue import send_all
+from shiftflow.models.runs import start_execution
+
+
+@actor("triggers.start")
+def start(payload: dict[str, Any]) -> None:
+    """Create the execution for this delivery once, then publish its first steps."""
+    started = start_execution(decode(TriggerPayload, payload))
+    send_all(started.outgoing)

@@ -1,0 +1,270 @@
+"""The ``shiftflow`` command: run the processes and drive the engine.
+
+Every command reads settings from ``SHIFTFLOW_*`` (``shiftflow config`` shows them).
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from shiftflow.kernel.errors import PermanentError, SettingsError, ShiftFlowError
+from shiftflow.kernel.settings import Settings, configure
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                out[key.strip()] = value.strip()
+    return out
+
+
+def _settings(args: argparse.Namespace, *, dev: bool = False) -> Settings:
+    env: dict[str, str] = dict(os.environ)
+    if getattr(args, "dev_dir", None):
+        path = os.path.join(args.dev_dir, "dev.env")
+        if not os.path.exists(path):
+            raise SettingsError(f"{path} does not exist: start dev mode first with 'make run'")
+        env.update(_read_env_file(path))
+    if dev:
+        env["SHIFTFLOW_MODE"] = "dev"
+    return configure(Settings.from_env(env))
+
+
+def _bind(settings: Settings) -> None:
+    from shiftflow.kernel.db import bind_database
+
+    bind_database(settings.database_url)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective settings with secrets hidden."""
+    print(json.dumps(_settings(args).public_dict(), indent=2, default=str))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Bring the database schema up to date."""
+    settings = _settings(args)
+    from shiftflow.kernel.db import bind_database, is_postgres
+
+    db = bind_database(settings.database_url)
+    if is_postgres():
+        from shiftflow.models.migrations import pending, upgrade
+
+        todo = pending(db)
+        print(f"{len(todo)} migration(s) pending" + (": " + ", ".join(todo) if todo else ""))
+        for name in upgrade(db):
+            print(f"  applied {name}")
+    else:
+        from shiftflow.models.registry import create_all
+
+        create_all(db)
+        print("SQLite schema created from the models (dev mode)")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Validate a workflow definition and store it as a new version."""
+    from shiftflow.kernel.definition import parse
+    from shiftflow.models import catalog
+    from shiftflow.models.workflows import Webhook
+
+    settings = _settings(args)
+    with open(args.file, "rb") as handle:
+        data = parse(handle.read())
+    _bind(settings)
+    workspace = catalog.ensure_workspace(args.workspace)
+    applied = catalog.apply_definition(workspace, data, activate=not args.draft)
+    print(f"workflow {applied.workflow.name!r} ({applied.workflow.id}) version {applied.version}"
+          + ("" if applied.changed else " (unchanged)"))
+    if args.webhook:
+        hook = Webhook.get_or_none(Webhook.workflow == applied.workflow.id)
+        if hook is None:
+            hook = catalog.create_webhook(applied.workflow, scheme=args.webhook)
+            print(f"webhook secret (shown once): {hook.secrets[0]}")
+        base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
+        print(f"webhook URL: {base}/hooks/{hook.token}  (scheme {hook.scheme})")
+    return 0
+
+
+def _print_execution(detail: dict[str, Any], logs: list[dict[str, Any]] | None) -> None:
+    print(f"execution {detail['id']}  {detail['status']}  workflow v{detail['workflow_version']}  "
+          f"key {detail['dedup_key']}  {detail['duration_ms'] or '-'} ms")
+    if detail["error"]:
+        print(f"  error: {detail['error']}")
+    print(f"  trigger: {json.dumps(detail['trigger'])}")
+    for step in detail["steps"]:
+        print(f"  step {step['step_id']:<16} {step['type']:<10} {step['status']:<10} "
+              f"attempts={step['attempts']} {step['duration_ms'] or '-'} ms")
+        if step["output"] is not None:
+            print(f"      output: {json.dumps(step['output'])[:300]}")
+        if step["error"]:
+            print(f"      error: {step['error']}")
+    if logs is not None:
+        print(f"  log documents ({len(logs)}):")
+        for doc in logs:
+            print(f"    {doc['timestamp']:%H:%M:%S.%f} {doc['level']:<5} {doc.get('stepId') or '-':<16} {doc['message']}")
+
+
+def _logs_for(settings: Settings, execution_id: str) -> list[dict[str, Any]] | None:
+    if not settings.mongo_url:
+        return None
+    from shiftflow.kernel.mongo import EXECUTION_LOGS, MongoSink
+
+    sink = MongoSink(settings.mongo_url, settings.mongo_db)
+    try:
+        cursor = sink.database()[EXECUTION_LOGS].find({"executionId": execution_id}).sort("timestamp", 1)
+        return list(cursor)
+    finally:
+        sink.close(timeout=1)
+
+
+def cmd_executions(args: argparse.Namespace) -> int:
+    """List executions, or show one with its step timeline and log documents."""
+    from shiftflow.models import catalog
+
+    settings = _settings(args)
+    _bind(settings)
+    if args.action == "list":
+        for row in catalog.recent_executions(args.limit):
+            print(f"{row.id}  {row.status:<10} {row.created_at:%Y-%m-%d %H:%M:%S}  {row.dedup_key}")
+        return 0
+    if not args.id and not args.latest:
+        raise PermanentError("executions show needs an execution id or --latest")
+    row = catalog.latest_execution() if args.latest else catalog.execution(args.id)
+    detail = catalog.execution_detail(row)
+    if args.json:
+        print(json.dumps(detail, indent=2, default=str))
+    else:
+        _print_execution(detail, _logs_for(settings, detail["id"]))
+    return 0
+
+
+def cmd_ingress(args: argparse.Namespace) -> int:
+    """Run the webhook ingress (HTTP)."""
+    import uvicorn
+
+    from shiftflow.kernel.broker import build_broker, install
+    from shiftflow.producers.ingress import create_app
+
+    settings = _settings(args)
+    _bind(settings)
+    install(build_broker(settings, worker=False))
+    print(f"ShiftFlow ingress on http://{settings.ingress_host}:{settings.ingress_port} "
+          "(POST /hooks/{token}, GET /healthz, GET /metrics)", flush=True)
+    uvicorn.run(create_app(settings), host=settings.ingress_host, port=settings.ingress_port,
+                log_level=args.log_level)
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """Run a worker pool with the dramatiq CLI (replaces this process)."""
+    from shiftflow.consumers.pools import Pool, load_pools
+
+    settings = _settings(args)
+    if args.queues:
+        pool = Pool("cli", tuple(args.queues), args.processes or 1, args.threads or 8)
+    else:
+        pools = load_pools(args.pools)
+        if args.pool not in pools:
+            raise SettingsError(f"no pool named {args.pool!r}; pools: {', '.join(pools)}")
+        pool = pools[args.pool]
+        pool = Pool(pool.name, pool.queues, args.processes or pool.processes, args.threads or pool.threads)
+    if settings.metrics_dir:
+        # A fresh directory per pool start: files of dead processes would be summed forever.
+        shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+        os.makedirs(settings.metrics_dir, exist_ok=True)
+    command = pool.command(sys.executable)
+    print(f"pool {pool.name}: {pool.processes} process(es) x {pool.threads} threads on {', '.join(pool.queues)}",
+          flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Run everything in one process on embedded defaults."""
+    from shiftflow import devmode
+
+    devmode.run(_settings(args, dev=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="shiftflow",
+        description="ShiftFlow: queue-centric workflow workers on RabbitMQ, PostgreSQL and Dramatiq. "
+                    "Settings come from SHIFTFLOW_* environment variables (see README).",
+    )
+    parser.add_argument("--dev-dir", metavar="DIR",
+                        help="talk to a running dev mode whose data directory is DIR (e.g. .shiftflow-dev)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("dev", help="run everything in one process on embedded defaults (make run)")
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("config", help="print the effective settings (secrets hidden)")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("apply", help="validate a workflow definition (YAML/JSON) and store a new version")
+    p.add_argument("file", help="the definition file")
+    p.add_argument("--workspace", default="default", help="workspace slug (created if missing; default: default)")
+    p.add_argument("--draft", action="store_true", help="store without activating")
+    p.add_argument("--webhook", choices=("standard", "stripe", "github"),
+                   help="also create a webhook endpoint with this signature scheme")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("executions", help="list executions or show one with its steps and logs")
+    p.add_argument("action", choices=("list", "show"))
+    p.add_argument("id", nargs="?", help="execution id (for show)")
+    p.add_argument("--latest", action="store_true", help="show the newest execution")
+    p.add_argument("--limit", type=int, default=20, help="how many to list (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_executions)
+
+    p = sub.add_parser("ingress", help="run the webhook ingress HTTP service")
+    p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_ingress)
+
+    p = sub.add_parser("workers", help="run a worker pool (the dramatiq CLI underneath)")
+    p.add_argument("--pool", default="default", help="pool name in the pools file (default: default)")
+    p.add_argument("--pools", default=None, help="pools YAML file (default: built-in: one pool, all queues)")
+    p.add_argument("--queues", nargs="+", help="consume these queues instead of a named pool")
+    p.add_argument("--processes", type=int, help="override the pool's process count")
+    p.add_argument("--threads", type=int, help="override the pool's threads per process")
+    p.set_defaults(func=cmd_workers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shiftflow`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"shiftflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"shiftflow: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    except ShiftFlowError as exc:
+        print(f"shiftflow: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""Worker pools: which queues a pool consumes, with how many processes and threads.
+
+Pools are configuration (deploy/pools.yaml), not code; ``shiftflow workers --pool NAME``
+turns one into a ``dramatiq`` command line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from shiftflow.kernel.contracts import Queue
+from shiftflow.kernel.errors import SettingsError
+
+DEFAULT_POOLS: dict[str, dict[str, Any]] = {
+    "default": {"queues": list(Queue.ALL), "processes": 2, "threads": 8},
+}
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One worker pool."""
+
+    name: str
+    queues: tuple[str, ...]
+    processes: int
+    threads: int
+
+    def command(self, python: str) -> list[str]:
+        """The ``dramatiq`` command line that runs this pool."""
+        return [python, "-m", "dramatiq", "shiftflow.consumers.worker", "--processes", str(self.processes),
+                "--threads", str(self.threads), "--queues", *self.queues]
+
+
+def load_pools(path: str | None) -> dict[str, Pool]:
+    """Read pools from a YAML file (``pools: {name: {queues, processes, threads}}``).
+
+    Raises:
+        SettingsError: the file is unreadable or a pool names an unknown queue.
+    """
+    raw: dict[str, Any] = DEFAULT_POOLS
+    if path:
+        if not os.path.exists(path):
+            raise SettingsError(f"pool file {path} does not exist")
+        with open(path, encoding="utf-8") as handle:
+            raw = (yaml.safe_load(handle) or {}).get("pools") or {}
+    pools: dict[str, Pool] = {}
+    for name, spec in raw.items():
+        queues = tuple(spec.get("queues") or ())
+        unknown = [q for q in queues if q not in Queue.ALL]
+        if not queues or unknown:
+            raise SettingsError(f"pool {name!r}: queues must be a non-empty subset of {', '.join(Queue.ALL)}"
+                                + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        pools[name] = Pool(name, queues, int(spec.get("processes", 1)), int(spec.get("threads", 8)))
+    return pools

@@ -1,0 +1,25 @@
+"""The module the ``dramatiq`` CLI loads for a worker pool.
+
+    dramatiq shiftflow.consumers.worker --processes 2 --threads 8 --queues steps tools
+
+or ``shiftflow workers --pool default`` which reads the pool from deploy/pools.yaml.
+Settings come from ``SHIFTFLOW_*``; a bad one stops the process with a message naming it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from shiftflow.kernel.errors import SettingsError
+from shiftflow.kernel.settings import Settings, configure
+
+try:
+    settings = configure(Settings.from_env())
+except SettingsError as exc:
+    print(f"shiftflow worker: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+from shiftflow.consumers.boot import boot, prepare_metrics_dir  # noqa: E402 - after settings, on purpose
+
+prepare_metrics_dir(settings)
+broker = boot(settings)

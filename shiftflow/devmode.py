@@ -1,0 +1,156 @@
+"""Dev mode: the whole flow in one process on embedded defaults.
+
+SQLite file, Dramatiq's in-process broker with worker threads, an embedded
+MongoDB-wire store (SecantusDB, an optional extra), the webhook ingress, and a local
+echo service for the example workflow's HTTP step. Nothing has to be installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+
+import dramatiq
+import yaml
+
+from shiftflow import actors
+from shiftflow.consumers.dead_letters import DeadLetters
+from shiftflow.kernel.broker import build_broker, install
+from shiftflow.kernel.db import bind_database
+from shiftflow.kernel.mongo import get_sink
+from shiftflow.kernel.settings import Settings, configure
+from shiftflow.models import catalog
+from shiftflow.models.registry import create_all
+from shiftflow.models.workflows import Webhook
+
+DEV_ENV_FILE = "dev.env"
+HOOK_TOKEN = "dev-hello"
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """Answers every POST with the JSON it received: the example's "outside service"."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b"{}"
+        out = json.dumps({"received": json.loads(body or b"{}"), "service": "echo"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Quiet: dev mode prints its own progress."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def embedded_mongo(data_dir: str) -> Iterator[str]:
+    """Run SecantusDB in this process; yield its URL.
+
+    Raises:
+        SystemExit: SecantusDB (the ``embedded`` extra) is not installed.
+    """
+    try:
+        from secantus.server import SecantusDBServer
+    except ImportError:
+        raise SystemExit("dev mode needs the embedded MongoDB-wire store: pip install 'shiftflow[embedded]'") from None
+    server = SecantusDBServer(host="127.0.0.1", port=_free_port(), storage_path=os.path.join(data_dir, "mongo"))
+    server.start()
+    host, port = server.address()
+    try:
+        # retryWrites=false: with it on, SecantusDB slows 20x after ~15k writes (DESIGN.md 6).
+        yield f"mongodb://{host}:{port}/?retryWrites=false&directConnection=true"
+    finally:
+        server.stop()
+
+
+def curl_command(url: str, secret: str, body: str) -> str:
+    """A shell one-liner that signs ``body`` (Standard Webhooks v1) and POSTs it."""
+    hexkey = base64.b64decode(secret.removeprefix("whsec_")).hex()
+    return (
+        f"BODY='{body}'; ID=msg_$(date +%s%N); TS=$(date +%s); "
+        f"SIG=$(printf '%s' \"$ID.$TS.$BODY\" | openssl dgst -sha256 -mac HMAC -macopt hexkey:{hexkey} -binary "
+        f"| base64); curl -sS -X POST {url} -H 'content-type: application/json' -H \"webhook-id: $ID\" "
+        f"-H \"webhook-timestamp: $TS\" -H \"webhook-signature: v1,$SIG\" -d \"$BODY\"; echo"
+    )
+
+
+def _load_example(settings: Settings, echo_url: str) -> Webhook:
+    text = resources.files("shiftflow.examples").joinpath("hello.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    data["vars"]["echo_url"] = echo_url
+    workspace = catalog.ensure_workspace("dev", "Dev workspace")
+    applied = catalog.apply_definition(workspace, data)
+    hook = Webhook.get_or_none(Webhook.token == HOOK_TOKEN)
+    if hook is None:
+        hook = catalog.create_webhook(applied.workflow, token=HOOK_TOKEN)
+    elif hook.workflow_id != applied.workflow.id:
+        hook.workflow = applied.workflow.id
+        hook.save()
+    print(f"  workflow {applied.workflow.name!r} version {applied.version} ({'new' if applied.changed else 'unchanged'})")
+    return hook
+
+
+def run(settings: Settings) -> None:
+    """Start everything in this process and serve until interrupted."""
+    import uvicorn
+
+    from shiftflow.producers.ingress import create_app
+
+    os.makedirs(settings.data_dir, exist_ok=True)
+    print(f"ShiftFlow dev mode (data in {os.path.abspath(settings.data_dir)})")
+    with embedded_mongo(settings.data_dir) as mongo_url:
+        print(f"  embedded MongoDB-wire store at {mongo_url.split('/?')[0]}")
+        settings = configure(dataclasses.replace(settings, mongo_url=mongo_url, metrics_port=0))
+        with open(os.path.join(settings.data_dir, DEV_ENV_FILE), "w", encoding="utf-8") as env:
+            env.write(f"SHIFTFLOW_MODE=dev\nSHIFTFLOW_DATA_DIR={settings.data_dir}\n"
+                      f"SHIFTFLOW_MONGO_URL={mongo_url}\nSHIFTFLOW_DATABASE_URL={settings.database_url}\n")
+        db = bind_database(settings.database_url)
+        create_all(db)
+        print(f"  SQLite database {settings.database_url}")
+        broker = install(build_broker(settings, extra=[DeadLetters()]))
+        actors.declare(broker)
+        worker = dramatiq.Worker(broker, worker_threads=4)
+        worker.start()
+        echo_port = 8099 if _port_free(8099) else _free_port()
+        echo = ThreadingHTTPServer(("127.0.0.1", echo_port), _Echo)
+        threading.Thread(target=echo.serve_forever, name="dev-echo", daemon=True).start()
+        hook = _load_example(settings, f"http://127.0.0.1:{echo_port}/echo")
+        base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
+        print("\nTrigger the example workflow with a signed webhook:\n")
+        print("  " + curl_command(f"{base}/hooks/{hook.token}", hook.secrets[0],
+                                  '{"amount": 42, "customer": "ada"}'))
+        print("\nThen show the finished execution, its steps and their log documents:\n")
+        print(f"  .venv/bin/shiftflow --dev-dir {settings.data_dir} executions show --latest\n")
+        print(f"Metrics: {base}/metrics    Stop: Ctrl-C\n", flush=True)
+        try:
+            uvicorn.run(create_app(settings), host=settings.ingress_host, port=settings.ingress_port,
+                        log_level="warning")
+        finally:
+            worker.stop()
+            echo.shutdown()
+            sink = get_sink()
+            if sink is not None:
+                sink.close()
+            db.close()

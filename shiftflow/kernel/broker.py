@@ -1,0 +1,125 @@
+"""The one place the Dramatiq broker is assembled, with an explicit middleware list.
+
+Real mode: RabbitMQ with publisher confirms (a "sent" message is on disk or the send
+raised), message priorities, and retries only for transient errors. Dev mode: Dramatiq's
+in-process broker, so ``make run`` needs no server.
+
+Import this (and call ``install``) before any actor is declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    CurrentMessage,
+    Middleware,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from shiftflow.kernel.contracts import MAX_PRIORITY
+from shiftflow.kernel.errors import TransientError
+from shiftflow.kernel.middleware import DbConnections, Metrics, MongoLifecycle
+from shiftflow.kernel.settings import Settings
+
+#: Dramatiq-level redeliveries of a message that raised a transient error.
+MAX_RETRIES = 8
+MIN_BACKOFF_MS = 500
+MAX_BACKOFF_MS = 60_000
+
+
+def retry_transient(retries: int, exception: BaseException) -> bool:
+    """Retry only errors that may pass (``TransientError``); a permanent error fails at once."""
+    return isinstance(exception, TransientError) and retries < MAX_RETRIES
+
+
+def middleware_for(settings: Settings, *, extra: Sequence[Middleware] = (), worker: bool = True) -> list[Middleware]:
+    """The middleware list, in order. ``extra`` (models-aware, from ``consumers``) sits after
+    resource lifecycle and before flow control, so it sees connections already open.
+    """
+    stack: list[Middleware] = []
+    # 1. Infrastructure: lets actors read the message they run (redelivery flag, id).
+    stack.append(CurrentMessage())
+    # 2. Resource lifecycle: Peewee connection per worker thread around each message;
+    #    the pymongo client per process after boot (pymongo is not fork-safe).
+    if worker:
+        stack.append(DbConnections())
+        if settings.mongo_url:
+            stack.append(MongoLifecycle(settings.mongo_url, settings.mongo_db, settings.log_batch_size,
+                                        settings.log_flush_ms))
+    # 3. Observability: per-message metrics; one exporter per pool (a fork) when a port is set.
+    stack.append(Metrics(settings.metrics_dir, "0.0.0.0", settings.metrics_port if worker else 0))
+    # 4. Models-aware middleware from consumers (dead letters into Postgres).
+    stack.extend(extra)
+    # 5. Flow control: notify actors of shutdown; cap a message's age and run time. The time
+    #    limit cannot interrupt a blocking socket read, so every outside call has its own timeout.
+    stack.append(ShutdownNotifications())
+    stack.append(AgeLimit())
+    stack.append(TimeLimit(time_limit=15 * 60 * 1000))
+    # 6. Retries last: transient errors only, exponential backoff with jitter.
+    stack.append(Retries(max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS,
+                         retry_when=retry_transient))
+    return stack
+
+
+def build_broker(settings: Settings, *, extra: Sequence[Middleware] = (), worker: bool = True) -> dramatiq.Broker:
+    """Build (not install) the broker for ``settings``.
+
+    Parameters:
+        settings: the process settings; ``settings.dev`` selects the in-process broker.
+        extra: models-aware middleware supplied by ``consumers``.
+        worker: False for producers, which only publish (no DB/Mongo lifecycle).
+    """
+    middleware = middleware_for(settings, extra=extra, worker=worker)
+    broker: dramatiq.Broker
+    if settings.dev:
+        broker = StubBroker(middleware=middleware)
+        broker.emit_after("process_boot")
+    else:
+        broker = RabbitmqBroker(
+            url=amqp_url_with_defaults(settings.amqp_url),
+            confirm_delivery=True,
+            max_priority=MAX_PRIORITY,
+            middleware=middleware,
+        )
+    return broker
+
+
+def amqp_url_with_defaults(url: str) -> str:
+    """Add heartbeat and blocked-connection timeouts unless the URL sets them.
+
+    Heartbeats detect a dead peer without a TCP close; the blocked timeout stops a
+    publisher from hanging forever while RabbitMQ has a memory or disk alarm.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("heartbeat", "30")
+    query.setdefault("blocked_connection_timeout", "30")
+    query.setdefault("connection_attempts", "3")
+    query.setdefault("retry_delay", "1")
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def install(broker: dramatiq.Broker) -> dramatiq.Broker:
+    """Make ``broker`` the process-wide broker that ``kernel.enqueue.send`` publishes to."""
+    dramatiq.set_broker(broker)
+    return broker
+
+
+def declare_queues(broker: dramatiq.Broker, queues: Sequence[str]) -> None:
+    """Declare queues up front (with their delay and dead-letter queues)."""
+    for queue in queues:
+        broker.declare_queue(queue)
+
+
+def describe(broker: dramatiq.Broker) -> dict[str, Any]:
+    """A short description of the broker for start-up logs."""
+    return {"type": type(broker).__name__, "middleware": [type(m).__name__ for m in broker.middleware]}

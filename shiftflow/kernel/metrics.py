@@ -1,0 +1,98 @@
+"""Prometheus metrics: fixed label sets, never a secret or an unbounded id as a label.
+
+Worker pools run several processes, so workers use prometheus_client's multiprocess
+mode: ``consumers.worker`` sets ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client
+is imported, every process writes its own files, and one exposition server per pool
+(a Dramatiq fork) serves their sum. The ingress and dev mode are single processes and
+serve the default registry on their own ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+MESSAGES = Counter(
+    "shiftflow_messages_total",
+    "Messages processed by actors, by outcome (ok, error, skipped).",
+    ["queue", "actor", "outcome"],
+)
+MESSAGE_SECONDS = Histogram(
+    "shiftflow_message_duration_seconds",
+    "Time spent processing one message.",
+    ["queue", "actor"],
+    buckets=_LATENCY_BUCKETS,
+)
+IN_PROGRESS = Gauge(
+    "shiftflow_messages_in_progress",
+    "Messages being processed now.",
+    ["queue", "actor"],
+    multiprocess_mode="livesum",
+)
+EXECUTIONS = Counter(
+    "shiftflow_executions_total",
+    "Executions by transition (created, duplicate, succeeded, failed, cancelled).",
+    ["outcome"],
+)
+STEPS = Counter(
+    "shiftflow_steps_total",
+    "Step runs by step type and outcome (succeeded, failed, skipped, already_done, quarantined).",
+    ["step_type", "outcome"],
+)
+TRIGGER_TO_DONE_SECONDS = Histogram(
+    "shiftflow_execution_seconds",
+    "Time from trigger receipt to the execution's final state.",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+LOG_DOCUMENTS = Counter(
+    "shiftflow_log_documents_total",
+    "Log and analytics documents written to MongoDB, by outcome (written, dropped).",
+    ["outcome"],
+)
+
+
+def multiprocess_registry(directory: str) -> CollectorRegistry:
+    """A registry that sums the files every worker process wrote into ``directory``."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def serve_multiprocess(directory: str, host: str, port: int) -> None:
+    """Serve the summed metrics of a worker pool on ``host:port`` until killed (a Dramatiq fork)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            body = generate_latest(multiprocess_registry(directory))
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            """Scrapes are not worth a log line each."""
+
+    ThreadingHTTPServer((host, port), Handler).serve_forever()
+
+
+def mark_process_dead(directory: str) -> None:
+    """Drop this process's live gauges from the pool's sum (called at worker shutdown)."""
+    from prometheus_client import multiprocess
+
+    if directory and os.path.isdir(directory):
+        multiprocess.mark_process_dead(os.getpid(), directory)

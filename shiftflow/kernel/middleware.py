@@ -1,0 +1,95 @@
+"""Dramatiq middleware that only needs the kernel: DB connections, Mongo sink, metrics.
+
+Models-aware middleware (dead-letter recording) lives in ``consumers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from shiftflow.kernel import metrics
+from shiftflow.kernel.db import database
+from shiftflow.kernel.mongo import MongoSink, configure_sink, get_sink
+
+log = logging.getLogger(__name__)
+
+
+class DbConnections(Middleware):
+    """A Peewee connection per worker thread, opened before each message, closed after.
+
+    Closing returns it to the pool; a connection broken by a database restart is never
+    reused for the next message.
+    """
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+        database.connect(reuse_if_open=True)
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        if not database.is_closed():
+            database.close()
+
+    after_skip_message = after_process_message
+
+
+class MongoLifecycle(Middleware):
+    """The MongoDB sink: created in each worker process after boot (pymongo is not fork-safe),
+    flushed and closed at shutdown so buffered log documents are not lost on SIGTERM."""
+
+    def __init__(self, url: str, db_name: str, batch_size: int, flush_ms: int) -> None:
+        self.url, self.db_name, self.batch_size, self.flush_ms = url, db_name, batch_size, flush_ms
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        configure_sink(MongoSink(self.url, self.db_name, batch_size=self.batch_size, flush_ms=self.flush_ms))
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        sink = get_sink()
+        if sink is not None:
+            sink.close(timeout=10)
+            configure_sink(None)
+
+
+class Metrics(Middleware):
+    """Per-message Prometheus metrics with fixed labels (queue, actor, outcome)."""
+
+    def __init__(self, metrics_dir: str = "", host: str = "0.0.0.0", port: int = 0) -> None:
+        self.metrics_dir, self.host, self.port = metrics_dir, host, port
+        self._started: dict[str, float] = {}
+
+    @property
+    def forks(self) -> list[Any]:
+        """One exposition server per pool, summing every worker process's files."""
+        if not (self.metrics_dir and self.port):
+            return []
+        directory, host, port = self.metrics_dir, self.host, self.port
+
+        def serve() -> None:
+            metrics.serve_multiprocess(directory, host, port)
+
+        return [serve]
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+        self._started[message.message_id] = time.perf_counter()
+        metrics.IN_PROGRESS.labels(message.queue_name, message.actor_name).inc()
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        started = self._started.pop(message.message_id, None)
+        labels = (message.queue_name, message.actor_name)
+        if started is not None:
+            metrics.MESSAGE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        metrics.IN_PROGRESS.labels(*labels).dec()
+        metrics.MESSAGES.labels(*labels, "ok" if exception is None else "error").inc()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+        self._started.pop(message.message_id, None)
+        metrics.IN_PROGRESS.labels(message.queue_name, message.actor_name).dec()
+        metrics.MESSAGES.labels(message.queue_name, message.actor_name, "skipped").inc()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        metrics.mark_process_dead(self.metrics_dir)

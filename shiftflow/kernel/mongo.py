@@ -1,0 +1,212 @@
+"""MongoDB: logs and analytics, written in batches by a per-process background thread.
+
+Postgres is the truth about an execution; MongoDB holds its story (execution_logs),
+product analytics (analytics_events) and tool usage (integration_usage), with the
+collections and indexes of seed 003.
+
+Why batched: on the MongoDB-wire store used in tests and dev mode, log writes are the
+largest CPU user of a step-per-document workflow (DESIGN.md 6), and one ``insert_many``
+per batch costs about as much as one ``insert_one``.
+
+Why per process: pymongo is not fork-safe, so the client is created lazily in the
+process that uses it and re-created if the process id changes.
+
+Every document gets its ``_id`` before the first attempt, so a batch retried after a
+network error cannot duplicate documents (duplicate-key errors are ignored).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, MongoClient
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from shiftflow.kernel import metrics
+
+log = logging.getLogger(__name__)
+
+EXECUTION_LOGS = "execution_logs"
+ANALYTICS_EVENTS = "analytics_events"
+INTEGRATION_USAGE = "integration_usage"
+
+#: Indexes of seed 003, plus workspace scoping for tenant-filtered log queries.
+INDEXES: dict[str, list[list[tuple[str, int]]]] = {
+    EXECUTION_LOGS: [
+        [("executionId", ASCENDING), ("timestamp", ASCENDING)],
+        [("workflowId", ASCENDING), ("timestamp", DESCENDING)],
+        [("workspaceId", ASCENDING), ("timestamp", DESCENDING)],
+    ],
+    ANALYTICS_EVENTS: [
+        [("workspaceId", ASCENDING), ("timestamp", DESCENDING)],
+        [("event", ASCENDING), ("timestamp", DESCENDING)],
+    ],
+    INTEGRATION_USAGE: [
+        [("integrationId", ASCENDING), ("timestamp", DESCENDING)],
+        [("workspaceId", ASCENDING), ("timestamp", DESCENDING)],
+    ],
+}
+
+#: Documents kept in memory while MongoDB is unreachable; older ones are dropped first.
+MAX_BUFFERED = 50_000
+_DUPLICATE_KEY = 11000
+
+
+class MongoSink:
+    """A batching writer for log and analytics documents.
+
+    Parameters:
+        url: the MongoDB URL (``retryWrites=false`` is forced: see DESIGN.md 6).
+        db_name: the database holding the three collections.
+        batch_size: the most documents sent in one ``insert_many``.
+        flush_ms: the longest a document waits in memory before it is sent.
+    """
+
+    def __init__(self, url: str, db_name: str, *, batch_size: int = 200, flush_ms: int = 100) -> None:
+        self.url = url
+        self.db_name = db_name
+        self.batch_size = batch_size
+        self.flush_seconds = flush_ms / 1000.0
+        self._buffer: deque[tuple[str, dict[str, Any]]] = deque()
+        self._cond = threading.Condition()
+        self._pid = -1
+        self._client: MongoClient[dict[str, Any]] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._inflight = 0
+        self._indexes_ready = False
+
+    # -- connection -------------------------------------------------------------------
+    def client(self) -> MongoClient[dict[str, Any]]:
+        """The pymongo client of this process (created after a fork, never inherited)."""
+        if self._client is None or self._pid != os.getpid():
+            self._client = MongoClient(
+                self.url,
+                retryWrites=False,
+                serverSelectionTimeoutMS=5_000,
+                connectTimeoutMS=5_000,
+                socketTimeoutMS=15_000,
+                tz_aware=False,
+            )
+            self._pid = os.getpid()
+            self._indexes_ready = False
+        return self._client
+
+    def database(self) -> Any:
+        """The pymongo database holding the log collections."""
+        return self.client()[self.db_name]
+
+    def ensure_indexes(self) -> None:
+        """Create the collections' indexes (idempotent)."""
+        db = self.database()
+        for collection, indexes in INDEXES.items():
+            for keys in indexes:
+                db[collection].create_index(keys)
+        self._indexes_ready = True
+
+    # -- writing ----------------------------------------------------------------------
+    def write(self, collection: str, document: dict[str, Any]) -> None:
+        """Queue one document; it is sent within ``flush_ms``. Never blocks on MongoDB."""
+        document.setdefault("_id", ObjectId())
+        with self._cond:
+            self._start_thread()
+            if len(self._buffer) >= MAX_BUFFERED:
+                self._buffer.popleft()
+                metrics.LOG_DOCUMENTS.labels("dropped").inc()
+            self._buffer.append((collection, document))
+            if len(self._buffer) >= self.batch_size:
+                self._cond.notify()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued document was sent; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify()
+            while self._buffer or self._inflight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+                self._cond.notify()
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush, stop the writer thread and close the client."""
+        self.flush(timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._client is not None and self._pid == os.getpid():
+            self._client.close()
+        self._client = None
+        self._thread = None
+        self._stopping = False
+
+    def _start_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="shiftflow-mongo-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._buffer and not self._stopping:
+                    self._cond.wait(self.flush_seconds)
+                if self._stopping and not self._buffer:
+                    return
+                batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+                self._inflight = len(batch)
+            try:
+                if batch:
+                    self._send(batch)
+            except PyMongoError as exc:
+                # MongoDB is not the truth: keep the documents and try again shortly.
+                log.warning("MongoDB write failed, will retry: %s", exc)
+                with self._cond:
+                    self._buffer.extendleft(reversed(batch))
+                    self._inflight = 0
+                time.sleep(min(1.0, self.flush_seconds * 5))
+                continue
+            with self._cond:
+                self._inflight = 0
+                self._cond.notify_all()
+
+    def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        if not self._indexes_ready:
+            self.ensure_indexes()
+        by_collection: dict[str, list[dict[str, Any]]] = {}
+        for collection, document in batch:
+            by_collection.setdefault(collection, []).append(document)
+        db = self.database()
+        for collection, documents in by_collection.items():
+            try:
+                db[collection].insert_many(documents, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                    raise
+            metrics.LOG_DOCUMENTS.labels("written").inc(len(documents))
+
+
+_sink: MongoSink | None = None
+
+
+def configure_sink(sink: MongoSink | None) -> MongoSink | None:
+    """Install the process-wide sink (worker boot, dev mode, tests)."""
+    global _sink
+    _sink = sink
+    return sink
+
+
+def get_sink() -> MongoSink | None:
+    """The process-wide sink, or None when logging to MongoDB is off."""
+    return _sink

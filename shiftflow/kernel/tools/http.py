@@ -1,0 +1,101 @@
+"""The HTTP tool: one request with its own timeout, a size cap and an SSRF guard.
+
+Errors decide retries: a timeout, a refused connection, a 429 or a 5xx is
+``ToolUnavailable`` (transient); any other 4xx or a malformed request is ``ToolError``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from shiftflow.kernel.errors import ToolError, ToolUnavailable
+
+#: The largest response body kept (the rest is refused, not truncated silently).
+MAX_RESPONSE_BYTES = 1_048_576
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+
+
+def check_destination(url: str, *, allow_private: bool) -> None:
+    """Refuse URLs that are not http(s) or whose host resolves to a non-public address.
+
+    Every resolved address is checked, not the string: ``2130706433`` and
+    ``0x7f000001`` both mean 127.0.0.1 to the resolver.
+
+    Raises:
+        ToolError: bad scheme, no host, or a private/loopback/link-local destination.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ToolError(f"url {url!r}: only http and https are allowed")
+    if not parts.hostname:
+        raise ToolError(f"url {url!r}: no host")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 0, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ToolUnavailable(f"cannot resolve {parts.hostname!r}: {exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise ToolError(f"url {url!r}: destination {address} is not a public address")
+
+
+def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool) -> dict[str, Any]:
+    """Make one HTTP request described by a rendered step's inputs.
+
+    Parameters:
+        inputs: ``url`` (required), ``method`` (GET), ``headers``, ``json`` or ``body``, ``params``.
+        timeout: connect and read timeout in seconds.
+        allow_private: let the call reach loopback/private addresses (dev mode, tests).
+
+    Returns:
+        ``{"status": int, "json": ... }`` or ``{"status": int, "text": str}``.
+
+    Raises:
+        ToolUnavailable: timeout, connection error, 429 or 5xx (retry).
+        ToolError: anything a retry cannot fix.
+    """
+    url = inputs.get("url")
+    if not isinstance(url, str):
+        raise ToolError("http step needs a 'url' string")
+    method = str(inputs.get("method", "GET")).upper()
+    if method not in _METHODS:
+        raise ToolError(f"http step method {method!r}: expected one of {', '.join(_METHODS)}")
+    check_destination(url, allow_private=allow_private)
+    try:
+        with httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False) as client:
+            with client.stream(
+                method,
+                url,
+                headers=inputs.get("headers") or None,
+                params=inputs.get("params") or None,
+                json=inputs.get("json"),
+                content=inputs.get("body") if "json" not in inputs else None,
+            ) as response:
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise ToolError(f"response from {url} is larger than {MAX_RESPONSE_BYTES} bytes")
+    except httpx.TimeoutException:
+        raise ToolUnavailable(f"{method} {url} timed out after {timeout} s") from None
+    except httpx.TransportError as exc:
+        raise ToolUnavailable(f"{method} {url} failed: {exc}") from None
+    status = response.status_code
+    if status == 429 or status >= 500:
+        raise ToolUnavailable(f"{method} {url} answered {status}")
+    if status >= 400:
+        raise ToolError(f"{method} {url} answered {status}: {body[:200]!r}")
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            return {"status": status, "json": httpx.Response(200, content=body).json()}
+        except ValueError:
+            raise ToolError(f"{method} {url} sent invalid JSON") from None
+    return {"status": status, "text": body.decode("utf-8", "replace")}

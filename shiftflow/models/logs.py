@@ -1,0 +1,70 @@
+"""The Mongo writer: execution logs and analytics events for every transition.
+
+Documents follow seed 003's collections. They go through the kernel's batching sink,
+after the Postgres transaction that decided the transition committed: the execution's
+truth is Postgres, the logs tell its story.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shiftflow.kernel.mongo import ANALYTICS_EVENTS, EXECUTION_LOGS, get_sink
+from shiftflow.models.base import utcnow
+from shiftflow.models.executions import Execution
+
+#: Keys never written to logs, whatever step produced them.
+_SECRET_KEYS = frozenset({"authorization", "password", "secret", "token", "api_key", "x-sideshift-secret"})
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with secret-looking keys replaced by ``"***"``."""
+    if isinstance(value, dict):
+        return {k: ("***" if str(k).lower() in _SECRET_KEYS else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def execution_log(
+    execution: Execution,
+    message: str,
+    *,
+    level: str = "info",
+    step_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Queue one ``execution_logs`` document (seed 003 shape) for ``execution``."""
+    sink = get_sink()
+    if sink is None:
+        return
+    sink.write(
+        EXECUTION_LOGS,
+        {
+            "executionId": str(execution.id),
+            "workflowId": str(execution.workflow_id),
+            "workspaceId": str(execution.workspace_id),
+            "timestamp": utcnow(),
+            "level": level,
+            "message": message,
+            "stepId": step_id,
+            "metadata": redact(metadata or {}),
+        },
+    )
+
+
+def analytics_event(event: str, execution: Execution, properties: dict[str, Any]) -> None:
+    """Queue one ``analytics_events`` document (seed 003 shape)."""
+    sink = get_sink()
+    if sink is None:
+        return
+    sink.write(
+        ANALYTICS_EVENTS,
+        {
+            "timestamp": utcnow(),
+            "event": event,
+            "workspaceId": str(execution.workspace_id),
+            "workflowId": str(execution.workflow_id),
+            "properties": redact(properties),
+        },
+    )
