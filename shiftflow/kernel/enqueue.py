@@ -11,7 +11,7 @@ from typing import Any
 
 import dramatiq
 import pika.exceptions
-from dramatiq.errors import ConnectionError as DramatiqConnectionError
+from dramatiq.errors import BrokerConnectionError as DramatiqConnectionError
 
 from shiftflow.kernel.contracts import ACTORS, Priority, encode
 from shiftflow.kernel.errors import BrokerUnavailable

@@ -66,9 +66,12 @@ def compare(left: Any, op: str, right: Any) -> bool:
     if op not in ops:
         raise ConditionError(f"unknown operator {op!r}")
     try:
-        return bool(getattr(left, ops[op])(right) is True)
+        outcome = getattr(left, ops[op])(right)
     except TypeError:
-        raise ConditionError(f"cannot compare {type(left).__name__} {op} {type(right).__name__}") from None
+        outcome = NotImplemented
+    if outcome is NotImplemented:
+        raise ConditionError(f"cannot compare {type(left).__name__} {op} {type(right).__name__}")
+    return bool(outcome)
 
 
 def evaluate_condition(inputs: Mapping[str, Any]) -> dict[str, Any]:

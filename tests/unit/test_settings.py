@@ -1,0 +1,65 @@
+"""Settings: one place reads the environment; bad values name the variable."""
+
+import pytest
+
+from shiftflow.kernel.errors import SettingsError
+from shiftflow.kernel.settings import Settings
+
+REAL = {
+    "SHIFTFLOW_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
+    "SHIFTFLOW_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/shiftflow",
+    "SHIFTFLOW_MONGO_URL": "mongodb://127.0.0.1:27017/?retryWrites=false",
+}
+
+
+def test_dev_mode_needs_nothing():
+    settings = Settings.from_env({"SHIFTFLOW_MODE": "dev"})
+    assert settings.dev
+    assert settings.database_url.startswith("sqlite:///")
+    assert settings.amqp_url == ""
+
+
+@pytest.mark.parametrize("missing", sorted(REAL))
+def test_production_requires_every_url(missing):
+    env = {k: v for k, v in REAL.items() if k != missing}
+    with pytest.raises(SettingsError, match=missing):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("SHIFTFLOW_AMQP_URL", "http://rabbit", "amqp://"),
+        ("SHIFTFLOW_DATABASE_URL", "mysql://db/x", "postgresql://"),
+        ("SHIFTFLOW_INGRESS_PORT", "eighty", "whole number"),
+        ("SHIFTFLOW_INGRESS_PORT", "70000", "0 to 65535"),
+        ("SHIFTFLOW_PREFETCH", "0", "1 to 2000"),
+        ("SHIFTFLOW_MODE", "staging", "dev, production"),
+        ("SHIFTFLOW_SECRET_KEYS", "short", "at least 32"),
+        ("SHIFTFLOW_PUBLISH_TIMEOUT_SECONDS", "soon", "a number"),
+    ],
+)
+def test_malformed_values_name_the_variable(name, value, expected):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**REAL, name: value})
+    assert name in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_error_never_prints_a_password():
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**REAL, "SHIFTFLOW_AMQP_URL": "http://user:hunter2@rabbit/"})
+    assert "hunter2" not in str(info.value)
+
+
+def test_public_dict_hides_secrets():
+    settings = Settings.from_env({**REAL, "SHIFTFLOW_AMQP_URL": "amqp://u:hunter2@h/",
+                                  "SHIFTFLOW_SECRET_KEYS": "k" * 40})
+    shown = str(settings.public_dict())
+    assert "hunter2" not in shown and "k" * 40 not in shown
+    assert settings.secret_keys == ("k" * 40,)
+
+
+def test_values_are_parsed():
+    settings = Settings.from_env({**REAL, "SHIFTFLOW_PREFETCH": "300", "SHIFTFLOW_HTTP_ALLOW_PRIVATE": "true"})
+    assert settings.prefetch == 300 and settings.http_allow_private
