@@ -1,0 +1,162 @@
+"""The engine on the in-process broker and SQLite: trigger → steps → done, once per key."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+
+from shiftflow import actors
+from shiftflow.consumers.dead_letters import DeadLetters
+from shiftflow.kernel.broker import build_broker, install
+from shiftflow.kernel.contracts import StepPayload, TriggerPayload
+from shiftflow.kernel.db import bind_database
+from shiftflow.kernel.enqueue import send
+from shiftflow.kernel.settings import Settings, configure
+from shiftflow.models import catalog
+from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.models.registry import create_all
+from shiftflow.models.runs import claim_step, start_execution
+
+
+class _Service(BaseHTTPRequestHandler):
+    calls: list[dict] = []
+    status = 200
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).calls.append(body)
+        out = json.dumps({"ok": True, "got": body}).encode()
+        self.send_response(type(self).status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def service():
+    _Service.calls, _Service.status = [], 200
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/echo"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    settings = configure(Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_DATA_DIR": str(tmp_path),
+                                            "SHIFTFLOW_DELIVERY_LIMIT": "2"}))
+    db = bind_database(settings.database_url)
+    create_all(db)
+    broker = install(build_broker(settings, extra=[DeadLetters()]))
+    assert isinstance(broker, StubBroker)
+    actors.declare(broker)
+    worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    yield broker
+    worker.stop()
+    broker.close()
+    db.close()
+
+
+def _workflow(url, threshold=10):
+    workspace = catalog.ensure_workspace("t")
+    return catalog.apply_definition(workspace, {
+        "name": "orders",
+        "vars": {"url": url},
+        "steps": [
+            {"id": "check", "type": "condition", "with": {"left": "{{ trigger.amount }}", "op": ">=",
+                                                         "right": threshold}},
+            {"id": "post", "type": "http", "with": {"method": "POST", "url": "{{ vars.url }}",
+                                                    "json": {"amount": "{{ trigger.amount }}"}}},
+            {"id": "shape", "type": "transform", "with": {"output": {"echo": "{{ steps.post.output.json.got }}"}}},
+        ],
+    }).workflow
+
+
+def _trigger(workflow, key, amount):
+    send("triggers.start", TriggerPayload(str(workflow.id), key, "test", {"amount": amount}))
+
+
+def test_trigger_runs_every_step_once(engine, service):
+    workflow = _workflow(service)
+    _trigger(workflow, "d-1", 42)
+    engine.join("triggers")
+    engine.join("steps")
+    engine.join("tools")
+    engine.join("steps")
+    execution = Execution.get(Execution.dedup_key == "d-1")
+    assert execution.status == "SUCCEEDED", execution.error
+    steps = {s.step_id: s for s in StepExecution.select().where(StepExecution.execution == execution.id)}
+    assert {k: s.status for k, s in steps.items()} == {"check": "SUCCEEDED", "post": "SUCCEEDED",
+                                                       "shape": "SUCCEEDED"}
+    assert steps["shape"].output == {"echo": {"amount": 42}}
+    assert _Service.calls == [{"amount": 42}]
+    assert execution.result["shape"] == {"echo": {"amount": 42}}
+
+
+def test_same_delivery_twice_makes_one_execution(engine, service):
+    workflow = _workflow(service)
+    _trigger(workflow, "d-2", 42)
+    _trigger(workflow, "d-2", 42)
+    for queue in ("triggers", "steps", "tools", "steps"):
+        engine.join(queue)
+    assert Execution.select().where(Execution.dedup_key == "d-2").count() == 1
+    assert len(_Service.calls) == 1
+
+
+def test_false_condition_skips_the_call(engine, service):
+    workflow = _workflow(service)
+    _trigger(workflow, "d-3", 1)
+    engine.join("triggers")
+    engine.join("steps")
+    execution = Execution.get(Execution.dedup_key == "d-3")
+    assert execution.status == "SUCCEEDED"
+    statuses = {s.step_id: s.status for s in StepExecution.select().where(StepExecution.execution == execution.id)}
+    assert statuses == {"check": "SUCCEEDED", "post": "SKIPPED", "shape": "SKIPPED"}
+    assert _Service.calls == []
+
+
+def test_permanent_tool_error_fails_the_execution(engine, service):
+    _Service.status = 400
+    workflow = _workflow(service)
+    _trigger(workflow, "d-4", 50)
+    for queue in ("triggers", "steps", "tools"):
+        engine.join(queue)
+    execution = Execution.get(Execution.dedup_key == "d-4")
+    assert execution.status == "FAILED"
+    assert "answered 400" in execution.error
+    assert not StepExecution.select().where(StepExecution.step_id == "shape").exists()
+
+
+def test_redelivery_of_a_crashed_step_is_quarantined(engine, service):
+    """A message that kills its process never records an outcome: the delivery count in
+    the database stops the loop (SHIFTFLOW_DELIVERY_LIMIT=2 here)."""
+    workflow = _workflow(service)
+    started = start_execution(TriggerPayload(str(workflow.id), "d-5", "test", {"amount": 50}))
+    payload = StepPayload(str(started.execution.id), "check")
+    for _ in range(2):  # two deliveries that "crashed" after claiming
+        assert claim_step(payload, delivery_limit=2).step is not None
+    third = claim_step(payload, delivery_limit=2)
+    assert third.step is None and "quarantined" in third.reason
+    execution = Execution.get_by_id(started.execution.id)
+    assert execution.status == "FAILED" and "quarantined" in execution.error
+
+
+def test_start_twice_republishes_pending_first_steps(engine, service):
+    """A crash after the execution committed but before its first steps were published:
+    the redelivered trigger creates nothing new and re-publishes the pending steps."""
+    workflow = _workflow(service)
+    first = start_execution(TriggerPayload(str(workflow.id), "d-6", "test", {"amount": 50}))
+    again = start_execution(TriggerPayload(str(workflow.id), "d-6", "test", {"amount": 50}))
+    assert first.created and not again.created
+    assert [o.payload.step_id for o in again.outgoing] == ["check"]
