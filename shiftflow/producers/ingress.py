@@ -1,0 +1,306 @@
+"""Webhook ingress: ``POST /hooks/{token}`` -> verified, deduplicated trigger on RabbitMQ.
+
+The ingress is thin (DESIGN.md 1): it checks the request (type, size, token, signature,
+JSON), builds a ``TriggerPayload`` whose dedup key is ``{scheme}:{delivery id}``,
+publishes it to ``triggers.start`` and answers 202 only after the publish returned,
+which with publisher confirms means RabbitMQ has the message on disk. It never answers
+2xx for a trigger that could still be lost: anything uncertain is a 503 with
+``Retry-After``, so the sender retries and the trigger actor's dedup key absorbs a
+duplicate. It never waits for the workflow to run.
+
+Status codes (all error bodies are ``{"error": "<reason>"}``):
+
+===  =======================  ==========================================================
+202  accepted                 published; body ``{"status", "execution_key", "workflow_id"}``
+400  bad_request              malformed Content-Length, client went away mid-body
+401  unauthorized             signature, timestamp or signature header wrong or missing
+404  not_found                unknown token, inactive webhook or workflow not ACTIVE
+413  too_large                body above ``webhook_max_body_bytes`` (declared or streamed)
+415  unsupported_media_type   not ``application/json``/``*+json``, or a compressed body
+422  invalid                  not JSON, not an object, or not storable (NaN, NUL, depth)
+503  unavailable              broker refused or timed out, or webhook store down
+===  =======================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from shiftflow.kernel.contracts import Priority, TriggerPayload
+from shiftflow.kernel.enqueue import send
+from shiftflow.kernel.errors import SignatureError, TransientError
+from shiftflow.kernel.settings import Settings
+from shiftflow.kernel.signatures import verify
+from shiftflow.producers import hooks
+from shiftflow.producers.hooks import HookInfo
+
+log = logging.getLogger(__name__)
+
+#: The fixed label values of ``shiftflow_webhooks_total{outcome}``. Duplicates are not
+#: an ingress outcome: only the trigger actor knows, and counts them in
+#: ``shiftflow_executions_total{outcome="duplicate"}``.
+OUTCOMES = (
+    "accepted",
+    "bad_request",
+    "unauthorized",
+    "not_found",
+    "too_large",
+    "unsupported_media_type",
+    "invalid",
+    "unavailable",
+    "error",
+)
+
+WEBHOOKS = Counter("shiftflow_webhooks_total", "Webhook requests by outcome.", ["outcome"])
+LATENCY = Histogram(
+    "shiftflow_webhook_latency_seconds",
+    "Time from request start to response for POST /hooks/{token}, including the broker confirm.",
+    ["outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+for _outcome in OUTCOMES:
+    # Create every series up front so dashboards and alerts see zeros, not gaps.
+    WEBHOOKS.labels(_outcome)
+    LATENCY.labels(_outcome)
+
+#: Seconds a sender should wait before retrying after a 503.
+RETRY_AFTER_SECONDS = 5
+#: Deepest JSON nesting accepted in a body (OWASP API4: cap depth, not only size).
+MAX_JSON_DEPTH = 64
+#: Threads that may publish at once. Separate from the default pool used by lookups, so
+#: publishes stuck on a hung broker (abandoned after the timeout) cannot starve lookups.
+PUBLISH_THREADS = 32
+
+Publish = Callable[[TriggerPayload], object]
+
+
+class _Rejected(Exception):
+    """Internal: stop handling a request with this status, outcome label and reason."""
+
+    def __init__(self, status: int, outcome: str, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.outcome = outcome
+        self.reason = reason
+        self.headers = headers
+
+
+def publish_trigger(payload: TriggerPayload) -> None:
+    """Publish ``payload`` to ``triggers.start`` with its priority (the default ``publish``).
+
+    Raises:
+        BrokerUnavailable: RabbitMQ could not be reached or did not confirm.
+    """
+    send("triggers.start", payload, priority=int(Priority.parse(payload.priority)))
+
+
+def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+def _check_content_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise _Rejected(415, "unsupported_media_type", "content type must be application/json")
+    # Signatures cover the bytes as sent; a compressed body would also dodge the size cap.
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _Rejected(415, "unsupported_media_type", "compressed bodies are not accepted")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_large = _Rejected(413, "too_large", f"body larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.strip().isascii() and declared.strip().isdigit()):
+            raise _Rejected(400, "bad_request", "malformed Content-Length")
+        if int(declared) > limit:
+            raise too_large  # refuse before reading a single byte
+    # Chunked bodies declare no length: count while streaming and stop at the limit.
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _Rejected(400, "bad_request", "client disconnected before the body was complete") from None
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    # json accepts NaN/Infinity by default; PostgreSQL jsonb does not, so the trigger
+    # actor could never store such a body: refuse it here rather than 202 and lose it.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unstorable(data: Any) -> str | None:
+    """Why PostgreSQL ``jsonb`` could not store ``data``, or None (an iterative walk)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"body nests deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, dict):
+            stack.extend((k, depth) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return "body contains \\u0000, which cannot be stored"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "body contains an unpaired UTF-16 surrogate, which cannot be stored"
+    return None
+
+
+def _parse_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _Rejected(422, "invalid", f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _Rejected(422, "invalid", f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _Rejected(422, "invalid", "body must be a JSON object")
+    problem = _unstorable(data)
+    if problem:
+        raise _Rejected(422, "invalid", problem)
+    return data
+
+
+def _unavailable(reason: str) -> _Rejected:
+    return _Rejected(503, "unavailable", reason, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def create_app(
+    settings: Settings,
+    *,
+    publish: Publish | None = None,
+    lookup: Callable[[str], HookInfo | None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """Build the ingress application.
+
+    Parameters:
+        settings: reads ``webhook_max_body_bytes``, ``webhook_tolerance_seconds`` and
+            ``publish_timeout_seconds``.
+        publish: sends one trigger and returns once it is durable, raising
+            ``TransientError`` (``BrokerUnavailable``) otherwise; default ``publish_trigger``.
+            Called in a worker thread because publishing blocks on the broker confirm.
+        lookup: token -> ``HookInfo`` or None, may raise ``TransientError``; default the
+            cached database lookup ``hooks.lookup`` (the database must be bound).
+        clock: Unix time in seconds, for signature timestamps and ``received_at``.
+
+    Returns:
+        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` and ``GET /metrics``.
+    """
+    publish_fn: Publish = publish or publish_trigger
+    lookup_fn = lookup or hooks.lookup
+    limit = settings.webhook_max_body_bytes
+    timeout = settings.publish_timeout_seconds
+    publish_limiter = anyio.CapacityLimiter(PUBLISH_THREADS)
+
+    async def accept(request: Request) -> JSONResponse:
+        _check_content_type(request)
+        body = await _read_body(request, limit)
+        token = request.path_params["token"]
+        try:
+            # A lookup may query PostgreSQL: keep it off the event loop.
+            hook = await anyio.to_thread.run_sync(lookup_fn, token)
+        except TransientError as exc:
+            log.warning("webhook lookup failed: %s", exc)
+            raise _unavailable("webhook store unavailable, retry later") from None
+        if hook is None or not hook.active:
+            raise _Rejected(404, "not_found", "unknown webhook")
+        now = clock()
+        try:
+            delivery_id = verify(
+                hook.scheme, hook.secrets, request.headers, body, now, settings.webhook_tolerance_seconds
+            )
+        except SignatureError as exc:
+            raise _Rejected(401, "unauthorized", str(exc)) from None
+        payload = TriggerPayload(
+            workflow_id=hook.workflow_id,
+            dedup_key=f"{hook.scheme}:{delivery_id}",
+            source="webhook",
+            data=_parse_object(body),
+            received_at=now,
+            priority=Priority.NORMAL.name,
+        )
+        try:
+            # abandon_on_cancel: on timeout we answer 503 at once; the thread may still
+            # finish the publish later, which is safe because the sender's retry carries
+            # the same dedup key and the trigger actor creates the execution once.
+            with anyio.fail_after(timeout):
+                await anyio.to_thread.run_sync(
+                    publish_fn, payload, abandon_on_cancel=True, limiter=publish_limiter
+                )
+        except TimeoutError:
+            log.warning("publish of %s timed out after %s s", payload.dedup_key, timeout)
+            raise _unavailable(f"broker did not confirm within {timeout:g} s, retry later") from None
+        except TransientError as exc:
+            # The detail (hosts, broker errors) goes to the log, not to the caller.
+            log.warning("publish of %s failed: %s", payload.dedup_key, exc)
+            raise _unavailable("broker unavailable, retry later") from None
+        return JSONResponse(
+            {"status": "accepted", "execution_key": payload.dedup_key, "workflow_id": hook.workflow_id},
+            status_code=202,
+        )
+
+    async def receive_hook(request: Request) -> Response:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            response: Response = await accept(request)
+            outcome = "accepted"
+        except _Rejected as rejected:
+            outcome = rejected.outcome
+            log.info("webhook rejected: %s %s", rejected.status, rejected.reason)
+            response = _error(rejected.status, rejected.reason, rejected.headers)
+        finally:
+            # Also on an unexpected exception (outcome "error"), which the 500 handler answers.
+            WEBHOOKS.labels(outcome).inc()
+            LATENCY.labels(outcome).observe(time.perf_counter() - started)
+        return response
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, exc.detail, dict(exc.headers or {}))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return _error(500, "internal error")
+
+    return Starlette(
+        routes=[
+            Route("/hooks/{token}", receive_hook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
