@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import peewee
 
@@ -36,7 +37,7 @@ class TimestampedModel(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)
 
-    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def save(self, *args: Any, **kwargs: Any) -> Any:
         """Save the row, stamping ``updated_at``."""
         self.updated_at = utcnow()
         return super().save(*args, **kwargs)

@@ -30,7 +30,6 @@ with warnings.catch_warnings():
     # warns when it finds httpx rather than httpx2, and kernel.enqueue still imports
     # dramatiq's old ``ConnectionError`` name (renamed ``BrokerConnectionError`` in 2.x).
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
-    warnings.filterwarnings("ignore", "The class 'ConnectionError' has been renamed", DeprecationWarning)
     from starlette.testclient import TestClient
 
     from shiftflow.producers.ingress import create_app, publish_trigger

@@ -1,0 +1,181 @@
+"""The walking skeleton on real services: a signed webhook travels the whole flow.
+
+Real RabbitMQ (own vhost), real PostgreSQL (own database from the migrated template),
+a real MongoDB-wire server, a real HTTP ingress (uvicorn) and a real outside service.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dramatiq
+import httpx
+import pytest
+import uvicorn
+
+from shiftflow.consumers.boot import boot
+from shiftflow.kernel.broker import build_broker
+from shiftflow.kernel.mongo import EXECUTION_LOGS, get_sink
+from shiftflow.kernel.settings import Settings, configure
+from shiftflow.kernel.signatures import signed_headers
+from shiftflow.models import catalog
+from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.producers.ingress import create_app
+from tests.helpers import free_port, wait_for_http, wait_until
+
+pytestmark = pytest.mark.integration
+
+DEFINITION = {
+    "name": "skeleton",
+    "trigger": {"type": "webhook"},
+    "steps": [
+        {"id": "check", "type": "condition", "with": {"left": "{{ trigger.amount }}", "op": ">", "right": 10}},
+        {"id": "call", "type": "http", "timeout": 5,
+         "with": {"method": "POST", "url": "{{ vars.url }}", "json": {"amount": "{{ trigger.amount }}"}}},
+        {"id": "shape", "type": "transform",
+         "with": {"output": {"total": "{{ steps.call.output.json.received.amount }}", "who": "{{ trigger.who }}"}}},
+    ],
+}
+
+
+class _Service(BaseHTTPRequestHandler):
+    hits: list[dict] = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).hits.append(body)
+        out = json.dumps({"received": body}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+class _Uvicorn(uvicorn.Server):
+    def install_signal_handlers(self):  # the test thread is not the main thread
+        pass
+
+
+@pytest.fixture
+def stack(real_env, tmp_path):
+    """Workers (in-process, real RabbitMQ), ingress (real HTTP), an outside service."""
+    settings = configure(Settings.from_env(real_env))
+    broker = boot(settings)
+    broker.emit_after("process_boot")  # what the dramatiq CLI does in each worker process
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
+    worker.start()
+    _Service.hits = []
+    service = ThreadingHTTPServer(("127.0.0.1", 0), _Service)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    port = free_port()
+    server = _Uvicorn(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    data = dict(DEFINITION, vars={"url": f"http://127.0.0.1:{service.server_address[1]}/svc"})
+    workflow = catalog.apply_definition(catalog.ensure_workspace("acme"), data).workflow
+    hook = catalog.create_webhook(workflow)
+    yield {"settings": settings, "base": f"http://127.0.0.1:{port}", "hook": hook, "workflow": workflow}
+    server.should_exit = True
+    thread.join(10)
+    worker.stop()
+    broker.emit_before("worker_shutdown", worker)  # flushes the Mongo sink
+    broker.close()
+    service.shutdown()
+    service.server_close()
+
+
+def _post(base, hook, body: dict, delivery_id: str, *, now=None):
+    raw = json.dumps(body).encode()
+    headers = signed_headers("standard", hook.secrets[0], raw, int(now or time.time()), delivery_id)
+    headers["content-type"] = "application/json"
+    return httpx.post(f"{base}/hooks/{hook.token}", content=raw, headers=headers, timeout=10)
+
+
+def _finished(key):
+    row = Execution.get_or_none(Execution.dedup_key == key)
+    return row if row is not None and row.status in ("SUCCEEDED", "FAILED") else None
+
+
+def test_signed_webhook_runs_the_whole_flow(stack, mongo_url, real_env):
+    response = _post(stack["base"], stack["hook"], {"amount": 42, "who": "ada"}, "msg_1")
+    assert response.status_code == 202, response.text
+    key = response.json()["execution_key"]
+    execution = wait_until(lambda: _finished(key), timeout=30)
+    assert execution.status == "SUCCEEDED", execution.error
+    steps = {s.step_id: s for s in StepExecution.select().where(StepExecution.execution == execution.id)}
+    assert {k: s.status for k, s in steps.items()} == {"check": "SUCCEEDED", "call": "SUCCEEDED",
+                                                       "shape": "SUCCEEDED"}
+    assert steps["shape"].output == {"total": 42, "who": "ada"}
+    assert all(s.attempts == 1 for s in steps.values())
+    assert _Service.hits == [{"amount": 42}]
+
+    sink = get_sink()
+    assert sink is not None and sink.flush(10)
+    docs = list(sink.database()[EXECUTION_LOGS].find({"executionId": str(execution.id)}).sort("timestamp", 1))
+    messages = [d["message"] for d in docs]
+    assert messages[0] == "execution created" and messages[-1] == "execution succeeded"
+    for step in ("check", "call", "shape"):
+        assert f"step {step} succeeded" in messages
+    assert {d["workspaceId"] for d in docs} == {str(execution.workspace_id)}
+    index_keys = [list(ix["key"]) for ix in sink.database()[EXECUTION_LOGS].list_indexes()]
+    assert ["executionId", "timestamp"] in index_keys
+
+    metrics_text = httpx.get(f"{stack['base']}/metrics", timeout=5).text
+    assert 'shiftflow_webhooks_total{outcome="accepted"}' in metrics_text
+
+
+def test_repeated_delivery_makes_one_execution(stack):
+    for _ in range(3):
+        assert _post(stack["base"], stack["hook"], {"amount": 50, "who": "bob"}, "msg_dup").status_code == 202
+    wait_until(lambda: _finished("standard:msg_dup"), timeout=30)
+    time.sleep(0.5)  # let any duplicate trigger messages drain
+    assert Execution.select().where(Execution.dedup_key == "standard:msg_dup").count() == 1
+    assert len(_Service.hits) == 1
+
+
+def test_bad_signature_is_refused_before_any_publish(stack):
+    raw = json.dumps({"amount": 42}).encode()
+    headers = signed_headers("standard", stack["hook"].secrets[0], raw, int(time.time()), "msg_bad")
+    headers["content-type"] = "application/json"
+    response = httpx.post(f"{stack['base']}/hooks/{stack['hook'].token}", content=raw + b" ", headers=headers)
+    assert response.status_code == 401 and "error" in response.json()
+    old = _post(stack["base"], stack["hook"], {"amount": 42}, "msg_old", now=time.time() - 3600)
+    assert old.status_code == 401
+    time.sleep(0.5)
+    assert Execution.select().count() == 0
+
+
+def test_unreachable_broker_gives_503_never_2xx(real_env, stack):
+    """A second ingress whose broker URL points at a closed port: the publish cannot be
+    confirmed, so the trigger is refused with 503 + Retry-After (the sender retries)."""
+    settings = Settings.from_env({**real_env, "SHIFTFLOW_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F",
+                                  "SHIFTFLOW_PUBLISH_TIMEOUT_SECONDS": "3"})
+    dead = build_broker(settings, worker=False)
+
+    def publish(payload):
+        from shiftflow.kernel.enqueue import build_message
+        from shiftflow.kernel.errors import BrokerUnavailable
+
+        try:
+            dead.enqueue(build_message("triggers.start", payload))
+        except Exception as exc:  # the real failure, whatever pika raises, becomes BrokerUnavailable
+            raise BrokerUnavailable(str(exc)) from exc
+
+    from starlette.testclient import TestClient
+
+    app = create_app(settings, publish=publish)
+    raw = json.dumps({"amount": 1}).encode()
+    headers = signed_headers("standard", stack["hook"].secrets[0], raw, int(time.time()), "msg_503")
+    headers["content-type"] = "application/json"
+    with TestClient(app) as client:
+        response = client.post(f"/hooks/{stack['hook'].token}", content=raw, headers=headers)
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
