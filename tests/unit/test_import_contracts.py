@@ -1,0 +1,49 @@
+"""The one-way import rule (DESIGN.md 2) is enforced by `make lint`, and can fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=tree, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    shutil.copytree(ROOT / "shiftflow", tmp_path / "shiftflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_the_tree_keeps_the_contracts(tree):
+    result = _lint_imports(tree)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "line"),
+    [
+        ("actors/triggers.py", "import shiftflow.producers.ingress  # noqa"),
+        ("kernel/settings.py", "import shiftflow.models.base  # noqa"),
+        ("producers/hooks.py", "import shiftflow.actors.steps  # noqa"),
+        ("consumers/pools.py", "import shiftflow.producers.hooks  # noqa"),
+    ],
+)
+def test_a_wrong_way_import_fails_lint(tree, module, line):
+    path = tree / "shiftflow" / module
+    path.write_text(path.read_text() + "\n" + line + "\n")
+    result = _lint_imports(tree)
+    assert result.returncode != 0
+    assert "BROKEN" in result.stdout
