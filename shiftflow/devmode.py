@@ -39,7 +39,7 @@ HOOK_TOKEN = "dev-hello"
 class _Echo(BaseHTTPRequestHandler):
     """Answers every POST with the JSON it received: the example's "outside service"."""
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b"{}"
         out = json.dumps({"received": json.loads(body or b"{}"), "service": "echo"}).encode()
@@ -49,7 +49,7 @@ class _Echo(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(out)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: dev mode prints its own progress."""
 
 

@@ -19,7 +19,7 @@ except SettingsError as exc:
     print(f"shiftflow worker: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
-from shiftflow.consumers.boot import boot, prepare_metrics_dir  # noqa: E402 - after settings, on purpose
+from shiftflow.consumers.boot import boot, prepare_metrics_dir
 
 prepare_metrics_dir(settings)
 broker = boot(settings)

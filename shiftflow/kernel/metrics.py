@@ -76,7 +76,7 @@ def serve_multiprocess(directory: str, host: str, port: int) -> None:
     """Serve the summed metrics of a worker pool on ``host:port`` until killed (a Dramatiq fork)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:
             body = generate_latest(multiprocess_registry(directory))
             self.send_response(200)
             self.send_header("Content-Type", CONTENT_TYPE_LATEST)
@@ -84,7 +84,7 @@ def serve_multiprocess(directory: str, host: str, port: int) -> None:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             """Scrapes are not worth a log line each."""
 
     ThreadingHTTPServer((host, port), Handler).serve_forever()

@@ -15,6 +15,7 @@ import dramatiq
 import httpx
 import pytest
 import uvicorn
+from tests.helpers import free_port, wait_for_http, wait_until
 
 from shiftflow.consumers.boot import boot
 from shiftflow.kernel.broker import build_broker
@@ -24,7 +25,6 @@ from shiftflow.kernel.signatures import signed_headers
 from shiftflow.models import catalog
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.producers.ingress import create_app
-from tests.helpers import free_port, wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ DEFINITION = {
 class _Service(BaseHTTPRequestHandler):
     hits: list[dict] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).hits.append(body)
         out = json.dumps({"received": body}).encode()

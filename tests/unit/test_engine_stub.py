@@ -27,7 +27,7 @@ class _Service(BaseHTTPRequestHandler):
     calls: list[dict] = []
     status = 200
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).calls.append(body)
         out = json.dumps({"ok": True, "got": body}).encode()
