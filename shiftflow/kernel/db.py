@@ -53,6 +53,18 @@ class _PostgresDatabase(PooledPostgresqlDatabase):
         return conn
 
 
+class _SqliteDatabase(peewee.SqliteDatabase):
+    """SQLite whose transactions take the write lock at BEGIN.
+
+    With the default deferred BEGIN, two worker threads that both read then write
+    deadlock and one gets "database is locked" at once, without waiting for the busy
+    timeout; BEGIN IMMEDIATE makes the second one wait its turn instead.
+    """
+
+    def begin(self, lock_type: str | None = None) -> None:
+        super().begin(lock_type or "IMMEDIATE")
+
+
 def make_database(url: str) -> peewee.Database:
     """Build (without connecting) a Peewee database from a URL.
 
@@ -83,7 +95,7 @@ def make_database(url: str) -> peewee.Database:
             path = path[1:]  # sqlite:///rel/path.db is relative, sqlite:////abs/path.db absolute
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return peewee.SqliteDatabase(
+        return _SqliteDatabase(
             path or ":memory:",
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10_000},
             field_types={"JSONB": "TEXT"},

@@ -147,11 +147,15 @@ def _locked_execution(execution_id: Any) -> Execution:
     return execution
 
 
-def claim_step(payload: StepPayload, *, delivery_limit: int) -> Claim:
+def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | None = None) -> Claim:
     """Count this delivery and mark the step RUNNING, unless it is already finished.
 
     The attempt count is committed before any work, so a message that kills its
     process is quarantined after ``delivery_limit`` deliveries instead of looping.
+
+    ``message_id`` identifies the delivery: RabbitMQ redelivers a message with the same
+    id (after a crash, or a Dramatiq retry), so the same id takes a RUNNING step over,
+    while another id for a RUNNING step is a duplicate publish and is dropped.
     """
     with database.atomic():
         execution = _locked_execution(payload.execution_id)
@@ -166,6 +170,9 @@ def claim_step(payload: StepPayload, *, delivery_limit: int) -> Claim:
             metrics.STEPS.labels(step.step_type, "already_done").inc()
             return Claim(None, execution, definition, _pending_messages(execution, definition, first=False),
                          "already done")
+        if step.status == "RUNNING" and message_id and step.claimed_by and step.claimed_by != message_id:
+            metrics.STEPS.labels(step.step_type, "duplicate").inc()
+            return Claim(None, execution, definition, [], "running under another message")
         if execution.status in TERMINAL:
             step.status, step.completed_at = "CANCELLED", utcnow()
             step.save()
@@ -180,6 +187,7 @@ def claim_step(payload: StepPayload, *, delivery_limit: int) -> Claim:
             metrics.STEPS.labels(step.step_type, "quarantined").inc()
             return Claim(None, execution, definition, [], reason)
         step.status = "RUNNING"
+        step.claimed_by = message_id
         step.started_at = step.started_at or utcnow()
         step.save()
     logs.execution_log(execution, f"step {step.step_id} started", step_id=step.step_id,

@@ -6,6 +6,8 @@ returns the messages to publish; the actor publishes them and Dramatiq acks afte
 
 from __future__ import annotations
 
+from dramatiq.middleware import CurrentMessage
+
 from shiftflow.kernel.contracts import StepPayload
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError, TransientError
@@ -22,7 +24,9 @@ def run_step(payload: StepPayload) -> list[Outgoing]:
             Dramatiq's Retries middleware redelivers the message with backoff.
     """
     settings = get_settings()
-    claim = claim_step(payload, delivery_limit=settings.delivery_limit)
+    message = CurrentMessage.get_current_message()
+    claim = claim_step(payload, delivery_limit=settings.delivery_limit,
+                       message_id=message.message_id if message is not None else None)
     if claim.step is None:
         return claim.outgoing
     step_def = claim.definition.step(claim.step.step_id)

@@ -160,3 +160,14 @@ def test_start_twice_republishes_pending_first_steps(engine, service):
     again = start_execution(TriggerPayload(str(workflow.id), "d-6", "test", {"amount": 50}))
     assert first.created and not again.created
     assert [o.payload.step_id for o in again.outgoing] == ["check"]
+
+
+def test_duplicate_publish_is_dropped_but_redelivery_takes_over(engine, service):
+    workflow = _workflow(service)
+    started = start_execution(TriggerPayload(str(workflow.id), "d-7", "test", {"amount": 50}))
+    payload = StepPayload(str(started.execution.id), "check")
+    assert claim_step(payload, delivery_limit=5, message_id="m-1").step is not None
+    duplicate = claim_step(payload, delivery_limit=5, message_id="m-2")
+    assert duplicate.step is None and "another message" in duplicate.reason
+    redelivered = claim_step(payload, delivery_limit=5, message_id="m-1")
+    assert redelivered.step is not None and redelivered.step.attempts == 2
