@@ -11,6 +11,7 @@ from shiftflow import actors
 from shiftflow.consumers.dead_letters import DeadLetters
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database
+from shiftflow.kernel.redis_handle import configure_redis
 from shiftflow.kernel.settings import Settings
 
 
@@ -36,4 +37,5 @@ def boot(settings: Settings) -> dramatiq.Broker:
     broker = install(build_broker(settings, extra=[DeadLetters()]))
     actors.declare(broker)
     bind_database(settings.database_url)
+    configure_redis(settings.redis_url)
     return broker

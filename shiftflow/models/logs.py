@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shiftflow.kernel.mongo import ANALYTICS_EVENTS, EXECUTION_LOGS, get_sink
+from shiftflow.kernel.redis_handle import publish_update
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution
 
@@ -34,7 +35,9 @@ def execution_log(
     step_id: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Queue one ``execution_logs`` document (seed 003 shape) for ``execution``."""
+    """Queue one ``execution_logs`` document (seed 003 shape) for ``execution``, and
+    publish the transition on the execution's Redis channel for live watchers."""
+    publish_update(str(execution.id), {"message": message, "stepId": step_id, "level": level})
     sink = get_sink()
     if sink is None:
         return

@@ -179,3 +179,25 @@ def test_unreachable_broker_gives_503_never_2xx(real_env, stack):
         response = client.post(f"/hooks/{stack['hook'].token}", content=raw, headers=headers)
     assert response.status_code == 503
     assert response.headers["retry-after"]
+
+
+def test_transitions_are_published_live_on_redis(stack, redis_url):
+    import redis as redis_lib
+
+    from shiftflow.kernel.redis_handle import channel
+
+    client = redis_lib.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.psubscribe(channel("*"))
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    assert _post(stack["base"], stack["hook"], {"amount": 11, "who": "eve"}, "msg_live").status_code == 202
+    wait_until(lambda: _finished("standard:msg_live"), timeout=30)
+    seen = []
+    deadline = time.time() + 5
+    while time.time() < deadline and not any("execution succeeded" in m for m in seen):
+        message = pubsub.get_message(timeout=0.5)
+        if message and message["type"] == "pmessage":
+            seen.append(json.loads(message["data"])["message"])
+    pubsub.close()
+    client.close()
+    assert seen[0] == "execution created" and "execution succeeded" in seen
