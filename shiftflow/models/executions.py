@@ -11,16 +11,25 @@ import peewee
 
 from shiftflow.kernel.db import JSONField
 from shiftflow.models.base import BaseModel, utcnow
-from shiftflow.models.tenancy import Workspace
+from shiftflow.models.tenancy import User, Workspace
 from shiftflow.models.workflows import Workflow
 
 
 class Execution(BaseModel):
     """One run of one workflow version.
 
-    ``status``: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT.
-    The multi-phase fields of seed 001 (``phase``, ``progress``, ``phases``,
-    ``checkpoints``, ``parent`` for the retry chain) live here too.
+    ``status``: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT (and PAUSED,
+    seed 004's paused task). The multi-phase fields of seed 001 (``phase``, ``progress``,
+    ``phases``, ``checkpoints``, ``parent`` for the retry chain) live here too.
+
+    Every seed starts runs on behalf of a person (seed 000/002 ``userId``, seed 001
+    ``triggeredBy``, seed 004 task owner): ``triggered_by``. ``title`` is the display name
+    of a seed 004 task. LLM metrics of seed 002 are on ``LlmCall`` rows, one per call.
+
+    Database check (migration 0002, seed 002's status logic adapted): RUNNING needs
+    ``started_at``; PENDING/RUNNING/PAUSED have no ``completed_at``; a terminal status
+    has one. No "completed after started" check here: the two stamps come from different
+    worker hosts, and clock skew must not fail an execution (``LlmCall`` has that check).
     """
 
     workflow = peewee.ForeignKeyField(Workflow, backref="executions", on_delete="CASCADE")
@@ -48,6 +57,11 @@ class Execution(BaseModel):
     started_at = peewee.DateTimeField(null=True)
     completed_at = peewee.DateTimeField(null=True)
     duration_ms = peewee.IntegerField(null=True)
+    # Indexed by the composite (triggered_by, created_at) below, not on its own.
+    triggered_by = peewee.ForeignKeyField(
+        User, null=True, backref="executions", on_delete="SET NULL", index=False
+    )
+    title = peewee.CharField(max_length=300, null=True)
 
     class Meta:
         indexes = (
@@ -55,7 +69,20 @@ class Execution(BaseModel):
             (("workflow", "created_at"), False),
             (("workspace", "created_at"), False),
             (("status", "created_at"), False),
+            (("triggered_by", "created_at"), False),
         )
+        constraints = [
+            peewee.Check("progress BETWEEN 0 AND 100", name="chk_execution_progress"),
+            peewee.Check("retry_count >= 0 AND max_retries >= 0", name="chk_execution_retries"),
+            peewee.Check("duration_ms IS NULL OR duration_ms >= 0", name="chk_execution_duration"),
+            # Migration 0002 (seed 002 "chk_execution_status_logic", on our statuses).
+            peewee.Check(
+                "(status IN ('PENDING', 'RUNNING', 'PAUSED') AND completed_at IS NULL"
+                " AND (status <> 'RUNNING' OR started_at IS NOT NULL))"
+                " OR (status IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT') AND completed_at IS NOT NULL)",
+                name="chk_execution_status_logic",
+            ),
+        ]
 
 
 class StepExecution(BaseModel):
@@ -76,6 +103,9 @@ class StepExecution(BaseModel):
     error = peewee.TextField(null=True)
     attempts = peewee.IntegerField(default=0)
     retry_count = peewee.IntegerField(default=0)
+    #: The message id of the delivery running the step: a different message for the same
+    #: step (a duplicate publish) is dropped, the same message (a redelivery) takes over.
+    claimed_by = peewee.CharField(max_length=64, null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     started_at = peewee.DateTimeField(null=True)
     completed_at = peewee.DateTimeField(null=True)
@@ -86,3 +116,19 @@ class StepExecution(BaseModel):
             (("execution", "step_id", "iteration"), True),
             (("status", "created_at"), False),
         )
+        constraints = [
+            peewee.Check(
+                "iteration >= 0 AND attempts >= 0 AND retry_count >= 0", name="chk_step_execution_counts"
+            ),
+        ]
+
+
+# Seed 002 (migration 0002): the dashboard's "my running and failed executions".
+Execution.add_index(
+    Execution.index(
+        Execution.triggered_by,
+        Execution.status,
+        where=peewee.SQL("status IN ('RUNNING', 'FAILED')"),
+        name="idx_executions_user_status",
+    )
+)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import peewee
 
-from shiftflow.models.base import BaseModel, TimestampedModel, utcnow
 from shiftflow.kernel.db import JSONField
+from shiftflow.models.base import BaseModel, TimestampedModel, utcnow
 
 
 class User(TimestampedModel):
-    """A person. One table for every seed (seed 000 wallet users, 003 password users...)."""
+    """A person. One table for every seed (seed 000 wallet users, 003 password users...).
+
+    Product-specific profile data (seed 004 ``UserProfile``: travel preferences, social
+    accounts, resume links) lives in ``profile``: the engine never queries it, tools read it.
+    """
 
     email = peewee.CharField(max_length=320, null=True, unique=True)
     name = peewee.CharField(max_length=200, null=True)
@@ -17,6 +21,12 @@ class User(TimestampedModel):
     wallet_address = peewee.CharField(max_length=128, null=True, unique=True)
     is_active = peewee.BooleanField(default=True)
     last_login_at = peewee.DateTimeField(null=True)
+    # Seeds 000/003 keep a verification flag or date; a date answers both.
+    email_verified_at = peewee.DateTimeField(null=True)
+    avatar_url = peewee.CharField(max_length=2048, null=True)
+    # IANA name; the default zone of the user's schedules (seed 004 UserProfile.timezone).
+    timezone = peewee.CharField(max_length=64, default="UTC")
+    profile = JSONField(default=dict)
 
 
 class Workspace(TimestampedModel):
@@ -28,6 +38,11 @@ class Workspace(TimestampedModel):
     max_workflows = peewee.IntegerField(default=5)
     max_executions = peewee.IntegerField(default=1000)
 
+    class Meta:
+        constraints = [
+            peewee.Check("max_workflows >= 0 AND max_executions >= 0", name="chk_workspace_limits"),
+        ]
+
 
 class WorkspaceMember(TimestampedModel):
     """A user's role in a workspace: OWNER, ADMIN, MEMBER or VIEWER."""
@@ -38,6 +53,9 @@ class WorkspaceMember(TimestampedModel):
 
     class Meta:
         indexes = ((("workspace", "user"), True),)
+        constraints = [
+            peewee.Check("role IN ('OWNER', 'ADMIN', 'MEMBER', 'VIEWER')", name="chk_workspace_member_role"),
+        ]
 
 
 class ApiKey(BaseModel):
@@ -54,3 +72,12 @@ class ApiKey(BaseModel):
     expires_at = peewee.DateTimeField(null=True)
     revoked_at = peewee.DateTimeField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        # Seed 002: keys listed per user and state.
+        indexes = ((("user", "is_active"), False),)
+
+
+# Seed 002/003 (migration 0002): the authentication lookup only ever wants active keys;
+# a partial index stays small however many revoked keys pile up.
+ApiKey.add_index(ApiKey.index(ApiKey.key_hash, where=peewee.SQL("is_active"), name="idx_api_keys_hash"))

@@ -6,6 +6,7 @@ import peewee
 
 from shiftflow.kernel.db import JSONField
 from shiftflow.models.base import BaseModel, TimestampedModel, utcnow
+from shiftflow.models.templates import WorkflowTemplate
 from shiftflow.models.tenancy import User, Workspace
 
 
@@ -14,6 +15,11 @@ class Workflow(TimestampedModel):
 
     ``status`` is DRAFT, ACTIVE, PAUSED or ARCHIVED (seed 000 adds COMPLETED and FAILED
     for workflows that reached ``max_executions`` or were stopped by an error).
+
+    ``execution_count`` is the admission counter checked against ``max_executions`` when
+    an execution is created; durations and money totals live in ``WorkflowMetrics``.
+    Trigger configuration is part of the versioned definition, not a column here: the
+    scheduler and poller keep their own rows (``Schedule``, ``PollingCursor``).
     """
 
     workspace = peewee.ForeignKeyField(Workspace, backref="workflows", on_delete="CASCADE")
@@ -29,9 +35,17 @@ class Workflow(TimestampedModel):
     failed_executions = peewee.IntegerField(default=0)
     last_executed_at = peewee.DateTimeField(null=True)
     tags = JSONField(default=list)
+    # Seed 003: UI folder, first publication, and the template a workflow was made from.
+    folder = peewee.CharField(max_length=200, null=True)
+    published_at = peewee.DateTimeField(null=True)
+    template = peewee.ForeignKeyField(WorkflowTemplate, null=True, backref="workflows", on_delete="SET NULL")
 
     class Meta:
         indexes = ((("workspace", "status"), False),)
+        constraints = [
+            peewee.Check("max_executions IS NULL OR max_executions > 0", name="chk_workflow_max_executions"),
+            peewee.Check("current_version >= 1", name="chk_workflow_current_version"),
+        ]
 
 
 class WorkflowVersion(BaseModel):
@@ -46,6 +60,7 @@ class WorkflowVersion(BaseModel):
 
     class Meta:
         indexes = ((("workflow", "version"), True),)
+        constraints = [peewee.Check("version >= 1", name="chk_workflow_version_version")]
 
 
 class Webhook(TimestampedModel):
