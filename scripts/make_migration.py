@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def draft_sql(differences: list[introspect.Difference]) -> list[str]:
             definition = str(d.expected).split(": ", 1)[1]
             out.append(f'ALTER TABLE "{d.table}" ADD CONSTRAINT "{d.name}" {definition}')
         elif d.kind == "missing" and d.section == "indexes":
-            out.append(str(d.expected))
+            # pg_indexes qualifies the table with its schema; migrations run in the current one.
+            out.append(re.sub(r" ON \w+\.", " ON ", str(d.expected), count=1))
         else:
             out.append("-- REVIEW: " + str(d).replace("\n", " "))
     return out

@@ -38,6 +38,9 @@ SELECT table_name FROM information_schema.tables
 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'
 """
 
+#: How one object of each section is called in messages.
+_SINGULAR = {"tables": "table", "columns": "column", "constraints": "constraint", "indexes": "index"}
+
 #: section -> {(table, name): description}
 Snapshot = dict[str, dict[tuple[str, str], Any]]
 
@@ -54,7 +57,7 @@ class Difference:
     actual: Any
 
     def __str__(self) -> str:
-        what = f"{self.section[:-1]} {self.table}.{self.name}" if self.name else f"table {self.table}"
+        what = f"{_SINGULAR[self.section]} {self.table}.{self.name}" if self.name else f"table {self.table}"
         if self.kind == "missing":
             return f"{what} is missing: expected {self.expected}"
         if self.kind == "unexpected":
