@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dramatiq
 import dramatiq.worker
 
@@ -13,16 +11,6 @@ from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.redis_handle import configure_redis
 from shiftflow.kernel.settings import Settings
-
-
-def prepare_metrics_dir(settings: Settings) -> None:
-    """Point prometheus_client at the pool's multiprocess directory.
-
-    Must run before prometheus_client is first imported in this process.
-    """
-    if settings.metrics_dir:
-        os.makedirs(settings.metrics_dir, exist_ok=True)
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", settings.metrics_dir)
 
 
 def boot(settings: Settings) -> dramatiq.Broker:

@@ -8,6 +8,7 @@ Settings come from ``SHIFTFLOW_*``; a bad one stops the process with a message n
 
 from __future__ import annotations
 
+import os
 import sys
 
 from shiftflow.kernel.errors import SettingsError
@@ -19,7 +20,12 @@ except SettingsError as exc:
     print(f"shiftflow worker: {exc}", file=sys.stderr)
     raise SystemExit(2) from None
 
-from shiftflow.consumers.boot import boot, prepare_metrics_dir
+if settings.metrics_dir:
+    # prometheus_client picks its multiprocess mode when first imported: this must run
+    # before anything below imports it.
+    os.makedirs(settings.metrics_dir, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", settings.metrics_dir)
 
-prepare_metrics_dir(settings)
+from shiftflow.consumers.boot import boot  # noqa: E402 - after the metrics directory, on purpose
+
 broker = boot(settings)

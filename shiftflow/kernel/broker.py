@@ -56,7 +56,7 @@ def middleware_for(settings: Settings, *, extra: Sequence[Middleware] = (), work
             stack.append(MongoLifecycle(settings.mongo_url, settings.mongo_db, settings.log_batch_size,
                                         settings.log_flush_ms))
     # 3. Observability: per-message metrics; one exporter per pool (a fork) when a port is set.
-    stack.append(Metrics(settings.metrics_dir, "0.0.0.0", settings.metrics_port if worker else 0))
+    stack.append(Metrics(settings.metrics_dir, settings.metrics_port if worker else 0))
     # 4. Models-aware middleware from consumers (dead letters into Postgres).
     stack.extend(extra)
     # 5. Flow control: notify actors of shutdown; cap a message's age and run time. The time

@@ -15,6 +15,7 @@ from dramatiq.middleware import Middleware
 from shiftflow.kernel import metrics
 from shiftflow.kernel.db import database
 from shiftflow.kernel.mongo import MongoSink, configure_sink, get_sink
+from shiftflow.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +55,24 @@ class MongoLifecycle(Middleware):
             configure_sink(None)
 
 
+def pool_exporter() -> None:
+    """The Dramatiq fork that serves a pool's summed metrics (imported by path, so it reads
+    its own settings from the environment the pool was started with)."""
+    settings = Settings.from_env()
+    metrics.serve_multiprocess(settings.metrics_dir, settings.metrics_host, settings.metrics_port)
+
+
 class Metrics(Middleware):
     """Per-message Prometheus metrics with fixed labels (queue, actor, outcome)."""
 
-    def __init__(self, metrics_dir: str = "", host: str = "0.0.0.0", port: int = 0) -> None:
-        self.metrics_dir, self.host, self.port = metrics_dir, host, port
+    def __init__(self, metrics_dir: str = "", port: int = 0) -> None:
+        self.metrics_dir, self.port = metrics_dir, port
         self._started: dict[str, float] = {}
 
     @property
     def forks(self) -> list[Any]:
         """One exposition server per pool, summing every worker process's files."""
-        if not (self.metrics_dir and self.port):
-            return []
-        directory, host, port = self.metrics_dir, self.host, self.port
-
-        def serve() -> None:
-            metrics.serve_multiprocess(directory, host, port)
-
-        return [serve]
+        return [pool_exporter] if self.metrics_dir and self.port else []
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
         self._started[message.message_id] = time.perf_counter()

@@ -126,7 +126,8 @@ class Settings:
     ingress_port: int = 8080
     #: SHIFTFLOW_PUBLIC_URL: the base URL printed for webhook endpoints
     public_url: str = ""
-    #: SHIFTFLOW_METRICS_PORT: Prometheus exporter port of a worker pool (0 = off)
+    #: SHIFTFLOW_METRICS_HOST / SHIFTFLOW_METRICS_PORT: a worker pool's Prometheus exporter (port 0 = off)
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
     #: SHIFTFLOW_METRICS_DIR: prometheus_client multiprocess directory for worker pools
     metrics_dir: str = ""
@@ -195,6 +196,7 @@ class Settings:
             ingress_host=_str(env, "INGRESS_HOST", "127.0.0.1"),
             ingress_port=_int(env, "INGRESS_PORT", 8080, 0, 65535),
             public_url=_str(env, "PUBLIC_URL", ""),
+            metrics_host=_str(env, "METRICS_HOST", "127.0.0.1"),
             metrics_port=_int(env, "METRICS_PORT", 9191, 0, 65535),
             metrics_dir=_str(env, "METRICS_DIR", ""),
             webhook_tolerance_seconds=_int(env, "WEBHOOK_TOLERANCE_SECONDS", 300, 1, 86_400),
