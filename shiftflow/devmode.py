@@ -106,7 +106,7 @@ def _load_example(settings: Settings, echo_url: str) -> Webhook:
     if hook is None:
         hook = catalog.create_webhook(applied.workflow, token=HOOK_TOKEN)
     elif hook.workflow_id != applied.workflow.id:
-        hook.workflow = applied.workflow.id
+        hook.workflow = applied.workflow
         hook.save()
     print(f"  workflow {applied.workflow.name!r} version {applied.version} ({'new' if applied.changed else 'unchanged'})")
     return hook

@@ -22,7 +22,7 @@ class DeadLetters(Middleware):
     the failure is logged, so nothing is lost silently.
     """
 
-    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    def after_nack(self, broker: dramatiq.Broker, message: Any) -> None:
         error = message.options.get("traceback") or message.options.get("error")
         try:
             with database.connection_context():

@@ -27,10 +27,10 @@ class DbConnections(Middleware):
     reused for the next message.
     """
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         database.connect(reuse_if_open=True)
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], *,
+    def after_process_message(self, broker: dramatiq.Broker, message: Any, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         if not database.is_closed():
             database.close()
@@ -74,11 +74,11 @@ class Metrics(Middleware):
         """One exposition server per pool, summing every worker process's files."""
         return [pool_exporter] if self.metrics_dir and self.port else []
 
-    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._started[message.message_id] = time.perf_counter()
         metrics.IN_PROGRESS.labels(message.queue_name, message.actor_name).inc()
 
-    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], *,
+    def after_process_message(self, broker: dramatiq.Broker, message: Any, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         started = self._started.pop(message.message_id, None)
         labels = (message.queue_name, message.actor_name)
@@ -87,7 +87,7 @@ class Metrics(Middleware):
         metrics.IN_PROGRESS.labels(*labels).dec()
         metrics.MESSAGES.labels(*labels, "ok" if exception is None else "error").inc()
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> None:
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._started.pop(message.message_id, None)
         metrics.IN_PROGRESS.labels(message.queue_name, message.actor_name).dec()
         metrics.MESSAGES.labels(message.queue_name, message.actor_name, "skipped").inc()

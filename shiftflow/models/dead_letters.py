@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.kernel.db import JSONField
@@ -24,7 +26,7 @@ class DeadLetter(BaseModel):
     replayed_at = peewee.DateTimeField(null=True)
 
 
-def record(message_id: str, queue: str, actor: str, payload: dict, error: str | None) -> None:  # type: ignore[type-arg]
+def record(message_id: str, queue: str, actor: str, payload: dict[str, Any], error: str | None) -> None:
     """Store a dead letter once per message id (a redelivered nack does not duplicate it)."""
     execution_id = None
     inner = payload.get("kwargs", {}).get("payload", {}) if isinstance(payload, dict) else {}

@@ -7,6 +7,8 @@ that already succeeded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.kernel.db import JSONField
@@ -31,6 +33,11 @@ class Execution(BaseModel):
     has one. No "completed after started" check here: the two stamps come from different
     worker hosts, and clock skew must not fail an execution (``LlmCall`` has that check).
     """
+
+    # Peewee's foreign-key id accessors, declared for the type checker.
+    workflow_id: Any
+    workspace_id: Any
+    parent_id: Any
 
     workflow = peewee.ForeignKeyField(Workflow, backref="executions", on_delete="CASCADE")
     workflow_version = peewee.IntegerField()
@@ -92,6 +99,8 @@ class StepExecution(BaseModel):
     ``attempts`` counts deliveries and is incremented before work starts, so a message
     that kills its process is quarantined after the delivery limit.
     """
+
+    execution_id: Any
 
     execution = peewee.ForeignKeyField(Execution, backref="steps", on_delete="CASCADE")
     step_id = peewee.CharField(max_length=100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.kernel.db import JSONField
@@ -21,6 +23,9 @@ class Workflow(TimestampedModel):
     Trigger configuration is part of the versioned definition, not a column here: the
     scheduler and poller keep their own rows (``Schedule``, ``PollingCursor``).
     """
+
+    # Peewee's foreign-key id accessors, declared for the type checker.
+    workspace_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="workflows", on_delete="CASCADE")
     created_by = peewee.ForeignKeyField(User, backref="workflows", null=True, on_delete="SET NULL")
@@ -69,6 +74,8 @@ class Webhook(TimestampedModel):
     ``secrets`` holds the signing secrets accepted at once (rotation); ``scheme`` is
     ``standard`` (Standard Webhooks), ``stripe`` or ``github``.
     """
+
+    workflow_id: Any
 
     workflow = peewee.ForeignKeyField(Workflow, backref="webhooks", on_delete="CASCADE")
     token = peewee.CharField(max_length=64, unique=True)

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 from pymongo import MongoClient
-from tests.helpers import free_port, wait_for_http, wait_until
 
 from shiftflow.kernel.signatures import signed_headers
+from tests.helpers import free_port, wait_for_http, wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

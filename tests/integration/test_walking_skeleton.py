@@ -15,7 +15,6 @@ import dramatiq
 import httpx
 import pytest
 import uvicorn
-from tests.helpers import free_port, wait_for_http, wait_until
 
 from shiftflow.consumers.boot import boot
 from shiftflow.kernel.broker import build_broker
@@ -25,6 +24,7 @@ from shiftflow.kernel.signatures import signed_headers
 from shiftflow.models import catalog
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.producers.ingress import create_app
+from tests.helpers import free_port, wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 
