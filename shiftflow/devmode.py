@@ -77,7 +77,7 @@ def embedded_mongo(data_dir: str) -> Iterator[str]:
         raise SystemExit("dev mode needs the embedded MongoDB-wire store: pip install 'shiftflow[embedded]'") from None
     server = SecantusDBServer(host="127.0.0.1", port=_free_port(), storage_path=os.path.join(data_dir, "mongo"))
     server.start()
-    host, port = server.address()
+    host, port = server.address
     try:
         # retryWrites=false: with it on, SecantusDB slows 20x after ~15k writes (DESIGN.md 6).
         yield f"mongodb://{host}:{port}/?retryWrites=false&directConnection=true"
