@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -16,6 +17,10 @@ from typing import Any
 
 from shiftflow.kernel.errors import PermanentError, SettingsError, ShiftFlowError
 from shiftflow.kernel.settings import Settings, configure
+
+
+#: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _read_env_file(path: str) -> dict[str, str]:
@@ -29,7 +34,7 @@ def _read_env_file(path: str) -> dict[str, str]:
     return out
 
 
-def _settings(args: argparse.Namespace, *, dev: bool = False) -> Settings:
+def settings_from_args(args: argparse.Namespace, *, dev: bool = False) -> Settings:
     env: dict[str, str] = dict(os.environ)
     if getattr(args, "dev_dir", None):
         path = os.path.join(args.dev_dir, "dev.env")
@@ -41,7 +46,7 @@ def _settings(args: argparse.Namespace, *, dev: bool = False) -> Settings:
     return configure(Settings.from_env(env))
 
 
-def _bind(settings: Settings) -> None:
+def bind(settings: Settings) -> None:
     from shiftflow.kernel.db import bind_database
 
     bind_database(settings.database_url)
@@ -49,13 +54,13 @@ def _bind(settings: Settings) -> None:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the effective settings with secrets hidden."""
-    print(json.dumps(_settings(args).public_dict(), indent=2, default=str))
+    print(json.dumps(settings_from_args(args).public_dict(), indent=2, default=str))
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Bring the database schema up to date."""
-    settings = _settings(args)
+    settings = settings_from_args(args)
     from shiftflow.kernel.db import bind_database, is_postgres
 
     db = bind_database(settings.database_url)
@@ -80,10 +85,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from shiftflow.models import catalog
     from shiftflow.models.workflows import Webhook
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     with open(args.file, "rb") as handle:
         data = parse(handle.read())
-    _bind(settings)
+    bind(settings)
     workspace = catalog.ensure_workspace(args.workspace)
     applied = catalog.apply_definition(workspace, data, activate=not args.draft)
     print(f"workflow {applied.workflow.name!r} ({applied.workflow.id}) version {applied.version}"
@@ -134,8 +139,8 @@ def cmd_executions(args: argparse.Namespace) -> int:
     """List executions, or show one with its step timeline and log documents."""
     from shiftflow.models import catalog
 
-    settings = _settings(args)
-    _bind(settings)
+    settings = settings_from_args(args)
+    bind(settings)
     if args.action == "list":
         for row in catalog.recent_executions(args.limit):
             print(f"{row.id}  {row.status:<10} {row.created_at:%Y-%m-%d %H:%M:%S}  {row.dedup_key}")
@@ -158,8 +163,8 @@ def cmd_ingress(args: argparse.Namespace) -> int:
     from shiftflow.kernel.broker import build_broker, install
     from shiftflow.producers.ingress import create_app
 
-    settings = _settings(args)
-    _bind(settings)
+    settings = settings_from_args(args)
+    bind(settings)
     install(build_broker(settings, worker=False))
     print(f"ShiftFlow ingress on http://{settings.ingress_host}:{settings.ingress_port} "
           "(POST /hooks/{token}, GET /healthz, GET /metrics)", flush=True)
@@ -172,7 +177,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     """Run a worker pool with the dramatiq CLI (replaces this process)."""
     from shiftflow.consumers.pools import Pool, load_pools
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     if args.queues:
         pool = Pool("cli", tuple(args.queues), args.processes or 1, args.threads or 8)
     else:
@@ -194,14 +199,14 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Run everything in one process on embedded defaults."""
-    from shiftflow import devmode
+    from shiftflow.cli import dev
 
-    devmode.run(_settings(args, dev=True))
+    dev.run(settings_from_args(args, dev=True))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+    """The argument parser with every subcommand (core ones here, others from ``COMMAND_MODULES``)."""
     parser = argparse.ArgumentParser(
         prog="shiftflow",
         description="ShiftFlow: queue-centric workflow workers on RabbitMQ, PostgreSQL and Dramatiq. "
@@ -247,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, help="override the pool's process count")
     p.add_argument("--threads", type=int, help="override the pool's threads per process")
     p.set_defaults(func=cmd_workers)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"shiftflow.cli.{name}").register(sub)
     return parser
 
 
