@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dramatiq.middleware import CurrentMessage
 
+from shiftflow.kernel import failpoints
 from shiftflow.kernel.contracts import StepPayload
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError, TransientError
@@ -30,6 +31,7 @@ def run_step(payload: StepPayload) -> list[Outgoing]:
     if claim.step is None:
         return claim.outgoing
     step_def = claim.definition.step(claim.step.step_id)
+    failpoints.hit("step.before_work", step_def.id)
     try:
         output = execute(step_def, step_context(claim.execution, claim.definition), settings)
     except PermanentError as exc:
@@ -40,4 +42,7 @@ def run_step(payload: StepPayload) -> list[Outgoing]:
             fail_step(claim, f"gave up after {step_def.retry_max} retries: {exc}")
             return []
         raise
-    return complete_step(claim, output)
+    failpoints.hit("step.after_work", step_def.id)
+    outgoing = complete_step(claim, output)
+    failpoints.hit("step.after_commit", step_def.id)
+    return outgoing
