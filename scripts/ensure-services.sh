@@ -69,9 +69,11 @@ apt_install() {
   if [ "$(id -u)" -ne 0 ] && [ ${#SUDO[@]} -eq 0 ]; then
     die "$service is not installed; installing $* needs root (run this script as root or with sudo)"
   fi
+  local apt_log
+  apt_log=$(mktemp /tmp/ensure-services-apt.XXXXXX)
   if [ "$APT_UPDATED" -eq 0 ]; then
     log "apt-get update (once)"
-    as_root apt-get update -qq || die "$service: apt-get update failed"
+    as_root apt-get update -qq >"$apt_log" 2>&1 || { tail -n 30 "$apt_log" >&2; die "$service: apt-get update failed"; }
     APT_UPDATED=1
   fi
   if [ ! -e "$POLICY" ]; then
@@ -81,7 +83,9 @@ apt_install() {
   fi
   log "$service: installing $* from Debian's packages"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    -o Dpkg::Options::=--force-confold "$@" >/dev/null || die "$service: apt-get install $* failed"
+    -o Dpkg::Options::=--force-confold "$@" >"$apt_log" 2>&1 ||
+    { tail -n 30 "$apt_log" >&2; die "$service: apt-get install $* failed (log: $apt_log)"; }
+  rm -f "$apt_log"
   cleanup
   POLICY_MADE=0
 }
