@@ -23,6 +23,7 @@ import dramatiq
 import yaml
 
 from shiftflow import actors
+from shiftflow.consumers import timers
 from shiftflow.consumers.dead_letters import DeadLetters
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database
@@ -133,6 +134,8 @@ def run(settings: Settings) -> None:
         actors.declare(broker)
         worker = dramatiq.Worker(broker, worker_threads=4)
         worker.start()
+        stop_timers = threading.Event()
+        threading.Thread(target=timers.run_loop, args=(stop_timers,), name="dev-timers", daemon=True).start()
         echo_port = 8099 if _port_free(8099) else _free_port()
         echo = ThreadingHTTPServer(("127.0.0.1", echo_port), _Echo)
         threading.Thread(target=echo.serve_forever, name="dev-echo", daemon=True).start()
@@ -148,6 +151,7 @@ def run(settings: Settings) -> None:
             uvicorn.run(create_app(settings), host=settings.ingress_host, port=settings.ingress_port,
                         log_level="warning")
         finally:
+            stop_timers.set()
             worker.stop()
             echo.shutdown()
             sink = get_sink()

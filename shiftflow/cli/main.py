@@ -18,7 +18,6 @@ from typing import Any
 from shiftflow.kernel.errors import PermanentError, SettingsError, ShiftFlowError
 from shiftflow.kernel.settings import Settings, configure
 
-
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = ()
 

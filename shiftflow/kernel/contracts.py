@@ -66,6 +66,10 @@ class TriggerPayload:
     data: dict[str, Any] = field(default_factory=dict)
     received_at: float = 0.0
     priority: str = "NORMAL"
+    #: Set when a ``workflow`` step starts this execution as a sub-workflow.
+    parent_execution_id: str = ""
+    parent_step_id: str = ""
+    parent_iteration: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,17 @@
 A definition names a trigger and a list of steps. A step has an ``id``, a ``type``,
 ``with`` (its inputs, which may hold ``{{ references }}``), and ``needs`` (the steps it
 waits for). Without ``needs`` a step waits for the step before it, so a plain list
-runs in order; ``needs: []`` starts a step at once (fan-out), several needs join.
+runs in order; ``needs: []`` starts a step at once (fan-out); several needs join
+(``join: all`` by default, ``join: any`` to merge the ends of branches).
 
-Errors name the path and the problem, e.g. ``steps[2].needs: unknown step 'x'``.
+Branching: a ``condition`` may list ``then`` and ``else`` steps; a ``switch`` lists
+``cases`` (value → steps) and ``default``. Steps of the branch not taken are skipped.
+``for_each`` runs a step once per item (``{{ item }}``, ``{{ index }}``) with at most
+``concurrency`` at a time. ``stop`` ends the execution successfully, ``fail`` ends it
+failed. ``wait`` is a durable timer, ``wait_event`` and ``approval`` wait for an outside
+signal (with a ``timeout``), ``workflow`` runs a sub-workflow and waits for its result.
+
+Errors name the path and the problem, e.g. ``steps[2].retry.max: must be >= 0``.
 """
 
 from __future__ import annotations
@@ -20,14 +28,29 @@ import yaml
 
 from shiftflow.kernel.errors import DefinitionError
 
-#: Step types and the actor that runs each (cheap steps on ``steps``, outside calls on ``tools``).
+#: Step types and the actor that runs each: cheap and control steps on ``steps``,
+#: outside calls on ``tools`` (each family has its own queue and worker pool).
 STEP_ACTORS: dict[str, str] = {
     "condition": "steps.run",
+    "switch": "steps.run",
     "transform": "steps.run",
+    "stop": "steps.run",
+    "fail": "steps.run",
+    "wait": "steps.run",
+    "wait_event": "steps.run",
+    "approval": "steps.run",
+    "workflow": "steps.run",
     "http": "tools.call",
 }
 
+#: Step types whose work is pure and cheap: they may run inline, in the same message as
+#: the step before them, without a broker round trip (DESIGN.md 3).
+INLINE_TYPES = frozenset({"condition", "switch", "transform", "stop", "fail"})
+
 TRIGGER_TYPES = ("webhook", "schedule", "polling", "manual", "event")
+
+_IDS = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
+_DURATION = {"type": "number", "exclusiveMinimum": 0, "maximum": 31_536_000}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -47,9 +70,17 @@ SCHEMA: dict[str, Any] = {
         "vars": {"type": "object"},
         "priority": {"enum": ["LOW", "NORMAL", "HIGH", "CRITICAL"]},
         "max_executions": {"type": "integer", "minimum": 1},
+        "timeout": _DURATION,
+        "concurrency": {
+            "type": "object",
+            "required": ["limit"],
+            "additionalProperties": False,
+            "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 100_000}, "key": {"type": "string"}},
+        },
         "steps": {
             "type": "array",
             "minItems": 1,
+            "maxItems": 500,
             "items": {
                 "type": "object",
                 "required": ["id", "type"],
@@ -59,14 +90,25 @@ SCHEMA: dict[str, Any] = {
                     "type": {"enum": sorted(STEP_ACTORS)},
                     "name": {"type": "string"},
                     "with": {"type": "object"},
-                    "needs": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
-                    "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                    "needs": _IDS,
+                    "join": {"enum": ["all", "any"]},
+                    "then": _IDS,
+                    "else": _IDS,
+                    "cases": {"type": "object", "additionalProperties": _IDS},
+                    "default": _IDS,
+                    "for_each": {"type": ["string", "array"]},
+                    "concurrency": {"type": "integer", "minimum": 1, "maximum": 10_000},
+                    "timeout": _DURATION,
+                    "on_timeout": {"enum": ["fail", "continue"]},
+                    "effect": {"enum": ["repeatable", "once"]},
                     "retry": {
                         "type": "object",
                         "additionalProperties": False,
                         "properties": {
                             "max": {"type": "integer", "minimum": 0, "maximum": 100},
-                            "backoff": {"type": "number", "minimum": 0},
+                            "backoff": {"type": "number", "minimum": 0, "maximum": 86_400},
+                            "max_backoff": {"type": "number", "minimum": 0, "maximum": 604_800},
+                            "jitter": {"type": "boolean"},
                         },
                     },
                 },
@@ -74,6 +116,21 @@ SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A step's retry policy: transient errors retry ``max`` times with exponential backoff."""
+
+    max: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+    jitter: bool = True
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based); ``rand`` in [0, 1)."""
+        base = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        return base * (0.5 + rand / 2) if self.jitter else base
 
 
 @dataclass(frozen=True)
@@ -85,12 +142,31 @@ class Step:
     needs: tuple[str, ...]
     inputs: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
-    retry_max: int = 3
+    retry: Retry = field(default_factory=Retry)
+    join: str = "all"
+    then: tuple[str, ...] = ()
+    orelse: tuple[str, ...] = ()
+    cases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    default: tuple[str, ...] = ()
+    for_each: Any = None
+    concurrency: int = 10
+    on_timeout: str = "fail"
+    effect: str = "repeatable"
 
     @property
     def actor(self) -> str:
         """The actor that runs this step."""
         return STEP_ACTORS[self.type]
+
+    @property
+    def retry_max(self) -> int:
+        """How many times a transient failure is retried."""
+        return self.retry.max
+
+    @property
+    def inline(self) -> bool:
+        """True when the step may run in the same message as the step before it."""
+        return self.type in INLINE_TYPES and self.for_each is None
 
 
 @dataclass(frozen=True)
@@ -112,6 +188,18 @@ class Definition:
             if step.id == step_id:
                 return step
         raise DefinitionError(f"steps: unknown step {step_id!r}")
+
+    @property
+    def timeout(self) -> float | None:
+        """The execution timeout in seconds, if any."""
+        value = self.raw.get("timeout")
+        return float(value) if value is not None else None
+
+    @property
+    def concurrency(self) -> tuple[int, str] | None:
+        """(limit, key template) when the workflow limits concurrent executions."""
+        spec = self.raw.get("concurrency")
+        return (int(spec["limit"]), str(spec.get("key", ""))) if spec else None
 
 
 def _path(error: jsonschema.ValidationError) -> str:
@@ -146,6 +234,13 @@ def parse(text: str | bytes) -> dict[str, Any]:
     return data
 
 
+def _branch_targets(item: dict[str, Any]) -> list[str]:
+    targets = list(item.get("then", [])) + list(item.get("else", [])) + list(item.get("default", []))
+    for ids in item.get("cases", {}).values():
+        targets.extend(ids)
+    return targets
+
+
 def validate(data: Mapping[str, Any]) -> Definition:
     """Validate a definition and return it with every step's ``needs`` explicit.
 
@@ -158,20 +253,34 @@ def validate(data: Mapping[str, Any]) -> Definition:
         best = errors[0]
         raise DefinitionError(f"{_path(best)}: {_message(best)}")
     raw = json.loads(json.dumps(data))
+    items = raw["steps"]
+    ids = [item["id"] for item in items]
+    for index, step_id in enumerate(ids):
+        if step_id in ids[:index]:
+            raise DefinitionError(f"steps[{index}].id: duplicate step id {step_id!r}")
+    # A step named in a branch of a condition/switch needs that step, implicitly.
+    implicit: dict[str, list[str]] = {}
+    for index, item in enumerate(items):
+        for target in _branch_targets(item):
+            if target not in ids:
+                raise DefinitionError(f"steps[{index}]: branch names unknown step {target!r}")
+            if ids.index(target) <= index:
+                raise DefinitionError(f"steps[{index}]: branch step {target!r} must be listed after {item['id']!r}")
+            if item["type"] not in ("condition", "switch"):
+                raise DefinitionError(f"steps[{index}]: only condition and switch steps have branches")
+            implicit.setdefault(target, []).append(item["id"])
     steps: list[Step] = []
-    seen: set[str] = set()
-    for index, item in enumerate(raw["steps"]):
-        if item["id"] in seen:
-            raise DefinitionError(f"steps[{index}].id: duplicate step id {item['id']!r}")
+    for index, item in enumerate(items):
         needs = item.get("needs")
         if needs is None:
             needs = [steps[-1].id] if steps else []
+        needs = list(needs) + [d for d in implicit.get(item["id"], []) if d not in needs]
         for need in needs:
-            if need not in seen:
+            if need not in ids[:index]:
                 raise DefinitionError(
                     f"steps[{index}].needs: unknown step {need!r} (a step may only need steps listed before it)"
                 )
-        seen.add(item["id"])
+        retry = item.get("retry", {})
         steps.append(
             Step(
                 id=item["id"],
@@ -179,7 +288,17 @@ def validate(data: Mapping[str, Any]) -> Definition:
                 needs=tuple(needs),
                 inputs=item.get("with", {}),
                 timeout=item.get("timeout"),
-                retry_max=item.get("retry", {}).get("max", 3),
+                retry=Retry(max=retry.get("max", 3), backoff=retry.get("backoff", 1.0),
+                            max_backoff=retry.get("max_backoff", 300.0), jitter=retry.get("jitter", True)),
+                join=item.get("join", "all"),
+                then=tuple(item.get("then", ())),
+                orelse=tuple(item.get("else", ())),
+                cases={str(k): tuple(v) for k, v in item.get("cases", {}).items()},
+                default=tuple(item.get("default", ())),
+                for_each=item.get("for_each"),
+                concurrency=item.get("concurrency", 10),
+                on_timeout=item.get("on_timeout", "fail"),
+                effect=item.get("effect", "repeatable"),
             )
         )
     trigger_type = raw.get("trigger", {}).get("type", "manual")

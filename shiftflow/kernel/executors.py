@@ -1,6 +1,7 @@
-"""Run one step's work given its rendered inputs: dispatch by step type.
+"""Run one step's work: pure steps from their rendered inputs, outside calls by type.
 
-Conditions and transforms are pure; the HTTP tool is the one outside call here.
+Pure steps (condition, switch, transform, stop, fail) have no clock and no I/O, so the
+engine may run them inline inside the transaction that decided them.
 """
 
 from __future__ import annotations
@@ -12,26 +13,50 @@ from shiftflow.kernel.definition import Step
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.expressions import render
 from shiftflow.kernel.settings import Settings
-from shiftflow.kernel.steps import evaluate_condition, transform
+from shiftflow.kernel.steps import evaluate_condition, evaluate_switch, transform
 from shiftflow.kernel.tools import http
 
+PURE_TYPES = frozenset({"condition", "switch", "transform", "stop", "fail"})
 
-def execute(step: Step, context: Mapping[str, Any], settings: Settings) -> Any:
-    """Render the step's inputs against ``context`` and run it.
 
-    Returns:
-        The step's output (JSON-able).
+class StepFailed(PermanentError):
+    """Raised by a ``fail`` step: the workflow itself decided to fail, with its message."""
+
+
+def pure(step: Step, inputs: Mapping[str, Any]) -> Any:
+    """Run a pure step on already rendered inputs.
 
     Raises:
-        PermanentError: bad inputs, a failed condition expression, a refused call.
-        TransientError: an outside call that may pass later.
+        PermanentError: a bad condition, an unknown step type, or a ``fail`` step.
     """
-    inputs = render(step.inputs, context)
     if step.type == "condition":
         return evaluate_condition(inputs)
+    if step.type == "switch":
+        return evaluate_switch(inputs, step.cases)
     if step.type == "transform":
         return transform(inputs)
+    if step.type == "stop":
+        return {"stopped": True, **dict(inputs)}
+    if step.type == "fail":
+        raise StepFailed(str(inputs.get("message", f"failed by step {step.id!r}")))
+    raise PermanentError(f"step {step.id!r}: {step.type!r} is not a pure step")
+
+
+def run_pure(step: Step, context: Mapping[str, Any]) -> Any:
+    """Render a pure step's inputs against ``context`` and run it."""
+    return pure(step, render(step.inputs, context))
+
+
+def call_tool(step: Step, inputs: Mapping[str, Any], settings: Settings) -> Any:
+    """Make the outside call of a tool step with its rendered inputs.
+
+    Raises:
+        PermanentError: bad inputs or a refused call.
+        TransientError: a call that may pass later.
+    """
     if step.type == "http":
         timeout = min(step.timeout or settings.http_timeout_seconds, settings.http_timeout_seconds * 6)
         return http.call(inputs, timeout=timeout, allow_private=settings.http_allow_private)
-    raise PermanentError(f"step {step.id!r}: unknown step type {step.type!r}")
+    if step.type in PURE_TYPES:
+        return pure(step, inputs)
+    raise PermanentError(f"step {step.id!r}: unknown tool step type {step.type!r}")

@@ -30,6 +30,16 @@ class ExpressionError(PermanentError):
     """Raised when a reference is malformed, missing, or renders too much."""
 
 
+class Masked:
+    """A context value that renders as ``***`` whatever path is asked of it.
+
+    Used to render a step's inputs a second time for storage and logs, with every
+    secret masked.
+    """
+
+    TEXT = "***"
+
+
 def resolve(path: str, context: Mapping[str, Any]) -> Any:
     """Look up ``path`` (``a.b.0.c``) in ``context``.
 
@@ -40,6 +50,8 @@ def resolve(path: str, context: Mapping[str, Any]) -> Any:
         raise ExpressionError("empty reference {{ }}")
     value: Any = context
     for segment in path.split("."):
+        if isinstance(value, Masked):
+            return Masked.TEXT
         if not _SEGMENT.match(segment):
             raise ExpressionError(f"malformed reference {path!r}: segment {segment!r}")
         if isinstance(value, Mapping) and segment in value:
@@ -48,7 +60,7 @@ def resolve(path: str, context: Mapping[str, Any]) -> Any:
             value = value[int(segment)]
         else:
             raise ExpressionError(f"reference {path!r} names nothing (no {segment!r})")
-    return value
+    return Masked.TEXT if isinstance(value, Masked) else value
 
 
 def _text(value: Any) -> str:

@@ -148,8 +148,18 @@ class Settings:
     #: SHIFTFLOW_LOG_BATCH_SIZE / SHIFTFLOW_LOG_FLUSH_MS: batching of MongoDB log writes
     log_batch_size: int = 200
     log_flush_ms: int = 100
+    #: SHIFTFLOW_TIMERS: run the timer loop (waits, retry backoffs, timeouts) in each worker pool
+    timers: bool = True
     #: SHIFTFLOW_LOG_LEVEL: Python logging level
     log_level: str = "INFO"
+    #: SHIFTFLOW_SCHEDULER_METRICS_PORT: the scheduler's Prometheus /metrics (0 = off; host METRICS_HOST)
+    scheduler_metrics_port: int = 9192
+    #: SHIFTFLOW_SCHEDULER_TICK_MS: longest sleep of the scheduler loop between two looks at due rows
+    scheduler_tick_ms: int = 200
+    #: SHIFTFLOW_SCHEDULER_BATCH_SIZE: schedules one scheduler replica claims per transaction
+    scheduler_batch_size: int = 1000
+    #: SHIFTFLOW_SCHEDULER_MISFIRE_GRACE_SECONDS: how late a slot may fire and still be on time
+    scheduler_misfire_grace_seconds: int = 60
 
     @property
     def dev(self) -> bool:
@@ -209,6 +219,11 @@ class Settings:
             log_batch_size=_int(env, "LOG_BATCH_SIZE", 200, 1, 10_000),
             log_flush_ms=_int(env, "LOG_FLUSH_MS", 100, 1, 60_000),
             log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            scheduler_metrics_port=_int(env, "SCHEDULER_METRICS_PORT", 9192, 0, 65535),
+            scheduler_tick_ms=_int(env, "SCHEDULER_TICK_MS", 200, 10, 60_000),
+            scheduler_batch_size=_int(env, "SCHEDULER_BATCH_SIZE", 1000, 1, 100_000),
+            scheduler_misfire_grace_seconds=_int(env, "SCHEDULER_MISFIRE_GRACE_SECONDS", 60, 1, 86_400 * 7),
+            timers=_choice(env, "TIMERS", "on", ("on", "off")) == "on",
         )
 
     def public_dict(self) -> dict[str, Any]:

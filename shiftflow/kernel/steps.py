@@ -9,6 +9,7 @@ miss (or both start) a step that needs them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -17,7 +18,7 @@ from typing import Any
 from shiftflow.kernel.definition import Definition
 from shiftflow.kernel.errors import PermanentError
 
-TERMINAL = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELLED"})
+TERMINAL = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 
 class ConditionError(PermanentError):
@@ -94,6 +95,15 @@ def transform(inputs: Mapping[str, Any]) -> Any:
     return inputs["output"] if "output" in inputs else dict(inputs)
 
 
+def evaluate_switch(inputs: Mapping[str, Any], cases: Mapping[str, Any]) -> dict[str, Any]:
+    """Pick the case whose key equals ``str(inputs["value"])``, else ``"default"``."""
+    if "value" not in inputs:
+        raise ConditionError("a switch needs a 'value'")
+    value = inputs["value"]
+    key = value if isinstance(value, str) else json.dumps(value)
+    return {"case": key if key in cases else "default", "value": value}
+
+
 @dataclass(frozen=True)
 class StepState:
     """What the planner needs to know of one step row."""
@@ -110,14 +120,28 @@ class Plan:
     skipped: list[str] = field(default_factory=list)
     finished: bool = False
     failed: bool = False
+    stopped: bool = False
 
 
-def _blocks(definition: Definition, need: str, state: StepState) -> bool:
-    """True when ``need`` ended in a way that skips the steps that need it."""
+def _blocks(definition: Definition, need: str, state: StepState, dependent: str) -> bool:
+    """True when ``need`` ended in a way that skips ``dependent`` (a branch not taken)."""
     if state.status == "SKIPPED":
         return True
+    if state.status != "SUCCEEDED":
+        return False
     step = definition.step(need)
-    return step.type == "condition" and state.status == "SUCCEEDED" and not (state.output or {}).get("passed")
+    output = state.output if isinstance(state.output, dict) else {}
+    if step.type == "condition":
+        passed = bool(output.get("passed"))
+        return passed if dependent in step.orelse else not passed
+    if step.type == "switch":
+        listed = [ids for ids in step.cases.values() if dependent in ids] or []
+        if not listed and dependent not in step.default:
+            return False
+        chosen = output.get("case")
+        taken = step.default if chosen == "default" else step.cases.get(str(chosen), ())
+        return dependent not in taken
+    return False
 
 
 def plan(definition: Definition, states: Mapping[str, StepState]) -> Plan:
@@ -129,8 +153,13 @@ def plan(definition: Definition, states: Mapping[str, StepState]) -> Plan:
     """
     result = Plan()
     known = dict(states)
-    if any(s.status in ("FAILED", "CANCELLED") for s in known.values()):
+    if any(s.status in ("FAILED", "CANCELLED", "TIMED_OUT") for s in known.values()):
         result.failed = True
+        result.finished = all(s.status in TERMINAL for s in known.values())
+        return result
+    if any(definition.step(sid).type == "stop" and s.status == "SUCCEEDED" for sid, s in known.items()):
+        result.stopped = True
+        result.skipped = [step.id for step in definition.steps if step.id not in known]
         result.finished = all(s.status in TERMINAL for s in known.values())
         return result
     for step in definition.steps:
@@ -139,11 +168,13 @@ def plan(definition: Definition, states: Mapping[str, StepState]) -> Plan:
         needs = [known.get(n) for n in step.needs]
         if any(n is None or n.status not in TERMINAL for n in needs):
             continue
-        if any(_blocks(definition, name, n) for name, n in zip(step.needs, needs, strict=True) if n):
-            result.skipped.append(step.id)
-            known[step.id] = StepState("SKIPPED")
-        else:
+        open_needs = [not _blocks(definition, name, n, step.id) for name, n in zip(step.needs, needs, strict=True) if n]
+        runs = any(open_needs) if step.join == "any" and step.needs else all(open_needs)
+        if runs:
             result.ready.append(step.id)
             known[step.id] = StepState("PENDING")
+        else:
+            result.skipped.append(step.id)
+            known[step.id] = StepState("SKIPPED")
     result.finished = len(known) == len(definition.steps) and all(s.status in TERMINAL for s in known.values())
     return result

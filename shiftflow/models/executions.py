@@ -69,6 +69,14 @@ class Execution(BaseModel):
         User, null=True, backref="executions", on_delete="SET NULL", index=False
     )
     title = peewee.CharField(max_length=300, null=True)
+    #: When the execution times out (its definition's ``timeout``); the timer loop enforces it.
+    deadline_at = peewee.DateTimeField(null=True)
+    #: The rendered ``concurrency.key`` of the definition: executions with the same workflow
+    #: and key run at most ``concurrency.limit`` at a time; the others wait PENDING.
+    concurrency_key = peewee.CharField(max_length=200, null=True)
+    #: For a sub-workflow: the parent step waiting for this execution's result.
+    parent_step_id = peewee.CharField(max_length=100, null=True)
+    parent_iteration = peewee.IntegerField(null=True)
 
     class Meta:
         indexes = (
@@ -77,6 +85,7 @@ class Execution(BaseModel):
             (("workspace", "created_at"), False),
             (("status", "created_at"), False),
             (("triggered_by", "created_at"), False),
+            (("workflow", "concurrency_key", "status"), False),
         )
         constraints = [
             peewee.Check("progress BETWEEN 0 AND 100", name="chk_execution_progress"),
@@ -115,6 +124,13 @@ class StepExecution(BaseModel):
     #: The message id of the delivery running the step: a different message for the same
     #: step (a duplicate publish) is dropped, the same message (a redelivery) takes over.
     claimed_by = peewee.CharField(max_length=64, null=True)
+    #: Durable timers: when a WAITING step resumes (a wait, or an event/approval timeout) or
+    #: a PENDING step is re-published (retry backoff). The timer loop reads this index.
+    resume_at = peewee.DateTimeField(null=True)
+    #: When a RUNNING step times out (its ``timeout``); the timer loop enforces it.
+    timeout_at = peewee.DateTimeField(null=True)
+    #: What a WAITING step waits for: an event key, an approval, a child execution.
+    wait_key = peewee.CharField(max_length=300, null=True, index=True)
     created_at = peewee.DateTimeField(default=utcnow)
     started_at = peewee.DateTimeField(null=True)
     completed_at = peewee.DateTimeField(null=True)
@@ -124,6 +140,8 @@ class StepExecution(BaseModel):
         indexes = (
             (("execution", "step_id", "iteration"), True),
             (("status", "created_at"), False),
+            (("status", "resume_at"), False),
+            (("status", "timeout_at"), False),
         )
         constraints = [
             peewee.Check(

@@ -7,6 +7,9 @@ truth is Postgres, the logs tell its story.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from shiftflow.kernel.mongo import ANALYTICS_EVENTS, EXECUTION_LOGS, get_sink
@@ -27,6 +30,38 @@ def redact(value: Any) -> Any:
     return value
 
 
+_deferred = threading.local()
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold log documents written inside the block until it exits without an error.
+
+    Wrap a transaction with it: documents describe committed transitions only, and a
+    rolled-back transition leaves no log behind.
+    """
+    outer = getattr(_deferred, "items", None)
+    _deferred.items = [] if outer is None else outer
+    try:
+        yield
+    except BaseException:
+        if outer is None:
+            _deferred.items = None
+        raise
+    if outer is None:
+        items, _deferred.items = _deferred.items, None
+        for fn, args, kwargs in items:
+            fn(*args, **kwargs)
+
+
+def _defer(fn: Any, *args: Any, **kwargs: Any) -> bool:
+    items = getattr(_deferred, "items", None)
+    if items is None:
+        return False
+    items.append((fn, args, kwargs))
+    return True
+
+
 def execution_log(
     execution: Execution,
     message: str,
@@ -37,6 +72,8 @@ def execution_log(
 ) -> None:
     """Queue one ``execution_logs`` document (seed 003 shape) for ``execution``, and
     publish the transition on the execution's Redis channel for live watchers."""
+    if _defer(execution_log, execution, message, level=level, step_id=step_id, metadata=metadata):
+        return
     publish_update(str(execution.id), {"message": message, "stepId": step_id, "level": level})
     sink = get_sink()
     if sink is None:
@@ -58,6 +95,8 @@ def execution_log(
 
 def analytics_event(event: str, execution: Execution, properties: dict[str, Any]) -> None:
     """Queue one ``analytics_events`` document (seed 003 shape)."""
+    if _defer(analytics_event, event, execution, properties):
+        return
     sink = get_sink()
     if sink is None:
         return

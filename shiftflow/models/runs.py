@@ -1,14 +1,22 @@
-"""Execution commands: start an execution once, claim a step, record its result.
+"""Execution commands: start an execution once, claim a step, record results, advance.
 
 Every function here is safe to run twice for the same message: unique keys and status
 checks turn a redelivery into a no-op that only re-publishes what comes next. The
 callers (actors) commit first, publish second and ack last (DESIGN.md 1).
+
+``advance`` is the heart: with the execution row locked it asks the pure planner what
+is ready, runs cheap steps (conditions, switches, transforms, stop, fail) inline in the
+same transaction, creates PENDING rows (and messages) for the others, and finishes the
+execution when nothing is left. A chain of cheap steps therefore costs one transaction
+and no broker round trip, yet still leaves one row per step.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +25,17 @@ from shiftflow.kernel.contracts import FOLLOW_ON_BOOST, Priority, StepPayload, T
 from shiftflow.kernel.db import database, is_postgres
 from shiftflow.kernel.definition import Definition, validate
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import NotFound
+from shiftflow.kernel.errors import NotFound, PermanentError
+from shiftflow.kernel.executors import run_pure
+from shiftflow.kernel.expressions import render
 from shiftflow.kernel.steps import TERMINAL, StepState, plan
-from shiftflow.models import logs
+from shiftflow.models import logs, secrets
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.workflows import Workflow, WorkflowVersion
+
+#: Step statuses that are neither finished nor merely planned.
+ACTIVE = ("PENDING", "RUNNING", "WAITING", "QUEUED")
 
 
 @dataclass
@@ -46,100 +59,60 @@ class Claim:
     reason: str = ""
 
 
-def _ms(start: dt.datetime | None, end: dt.datetime) -> int | None:
+@contextmanager
+def transaction() -> Iterator[None]:
+    """A database transaction whose log documents are written only if it commits."""
+    with logs.deferred(), database.atomic():
+        yield
+
+
+def ms_between(start: dt.datetime | None, end: dt.datetime) -> int | None:
+    """Milliseconds from ``start`` to ``end`` (at least 1), or None without a start."""
     return None if start is None else max(1, int((end - start).total_seconds() * 1000))
 
 
+_definitions: dict[tuple[str, int], Definition] = {}
+
+
 def load_definition(workflow_id: Any, version: int) -> Definition:
-    """The validated definition of one pinned workflow version.
+    """The validated definition of one pinned workflow version (cached: versions are immutable).
 
     Raises:
         NotFound: no such version.
     """
+    key = (str(workflow_id), int(version))
+    cached = _definitions.get(key)
+    if cached is not None:
+        return cached
     row = WorkflowVersion.get_or_none(workflow=workflow_id, version=version)
     if row is None:
         raise NotFound(f"workflow {workflow_id} has no version {version}")
-    return validate(row.definition)
+    definition = _definitions[key] = validate(row.definition)
+    return definition
 
 
-def _message_for(execution: Execution, definition: Definition, step_id: str, *, first: bool) -> Outgoing:
+def message_for(execution: Execution, definition: Definition, step_id: str, iteration: int = 0, *,
+                first: bool = False) -> Outgoing:
+    """The message that runs one step (iteration) of ``execution``."""
     base = int(Priority.parse(execution.priority))
     # Follow-on steps of running executions go ahead of the first steps of new ones.
     priority = base if first else base + FOLLOW_ON_BOOST
-    return Outgoing(
-        definition.step(step_id).actor,
-        StepPayload(execution_id=str(execution.id), step_id=step_id),
-        priority=priority,
-    )
+    return Outgoing(definition.step(step_id).actor,
+                    StepPayload(execution_id=str(execution.id), step_id=step_id, iteration=iteration),
+                    priority=priority)
 
 
-def _create_steps(execution: Execution, definition: Definition, ready: list[str], skipped: list[str]) -> None:
-    now = utcnow()
-    rows = [
-        {"id": uuid.uuid4(), "execution": execution.id, "step_id": sid, "iteration": 0,
-         "step_type": definition.step(sid).type, "status": "PENDING", "created_at": now}
-        for sid in ready
-    ] + [
-        {"id": uuid.uuid4(), "execution": execution.id, "step_id": sid, "iteration": 0,
-         "step_type": definition.step(sid).type, "status": "SKIPPED", "created_at": now, "completed_at": now}
-        for sid in skipped
-    ]
-    if rows:
-        StepExecution.insert_many(rows).on_conflict_ignore().execute()
+def lock_execution(execution_id: Any) -> Execution:
+    """Load an execution with its row locked (PostgreSQL) for the rest of the transaction.
 
-
-def _pending_messages(execution: Execution, definition: Definition, *, first: bool) -> list[Outgoing]:
-    pending = StepExecution.select(StepExecution.step_id).where(
-        (StepExecution.execution == execution.id) & (StepExecution.status.in_(("PENDING", "RUNNING")))
-    )
-    return [_message_for(execution, definition, row.step_id, first=first) for row in pending]
-
-
-def start_execution(payload: TriggerPayload) -> Started:
-    """Create the execution for ``(workflow, dedup_key)`` once and decide its first steps.
-
-    A second call with the same key creates nothing and re-publishes the steps still
-    pending (the first call may have committed and crashed before publishing).
+    Serialising the decisions of one execution means two steps finishing at once cannot
+    both miss, or both start, a step that needs them.
 
     Raises:
-        NotFound: the workflow or its current version does not exist.
+        NotFound: no such execution.
     """
-    workflow = Workflow.get_or_none(Workflow.id == payload.workflow_id)
-    if workflow is None:
-        raise NotFound(f"workflow {payload.workflow_id} does not exist")
-    definition = load_definition(workflow.id, workflow.current_version)
-    new_id = uuid.uuid4()
-    now = utcnow()
-    with database.atomic():
-        inserted = Execution.insert(
-            id=new_id, workflow=workflow.id, workflow_version=workflow.current_version,
-            workspace=workflow.workspace_id, dedup_key=payload.dedup_key, source=payload.source,
-            status="RUNNING", priority=payload.priority, trigger_data=payload.data,
-            received_at=dt.datetime.fromtimestamp(payload.received_at, dt.UTC).replace(tzinfo=None)
-            if payload.received_at else None,
-            created_at=now, started_at=now,
-        ).on_conflict_ignore().execute()
-        del inserted  # SQLite and PostgreSQL report ignored inserts differently; read the row back.
-        execution = Execution.get((Execution.workflow == workflow.id) & (Execution.dedup_key == payload.dedup_key))
-        created = execution.id == new_id
-        if not created:
-            metrics.EXECUTIONS.labels("duplicate").inc()
-            return Started(execution, False, _pending_messages(execution, definition, first=True), "duplicate")
-        Workflow.update(execution_count=Workflow.execution_count + 1, last_executed_at=now).where(
-            Workflow.id == workflow.id).execute()
-        first = plan(definition, {})
-        _create_steps(execution, definition, first.ready, first.skipped)
-    metrics.EXECUTIONS.labels("created").inc()
-    logs.execution_log(execution, "execution created", metadata={"source": payload.source,
-                                                                  "dedupKey": payload.dedup_key})
-    logs.analytics_event("workflow_triggered", execution, {"source": payload.source})
-    return Started(execution, True, [_message_for(execution, definition, s, first=True) for s in first.ready])
-
-
-def _locked_execution(execution_id: Any) -> Execution:
     query = Execution.select().where(Execution.id == execution_id)
     if is_postgres():
-        # Serialise step completions of one execution, so a join cannot be missed.
         query = query.for_update()
     execution = query.get_or_none()
     if execution is None:
@@ -147,29 +120,261 @@ def _locked_execution(execution_id: Any) -> Execution:
     return execution
 
 
+def _rows(execution: Execution) -> dict[str, StepExecution]:
+    """The header rows (iteration 0) of every step of ``execution``, by step id."""
+    rows = StepExecution.select().where((StepExecution.execution == execution.id) & (StepExecution.iteration == 0))
+    return {row.step_id: row for row in rows}
+
+
+def context_for(execution: Execution, definition: Definition, rows: dict[str, StepExecution],
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The data ``{{ references }}`` may read: trigger, earlier outputs, vars (and item/index)."""
+    outputs = {sid: {"output": r.output, "status": r.status} for sid, r in rows.items() if r.status == "SUCCEEDED"}
+    context = {"trigger": execution.trigger_data, "steps": outputs, "vars": definition.raw.get("vars", {}),
+               "execution": {"id": str(execution.id), "workflow_id": str(execution.workflow_id)}}
+    if extra:
+        context.update(extra)
+    return context
+
+
+def pending_messages(execution: Execution, definition: Definition) -> list[Outgoing]:
+    """Messages for every step (iteration) that is PENDING or RUNNING: what a crash between
+    commit and publish may have left unsent. Receivers drop duplicates."""
+    rows = StepExecution.select(StepExecution.step_id, StepExecution.iteration).where(
+        (StepExecution.execution == execution.id) & (StepExecution.status.in_(("PENDING", "RUNNING")))
+        & (StepExecution.resume_at.is_null()))
+    return [message_for(execution, definition, r.step_id, r.iteration) for r in rows]
+
+
+def _insert(execution: Execution, step_id: str, step_type: str, status: str, iteration: int = 0,
+            **fields: Any) -> StepExecution:
+    now = utcnow()
+    values = {"id": uuid.uuid4(), "execution": execution.id, "step_id": step_id, "iteration": iteration,
+              "step_type": step_type, "status": status, "created_at": now, **fields}
+    if status in TERMINAL:
+        values.setdefault("completed_at", now)
+    StepExecution.insert(values).on_conflict_ignore().execute()
+    return StepExecution.get((StepExecution.execution == execution.id) & (StepExecution.step_id == step_id)
+                             & (StepExecution.iteration == iteration))
+
+
+def advance(execution: Execution, definition: Definition, *, first: bool = False) -> list[Outgoing]:
+    """Plan and start what is ready; run cheap steps inline; finish when done.
+
+    Call inside ``transaction()`` with ``execution`` locked. ``first`` marks the first
+    steps of a new execution (no follow-on priority boost).
+    """
+    outgoing: list[Outgoing] = []
+    if execution.status in TERMINAL:
+        return outgoing
+    rows = _rows(execution)
+    while True:
+        decision = plan(definition, {sid: StepState(r.status, r.output) for sid, r in rows.items()})
+        ran_inline = False
+        for step_id in decision.skipped:
+            rows[step_id] = _insert(execution, step_id, definition.step(step_id).type, "SKIPPED")
+        for step_id in decision.ready:
+            step = definition.step(step_id)
+            if step.inline:
+                rows[step_id] = _run_inline(execution, definition, step_id, rows)
+                ran_inline = True
+            else:
+                rows[step_id] = _insert(execution, step_id, step.type, "PENDING")
+                outgoing.append(message_for(execution, definition, step_id, first=first))
+        if not ran_inline:
+            break
+    if decision.stopped:
+        _cancel_active(execution, "stopped by a stop step")
+    if decision.finished:
+        outgoing += finish_execution(execution, definition, "FAILED" if decision.failed else "SUCCEEDED", rows)
+    else:
+        done = sum(1 for r in rows.values() if r.status in TERMINAL)
+        execution.progress = min(99, int(100 * done / max(1, len(definition.steps))))
+        execution.save(only=[Execution.progress])
+    return outgoing
+
+
+def _run_inline(execution: Execution, definition: Definition, step_id: str,
+                rows: dict[str, StepExecution]) -> StepExecution:
+    step = definition.step(step_id)
+    started = utcnow()
+    try:
+        output: Any = run_pure(step, context_for(execution, definition, rows))
+        status, error = "SUCCEEDED", None
+    except PermanentError as exc:
+        output, status, error = None, "FAILED", str(exc)
+    row = _insert(execution, step_id, step.type, status, output=output, error=error, attempts=1,
+                  started_at=started, duration_ms=ms_between(started, utcnow()))
+    metrics.STEPS.labels(step.type, status.lower()).inc()
+    logs.execution_log(execution, f"step {step_id} {status.lower()}", step_id=step_id,
+                       level="info" if status == "SUCCEEDED" else "error",
+                       metadata={"inline": True, "output": output, "error": error})
+    if status == "FAILED":
+        execution.error = f"step {step_id}: {error}"
+    return row
+
+
+def _cancel_active(execution: Execution, reason: str) -> None:
+    StepExecution.update(status="CANCELLED", completed_at=utcnow(), error=reason, resume_at=None).where(
+        (StepExecution.execution == execution.id) & (StepExecution.status.in_(ACTIVE))).execute()
+
+
+def finish_execution(execution: Execution, definition: Definition, status: str,
+                     rows: dict[str, StepExecution] | None = None, *, error: str | None = None) -> list[Outgoing]:
+    """Mark ``execution`` final, update workflow counters, and start what was waiting on it
+    (the next queued execution of its concurrency key; its parent step). Idempotent."""
+    if execution.status in TERMINAL:
+        return []
+    now = utcnow()
+    rows = _rows(execution) if rows is None else rows
+    execution.status, execution.completed_at = status, now
+    execution.error = error or execution.error if status != "SUCCEEDED" else None
+    execution.result = {sid: r.output for sid, r in rows.items() if r.status == "SUCCEEDED"}
+    execution.duration_ms = ms_between(execution.started_at or execution.created_at, now)
+    if status == "SUCCEEDED":
+        execution.progress = 100
+    execution.save()
+    if status != "SUCCEEDED":
+        _cancel_active(execution, f"execution {status.lower()}")
+    counter = Workflow.successful_executions if status == "SUCCEEDED" else Workflow.failed_executions
+    Workflow.update({counter: counter + 1}).where(Workflow.id == execution.workflow_id).execute()
+    outcome = status.lower()
+    metrics.EXECUTIONS.labels(outcome).inc()
+    if execution.received_at:
+        metrics.TRIGGER_TO_DONE_SECONDS.labels(outcome).observe(
+            max(0.0, (now - execution.received_at).total_seconds()))
+    logs.execution_log(execution, f"execution {outcome}", level="info" if status == "SUCCEEDED" else "error",
+                       metadata={"durationMs": execution.duration_ms, "error": execution.error})
+    logs.analytics_event("workflow_executed", execution, {"status": outcome, "duration": execution.duration_ms,
+                                                          "stepCount": len(rows)})
+    from shiftflow.models import flow
+
+    return flow.after_finish(execution)
+
+
+def record_step(execution: Execution, definition: Definition, step: StepExecution, status: str, *,
+                output: Any = None, error: str | None = None, from_status: tuple[str, ...] = ("RUNNING",),
+                stored_input: Any = None) -> list[Outgoing]:
+    """Record a step's outcome and advance the execution. Call in ``transaction()`` with
+    ``execution`` locked. A step no longer in ``from_status`` (a duplicate finished first,
+    the execution was cancelled) is left alone."""
+    now = utcnow()
+    fields: dict[Any, Any] = {"status": status, "output": output, "error": error, "completed_at": now,
+                              "resume_at": None, "timeout_at": None,
+                              "duration_ms": ms_between(step.started_at or step.created_at, now)}
+    if stored_input is not None:
+        fields["input"] = masked(stored_input)
+    updated = StepExecution.update(fields).where((StepExecution.id == step.id) & (StepExecution.status.in_(from_status))).execute()
+    if not updated:
+        return pending_messages(execution, definition)
+    metrics.STEPS.labels(step.step_type, status.lower()).inc()
+    logs.execution_log(execution, f"step {step.step_id} {status.lower()}", step_id=step.step_id,
+                       level="info" if status == "SUCCEEDED" else "error",
+                       metadata={"iteration": step.iteration, "output": output, "error": error})
+    if status in ("FAILED", "TIMED_OUT") and not execution.error:
+        execution.error = f"step {step.step_id}: {error}"
+    if step.iteration > 0:
+        from shiftflow.models import fanout
+
+        return fanout.item_finished(execution, definition, step)
+    return advance(execution, definition)
+
+
+def start_execution(payload: TriggerPayload) -> Started:
+    """Create the execution for ``(workflow, dedup_key)`` once and start its first steps.
+
+    A second call with the same key creates nothing and re-publishes the steps still
+    pending (the first call may have committed and crashed before publishing). A
+    workflow at its ``max_executions`` starts nothing; one at its concurrency limit for
+    the execution's key queues the execution PENDING until another one finishes.
+
+    Raises:
+        NotFound: the workflow or its current version does not exist.
+    """
+    from shiftflow.models import flow
+
+    workflow = Workflow.get_or_none(Workflow.id == payload.workflow_id)
+    if workflow is None:
+        raise NotFound(f"workflow {payload.workflow_id} does not exist")
+    existing = Execution.get_or_none((Execution.workflow == workflow.id) & (Execution.dedup_key == payload.dedup_key))
+    if existing is not None:
+        metrics.EXECUTIONS.labels("duplicate").inc()
+        definition = load_definition(existing.workflow_id, existing.workflow_version)
+        return Started(existing, False, pending_messages(existing, definition), "duplicate")
+    definition = load_definition(workflow.id, workflow.current_version)
+    with transaction():
+        if not flow.take_execution_slot(workflow):
+            return Started(None, False, [], f"workflow {workflow.name!r} reached max_executions")
+        now = utcnow()
+        new_id = uuid.uuid4()
+        received = (dt.datetime.fromtimestamp(payload.received_at, dt.UTC).replace(tzinfo=None)
+                    if payload.received_at else now)
+        key = flow.concurrency_key(definition, payload.data)
+        Execution.insert(
+            id=new_id, workflow=workflow.id, workflow_version=workflow.current_version,
+            workspace=workflow.workspace_id, dedup_key=payload.dedup_key, source=payload.source,
+            status="PENDING", priority=payload.priority, trigger_data=payload.data, received_at=received,
+            created_at=now, concurrency_key=key,
+            parent=payload.parent_execution_id or None, parent_step_id=payload.parent_step_id or None,
+            parent_iteration=payload.parent_iteration if payload.parent_step_id else None,
+        ).on_conflict_ignore().execute()
+        execution = lock_execution_by_key(workflow.id, payload.dedup_key)
+        if execution.id != new_id:
+            flow.give_back_execution_slot(workflow)
+            metrics.EXECUTIONS.labels("duplicate").inc()
+            return Started(execution, False, pending_messages(execution, definition), "duplicate")
+        metrics.EXECUTIONS.labels("created").inc()
+        logs.execution_log(execution, "execution created",
+                           metadata={"source": payload.source, "dedupKey": payload.dedup_key})
+        logs.analytics_event("workflow_triggered", execution, {"source": payload.source})
+        if not flow.may_run_now(execution, definition):
+            logs.execution_log(execution, "execution queued: concurrency limit reached",
+                               metadata={"key": key})
+            return Started(execution, True, [], "queued")
+        outgoing = begin_running(execution, definition)
+    return Started(execution, True, outgoing)
+
+
+def lock_execution_by_key(workflow_id: Any, dedup_key: str) -> Execution:
+    """The execution of ``(workflow, dedup_key)``, row-locked on PostgreSQL."""
+    query = Execution.select().where((Execution.workflow == workflow_id) & (Execution.dedup_key == dedup_key))
+    if is_postgres():
+        query = query.for_update()
+    return query.get()
+
+
+def begin_running(execution: Execution, definition: Definition) -> list[Outgoing]:
+    """Move a PENDING execution to RUNNING and start its first steps (in a transaction)."""
+    now = utcnow()
+    execution.status, execution.started_at = "RUNNING", now
+    if definition.timeout:
+        execution.deadline_at = now + dt.timedelta(seconds=definition.timeout)
+    execution.save()
+    return advance(execution, definition, first=True)
+
+
 def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | None = None) -> Claim:
-    """Count this delivery and mark the step RUNNING, unless it is already finished.
+    """Count this delivery and mark the step RUNNING, unless it is finished or held elsewhere.
 
     The attempt count is committed before any work, so a message that kills its
     process is quarantined after ``delivery_limit`` deliveries instead of looping.
 
     ``message_id`` identifies the delivery: RabbitMQ redelivers a message with the same
-    id (after a crash, or a Dramatiq retry), so the same id takes a RUNNING step over,
-    while another id for a RUNNING step is a duplicate publish and is dropped.
+    id (after a crash), so the same id takes a RUNNING step over, while another id for
+    a RUNNING step is a duplicate publish and is dropped.
     """
-    with database.atomic():
-        execution = _locked_execution(payload.execution_id)
+    with transaction():
+        execution = lock_execution(payload.execution_id)
         definition = load_definition(execution.workflow_id, execution.workflow_version)
         step = StepExecution.get_or_none(
             (StepExecution.execution == execution.id) & (StepExecution.step_id == payload.step_id)
             & (StepExecution.iteration == payload.iteration))
         if step is None:
-            raise NotFound(f"execution {execution.id} has no step {payload.step_id!r}")
-        if step.status in TERMINAL:
-            # Redelivered after the result was committed: only re-publish what follows.
+            raise NotFound(f"execution {execution.id} has no step {payload.step_id!r}#{payload.iteration}")
+        if step.status in TERMINAL or step.status in ("WAITING", "QUEUED") or step.resume_at is not None:
+            # Finished, waiting, or backing off: a redelivery only re-publishes what follows.
             metrics.STEPS.labels(step.step_type, "already_done").inc()
-            return Claim(None, execution, definition, _pending_messages(execution, definition, first=False),
-                         "already done")
+            return Claim(None, execution, definition, pending_messages(execution, definition), step.status.lower())
         if step.status == "RUNNING" and message_id and step.claimed_by and step.claimed_by != message_id:
             metrics.STEPS.labels(step.step_type, "duplicate").inc()
             return Claim(None, execution, definition, [], "running under another message")
@@ -183,118 +388,78 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | N
         unexplained = step.attempts - step.retry_count
         if unexplained > delivery_limit:
             reason = f"quarantined: delivered {unexplained} times without finishing (limit {delivery_limit})"
-            _fail(execution, step, reason)
+            step.save()
             metrics.STEPS.labels(step.step_type, "quarantined").inc()
-            return Claim(None, execution, definition, [], reason)
-        step.status = "RUNNING"
-        step.claimed_by = message_id
-        step.started_at = step.started_at or utcnow()
+            outgoing = record_step(execution, definition, step, "FAILED", error=reason, from_status=("PENDING",
+                                                                                                     "RUNNING"))
+            return Claim(None, execution, definition, outgoing, reason)
+        step.status, step.claimed_by = "RUNNING", message_id
+        now = utcnow()
+        step.started_at = step.started_at or now
+        timeout = definition.step(step.step_id).timeout
+        step.timeout_at = now + dt.timedelta(seconds=timeout + 5) if timeout else None
         step.save()
-    logs.execution_log(execution, f"step {step.step_id} started", step_id=step.step_id,
-                       metadata={"attempt": step.attempts})
+        logs.execution_log(execution, f"step {step.step_id} started", step_id=step.step_id,
+                           metadata={"attempt": step.attempts, "iteration": step.iteration})
     return Claim(step, execution, definition)
 
 
-def _fail(execution: Execution, step: StepExecution, error: str) -> None:
-    now = utcnow()
-    step.status, step.error, step.completed_at = "FAILED", error, now
-    step.duration_ms = _ms(step.started_at, now)
-    step.save()
-    _finish_execution(execution, "FAILED", now, error=f"step {step.step_id}: {error}")
-
-
-def _finish_execution(execution: Execution, status: str, now: dt.datetime, *, error: str | None = None,
-                      result: Any = None) -> None:
-    if execution.status in TERMINAL:
-        return
-    execution.status, execution.completed_at, execution.error = status, now, error
-    execution.result = result
-    execution.duration_ms = _ms(execution.started_at, now)
-    execution.progress = 100 if status == "SUCCEEDED" else execution.progress
-    execution.save()
-    counter = Workflow.successful_executions if status == "SUCCEEDED" else Workflow.failed_executions
-    Workflow.update({counter: counter + 1}).where(Workflow.id == execution.workflow_id).execute()
-
-
-def _after_finish(execution: Execution, status: str) -> None:
-    outcome = status.lower()
-    metrics.EXECUTIONS.labels(outcome).inc()
-    if execution.received_at and execution.completed_at:
-        metrics.TRIGGER_TO_DONE_SECONDS.labels(outcome).observe(
-            max(0.0, (execution.completed_at - execution.received_at).total_seconds()))
-    logs.execution_log(execution, f"execution {outcome}", level="info" if status == "SUCCEEDED" else "error",
-                       metadata={"durationMs": execution.duration_ms, "error": execution.error})
-    logs.analytics_event("workflow_executed", execution, {"status": outcome, "duration": execution.duration_ms})
-
-
-def complete_step(claim: Claim, output: Any) -> list[Outgoing]:
-    """Record a step's output, plan what follows, and return the messages to publish."""
+def complete_step(claim: Claim, output: Any, stored_input: Any = None) -> list[Outgoing]:
+    """Record a step's output (and its inputs, secrets masked), plan what follows, and
+    return the messages to publish."""
     assert claim.step is not None
-    step = claim.step
-    now = utcnow()
-    with database.atomic():
-        execution = _locked_execution(claim.execution.id)
-        updated = StepExecution.update(
-            status="SUCCEEDED", output=output, error=None, completed_at=now,
-            duration_ms=_ms(step.started_at, now),
-        ).where((StepExecution.id == step.id) & (StepExecution.status == "RUNNING")).execute()
-        if not updated:
-            # A duplicate delivery finished first; it already planned what follows.
-            return _pending_messages(execution, claim.definition, first=False)
-        rows = StepExecution.select().where(StepExecution.execution == execution.id)
-        states = {r.step_id: StepState(r.status, r.output) for r in rows}
-        decision = plan(claim.definition, states)
-        _create_steps(execution, claim.definition, decision.ready, decision.skipped)
-        done = len(states) + len(decision.ready) + len(decision.skipped)
-        execution.progress = min(99, int(100 * done / max(1, len(claim.definition.steps))))
-        if decision.finished:
-            outputs = {sid: s.output for sid, s in states.items() if s.status == "SUCCEEDED"}
-            _finish_execution(execution, "FAILED" if decision.failed else "SUCCEEDED", now, result=outputs)
-        else:
-            execution.save()
-    metrics.STEPS.labels(step.step_type, "succeeded").inc()
-    logs.execution_log(execution, f"step {step.step_id} succeeded", step_id=step.step_id,
-                       metadata={"durationMs": _ms(step.started_at, now), "output": output})
-    if decision.finished:
-        _after_finish(execution, execution.status)
-    return [_message_for(execution, claim.definition, s, first=False) for s in decision.ready]
+    with transaction():
+        execution = lock_execution(claim.execution.id)
+        return record_step(execution, claim.definition, claim.step, "SUCCEEDED", output=output,
+                           stored_input=stored_input)
 
 
-def fail_step(claim: Claim, error: str) -> None:
+def fail_step(claim: Claim, error: str, *, status: str = "FAILED", stored_input: Any = None) -> list[Outgoing]:
     """Record a permanent failure of a step; the execution fails with it."""
     assert claim.step is not None
-    with database.atomic():
-        execution = _locked_execution(claim.execution.id)
-        step = StepExecution.get_by_id(claim.step.id)
-        if step.status != "RUNNING":
-            return
-        _fail(execution, step, error)
-    metrics.STEPS.labels(step.step_type, "failed").inc()
-    logs.execution_log(execution, f"step {step.step_id} failed", level="error", step_id=step.step_id,
-                       metadata={"error": error})
-    _after_finish(execution, "FAILED")
+    with transaction():
+        execution = lock_execution(claim.execution.id)
+        return record_step(execution, claim.definition, claim.step, status, error=error, stored_input=stored_input)
 
 
-def note_retry(claim: Claim, error: str) -> int:
-    """Record a transient failure before the message is retried; return the retry count."""
+def retry_later(claim: Claim, error: str, delay_seconds: float) -> None:
+    """Park a step PENDING with a durable timer; the timer loop re-publishes it.
+
+    Unlike a Dramatiq retry, nothing is held unacknowledged in RabbitMQ while waiting,
+    so a backoff longer than the broker's consumer timeout is safe.
+    """
     assert claim.step is not None
-    StepExecution.update(retry_count=StepExecution.retry_count + 1, error=error).where(
-        StepExecution.id == claim.step.id).execute()
-    logs.execution_log(claim.execution, f"step {claim.step.step_id} will retry", level="warn",
-                       step_id=claim.step.step_id, metadata={"error": error})
-    return int(claim.step.retry_count) + 1
+    resume = utcnow() + dt.timedelta(seconds=delay_seconds)
+    with transaction():
+        StepExecution.update(status="PENDING", claimed_by=None, resume_at=resume, timeout_at=None, error=error,
+                             retry_count=StepExecution.retry_count + 1).where(
+            (StepExecution.id == claim.step.id) & (StepExecution.status == "RUNNING")).execute()
+        logs.execution_log(claim.execution, f"step {claim.step.step_id} will retry in {delay_seconds:.1f} s",
+                           level="warn", step_id=claim.step.step_id, metadata={"error": error})
+
+
+def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Render the claimed step's inputs: (for the call, for storage with secrets masked).
+
+    Secrets (``{{ secrets.<connection>.<field> }}``) reach only the call; the stored
+    input, the logs and the outputs see ``***``.
+    """
+    assert claim.step is not None
+    step = claim.definition.step(claim.step.step_id)
+    context = context_for(claim.execution, claim.definition, _rows(claim.execution), extra)
+    if not secrets.referenced(step.inputs):
+        inputs = render(step.inputs, context)
+        return inputs, inputs
+    real = render(step.inputs, {**context, "secrets": secrets.for_workspace(claim.execution.workspace_id)})
+    stored = render(step.inputs, {**context, "secrets": secrets.MASKED})
+    return real, stored
+
+
+def masked(inputs: Any) -> Any:
+    """``inputs`` with secret-looking keys hidden, for storage."""
+    return logs.redact(inputs)
 
 
 def step_context(execution: Execution, definition: Definition) -> dict[str, Any]:
-    """The data a step's ``{{ references }}`` may read: trigger, earlier outputs, vars."""
-    outputs = {
-        row.step_id: {"output": row.output, "status": row.status}
-        for row in StepExecution.select(StepExecution.step_id, StepExecution.output, StepExecution.status)
-        .where((StepExecution.execution == execution.id) & (StepExecution.status == "SUCCEEDED"))
-    }
-    return {"trigger": execution.trigger_data, "steps": outputs, "vars": definition.raw.get("vars", {}),
-            "execution": {"id": str(execution.id), "workflow_id": str(execution.workflow_id)}}
-
-
-__all__ = ["Claim", "Started", "claim_step", "complete_step", "fail_step", "note_retry", "start_execution",
-           "step_context", "load_definition"]
+    """The data a step's ``{{ references }}`` may read (see ``context_for``)."""
+    return context_for(execution, definition, _rows(execution))

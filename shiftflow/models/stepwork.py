@@ -2,9 +2,13 @@
 
 Commit first, publish second, ack last: this function commits the step's result and
 returns the messages to publish; the actor publishes them and Dramatiq acks after.
+Transient failures are parked with a durable timer (``retry_later``) instead of being
+re-raised, so a backoff never holds a message unacknowledged in RabbitMQ.
 """
 
 from __future__ import annotations
+
+import random
 
 from dramatiq.middleware import CurrentMessage
 
@@ -12,37 +16,45 @@ from shiftflow.kernel import failpoints
 from shiftflow.kernel.contracts import StepPayload
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError, TransientError
-from shiftflow.kernel.executors import execute
+from shiftflow.kernel.executors import call_tool
 from shiftflow.kernel.settings import get_settings
-from shiftflow.models.runs import claim_step, complete_step, fail_step, note_retry, step_context
+from shiftflow.models import effects_ledger, fanout, waits
+from shiftflow.models.runs import claim_step, complete_step, fail_step, render_inputs, retry_later
+
+#: Step types that park the step WAITING instead of producing an output at once.
+WAITING_TYPES = frozenset({"wait", "wait_event", "approval", "workflow"})
 
 
 def run_step(payload: StepPayload) -> list[Outgoing]:
-    """Claim, run and record one step; return the messages for the steps that follow.
-
-    Raises:
-        TransientError: the work may pass later and the step's retry budget is not spent;
-            Dramatiq's Retries middleware redelivers the message with backoff.
-    """
+    """Claim, run and record one step; return the messages for the steps that follow."""
     settings = get_settings()
     message = CurrentMessage.get_current_message()
     claim = claim_step(payload, delivery_limit=settings.delivery_limit,
                        message_id=message.message_id if message is not None else None)
     if claim.step is None:
         return claim.outgoing
-    step_def = claim.definition.step(claim.step.step_id)
-    failpoints.hit("step.before_work", step_def.id)
+    step = claim.definition.step(claim.step.step_id)
+    if step.for_each is not None and claim.step.iteration == 0:
+        return fanout.expand(claim)
+    failpoints.hit("step.before_work", step.id)
+    extra = fanout.item_context(claim.step) if claim.step.iteration > 0 else None
+    stored = None
     try:
-        output = execute(step_def, step_context(claim.execution, claim.definition), settings)
+        inputs, stored = render_inputs(claim, extra)
+        if step.type in WAITING_TYPES:
+            return waits.begin(claim, inputs)
+        if step.effect == "once":
+            output = effects_ledger.call_once(claim, stored, lambda: call_tool(step, inputs, settings))
+        else:
+            output = call_tool(step, inputs, settings)
     except PermanentError as exc:
-        fail_step(claim, str(exc))
-        return []
+        return fail_step(claim, str(exc), stored_input=stored)
     except TransientError as exc:
-        if note_retry(claim, str(exc)) > step_def.retry_max:
-            fail_step(claim, f"gave up after {step_def.retry_max} retries: {exc}")
-            return []
-        raise
-    failpoints.hit("step.after_work", step_def.id)
-    outgoing = complete_step(claim, output)
-    failpoints.hit("step.after_commit", step_def.id)
+        if claim.step.retry_count >= step.retry.max:
+            return fail_step(claim, f"gave up after {step.retry.max} retries: {exc}", stored_input=stored)
+        retry_later(claim, str(exc), step.retry.delay(claim.step.retry_count + 1, random.random()))
+        return []
+    failpoints.hit("step.after_work", step.id)
+    outgoing = complete_step(claim, output, stored)
+    failpoints.hit("step.after_commit", step.id)
     return outgoing

@@ -143,7 +143,7 @@ def test_redelivery_of_a_crashed_step_is_quarantined(engine, service):
     the database stops the loop (SHIFTFLOW_DELIVERY_LIMIT=2 here)."""
     workflow = _workflow(service)
     started = start_execution(TriggerPayload(str(workflow.id), "d-5", "test", {"amount": 50}))
-    payload = StepPayload(str(started.execution.id), "check")
+    payload = StepPayload(str(started.execution.id), "post")  # "check" ran inline at the trigger
     for _ in range(2):  # two deliveries that "crashed" after claiming
         assert claim_step(payload, delivery_limit=2).step is not None
     third = claim_step(payload, delivery_limit=2)
@@ -159,13 +159,16 @@ def test_start_twice_republishes_pending_first_steps(engine, service):
     first = start_execution(TriggerPayload(str(workflow.id), "d-6", "test", {"amount": 50}))
     again = start_execution(TriggerPayload(str(workflow.id), "d-6", "test", {"amount": 50}))
     assert first.created and not again.created
-    assert [o.payload.step_id for o in again.outgoing] == ["check"]
+    assert [o.payload.step_id for o in again.outgoing] == ["post"]
+    # The cheap condition ran inline, in the trigger's transaction: a row, no message.
+    check = StepExecution.get(StepExecution.execution == first.execution.id, StepExecution.step_id == "check")
+    assert check.status == "SUCCEEDED" and check.output == {"passed": True}
 
 
 def test_duplicate_publish_is_dropped_but_redelivery_takes_over(engine, service):
     workflow = _workflow(service)
     started = start_execution(TriggerPayload(str(workflow.id), "d-7", "test", {"amount": 50}))
-    payload = StepPayload(str(started.execution.id), "check")
+    payload = StepPayload(str(started.execution.id), "post")
     assert claim_step(payload, delivery_limit=5, message_id="m-1").step is not None
     duplicate = claim_step(payload, delivery_limit=5, message_id="m-2")
     assert duplicate.step is None and "another message" in duplicate.reason

@@ -1,0 +1,74 @@
+"""The timer loop: wakes waiting steps, ends retry backoffs, enforces timeouts.
+
+Every worker pool runs one loop as a Dramatiq fork (``SHIFTFLOW_TIMERS=on``); several
+loops share the work through ``FOR UPDATE SKIP LOCKED``, so any number of pools is safe.
+Dev mode runs it in a thread; ``shiftflow timers`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from typing import Any
+
+from dramatiq.middleware import Middleware
+
+from shiftflow.kernel.broker import build_broker, install
+from shiftflow.kernel.db import bind_database, database
+from shiftflow.kernel.enqueue import send_all
+from shiftflow.kernel.settings import Settings
+from shiftflow.models.base import utcnow
+from shiftflow.models.flow import rollup_stats
+from shiftflow.models.waits import resume_due
+
+log = logging.getLogger(__name__)
+
+#: How often workflow statistics are rolled up from executions.
+ROLLUP_EVERY_SECONDS = 10.0
+
+
+def tick() -> int:
+    """Fire what is due once; return how many messages were published."""
+    with database.connection_context():
+        outgoing = resume_due()
+    send_all(outgoing)
+    return len(outgoing)
+
+
+def run_loop(stop: threading.Event, interval: float = 0.25) -> None:
+    """Tick until ``stop`` is set; sleep ``interval`` when nothing was due."""
+    last_rollup = time.monotonic()
+    while not stop.is_set():
+        try:
+            fired = tick()
+            if time.monotonic() - last_rollup > ROLLUP_EVERY_SECONDS:
+                with database.connection_context():
+                    rollup_stats(utcnow() - dt.timedelta(seconds=ROLLUP_EVERY_SECONDS * 3))
+                last_rollup = time.monotonic()
+        except Exception:
+            log.exception("timer loop failed; retrying")
+            fired = 0
+        if not fired:
+            stop.wait(interval)
+
+
+def timer_fork() -> None:
+    """The Dramatiq fork: a timer loop with its own database and publishing broker."""
+    settings = Settings.from_env()
+    install(build_broker(settings, worker=False))
+    bind_database(settings.database_url)
+    run_loop(threading.Event())
+
+
+class Timers(Middleware):
+    """Adds the timer loop fork to a worker pool."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @property
+    def forks(self) -> list[Any]:
+        """The timer loop, when enabled."""
+        return [timer_fork] if self.enabled else []

@@ -1,0 +1,84 @@
+"""Connection secrets for ``{{ secrets.<connection>.<field> }}`` references.
+
+Secrets are decrypted only inside the worker that makes the call, only for the
+workspace of the execution, and only when a step's inputs reference them; what is
+stored and logged is rendered again with every secret masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from shiftflow.kernel.crypto import Vault
+from shiftflow.kernel.expressions import Masked
+from shiftflow.kernel.settings import get_settings
+from shiftflow.models.integrations import Connection, Integration
+
+
+def referenced(template: Any) -> bool:
+    """True when ``template`` mentions ``secrets.`` anywhere (cheap check before decrypting)."""
+    if isinstance(template, str):
+        return "secrets." in template
+    if isinstance(template, list):
+        return any(referenced(v) for v in template)
+    if isinstance(template, dict):
+        return any(referenced(v) for v in template.values())
+    return False
+
+
+#: Renders every ``secrets.*`` reference as ``***`` (for stored inputs and logs).
+MASKED = Masked()
+
+
+class _WorkspaceSecrets(Mapping[str, Any]):
+    """Decrypts one workspace's active connections by name, on first use."""
+
+    def __init__(self, workspace_id: Any) -> None:
+        self.workspace_id = workspace_id
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._cache:
+            row = Connection.get_or_none((Connection.workspace == self.workspace_id) & (Connection.name == name)
+                                         & (Connection.is_active == True))  # noqa: E712 - peewee expression
+            if row is None:
+                raise KeyError(name)
+            self._cache[name] = Vault(get_settings().secret_keys).decrypt(row.credentials)
+        return self._cache[name]
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[str(name)]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cache)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def for_workspace(workspace_id: Any) -> Mapping[str, Any]:
+    """The lazily decrypted secrets of one workspace."""
+    return _WorkspaceSecrets(workspace_id)
+
+
+def store_connection(workspace_id: Any, integration_key: str, name: str, credentials: dict[str, Any]) -> Connection:
+    """Create or replace a workspace connection, encrypting its credentials.
+
+    The integration is found by its key (``crm``, ``gmail``...), created as a custom
+    integration with API-key auth if the catalogue does not have it.
+    """
+    vault = Vault(get_settings().secret_keys)
+    integration, _ = Integration.get_or_create(
+        key=integration_key, defaults={"name": integration_key, "category": "custom", "auth_type": "API_KEY"})
+    row = Connection.get_or_none((Connection.workspace == workspace_id) & (Connection.name == name))
+    if row is None:
+        return Connection.create(workspace=workspace_id, integration=integration.id, name=name,
+                                 credentials=vault.encrypt(credentials), key_id=vault.current_key_id)
+    row.credentials, row.key_id = vault.encrypt(credentials), vault.current_key_id
+    row.save()
+    return row
