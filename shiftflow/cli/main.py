@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from shiftflow.kernel.errors import PermanentError, SettingsError, ShiftFlowError
+from shiftflow.kernel.errors import DefinitionError, PermanentError, SettingsError, ShiftFlowError
 from shiftflow.kernel.settings import Settings, configure
 
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("engine",)
 
 
 def _read_env_file(path: str) -> dict[str, str]:
@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SettingsError as exc:
         print(f"shiftflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DefinitionError as exc:
+        print(f"shiftflow: invalid workflow definition: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"shiftflow: {exc.strerror}: {exc.filename}", file=sys.stderr)

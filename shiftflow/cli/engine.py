@@ -1,0 +1,108 @@
+"""Engine commands: the definition schema, validation, events, approvals, the timer loop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from typing import Any
+
+from shiftflow.cli.main import bind, settings_from_args
+from shiftflow.kernel.errors import SettingsError
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from shiftflow.kernel.definition import SCHEMA
+
+    print(json.dumps(SCHEMA, indent=2))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from shiftflow.kernel.definition import parse, validate
+
+    with open(args.file, "rb") as handle:
+        definition = validate(parse(handle.read()))
+    print(f"{args.file}: valid ({len(definition.steps)} steps, trigger {definition.trigger_type})")
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> Any:
+    from shiftflow.kernel.broker import build_broker, install
+
+    settings = settings_from_args(args)
+    bind(settings)
+    if not settings.dev:
+        install(build_broker(settings, worker=False))
+    return settings
+
+
+def _event(args: argparse.Namespace) -> int:
+    from shiftflow.kernel.enqueue import send_all
+    from shiftflow.models import waits
+    from shiftflow.models.tenancy import Workspace
+
+    _broker(args)
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"--data is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError("--data must be a JSON object")
+    workspace = Workspace.get_or_none(Workspace.slug == args.workspace)
+    if workspace is None:
+        raise SettingsError(f"--workspace {args.workspace!r} does not exist")
+    count, outgoing = waits.deliver_event(workspace.id, args.key, data)
+    send_all(outgoing)
+    print(f"event {args.key!r} resumed {count} waiting step(s)")
+    return 0 if count else 1
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from shiftflow.kernel.enqueue import send_all
+    from shiftflow.models import waits
+
+    _broker(args)
+    send_all(waits.decide_approval(args.execution, args.step, approved=not args.reject, by=args.by,
+                                   comment=args.comment))
+    print(f"step {args.step} of {args.execution} {'rejected' if args.reject else 'approved'}")
+    return 0
+
+
+def _timers(args: argparse.Namespace) -> int:
+    from shiftflow.consumers import timers
+
+    _broker(args)
+    print("timer loop running (waits, retry backoffs, timeouts); Ctrl-C to stop", flush=True)
+    try:
+        timers.run_loop(threading.Event())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the engine commands to the ``shiftflow`` parser."""
+    p = sub.add_parser("schema", help="print the JSON Schema of workflow definitions")
+    p.set_defaults(func=_schema)
+
+    p = sub.add_parser("validate", help="validate a workflow definition file without storing it")
+    p.add_argument("file")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("event", help="deliver an event to the steps waiting for its key (wait_event)")
+    p.add_argument("key", help="the event key the wait_event steps wait for")
+    p.add_argument("--workspace", required=True, help="workspace slug (events never cross workspaces)")
+    p.add_argument("--data", default="{}", help="JSON object given to the waiting steps as their output")
+    p.set_defaults(func=_event)
+
+    p = sub.add_parser("approve", help="approve (or --reject) a waiting approval step")
+    p.add_argument("execution", help="execution id")
+    p.add_argument("step", help="the approval step's id")
+    p.add_argument("--reject", action="store_true", help="reject instead of approving (fails the step)")
+    p.add_argument("--by", required=True, help="who decides (recorded in the step output)")
+    p.add_argument("--comment", default="", help="why")
+    p.set_defaults(func=_approve)
+
+    p = sub.add_parser("timers", help="run the timer loop alone (worker pools run one already)")
+    p.set_defaults(func=_timers)
