@@ -9,6 +9,8 @@ re-raised, so a backoff never holds a message unacknowledged in RabbitMQ.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 from dramatiq.middleware import CurrentMessage
 
@@ -19,10 +21,20 @@ from shiftflow.kernel.errors import PermanentError, TransientError
 from shiftflow.kernel.executors import call_tool
 from shiftflow.kernel.settings import get_settings
 from shiftflow.models import effects_ledger, fanout, waits
-from shiftflow.models.runs import claim_step, complete_step, fail_step, render_inputs, retry_later
+from shiftflow.models.runs import Claim, claim_step, complete_step, fail_step, render_inputs, retry_later
 
 #: Step types that park the step WAITING instead of producing an output at once.
 WAITING_TYPES = frozenset({"wait", "wait_event", "approval", "workflow"})
+
+#: Step types whose whole run is owned by a domain module (registered by name, so the
+#: engine does not import every domain): handler(claim, inputs, stored) -> messages.
+Handler = Callable[[Claim, Any, Any], list[Outgoing]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def register_handler(step_type: str, handler: Handler) -> None:
+    """Let a domain module run every step of ``step_type`` (e.g. SideShift swaps)."""
+    HANDLERS[step_type] = handler
 
 
 def run_step(payload: StepPayload) -> list[Outgoing]:
@@ -43,6 +55,8 @@ def run_step(payload: StepPayload) -> list[Outgoing]:
         inputs, stored = render_inputs(claim, extra)
         if step.type in WAITING_TYPES:
             return waits.begin(claim, inputs)
+        if step.type in HANDLERS:
+            return HANDLERS[step.type](claim, inputs, stored)
         if step.effect == "once":
             output = effects_ledger.call_once(claim, stored, lambda: call_tool(step, inputs, settings))
         else:
