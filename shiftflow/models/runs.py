@@ -148,14 +148,14 @@ def pending_messages(execution: Execution, definition: Definition) -> list[Outgo
 
 def _insert(execution: Execution, step_id: str, step_type: str, status: str, iteration: int = 0,
             **fields: Any) -> StepExecution:
+    """Create one step row. Only ``advance`` calls this, with the execution locked, so no
+    other transaction can create the same row meanwhile: one INSERT, no read-back."""
     now = utcnow()
     values = {"id": uuid.uuid4(), "execution": execution.id, "step_id": step_id, "iteration": iteration,
               "step_type": step_type, "status": status, "created_at": now, **fields}
     if status in TERMINAL:
         values.setdefault("completed_at", now)
-    StepExecution.insert(values).on_conflict_ignore().execute()
-    return StepExecution.get((StepExecution.execution == execution.id) & (StepExecution.step_id == step_id)
-                             & (StepExecution.iteration == iteration))
+    return StepExecution.create(**values)
 
 
 def advance(execution: Execution, definition: Definition, *, first: bool = False) -> list[Outgoing]:
@@ -189,8 +189,10 @@ def advance(execution: Execution, definition: Definition, *, first: bool = False
         outgoing += finish_execution(execution, definition, "FAILED" if decision.failed else "SUCCEEDED", rows)
     else:
         done = sum(1 for r in rows.values() if r.status in TERMINAL)
-        execution.progress = min(99, int(100 * done / max(1, len(definition.steps))))
-        execution.save(only=[Execution.progress])
+        progress = min(99, int(100 * done / max(1, len(definition.steps))))
+        if progress != execution.progress:
+            execution.progress = progress
+            execution.save(only=[Execution.progress])
     return outgoing
 
 
@@ -228,16 +230,17 @@ def finish_execution(execution: Execution, definition: Definition, status: str,
     now = utcnow()
     rows = _rows(execution) if rows is None else rows
     execution.status, execution.completed_at = status, now
-    execution.error = error or execution.error if status != "SUCCEEDED" else None
+    execution.error = (error or execution.error) if status != "SUCCEEDED" else None
     execution.result = {sid: r.output for sid, r in rows.items() if r.status == "SUCCEEDED"}
     execution.duration_ms = ms_between(execution.started_at or execution.created_at, now)
     if status == "SUCCEEDED":
         execution.progress = 100
-    execution.save()
+    execution.save(only=[Execution.status, Execution.completed_at, Execution.error, Execution.result,
+                         Execution.duration_ms, Execution.progress])
     if status != "SUCCEEDED":
         _cancel_active(execution, f"execution {status.lower()}")
-    counter = Workflow.successful_executions if status == "SUCCEEDED" else Workflow.failed_executions
-    Workflow.update({counter: counter + 1}).where(Workflow.id == execution.workflow_id).execute()
+    # Workflow counters are rolled up by the timer loop (flow.rollup_stats): updating the
+    # workflow row here would lock it until commit and serialise the workflow's executions.
     outcome = status.lower()
     metrics.EXECUTIONS.labels(outcome).inc()
     if execution.received_at:
@@ -296,11 +299,6 @@ def start_execution(payload: TriggerPayload) -> Started:
     workflow = Workflow.get_or_none(Workflow.id == payload.workflow_id)
     if workflow is None:
         raise NotFound(f"workflow {payload.workflow_id} does not exist")
-    existing = Execution.get_or_none((Execution.workflow == workflow.id) & (Execution.dedup_key == payload.dedup_key))
-    if existing is not None:
-        metrics.EXECUTIONS.labels("duplicate").inc()
-        definition = load_definition(existing.workflow_id, existing.workflow_version)
-        return Started(existing, False, pending_messages(existing, definition), "duplicate")
     definition = load_definition(workflow.id, workflow.current_version)
     with transaction():
         if not flow.take_execution_slot(workflow):
@@ -322,7 +320,8 @@ def start_execution(payload: TriggerPayload) -> Started:
         if execution.id != new_id:
             flow.give_back_execution_slot(workflow)
             metrics.EXECUTIONS.labels("duplicate").inc()
-            return Started(execution, False, pending_messages(execution, definition), "duplicate")
+            pinned = load_definition(execution.workflow_id, execution.workflow_version)
+            return Started(execution, False, pending_messages(execution, pinned), "duplicate")
         metrics.EXECUTIONS.labels("created").inc()
         logs.execution_log(execution, "execution created",
                            metadata={"source": payload.source, "dedupKey": payload.dedup_key})
@@ -349,7 +348,7 @@ def begin_running(execution: Execution, definition: Definition) -> list[Outgoing
     execution.status, execution.started_at = "RUNNING", now
     if definition.timeout:
         execution.deadline_at = now + dt.timedelta(seconds=definition.timeout)
-    execution.save()
+    execution.save(only=[Execution.status, Execution.started_at, Execution.deadline_at])
     return advance(execution, definition, first=True)
 
 
