@@ -1,0 +1,423 @@
+"""Schedule specs: cron expressions, fixed intervals and one-off times, and their next fire time.
+
+Pure: no clock and no I/O. ``parse`` turns a cron expression into a ``CronSpec``;
+``next_fire(spec, after, tz)`` returns the first fire time strictly after ``after``.
+
+Cron expressions have 5 fields (``minute hour day-of-month month day-of-week``) or 6
+with ``second`` first. A field is ``*``, a number, a range ``a-b``, a step ``*/n``,
+``a-b/n`` or ``a/n`` (``a`` to the end of the range), or a comma list of those.
+Months and week days also take English names (``JAN``, ``MON-FRI``); day-of-week 0 and
+7 are both Sunday. ``@yearly``, ``@annually``, ``@monthly``, ``@weekly``, ``@daily``,
+``@midnight`` and ``@hourly`` stand for their usual expressions.
+
+Day-of-month and day-of-week combine like Vixie cron: when both are restricted a day
+matches if *either* matches (``0 0 1 * MON`` fires on the 1st and on every Monday);
+when one of them starts with ``*`` the day must match both (so ``*/2`` in day-of-month
+still combines with AND, as in Vixie cron).
+
+Daylight-saving rule. A cron expression is read as wall-clock time in the schedule's
+time zone, and every wall-clock slot fires at most once:
+
+* a slot that does not exist (the clock jumps forward, e.g. 02:30 on the night summer
+  time starts in Europe/Berlin) fires once at the first instant after the gap (03:00
+  local time). Several slots inside one gap collapse into that single fire;
+* a slot that exists twice (the clock falls back, e.g. 02:30 on the night summer time
+  ends) fires once, at its first occurrence (still in summer time); the repeated hour
+  fires nothing a second time.
+
+Intervals are elapsed time, not wall-clock time: ``every 3600 s`` stays 3600 s apart
+across a DST change. Their slots are ``anchor + k * interval`` for every whole ``k``
+(the anchor defaults to the Unix epoch, so ``every 60 s`` fires on each UTC minute).
+Every instant this module returns is an aware ``datetime`` in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from shiftflow.kernel.errors import PermanentError
+
+UTC = dt.UTC
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class ScheduleError(PermanentError):
+    """Raised when a cron expression, interval, time or time zone is malformed.
+
+    The message starts with the field it is about, e.g. ``minute: 61 is out of range 0-59``.
+    """
+
+
+#: (name, lowest, highest) of the six cron fields, seconds first.
+FIELDS: tuple[tuple[str, int, int], ...] = (
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+)
+MONTH_NAMES = {
+    m: i + 1
+    for i, m in enumerate(
+        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+    )
+}
+DAY_NAMES = {d: i for i, d in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"))}
+MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+#: Days in each month in the longest year (a leap year), to refuse specs that never fire.
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+#: How far ahead ``next_fire`` searches. A valid spec always fires within 8 years
+#: (29 February skips 2100); beyond this the spec is treated as exhausted.
+HORIZON_YEARS = 10
+#: Bound on candidates tried by one ``next_fire`` (only a repeated DST hour needs more than one).
+_MAX_CANDIDATES = 100_000
+_NUMBER = re.compile(r"^\d+$")
+_SECOND = dt.timedelta(seconds=1)
+_MINUTE = dt.timedelta(minutes=1)
+_HOUR = dt.timedelta(hours=1)
+_DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class CronSpec:
+    """A parsed cron expression: the allowed values of each field, sorted.
+
+    ``weekdays`` uses cron numbering (0 = Sunday ... 6 = Saturday). ``dom_star`` and
+    ``dow_star`` record whether the day fields started with ``*`` (Vixie's AND/OR rule).
+    """
+
+    expression: str
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: tuple[int, ...]
+    months: tuple[int, ...]
+    weekdays: tuple[int, ...]
+    dom_star: bool
+    dow_star: bool
+    has_seconds: bool
+    _sets: tuple[frozenset[int], ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sets = tuple(
+            frozenset(v)
+            for v in (self.seconds, self.minutes, self.hours, self.days, self.months, self.weekdays)
+        )
+        object.__setattr__(self, "_sets", sets)
+
+
+@dataclass(frozen=True)
+class IntervalSpec:
+    """Every ``seconds`` of elapsed time, on the slots ``anchor + k * seconds``."""
+
+    seconds: int
+    anchor: dt.datetime = EPOCH
+
+
+@dataclass(frozen=True)
+class OnceSpec:
+    """A single fire at ``at`` (aware)."""
+
+    at: dt.datetime
+
+
+Spec = CronSpec | IntervalSpec | OnceSpec
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _value(token: str, name: str, lo: int, hi: int, names: dict[str, int]) -> int:
+    upper = token.upper()
+    if upper in names:
+        return names[upper]
+    if not _NUMBER.match(token):
+        expected = f"a number {lo}-{hi}" + (f" or a name ({', '.join(names)})" if names else "")
+        raise ScheduleError(f"{name}: {token!r} is not {expected}")
+    value = int(token)
+    if not lo <= value <= hi:
+        raise ScheduleError(f"{name}: {value} is out of range {lo}-{hi}")
+    return value
+
+
+def _field(text: str, name: str, lo: int, hi: int, names: dict[str, int]) -> tuple[int, ...]:
+    values: set[int] = set()
+    for part in text.split(","):
+        if not part:
+            raise ScheduleError(f"{name}: empty item in {text!r}")
+        span, slash, step_text = part.partition("/")
+        step = 1
+        if slash:
+            if not _NUMBER.match(step_text):
+                raise ScheduleError(f"{name}: step {step_text!r} is not a whole number")
+            step = int(step_text)
+            if step < 1:
+                raise ScheduleError(f"{name}: step must be at least 1, got {step}")
+        # Open ends (``*``, ``a/n``) stop at Saturday: 7 is only an alias of Sunday.
+        top = 6 if name == "day-of-week" else hi
+        if span == "*":
+            start, end = lo, top
+        elif "-" in span:
+            first, _, last = span.partition("-")
+            start, end = _value(first, name, lo, hi, names), _value(last, name, lo, hi, names)
+            if start > end:
+                raise ScheduleError(f"{name}: range {span} goes backwards")
+        else:
+            start = _value(span, name, lo, hi, names)
+            end = top if slash else start
+        values.update(range(start, end + 1, step))
+    if name == "day-of-week" and 7 in values:  # 7 is Sunday too
+        values.discard(7)
+        values.add(0)
+    return tuple(sorted(values))
+
+
+@lru_cache(maxsize=4096)
+def parse(expression: str) -> CronSpec:
+    """Parse a cron expression (5 fields, 6 with seconds first, or an ``@`` macro).
+
+    Parameters:
+        expression: e.g. ``"*/15 9-17 * * MON-FRI"`` or ``"30 0 0 * * *"``.
+
+    Returns:
+        The parsed spec (cached: parsing the same text twice returns the same object).
+
+    Raises:
+        ScheduleError: malformed; the message names the field, e.g.
+            ``minute: 61 is out of range 0-59``.
+    """
+    text = " ".join(expression.split())
+    if text.startswith("@"):
+        if text.lower() not in MACROS:
+            raise ScheduleError(f"cron: unknown macro {text!r}; expected one of {', '.join(MACROS)}")
+        text = MACROS[text.lower()]
+    parts = text.split(" ") if text else []
+    if len(parts) not in (5, 6):
+        raise ScheduleError(
+            "cron: expected 5 fields (minute hour day-of-month month day-of-week) or 6 (second first), "
+            f"got {len(parts)} in {expression!r}"
+        )
+    has_seconds = len(parts) == 6
+    if not has_seconds:
+        parts = ["0", *parts]
+    parsed = [
+        _field(
+            part, name, lo, hi, MONTH_NAMES if name == "month" else DAY_NAMES if name == "day-of-week" else {}
+        )
+        for part, (name, lo, hi) in zip(parts, FIELDS, strict=True)
+    ]
+    dom_star, dow_star = parts[3].startswith("*"), parts[5].startswith("*")
+    seconds, minutes, hours, days, months, weekdays = parsed
+    if dow_star and not any(day <= _MONTH_DAYS[m - 1] for day in days for m in months):
+        raise ScheduleError(
+            f"day-of-month: day {days[0]} never occurs in month(s) {', '.join(map(str, months))}"
+        )
+    return CronSpec(
+        expression.strip(), seconds, minutes, hours, days, months, weekdays, dom_star, dow_star, has_seconds
+    )
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``.
+
+    Raises:
+        ScheduleError: ``timezone: 'Mars/Base' is not a known IANA time zone``.
+    """
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(
+            f"timezone: {name!r} is not a known IANA time zone (e.g. Europe/Berlin)"
+        ) from None
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str, name: str = "every") -> int:
+    """Seconds in ``"90"``, ``"90s"``, ``"5m"``, ``"1h30m"`` or ``"2d"``.
+
+    Raises:
+        ScheduleError: malformed or not positive; the message names ``name``.
+    """
+    raw = text.strip().lower()
+    if _NUMBER.match(raw):
+        seconds = int(raw)
+    else:
+        match = _DURATION.match(raw)
+        if not raw or match is None:
+            raise ScheduleError(f"{name}: {text!r} is not a duration like 90, 90s, 5m, 1h30m or 2d")
+        d, h, m, s = (int(g) if g else 0 for g in match.groups())
+        seconds = ((d * 24 + h) * 60 + m) * 60 + s
+    if seconds < 1:
+        raise ScheduleError(f"{name}: must be at least 1 second, got {text!r}")
+    return seconds
+
+
+def parse_time(text: str, tz: dt.tzinfo, name: str = "at") -> dt.datetime:
+    """An ISO 8601 time; without an offset it is wall-clock time in ``tz`` (first occurrence).
+
+    Returns:
+        The instant, aware, in UTC.
+
+    Raises:
+        ScheduleError: not an ISO 8601 date-time.
+    """
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ScheduleError(f"{name}: {text!r} is not an ISO 8601 time like 2030-01-31T09:00") from None
+    if value.tzinfo is None:
+        return _resolve(value, tz)
+    return value.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- next fire
+
+
+def _day_matches(spec: CronSpec, t: dt.datetime) -> bool:
+    sets = spec._sets
+    dom = t.day in sets[3]
+    dow = (t.weekday() + 1) % 7 in sets[5]  # Python: Monday=0; cron: Sunday=0
+    if spec.dom_star or spec.dow_star:
+        return dom and dow
+    return dom or dow
+
+
+def _next_naive(spec: CronSpec, t: dt.datetime) -> dt.datetime | None:
+    """The first wall-clock time >= ``t`` (naive, whole seconds) matching every field."""
+    secs, mins, hours, _days, months, _dows = spec._sets
+    limit = t.year + HORIZON_YEARS
+    while t.year <= limit:
+        if t.month not in months:
+            i = bisect_left(spec.months, t.month)
+            t = (
+                dt.datetime(t.year, spec.months[i], 1)
+                if i < len(spec.months)
+                else dt.datetime(t.year + 1, spec.months[0], 1)
+            )
+            continue
+        if not _day_matches(spec, t):
+            t = dt.datetime(t.year, t.month, t.day) + _DAY
+            continue
+        if t.hour not in hours:
+            i = bisect_left(spec.hours, t.hour)
+            if i == len(spec.hours):
+                t = dt.datetime(t.year, t.month, t.day) + _DAY
+                continue
+            t = t.replace(hour=spec.hours[i], minute=0, second=0)
+        if t.minute not in mins:
+            i = bisect_left(spec.minutes, t.minute)
+            if i == len(spec.minutes):
+                t = t.replace(minute=0, second=0) + _HOUR
+                continue
+            t = t.replace(minute=spec.minutes[i], second=0)
+        if t.second not in secs:
+            i = bisect_left(spec.seconds, t.second)
+            if i == len(spec.seconds):
+                t = t.replace(second=0) + _MINUTE
+                continue
+            t = t.replace(second=spec.seconds[i])
+        return t
+    return None
+
+
+def _offset_at(instant: dt.datetime, tz: dt.tzinfo) -> dt.timedelta:
+    offset = instant.astimezone(tz).utcoffset()
+    assert offset is not None
+    return offset
+
+
+def _resolve(wall: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """The instant (aware UTC) at which wall-clock time ``wall`` (naive) fires in ``tz``.
+
+    Ambiguous (fall back): the first occurrence. Nonexistent (spring forward): the
+    first instant after the gap, i.e. the transition itself.
+    """
+    before = wall.replace(tzinfo=tz, fold=0).utcoffset()
+    after = wall.replace(tzinfo=tz, fold=1).utcoffset()
+    assert before is not None and after is not None
+    if before >= after:
+        # Equal: an ordinary time. Greater: a repeated time; fold=0 is the first occurrence.
+        return (wall - before).replace(tzinfo=UTC)
+    # A gap. PEP 495 maps it with the offset from before (fold=0) and after (fold=1);
+    # the transition lies between those two readings. Transitions fall on whole seconds.
+    lo = int(((wall - after).replace(tzinfo=UTC) - EPOCH).total_seconds())  # offset still `before`
+    hi = int(((wall - before).replace(tzinfo=UTC) - EPOCH).total_seconds())  # offset already `after`
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _offset_at(EPOCH + dt.timedelta(seconds=mid), tz) == after:
+            hi = mid
+        else:
+            lo = mid
+    return EPOCH + dt.timedelta(seconds=hi)
+
+
+def _next_cron(spec: CronSpec, after: dt.datetime, tz: dt.tzinfo) -> dt.datetime | None:
+    t = after.astimezone(tz).replace(tzinfo=None, microsecond=0) + _SECOND
+    for _ in range(_MAX_CANDIDATES):
+        wall = _next_naive(spec, t)
+        if wall is None:
+            return None
+        instant = _resolve(wall, tz)
+        if instant > after:
+            return instant
+        # Only a repeated DST hour gets here: this wall time already fired (first occurrence).
+        t = wall + _SECOND
+    return None
+
+
+def next_fire(spec: Spec, after: dt.datetime, tz: dt.tzinfo = UTC) -> dt.datetime | None:
+    """The first fire time of ``spec`` strictly after ``after``.
+
+    Parameters:
+        spec: a ``CronSpec`` (from ``parse``), ``IntervalSpec`` or ``OnceSpec``.
+        after: an aware datetime.
+        tz: the time zone a cron expression's wall-clock times are read in
+            (intervals and one-off times ignore it).
+
+    Returns:
+        An aware UTC datetime, or None when the spec has no fire time left
+        (a one-off time already past, or no cron match within ``HORIZON_YEARS``).
+
+    Raises:
+        ValueError: ``after`` is naive.
+    """
+    if after.tzinfo is None or after.utcoffset() is None:
+        raise ValueError("next_fire needs an aware datetime (naive times are ambiguous)")
+    if isinstance(spec, CronSpec):
+        return _next_cron(spec, after, tz)
+    if isinstance(spec, IntervalSpec):
+        step = dt.timedelta(seconds=spec.seconds)
+        k = (after - spec.anchor) // step + 1
+        return (spec.anchor + k * step).astimezone(UTC)
+    return spec.at.astimezone(UTC) if spec.at > after else None
+
+
+def fires_between(
+    spec: Spec, after: dt.datetime, until: dt.datetime, tz: dt.tzinfo = UTC, limit: int = 1000
+) -> list[dt.datetime]:
+    """The fire times ``t`` with ``after < t <= until``, oldest first, at most ``limit``."""
+    out: list[dt.datetime] = []
+    current = after
+    while len(out) < limit:
+        nxt = next_fire(spec, current, tz)
+        if nxt is None or nxt > until:
+            break
+        out.append(nxt)
+        current = nxt
+    return out
