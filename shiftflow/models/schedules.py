@@ -9,6 +9,8 @@ actor drops.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.models.base import TimestampedModel
@@ -30,6 +32,10 @@ class Schedule(TimestampedModel):
     the slot, BUFFER_ONE keeps one slot waiting.
     """
 
+    # Peewee's foreign-key id accessors, declared for the type checker.
+    workspace_id: Any
+    workflow_id: Any
+
     workspace = peewee.ForeignKeyField(Workspace, backref="schedules", on_delete="CASCADE")
     workflow = peewee.ForeignKeyField(Workflow, backref="schedules", on_delete="CASCADE", index=False)
     # Which schedule of the definition this row is; the sync upserts on (workflow, key).
@@ -50,6 +56,9 @@ class Schedule(TimestampedModel):
     # Spreads fires of many schedules on the same minute (thundering herd on ":00").
     jitter_seconds = peewee.IntegerField(default=0)
     is_active = peewee.BooleanField(default=True)
+    # Overlap BUFFER_ONE: the one slot held back while the previous run was still going;
+    # it fires as soon as that run ends (migration 0004).
+    pending_fire_at = peewee.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("workflow", "key"), True),)
@@ -74,4 +83,12 @@ class Schedule(TimestampedModel):
 # The scheduler's only hot query: active schedules due now, oldest first.
 Schedule.add_index(
     Schedule.index(Schedule.next_fire_at, where=peewee.SQL("is_active"), name="idx_schedule_due")
+)
+# Schedules holding a buffered slot (overlap BUFFER_ONE): re-checked every tick, few rows.
+Schedule.add_index(
+    Schedule.index(
+        Schedule.pending_fire_at,
+        where=peewee.SQL("is_active AND pending_fire_at IS NOT NULL"),
+        name="idx_schedule_pending",
+    )
 )
