@@ -1,0 +1,341 @@
+"""Scheduler commands: ``shiftflow scheduler run`` and ``shiftflow schedules add|list|pause|resume|remove``.
+
+Any number of ``scheduler run`` processes may run against one database and broker: they
+split the due schedules between them (``SELECT ... FOR UPDATE SKIP LOCKED``) and every
+slot fires once (``producers.scheduler``). Each process also polls the polling triggers
+(``producers.polling``) and keeps the schedules that definitions declare in step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from shiftflow.cli.main import bind, settings_from_args
+from shiftflow.kernel.cron import ScheduleError
+from shiftflow.kernel.errors import SettingsError
+
+log = logging.getLogger("shiftflow.scheduler")
+#: Seconds between two syncs of definition schedules and polling cursors.
+SYNC_SECONDS = 10.0
+_FLAGS = (
+    "cron",
+    "every",
+    "at",
+    "timezone",
+    "catch-up",
+    "overlap",
+    "start-at",
+    "end-at",
+    "jitter",
+    "key",
+    "workflow",
+    "id",
+)
+
+
+def _usage_error(exc: ScheduleError) -> int:
+    """Print a validation error naming the flag (``--cron: minute: 61 is out of range 0-59``); exit 2."""
+    text = str(exc)
+    field = text.split(":", 1)[0]
+    print(f"shiftflow: {'--' if field in _FLAGS else ''}{text}", file=sys.stderr)
+    return 2
+
+
+def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except ScheduleError as exc:
+            return _usage_error(exc)
+
+    run.__doc__ = func.__doc__
+    return run
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --------------------------------------------------------------------------- scheduler run
+
+
+def _periodic(stop: threading.Event, seconds: float, work: Callable[[], None], name: str) -> threading.Thread:
+    import peewee
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                work()
+            except (peewee.DatabaseError, peewee.InterfaceError, ScheduleError) as exc:
+                log.warning("%s failed: %s", name, exc)
+            stop.wait(seconds)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run one scheduler replica until SIGTERM or SIGINT."""
+    from prometheus_client import start_http_server
+
+    from shiftflow.kernel.broker import build_broker, install
+    from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
+    from shiftflow.producers.polling import Poller
+    from shiftflow.producers.schedule_config import sync_definition_schedules
+    from shiftflow.producers.scheduler import Scheduler
+
+    settings = settings_from_args(args)
+    if settings.dev:
+        raise SettingsError(
+            "shiftflow scheduler run publishes to RabbitMQ: set SHIFTFLOW_MODE=production and "
+            "SHIFTFLOW_AMQP_URL (dev mode's broker lives inside `shiftflow dev`)"
+        )
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bind(settings)
+    broker = install(build_broker(settings, worker=False))
+    replica = args.replica_name or f"{socket.gethostname()}-{os.getpid()}"
+    if settings.scheduler_metrics_port:
+        start_http_server(settings.scheduler_metrics_port, addr=settings.metrics_host)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    timeout = settings.publish_timeout_seconds
+    scheduler = Scheduler(
+        ConfirmedBatchPublisher(settings.amqp_url, broker, timeout=timeout),
+        batch_size=settings.scheduler_batch_size,
+        grace=dt.timedelta(seconds=settings.scheduler_misfire_grace_seconds),
+    )
+    threads = []
+    poller: Poller | None = None
+    if not args.no_polling:
+        poller = Poller(
+            ConfirmedBatchPublisher(settings.amqp_url, broker, timeout=timeout),
+            http_timeout=settings.http_timeout_seconds,
+            allow_private=settings.http_allow_private,
+        )
+        threads.append(threading.Thread(target=poller.run, args=(stop,), name="poller", daemon=True))
+        threads[-1].start()
+
+    def sync() -> None:
+        sync_definition_schedules(_now())
+        if poller is not None:
+            poller.sync()
+
+    threads.append(_periodic(stop, SYNC_SECONDS, sync, "sync"))
+    print(
+        f"shiftflow scheduler {replica}: batch {settings.scheduler_batch_size}, tick "
+        f"{settings.scheduler_tick_ms} ms, grace {settings.scheduler_misfire_grace_seconds} s, polling "
+        f"{'off' if args.no_polling else 'on'}, metrics "
+        f"{settings.scheduler_metrics_port or 'off'}",
+        flush=True,
+    )
+    try:
+        scheduler.run(stop, tick_seconds=settings.scheduler_tick_ms / 1000)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=settings.http_timeout_seconds + 5)
+        scheduler.publisher.close()
+        if poller is not None:
+            poller.publisher.close()
+    print(f"shiftflow scheduler {replica}: stopped", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def _workflow(args: argparse.Namespace) -> Any:
+    from shiftflow.models.tenancy import Workspace
+    from shiftflow.models.workflows import Workflow
+
+    try:
+        by_id = Workflow.get_or_none(Workflow.id == uuid.UUID(args.workflow))
+    except ValueError:
+        by_id = None
+    if by_id is not None:
+        return by_id
+    workspace = Workspace.get_or_none(Workspace.slug == args.workspace)
+    found = (
+        None
+        if workspace is None
+        else Workflow.get_or_none((Workflow.workspace == workspace.id) & (Workflow.name == args.workflow))
+    )
+    if found is None:
+        raise ScheduleError(f"workflow: no workflow {args.workflow!r} in workspace {args.workspace!r}")
+    return found
+
+
+def _schedule(args: argparse.Namespace) -> Any:
+    from shiftflow.models.schedules import Schedule
+
+    try:
+        row = Schedule.get_or_none(Schedule.id == uuid.UUID(args.id))
+    except ValueError:
+        row = None
+    if row is None:
+        raise ScheduleError(f"id: no schedule with id {args.id!r} (see `shiftflow schedules list`)")
+    return row
+
+
+def _describe(row: Any) -> dict[str, Any]:
+    spec = {
+        "CRON": row.cron_expression,
+        "INTERVAL": f"every {row.interval_seconds}s",
+        "ONCE": f"at {row.run_at.isoformat() if row.run_at else '-'}Z",
+    }.get(row.kind, "?")
+    return {
+        "id": str(row.id),
+        "workflow": row.workflow.name,
+        "workflow_id": str(row.workflow_id),
+        "key": row.key,
+        "kind": row.kind,
+        "spec": spec,
+        "timezone": row.timezone,
+        "catch_up": row.catch_up,
+        "max_catch_up": row.max_catch_up,
+        "overlap": row.overlap,
+        "active": row.is_active,
+        "next_fire_at": row.next_fire_at.isoformat() + "Z" if row.next_fire_at else None,
+        "pending_fire_at": row.pending_fire_at.isoformat() + "Z" if row.pending_fire_at else None,
+        "last_fired_at": row.last_fired_at.isoformat() + "Z" if row.last_fired_at else None,
+        "fire_count": row.fire_count,
+    }
+
+
+def _add(args: argparse.Namespace) -> int:
+    """Add a schedule to a workflow."""
+    from shiftflow.producers.schedule_config import add_schedule, build_config
+
+    now = _now()
+    config = build_config(
+        cron=args.cron,
+        every=args.every,
+        at=args.at,
+        timezone=args.timezone,
+        catch_up=args.catch_up,
+        overlap=args.overlap,
+        start_at=args.start_at,
+        end_at=args.end_at,
+        jitter=args.jitter,
+        now=now,
+    )
+    bind(settings_from_args(args))
+    row = add_schedule(_workflow(args), config, key=args.key, now=now)
+    info = _describe(row)
+    print(
+        json.dumps(info)
+        if args.json
+        else f"schedule {info['id']} for {info['workflow']!r} ({info['spec']}, {info['timezone']}); "
+        f"next fire {info['next_fire_at'] or 'never'}"
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    """List schedules (of one workflow with --workflow)."""
+    from shiftflow.models.schedules import Schedule
+
+    bind(settings_from_args(args))
+    query = Schedule.select().order_by(Schedule.next_fire_at.asc(nulls="LAST"), Schedule.id)
+    if args.workflow:
+        query = query.where(Schedule.workflow == _workflow(args).id)
+    rows = [_describe(row) for row in query.limit(args.limit)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(
+            f"{r['id']}  {'active' if r['active'] else 'paused'}  {r['workflow']}/{r['key']}  {r['spec']} "
+            f"({r['timezone']})  next {r['next_fire_at'] or '-'}  catch-up {r['catch_up']}  "
+            f"overlap {r['overlap']}  fired {r['fire_count']}"
+        )
+    return 0
+
+
+def _set_active(active: bool) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        from shiftflow.producers.schedule_config import set_active
+
+        bind(settings_from_args(args))
+        row = set_active(_schedule(args), active, now=_now())
+        print(
+            f"schedule {row.id} {'resumed; next fire ' + (_describe(row)['next_fire_at'] or 'never') if active else 'paused'}"
+        )
+        return 0
+
+    command.__doc__ = "Resume a paused schedule." if active else "Pause a schedule."
+    return command
+
+
+def _remove(args: argparse.Namespace) -> int:
+    """Delete a schedule."""
+    bind(settings_from_args(args))
+    row = _schedule(args)
+    row.delete_instance()
+    print(f"schedule {row.id} removed")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``scheduler`` and ``schedules`` to the ``shiftflow`` parser."""
+    p = sub.add_parser("scheduler", help="run the scheduler (cron, intervals, one-off times, polling)")
+    run = p.add_subparsers(dest="scheduler_command", required=True, metavar="ACTION")
+    r = run.add_parser("run", help="run one scheduler replica (run as many as you like)")
+    r.add_argument("--replica-name", help="name in logs (default: host-pid)")
+    r.add_argument("--no-polling", action="store_true", help="do not poll polling triggers in this replica")
+    r.set_defaults(func=_guard(_run))
+
+    p = sub.add_parser("schedules", help="add, list, pause, resume or remove schedules")
+    actions = p.add_subparsers(dest="schedules_command", required=True, metavar="ACTION")
+    a = actions.add_parser("add", help="add a schedule to a workflow")
+    a.add_argument("--workflow", required=True, help="workflow name (in --workspace) or id")
+    a.add_argument("--workspace", default="default", help="workspace slug (default: default)")
+    a.add_argument(
+        "--key", default="default", help="name of this schedule within the workflow (default: default)"
+    )
+    when = a.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help="cron expression: 5 fields, 6 with seconds first, or @hourly/@daily/...")
+    when.add_argument("--every", help="interval: 90, 90s, 5m, 1h30m, 2d")
+    when.add_argument("--at", help="one-off time, ISO 8601 (local to --timezone unless it has an offset)")
+    a.add_argument("--timezone", default="UTC", help="IANA time zone of the cron times (default UTC)")
+    a.add_argument(
+        "--catch-up",
+        default="once",
+        help="after downtime: skip, once (one fire for the missed period; default), all, or N "
+        "(fire at most the N most recent missed slots)",
+    )
+    a.add_argument(
+        "--overlap",
+        default="allow",
+        help="while the previous run is going: allow (default), skip, buffer-one",
+    )
+    a.add_argument("--start-at", help="no slot before this time (ISO 8601); also the phase of --every")
+    a.add_argument("--end-at", help="no slot after this time (ISO 8601)")
+    a.add_argument("--jitter", help="spread fires by a stable random delay up to this duration (e.g. 30s)")
+    a.add_argument("--json", action="store_true", help="print the schedule as JSON")
+    a.set_defaults(func=_guard(_add))
+
+    ls = actions.add_parser("list", help="list schedules")
+    ls.add_argument("--workflow", help="only this workflow (name in --workspace, or id)")
+    ls.add_argument("--workspace", default="default")
+    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_guard(_list))
+
+    for name, func in (("pause", _set_active(False)), ("resume", _set_active(True)), ("remove", _remove)):
+        c = actions.add_parser(name, help=f"{name} a schedule")
+        c.add_argument("id", help="schedule id")
+        c.set_defaults(func=_guard(func))
