@@ -201,13 +201,13 @@ class Scheduler:
         running_ids = {key.split(":", 2)[1] for key in running.scalars() if key.startswith("schedule:")}
         busy = {r.id for r in checked if str(r.id) in running_ids}
         # A fire still queued (no execution yet) is a run that has not finished either.
-        recent = {
-            dedup_key(r.id, aware(r.last_fired_at)): r.id
-            for r in checked  # type: ignore[arg-type]
-            if r.last_fired_at is not None
-            and r.id not in busy
-            and now - aware(r.last_fired_at) < QUEUED_WINDOW + self.grace
-        }  # type: ignore[operator]
+        recent = {}
+        for r in checked:
+            if r.last_fired_at is None or r.id in busy:
+                continue
+            last = r.last_fired_at.replace(tzinfo=UTC)
+            if now - last < QUEUED_WINDOW + self.grace:
+                recent[dedup_key(r.id, last)] = r.id
         if recent:
             started = set(
                 Execution.select(Execution.dedup_key)
