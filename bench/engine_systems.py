@@ -1,0 +1,324 @@
+"""The three systems ``bench_engine.py`` compares, behind one small interface.
+
+Each system gets its own PostgreSQL database, RabbitMQ vhost and Mongo database on the
+same servers, and the same worker processes x threads:
+
+* ``ShiftFlowSystem``: the workflow applied with ``shiftflow.models.catalog``; workers are
+  ``dramatiq shiftflow.consumers.worker`` in production mode; triggers are ``triggers.start``
+  messages published with ``kernel.enqueue.send`` (publisher confirms) with ``received_at``.
+  Latency: ``execution.received_at`` → ``completed_at``.
+* ``DramatiqSystem``: ``bench/engine_baselines/dramatiq_app.py`` (see its docstring).
+* ``CelerySystem``: ``bench/engine_baselines/celery_app.py`` (see its docstring).
+
+Baseline latency: ``bench_step`` row of step 3, ``done_at - triggered_at``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from bench.engine_services import BIN, Resources, Workers
+
+#: The benchmark workflow: transform → condition → transform, no outside calls.
+DEFINITION: dict[str, Any] = {
+    "name": "bench-3-steps",
+    "trigger": {"type": "manual"},
+    "vars": {"threshold": 0},
+    "steps": [
+        {
+            "id": "shape",
+            "type": "transform",
+            "with": {"output": {"amount": "{{ trigger.n }}", "customer": "c{{ trigger.n }}"}},
+        },
+        {
+            "id": "check",
+            "type": "condition",
+            "with": {"left": "{{ steps.shape.output.amount }}", "op": ">=", "right": "{{ vars.threshold }}"},
+        },
+        {
+            "id": "summary",
+            "type": "transform",
+            "with": {"output": {"message": "order {{ steps.shape.output.customer }} accepted"}},
+        },
+    ],
+}
+
+
+class System:
+    """One system under test: set up, worker commands, trigger, and read back timings."""
+
+    key = ""
+    label = ""
+
+    def __init__(self, processes: int, threads: int) -> None:
+        self.processes, self.threads = processes, threads
+        self.pg_url = ""
+        self.mongo_db = ""
+        self._conn: Any = None
+
+    def setup(self, res: Resources, mongo_url: str) -> None:
+        """Create this system's database, vhost and Mongo database name."""
+        raise NotImplementedError
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment of the worker processes."""
+        raise NotImplementedError
+
+    def worker_commands(self) -> list[list[str]]:
+        """The worker processes to start (argv lists)."""
+        raise NotImplementedError
+
+    def workers(self, log_dir: Path) -> Workers:
+        """The worker processes, not yet started."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("SHIFTFLOW_", "BENCH_"))}
+        return Workers(self.key, self.worker_commands(), {**base, **self.worker_env()}, log_dir)
+
+    def begin_phase(self) -> None:
+        """Called before a phase's first trigger (ShiftFlow re-installs its broker)."""
+
+    def trigger(self, phase: str, i: int) -> None:
+        """Start execution ``i`` of ``phase``, stamping the trigger time."""
+        raise NotImplementedError
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run a read query on this system's database (one autocommit connection)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg2.connect(self.pg_url, connect_timeout=5)
+            self._conn.autocommit = True
+        with self._conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
+    def finished(self, phase: str) -> int:
+        """How many executions of ``phase`` reached an end (succeeded or not)."""
+        raise NotImplementedError
+
+    def timings(self, phase: str) -> list[tuple[float, float]]:
+        """(trigger, done) epoch seconds of every successful execution of ``phase``."""
+        raise NotImplementedError
+
+    def failed(self, phase: str) -> int:
+        """Executions of ``phase`` that ended without succeeding."""
+        return 0
+
+    def mongo_docs(self, mongo_url: str) -> int:
+        """Documents this system wrote to its Mongo database (all collections)."""
+        import pymongo
+
+        client: Any = pymongo.MongoClient(mongo_url)
+        try:
+            db = client[self.mongo_db]
+            return sum(db[name].count_documents({}) for name in db.list_collection_names())
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        """Close this process's connections."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+
+
+class ShiftFlowSystem(System):
+    """ShiftFlow's real worker pool on its own migrated database."""
+
+    key, label = "sf", "ShiftFlow"
+
+    def setup(self, res: Resources, mongo_url: str) -> None:
+        from shiftflow.kernel.broker import build_broker
+        from shiftflow.kernel.db import bind_database
+        from shiftflow.kernel.settings import Settings
+        from shiftflow.models import catalog
+        from shiftflow.models.migrations import upgrade
+
+        self.pg_url = res.pg_database("sf")
+        self.mongo_db = f"{res.run}_sf"
+        self.env = {
+            "SHIFTFLOW_MODE": "production",
+            "SHIFTFLOW_AMQP_URL": res.vhost("sf"),
+            "SHIFTFLOW_DATABASE_URL": self.pg_url,
+            "SHIFTFLOW_MONGO_URL": mongo_url,
+            "SHIFTFLOW_MONGO_DB": self.mongo_db,
+            "SHIFTFLOW_METRICS_PORT": "0",
+            "SHIFTFLOW_LOG_LEVEL": "WARNING",
+        }
+        self.settings = Settings.from_env(self.env)
+        db = bind_database(self.pg_url)
+        try:
+            upgrade(db)
+            workspace = catalog.ensure_workspace("bench")
+            self.workflow_id = str(catalog.apply_definition(workspace, DEFINITION).workflow.id)
+        finally:
+            with contextlib.suppress(Exception):
+                db.close_all()  # type: ignore[attr-defined]
+        self.broker = build_broker(self.settings, worker=False)
+
+    def worker_env(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def worker_commands(self) -> list[list[str]]:
+        return [
+            [
+                str(BIN / "dramatiq"),
+                "shiftflow.consumers.worker",
+                "--processes",
+                str(self.processes),
+                "--threads",
+                str(self.threads),
+            ]
+        ]
+
+    def begin_phase(self) -> None:
+        from shiftflow.kernel.broker import install
+
+        install(self.broker)
+
+    def trigger(self, phase: str, i: int) -> None:
+        from shiftflow.kernel.contracts import TriggerPayload
+        from shiftflow.kernel.enqueue import send
+
+        send(
+            "triggers.start",
+            TriggerPayload(
+                workflow_id=self.workflow_id,
+                dedup_key=f"{phase}-{i}",
+                source="bench",
+                data={"n": i},
+                received_at=time.time(),
+            ),
+        )
+
+    def finished(self, phase: str) -> int:
+        return int(
+            self.query(
+                "SELECT count(*) FROM execution WHERE dedup_key LIKE %s AND completed_at IS NOT NULL",
+                f"{phase}-%",
+            )[0][0]
+        )
+
+    def timings(self, phase: str) -> list[tuple[float, float]]:
+        rows = self.query(
+            "SELECT extract(epoch FROM received_at), extract(epoch FROM completed_at) FROM execution "
+            "WHERE dedup_key LIKE %s AND status = 'SUCCEEDED'",
+            f"{phase}-%",
+        )
+        return [(float(a), float(b)) for a, b in rows]
+
+    def failed(self, phase: str) -> int:
+        return int(
+            self.query(
+                "SELECT count(*) FROM execution WHERE dedup_key LIKE %s AND completed_at IS NOT NULL "
+                "AND status <> 'SUCCEEDED'",
+                f"{phase}-%",
+            )[0][0]
+        )
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(Exception):
+            self.broker.close()
+
+
+class _Baseline(System):
+    """A hand-written baseline on the ``bench_step`` table of ``engine_baselines.common``."""
+
+    module = ""
+
+    def setup(self, res: Resources, mongo_url: str) -> None:
+        from bench.engine_baselines.common import SCHEMA
+
+        self.pg_url = res.pg_database(self.key)
+        self.mongo_db = f"{res.run}_{self.key}"
+        self.env = {
+            "BENCH_PG_URL": self.pg_url,
+            "BENCH_AMQP_URL": res.vhost(self.key),
+            "BENCH_MONGO_URL": mongo_url,
+            "BENCH_MONGO_DB": self.mongo_db,
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        }
+        self.query(SCHEMA + "; SELECT 1")
+        # The producer side of the app module reads its broker URL at import.
+        os.environ["BENCH_AMQP_URL"] = self.env["BENCH_AMQP_URL"]
+        try:
+            self.app = importlib.import_module(self.module)
+        finally:
+            del os.environ["BENCH_AMQP_URL"]
+
+    def worker_env(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def trigger(self, phase: str, i: int) -> None:
+        self.app.trigger(f"{phase}-{i}", phase, time.time(), i)
+
+    def finished(self, phase: str) -> int:
+        return int(self.query("SELECT count(*) FROM bench_step WHERE phase = %s AND step = 3", phase)[0][0])
+
+    def timings(self, phase: str) -> list[tuple[float, float]]:
+        rows = self.query("SELECT triggered_at, done_at FROM bench_step WHERE phase = %s AND step = 3", phase)
+        return [(float(a), float(b)) for a, b in rows]
+
+
+class DramatiqSystem(_Baseline):
+    """Bare Dramatiq: three actors, each step one transaction, one insert_one, one send."""
+
+    key, label, module = "dq", "bare Dramatiq", "bench.engine_baselines.dramatiq_app"
+
+    def worker_commands(self) -> list[list[str]]:
+        return [
+            [
+                str(BIN / "dramatiq"),
+                self.module,
+                "--processes",
+                str(self.processes),
+                "--threads",
+                str(self.threads),
+            ]
+        ]
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(Exception):
+            self.app.broker.close()
+
+
+class CelerySystem(_Baseline):
+    """A Celery chain of three tasks; one worker process per process of the other systems."""
+
+    key, label, module = "cel", "Celery chain", "bench.engine_baselines.celery_app"
+
+    def worker_commands(self) -> list[list[str]]:
+        return [
+            [
+                str(BIN / "celery"),
+                "-A",
+                self.module,
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(self.threads),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+                "-n",
+                f"bench{i}@%h",
+            ]
+            for i in range(self.processes)
+        ]
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(Exception):
+            self.app.app.close()
+
+
+SYSTEMS: dict[str, type[System]] = {cls.key: cls for cls in (ShiftFlowSystem, DramatiqSystem, CelerySystem)}
