@@ -24,10 +24,12 @@ Status codes (all error bodies are ``{"error": "<reason>"}``):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -46,6 +48,7 @@ from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.signatures import verify
 from shiftflow.producers import hooks
 from shiftflow.producers.hooks import HookInfo
+from shiftflow.producers.publisher import ConfirmPublisher
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +86,16 @@ MAX_JSON_DEPTH = 64
 #: Threads that may publish at once. Separate from the default pool used by lookups, so
 #: publishes stuck on a hung broker (abandoned after the timeout) cannot starve lookups.
 PUBLISH_THREADS = 32
+#: Seconds the event loop reuses a token's lookup answer before asking ``lookup`` again.
+#: ``lookup`` may query PostgreSQL, so it runs in a thread, and at thousands of requests
+#: per second that hop cost more CPU than the rest of the lookup; one second is small
+#: next to ``hooks.lookup``'s own cache (30 s), so a revoked hook stops within the same time.
+LOOKUP_MEMO_SECONDS = 1.0
+#: Tokens remembered at most; a flood of random tokens clears the memo, never grows it.
+LOOKUP_MEMO_SIZE = 10_000
 
 Publish = Callable[[TriggerPayload], object]
+AsyncPublish = Callable[[TriggerPayload], Awaitable[object]]
 
 
 class _Rejected(Exception):
@@ -105,6 +116,19 @@ def publish_trigger(payload: TriggerPayload) -> None:
         BrokerUnavailable: RabbitMQ could not be reached or did not confirm.
     """
     send("triggers.start", payload, priority=int(Priority.parse(payload.priority)))
+
+
+def trigger_sender(publisher: ConfirmPublisher) -> AsyncPublish:
+    """The async ``publish`` of real mode: ``triggers.start`` through a confirm-pipelining publisher.
+
+    Returns:
+        ``await send(payload)`` returns once RabbitMQ confirmed; raises ``BrokerUnavailable``.
+    """
+
+    async def send(payload: TriggerPayload) -> str:
+        return await publisher.send("triggers.start", payload, priority=int(Priority.parse(payload.priority)))
+
+    return send
 
 
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -196,6 +220,7 @@ def create_app(
     settings: Settings,
     *,
     publish: Publish | None = None,
+    publish_async: AsyncPublish | None = None,
     lookup: Callable[[str], HookInfo | None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
@@ -205,28 +230,54 @@ def create_app(
         settings: reads ``webhook_max_body_bytes``, ``webhook_tolerance_seconds`` and
             ``publish_timeout_seconds``.
         publish: sends one trigger and returns once it is durable, raising
-            ``TransientError`` (``BrokerUnavailable``) otherwise; default ``publish_trigger``.
-            Called in a worker thread because publishing blocks on the broker confirm.
+            ``TransientError`` (``BrokerUnavailable``) otherwise. Called in a worker thread
+            because it blocks on the broker confirm. Default in dev mode: ``publish_trigger``
+            (the in-process broker).
+        publish_async: the same contract as a coroutine function, awaited on the event loop
+            (many publishes in flight). Default in real mode: a ``ConfirmPublisher`` on
+            ``settings.amqp_url`` (``trigger_sender``), opened and closed with the app.
         lookup: token -> ``HookInfo`` or None, may raise ``TransientError``; default the
             cached database lookup ``hooks.lookup`` (the database must be bound).
         clock: Unix time in seconds, for signature timestamps and ``received_at``.
 
     Returns:
         A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` and ``GET /metrics``.
+
+    Raises:
+        ValueError: both ``publish`` and ``publish_async`` were given.
     """
+    if publish is not None and publish_async is not None:
+        raise ValueError("give publish or publish_async, not both")
+    publisher: ConfirmPublisher | None = None
+    if publish is None and publish_async is None and not settings.dev:
+        publisher = ConfirmPublisher(settings.amqp_url)
+        publish_async = trigger_sender(publisher)
     publish_fn: Publish = publish or publish_trigger
     lookup_fn = lookup or hooks.lookup
     limit = settings.webhook_max_body_bytes
     timeout = settings.publish_timeout_seconds
     publish_limiter = anyio.CapacityLimiter(PUBLISH_THREADS)
+    # token -> (reuse until, monotonic seconds; answer): see LOOKUP_MEMO_SECONDS.
+    memo: dict[str, tuple[float, HookInfo | None]] = {}
+
+    async def find_hook(token: str) -> HookInfo | None:
+        now = time.monotonic()
+        remembered = memo.get(token)
+        if remembered is not None and now < remembered[0]:
+            return remembered[1]
+        # A lookup may query PostgreSQL: keep it off the event loop.
+        hook = await anyio.to_thread.run_sync(lookup_fn, token)
+        if len(memo) >= LOOKUP_MEMO_SIZE:
+            memo.clear()
+        memo[token] = (now + LOOKUP_MEMO_SECONDS, hook)
+        return hook
 
     async def accept(request: Request) -> JSONResponse:
         _check_content_type(request)
         body = await _read_body(request, limit)
         token = request.path_params["token"]
         try:
-            # A lookup may query PostgreSQL: keep it off the event loop.
-            hook = await anyio.to_thread.run_sync(lookup_fn, token)
+            hook = await find_hook(token)
         except TransientError as exc:
             log.warning("webhook lookup failed: %s", exc)
             raise _unavailable("webhook store unavailable, retry later") from None
@@ -248,13 +299,20 @@ def create_app(
             priority=Priority.NORMAL.name,
         )
         try:
-            # abandon_on_cancel: on timeout we answer 503 at once; the thread may still
-            # finish the publish later, which is safe because the sender's retry carries
-            # the same dedup key and the trigger actor creates the execution once.
-            with anyio.fail_after(timeout):
-                await anyio.to_thread.run_sync(
-                    publish_fn, payload, abandon_on_cancel=True, limiter=publish_limiter
-                )
+            # On timeout we answer 503 at once; the publish may still be confirmed later
+            # (the thread is abandoned, or the message stays unconfirmed in the publisher),
+            # which is safe because the sender's retry carries the same dedup key and the
+            # trigger actor creates the execution once.
+            if publish_async is not None:
+                # asyncio's own timeout: the publisher is asyncio-bound anyway, and an anyio
+                # cancel scope costs several times more per request.
+                async with asyncio.timeout(timeout):
+                    await publish_async(payload)
+            else:
+                with anyio.fail_after(timeout):
+                    await anyio.to_thread.run_sync(
+                        publish_fn, payload, abandon_on_cancel=True, limiter=publish_limiter
+                    )
         except TimeoutError:
             log.warning("publish of %s timed out after %s s", payload.dedup_key, timeout)
             raise _unavailable(f"broker did not confirm within {timeout:g} s, retry later") from None
@@ -296,7 +354,18 @@ def create_app(
     async def server_error(request: Request, exc: Exception) -> Response:
         return _error(500, "internal error")
 
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if publisher is not None:
+            await publisher.start()  # connect now rather than on the first webhook
+        try:
+            yield
+        finally:
+            if publisher is not None:
+                await publisher.close()
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/hooks/{token}", receive_hook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
