@@ -1,0 +1,191 @@
+"""A message that kills its worker is quarantined after SHIFTFLOW_DELIVERY_LIMIT deliveries.
+
+The poison is a real process death: the failpoint ``step.before_work:boom=exit`` makes the
+worker ``os._exit(137)`` every time it starts step ``boom``, after the delivery was
+counted in PostgreSQL. Dramatiq 2.2's master does not replace a dead worker process (it
+stops the pool and exits with the dead worker's code), so the test supervises the pool
+the way systemd ``Restart=always`` would.
+
+``test_poison_message_is_quarantined``: with a delivery limit of 3 the pool dies three
+times; the fourth delivery marks ``boom`` FAILED ("quarantined ...") and its execution
+FAILED with that reason, acks the message, and the pool stays up. Executions of another
+workflow, published before, during and after, all complete once.
+
+``test_poison_does_not_quarantine_its_neighbours``: a worker process running several
+threads dies with every step it has in flight. An innocent step that happens to be
+running beside the poison on each of its deliveries must not be quarantined with it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from tests.helpers import wait_until
+
+from . import Rig, http_step, wait_terminal
+from .checker import check
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
+
+LIMIT = 3
+
+
+def _poison(url: str) -> dict[str, Any]:
+    return {
+        "name": "poison",
+        "trigger": {"type": "manual"},
+        "vars": {"url": url},
+        "steps": [
+            {"id": "check", "type": "condition", "with": {"left": 1, "op": "==", "right": 1}},
+            http_step("boom", "{{ trigger.n }}"),
+        ],
+    }
+
+
+def _steady(url: str, step: str = "call") -> dict[str, Any]:
+    return {
+        "name": f"steady-{step}",
+        "trigger": {"type": "manual"},
+        "vars": {"url": url},
+        "steps": [
+            {"id": "check", "type": "condition", "with": {"left": "{{ trigger.n }}", "op": ">=", "right": 0}},
+            http_step(step, "{{ trigger.n }}"),
+            {
+                "id": "done",
+                "type": "transform",
+                "with": {"output": {"n": "{{ steps." + step + ".output.json.echo.n }}"}},
+            },
+        ],
+    }
+
+
+def _step(pg_url: str, key: str, step_id: str) -> dict[str, Any] | None:
+    conn = psycopg2.connect(pg_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT s.status, s.attempts, s.error, e.status, e.error FROM step_execution s "
+                "JOIN execution e ON e.id = s.execution_id WHERE e.dedup_key = %s AND s.step_id = %s",
+                (key, step_id),
+            )
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    return dict(zip(("status", "attempts", "error", "execution_status", "execution_error"), row, strict=True))
+
+
+@pytest.fixture
+def rig(real_env: dict[str, str], pg_url: str, tmp_path: Path) -> Iterator[Rig]:
+    extra = {"SHIFTFLOW_DELIVERY_LIMIT": str(LIMIT), "SHIFTFLOW_FAILPOINTS": "step.before_work:boom=exit"}
+    with Rig(real_env, pg_url, tmp_path / "logs", extra_env=extra) as made:
+        yield made
+
+
+@pytest.mark.timeout(240)
+def test_poison_message_is_quarantined(rig: Rig) -> None:
+    poison = rig.workflow(_poison(rig.service.url))
+    steady = rig.workflow(_steady(rig.service.url))
+    # One thread per process: the poison's death then takes no other step's delivery
+    # with it (the next test is about that case).
+    pool = rig.pool(processes=2, threads=1)
+    pool.start()
+    pool.wait_ready()
+    keys: list[str] = []
+
+    def publish(first: int, count: int, pause: float) -> None:
+        for n in range(first, first + count):
+            assert rig.publisher.trigger(steady, f"s-{n:03d}", {"n": n})
+            keys.append(f"s-{n:03d}")
+            time.sleep(pause)
+
+    with pool.supervised():
+        publish(0, 5, 0)
+        assert rig.publisher.trigger(poison, "poison-1", {"n": 1})
+        sender = threading.Thread(target=publish, args=(5, 30, 0.2))
+        sender.start()  # the steady workflow keeps arriving while the poison kills the pool
+        quarantined: dict[str, Any] = wait_until(
+            lambda: (r := _step(rig.pg_url, "poison-1", "boom")) and r["status"] == "FAILED" and r or {},
+            timeout=150,
+            interval=0.2,
+        )
+        sender.join(60)
+        # After the quarantine new work still completes, and the pool stays up: the exit
+        # of a death just before the quarantine may still be reaped meanwhile, none after.
+        publish(35, 5, 0)
+        wait_terminal(rig.pg_url, keys, pool)
+        wait_until(pool.ready, timeout=30)
+        settled = list(pool.exits)
+        time.sleep(3)
+        assert pool.poll() is None, f"the pool died after the quarantine:\n{pool.log_tail()}"
+        assert pool.exits == settled
+    report = check(rig.pg_url, [*keys, "poison-1"], rig.service.recorded())
+    print(
+        f"\npool exits={pool.exits} boot_seconds={pool.boot_seconds} quarantined={quarantined}\n{report.summary()}"
+    )
+
+    # Each of the first LIMIT deliveries killed a worker process; a second process of the
+    # pool may take the requeued poison before the master notices the first death, so
+    # one pool exit can stand for two deaths.
+    assert 1 <= len(pool.exits) <= LIMIT and set(pool.exits) == {137}, pool.exits
+    assert quarantined["attempts"] == LIMIT + 1
+    assert "quarantined" in quarantined["error"] and f"limit {LIMIT}" in quarantined["error"]
+    assert quarantined["execution_status"] == "FAILED"
+    assert "boom" in quarantined["execution_error"] and "quarantined" in quarantined["execution_error"]
+    # The poison was never redelivered after its quarantine, and never reached its call.
+    assert _step(rig.pg_url, "poison-1", "boom")["attempts"] == LIMIT + 1  # type: ignore[index]
+    assert [c for c in rig.service.recorded() if c.step_id == "boom"] == []
+    assert report.counts == {"completed_once": len(keys) + 1, "lost": 0, "duplicated": 0, "unexpected": 0}, (
+        report.problems()
+    )
+    assert report.statuses == {"SUCCEEDED": len(keys), "FAILED": 1}
+    assert report.late_calls == []
+
+
+@pytest.mark.timeout(240)
+def test_poison_does_not_quarantine_its_neighbours(
+    real_env: dict[str, str], pg_url: str, tmp_path: Path
+) -> None:
+    """Engine bug reproduction (see the module docstring).
+
+    One process, two threads. The innocent step ``slow`` is claimed and held 4 s (a
+    failpoint sleep before its work); meanwhile the poison ``boom`` is claimed, calls the
+    outside service (0.5 s) and dies after its work. Both messages were unacknowledged in
+    the dead process, so both are redelivered, together, to the restarted pool, and the
+    same thing happens again: ``slow`` is charged one "delivery without outcome" per
+    death of ``boom``. On the poison's fourth delivery both exceed the limit of 3, and the
+    innocent execution fails as "quarantined" although its step never killed anything.
+    """
+    extra = {
+        "SHIFTFLOW_DELIVERY_LIMIT": str(LIMIT),
+        "SHIFTFLOW_FAILPOINTS": "step.after_work:boom=exit,step.before_work:slow=sleep=4",
+    }
+    with Rig(real_env, pg_url, tmp_path / "logs", step_delays={"boom": 0.5}, extra_env=extra) as rig:
+        poison = rig.workflow(_poison(rig.service.url))
+        innocent = rig.workflow(_steady(rig.service.url, step="slow"))
+        pool = rig.pool(processes=1, threads=2)
+        pool.start()
+        pool.wait_ready()
+        with pool.supervised():
+            assert rig.publisher.trigger(innocent, "innocent-1", {"n": 1})
+            wait_until(
+                lambda: (r := _step(pg_url, "innocent-1", "slow")) and r["status"] == "RUNNING", timeout=60
+            )
+            assert rig.publisher.trigger(poison, "poison-1", {"n": 1})
+            wait_terminal(pg_url, ["poison-1", "innocent-1"], pool, stall=120)
+        boom, slow = _step(pg_url, "poison-1", "boom"), _step(pg_url, "innocent-1", "slow")
+        print(f"\npool exits={pool.exits}\nboom={boom}\nslow={slow}")
+
+    assert boom is not None and slow is not None
+    assert boom["status"] == "FAILED" and "quarantined" in boom["error"]
+    assert slow["execution_status"] == "SUCCEEDED", (
+        f"the innocent step was quarantined with the poison: {slow}"
+    )
