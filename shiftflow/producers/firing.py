@@ -139,6 +139,7 @@ def decide(
     policy: Policy,
     busy: bool,
     end_at: dt.datetime | None = None,
+    limit: int = MAX_ON_TIME,
 ) -> Decision:
     """Decide which slots fire now and where the schedule goes next.
 
@@ -151,6 +152,8 @@ def decide(
         policy: catch-up and overlap policies.
         busy: the previous run of this schedule has not finished (or not started yet).
         end_at: no slot after this instant fires.
+        limit: fire at most this many slots now; the rest stay due (``next_slot`` is
+            the first of them), so one claim never publishes an unbounded batch.
 
     Returns:
         The decision; ``fire`` may be empty (nothing due, or everything dropped).
@@ -160,6 +163,11 @@ def decide(
     following = next_slot
     if next_slot is not None and next_slot <= now:
         fire, missed, covers, following = _due(spec, tz, next_slot, now, grace, policy)
+        if len(fire) > max(1, limit):
+            # A replica far behind (or a 1 s schedule after a pause) would otherwise publish
+            # every slot of the grace period in one transaction; the rest fire next claim.
+            fire = fire[: max(1, limit)]
+            following = next_fire(spec, fire[-1], tz)
     if end_at is not None:
         fire = [s for s in fire if s <= end_at]
         if following is not None and following > end_at:

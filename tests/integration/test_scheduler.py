@@ -118,8 +118,8 @@ def test_two_scheduler_loops_fire_every_slot_exactly_once(env):
             super().__init__(env["amqp_url"], env["broker"])
             self.name = name
 
-        def publish_all(self, messages):
-            super().publish_all(messages)
+        def publish_all(self, messages, while_waiting=None):
+            super().publish_all(messages, while_waiting)
             counts[self.name] += len(messages)
 
     stop = threading.Event()
@@ -161,8 +161,8 @@ def test_a_failed_commit_after_publish_re_publishes_the_same_keys_and_makes_one_
     clock = FakeClock(due + dt.timedelta(seconds=1))
 
     class CommitFails(ConfirmedBatchPublisher):
-        def publish_all(self, messages):
-            super().publish_all(messages)
+        def publish_all(self, messages, while_waiting=None):
+            super().publish_all(messages, while_waiting)
             raise peewee.OperationalError("connection lost at commit")  # as if COMMIT failed
 
     with pytest.raises(peewee.OperationalError):
@@ -183,7 +183,7 @@ def test_an_unconfirmed_publish_leaves_the_row_due(env):
     due = Schedule.get_by_id(row.id).next_fire_at.replace(tzinfo=UTC)
 
     class Down:
-        def publish_all(self, messages):
+        def publish_all(self, messages, while_waiting=None):
             raise BrokerUnavailable("no confirm")
 
         def keepalive(self):

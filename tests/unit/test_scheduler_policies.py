@@ -102,7 +102,7 @@ def test_on_time_slots_are_capped_per_claim_and_the_rest_follow():
         policy=Policy(),
         busy=False,
     )
-    assert len(d.fire) == MAX_ON_TIME + 1
+    assert len(d.fire) == MAX_ON_TIME
     assert d.next_slot == d.fire[-1] + dt.timedelta(seconds=1)
 
 
@@ -169,3 +169,33 @@ def test_dst_gap_slot_fires_at_the_end_of_the_gap_once():
         busy=False,
     )
     assert d.fire == (gap_end,) and d.next_slot == gap_end + dt.timedelta(minutes=30)
+
+
+def test_limit_bounds_one_claim_and_the_rest_stays_due():
+    every_second = parse("* * * * * *")
+    d = run(every_second, next_slot=t(10, 0, 0), now=t(10, 0, 30), policy=Policy(catch_up="ALL"))
+    assert len(d.fire) == 31
+    d = decide(
+        every_second,
+        UTC,
+        next_slot=t(10, 0, 0),
+        pending=None,
+        now=t(10, 0, 30),
+        grace=GRACE,
+        policy=Policy(catch_up="ALL"),
+        busy=False,
+        limit=5,
+    )
+    assert d.fire == tuple(t(10, 0, s) for s in range(5)) and d.next_slot == t(10, 0, 5)
+    rest = decide(
+        every_second,
+        UTC,
+        next_slot=d.next_slot,
+        pending=None,
+        now=t(10, 0, 30),
+        grace=GRACE,
+        policy=Policy(catch_up="ALL"),
+        busy=False,
+        limit=100,
+    )
+    assert rest.fire == tuple(t(10, 0, s) for s in range(5, 31)) and rest.next_slot == t(10, 0, 31)
