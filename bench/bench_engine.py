@@ -209,13 +209,20 @@ def report(
     print()
     print("CPU ms per execution in phase 1 (user+system; postgres = every backend on the server):")
     keys = ["workers", "postgres", "rabbitmq", "mongo", "bench", "machine"]
-    print(f"{'system':<14} " + " ".join(f"{k:>9}" for k in keys) + f" {'busy':>6}")
+    print(f"{'system':<14} " + " ".join(f"{k:>9}" for k in keys) + f" {'busy':>6} {'alone/s':>8}")
     for s in systems:
         cpu = thr.get(s.key, Phase()).cpu
         if cpu:
+            own = sum(cpu[k] for k in keys[:5])
             print(
                 f"{s.label:<14} " + " ".join(f"{cpu[k]:>9.2f}" for k in keys) + f" {cpu['utilisation']:>6.0%}"
+                f" {(os.cpu_count() or 1) * 1000.0 / max(own, 1e-6):>8.0f}"
             )
+    print(
+        "(machine = every process on the box: well above the sum when others load it; alone/s = CPUs x 1000 /"
+        " the five components' ms,\n the rate the box could sustain if this run had it to itself: the figure"
+        " to compare when the load average is high)"
+    )
     missed: list[str] = []
     sf = thr.get("sf")
     if sf is None:

@@ -46,6 +46,7 @@ def summarise_pyspy(raw: Path, top: int = 18) -> None:
     (inclusive)."""
     by_lib: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    leaf: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -57,6 +58,7 @@ def summarise_pyspy(raw: Path, top: int = 18) -> None:
             continue
         total += count
         by_lib[_library(frames[-1])] += count
+        leaf[frames[-1].rsplit(":", 1)[0] + ")"] += count
         seen = set()
         for frame in frames:
             if "shiftflow/" in frame:
@@ -72,6 +74,9 @@ def summarise_pyspy(raw: Path, top: int = 18) -> None:
     print(f"\npy-spy: {total} on-CPU samples of the worker pool")
     print("  self time by library of the innermost frame:")
     for name, count in by_lib.most_common(top):
+        print(f"    {count / total:6.1%}  {name}")
+    print("  self time by innermost function (time in C code, e.g. psycopg2 waiting, counts for its caller):")
+    for name, count in leaf.most_common(12):
         print(f"    {count / total:6.1%}  {name}")
     print("  inclusive time of ShiftFlow functions:")
     for name, count in inclusive.most_common(top):
