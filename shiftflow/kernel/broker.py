@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
+import peewee
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
@@ -36,9 +37,18 @@ MIN_BACKOFF_MS = 500
 MAX_BACKOFF_MS = 60_000
 
 
+#: Errors that may pass: our transient branch, and the database being unreachable for a
+#: moment (a restart, a failover). Anything else is a bug or bad input: no retry.
+RETRYABLE: tuple[type[BaseException], ...] = (TransientError, peewee.OperationalError, peewee.InterfaceError)
+
+
 def retry_transient(retries: int, exception: BaseException) -> bool:
-    """Retry only errors that may pass (``TransientError``); a permanent error fails at once."""
-    return isinstance(exception, TransientError) and retries < MAX_RETRIES
+    """Retry only errors that may pass; a permanent error fails (and is dead-lettered) at once.
+
+    A database error mid-step leaves the step RUNNING under this message id; the retry
+    (a copy with the same id) takes it over.
+    """
+    return isinstance(exception, RETRYABLE) and retries < MAX_RETRIES
 
 
 def middleware_for(settings: Settings, *, extra: Sequence[Middleware] = (), worker: bool = True) -> list[Middleware]:

@@ -403,6 +403,13 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | N
     return Claim(step, execution, definition)
 
 
+def was_running(payload: StepPayload) -> bool:
+    """True when the step of ``payload`` is RUNNING (its last delivery died mid-work)."""
+    return StepExecution.select(StepExecution.id).where(
+        (StepExecution.execution == payload.execution_id) & (StepExecution.step_id == payload.step_id)
+        & (StepExecution.iteration == payload.iteration) & (StepExecution.status == "RUNNING")).exists()
+
+
 def complete_step(claim: Claim, output: Any, stored_input: Any = None) -> list[Outgoing]:
     """Record a step's output (and its inputs, secrets masked), plan what follows, and
     return the messages to publish."""

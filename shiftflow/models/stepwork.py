@@ -14,14 +14,22 @@ from typing import Any
 
 from dramatiq.middleware import CurrentMessage
 
-from shiftflow.kernel import failpoints
+from shiftflow.kernel import failpoints, isolation
 from shiftflow.kernel.contracts import StepPayload
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError, TransientError
 from shiftflow.kernel.executors import call_tool
 from shiftflow.kernel.settings import get_settings
 from shiftflow.models import effects_ledger, fanout, waits
-from shiftflow.models.runs import Claim, claim_step, complete_step, fail_step, render_inputs, retry_later
+from shiftflow.models.runs import (
+    Claim,
+    claim_step,
+    complete_step,
+    fail_step,
+    render_inputs,
+    retry_later,
+    was_running,
+)
 
 #: Step types that park the step WAITING instead of producing an output at once.
 WAITING_TYPES = frozenset({"wait", "wait_event", "approval", "workflow"})
@@ -38,11 +46,20 @@ def register_handler(step_type: str, handler: Handler) -> None:
 
 
 def run_step(payload: StepPayload) -> list[Outgoing]:
-    """Claim, run and record one step; return the messages for the steps that follow."""
-    settings = get_settings()
+    """Claim, run and record one step; return the messages for the steps that follow.
+
+    A redelivered message whose step was RUNNING when its process died is a suspect and
+    runs alone in this process (``kernel.isolation``), so a death can be pinned on it.
+    """
     message = CurrentMessage.get_current_message()
-    claim = claim_step(payload, delivery_limit=settings.delivery_limit,
-                       message_id=message.message_id if message is not None else None)
+    suspect = bool(getattr(message, "redelivered", False)) and was_running(payload)
+    with isolation.guard(suspect):
+        return _run_step(payload, message.message_id if message is not None else None)
+
+
+def _run_step(payload: StepPayload, message_id: str | None) -> list[Outgoing]:
+    settings = get_settings()
+    claim = claim_step(payload, delivery_limit=settings.delivery_limit, message_id=message_id)
     if claim.step is None:
         return claim.outgoing
     step = claim.definition.step(claim.step.step_id)

@@ -24,7 +24,12 @@ from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.registry import create_all
 from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until
+from tests.helpers import wait_until as _wait_until
+
+
+def wait_until(predicate, timeout=45.0, interval=0.05):
+    """Generous timeouts: these tests share two cores with whatever else runs."""
+    return _wait_until(predicate, timeout=timeout, interval=interval)
 
 
 class _Service(BaseHTTPRequestHandler):
@@ -84,7 +89,7 @@ def _run(workflow, data=None, key="k1"):
 
 def _done(key, statuses=("SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED")):
     return wait_until(lambda: (e := Execution.get_or_none(Execution.dedup_key == key)) and e.status in statuses and e,
-                      timeout=15)
+                      timeout=45)
 
 
 def _steps(execution):
@@ -144,10 +149,10 @@ def test_wait_is_a_durable_timer(engine):
                  {"id": "after", "type": "transform", "with": {"output": 1}}])
     key = _run(wf)
     step = wait_until(lambda: StepExecution.get_or_none(StepExecution.step_id == "w", StepExecution.status == "WAITING"),
-                      timeout=10)
+                      timeout=45)
     assert step.resume_at is not None and _steps(step.execution) == {"w": "WAITING"}
     wait_until(lambda: timers.tick() >= 0 and _steps(Execution.get(Execution.dedup_key == key)).get("after"),
-               timeout=10, interval=0.1)
+               timeout=45, interval=0.1)
     assert _done(key).status == "SUCCEEDED"
 
 
@@ -206,7 +211,7 @@ def test_transient_errors_retry_with_durable_backoff_then_succeed(engine, url):
                   "with": {"method": "POST", "url": url + "/flaky", "json": {}}}])
     key = _run(wf)
     wait_until(lambda: timers.tick() >= 0 and (e := Execution.get_or_none(Execution.dedup_key == key))
-               and e.status == "SUCCEEDED", timeout=15, interval=0.05)
+               and e.status == "SUCCEEDED", timeout=45, interval=0.05)
     step = StepExecution.get(StepExecution.step_id == "h")
     assert step.retry_count == 2 and len(_Service.calls) == 3
 
@@ -217,7 +222,7 @@ def test_retries_are_bounded(engine, url):
                   "with": {"method": "POST", "url": url + "/down", "json": {}}}])
     key = _run(wf)
     wait_until(lambda: timers.tick() >= 0 and (e := Execution.get_or_none(Execution.dedup_key == key))
-               and e.status == "FAILED", timeout=15, interval=0.05)
+               and e.status == "FAILED", timeout=45, interval=0.05)
     assert "gave up after 1 retries" in Execution.get(Execution.dedup_key == key).error
     assert len(_Service.calls) == 2
 
