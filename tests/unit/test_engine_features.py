@@ -240,7 +240,8 @@ def test_concurrency_limit_queues_per_key(engine):
                 concurrency={"limit": 1, "key": "{{ trigger.tenant }}"})
     for n, tenant in ((1, "a"), (2, "a"), (3, "b")):
         _run(wf, {"n": n, "tenant": tenant}, key=f"c{n}")
-    wait_until(lambda: Execution.select().count() == 3 and StepExecution.select().count() == 2)
+    wait_until(lambda: Execution.select().count() == 3
+               and StepExecution.select().where(StepExecution.status == "WAITING").count() == 2)
     status = {e.dedup_key: e.status for e in Execution.select()}
     # Tenant a's two executions share one lane (which starts first is up to the workers).
     assert sorted([status["c1"], status["c2"]]) == ["PENDING", "RUNNING"] and status["c3"] == "RUNNING"
