@@ -1,0 +1,294 @@
+"""Control commands on executions: manual trigger, cancel, re-run (dead letters: ``models.replay``).
+
+Each command decides in one transaction (with its audit-log entry) and returns the
+messages to publish after the commit, like the engine's own commands (commit first,
+publish second). ``defer_to_timers`` is the fallback when that publish fails: the new
+steps get a due ``resume_at`` and the timer loop of any worker pool publishes them,
+so a broker blip never strands a committed re-run.
+
+* **cancel**: the execution becomes CANCELLED and its PENDING, WAITING and RUNNING step
+  rows CANCELLED (``runs.finish_execution``: counters, logs, the next execution of its
+  concurrency lane). A step already running finishes its current call, but its result
+  is refused (the row is no longer RUNNING) and nothing is planned after a terminal
+  execution. Sub-workflow executions it waits for are cancelled with it.
+* **rerun**: a *new* execution (``parent`` = the old one, dedup key
+  ``rerun:<old id>:<n>``) on the same pinned version and trigger data, starting with
+  copies of the old execution's SUCCEEDED step rows, so only the failed step and what
+  follows run again. It does not count against ``max_executions`` (the run it repeats
+  was counted) but waits for a slot of its concurrency lane like any execution.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from shiftflow.kernel.contracts import Priority, StepPayload, TriggerPayload
+from shiftflow.kernel.enqueue import Outgoing
+from shiftflow.kernel.steps import TERMINAL
+from shiftflow.models import audit_log, flow, logs, queries, runs
+from shiftflow.models.access import Principal
+from shiftflow.models.base import utcnow
+from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.models.plain import unstorable
+from shiftflow.models.problems import Conflict, InvalidInput
+
+#: Execution statuses a re-run may start from.
+RERUNNABLE = ("FAILED", "CANCELLED", "TIMED_OUT")
+#: Deepest chain of sub-workflows a cancel follows.
+MAX_CANCEL_DEPTH = 16
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def _who(actor: Principal) -> str:
+    return f"user {actor.user_id}" if actor.user_id else f"the {actor.via} operator"
+
+
+# --------------------------------------------------------------------------- trigger
+
+
+def manual_trigger(
+    actor: Principal, workflow_id: Any, data: Any, *, priority: Any = None, idempotency_key: str | None = None
+) -> TriggerPayload:
+    """Check a manual trigger and build its ``triggers.start`` payload (the caller publishes
+    it, then calls ``record_trigger``).
+
+    The dedup key is ``manual:<idempotency key>``, or ``manual:<new uuid>`` without one: a
+    client retrying with the same ``Idempotency-Key`` gets the same single execution.
+
+    Raises:
+        NotFound: no such workflow in the caller's workspace.
+        Conflict: the workflow is not ACTIVE.
+        InvalidInput: ``input`` is not a JSON object, a bad priority or idempotency key.
+    """
+    actor.require("executions:write")
+    workflow = queries.get_workflow(actor, workflow_id)
+    if workflow.status != "ACTIVE":
+        raise Conflict(f"workflow {workflow.name!r} is {workflow.status}: activate it first")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidInput("input", "expected a JSON object")
+    problem = unstorable(data)
+    if problem:
+        raise InvalidInput("input", problem)
+    try:
+        level = Priority.parse(priority if isinstance(priority, str) or priority is None else "?")
+    except ValueError as exc:
+        raise InvalidInput("priority", str(exc)) from None
+    if idempotency_key is not None:
+        if not (
+            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+            and idempotency_key.isprintable()
+            and idempotency_key.isascii()
+        ):
+            raise InvalidInput(
+                "Idempotency-Key", f"expected 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            )
+    key = idempotency_key or uuid.uuid4().hex
+    return TriggerPayload(
+        workflow_id=str(workflow.id),
+        dedup_key=f"manual:{key}",
+        source="manual",
+        data=data,
+        received_at=time.time(),
+        priority=level.name,
+    )
+
+
+def record_trigger(actor: Principal, payload: TriggerPayload) -> None:
+    """Write the audit entry of a published manual trigger."""
+    audit_log.record(
+        actor,
+        "execution.triggered",
+        "workflow",
+        payload.workflow_id,
+        after={
+            "execution_key": payload.dedup_key,
+            "priority": payload.priority,
+            "input_keys": sorted(payload.data)[:50],
+        },
+    )
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def _cancel_locked(execution: Execution, reason: str, depth: int) -> list[Outgoing]:
+    definition = runs.load_definition(execution.workflow_id, execution.workflow_version)
+    outgoing = runs.finish_execution(execution, definition, "CANCELLED", error=reason)
+    if depth >= MAX_CANCEL_DEPTH:
+        return outgoing
+    children = Execution.select(Execution.id).where(
+        (Execution.parent == execution.id)
+        & Execution.parent_step_id.is_null(False)
+        & ~Execution.status.in_(tuple(TERMINAL))
+    )
+    for child in children:
+        locked = runs.lock_execution(child.id)
+        if locked.status not in TERMINAL:
+            outgoing += _cancel_locked(locked, f"parent execution {execution.id} was cancelled", depth + 1)
+    return outgoing
+
+
+def cancel(actor: Principal, execution_id: Any) -> tuple[Execution, list[Outgoing]]:
+    """Cancel an execution that has not finished.
+
+    Returns:
+        The cancelled execution and the messages to publish after commit (the next
+        execution of its concurrency lane, if one was waiting).
+
+    Raises:
+        NotFound: no such execution in the caller's workspace.
+        Conflict: it has finished already.
+    """
+    actor.require("executions:write")
+    with runs.transaction():
+        found = queries.get_execution(actor, execution_id)
+        execution = runs.lock_execution(found.id)
+        if execution.status in TERMINAL:
+            raise Conflict(f"execution {execution.id} is {execution.status} already")
+        before = queries.execution_dict(execution)
+        outgoing = _cancel_locked(execution, f"cancelled by {_who(actor)}", 0)
+        audit_log.record(
+            actor,
+            "execution.cancelled",
+            "execution",
+            execution.id,
+            before=before,
+            after=queries.execution_dict(execution),
+            workspace_id=execution.workspace_id,
+        )
+    return execution, outgoing
+
+
+# --------------------------------------------------------------------------- rerun
+
+
+def _copy_succeeded(old: Execution, new: Execution) -> int:
+    """Copy the SUCCEEDED rows (every iteration of steps whose header succeeded)."""
+    rows = list(
+        StepExecution.select().where(
+            (StepExecution.execution == old.id) & (StepExecution.status == "SUCCEEDED")
+        )
+    )
+    done = {r.step_id for r in rows if r.iteration == 0}
+    copies = [
+        {
+            "id": uuid.uuid4(),
+            "execution": new.id,
+            "step_id": r.step_id,
+            "iteration": r.iteration,
+            "step_type": r.step_type,
+            "status": "SUCCEEDED",
+            "input": r.input,
+            "output": r.output,
+            "attempts": r.attempts,
+            "retry_count": r.retry_count,
+            "created_at": r.created_at,
+            "started_at": r.started_at,
+            "completed_at": r.completed_at,
+            "duration_ms": r.duration_ms,
+        }
+        for r in rows
+        if r.step_id in done
+    ]
+    for copy in copies:
+        StepExecution.insert(copy).execute()
+    return len(copies)
+
+
+def rerun(actor: Principal, execution_id: Any) -> tuple[Execution, list[Outgoing]]:
+    """Start a new execution that repeats a failed one from its failed step.
+
+    Returns:
+        The new execution and the messages to publish after commit.
+
+    Raises:
+        NotFound: no such execution in the caller's workspace.
+        Conflict: the execution did not fail (or time out, or get cancelled).
+    """
+    actor.require("executions:write")
+    with runs.transaction():
+        found = queries.get_execution(actor, execution_id)
+        old = runs.lock_execution(found.id)  # serialises concurrent re-runs: one n each
+        if old.status not in RERUNNABLE:
+            raise Conflict(
+                f"execution {old.id} is {old.status}: only {', '.join(RERUNNABLE)} executions re-run"
+            )
+        prefix = f"rerun:{old.id}:"
+        n = (
+            Execution.select()
+            .where((Execution.parent == old.id) & Execution.dedup_key.startswith(prefix))
+            .count()
+            + 1
+        )
+        definition = runs.load_definition(old.workflow_id, old.workflow_version)
+        new_id = uuid.uuid4()
+        now = utcnow()
+        Execution.insert(
+            id=new_id,
+            workflow=old.workflow_id,
+            workflow_version=old.workflow_version,
+            workspace=old.workspace_id,
+            dedup_key=f"{prefix}{n}",
+            source="rerun",
+            status="PENDING",
+            priority=old.priority,
+            trigger_data=old.trigger_data,
+            received_at=now,
+            created_at=now,
+            concurrency_key=old.concurrency_key,
+            parent=old.id,
+            retry_count=old.retry_count + 1,
+            max_retries=old.max_retries,
+            retry_reason=(old.error or old.status)[:2000],
+            triggered_by=actor.user_id,
+            title=old.title,
+        ).execute()
+        new = runs.lock_execution(new_id)
+        copied = _copy_succeeded(old, new)
+        logs.execution_log(
+            new,
+            f"execution created: re-run {n} of {old.id}",
+            metadata={"parent": str(old.id), "copiedSteps": copied},
+        )
+        outgoing = runs.begin_running(new, definition) if flow.may_run_now(new, definition) else []
+        audit_log.record(
+            actor,
+            "execution.rerun",
+            "execution",
+            old.id,
+            before=queries.execution_dict(old),
+            after=queries.execution_dict(new),
+            workspace_id=old.workspace_id,
+            metadata={"copied_steps": copied},
+        )
+    return new, outgoing
+
+
+def defer_to_timers(outgoing: list[Outgoing]) -> int:
+    """Hand unsent step messages to the timer loop (a due ``resume_at``); returns how many.
+
+    Raises:
+        ValueError: a message is not a step message (only steps have rows to park).
+    """
+    now = utcnow()
+    count = 0
+    with runs.transaction():
+        for out in outgoing:
+            if not isinstance(out.payload, StepPayload):
+                raise ValueError(f"cannot defer a {out.actor} message to the timer loop")
+            count += (
+                StepExecution.update(resume_at=now)
+                .where(
+                    (StepExecution.execution == out.payload.execution_id)
+                    & (StepExecution.step_id == out.payload.step_id)
+                    & (StepExecution.iteration == out.payload.iteration)
+                    & (StepExecution.status == "PENDING")
+                    & StepExecution.resume_at.is_null()
+                )
+                .execute()
+            )
+    return count

@@ -1,0 +1,78 @@
+"""Plain-data helpers for the management API and CLI: timestamps and ids in and out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from shiftflow.kernel.errors import NotFound
+from shiftflow.models.problems import InvalidInput
+
+
+def stamp(value: dt.datetime | None) -> str | None:
+    """A stored timestamp (naive, UTC) as RFC 3339 text with a ``Z``, or None."""
+    if value is None:
+        return None
+    return value.isoformat(timespec="microseconds") + "Z"
+
+
+def parse_time(value: Any, field: str) -> dt.datetime:
+    """Parse an ISO 8601 / RFC 3339 timestamp into naive UTC (a zoneless one is taken as UTC).
+
+    Raises:
+        InvalidInput: not a timestamp (the message names ``field``).
+    """
+    if isinstance(value, dt.datetime):
+        parsed = value
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise InvalidInput(
+                field, f"{value!r} is not an ISO 8601 timestamp (e.g. 2025-01-31T12:00:00Z)"
+            ) from None
+    if parsed.tzinfo is not None:
+        try:
+            parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise InvalidInput(field, f"{value!r} is out of range") from None
+    return parsed
+
+
+def parse_id(value: Any, what: str) -> uuid.UUID:
+    """``value`` as a UUID; anything else cannot name a stored object.
+
+    Raises:
+        NotFound: not a UUID (``what`` names the kind of object, e.g. ``execution``).
+    """
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound(f"{what} {str(value)[:100]!r} does not exist") from None
+
+
+def fk(row: Any, name: str) -> Any:
+    """The id held by foreign key ``name`` of a model row, without loading the referenced row
+    (what Peewee's ``<name>_id`` accessor returns, for models that do not declare it)."""
+    return row.__data__.get(name)
+
+
+def unstorable(value: Any) -> str | None:
+    """Why PostgreSQL could not store the text in ``value`` (NUL, unpaired surrogates), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "contains \\u0000, which cannot be stored"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "contains an unpaired UTF-16 surrogate, which cannot be stored"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None

@@ -1,0 +1,94 @@
+"""Shared set-up of the management API tests: a worker on real RabbitMQ, the HTTP app in
+uvicorn, and seeded workspaces with a member and an API key per role."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+import uvicorn
+
+from shiftflow.consumers.boot import boot
+from shiftflow.kernel.settings import Settings, configure
+from shiftflow.models import apikeys, catalog
+from shiftflow.models.access import Principal
+from shiftflow.models.tenancy import User, Workspace, WorkspaceMember
+from tests.helpers import free_port, wait_for_http
+
+#: A workflow that finishes on its own: a condition on the trigger, then a transform.
+SIMPLE = {
+    "name": "simple",
+    "trigger": {"type": "manual"},
+    "steps": [
+        {"id": "check", "type": "condition", "with": {"left": "{{ trigger.n }}", "op": ">=", "right": 0}},
+        {"id": "shape", "type": "transform", "with": {"output": {"n": "{{ trigger.n }}"}}},
+    ],
+}
+
+
+class _Uvicorn(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # not the main thread
+        pass
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL."""
+    port = free_port()
+    server = _Uvicorn(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=15)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def worker(real_env: dict[str, str], threads: int = 2) -> Iterator[Settings]:
+    """Settings on the test's services, the database bound, a worker consuming every queue."""
+    settings = configure(Settings.from_env(real_env))
+    broker = boot(settings)
+    broker.emit_after("process_boot")
+    running = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    running.start()
+    try:
+        yield settings
+    finally:
+        running.stop()
+        broker.emit_before("worker_shutdown", running)
+        broker.close()
+
+
+@dataclass
+class Tenant:
+    """A seeded workspace: its row, a key per role, and the users behind them."""
+
+    workspace: Workspace
+    keys: dict[str, str] = field(default_factory=dict)
+    users: dict[str, User] = field(default_factory=dict)
+    key_ids: dict[str, str] = field(default_factory=dict)
+
+    def auth(self, role: str = "OWNER") -> dict[str, str]:
+        """The Authorization header of the role's key."""
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+def seed_tenant(slug: str, roles: tuple[str, ...] = ("OWNER", "ADMIN", "MEMBER", "VIEWER")) -> Tenant:
+    """A workspace with one member (and one API key, all scopes) per role."""
+    workspace = catalog.ensure_workspace(slug)
+    tenant = Tenant(workspace)
+    for role in roles:
+        user = User.create(email=f"{role.lower()}@{slug}.example", name=f"{role.title()} of {slug}")
+        WorkspaceMember.create(workspace=workspace.id, user=user.id, role=role)
+        row, text = apikeys.create_key(
+            Principal.operator(workspace.id), name=f"{role.lower()} key", user_id=user.id
+        )
+        tenant.keys[role], tenant.users[role], tenant.key_ids[role] = text, user, str(row.id)
+    return tenant

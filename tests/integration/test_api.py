@@ -1,0 +1,511 @@
+"""The management API over real HTTP (uvicorn) on real PostgreSQL, RabbitMQ and MongoDB-wire.
+
+Two seeded workspaces, ``alpha`` (A) and ``beta`` (B), each with a member and an API key
+per role. The endpoint lists come from the OpenAPI document, so an endpoint added
+later is covered by the role-matrix, audit and tenant-isolation tests without edits
+(or makes them fail until it is described).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+
+import httpx
+import pytest
+
+from shiftflow.kernel.contracts import TriggerPayload
+from shiftflow.kernel.mongo import get_sink
+from shiftflow.models import catalog, runs
+from shiftflow.models.access import MATRIX, ROLES
+from shiftflow.models.audit import AuditLog
+from shiftflow.models.dead_letters import DeadLetter
+from shiftflow.models.executions import Execution
+from shiftflow.models.templates import WorkflowTemplate
+from shiftflow.models.tenancy import ApiKey, WorkspaceMember
+from shiftflow.models.workflows import Workflow
+from shiftflow.producers import api_spec
+from shiftflow.producers.app import create_app
+from tests.helpers import wait_until
+from tests.integration.api_support import SIMPLE, seed_tenant, serve, worker
+
+pytestmark = pytest.mark.integration
+
+#: A workflow that parks on a one-hour durable timer: an execution to cancel.
+WAITING = {
+    "name": "waiting",
+    "trigger": {"type": "manual"},
+    "steps": [
+        {"id": "first", "type": "transform", "with": {"output": {"ok": True}}},
+        {"id": "pause", "type": "wait", "with": {"seconds": 3600}},
+        {"id": "after", "type": "transform", "with": {"output": {"done": True}}},
+    ],
+}
+
+#: The audit action each mutating operation of the document writes.
+AUDITED = {
+    "updateWorkspace": "workspace.updated",
+    "deleteWorkspace": "workspace.deleted",
+    "addMember": "member.added",
+    "setMemberRole": "member.role_changed",
+    "removeMember": "member.removed",
+    "createKey": "api_key.created",
+    "revokeKey": "api_key.revoked",
+    "applyWorkflow": "workflow.created",
+    "activateWorkflow": "workflow.active",
+    "pauseWorkflow": "workflow.paused",
+    "archiveWorkflow": "workflow.archived",
+    "runWorkflow": "execution.triggered",
+    "cancelExecution": "execution.cancelled",
+    "rerunExecution": "execution.rerun",
+    "replayDeadLetters": "dead_letter.replayed",
+    "createFromTemplate": "workflow.created",
+}
+
+
+@pytest.fixture
+def api(real_env):
+    with worker(real_env) as settings:
+        a, b = seed_tenant("alpha"), seed_tenant("beta")
+        with serve(create_app(settings)) as base:
+            with httpx.Client(
+                base_url=base + "/api/v1", timeout=15, headers={"User-Agent": "shiftflow-tests/1.0"}
+            ) as client:
+                yield {"client": client, "a": a, "b": b, "settings": settings}
+
+
+def _url(path: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        path = path.replace("{" + name + "}", str(value))
+    assert "{" not in path, f"no value for a path parameter of {path}"
+    return path
+
+
+def _example(op: dict) -> dict | None:
+    body = op.get("requestBody")
+    return body["content"]["application/json"]["example"] if body else None
+
+
+def _execution_for(workflow_id, key: str, data: dict | None = None) -> Execution:
+    """Start an execution without a broker (its messages are not needed)."""
+    started = runs.start_execution(
+        TriggerPayload(workflow_id=str(workflow_id), dedup_key=key, source="test", data=data or {"n": 1})
+    )
+    return started.execution
+
+
+def _dead_letter(workflow_id, key: str, queue: str = "triggers", **fields) -> DeadLetter:
+    payload = {
+        "actor_name": "triggers.start",
+        "queue_name": queue,
+        "message_id": key,
+        "args": [],
+        "kwargs": {
+            "payload": {"workflow_id": str(workflow_id), "dedup_key": key, "source": "test", "data": {"n": 7}}
+        },
+        "options": {"broker_priority": 3},
+    }
+    return DeadLetter.create(
+        message_id=key, queue=queue, actor="triggers.start", payload=payload, error="NotFound", **fields
+    )
+
+
+def _executions_by_key(client, auth, key):
+    response = client.get("/executions", params={"key": key}, headers=auth)
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_keys_are_shown_once_and_stored_as_hashes(api):
+    c, a = api["client"], api["a"]
+    response = c.post("/keys", json={"name": "ci", "scopes": ["read"]}, headers=a.auth("MEMBER"))
+    assert response.status_code == 201, response.text
+    created = response.json()
+    key = created["key"]
+    assert key.startswith("sfk_") and key.startswith(created["prefix"] + "_")
+    assert len(key.split("_", 2)[2]) >= 43  # >= 256 bits of secret, url-safe base64
+    row = ApiKey.get_by_id(created["id"])
+    assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
+    assert key not in str(row.__data__) and row.prefix == created["prefix"]
+    listed = c.get("/keys", headers=a.auth("MEMBER")).json()["items"]
+    assert created["id"] in {k["id"] for k in listed}
+    assert key not in str(listed)  # shown once: never again
+    # A member sees only their own keys, an admin all of them.
+    assert {k["user_id"] for k in listed} == {str(a.users["MEMBER"].id)}
+    assert len(c.get("/keys", headers=a.auth("ADMIN")).json()["items"]) >= 5
+
+    # The new key works, with its scopes: read yes, write no.
+    mine = {"Authorization": f"Bearer {key}"}
+    assert c.get("/workflows", headers=mine).status_code == 200
+    refused = c.post("/workflows", json=_example(api_spec.PATHS["/workflows"]["post"]), headers=mine)
+    assert refused.status_code == 403 and "scopes" in refused.json()["error"]
+    # A key cannot mint a key with more scopes than its own.
+    assert c.post("/keys", json={"name": "x", "scopes": ["*"]}, headers=mine).status_code == 403
+    # last_used_at is stamped.
+    assert ApiKey.get_by_id(created["id"]).last_used_at is not None
+
+
+def test_missing_malformed_unknown_expired_and_revoked_keys_get_401(api):
+    c, a = api["client"], api["a"]
+    missing = c.get("/workspace")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
+    assert c.get("/workspace", headers={"Authorization": "Bearer nope"}).status_code == 401
+    forged = a.keys["VIEWER"][:-4] + "AAAA"
+    assert (
+        c.get("/workspace", headers={"Authorization": f"Bearer {forged}"}).json()["error"]
+        == "unknown API key"
+    )
+
+    created = c.post(
+        "/keys", json={"name": "short-lived", "expires_at": "2999-01-01T00:00:00Z"}, headers=a.auth("ADMIN")
+    ).json()
+    short = {"Authorization": f"Bearer {created['key']}"}
+    assert c.get("/workspace", headers=short).status_code == 200
+    ApiKey.update(expires_at=dt.datetime(2000, 1, 1)).where(ApiKey.id == created["id"]).execute()
+    expired = c.get("/workspace", headers=short)
+    assert expired.status_code == 401 and "expired" in expired.json()["error"]
+    past = c.post("/keys", json={"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, headers=a.auth("ADMIN"))
+    assert past.status_code == 422 and "expires_at" in past.json()["error"]
+
+    assert c.delete(f"/keys/{a.key_ids['VIEWER']}", headers=a.auth("ADMIN")).status_code == 204
+    revoked = c.get("/workspace", headers=a.auth("VIEWER"))
+    assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]
+    assert c.delete(f"/keys/{a.key_ids['VIEWER']}", headers=a.auth("ADMIN")).status_code == 409
+
+    # Removing a member revokes their keys; demoting one changes what their key may do at once.
+    member = WorkspaceMember.get(workspace=a.workspace.id, user=a.users["MEMBER"].id)
+    assert (
+        c.patch(f"/members/{member.id}", json={"role": "viewer"}, headers=a.auth("ADMIN")).status_code == 200
+    )
+    assert c.post("/workflows", json={"definition": SIMPLE}, headers=a.auth("MEMBER")).status_code == 403
+    assert c.delete(f"/members/{member.id}", headers=a.auth("ADMIN")).status_code == 204
+    assert c.get("/workspace", headers=a.auth("MEMBER")).status_code == 401
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def test_role_matrix_over_every_operation(api):
+    """Each role gets 403 exactly for the operations whose permission it lacks."""
+    c, a = api["client"], api["a"]
+    checked = 0
+    for method, path, op in api_spec.operations():
+        permission = op["x-permission"]
+        if permission is None or op["operationId"] in ("deleteWorkspace", "createKey", "revokeKey"):
+            continue  # no permission needed; destructive or per-key: tested on their own below
+        values = {
+            name: (
+                1 if name == "version" else ("no-such-template" if name == "template_key" else uuid.uuid4())
+            )
+            for name in (
+                "workflow_id",
+                "execution_id",
+                "member_id",
+                "key_id",
+                "dead_letter_id",
+                "version",
+                "template_key",
+            )
+        }
+        for role in ROLES:
+            response = c.request(method, _url(path, values), json=_example(op), headers=a.auth(role))
+            allowed = permission in MATRIX[role]
+            assert (response.status_code == 403) == (not allowed), (role, method, path, response.text)
+            assert response.status_code < 500
+            checked += 1
+    assert checked >= 4 * 20
+
+    # Keys: viewers are read-only, members manage their own, admins everyone's.
+    assert c.post("/keys", json={"name": "v"}, headers=a.auth("VIEWER")).status_code == 403
+    assert c.post("/keys", json={"name": "m"}, headers=a.auth("MEMBER")).status_code == 201
+    other = {"name": "for-viewer", "user_id": str(a.users["VIEWER"].id)}
+    assert c.post("/keys", json=other, headers=a.auth("MEMBER")).status_code == 403
+    assert c.post("/keys", json=other, headers=a.auth("ADMIN")).status_code == 201
+    assert c.delete(f"/keys/{a.key_ids['VIEWER']}", headers=a.auth("MEMBER")).status_code == 404  # not theirs
+    assert c.delete(f"/keys/{a.key_ids['VIEWER']}", headers=a.auth("VIEWER")).status_code == 403
+
+    # Ownership: admins may not make owners or delete the workspace; owners may.
+    invite = {"email": "new-owner@alpha.example", "role": "owner"}
+    assert c.post("/members", json=invite, headers=a.auth("ADMIN")).status_code == 403
+    assert c.post("/members", json=invite, headers=a.auth("OWNER")).status_code == 201
+    owner = WorkspaceMember.get(workspace=a.workspace.id, user=a.users["OWNER"].id)
+    assert (
+        c.patch(f"/members/{owner.id}", json={"role": "member"}, headers=a.auth("ADMIN")).status_code == 403
+    )
+    assert c.delete("/workspace", headers=a.auth("ADMIN")).status_code == 403
+    assert c.delete("/workspace", headers=a.auth("OWNER")).status_code == 204
+    assert c.get("/workspace", headers=a.auth("OWNER")).status_code == 401  # its keys went with it
+    assert AuditLog.get_or_none(
+        AuditLog.action == "workspace.deleted", AuditLog.workspace_id == a.workspace.id
+    )
+
+
+def test_the_last_owner_cannot_leave(api):
+    c, b = api["client"], api["b"]
+    owner = WorkspaceMember.get(workspace=b.workspace.id, user=b.users["OWNER"].id)
+    demoted = c.patch(f"/members/{owner.id}", json={"role": "admin"}, headers=b.auth("OWNER"))
+    assert demoted.status_code == 409 and "owner" in demoted.json()["error"]
+    assert c.delete(f"/members/{owner.id}", headers=b.auth("OWNER")).status_code == 409
+    assert WorkspaceMember.get_by_id(owner.id).role == "OWNER"
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def test_every_mutation_writes_an_audit_entry(api):
+    c, a = api["client"], api["a"]
+    auth = a.auth("OWNER")
+    mutating = {op["operationId"] for method, _, op in api_spec.operations() if method != "GET"}
+    assert mutating == set(AUDITED), "describe the audit action of every mutating operation"
+
+    # Rename: before, after, who, from where.
+    assert c.patch("/workspace", json={"name": "Alpha Corp"}, headers=auth).status_code == 200
+    entry = c.get("/audit-log", params={"action": "workspace.updated"}, headers=auth).json()["items"][0]
+    assert entry["before"]["name"] == "alpha" and entry["after"]["name"] == "Alpha Corp"
+    assert entry["ip"] == "127.0.0.1" and entry["user_agent"] == "shiftflow-tests/1.0"
+    assert entry["user_id"] == str(a.users["OWNER"].id) and entry["api_key_id"] == a.key_ids["OWNER"]
+
+    member = c.post("/members", json={"email": "eve@alpha.example", "role": "viewer"}, headers=auth).json()
+    assert c.patch(f"/members/{member['id']}", json={"role": "member"}, headers=auth).status_code == 200
+    assert c.delete(f"/members/{member['id']}", headers=auth).status_code == 204
+    key = c.post("/keys", json={"name": "temp"}, headers=auth).json()
+    assert c.delete(f"/keys/{key['id']}", headers=auth).status_code == 204
+    workflow = c.post("/workflows", json={"definition": WAITING}, headers=auth).json()
+    wid = workflow["id"]
+    assert c.post(f"/workflows/{wid}/pause", headers=auth).json()["status"] == "PAUSED"
+    assert c.post(f"/workflows/{wid}/run", json={}, headers=auth).status_code == 409  # paused
+    assert c.post(f"/workflows/{wid}/activate", headers=auth).json()["status"] == "ACTIVE"
+    accepted = c.post(f"/workflows/{wid}/run", json={"input": {"n": 1}}, headers=auth)
+    assert accepted.status_code == 202, accepted.text
+    key_of_run = accepted.json()["execution_key"]
+    running = wait_until(lambda: _executions_by_key(c, auth, key_of_run), timeout=30)[0]
+    wait_until(
+        lambda: any(
+            s["status"] == "WAITING"
+            for s in c.get(f"/executions/{running['id']}", headers=auth).json()["steps"]
+        ),
+        timeout=30,
+    )
+    assert c.post(f"/executions/{running['id']}/cancel", headers=auth).status_code == 200
+    assert c.post(f"/executions/{running['id']}/rerun", headers=auth).status_code == 202
+    letter = _dead_letter(wid, "audit-dl")
+    replay = c.post("/dead-letters/replay", json={"ids": [str(letter.id)]}, headers=auth)
+    assert replay.status_code == 200 and replay.json()["replayed"][0]["outcome"] == "replayed"
+    WorkflowTemplate.create(
+        key="audit-tpl", name="T", category="test", definition=dict(SIMPLE, name="from-tpl")
+    )
+    assert c.post("/templates/audit-tpl/workflows", json={}, headers=auth).status_code == 201
+    assert c.post(f"/workflows/{wid}/archive", headers=auth).json()["status"] == "ARCHIVED"
+
+    actions = {e.action for e in AuditLog.select().where(AuditLog.workspace_id == a.workspace.id)}
+    missing = {
+        op: action for op, action in AUDITED.items() if action not in actions and op != "deleteWorkspace"
+    }
+    assert not missing, missing
+    cancel = AuditLog.get(AuditLog.action == "execution.cancelled", AuditLog.entity_id == running["id"])
+    assert (
+        cancel.changes["before"]["status"] == "RUNNING" and cancel.changes["after"]["status"] == "CANCELLED"
+    )
+    assert cancel.ip_address == "127.0.0.1" and cancel.user_agent == "shiftflow-tests/1.0"
+    # Reads write nothing.
+    before = AuditLog.select().count()
+    c.get("/workflows", headers=auth)
+    c.get(f"/executions/{running['id']}", headers=auth)
+    assert AuditLog.select().count() == before
+
+
+# --------------------------------------------------------------------------- tenant isolation
+
+
+def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
+    c, a, b = api["client"], api["a"], api["b"]
+    auth = a.auth("OWNER")  # every permission: only the workspace boundary can refuse
+    b_workflow = catalog.apply_definition(b.workspace, WAITING).workflow
+    b_execution = _execution_for(b_workflow.id, "b:1")
+    b_letter = _dead_letter(b_workflow.id, "b-dl")
+    b_step_letter = DeadLetter.create(
+        message_id="b-step",
+        queue="steps",
+        actor="steps.run",
+        execution_id=str(b_execution.id),
+        payload={
+            "actor_name": "steps.run",
+            "kwargs": {"payload": {"execution_id": str(b_execution.id), "step_id": "first"}},
+        },
+        error="x",
+    )
+    b_member = WorkspaceMember.get(workspace=b.workspace.id, user=b.users["VIEWER"].id)
+    b_ids = {
+        "workflow_id": b_workflow.id,
+        "execution_id": b_execution.id,
+        "member_id": b_member.id,
+        "key_id": b.key_ids["VIEWER"],
+        "dead_letter_id": b_letter.id,
+        "version": 1,
+    }
+
+    checked = []
+    for method, path, op in api_spec.operations():
+        names = [p["name"] for p in op.get("parameters", ()) if p["in"] == "path"]
+        if not names:
+            continue
+        if op["x-tenant"] == "global":
+            assert path.startswith("/templates/"), f"{path} is not tenant data? only templates are global"
+            continue
+        response = c.request(
+            method, _url(path, {n: b_ids[n] for n in names}), json=_example(op), headers=auth
+        )
+        assert response.status_code == 404, (method, path, response.status_code, response.text)
+        checked.append(op["operationId"])
+    assert len(checked) >= 15
+
+    # Lists of A never show B's objects; filters and body references to B's objects find nothing.
+    b_strings = [str(v) for v in b_ids.values() if not isinstance(v, int)] + [str(b_step_letter.id)]
+    for method, path, _op in api_spec.operations():
+        if method == "GET" and "{" not in path and path != "/openapi.json":
+            text = c.get(path, headers=auth).text
+            assert not any(s in text for s in b_strings), path
+    assert (
+        c.get("/executions", params={"workflow_id": str(b_workflow.id)}, headers=auth).json()["items"] == []
+    )
+    assert (
+        c.post("/keys", json={"name": "x", "user_id": str(b.users["VIEWER"].id)}, headers=auth).status_code
+        == 404
+    )
+    assert c.post("/dead-letters/replay", json={"ids": [str(b_letter.id)]}, headers=auth).status_code == 404
+    replay_all = c.post("/dead-letters/replay", json={"queue": "triggers"}, headers=auth).json()
+    assert replay_all["matched"] == 0
+    # And B's objects are as they were.
+    assert Workflow.get_by_id(b_workflow.id).status == "ACTIVE"
+    assert Execution.get_by_id(b_execution.id).status == "RUNNING"
+    assert ApiKey.get_by_id(b.key_ids["VIEWER"]).revoked_at is None
+    assert WorkspaceMember.get_or_none(WorkspaceMember.id == b_member.id) is not None
+    assert DeadLetter.get_by_id(b_letter.id).replayed_at is None
+    assert c.get(f"/executions/{b_execution.id}", headers=b.auth("VIEWER")).status_code == 200
+
+
+# --------------------------------------------------------------------------- lists
+
+
+def test_cursor_pages_are_stable_while_rows_are_inserted(api):
+    c, a = api["client"], api["a"]
+    auth = a.auth("VIEWER")
+    workflow = catalog.apply_definition(a.workspace, SIMPLE).workflow
+    same_time = dt.datetime(2030, 1, 1, 12, 0, 0)
+    originals = set()
+    for i in range(7):  # four share one created_at: the id breaks the tie
+        row = Execution.create(
+            workflow=workflow.id,
+            workflow_version=1,
+            workspace=a.workspace.id,
+            dedup_key=f"page:{i}",
+            status="SUCCEEDED",
+            completed_at=same_time,
+            created_at=same_time if i < 4 else same_time - dt.timedelta(minutes=i),
+        )
+        originals.add(str(row.id))
+    seen: list[str] = []
+    page = c.get("/executions", params={"limit": 3}, headers=auth).json()
+    seen += [e["id"] for e in page["items"]]
+    for i in range(2):  # newer rows arrive while the client pages
+        Execution.create(
+            workflow=workflow.id,
+            workflow_version=1,
+            workspace=a.workspace.id,
+            dedup_key=f"late:{i}",
+            status="SUCCEEDED",
+            completed_at=same_time,
+            created_at=same_time + dt.timedelta(hours=1),
+        )
+    while page["next_cursor"]:
+        page = c.get("/executions", params={"limit": 3, "cursor": page["next_cursor"]}, headers=auth).json()
+        seen += [e["id"] for e in page["items"]]
+    assert len(seen) == len(set(seen)) == 7 and set(seen) == originals
+    stamps = [Execution.get_by_id(i).created_at for i in seen]
+    assert stamps == sorted(stamps, reverse=True)
+
+    bad = c.get("/executions", params={"cursor": "not-a-cursor"}, headers=auth)
+    assert bad.status_code == 422 and "cursor" in bad.json()["error"]
+    assert c.get("/executions", params={"limit": 0}, headers=auth).status_code == 422
+    assert c.get("/executions", params={"status": "BOGUS"}, headers=auth).status_code == 422
+    window = c.get(
+        "/executions", params={"since": "2030-01-01T11:55:00Z", "until": "2030-01-01T12:00:00Z"}, headers=auth
+    ).json()["items"]
+    assert {e["dedup_key"] for e in window} == {"page:4", "page:5"}  # since inclusive, until exclusive
+
+
+# --------------------------------------------------------------------------- trigger
+
+
+def test_manual_trigger_with_an_idempotency_key_runs_once(api):
+    c, a = api["client"], api["a"]
+    auth = a.auth("MEMBER")
+    workflow = c.post("/workflows", json={"definition": SIMPLE}, headers=auth).json()
+    path = f"/workflows/{workflow['id']}/run"
+    first = c.post(
+        path, json={"input": {"n": 5}, "priority": "HIGH"}, headers={**auth, "Idempotency-Key": "order-5"}
+    )
+    again = c.post(path, json={"input": {"n": 5}}, headers={**auth, "Idempotency-Key": "order-5"})
+    assert first.status_code == again.status_code == 202, first.text
+    key = first.json()["execution_key"]
+    assert key == again.json()["execution_key"] == "manual:order-5"
+    found = wait_until(
+        lambda: [e for e in _executions_by_key(c, auth, key) if e["status"] == "SUCCEEDED"], timeout=30
+    )
+    assert len(found) == 1 and found[0]["priority"] == "HIGH"
+    detail = c.get(f"/executions/{found[0]['id']}", headers=auth).json()
+    assert detail["trigger"] == {"n": 5}
+    assert [(s["step_id"], s["status"]) for s in detail["steps"]] == [
+        ("check", "SUCCEEDED"),
+        ("shape", "SUCCEEDED"),
+    ]
+    assert detail["steps"][1]["output"] == {"n": 5}
+    sink = get_sink()
+    assert sink is not None and sink.flush(10)
+    logs = c.get(f"/executions/{found[0]['id']}/logs", headers=auth).json()["items"]
+    assert logs[0]["message"] == "execution created" and logs[-1]["message"] == "execution succeeded"
+    # Without a key every request is a new execution; bad input names its field.
+    other = c.post(path, json={}, headers=auth).json()["execution_key"]
+    assert other.startswith("manual:") and other != key
+    bad = c.post(path, json={"input": [1, 2]}, headers=auth)
+    assert bad.status_code == 422 and "input" in bad.json()["error"]
+    assert (
+        c.post(path, content=b"{not json", headers={**auth, "content-type": "application/json"}).status_code
+        == 400
+    )
+    nul = c.post(path, json={"input": {"x": "a\u0000b"}}, headers=auth)
+    assert nul.status_code == 422 and "u0000" in nul.json()["error"]
+
+
+def test_workflow_versions_and_templates(api):
+    c, a = api["client"], api["a"]
+    auth = a.auth("ADMIN")
+    created = c.post("/workflows", json={"definition": SIMPLE, "activate": False}, headers=auth)
+    assert created.status_code == 201 and created.json()["status"] == "DRAFT"
+    wid = created.json()["id"]
+    same = c.post("/workflows", json={"definition": SIMPLE}, headers=auth)
+    assert same.status_code == 200 and same.json()["changed"] is False
+    changed = dict(SIMPLE, vars={"v": 2})
+    second = c.post("/workflows", json={"definition": changed}, headers=auth).json()
+    assert second["version"] == 2 and second["id"] == wid
+    versions = c.get(f"/workflows/{wid}/versions", headers=auth).json()["items"]
+    assert [v["version"] for v in versions] == [2, 1]
+    assert c.get(f"/workflows/{wid}/versions/1", headers=auth).json()["definition"]["name"] == "simple"
+    assert c.get(f"/workflows/{wid}/versions/9", headers=auth).status_code == 404
+    invalid = c.post(
+        "/workflows", json={"definition": {"name": "x", "steps": [{"id": "a", "type": "nope"}]}}, headers=auth
+    )
+    assert invalid.status_code == 422 and "steps" in invalid.json()["error"]
+
+    WorkflowTemplate.create(key="hello", name="Hello", category="demo", definition=dict(SIMPLE, name="hello"))
+    assert "hello" in {t["key"] for t in c.get("/templates", headers=auth).json()["items"]}
+    made = c.post("/templates/hello/workflows", json={"name": "my hello"}, headers=auth)
+    assert made.status_code == 201 and made.json()["name"] == "my hello" and made.json()["status"] == "DRAFT"
+    assert made.json()["template_id"] == str(WorkflowTemplate.get(key="hello").id)
+    assert c.post("/templates/hello/workflows", json={"name": "my hello"}, headers=auth).status_code == 409
+    assert WorkflowTemplate.get(key="hello").usage_count == 1
+    assert c.post("/templates/nope/workflows", json={}, headers=auth).status_code == 404
