@@ -29,6 +29,7 @@ from shiftflow.kernel.contracts import MAX_PRIORITY, Priority, TriggerPayload
 from shiftflow.kernel.errors import BrokerUnavailable
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.signatures import signed_headers
+from shiftflow.producers import ingress
 from shiftflow.producers.hooks import HookInfo
 from shiftflow.producers.ingress import create_app
 from shiftflow.producers.publisher import ConfirmPublisher, Unroutable, queue_arguments, queue_declarations
@@ -377,9 +378,9 @@ class _Uvicorn(uvicorn.Server):
 def serve() -> Iterator[Any]:
     servers: list[tuple[_Uvicorn, threading.Thread]] = []
 
-    def start(amqp_url: str, timeout: float = 2.0) -> str:
+    def start(amqp_url: str, timeout: float = 2.0, hooks: dict[str, HookInfo] | None = None) -> str:
         settings = Settings(amqp_url=amqp_url, publish_timeout_seconds=timeout, webhook_max_body_bytes=4096)
-        app = create_app(settings, lookup={"tok": HOOK}.get)
+        app = create_app(settings, lookup=(hooks if hooks is not None else {"tok": HOOK}).get)
         port = free_port()
         server = _Uvicorn(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
@@ -430,3 +431,19 @@ def test_ingress_answers_503_with_retry_after_when_the_broker_is_unreachable(
     assert response.headers["retry-after"] == "5"
     assert response.json() == {"error": "broker unavailable, retry later"}
     assert time.monotonic() - started < 3.0  # refused connections fail fast, not at the timeout
+
+
+def test_ingress_reuses_a_lookup_for_a_short_time_only(
+    amqp_url: str, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop skips the lookup thread for a token seen within LOOKUP_MEMO_SECONDS."""
+    memo_seconds = 2.0  # above the default, so that a slow first request cannot outlast it
+    monkeypatch.setattr(ingress, "LOOKUP_MEMO_SECONDS", memo_seconds)
+    hooks = {"tok": HOOK}
+    base = serve(amqp_url, hooks=hooks)
+    assert post(base, "msg_1").status_code == 202
+    del hooks["tok"]  # the webhook is deleted
+    assert post(base, "msg_2").status_code == 202  # answered from the memo
+    time.sleep(memo_seconds + 0.1)
+    assert post(base, "msg_3").status_code == 404
+    assert depth(amqp_url) == 2
