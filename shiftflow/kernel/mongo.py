@@ -78,6 +78,7 @@ class MongoSink:
         self._pid = -1
         self._client: MongoClient[dict[str, Any]] | None = None
         self._thread: threading.Thread | None = None
+        self._thread_pid = -1
         self._stopping = False
         self._inflight = 0
         self._indexes_ready = False
@@ -151,8 +152,9 @@ class MongoSink:
         self._stopping = False
 
     def _start_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+        if self._thread is None or not self._thread.is_alive() or self._thread_pid != os.getpid():
             self._stopping = False
+            self._thread_pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="shiftflow-mongo-writer", daemon=True)
             self._thread.start()
 
@@ -176,9 +178,10 @@ class MongoSink:
                     self._inflight = 0
                 time.sleep(min(1.0, self.flush_seconds * 5))
                 continue
-            with self._cond:
-                self._inflight = 0
-                self._cond.notify_all()
+            if batch:
+                with self._cond:
+                    self._inflight = 0
+                    self._cond.notify_all()
 
     def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         if not self._indexes_ready:

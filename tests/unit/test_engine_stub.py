@@ -174,3 +174,21 @@ def test_duplicate_publish_is_dropped_but_redelivery_takes_over(engine, service)
     assert duplicate.step is None and "another message" in duplicate.reason
     redelivered = claim_step(payload, delivery_limit=5, message_id="m-1")
     assert redelivered.step is not None and redelivered.step.attempts == 2
+
+
+def test_mongo_sink_runs_one_writer_thread(tmp_path):
+    """Regression: every write before the first send used to start another writer thread."""
+    import threading as _threading
+
+    from shiftflow.kernel.mongo import MongoSink
+
+    sink = MongoSink("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=50", "x", flush_ms=10_000)
+    for n in range(20):
+        sink.write("execution_logs", {"n": n})
+    writers = [t for t in _threading.enumerate() if t.name == "shiftflow-mongo-writer" and t.is_alive()]
+    assert len(writers) == 1
+    sink._stopping = True
+    with sink._cond:
+        sink._buffer.clear()
+        sink._cond.notify_all()
+    writers[0].join(5)
