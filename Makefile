@@ -34,8 +34,9 @@ lint: $(STAMP) ## ruff, mypy and the import contracts (DESIGN.md section 2)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP) services ## benchmarks (print ratios against a baseline from the same run)
-	@ls bench/*.py >/dev/null 2>&1 && for b in bench/bench_*.py; do $(PY) $$b || exit 1; done || echo "no benchmarks yet"
+bench: $(STAMP) services ## benchmarks (print ratios against a baseline measured in the same run)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean: ## remove the virtualenv and dev-mode data
 	rm -rf $(VENV) .shiftflow-dev
