@@ -19,7 +19,7 @@ from shiftflow.kernel.errors import DefinitionError, PermanentError, SettingsErr
 from shiftflow.kernel.settings import Settings, configure
 
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler")
+COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler", "keys", "ops")
 
 
 def _read_env_file(path: str) -> dict[str, str]:
@@ -156,17 +156,17 @@ def cmd_executions(args: argparse.Namespace) -> int:
 
 
 def cmd_ingress(args: argparse.Namespace) -> int:
-    """Run the webhook ingress (HTTP)."""
+    """Run the webhook ingress and the management API (HTTP)."""
     import uvicorn
 
     from shiftflow.kernel.broker import build_broker, install
-    from shiftflow.producers.ingress import create_app
+    from shiftflow.producers.app import create_app
 
     settings = settings_from_args(args)
     bind(settings)
     install(build_broker(settings, worker=False))
     print(f"ShiftFlow ingress on http://{settings.ingress_host}:{settings.ingress_port} "
-          "(POST /hooks/{token}, GET /healthz, GET /metrics)", flush=True)
+          "(POST /hooks/{token}, GET /healthz, GET /metrics, management API under /api/v1)", flush=True)
     uvicorn.run(create_app(settings), host=settings.ingress_host, port=settings.ingress_port,
                 log_level=args.log_level)
     return 0
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_executions)
 
-    p = sub.add_parser("ingress", help="run the webhook ingress HTTP service")
+    p = sub.add_parser("ingress", help="run the webhook ingress and the management API (/api/v1)")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_ingress)
 

@@ -336,14 +336,18 @@ def create_api(
 
 
 def _mongo_reader(settings: Settings) -> Callable[[], Any]:
+    """The log store to read: the process's sink when there is one, else a client of our own."""
     holder: dict[str, Any] = {}
 
     def get() -> Any:
+        from shiftflow.kernel.mongo import MongoSink, get_sink
+
+        sink = get_sink()
+        if sink is not None:
+            return sink.database()
         if not settings.mongo_url:
             return None
         if "sink" not in holder:
-            from shiftflow.kernel.mongo import MongoSink
-
             holder["sink"] = MongoSink(settings.mongo_url, settings.mongo_db)
         return holder["sink"].database()
 

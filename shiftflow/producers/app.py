@@ -4,14 +4,21 @@
 from ``producers.ingress``, and the management API under ``/api/v1``
 (``producers.api``; its OpenAPI document at ``/api/v1/openapi.json``). One process, one
 port: both are thin producers that verify, commit or publish, and answer.
+
+The process also gets a MongoDB log sink for its lifetime (when ``SHIFTFLOW_MONGO_URL``
+is set and none is installed yet): API commands such as cancel and re-run write
+execution log documents like the workers do.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
 
+from shiftflow.kernel.mongo import MongoSink, configure_sink, get_sink
 from shiftflow.kernel.settings import Settings
 from shiftflow.producers import api, api_spec, ingress
 
@@ -27,8 +34,32 @@ def create_app(
         ingress_options: keyword arguments of ``ingress.create_app`` (``publish``, ``lookup``...).
 
     Returns:
-        One ASGI app; the ingress's lifespan (its publisher) runs as before.
+        One ASGI app; the ingress's lifespan (its publisher) runs as before, inside one
+        that opens and closes the log sink.
     """
     app = ingress.create_app(settings, **ingress_options)
     app.mount(api_spec.PREFIX, api.create_api(settings, **(api_options or {})))
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(instance: Any) -> AsyncIterator[Any]:
+        owned = None
+        if settings.mongo_url and get_sink() is None:
+            owned = configure_sink(
+                MongoSink(
+                    settings.mongo_url,
+                    settings.mongo_db,
+                    batch_size=settings.log_batch_size,
+                    flush_ms=settings.log_flush_ms,
+                )
+            )
+        try:
+            async with inner(instance) as state:
+                yield state
+        finally:
+            if owned is not None:
+                owned.close(timeout=5)
+                configure_sink(None)
+
+    app.router.lifespan_context = lifespan
     return app
