@@ -99,6 +99,17 @@ def _redact(url: str) -> str:
     return url
 
 
+#: Settings holding a secret: ``public_dict`` shows only whether they are set.
+_SECRET_FIELDS = frozenset({"sideshift_secret", "price_api_key"})
+
+
+def _affiliate_id(env: Mapping[str, str]) -> str:
+    raw = _str(env, "SIDESHIFT_AFFILIATE_ID", "")
+    if raw and not (raw.isascii() and raw.isalnum() and len(raw) <= 64):
+        raise SettingsError(f"{PREFIX}SIDESHIFT_AFFILIATE_ID={raw!r} is malformed: expected letters and digits")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting ShiftFlow reads, with its environment variable in the docstring table.
@@ -160,6 +171,29 @@ class Settings:
     scheduler_batch_size: int = 1000
     #: SHIFTFLOW_SCHEDULER_MISFIRE_GRACE_SECONDS: how late a slot may fire and still be on time
     scheduler_misfire_grace_seconds: int = 60
+    #: SHIFTFLOW_SIDESHIFT_BASE_URL: the SideShift v2 API root (a fake's URL in tests and dev)
+    sideshift_base_url: str = "https://sideshift.ai/api/v2"
+    #: SHIFTFLOW_SIDESHIFT_SECRET: the account secret sent as x-sideshift-secret (hidden in output)
+    sideshift_secret: str = ""
+    #: SHIFTFLOW_SIDESHIFT_AFFILIATE_ID: the SideShift account id (required to place swaps)
+    sideshift_affiliate_id: str = ""
+    #: SHIFTFLOW_SIDESHIFT_TIMEOUT_SECONDS: read timeout of SideShift calls (a create that
+    #: times out is an unknown outcome, marked for reconciliation)
+    sideshift_timeout_seconds: float = 20.0
+    #: SHIFTFLOW_SIDESHIFT_SHIFTS_PER_MINUTE / _QUOTES_PER_MINUTE: client-side limits shared by
+    #: every worker through Redis (SideShift's published per-IP limits: 5 and 20)
+    sideshift_shifts_per_minute: int = 5
+    sideshift_quotes_per_minute: int = 20
+    #: SHIFTFLOW_SIDESHIFT_POLL_SECONDS / _POLL_MAX_SECONDS: first and longest interval between
+    #: two status polls of an open shift (doubling while nothing changes)
+    sideshift_poll_seconds: float = 10.0
+    sideshift_poll_max_seconds: float = 300.0
+    #: SHIFTFLOW_PRICE_API_URL: a CoinGecko-compatible API root (``/api/v3/simple/price``)
+    price_api_url: str = "https://api.coingecko.com"
+    #: SHIFTFLOW_PRICE_API_KEY: optional CoinGecko key (sent as x-cg-demo-api-key; hidden in output)
+    price_api_key: str = ""
+    #: SHIFTFLOW_PRICE_CACHE_SECONDS: how long a cached price is fresh enough to skip the API
+    price_cache_seconds: int = 60
 
     @property
     def dev(self) -> bool:
@@ -224,6 +258,17 @@ class Settings:
             scheduler_batch_size=_int(env, "SCHEDULER_BATCH_SIZE", 1000, 1, 100_000),
             scheduler_misfire_grace_seconds=_int(env, "SCHEDULER_MISFIRE_GRACE_SECONDS", 60, 1, 86_400 * 7),
             timers=_choice(env, "TIMERS", "on", ("on", "off")) == "on",
+            sideshift_base_url=_url(env, "SIDESHIFT_BASE_URL", ("https", "http"), "https://sideshift.ai/api/v2"),
+            sideshift_secret=_str(env, "SIDESHIFT_SECRET", ""),
+            sideshift_affiliate_id=_affiliate_id(env),
+            sideshift_timeout_seconds=_float(env, "SIDESHIFT_TIMEOUT_SECONDS", 20.0, 0.1, 300.0),
+            sideshift_shifts_per_minute=_int(env, "SIDESHIFT_SHIFTS_PER_MINUTE", 5, 1, 1_000_000),
+            sideshift_quotes_per_minute=_int(env, "SIDESHIFT_QUOTES_PER_MINUTE", 20, 1, 1_000_000),
+            sideshift_poll_seconds=_float(env, "SIDESHIFT_POLL_SECONDS", 10.0, 0.05, 3_600.0),
+            sideshift_poll_max_seconds=_float(env, "SIDESHIFT_POLL_MAX_SECONDS", 300.0, 0.05, 3_600.0),
+            price_api_url=_url(env, "PRICE_API_URL", ("https", "http"), "https://api.coingecko.com"),
+            price_api_key=_str(env, "PRICE_API_KEY", ""),
+            price_cache_seconds=_int(env, "PRICE_CACHE_SECONDS", 60, 0, 86_400),
         )
 
     def public_dict(self) -> dict[str, Any]:
@@ -233,6 +278,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "secret_keys":
                 value = f"<{len(value)} keys>"
+            elif f.name in _SECRET_FIELDS:
+                value = "***" if value else ""
             elif isinstance(value, str) and "://" in value:
                 value = _redact(value)
             out[f.name] = value
