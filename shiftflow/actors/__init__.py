@@ -35,7 +35,7 @@ def actor(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 def registered() -> dict[str, Callable[..., Any]]:
     """Every registered actor function by name (imports the actor modules)."""
-    from shiftflow.actors import steps, triggers  # noqa: F401 - importing registers them
+    from shiftflow.actors import sideshift, steps, triggers  # noqa: F401 - importing registers them
 
     return dict(_FUNCTIONS)
 

@@ -19,7 +19,7 @@ from shiftflow.kernel.errors import DefinitionError, PermanentError, SettingsErr
 from shiftflow.kernel.settings import Settings, configure
 
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler", "keys", "ops")
+COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler", "sideshift", "keys", "ops")
 
 
 def _read_env_file(path: str) -> dict[str, str]:

@@ -97,6 +97,9 @@ ACTORS: dict[str, ActorSpec] = {
         ActorSpec("triggers.start", Queue.TRIGGERS, TriggerPayload, "create the execution once, enqueue first steps"),
         ActorSpec("steps.run", Queue.STEPS, StepPayload, "run a cheap step (condition, transform)"),
         ActorSpec("tools.call", Queue.TOOLS, StepPayload, "run a step that calls an outside tool (HTTP)"),
+        ActorSpec("sideshift.order", Queue.SIDESHIFT, StepPayload,
+                  "run a SideShift swap step: place its order once, or poll it when its timer fires"),
+        ActorSpec("sideshift.poll", Queue.SIDESHIFT, StepPayload, "poll an order that no active step follows"),
     )
 }
 

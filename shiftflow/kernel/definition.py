@@ -41,6 +41,8 @@ STEP_ACTORS: dict[str, str] = {
     "approval": "steps.run",
     "workflow": "steps.run",
     "http": "tools.call",
+    "price": "tools.call",
+    "sideshift_swap": "sideshift.order",
 }
 
 #: Step types whose work is pure and cheap: they may run inline, in the same message as

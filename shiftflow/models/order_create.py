@@ -1,0 +1,359 @@
+"""Placing a SideShift order for a claimed swap step: intent, send once, record the answer.
+
+``create`` runs in three transactions around two HTTP calls::
+
+    quote (fixed only; safe to repeat)
+    T1  order PENDING_CREATE -> "CREATING" (create_sent_at), ledger SENDING      commit
+        failpoint sideshift.before_create
+    POST /shifts/fixed|variable with externalId                                  (never repeated)
+        failpoint sideshift.after_create
+    T2  order OPEN + shift id, ledger DONE, step parked for polling              commit
+        failpoint sideshift.after_commit
+
+A crash before T1 commits leaves an intent that the redelivery sends. A crash between T1
+and T2, whether the POST left or not, leaves "CREATING": the redelivery marks the order
+NEEDS_RECONCILIATION and never posts again (``orders`` module docstring). Errors that
+prove nothing was created (the request never left, a 429, an expired quote) put the order
+back to its intent and retry with the step's ``retry`` policy; a refusal fails the order
+and the step; an unknown outcome goes to reconciliation.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from shiftflow.kernel.enqueue import Outgoing
+from shiftflow.kernel.sideshift import (
+    QuoteAlreadyUsed,
+    QuoteExpired,
+    QuoteNotFound,
+    RateLimited,
+    Shift,
+    SideShiftClient,
+    SideShiftRejected,
+    SideShiftTransient,
+    UnknownOutcome,
+    decimal_text,
+)
+from shiftflow.kernel.steps import TERMINAL
+from shiftflow.kernel.swap_spec import SwapSpec, request_hash
+from shiftflow.models import order_status, runs
+from shiftflow.models.base import utcnow
+from shiftflow.models.effects import SideEffect
+from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.models.orders import (
+    KIND,
+    apply_shift,
+    clear_reconcile_error,
+    crash_window,
+    external_id,
+    fk_id,
+    lock_order,
+    log,
+    notify,
+    operator_hint,
+    park_for_operator,
+    park_polling,
+    set_effect,
+    summary,
+)
+from shiftflow.models.sideshift import SideShiftOrder
+from shiftflow.models.workflows import Workflow
+
+
+def plan(claim: runs.Claim, spec: SwapSpec, generation: int) -> SideShiftOrder:
+    """Commit the intent: the order row (PENDING_CREATE) and its ledger row (PLANNED).
+
+    Idempotent: a second call finds the rows by their unique keys.
+    """
+    assert claim.step is not None
+    execution, step = claim.execution, claim.step
+    digest, now = request_hash(spec), utcnow()
+    ext = external_id(execution.id, step.step_id, step.iteration, generation)
+    with runs.transaction():
+        SideEffect.insert(
+            workspace=execution.workspace_id,
+            execution=execution.id,
+            step_id=step.step_id,
+            iteration=step.iteration,
+            kind=KIND,
+            state="PLANNED",
+            request_hash=digest,
+            created_at=now,
+            updated_at=now,
+        ).on_conflict_ignore().execute()
+        effect = SideEffect.get(
+            (SideEffect.execution == execution.id)
+            & (SideEffect.step_id == step.step_id)
+            & (SideEffect.iteration == step.iteration)
+        )
+        if effect.state in ("FAILED", "DONE") and generation > 1:
+            # A re-run after an order that provably created nothing: a new intent on the same row.
+            SideEffect.update(
+                state="PLANNED",
+                request_hash=digest,
+                external_ref=None,
+                error=None,
+                completed_at=None,
+                updated_at=now,
+            ).where(SideEffect.id == effect.id).execute()
+        user = (
+            fk_id(execution, "triggered_by")
+            or Workflow.select(Workflow.created_by).where(Workflow.id == execution.workflow_id).scalar()
+        )
+        SideShiftOrder.insert(
+            workspace=execution.workspace_id,
+            user=user,
+            execution=execution.id,
+            step_id=step.step_id,
+            side_effect=effect.id,
+            external_id=ext,
+            state="PENDING_CREATE",
+            shift_type=spec.shift_type,
+            deposit_coin=spec.deposit_coin,
+            deposit_network=spec.deposit_network,
+            settle_coin=spec.settle_coin,
+            settle_network=spec.settle_network,
+            deposit_amount=None if spec.deposit_amount is None else decimal_text(spec.deposit_amount),
+            settle_amount=None if spec.settle_amount is None else decimal_text(spec.settle_amount),
+            settle_address=spec.settle_address,
+            settle_memo=spec.settle_memo,
+            refund_address=spec.refund_address,
+            refund_memo=spec.refund_memo,
+            created_at=now,
+            updated_at=now,
+        ).on_conflict_ignore().execute()
+        order = SideShiftOrder.get(SideShiftOrder.external_id == ext)
+        if order.state == "PENDING_CREATE" and order.create_sent_at is None:
+            log(
+                order,
+                execution,
+                f"SideShift order {order.id} planned ({spec.shift_type} "
+                f"{spec.deposit_coin}->{spec.settle_coin})",
+            )
+    return order
+
+
+def create(
+    claim: runs.Claim, order: SideShiftOrder, spec: SwapSpec, client: SideShiftClient, stored: Any
+) -> list[Outgoing]:
+    """Place the order once (see the module docstring) and park the step for polling.
+
+    Raises:
+        SideShiftRejected: the quote was refused (nothing was created); the caller fails the order.
+    """
+    assert claim.step is not None
+    quote = None
+    try:
+        if spec.shift_type == "fixed":
+            quote = client.request_quote(
+                deposit_coin=spec.deposit_coin,
+                deposit_network=spec.deposit_network,
+                settle_coin=spec.settle_coin,
+                settle_network=spec.settle_network,
+                deposit_amount=spec.deposit_amount,
+                settle_amount=spec.settle_amount,
+            )
+    except SideShiftTransient as exc:
+        return _retry(claim, order, exc, stored)
+    except SideShiftRejected as exc:
+        return fail(claim, order, f"SideShift refused the quote: {exc}", stored)
+    with runs.transaction():
+        locked = lock_order(order.id)
+        if locked.state != "PENDING_CREATE" or locked.create_sent_at is not None:
+            # Another delivery of this step (a redelivery racing a live one) got here
+            # first and is sending: let it record the answer.
+            return []
+        locked.create_sent_at = utcnow()
+        if quote is not None:
+            locked.quote_id = quote.id
+            locked.deposit_amount, locked.settle_amount = (
+                decimal_text(quote.deposit_amount),
+                decimal_text(quote.settle_amount),
+            )
+            locked.rate = decimal_text(quote.rate)
+            locked.expires_at = quote.expires_at.replace(tzinfo=None)
+        locked.error = None
+        locked.save()
+        SideEffect.update(
+            state="SENDING",
+            sent_at=locked.create_sent_at,
+            attempts=SideEffect.attempts + 1,
+            updated_at=utcnow(),
+        ).where(SideEffect.id == fk_id(locked, "side_effect")).execute()
+    execution_id = claim.execution.id
+    crash_window("sideshift.before_create", execution_id)
+    try:
+        shift = _post(client, locked, spec)
+    except UnknownOutcome as exc:
+        return needs_reconciliation(claim, locked, f"the create call's outcome is unknown ({exc})", stored)
+    except QuoteAlreadyUsed as exc:
+        return needs_reconciliation(
+            claim,
+            locked,
+            f"SideShift says quote {locked.quote_id} was already used, so a shift may exist for it ({exc})",
+            stored,
+        )
+    except (QuoteExpired, QuoteNotFound, SideShiftTransient) as exc:
+        return _retry(claim, locked, exc, stored, sent=True)
+    except SideShiftRejected as exc:
+        return fail(claim, locked, f"SideShift refused the order: {exc}", stored)
+    crash_window("sideshift.after_create", execution_id)
+    outgoing = record_created(claim, locked, shift, stored)
+    crash_window("sideshift.after_commit", execution_id)
+    return outgoing
+
+
+def _post(client: SideShiftClient, order: SideShiftOrder, spec: SwapSpec) -> Shift:
+    if spec.shift_type == "fixed":
+        assert order.quote_id is not None
+        return client.create_fixed_shift(
+            quote_id=order.quote_id,
+            settle_address=spec.settle_address,
+            settle_memo=spec.settle_memo,
+            refund_address=spec.refund_address,
+            refund_memo=spec.refund_memo,
+            external_id=order.external_id,
+        )
+    return client.create_variable_shift(
+        deposit_coin=spec.deposit_coin,
+        deposit_network=spec.deposit_network,
+        settle_coin=spec.settle_coin,
+        settle_network=spec.settle_network,
+        settle_address=spec.settle_address,
+        settle_memo=spec.settle_memo,
+        refund_address=spec.refund_address,
+        refund_memo=spec.refund_memo,
+        external_id=order.external_id,
+    )
+
+
+def record_created(claim: runs.Claim, order: SideShiftOrder, shift: Shift, stored: Any) -> list[Outgoing]:
+    """T2: the 201 answer. Recorded even if a racing delivery already marked the order for
+    reconciliation: the answer in hand settles that question."""
+    assert claim.step is not None
+    with runs.transaction():
+        locked = lock_order(order.id)
+        if locked.shift_id is not None or locked.state not in ("PENDING_CREATE", "NEEDS_RECONCILIATION"):
+            return []
+        apply_shift(locked, shift)
+        now = utcnow()
+        locked.state, locked.error = "OPEN", None
+        locked.last_polled_at, locked.next_poll_at = now, now + order_status.first_interval()
+        locked.save()
+        set_effect(locked, "DONE", external_ref=shift.id, result=summary(locked))
+        execution = runs.lock_execution(claim.execution.id)
+        clear_reconcile_error(execution)
+        if shift.external_id is not None and shift.external_id != locked.external_id:
+            log(
+                locked,
+                execution,
+                f"SideShift echoed externalId {shift.external_id!r}, expected {locked.external_id!r}",
+                level="warn",
+            )
+        log(
+            locked,
+            execution,
+            f"SideShift order {locked.id} created: shift {shift.id} ({shift.status}), deposit "
+            f"{locked.deposit_amount or 'any'} {locked.deposit_coin} to {locked.deposit_address}",
+        )
+        parked = park_polling(claim.step, locked.next_poll_at, summary(locked))
+        _store_input(claim, stored)
+    return [] if parked else order_status.orphan_poll(locked)
+
+
+def _store_input(claim: runs.Claim, stored: Any) -> None:
+    """Keep the step's (masked) inputs on its row while it is parked."""
+    assert claim.step is not None
+    if stored is not None:
+        StepExecution.update(input=runs.masked(stored)).where(StepExecution.id == claim.step.id).execute()
+
+
+def needs_reconciliation(
+    claim: runs.Claim, order: SideShiftOrder, reason: str, stored: Any
+) -> list[Outgoing]:
+    """Mark the order NEEDS_RECONCILIATION and park the step for an operator; never re-post.
+
+    The execution stays RUNNING (its money outcome is unknown) and says why in its error.
+    """
+    assert claim.step is not None
+    with runs.transaction():
+        locked = lock_order(order.id)
+        if locked.state not in ("PENDING_CREATE", "NEEDS_RECONCILIATION"):
+            return []  # a racing delivery recorded the answer meanwhile
+        first = locked.state != "NEEDS_RECONCILIATION"
+        locked.state, locked.error = "NEEDS_RECONCILIATION", reason
+        locked.save()
+        set_effect(locked, "UNKNOWN", error=reason)
+        execution = runs.lock_execution(claim.execution.id)
+        text = (
+            f"step {claim.step.step_id}: SideShift order {locked.id} needs reconciliation: {reason}; "
+            f"{operator_hint(locked)}"
+        )
+        if execution.status == "RUNNING":
+            execution.error = text[:4000]
+            execution.save(only=[Execution.error])
+        park_for_operator(claim.step, locked, text)
+        _store_input(claim, stored)
+        if first:
+            log(locked, execution, text, level="error")
+            notify(
+                execution,
+                "SYSTEM_ALERT",
+                f"SideShift order {locked.id} needs reconciliation",
+                text,
+                {"orderId": str(locked.id), "externalId": locked.external_id},
+            )
+    return []
+
+
+def fail(claim: runs.Claim, order: SideShiftOrder, reason: str, stored: Any) -> list[Outgoing]:
+    """The order provably created nothing: FAILED, and the step fails with the reason."""
+    assert claim.step is not None
+    with runs.transaction():
+        locked = lock_order(order.id)
+        if locked.state not in ("PENDING_CREATE",):
+            return []
+        locked.state, locked.error, locked.completed_at = "FAILED", reason, utcnow()
+        locked.save()
+        set_effect(locked, "FAILED", error=reason)
+        execution = runs.lock_execution(claim.execution.id)
+        log(locked, execution, f"SideShift order {locked.id} failed: {reason}", level="error")
+        was_running = execution.status not in TERMINAL
+        outgoing = runs.record_step(
+            execution,
+            claim.definition,
+            claim.step,
+            "FAILED",
+            error=reason,
+            output=summary(locked),
+            stored_input=stored,
+        )
+        order_status.after_outcome(execution, locked, was_running=was_running)
+    return outgoing
+
+
+def _retry(
+    claim: runs.Claim, order: SideShiftOrder, exc: Exception, stored: Any, *, sent: bool = False
+) -> list[Outgoing]:
+    """Nothing was created: back to the intent, and retry with the step's policy (or give up)."""
+    assert claim.step is not None
+    step = claim.definition.step(claim.step.step_id)
+    if claim.step.retry_count >= step.retry.max:
+        return fail(claim, order, f"gave up after {step.retry.max} retries: {exc}", stored)
+    if sent:
+        with runs.transaction():
+            locked = lock_order(order.id)
+            if locked.state == "PENDING_CREATE":
+                locked.create_sent_at, locked.error = None, str(exc)
+                locked.save()
+                set_effect(locked, "PLANNED", error=str(exc))
+    delay = step.retry.delay(claim.step.retry_count + 1, random.random())
+    if isinstance(exc, RateLimited) and exc.retry_after:
+        delay = max(delay, exc.retry_after)
+    runs.retry_later(claim, f"SideShift: {exc}", delay)
+    return []
+
+
+__all__ = ["create", "fail", "needs_reconciliation", "plan", "record_created"]
