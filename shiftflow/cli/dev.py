@@ -117,7 +117,7 @@ def run(settings: Settings) -> None:
     """Start everything in this process and serve until interrupted."""
     import uvicorn
 
-    from shiftflow.producers.ingress import create_app
+    from shiftflow.producers.app import create_app
 
     os.makedirs(settings.data_dir, exist_ok=True)
     print(f"ShiftFlow dev mode (data in {os.path.abspath(settings.data_dir)})")
@@ -146,6 +146,7 @@ def run(settings: Settings) -> None:
                                   '{"amount": 42, "customer": "ada"}'))
         print("\nThen show the finished execution, its steps and their log documents:\n")
         print(f"  .venv/bin/shiftflow --dev-dir {settings.data_dir} executions show --latest\n")
+        print(f"Management API: {base}/api/v1 (OpenAPI at {base}/api/v1/openapi.json)")
         print(f"Metrics: {base}/metrics    Stop: Ctrl-C\n", flush=True)
         try:
             uvicorn.run(create_app(settings), host=settings.ingress_host, port=settings.ingress_port,
