@@ -64,6 +64,8 @@ from shiftflow.models.workflows import Workflow
 #: The longest delay an orphan's ``sideshift.poll`` message carries (held unacked until due).
 MAX_ORPHAN_DELAY_SECONDS = 600.0
 _CENT = Decimal("0.000001")
+#: A 404 for a shift created this recently is retried (a replica may not know it yet).
+NOT_FOUND_GRACE_SECONDS = 600.0
 
 
 def first_interval() -> dt.timedelta:
@@ -138,7 +140,8 @@ def _apply(
     if order.state != "OPEN" or result is None:
         return []
     now = utcnow()
-    if isinstance(result, ShiftNotFound):
+    known_since = order.create_sent_at or order.created_at
+    if isinstance(result, ShiftNotFound) and (now - known_since).total_seconds() > NOT_FOUND_GRACE_SECONDS:
         return _unknown_shift(
             order, step if active else None, f"SideShift does not know shift {order.shift_id} ({result})"
         )

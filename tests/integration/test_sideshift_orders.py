@@ -29,11 +29,11 @@ from shiftflow.consumers import timers
 from shiftflow.consumers.boot import boot
 from shiftflow.fakes.prices import FakePriceServer
 from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer
-from shiftflow.kernel.contracts import TriggerPayload
+from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, control, order_ops, pricing
+from shiftflow.models import catalog, control, order_ops, order_status, pricing
 from shiftflow.models.access import Principal
 from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution, StepExecution
@@ -398,3 +398,34 @@ def test_a_rerun_never_places_a_second_order_while_the_first_is_unsettled(rig: R
     settle(rig, rig.order(third.dedup_key, "OPEN"))
     assert rig.finished(third.dedup_key).status == "SUCCEEDED"
     assert rig.fake.created_total == 2 and rig.fake.double_orders() == {}
+
+
+def test_a_shift_sideshift_forgets_is_marked_for_reconciliation(rig: Rig, monkeypatch) -> None:
+    monkeypatch.setattr(order_status, "NOT_FOUND_GRACE_SECONDS", 0.0)
+    workflow = rig.workflow(swap_workflow("forgotten"))
+    rig.trigger(workflow, "forgotten-1")
+    order = rig.order("forgotten-1", "OPEN")
+    with rig.fake.lock:
+        del rig.fake.shifts[order.shift_id]
+    marked = rig.order("forgotten-1", "NEEDS_RECONCILIATION")
+    assert "does not know shift" in marked.error
+    step = StepExecution.get(
+        (StepExecution.execution == marked.execution_id) & (StepExecution.step_id == "swap")
+    )
+    assert step.status == "WAITING" and step.wait_key == f"sideshift:reconcile:{order.id}"
+
+
+def test_an_open_order_outlives_its_cancelled_execution(rig: Rig) -> None:
+    pricing.get_price(pricing.PriceRequest.parse({"coin": "ethereum"}), configure(Settings.from_env(rig.env)))
+    workflow = rig.workflow(swap_workflow("orphan"))
+    rig.trigger(workflow, "orphan-1")
+    order = rig.order("orphan-1", "OPEN")
+    send_all(control.cancel(Principal.operator(), order.execution_id)[1])
+    # Its step is cancelled, so no step timer follows the shift any more: sideshift.poll does.
+    send("sideshift.poll", StepPayload(str(order.execution_id), "swap", 0))
+    settle(rig, order)
+    done = rig.order("orphan-1", "SETTLED")
+    assert done.settle_hash and Execution.get_by_id(order.execution_id).status == "CANCELLED"
+    metrics = WorkflowMetrics.get(WorkflowMetrics.workflow == workflow.id)
+    # Counted as volume (0.1 ETH at the cached 2500 USD), not as a finished execution.
+    assert metrics.total_volume_usd == Decimal("250") and metrics.completed_executions == 0
