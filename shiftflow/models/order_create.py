@@ -20,6 +20,7 @@ and the step; an unknown outcome goes to reconciliation.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from typing import Any
 
@@ -140,8 +141,11 @@ def create(
 ) -> list[Outgoing]:
     """Place the order once (see the module docstring) and park the step for polling.
 
-    Raises:
-        SideShiftRejected: the quote was refused (nothing was created); the caller fails the order.
+    Every SideShift answer is recorded here (created, refused, retry, unknown outcome);
+    an unexpected exception leaves the order "CREATING" for the redelivery to mark.
+
+    Returns:
+        The messages to publish after the commit.
     """
     assert claim.step is not None
     quote = None
@@ -173,7 +177,7 @@ def create(
                 decimal_text(quote.settle_amount),
             )
             locked.rate = decimal_text(quote.rate)
-            locked.expires_at = quote.expires_at.replace(tzinfo=None)
+            locked.expires_at = quote.expires_at.astimezone(dt.UTC).replace(tzinfo=None)
         locked.error = None
         locked.save()
         SideEffect.update(
