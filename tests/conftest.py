@@ -267,3 +267,13 @@ def real_env(pg_url: str, amqp_url: str, mongo_url: str, mongo_db: str, redis_ur
     }
     Settings.from_env(env)  # fail here, naming the variable, rather than inside a started process
     return env
+
+
+@pytest.fixture
+def json_service() -> Iterator[Any]:
+    """A real loopback HTTP service that records requests (``tests.helpers.JsonService``)."""
+    from tests.helpers import JsonService
+
+    service = JsonService()
+    yield service
+    service.close()

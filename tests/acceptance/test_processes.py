@@ -12,9 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -28,20 +26,6 @@ pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
 
 
-class _Echo(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        out = json.dumps({"received": json.loads(body)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
-
-
 def _run(env, *args):
     result = subprocess.run([SHIFTFLOW, *args], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -49,16 +33,14 @@ def _run(env, *args):
 
 
 @pytest.fixture
-def processes(real_env, tmp_path):
+def processes(real_env, tmp_path, json_service):
     ingress_port, metrics_port = free_port(), free_port()
     env = {**os.environ, **real_env, "SHIFTFLOW_INGRESS_PORT": str(ingress_port),
            "SHIFTFLOW_METRICS_PORT": str(metrics_port), "SHIFTFLOW_METRICS_DIR": str(tmp_path / "metrics")}
-    echo = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    threading.Thread(target=echo.serve_forever, daemon=True).start()
     definition = tmp_path / "flow.json"
     definition.write_text(json.dumps({
         "name": "acceptance", "trigger": {"type": "webhook"},
-        "vars": {"url": f"http://127.0.0.1:{echo.server_address[1]}/echo"},
+        "vars": {"url": json_service.url + "/echo"},
         "steps": [
             {"id": "check", "type": "condition", "with": {"left": "{{ trigger.n }}", "op": ">", "right": 0}},
             {"id": "call", "type": "http", "with": {"method": "POST", "url": "{{ vars.url }}",
@@ -93,8 +75,6 @@ def processes(real_env, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        echo.shutdown()
-        echo.server_close()
 
 
 def _execution(pg_url, key):

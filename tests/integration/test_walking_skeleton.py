@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dramatiq
 import httpx
@@ -41,55 +40,34 @@ DEFINITION = {
 }
 
 
-class _Service(BaseHTTPRequestHandler):
-    hits: list[dict] = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).hits.append(body)
-        out = json.dumps({"received": body}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
-
-
 class _Uvicorn(uvicorn.Server):
     def install_signal_handlers(self):  # the test thread is not the main thread
         pass
 
 
 @pytest.fixture
-def stack(real_env, tmp_path):
+def stack(real_env, tmp_path, json_service):
     """Workers (in-process, real RabbitMQ), ingress (real HTTP), an outside service."""
     settings = configure(Settings.from_env(real_env))
     broker = boot(settings)
     broker.emit_after("process_boot")  # what the dramatiq CLI does in each worker process
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
     worker.start()
-    _Service.hits = []
-    service = ThreadingHTTPServer(("127.0.0.1", 0), _Service)
-    threading.Thread(target=service.serve_forever, daemon=True).start()
     port = free_port()
     server = _Uvicorn(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=10)
-    data = dict(DEFINITION, vars={"url": f"http://127.0.0.1:{service.server_address[1]}/svc"})
+    data = dict(DEFINITION, vars={"url": json_service.url + "/svc"})
     workflow = catalog.apply_definition(catalog.ensure_workspace("acme"), data).workflow
     hook = catalog.create_webhook(workflow)
-    yield {"settings": settings, "base": f"http://127.0.0.1:{port}", "hook": hook, "workflow": workflow}
+    yield {"settings": settings, "base": f"http://127.0.0.1:{port}", "hook": hook, "workflow": workflow,
+           "service": json_service}
     server.should_exit = True
     thread.join(10)
     worker.stop()
     broker.emit_before("worker_shutdown", worker)  # flushes the Mongo sink
     broker.close()
-    service.shutdown()
-    service.server_close()
 
 
 def _post(base, hook, body: dict, delivery_id: str, *, now=None):
@@ -115,7 +93,7 @@ def test_signed_webhook_runs_the_whole_flow(stack, mongo_url, real_env):
                                                        "shape": "SUCCEEDED"}
     assert steps["shape"].output == {"total": 42, "who": "ada"}
     assert all(s.attempts == 1 for s in steps.values())
-    assert _Service.hits == [{"amount": 42}]
+    assert stack["service"].bodies == [{"amount": 42}]
 
     sink = get_sink()
     assert sink is not None and sink.flush(10)
@@ -138,7 +116,7 @@ def test_repeated_delivery_makes_one_execution(stack):
     wait_until(lambda: _finished("standard:msg_dup"), timeout=30)
     time.sleep(0.5)  # let any duplicate trigger messages drain
     assert Execution.select().where(Execution.dedup_key == "standard:msg_dup").count() == 1
-    assert len(_Service.hits) == 1
+    assert len(stack["service"].calls) == 1
 
 
 def test_bad_signature_is_refused_before_any_publish(stack):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dramatiq
 import pytest
@@ -32,33 +30,14 @@ def wait_until(predicate, timeout=45.0, interval=0.05):
     return _wait_until(predicate, timeout=timeout, interval=interval)
 
 
-class _Service(BaseHTTPRequestHandler):
-    calls: list[dict] = []
-    script: list[int] = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-        type(self).calls.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-        status = type(self).script.pop(0) if type(self).script else 200
-        out = json.dumps({"got": body}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
+@pytest.fixture
+def service(json_service):
+    return json_service
 
 
 @pytest.fixture
-def url():
-    _Service.calls, _Service.script = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Service)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def url(service):
+    return service.url
 
 
 @pytest.fixture
@@ -133,7 +112,7 @@ def test_stop_ends_successfully_and_fail_ends_failed(engine):
     assert f.status == "FAILED" and "no money" in f.error
 
 
-def test_for_each_fans_out_with_a_cap_and_collects_in_order(engine, url):
+def test_for_each_fans_out_with_a_cap_and_collects_in_order(engine, url, service):
     wf = _apply([{"id": "each", "type": "http", "for_each": "{{ trigger.items }}", "concurrency": 2,
                   "with": {"method": "POST", "url": url + "/item", "json": {"i": "{{ index }}", "v": "{{ item }}"}}},
                  {"id": "after", "type": "transform", "with": {"output": "{{ steps.each.output }}"}}])
@@ -141,7 +120,7 @@ def test_for_each_fans_out_with_a_cap_and_collects_in_order(engine, url):
     assert e.status == "SUCCEEDED", e.error
     after = StepExecution.get(StepExecution.execution == e.id, StepExecution.step_id == "after")
     assert [o["json"]["got"]["v"] for o in after.output] == ["a", "b", "c", "d", "e"]
-    assert sorted(c["body"]["i"] for c in _Service.calls) == [0, 1, 2, 3, 4]
+    assert sorted(c["body"]["i"] for c in service.calls) == [0, 1, 2, 3, 4]
 
 
 def test_wait_is_a_durable_timer(engine):
@@ -205,26 +184,26 @@ def test_sub_workflow_result_flows_to_the_parent(engine):
     assert child.status == "SUCCEEDED" and child.parent_step_id == "sub"
 
 
-def test_transient_errors_retry_with_durable_backoff_then_succeed(engine, url):
-    _Service.script = [503, 503]
+def test_transient_errors_retry_with_durable_backoff_then_succeed(engine, url, service):
+    service.script = [503, 503]
     wf = _apply([{"id": "h", "type": "http", "retry": {"max": 3, "backoff": 0.05, "jitter": False},
                   "with": {"method": "POST", "url": url + "/flaky", "json": {}}}])
     key = _run(wf)
     wait_until(lambda: timers.tick() >= 0 and (e := Execution.get_or_none(Execution.dedup_key == key))
                and e.status == "SUCCEEDED", timeout=45, interval=0.05)
     step = StepExecution.get(StepExecution.step_id == "h")
-    assert step.retry_count == 2 and len(_Service.calls) == 3
+    assert step.retry_count == 2 and len(service.calls) == 3
 
 
-def test_retries_are_bounded(engine, url):
-    _Service.script = [503] * 10
+def test_retries_are_bounded(engine, url, service):
+    service.script = [503] * 10
     wf = _apply([{"id": "h", "type": "http", "retry": {"max": 1, "backoff": 0.05, "jitter": False},
                   "with": {"method": "POST", "url": url + "/down", "json": {}}}])
     key = _run(wf)
     wait_until(lambda: timers.tick() >= 0 and (e := Execution.get_or_none(Execution.dedup_key == key))
                and e.status == "FAILED", timeout=45, interval=0.05)
     assert "gave up after 1 retries" in Execution.get(Execution.dedup_key == key).error
-    assert len(_Service.calls) == 2
+    assert len(service.calls) == 2
 
 
 def test_execution_timeout(engine):
@@ -261,24 +240,24 @@ def test_max_executions_is_respected(engine):
     assert Workflow.get_by_id(wf.id).status == "COMPLETED"
 
 
-def test_secrets_reach_the_call_but_never_storage_or_logs(engine, url):
+def test_secrets_reach_the_call_but_never_storage_or_logs(engine, url, service):
     wf = _apply([{"id": "h", "type": "http", "with": {"method": "POST", "url": url + "/s",
                   "headers": {"Authorization": "Bearer {{ secrets.crm.token }}"}, "json": {"a": 1}}}])
     secrets.store_connection(wf.workspace_id, "crm", "crm", {"token": "s3cr3t-value"})
     e = _done(_run(wf))
     assert e.status == "SUCCEEDED", e.error
-    assert _Service.calls[0]["auth"] == "Bearer s3cr3t-value"
+    assert service.calls[0]["headers"]["Authorization"] == "Bearer s3cr3t-value"
     step = StepExecution.get(StepExecution.step_id == "h")
     assert "s3cr3t" not in json.dumps(step.input) and "***" in json.dumps(step.input)
 
 
-def test_effect_once_never_repeats_an_unknown_outcome(engine, url):
+def test_effect_once_never_repeats_an_unknown_outcome(engine, url, service):
     wf = _apply([{"id": "pay", "type": "http", "effect": "once",
                   "with": {"method": "POST", "url": url + "/pay", "json": {"amount": 5}}}])
     e = _done(_run(wf))
     assert e.status == "SUCCEEDED"
     effect = SideEffect.get(SideEffect.step_id == "pay")
-    assert effect.state == "DONE" and len(_Service.calls) == 1
+    assert effect.state == "DONE" and len(service.calls) == 1
     # Simulate a crash after sending: the effect is SENDING and the step runs again.
     wf2 = _apply([{"id": "pay", "type": "http", "effect": "once",
                    "with": {"method": "POST", "url": url + "/pay", "json": {"amount": 6}}}], name="w2")
@@ -292,5 +271,5 @@ def test_effect_once_never_repeats_an_unknown_outcome(engine, url):
     send_all(started.outgoing)
     crashed = _done("crash")
     assert crashed.status == "FAILED" and "outcome is unknown" in crashed.error
-    assert len(_Service.calls) == 1
+    assert len(service.calls) == 1
     assert SideEffect.get(SideEffect.execution == started.execution.id).state == "UNKNOWN"

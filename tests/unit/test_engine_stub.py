@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
@@ -23,32 +19,9 @@ from shiftflow.models.registry import create_all
 from shiftflow.models.runs import claim_step, start_execution
 
 
-class _Service(BaseHTTPRequestHandler):
-    calls: list[dict] = []
-    status = 200
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).calls.append(body)
-        out = json.dumps({"ok": True, "got": body}).encode()
-        self.send_response(type(self).status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def service():
-    _Service.calls, _Service.status = [], 200
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Service)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/echo"
-    server.shutdown()
-    server.server_close()
+def service(json_service):
+    return json_service
 
 
 @pytest.fixture
@@ -88,7 +61,7 @@ def _trigger(workflow, key, amount):
 
 
 def test_trigger_runs_every_step_once(engine, service):
-    workflow = _workflow(service)
+    workflow = _workflow(service.url + "/echo")
     _trigger(workflow, "d-1", 42)
     engine.join("triggers")
     engine.join("steps")
@@ -100,22 +73,22 @@ def test_trigger_runs_every_step_once(engine, service):
     assert {k: s.status for k, s in steps.items()} == {"check": "SUCCEEDED", "post": "SUCCEEDED",
                                                        "shape": "SUCCEEDED"}
     assert steps["shape"].output == {"echo": {"amount": 42}}
-    assert _Service.calls == [{"amount": 42}]
+    assert service.bodies == [{"amount": 42}]
     assert execution.result["shape"] == {"echo": {"amount": 42}}
 
 
 def test_same_delivery_twice_makes_one_execution(engine, service):
-    workflow = _workflow(service)
+    workflow = _workflow(service.url + "/echo")
     _trigger(workflow, "d-2", 42)
     _trigger(workflow, "d-2", 42)
     for queue in ("triggers", "steps", "tools", "steps"):
         engine.join(queue)
     assert Execution.select().where(Execution.dedup_key == "d-2").count() == 1
-    assert len(_Service.calls) == 1
+    assert len(service.calls) == 1
 
 
 def test_false_condition_skips_the_call(engine, service):
-    workflow = _workflow(service)
+    workflow = _workflow(service.url + "/echo")
     _trigger(workflow, "d-3", 1)
     engine.join("triggers")
     engine.join("steps")
@@ -123,12 +96,12 @@ def test_false_condition_skips_the_call(engine, service):
     assert execution.status == "SUCCEEDED"
     statuses = {s.step_id: s.status for s in StepExecution.select().where(StepExecution.execution == execution.id)}
     assert statuses == {"check": "SUCCEEDED", "post": "SKIPPED", "shape": "SKIPPED"}
-    assert _Service.calls == []
+    assert service.calls == []
 
 
 def test_permanent_tool_error_fails_the_execution(engine, service):
-    _Service.status = 400
-    workflow = _workflow(service)
+    service.script = [400]
+    workflow = _workflow(service.url + "/echo")
     _trigger(workflow, "d-4", 50)
     for queue in ("triggers", "steps", "tools"):
         engine.join(queue)
@@ -141,7 +114,7 @@ def test_permanent_tool_error_fails_the_execution(engine, service):
 def test_redelivery_of_a_crashed_step_is_quarantined(engine, service):
     """A message that kills its process never records an outcome: the delivery count in
     the database stops the loop (SHIFTFLOW_DELIVERY_LIMIT=2 here)."""
-    workflow = _workflow(service)
+    workflow = _workflow(service.url + "/echo")
     started = start_execution(TriggerPayload(str(workflow.id), "d-5", "test", {"amount": 50}))
     payload = StepPayload(str(started.execution.id), "post")  # "check" ran inline at the trigger
     for _ in range(2):  # two deliveries that "crashed" after claiming
@@ -155,7 +128,7 @@ def test_redelivery_of_a_crashed_step_is_quarantined(engine, service):
 def test_start_twice_republishes_pending_first_steps(engine, service):
     """A crash after the execution committed but before its first steps were published:
     the redelivered trigger creates nothing new and re-publishes the pending steps."""
-    workflow = _workflow(service)
+    workflow = _workflow(service.url + "/echo")
     first = start_execution(TriggerPayload(str(workflow.id), "d-6", "test", {"amount": 50}))
     again = start_execution(TriggerPayload(str(workflow.id), "d-6", "test", {"amount": 50}))
     assert first.created and not again.created
@@ -166,7 +139,7 @@ def test_start_twice_republishes_pending_first_steps(engine, service):
 
 
 def test_duplicate_publish_is_dropped_but_redelivery_takes_over(engine, service):
-    workflow = _workflow(service)
+    workflow = _workflow(service.url + "/echo")
     started = start_execution(TriggerPayload(str(workflow.id), "d-7", "test", {"amount": 50}))
     payload = StepPayload(str(started.execution.id), "post")
     assert claim_step(payload, delivery_limit=5, message_id="m-1").step is not None
