@@ -266,9 +266,7 @@ def run_wrk(
             text=True,
             preexec_fn=_die_with_parent,
         )
-        pids = dict(watch, load=proc.pid)
-        before = {k: cpu_seconds(p) for k, p in pids.items()}
-        t0 = time.perf_counter()
+        meter = CpuMeter(dict(watch, load=proc.pid))
         # The load's CPU is read just before it exits: wait for its output line first.
         assert proc.stdout is not None
         lines = []
@@ -276,8 +274,7 @@ def run_wrk(
             lines.append(line)
             if line.startswith("{"):
                 break
-        elapsed = time.perf_counter() - t0
-        cpu = {k: (cpu_seconds(p) - before[k]) / elapsed for k, p in pids.items()}
+        cpu = meter.stop()
         proc.communicate(timeout=30)
         return "".join(lines), cpu
 
@@ -303,6 +300,36 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent on anything but idle and I/O wait (Linux /proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Cores used by named processes over an interval, and by everything else on the machine
+    (other people's tests on a shared machine show up as ``others``: CPU the run did not get)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = self._read()
+        self.started = time.perf_counter()
+
+    def _read(self) -> dict[str, float]:
+        return dict({k: cpu_seconds(p) for k, p in self.pids.items()}, machine=machine_busy_seconds())
+
+    def stop(self) -> dict[str, float]:
+        """Cores used per process since the meter was made, plus ``others``."""
+        elapsed = time.perf_counter() - self.started
+        after = self._read()
+        used = {k: (after[k] - self.before[k]) / elapsed for k in after}
+        machine = used.pop("machine")
+        used["others"] = max(0.0, machine - sum(used.values()))
+        return used
 
 
 def rabbit_pid() -> int | None:
@@ -364,15 +391,11 @@ def run_load(config: dict[str, Any], watch: dict[str, int]) -> tuple[dict[str, A
     try:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("load process did not start")
-        watch = dict(watch, load=proc.pid)
-        before = {k: cpu_seconds(p) for k, p in watch.items()}
-        t0 = time.perf_counter()
+        meter = CpuMeter(dict(watch, load=proc.pid))
         proc.stdin.write("go\n")
         proc.stdin.flush()
         line = proc.stdout.readline()
-        elapsed = time.perf_counter() - t0
-        cpu = {k: (cpu_seconds(p) - before[k]) / elapsed for k, p in watch.items() if k != "load"}
-        cpu["load"] = (cpu_seconds(proc.pid) - before["load"]) / elapsed
+        cpu = meter.stop()
         proc.wait(timeout=30)
         return json.loads(line), cpu
     finally:
