@@ -70,6 +70,8 @@ class TriggerPayload:
     parent_execution_id: str = ""
     parent_step_id: str = ""
     parent_iteration: int = 0
+    #: The user who started it by hand (manual triggers), recorded on the execution.
+    triggered_by: str = ""
 
 
 @dataclass(frozen=True)

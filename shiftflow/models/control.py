@@ -94,6 +94,7 @@ def manual_trigger(
         data=data,
         received_at=time.time(),
         priority=level.name,
+        triggered_by=str(actor.user_id) if actor.user_id else "",
     )
 
 

@@ -92,6 +92,7 @@ def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -
         "progress": 100 if status == "SUCCEEDED" else min(99, int(100 * sum(
             1 for r in rows if r["status"] in TERMINAL) / max(1, len(definition.steps)))),
         "deadline_at": now + dt.timedelta(seconds=definition.timeout) if definition.timeout else None,
+        "triggered_by": payload.triggered_by or None,
     }
     if finished:
         values.update(completed_at=done_at, result=outputs, error=error, duration_ms=runs.ms_between(now, done_at))

@@ -317,6 +317,7 @@ def start_execution(payload: TriggerPayload) -> Started:
             created_at=now, concurrency_key=key,
             parent=payload.parent_execution_id or None, parent_step_id=payload.parent_step_id or None,
             parent_iteration=payload.parent_iteration if payload.parent_step_id else None,
+            triggered_by=payload.triggered_by or None,
         ).on_conflict_ignore().execute()
         execution = lock_execution_by_key(workflow.id, payload.dedup_key)
         if execution.id != new_id:

@@ -273,3 +273,12 @@ def test_effect_once_never_repeats_an_unknown_outcome(engine, url, service):
     assert crashed.status == "FAILED" and "outcome is unknown" in crashed.error
     assert len(service.calls) == 1
     assert SideEffect.get(SideEffect.execution == started.execution.id).state == "UNKNOWN"
+
+
+def test_a_manual_trigger_records_who_started_it(engine):
+    from shiftflow.models.tenancy import User
+
+    user = User.create(email="ada@example.com", name="Ada")
+    wf = _apply([{"id": "a", "type": "transform", "with": {"output": 1}}])
+    send("triggers.start", TriggerPayload(str(wf.id), "by-ada", "manual", {}, triggered_by=str(user.id)))
+    assert _done("by-ada").triggered_by_id == user.id
