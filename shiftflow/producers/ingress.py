@@ -90,6 +90,7 @@ PUBLISH_THREADS = 32
 #: ``lookup`` may query PostgreSQL, so it runs in a thread, and at thousands of requests
 #: per second that hop cost more CPU than the rest of the lookup; one second is small
 #: next to ``hooks.lookup``'s own cache (30 s), so a revoked hook stops within the same time.
+#: Requests arriving while a lookup of their token runs wait for that one lookup.
 LOOKUP_MEMO_SECONDS = 1.0
 #: Tokens remembered at most; a flood of random tokens clears the memo, never grows it.
 LOOKUP_MEMO_SIZE = 10_000
@@ -257,20 +258,29 @@ def create_app(
     limit = settings.webhook_max_body_bytes
     timeout = settings.publish_timeout_seconds
     publish_limiter = anyio.CapacityLimiter(PUBLISH_THREADS)
-    # token -> (reuse until, monotonic seconds; answer): see LOOKUP_MEMO_SECONDS.
-    memo: dict[str, tuple[float, HookInfo | None]] = {}
+    # token -> (reuse until in monotonic seconds, the lookup): see LOOKUP_MEMO_SECONDS.
+    memo: dict[str, tuple[float, asyncio.Task[HookInfo | None]]] = {}
+
+    def forget_failed(token: str, task: asyncio.Task[HookInfo | None]) -> None:
+        # A failed lookup (store down) is not remembered: the next request asks again.
+        if task.cancelled() or task.exception() is not None:
+            if memo.get(token, (0.0, None))[1] is task:
+                del memo[token]
 
     async def find_hook(token: str) -> HookInfo | None:
         now = time.monotonic()
         remembered = memo.get(token)
-        if remembered is not None and now < remembered[0]:
-            return remembered[1]
-        # A lookup may query PostgreSQL: keep it off the event loop.
-        hook = await anyio.to_thread.run_sync(lookup_fn, token)
-        if len(memo) >= LOOKUP_MEMO_SIZE:
-            memo.clear()
-        memo[token] = (now + LOOKUP_MEMO_SECONDS, hook)
-        return hook
+        if remembered is None or now >= remembered[0]:
+            # A lookup may query PostgreSQL: keep it off the event loop. A task of its own,
+            # so that a caller who goes away does not cancel it for the others waiting.
+            task = asyncio.ensure_future(anyio.to_thread.run_sync(lookup_fn, token))
+            task.add_done_callback(lambda done: forget_failed(token, done))
+            if len(memo) >= LOOKUP_MEMO_SIZE:
+                memo.clear()
+            remembered = memo[token] = (now + LOOKUP_MEMO_SECONDS, task)
+        if remembered[1].done():
+            return remembered[1].result()  # the common case: no awaiting at all
+        return await asyncio.shield(remembered[1])
 
     async def accept(request: Request) -> JSONResponse:
         _check_content_type(request)
