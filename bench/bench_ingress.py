@@ -9,7 +9,8 @@ One run, one machine, three measurements:
 2. **peak**: one ``shiftflow ingress`` process (uvicorn, real mode: real RabbitMQ on its own
    vhost, real PostgreSQL database with one webhook) driven by a separate load process with
    ``--concurrency`` keep-alive connections in a closed loop, each request a Standard Webhooks
-   signed POST with its own delivery id. Accepted/s counts 202 answers only; every 202 was
+   signed POST with its own delivery id. The load process is ``wrk`` when installed (Debian
+   package ``wrk``: C, so it leaves the CPU to the ingress), else a Python asyncio client. Accepted/s counts 202 answers only; every 202 was
    confirmed by RabbitMQ (the queue depth is checked at the end).
 3. **70 % of peak**: the same ingress at a fixed arrival rate of 0.7 x peak (open loop:
    latency counts from each request's scheduled send time, so a stall cannot hide).
