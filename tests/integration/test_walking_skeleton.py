@@ -96,9 +96,16 @@ def test_signed_webhook_runs_the_whole_flow(stack, mongo_url, real_env):
     assert stack["service"].bodies == [{"amount": 42}]
 
     sink = get_sink()
-    assert sink is not None and sink.flush(10)
-    docs = list(sink.database()[EXECUTION_LOGS].find({"executionId": str(execution.id)}).sort("timestamp", 1))
-    messages = [d["message"] for d in docs]
+    assert sink is not None
+
+    def logged():
+        # Log documents are queued just after the commit the test saw: poll, don't race.
+        sink.flush(5)
+        found = list(sink.database()[EXECUTION_LOGS].find({"executionId": str(execution.id)}).sort("_id", 1))
+        return found if any(d["message"] == "execution succeeded" for d in found) else None
+
+    docs = wait_until(logged, timeout=30)
+    messages = [d["message"] for d in docs]  # _id order = write order (one process writes them)
     assert messages[0] == "execution created" and messages[-1] == "execution succeeded"
     for step in ("check", "call", "shape"):
         assert f"step {step} succeeded" in messages
