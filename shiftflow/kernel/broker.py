@@ -124,11 +124,6 @@ def install(broker: dramatiq.Broker) -> dramatiq.Broker:
     return broker
 
 
-def declare_queues(broker: dramatiq.Broker, queues: Sequence[str]) -> None:
-    """Declare queues up front (with their delay and dead-letter queues)."""
-    for queue in queues:
-        broker.declare_queue(queue)
-
 
 def describe(broker: dramatiq.Broker) -> dict[str, Any]:
     """A short description of the broker for start-up logs."""

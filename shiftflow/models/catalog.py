@@ -10,7 +10,6 @@ from shiftflow.kernel.db import database
 from shiftflow.kernel.definition import validate
 from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.signatures import generate_secret
-from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.tenancy import Workspace
 from shiftflow.models.workflows import Webhook, Workflow, WorkflowVersion
@@ -116,9 +115,3 @@ def execution_detail(row: Execution) -> dict[str, Any]:
 def recent_executions(limit: int = 20) -> list[Execution]:
     """The newest executions first."""
     return list(Execution.select().order_by(Execution.created_at.desc()).limit(limit))
-
-
-def touch_webhook(token: str) -> None:
-    """Count one accepted call of a webhook (best effort, off the ingress hot path)."""
-    Webhook.update(total_calls=Webhook.total_calls + 1, last_called_at=utcnow()).where(
-        Webhook.token == token).execute()

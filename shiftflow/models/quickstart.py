@@ -14,7 +14,6 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from shiftflow.kernel import metrics
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import database
 from shiftflow.kernel.definition import Definition
@@ -99,30 +98,18 @@ def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -
     with logs.deferred(), database.atomic():
         inserted = database.execute(Execution.insert(values).on_conflict_ignore()).rowcount
         if not inserted:
-            return _duplicate(workflow, payload)
+            return runs.duplicate(Execution.get((Execution.workflow == workflow.id)
+                                                & (Execution.dedup_key == payload.dedup_key)))
         for start_at in range(0, len(rows), 500):
             StepExecution.insert_many(rows[start_at:start_at + 500]).execute()
         execution = Execution(**{k: v for k, v in values.items() if k not in ("workflow", "workspace")},
                               workflow=workflow.id, workspace=workflow.workspace_id)
-        logs.execution_log(execution, "execution created", metadata={"source": payload.source,
-                                                                      "dedupKey": payload.dedup_key})
-        logs.analytics_event("workflow_triggered", execution, {"source": payload.source})
+        runs.announce_created(execution, payload)
         for step_id, step_status, output, step_error in inline_logs:
-            logs.execution_log(execution, f"step {step_id} {step_status.lower()}", step_id=step_id,
-                               level="info" if step_status == "SUCCEEDED" else "error",
-                               metadata={"inline": True, "output": output, "error": step_error})
+            runs.announce_step(execution, step_id, definition.step(step_id).type, step_status,
+                               {"inline": True, "output": output, "error": step_error})
         if finished:
-            outcome = status.lower()
-            logs.execution_log(execution, f"execution {outcome}", level="info" if status == "SUCCEEDED" else "error",
-                               metadata={"durationMs": values["duration_ms"], "error": error})
-            logs.analytics_event("workflow_executed", execution, {"status": outcome, "duration": values["duration_ms"],
-                                                                  "stepCount": len(rows)})
-    metrics.EXECUTIONS.labels("created").inc()
-    for _, step_status, _, _ in inline_logs:
-        metrics.STEPS.labels("inline", step_status.lower()).inc()
-    if finished:
-        metrics.EXECUTIONS.labels(status.lower()).inc()
-        metrics.TRIGGER_TO_DONE_SECONDS.labels(status.lower()).observe(max(0.0, (done_at - received).total_seconds()))
+            runs.announce_finished(execution, len(rows))
     messages = [runs.message_for(execution, definition, step_id, first=True) for step_id in ready_messages]
     return runs.Started(execution, True, messages)
 
@@ -131,10 +118,3 @@ def _row(execution_id: uuid.UUID, definition: Definition, step_id: str, status: 
          **fields: Any) -> dict[str, Any]:
     return {"id": uuid.uuid4(), "execution": execution_id, "step_id": step_id, "iteration": 0,
             "step_type": definition.step(step_id).type, "status": status, "created_at": created, **fields}
-
-
-def _duplicate(workflow: Workflow, payload: TriggerPayload) -> runs.Started:
-    existing = Execution.get((Execution.workflow == workflow.id) & (Execution.dedup_key == payload.dedup_key))
-    metrics.EXECUTIONS.labels("duplicate").inc()
-    pinned = runs.load_definition(existing.workflow_id, existing.workflow_version)
-    return runs.Started(existing, False, runs.pending_messages(existing, pinned), "duplicate")

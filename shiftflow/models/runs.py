@@ -207,10 +207,7 @@ def _run_inline(execution: Execution, definition: Definition, step_id: str,
         output, status, error = None, "FAILED", str(exc)
     row = _insert(execution, step_id, step.type, status, output=output, error=error, attempts=1,
                   started_at=started, duration_ms=ms_between(started, utcnow()))
-    metrics.STEPS.labels(step.type, status.lower()).inc()
-    logs.execution_log(execution, f"step {step_id} {status.lower()}", step_id=step_id,
-                       level="info" if status == "SUCCEEDED" else "error",
-                       metadata={"inline": True, "output": output, "error": error})
+    announce_step(execution, step_id, step.type, status, {"inline": True, "output": output, "error": error})
     if status == "FAILED":
         execution.error = f"step {step_id}: {error}"
     return row
@@ -219,6 +216,42 @@ def _run_inline(execution: Execution, definition: Definition, step_id: str,
 def _cancel_active(execution: Execution, reason: str) -> None:
     StepExecution.update(status="CANCELLED", completed_at=utcnow(), error=reason, resume_at=None).where(
         (StepExecution.execution == execution.id) & (StepExecution.status.in_(ACTIVE))).execute()
+
+
+def announce_created(execution: Execution, payload: TriggerPayload) -> None:
+    """Metrics and log documents of a new execution (both start paths)."""
+    metrics.EXECUTIONS.labels("created").inc()
+    logs.execution_log(execution, "execution created", metadata={"source": payload.source,
+                                                                  "dedupKey": payload.dedup_key})
+    logs.analytics_event("workflow_triggered", execution, {"source": payload.source})
+
+
+def announce_step(execution: Execution, step_id: str, step_type: str, status: str,
+                  metadata: dict[str, Any]) -> None:
+    """Metrics and log document of a step's outcome (inline, fast start or message)."""
+    metrics.STEPS.labels(step_type, status.lower()).inc()
+    logs.execution_log(execution, f"step {step_id} {status.lower()}", step_id=step_id,
+                       level="info" if status == "SUCCEEDED" else "error", metadata=metadata)
+
+
+def announce_finished(execution: Execution, step_count: int) -> None:
+    """Metrics and log documents of a final execution (both finish paths)."""
+    outcome = execution.status.lower()
+    metrics.EXECUTIONS.labels(outcome).inc()
+    if execution.received_at and execution.completed_at:
+        metrics.TRIGGER_TO_DONE_SECONDS.labels(outcome).observe(
+            max(0.0, (execution.completed_at - execution.received_at).total_seconds()))
+    logs.execution_log(execution, f"execution {outcome}", level="info" if outcome == "succeeded" else "error",
+                       metadata={"durationMs": execution.duration_ms, "error": execution.error})
+    logs.analytics_event("workflow_executed", execution, {"status": outcome, "duration": execution.duration_ms,
+                                                          "stepCount": step_count})
+
+
+def duplicate(execution: Execution) -> Started:
+    """A repeated trigger: nothing new, only the steps still pending are re-published."""
+    metrics.EXECUTIONS.labels("duplicate").inc()
+    pinned = load_definition(execution.workflow_id, execution.workflow_version)
+    return Started(execution, False, pending_messages(execution, pinned), "duplicate")
 
 
 def finish_execution(execution: Execution, definition: Definition, status: str,
@@ -241,15 +274,7 @@ def finish_execution(execution: Execution, definition: Definition, status: str,
         _cancel_active(execution, f"execution {status.lower()}")
     # Workflow counters are rolled up by the timer loop (flow.rollup_stats): updating the
     # workflow row here would lock it until commit and serialise the workflow's executions.
-    outcome = status.lower()
-    metrics.EXECUTIONS.labels(outcome).inc()
-    if execution.received_at:
-        metrics.TRIGGER_TO_DONE_SECONDS.labels(outcome).observe(
-            max(0.0, (now - execution.received_at).total_seconds()))
-    logs.execution_log(execution, f"execution {outcome}", level="info" if status == "SUCCEEDED" else "error",
-                       metadata={"durationMs": execution.duration_ms, "error": execution.error})
-    logs.analytics_event("workflow_executed", execution, {"status": outcome, "duration": execution.duration_ms,
-                                                          "stepCount": len(rows)})
+    announce_finished(execution, len(rows))
     from shiftflow.models import flow
 
     return flow.after_finish(execution)
@@ -270,10 +295,8 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
     updated = StepExecution.update(fields).where((StepExecution.id == step.id) & (StepExecution.status.in_(from_status))).execute()
     if not updated:
         return pending_messages(execution, definition)
-    metrics.STEPS.labels(step.step_type, status.lower()).inc()
-    logs.execution_log(execution, f"step {step.step_id} {status.lower()}", step_id=step.step_id,
-                       level="info" if status == "SUCCEEDED" else "error",
-                       metadata={"iteration": step.iteration, "output": output, "error": error})
+    announce_step(execution, step.step_id, step.step_type, status,
+                  {"iteration": step.iteration, "output": output, "error": error})
     if status in ("FAILED", "TIMED_OUT") and not execution.error:
         execution.error = f"step {step.step_id}: {error}"
     if step.iteration > 0:
@@ -322,13 +345,8 @@ def start_execution(payload: TriggerPayload) -> Started:
         execution = lock_execution_by_key(workflow.id, payload.dedup_key)
         if execution.id != new_id:
             flow.give_back_execution_slot(workflow)
-            metrics.EXECUTIONS.labels("duplicate").inc()
-            pinned = load_definition(execution.workflow_id, execution.workflow_version)
-            return Started(execution, False, pending_messages(execution, pinned), "duplicate")
-        metrics.EXECUTIONS.labels("created").inc()
-        logs.execution_log(execution, "execution created",
-                           metadata={"source": payload.source, "dedupKey": payload.dedup_key})
-        logs.analytics_event("workflow_triggered", execution, {"source": payload.source})
+            return duplicate(execution)
+        announce_created(execution, payload)
         if not flow.may_run_now(execution, definition):
             logs.execution_log(execution, "execution queued: concurrency limit reached",
                                metadata={"key": key})
@@ -469,6 +487,3 @@ def masked(inputs: Any) -> Any:
     return logs.redact(inputs)
 
 
-def step_context(execution: Execution, definition: Definition) -> dict[str, Any]:
-    """The data a step's ``{{ references }}`` may read (see ``context_for``)."""
-    return context_for(execution, definition, _rows(execution))
