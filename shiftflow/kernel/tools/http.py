@@ -7,6 +7,7 @@ Errors decide retries: a timeout, a refused connection, a 429 or a 5xx is
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -79,11 +80,12 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool) -> d
                 json=inputs.get("json"),
                 content=inputs.get("body") if "json" not in inputs else None,
             ) as response:
-                body = b""
+                buffer = bytearray()  # appending to bytes would copy the whole body per chunk
                 for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
+                    buffer += chunk
+                    if len(buffer) > MAX_RESPONSE_BYTES:
                         raise ToolError(f"response from {url} is larger than {MAX_RESPONSE_BYTES} bytes")
+        body = bytes(buffer)
     except httpx.TimeoutException:
         raise ToolUnavailable(f"{method} {url} timed out after {timeout} s") from None
     except httpx.TransportError as exc:
@@ -95,7 +97,7 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool) -> d
         raise ToolError(f"{method} {url} answered {status}: {body[:200]!r}")
     if "json" in response.headers.get("content-type", ""):
         try:
-            return {"status": status, "json": httpx.Response(200, content=body).json()}
+            return {"status": status, "json": json.loads(body)}
         except ValueError:
             raise ToolError(f"{method} {url} sent invalid JSON") from None
     return {"status": status, "text": body.decode("utf-8", "replace")}
