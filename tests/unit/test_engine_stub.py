@@ -155,10 +155,14 @@ def test_mongo_sink_runs_one_writer_thread(tmp_path):
 
     from shiftflow.kernel.mongo import MongoSink
 
+    def writers_now():
+        return {t for t in _threading.enumerate() if t.name == "shiftflow-mongo-writer" and t.is_alive()}
+
+    before = writers_now()  # other tests' sinks may still run theirs
     sink = MongoSink("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=50", "x", flush_ms=10_000)
     for n in range(20):
         sink.write("execution_logs", {"n": n})
-    writers = [t for t in _threading.enumerate() if t.name == "shiftflow-mongo-writer" and t.is_alive()]
+    writers = list(writers_now() - before)
     assert len(writers) == 1
     sink._stopping = True
     with sink._cond:
