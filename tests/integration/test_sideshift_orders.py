@@ -190,8 +190,11 @@ def test_dca_example_runs_to_settled_and_respects_max_executions(rig: Rig) -> No
     rig.trigger(workflow, "dip-1")
     first = rig.order("dip-1", "OPEN")
     rig.trigger(workflow, "dip-2")  # within 60 s of the first: its price comes from the cache
+    second = rig.order("dip-2", "OPEN")
+    # Only now: triggers sent together race for the last slot (4 worker threads), and
+    # max_executions admits whichever is created first.
     rig.trigger(workflow, "dip-3")
-    orders = [first, rig.order("dip-2", "OPEN")]
+    orders = [first, second]
     for order in orders:
         assert order.shift_type == "fixed" and order.quote_id and order.deposit_address
         assert order.deposit_amount == "0.1" and Decimal(order.settle_amount) > 0
