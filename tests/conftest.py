@@ -277,3 +277,16 @@ def json_service() -> Iterator[Any]:
     service = JsonService()
     yield service
     service.close()
+
+
+@pytest.fixture
+def sqlite_models() -> Iterator[Any]:
+    """Every model bound to a fresh in-memory SQLite database (dev mode's engine), for unit tests."""
+    from shiftflow.kernel.db import make_database
+    from shiftflow.models.registry import ALL_MODELS, create_all
+
+    database = make_database("sqlite:///:memory:")
+    create_all(database)
+    with database.bind_ctx(ALL_MODELS, bind_refs=False, bind_backrefs=False):
+        yield database
+    database.close()

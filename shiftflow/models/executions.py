@@ -39,9 +39,11 @@ class Execution(BaseModel):
     workspace_id: Any
     parent_id: Any
 
-    workflow = peewee.ForeignKeyField(Workflow, backref="executions", on_delete="CASCADE")
+    # Foreign keys without their own single-column index where a composite index leads with
+    # the same column (every index costs each insert and each non-HOT status update).
+    workflow = peewee.ForeignKeyField(Workflow, backref="executions", on_delete="CASCADE", index=False)
     workflow_version = peewee.IntegerField()
-    workspace = peewee.ForeignKeyField(Workspace, backref="executions", on_delete="CASCADE")
+    workspace = peewee.ForeignKeyField(Workspace, backref="executions", on_delete="CASCADE", index=False)
     dedup_key = peewee.CharField(max_length=255)
     source = peewee.CharField(max_length=20, default="manual")
     status = peewee.CharField(max_length=12, default="PENDING")
@@ -58,13 +60,14 @@ class Execution(BaseModel):
     retry_count = peewee.IntegerField(default=0)
     max_retries = peewee.IntegerField(default=3)
     retry_reason = peewee.TextField(null=True)
-    parent = peewee.ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
+    # Indexed only where set (idx_execution_parent below): most executions have no parent.
+    parent = peewee.ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL", index=False)
     received_at = peewee.DateTimeField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     started_at = peewee.DateTimeField(null=True)
     completed_at = peewee.DateTimeField(null=True)
     duration_ms = peewee.IntegerField(null=True)
-    # Indexed by the composite (triggered_by, created_at) below, not on its own.
+    # Indexed where set, by idx_execution_triggered_by (triggered_by, created_at) below.
     triggered_by = peewee.ForeignKeyField(
         User, null=True, backref="executions", on_delete="SET NULL", index=False
     )
@@ -84,8 +87,6 @@ class Execution(BaseModel):
             (("workflow", "created_at"), False),
             (("workspace", "created_at"), False),
             (("status", "created_at"), False),
-            (("triggered_by", "created_at"), False),
-            (("workflow", "concurrency_key", "status"), False),
         )
         constraints = [
             peewee.Check("progress BETWEEN 0 AND 100", name="chk_execution_progress"),
@@ -111,7 +112,8 @@ class StepExecution(BaseModel):
 
     execution_id: Any
 
-    execution = peewee.ForeignKeyField(Execution, backref="steps", on_delete="CASCADE")
+    # Indexed by the unique (execution, step_id, iteration) below, which leads with it.
+    execution = peewee.ForeignKeyField(Execution, backref="steps", on_delete="CASCADE", index=False)
     step_id = peewee.CharField(max_length=100)
     iteration = peewee.IntegerField(default=0)
     step_type = peewee.CharField(max_length=30)
@@ -125,12 +127,13 @@ class StepExecution(BaseModel):
     #: step (a duplicate publish) is dropped, the same message (a redelivery) takes over.
     claimed_by = peewee.CharField(max_length=64, null=True)
     #: Durable timers: when a WAITING step resumes (a wait, or an event/approval timeout) or
-    #: a PENDING step is re-published (retry backoff). The timer loop reads this index.
+    #: a PENDING step is re-published (retry backoff). The timer loop reads a partial index
+    #: of the rows that have one.
     resume_at = peewee.DateTimeField(null=True)
     #: When a RUNNING step times out (its ``timeout``); the timer loop enforces it.
     timeout_at = peewee.DateTimeField(null=True)
     #: What a WAITING step waits for: an event key, an approval, a child execution.
-    wait_key = peewee.CharField(max_length=300, null=True, index=True)
+    wait_key = peewee.CharField(max_length=300, null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     started_at = peewee.DateTimeField(null=True)
     completed_at = peewee.DateTimeField(null=True)
@@ -139,9 +142,6 @@ class StepExecution(BaseModel):
     class Meta:
         indexes = (
             (("execution", "step_id", "iteration"), True),
-            (("status", "created_at"), False),
-            (("status", "resume_at"), False),
-            (("status", "timeout_at"), False),
         )
         constraints = [
             peewee.Check(
@@ -159,3 +159,30 @@ Execution.add_index(
         name="idx_executions_user_status",
     )
 )
+
+
+# Partial indexes (migration 0005): each holds only the rows its query can match, so the
+# common row (a finished execution or step without timers, waits, parent or lane) costs
+# no entry in them. PostgreSQL uses a partial index when the query's conditions imply its
+# WHERE (``resume_at <= now`` implies ``resume_at IS NOT NULL``).
+Execution.add_index(Execution.index(Execution.parent, where=peewee.SQL("parent_id IS NOT NULL"),
+                                    name="idx_execution_parent"))
+Execution.add_index(Execution.index(Execution.triggered_by, Execution.created_at,
+                                    where=peewee.SQL("triggered_by_id IS NOT NULL"),
+                                    name="idx_execution_triggered_by"))
+# Concurrency lanes count RUNNING and pick the oldest PENDING execution of a key.
+Execution.add_index(Execution.index(Execution.workflow, Execution.concurrency_key, Execution.status,
+                                    where=peewee.SQL("status IN ('PENDING', 'RUNNING')"),
+                                    name="idx_execution_lane"))
+# The timer loop's execution timeouts.
+Execution.add_index(Execution.index(Execution.deadline_at,
+                                    where=peewee.SQL("status IN ('RUNNING', 'PENDING') AND deadline_at IS NOT NULL"),
+                                    name="idx_execution_deadline"))
+StepExecution.add_index(StepExecution.index(StepExecution.wait_key, where=peewee.SQL("wait_key IS NOT NULL"),
+                                            name="idx_step_execution_wait_key"))
+StepExecution.add_index(StepExecution.index(StepExecution.status, StepExecution.resume_at,
+                                            where=peewee.SQL("resume_at IS NOT NULL"),
+                                            name="idx_step_execution_resume"))
+StepExecution.add_index(StepExecution.index(StepExecution.status, StepExecution.timeout_at,
+                                            where=peewee.SQL("timeout_at IS NOT NULL"),
+                                            name="idx_step_execution_timeout"))

@@ -13,7 +13,6 @@ import peewee
 import pytest
 
 import shiftflow.models
-from shiftflow.kernel.db import make_database
 from shiftflow.models.base import BaseModel, utcnow
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.llm_calls import LlmCall
@@ -43,12 +42,8 @@ NOT_TENANT_SCOPED = {
 
 
 @pytest.fixture
-def db():
-    database = make_database("sqlite:///:memory:")
-    create_all(database)
-    with database.bind_ctx(ALL_MODELS, bind_refs=False, bind_backrefs=False):
-        yield database
-    database.close()
+def db(sqlite_models):
+    return sqlite_models
 
 
 @pytest.fixture
