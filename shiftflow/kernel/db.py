@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
+from psycopg2.extensions import TRANSACTION_STATUS_UNKNOWN as _TXN_UNKNOWN
 
 from shiftflow.kernel.errors import SettingsError
 
@@ -42,15 +44,52 @@ class JSONField(peewee.Field):
         return json.loads(value)
 
 
+#: Seconds a pooled connection may sit idle and still be handed out without a ``SELECT 1``.
+PING_AFTER_IDLE_SECONDS = 2.0
+
+
 class _PostgresDatabase(PooledPostgresqlDatabase):
-    """PostgreSQL with jsonb returned as text, so ``JSONField`` decodes it once."""
+    """PostgreSQL with jsonb returned as text, so ``JSONField`` decodes it once.
+
+    Pool check-out costs no round trip while the pool is busy: Peewee's pool pings every
+    connection it hands out (``SELECT 1``), one round trip per message on a worker, as
+    many as the message's own statements on the trigger path. Here only a connection idle
+    for more than ``PING_AFTER_IDLE_SECONDS`` is pinged (a database restart happens while
+    connections wait in the pool). One that breaks while busy fails its statement with
+    ``OperationalError``, which the broker retries (``broker.retry_transient``), and the
+    pool drops it at check-in (its transaction status is unknown).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._returned: dict[int, float] = {}  # id(conn) -> monotonic time of check-in
+        self._jsonb_ready: set[int] = set()
 
     def _connect(self) -> Any:
-        import psycopg2.extras
-
         conn = super()._connect()
-        psycopg2.extras.register_default_jsonb(conn_or_curs=conn, loads=lambda s: s)
+        if id(conn) not in self._jsonb_ready:  # once per new connection, not per check-out
+            import psycopg2.extras
+
+            psycopg2.extras.register_default_jsonb(conn_or_curs=conn, loads=lambda s: s)
+            self._jsonb_ready.add(id(conn))
         return conn
+
+    def _is_closed(self, conn: Any) -> bool:
+        if conn.closed:
+            return True
+        returned = self._returned.get(id(conn))
+        if returned is not None and time.monotonic() - returned < PING_AFTER_IDLE_SECONDS:
+            return bool(conn.get_transaction_status() == _TXN_UNKNOWN)
+        return bool(super()._is_closed(conn))
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        self._returned[id(conn)] = time.monotonic()
+        super()._close(conn, close_conn)
+
+    def _close_raw(self, conn: Any) -> None:
+        self._returned.pop(id(conn), None)
+        self._jsonb_ready.discard(id(conn))
+        super()._close_raw(conn)
 
 
 class _SqliteDatabase(peewee.SqliteDatabase):
