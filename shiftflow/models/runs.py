@@ -29,7 +29,7 @@ from shiftflow.kernel.errors import NotFound, PermanentError
 from shiftflow.kernel.executors import run_pure
 from shiftflow.kernel.expressions import render
 from shiftflow.kernel.steps import TERMINAL, StepState, plan
-from shiftflow.models import logs, secrets
+from shiftflow.models import compiled, logs, secrets
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.workflows import Workflow, WorkflowVersion
@@ -111,10 +111,7 @@ def lock_execution(execution_id: Any) -> Execution:
     Raises:
         NotFound: no such execution.
     """
-    query = Execution.select().where(Execution.id == execution_id)
-    if is_postgres():
-        query = query.for_update()
-    execution = query.get_or_none()
+    execution = compiled.get_by_id(Execution, execution_id, for_update=True)
     if execution is None:
         raise NotFound(f"execution {execution_id} does not exist")
     return execution
@@ -122,7 +119,7 @@ def lock_execution(execution_id: Any) -> Execution:
 
 def _rows(execution: Execution) -> dict[str, StepExecution]:
     """The header rows (iteration 0) of every step of ``execution``, by step id."""
-    rows = StepExecution.select().where((StepExecution.execution == execution.id) & (StepExecution.iteration == 0))
+    rows = compiled.select_where(StepExecution, execution=execution.id, iteration=0)
     return {row.step_id: row for row in rows}
 
 
@@ -155,7 +152,10 @@ def _insert(execution: Execution, step_id: str, step_type: str, status: str, ite
               "step_type": step_type, "status": status, "created_at": now, **fields}
     if status in TERMINAL:
         values.setdefault("completed_at", now)
-    return StepExecution.create(**values)
+    compiled.insert_rows(StepExecution, [values])
+    row = StepExecution(**values)
+    row._dirty.clear()  # type: ignore[attr-defined]  # Peewee's private dirty set: the row is saved
+    return row
 
 
 def advance(execution: Execution, definition: Definition, *, first: bool = False) -> list[Outgoing]:
@@ -268,8 +268,10 @@ def finish_execution(execution: Execution, definition: Definition, status: str,
     execution.duration_ms = ms_between(execution.started_at or execution.created_at, now)
     if status == "SUCCEEDED":
         execution.progress = 100
-    execution.save(only=[Execution.status, Execution.completed_at, Execution.error, Execution.result,
-                         Execution.duration_ms, Execution.progress])
+    compiled.update_where(Execution, {"status": execution.status, "completed_at": execution.completed_at,
+                                      "error": execution.error, "result": execution.result,
+                                      "duration_ms": execution.duration_ms, "progress": execution.progress},
+                          id=execution.id)
     if status != "SUCCEEDED":
         _cancel_active(execution, f"execution {status.lower()}")
     # Workflow counters are rolled up by the timer loop (flow.rollup_stats): updating the
@@ -292,7 +294,7 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
                               "duration_ms": ms_between(step.started_at or step.created_at, now)}
     if stored_input is not None:
         fields["input"] = masked(stored_input)
-    updated = StepExecution.update(fields).where((StepExecution.id == step.id) & (StepExecution.status.in_(from_status))).execute()
+    updated = compiled.update_where(StepExecution, fields, status_in=from_status, id=step.id)
     if not updated:
         return pending_messages(execution, definition)
     announce_step(execution, step.step_id, step.step_type, status,
@@ -319,7 +321,7 @@ def start_execution(payload: TriggerPayload) -> Started:
     """
     from shiftflow.models import flow, quickstart
 
-    workflow = Workflow.get_or_none(Workflow.id == payload.workflow_id)
+    workflow = compiled.get_by_id(Workflow, payload.workflow_id)
     if workflow is None:
         raise NotFound(f"workflow {payload.workflow_id} does not exist")
     definition = load_definition(workflow.id, workflow.current_version)
@@ -386,9 +388,9 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | N
     with transaction():
         execution = lock_execution(payload.execution_id)
         definition = load_definition(execution.workflow_id, execution.workflow_version)
-        step = StepExecution.get_or_none(
-            (StepExecution.execution == execution.id) & (StepExecution.step_id == payload.step_id)
-            & (StepExecution.iteration == payload.iteration))
+        found = compiled.select_where(StepExecution, execution=execution.id, step_id=payload.step_id,
+                                      iteration=payload.iteration)
+        step = found[0] if found else None
         if step is None:
             raise NotFound(f"execution {execution.id} has no step {payload.step_id!r}#{payload.iteration}")
         if step.status in TERMINAL or step.status in ("WAITING", "QUEUED") or step.resume_at is not None:
@@ -418,7 +420,9 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | N
         step.started_at = step.started_at or now
         timeout = definition.step(step.step_id).timeout
         step.timeout_at = now + dt.timedelta(seconds=timeout + 5) if timeout else None
-        step.save()
+        compiled.update_where(StepExecution, {"status": step.status, "claimed_by": step.claimed_by,
+                                              "started_at": step.started_at, "timeout_at": step.timeout_at,
+                                              "attempts": step.attempts}, id=step.id)
         logs.execution_log(execution, f"step {step.step_id} started", step_id=step.step_id,
                            metadata={"attempt": step.attempts, "iteration": step.iteration})
     return Claim(step, execution, definition)
@@ -426,9 +430,8 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | N
 
 def was_running(payload: StepPayload) -> bool:
     """True when the step of ``payload`` is RUNNING (its last delivery died mid-work)."""
-    return StepExecution.select(StepExecution.id).where(
-        (StepExecution.execution == payload.execution_id) & (StepExecution.step_id == payload.step_id)
-        & (StepExecution.iteration == payload.iteration) & (StepExecution.status == "RUNNING")).exists()
+    return bool(compiled.select_where(StepExecution, execution=payload.execution_id, step_id=payload.step_id,
+                                      iteration=payload.iteration, status="RUNNING"))
 
 
 def complete_step(claim: Claim, output: Any, stored_input: Any = None) -> list[Outgoing]:
@@ -465,8 +468,18 @@ def retry_later(claim: Claim, error: str, delay_seconds: float) -> None:
                            level="warn", step_id=claim.step.step_id, metadata={"error": error})
 
 
-def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """Render the claimed step's inputs: (for the call, for storage with secrets masked).
+@dataclass(frozen=True)
+class Rendered:
+    """A claimed step's inputs: ``call`` for the call, ``stored`` with secrets masked, and
+    ``scrub``, which hides the used secrets' values in what comes back (output, errors)."""
+
+    call: Any
+    stored: Any
+    scrub: Any = field(default=lambda value: value)
+
+
+def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> Rendered:
+    """Render the claimed step's inputs (see ``Rendered``).
 
     Secrets (``{{ secrets.<connection>.<field> }}``) reach only the call; the stored
     input, the logs and the outputs see ``***``.
@@ -476,10 +489,11 @@ def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> tuple[An
     context = context_for(claim.execution, claim.definition, _rows(claim.execution), extra)
     if not secrets.referenced(step.inputs):
         inputs = render(step.inputs, context)
-        return inputs, inputs
-    real = render(step.inputs, {**context, "secrets": secrets.for_workspace(claim.execution.workspace_id)})
+        return Rendered(inputs, inputs)
+    used = secrets.for_workspace(claim.execution.workspace_id)
+    real = render(step.inputs, {**context, "secrets": used})
     stored = render(step.inputs, {**context, "secrets": secrets.MASKED})
-    return real, stored
+    return Rendered(real, stored, secrets.scrubber(used))
 
 
 def masked(inputs: Any) -> Any:

@@ -2,12 +2,14 @@
 
 Secrets are decrypted only inside the worker that makes the call, only for the
 workspace of the execution, and only when a step's inputs reference them; what is
-stored and logged is rendered again with every secret masked.
+stored and logged is rendered again with every secret masked. What comes back (an
+outside service may echo a header or a token in its answer or its error) is scrubbed
+of the values of every connection the step used before it is stored or logged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from shiftflow.kernel.crypto import Vault
@@ -57,8 +59,57 @@ class _WorkspaceSecrets(Mapping[str, Any]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._cache)
 
+    def used_values(self) -> list[str]:
+        """The string values of every connection decrypted so far (what a step may have sent)."""
+        found: list[str] = []
+        stack: list[Any] = list(self._cache.values())
+        while stack:
+            value = stack.pop()
+            if isinstance(value, str):
+                found.append(value)
+            elif isinstance(value, Mapping):
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+        return found
+
     def __len__(self) -> int:
         return len(self._cache)
+
+
+#: Shorter secret values are not scrubbed from outputs: masking every "1" or "yes" in an
+#: answer would destroy it, and such a value protects nothing.
+MIN_SCRUBBED_LENGTH = 6
+
+
+def scrubber(used: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """A function that replaces, in any string of a value (recursively), every secret value
+    of the connections in ``used`` (``for_workspace``'s mapping after rendering) by ``***``.
+
+    The identity when no connection was used: the common step pays nothing.
+    """
+    values = used.used_values() if isinstance(used, _WorkspaceSecrets) else []
+    needles = sorted({v for v in values if len(v) >= MIN_SCRUBBED_LENGTH}, key=len, reverse=True)
+    if not needles:
+        return _identity
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for needle in needles:
+                if needle in value:
+                    value = value.replace(needle, Masked.TEXT)
+            return value
+        if isinstance(value, dict):
+            return {scrub(k): scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [scrub(v) for v in value]
+        return value
+
+    return scrub
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def for_workspace(workspace_id: Any) -> Mapping[str, Any]:

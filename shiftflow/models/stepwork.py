@@ -68,22 +68,26 @@ def _run_step(payload: StepPayload, message_id: str | None) -> list[Outgoing]:
     failpoints.hit("step.before_work", step.id)
     extra = fanout.item_context(claim.step) if claim.step.iteration > 0 else None
     stored = None
+    scrub: Any = str  # until the inputs are rendered, no secret was used
     try:
-        inputs, stored = render_inputs(claim, extra)
+        rendered = render_inputs(claim, extra)
+        inputs, stored, scrub = rendered.call, rendered.stored, rendered.scrub
         if step.type in WAITING_TYPES:
             return waits.begin(claim, inputs)
         if step.type in HANDLERS:
             return HANDLERS[step.type](claim, inputs, stored)
+        # An outside service may echo a secret it was sent: scrub before anything stores it
+        # (the effect ledger's result included).
         if step.effect == "once":
-            output = effects_ledger.call_once(claim, stored, lambda: call_tool(step, inputs, settings))
+            output = effects_ledger.call_once(claim, stored, lambda: scrub(call_tool(step, inputs, settings)))
         else:
-            output = call_tool(step, inputs, settings)
+            output = scrub(call_tool(step, inputs, settings))
     except PermanentError as exc:
-        return fail_step(claim, str(exc), stored_input=stored)
+        return fail_step(claim, scrub(str(exc)), stored_input=stored)
     except TransientError as exc:
         if claim.step.retry_count >= step.retry.max:
-            return fail_step(claim, f"gave up after {step.retry.max} retries: {exc}", stored_input=stored)
-        retry_later(claim, str(exc), step.retry.delay(claim.step.retry_count + 1, random.random()))
+            return fail_step(claim, scrub(f"gave up after {step.retry.max} retries: {exc}"), stored_input=stored)
+        retry_later(claim, scrub(str(exc)), step.retry.delay(claim.step.retry_count + 1, random.random()))
         return []
     failpoints.hit("step.after_work", step.id)
     outgoing = complete_step(claim, output, stored)

@@ -241,14 +241,32 @@ def test_max_executions_is_respected(engine):
 
 
 def test_secrets_reach_the_call_but_never_storage_or_logs(engine, url, service):
+    # The service echoes the body it received: the secret comes back in the answer.
     wf = _apply([{"id": "h", "type": "http", "with": {"method": "POST", "url": url + "/s",
-                  "headers": {"Authorization": "Bearer {{ secrets.crm.token }}"}, "json": {"a": 1}}}])
+                  "headers": {"Authorization": "Bearer {{ secrets.crm.token }}"},
+                  "json": {"a": 1, "note": "key={{ secrets.crm.token }};"}}}])
     secrets.store_connection(wf.workspace_id, "crm", "crm", {"token": "s3cr3t-value"})
     e = _done(_run(wf))
     assert e.status == "SUCCEEDED", e.error
     assert service.calls[0]["headers"]["Authorization"] == "Bearer s3cr3t-value"
+    assert service.calls[0]["body"]["note"] == "key=s3cr3t-value;"
     step = StepExecution.get(StepExecution.step_id == "h")
     assert "s3cr3t" not in json.dumps(step.input) and "***" in json.dumps(step.input)
+    # The echoed answer is stored scrubbed, the rest of it intact; so is the execution result.
+    assert step.output["json"]["received"] == {"a": 1, "note": "key=***;"}
+    assert "s3cr3t" not in json.dumps(Execution.get_by_id(e.id).result)
+
+
+def test_secrets_echoed_in_an_error_are_scrubbed(engine, url, service):
+    service.script = [400]  # a 4xx: the error quotes the answer, which echoes the secret
+    wf = _apply([{"id": "h", "type": "http", "with": {"method": "POST", "url": url + "/s",
+                  "json": {"token": "{{ secrets.crm.token }}"}}}])
+    secrets.store_connection(wf.workspace_id, "crm", "crm", {"token": "s3cr3t-value"})
+    e = _done(_run(wf))
+    assert e.status == "FAILED" and "answered 400" in e.error
+    assert "s3cr3t" not in e.error and "***" in e.error
+    step = StepExecution.get(StepExecution.step_id == "h")
+    assert "s3cr3t" not in (step.error or "")
 
 
 def test_effect_once_never_repeats_an_unknown_outcome(engine, url, service):
