@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from shiftflow.kernel.mongo import ANALYTICS_EVENTS, EXECUTION_LOGS, get_sink
-from shiftflow.kernel.redis_handle import publish_update
+from shiftflow.kernel.redis_handle import publish_updates
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution
 
@@ -50,8 +50,14 @@ def deferred() -> Iterator[None]:
         raise
     if outer is None:
         items, _deferred.items = _deferred.items, None
-        for fn, args, kwargs in items:
-            fn(*args, **kwargs)
+        # Live updates of the whole transition go to Redis together, in one round trip.
+        _deferred.updates = []
+        try:
+            for fn, args, kwargs in items:
+                fn(*args, **kwargs)
+        finally:
+            updates, _deferred.updates = _deferred.updates, None
+            publish_updates(updates)
 
 
 def _defer(fn: Any, *args: Any, **kwargs: Any) -> bool:
@@ -74,7 +80,12 @@ def execution_log(
     publish the transition on the execution's Redis channel for live watchers."""
     if _defer(execution_log, execution, message, level=level, step_id=step_id, metadata=metadata):
         return
-    publish_update(str(execution.id), {"message": message, "stepId": step_id, "level": level})
+    update = (str(execution.id), {"message": message, "stepId": step_id, "level": level})
+    pending = getattr(_deferred, "updates", None)
+    if pending is not None:
+        pending.append(update)
+    else:
+        publish_updates([update])
     sink = get_sink()
     if sink is None:
         return

@@ -184,7 +184,10 @@ def test_transitions_are_published_live_on_redis(stack, redis_url):
         message = pubsub.get_message(timeout=0.5)
         # Other test runs may share this Redis: keep only this execution's channel.
         if message and message["type"] == "pmessage" and message["channel"] == ours:
-            seen.append(json.loads(message["data"])["message"])
+            # One message per transition, its lines in order.
+            seen.extend(update["message"] for update in json.loads(message["data"])["updates"])
     pubsub.close()
     client.close()
     assert seen[0] == "execution created" and "execution succeeded" in seen
+    for step in ("check", "call", "shape"):
+        assert f"step {step} succeeded" in seen
