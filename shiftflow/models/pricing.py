@@ -30,6 +30,7 @@ import httpx
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError, TransientError
 from shiftflow.kernel.settings import Settings, get_settings
+from shiftflow.kernel.tools.http import tls_context
 from shiftflow.models import runs
 from shiftflow.models.base import utcnow
 from shiftflow.models.prices import PriceCache
@@ -143,7 +144,8 @@ def fetch(
     url = settings.price_api_url.rstrip("/") + "/api/v3/simple/price"
     timeout = httpx.Timeout(settings.http_timeout_seconds, connect=min(5.0, settings.http_timeout_seconds))
     try:
-        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=False) as client:
+        with httpx.Client(timeout=timeout, transport=transport, follow_redirects=False,
+                          verify=tls_context()) as client:
             response = client.get(
                 url, params={"ids": request.coin, "vs_currencies": request.vs_currency}, headers=headers
             )

@@ -26,6 +26,7 @@ from shiftflow.kernel.sideshift.errors import (
     UnknownOutcome,
     error_from_response,
 )
+from shiftflow.kernel.tools.http import tls_context
 
 T = TypeVar("T")
 
@@ -95,6 +96,7 @@ class Transport:
             "timeout": timeouts.httpx(),
             "follow_redirects": False,
             "headers": {"accept": "application/json", "user-agent": "shiftflow-sideshift/0.1"},
+            "verify": tls_context(),  # one CA bundle load per process, not two per client
         }
         self._http = httpx.Client(transport=transport, **common)
         self._create_http = httpx.Client(
