@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,9 +37,10 @@ import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shiftflow.kernel.contracts import Priority, TriggerPayload
 from shiftflow.kernel.enqueue import send
@@ -74,10 +75,10 @@ LATENCY = Histogram(
     ["outcome"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-for _outcome in OUTCOMES:
-    # Create every series up front so dashboards and alerts see zeros, not gaps.
-    WEBHOOKS.labels(_outcome)
-    LATENCY.labels(_outcome)
+# Every series created up front so dashboards and alerts see zeros, not gaps; the hot
+# path uses these children directly (``labels()`` takes a lock and hashes per call).
+WEBHOOKS_BY_OUTCOME = {outcome: WEBHOOKS.labels(outcome) for outcome in OUTCOMES}
+LATENCY_BY_OUTCOME = {outcome: LATENCY.labels(outcome) for outcome in OUTCOMES}
 
 #: Seconds a sender should wait before retrying after a 503.
 RETRY_AFTER_SECONDS = 5
@@ -132,42 +133,92 @@ def trigger_sender(publisher: ConfirmPublisher) -> AsyncPublish:
     return send
 
 
+#: Renders error and 202 bodies exactly as Starlette's ``JSONResponse`` does.
+_render_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
-def _check_content_type(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+async def _respond(
+    send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
+    """Send a JSON response (the same bytes and headers as ``JSONResponse``) at the ASGI level."""
+    body = _render_json(content).encode("utf-8")
+    raw = [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", b"application/json")]
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Headers(Mapping[str, str]):
+    """Request headers by case-insensitive name; the first of repeated headers wins (as Starlette's)."""
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        by_name: dict[str, str] = {}
+        for name, value in raw:
+            key = name.decode("latin-1").lower()  # ASGI servers send lower case already
+            if key not in by_name:
+                by_name[key] = value.decode("latin-1")
+        self._by_name = by_name
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``Mapping.get`` without raising and catching a KeyError per missing header."""
+        return self._by_name.get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._by_name[key.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+def _check_content_type(headers: Mapping[str, str]) -> None:
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not (
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
         raise _Rejected(415, "unsupported_media_type", "content type must be application/json")
     # Signatures cover the bytes as sent; a compressed body would also dodge the size cap.
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise _Rejected(415, "unsupported_media_type", "compressed bodies are not accepted")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    too_large = _Rejected(413, "too_large", f"body larger than {limit} bytes")
-    declared = request.headers.get("content-length")
+async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    """The request body, refused (413) once it is known or seen to exceed ``limit`` bytes."""
+    declared = headers.get("content-length")
     if declared is not None:
-        if not (declared.strip().isascii() and declared.strip().isdigit()):
+        declared = declared.strip()
+        if not (declared.isascii() and declared.isdigit()):
             raise _Rejected(400, "bad_request", "malformed Content-Length")
         if int(declared) > limit:
-            raise too_large  # refuse before reading a single byte
+            raise _Rejected(413, "too_large", f"body larger than {limit} bytes")  # before reading a byte
     # Chunked bodies declare no length: count while streaming and stop at the limit.
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise _Rejected(400, "bad_request", "client disconnected before the body was complete") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise _Rejected(413, "too_large", f"body larger than {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise _Rejected(400, "bad_request", "client disconnected before the body was complete")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _reject_constant(name: str) -> Any:
@@ -198,9 +249,14 @@ def _unstorable(data: Any) -> str | None:
     return None
 
 
+#: ``json.loads(..., parse_constant=...)`` builds a decoder per call; this one is made once.
+_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _parse_object(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        # As json.loads does for bytes: UTF-8, -16 or -32 by the first bytes.
+        data = _decode_json(body.decode(json.detect_encoding(body), "surrogatepass"))
     except RecursionError:
         raise _Rejected(422, "invalid", f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -282,10 +338,14 @@ def create_app(
             return remembered[1].result()  # the common case: no awaiting at all
         return await asyncio.shield(remembered[1])
 
-    async def accept(request: Request) -> JSONResponse:
-        _check_content_type(request)
-        body = await _read_body(request, limit)
-        token = request.path_params["token"]
+    tolerance = settings.webhook_tolerance_seconds
+
+    async def accept(scope: Scope, receive: Receive) -> dict[str, Any]:
+        """Check, build and publish one webhook; the 202 body, or raise ``_Rejected``."""
+        headers = _Headers(scope["headers"])
+        _check_content_type(headers)
+        body = await _read_body(receive, headers, limit)
+        token = scope["path_params"]["token"]
         try:
             hook = await find_hook(token)
         except TransientError as exc:
@@ -295,9 +355,7 @@ def create_app(
             raise _Rejected(404, "not_found", "unknown webhook")
         now = clock()
         try:
-            delivery_id = verify(
-                hook.scheme, hook.secrets, request.headers, body, now, settings.webhook_tolerance_seconds
-            )
+            delivery_id = verify(hook.scheme, hook.secrets, headers, body, now, tolerance)
         except SignatureError as exc:
             raise _Rejected(401, "unauthorized", str(exc)) from None
         payload = TriggerPayload(
@@ -330,26 +388,38 @@ def create_app(
             # The detail (hosts, broker errors) goes to the log, not to the caller.
             log.warning("publish of %s failed: %s", payload.dedup_key, exc)
             raise _unavailable("broker unavailable, retry later") from None
-        return JSONResponse(
-            {"status": "accepted", "execution_key": payload.dedup_key, "workflow_id": hook.workflow_id},
-            status_code=202,
-        )
+        return {"status": "accepted", "execution_key": payload.dedup_key, "workflow_id": hook.workflow_id}
 
-    async def receive_hook(request: Request) -> Response:
+    async def receive_hook(scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /hooks/{token}`` as a raw ASGI app: no Request, no Response objects."""
         started = time.perf_counter()
         outcome = "error"
+        response_started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal response_started
+            response_started = True
+            await send(message)
+
         try:
-            response: Response = await accept(request)
-            outcome = "accepted"
-        except _Rejected as rejected:
-            outcome = rejected.outcome
-            log.info("webhook rejected: %s %s", rejected.status, rejected.reason)
-            response = _error(rejected.status, rejected.reason, rejected.headers)
+            try:
+                content = await accept(scope, receive)
+            except _Rejected as rejected:
+                outcome = rejected.outcome
+                log.info("webhook rejected: %s %s", rejected.status, rejected.reason)
+                await _respond(send_tracked, rejected.status, {"error": rejected.reason}, rejected.headers)
+            else:
+                outcome = "accepted"
+                await _respond(send_tracked, 202, content)
+        except Exception:
+            # As Starlette's ServerErrorMiddleware: a JSON 500 if nothing was sent yet, and
+            # the exception goes on to the server, which logs it.
+            if not response_started:
+                await _respond(send, 500, {"error": "internal error"})
+            raise
         finally:
-            # Also on an unexpected exception (outcome "error"), which the 500 handler answers.
-            WEBHOOKS.labels(outcome).inc()
-            LATENCY.labels(outcome).observe(time.perf_counter() - started)
-        return response
+            WEBHOOKS_BY_OUTCOME[outcome].inc()
+            LATENCY_BY_OUTCOME[outcome].observe(time.perf_counter() - started)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -374,12 +444,57 @@ def create_app(
             if publisher is not None:
                 await publisher.close()
 
-    return Starlette(
+    return IngressApp(
+        receive_hook,
         lifespan=lifespan,
         routes=[
-            Route("/hooks/{token}", receive_hook, methods=["POST"]),
+            # Reached through routing only by what the fast path leaves (a root path, say);
+            # kept so that other methods get Starlette's 405 with an Allow header.
+            Route("/hooks/{token}", _AsgiEndpoint(receive_hook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+
+
+class _AsgiEndpoint:
+    """Wraps an ASGI callable so that Starlette's ``Route`` passes it the raw scope
+    (a plain function would be wrapped as a request/response endpoint)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+class IngressApp(Starlette):
+    """Starlette with a fast path for ``POST /hooks/{token}``.
+
+    Starlette's middleware stack, routing, ``Request`` and ``JSONResponse`` cost about as
+    much CPU per webhook as all of the ingress's own checks; the webhook route is the one
+    hot path, so its requests go straight to the raw ASGI handler. Everything else (the
+    other routes, the management API mounted beside it, lifespan, 404/405) is Starlette's.
+
+    Parameters:
+        hook_handler: the ASGI handler of ``POST /hooks/{token}``; it finds the token in
+            ``scope["path_params"]``, as when Starlette routes to it.
+        **kwargs: as ``Starlette``.
+    """
+
+    def __init__(self, hook_handler: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hook_handler = hook_handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve ``POST /hooks/{token}`` directly, anything else through Starlette."""
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path: str = scope["path"]
+            # Exactly what the route "/hooks/{token}" matches: one non-empty segment.
+            if path.startswith("/hooks/") and len(path) > 7 and "/" not in path[7:]:
+                scope["app"] = self
+                scope["path_params"] = {"token": path[7:]}
+                await self.hook_handler(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)

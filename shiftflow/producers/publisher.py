@@ -36,13 +36,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import random
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 import pika
 import pika.exceptions
+import pika.frame
+import pika.spec
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from dramatiq.common import dq_name, xq_name
 from pika.adapters.asyncio_connection import AsyncioConnection
@@ -51,13 +55,16 @@ from prometheus_client import Counter, Gauge
 
 from shiftflow.kernel.broker import amqp_url_with_defaults
 from shiftflow.kernel.contracts import MAX_PRIORITY, Priority, Queue
-from shiftflow.kernel.enqueue import build_message
+from shiftflow.kernel.enqueue import encode_message
 from shiftflow.kernel.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
 #: Default cap on published-but-unconfirmed messages per publisher (per process).
 MAX_UNCONFIRMED = 1024
+#: Bytes of frames gathered before they are sent without waiting for the loop iteration's
+#: end: a few dozen trigger messages, so one system call still carries many.
+FLUSH_BYTES = 8 * 1024
 
 UNCONFIRMED = Gauge("shiftflow_publisher_unconfirmed", "Messages published and not yet confirmed.")
 CONNECTS = Counter(
@@ -82,19 +89,71 @@ class _CoalescingConnection(AsyncioConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._outgoing: list[bytes] = []
+        self._outgoing_size = 0
         super().__init__(*args, **kwargs)
 
     def _adapter_emit_data(self, data: bytes) -> None:
         if not self._outgoing:
             asyncio.get_running_loop().call_soon(self._flush)
         self._outgoing.append(data)
+        self._outgoing_size += len(data)
+        if self._outgoing_size >= FLUSH_BYTES:
+            # A long loop iteration (hundreds of requests) would otherwise hand RabbitMQ
+            # all its messages at its end, and the broker and the ingress would take turns
+            # idling; sending every few dozen messages keeps both busy at once.
+            self._flush()
 
     def _flush(self) -> None:
-        data, self._outgoing = b"".join(self._outgoing), []
+        data, self._outgoing, self._outgoing_size = b"".join(self._outgoing), [], 0
         # Gone when the connection was aborted meanwhile: the frames die with it, and
         # their publishes fail through the close callback (never reported as confirmed).
         if data and self._transport is not None:
             super()._adapter_emit_data(data)
+
+
+_FRAME_END = b"\xce"
+#: basic.publish property flags: delivery-mode, priority, and message-id when given.
+_FLAGS = 0x1000 | 0x0800
+_FLAG_MESSAGE_ID = 0x0080
+
+
+@functools.lru_cache(maxsize=64)
+def _publish_method_frame(channel_number: int, queue: str) -> bytes:
+    """The ``basic.publish`` method frame (default exchange, mandatory): the same for every
+    message to ``queue`` on one channel, so it is encoded once."""
+    return pika.frame.Method(
+        channel_number, pika.spec.Basic.Publish(exchange="", routing_key=queue, mandatory=True)
+    ).marshal()
+
+
+def publish_frames(
+    channel_number: int, queue: str, body: bytes, priority: int, message_id: str, body_max: int
+) -> list[bytes]:
+    """The frames pika's ``basic_publish`` sends for a persistent message with ``priority``
+    and ``message_id``: method, content header, body frames of at most ``body_max`` bytes.
+
+    pika builds and marshals three frame objects and a ``BasicProperties`` per message in
+    pure Python; only the body size, message id and body change between messages, so
+    the rest is packed once (a test checks the bytes against pika's own).
+    """
+    if message_id:
+        encoded_id = message_id.encode("utf-8")
+        properties = (
+            struct.pack(">HBBB", _FLAGS | _FLAG_MESSAGE_ID, 2, priority, len(encoded_id)) + encoded_id
+        )
+    else:
+        properties = struct.pack(">HBB", _FLAGS, 2, priority)
+    header = struct.pack(">HxxQ", pika.spec.BasicProperties.INDEX, len(body)) + properties
+    frames = [
+        _publish_method_frame(channel_number, queue),
+        struct.pack(">BHI", pika.spec.FRAME_HEADER, channel_number, len(header)) + header + _FRAME_END,
+    ]
+    for start in range(0, len(body), body_max):
+        chunk = body[start : start + body_max]
+        frames.append(
+            struct.pack(">BHI", pika.spec.FRAME_BODY, channel_number, len(chunk)) + chunk + _FRAME_END
+        )
+    return frames
 
 
 class Unroutable(BrokerUnavailable):
@@ -223,14 +282,14 @@ class ConfirmPublisher:
         self._pending[tag] = (future, message_id)
         UNCONFIRMED.inc()
         try:
-            channel.basic_publish(
-                exchange="",
-                routing_key=queue,
-                body=body,
-                properties=pika.BasicProperties(
-                    delivery_mode=2, priority=priority, message_id=message_id or None
-                ),
-                mandatory=True,
+            connection = self._connection
+            if not channel.is_open or connection is None or connection.is_closed:
+                raise pika.exceptions.ChannelWrongStateError("channel closed")
+            # What channel.basic_publish would send, without pika's per-frame objects.
+            connection._output_marshaled_frames(
+                publish_frames(
+                    channel.channel_number, queue, body, priority, message_id, connection._body_max_length
+                )
             )
         except pika.exceptions.AMQPError as exc:  # channel or connection closed under us
             self._settle(tag, BrokerUnavailable(f"publish failed: {exc!r}"))
@@ -247,11 +306,9 @@ class ConfirmPublisher:
             BrokerUnavailable: as ``publish``.
             KeyError: ``actor`` is not declared in ``contracts.ACTORS``.
         """
-        message = build_message(actor, payload, priority=priority)
-        await self.publish(
-            message.queue_name, message.encode(), priority=priority, message_id=message.message_id
-        )
-        return message.message_id
+        queue, message_id, body = encode_message(actor, payload, priority=priority)
+        await self.publish(queue, body, priority=priority, message_id=message_id)
+        return message_id
 
     async def close(self) -> None:
         """Close the connection; in-flight publishes fail with ``BrokerUnavailable``."""

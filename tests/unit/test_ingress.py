@@ -380,6 +380,124 @@ def test_routing_errors_are_json() -> None:
     assert c.get("/nowhere").json() == {"error": "Not Found"}
 
 
+# --- the raw ASGI fast path -----------------------------------------------------------
+
+
+def _drive(
+    app: Any, path: str, body: bytes, headers: dict[str, str], root_path: str = ""
+) -> tuple[int, dict[bytes, bytes], Any]:
+    """One request at the ASGI level: (status, response headers, decoded JSON body)."""
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if received:
+            return {"type": "http.disconnect"}
+        received = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": root_path + path,
+        "raw_path": (root_path + path).encode(),
+        "query_string": b"",
+        "root_path": root_path,
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    anyio.run(app, scope, receive, send)
+    start, content = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], dict(start["headers"]), json.loads(content)
+
+
+@pytest.mark.parametrize(
+    ("token", "over", "publish_error", "status"),
+    [
+        ("std", {}, None, 202),
+        ("std", {"webhook-signature": "v1,AAAA"}, None, 401),
+        ("nope", {}, None, 404),
+        ("std", {"content-type": "text/plain"}, None, 415),
+        ("std", {"content-length": "12x"}, None, 400),
+        ("std", {}, BrokerUnavailable("down"), 503),
+    ],
+)
+def test_fast_path_and_starlette_routing_answer_alike(
+    token: str, over: dict[str, str], publish_error: Exception | None, status: int
+) -> None:
+    # Under a root path the request goes through Starlette's routing to the same handler;
+    # without one it takes the fast path. Both must give the same status, headers and body.
+    headers = signed_headers("standard", SECRET, BODY, int(NOW), "delivery-1") | over
+    answers = []
+    for root_path in ("", "/ingress"):
+        publish = FakePublish(error=publish_error)
+        app = create_app(SETTINGS, publish=publish, lookup=HOOKS.get, clock=lambda: NOW)
+        answers.append(_drive(app, f"/hooks/{token}", BODY, headers, root_path))
+        assert len(publish.calls) == (status == 202)
+    assert answers[0] == answers[1]
+    got_status, got_headers, got_body = answers[0]
+    assert got_status == status
+    assert got_headers[b"content-type"] == b"application/json"
+    assert int(got_headers[b"content-length"]) == len(json.dumps(got_body, separators=(",", ":")))
+    assert (got_headers.get(b"retry-after") == b"5") == (status == 503)
+    if status == 202:
+        assert got_body == {"status": "accepted", "execution_key": "standard:delivery-1", "workflow_id": WF}
+    else:
+        assert set(got_body) == {"error"}
+
+
+def test_fast_path_headers_are_case_insensitive_and_first_wins() -> None:
+    headers = signed_headers("standard", SECRET, BODY, int(NOW), "delivery-1")
+    raw = [(k.title().encode(), v.encode()) for k, v in headers.items()]
+    raw.append((b"webhook-id", b"a-second-id-that-is-ignored"))
+    publish = FakePublish()
+    app = create_app(SETTINGS, publish=publish, lookup=HOOKS.get, clock=lambda: NOW)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    sent = _asgi(app, raw, receive)
+    assert sent[0]["status"] == 202
+    assert publish.calls[0].dedup_key == "standard:delivery-1"
+
+
+def test_client_gone_mid_body_is_400() -> None:
+    messages = iter(
+        [{"type": "http.request", "body": b'{"a":', "more_body": True}, {"type": "http.disconnect"}]
+    )
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    publish = FakePublish()
+    app = create_app(SETTINGS, publish=publish, lookup=HOOKS.get, clock=lambda: NOW)
+    sent = _asgi(app, [], receive)
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"]) == {"error": "client disconnected before the body was complete"}
+    assert publish.calls == []
+
+
+@pytest.mark.parametrize("path", ["/hooks/", "/hooks/std/more"])
+def test_paths_beside_the_route_are_starlette_404(path: str) -> None:
+    r = client(FakePublish()).post(path, content=BODY, headers={"content-type": "application/json"})
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+
+
+def test_unexpected_error_reaches_the_server_after_the_500() -> None:
+    # The server must see the exception (it logs it), as with Starlette's error middleware.
+    with pytest.raises(KeyError):
+        post(client(FakePublish(error=KeyError("boom"))), "std", BODY)
+
+
 # --- default publish ------------------------------------------------------------------
 
 
