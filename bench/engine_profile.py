@@ -116,6 +116,7 @@ def _pyspy_phase(sf: ShiftFlowSystem, workers: Workers, count: int, out: Path) -
             str(workers.pids()[0]),
             "--subprocesses",
             "--nonblocking",
+            "--gil",  # only threads holding the GIL: Python CPU, not threads waiting on sockets
             "--rate",
             "250",
             "--format",

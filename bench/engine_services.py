@@ -32,6 +32,7 @@ from tests.helpers import (  # noqa: E402 - after the path fix above
     _die_with_parent,
     amqp_url_for,
     drop_pg_database,
+    leased_redis_db,
     pg_admin,
     reap_pg,
     token,
@@ -68,6 +69,10 @@ class Resources:
         self.vhosts.create(name)
         self.stack.callback(self.vhosts.delete, name)
         return amqp_url_for(name)
+
+    def redis(self) -> str:
+        """A leased Redis database for this run (flushed and given back at exit)."""
+        return str(self.stack.enter_context(leased_redis_db()))
 
     def mongo(self) -> tuple[str, SecantusProcess]:
         """A SecantusDB server for this run (URL with ``retryWrites=false``), stopped at exit."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,11 @@ class System:
         """Start execution ``i`` of ``phase``, stamping the trigger time."""
         raise NotImplementedError
 
+    def trigger_many(self, phase: str, indices: Sequence[int]) -> None:
+        """Start several executions as this system's producers would (default: one by one)."""
+        for i in indices:
+            self.trigger(phase, i)
+
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Run a read query on this system's database (one autocommit connection)."""
         if self._conn is None or self._conn.closed:
@@ -131,6 +138,12 @@ class ShiftFlowSystem(System):
 
     key, label = "sf", "ShiftFlow"
 
+    def __init__(self, processes: int, threads: int) -> None:
+        super().__init__(processes, threads)
+        self._local = threading.local()
+        self._publishers: list[Any] = []
+        self._publishers_lock = threading.Lock()
+
     def setup(self, res: Resources, mongo_url: str) -> None:
         from shiftflow.kernel.broker import build_broker
         from shiftflow.kernel.db import bind_database
@@ -146,6 +159,9 @@ class ShiftFlowSystem(System):
             "SHIFTFLOW_DATABASE_URL": self.pg_url,
             "SHIFTFLOW_MONGO_URL": mongo_url,
             "SHIFTFLOW_MONGO_DB": self.mongo_db,
+            # As in production: live execution updates on Redis pub/sub (one pipeline per
+            # transition), so their cost is in the figures.
+            "SHIFTFLOW_REDIS_URL": res.redis(),
             "SHIFTFLOW_METRICS_PORT": "0",
             "SHIFTFLOW_LOG_LEVEL": "WARNING",
         }
@@ -195,6 +211,25 @@ class ShiftFlowSystem(System):
             ),
         )
 
+    def trigger_many(self, phase: str, indices: Sequence[int]) -> None:
+        """Publish a burst the way ShiftFlow's producers do (the scheduler's batches, the
+        ingress's concurrent requests): confirms pipelined, every message still confirmed
+        before this returns. One publisher (AMQP connection) per producer thread."""
+        from shiftflow.kernel.contracts import TriggerPayload
+        from shiftflow.kernel.enqueue import Outgoing
+        from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
+
+        publisher = getattr(self._local, "publisher", None)
+        if publisher is None:
+            publisher = self._local.publisher = ConfirmedBatchPublisher(self.env["SHIFTFLOW_AMQP_URL"], self.broker)
+            with self._publishers_lock:
+                self._publishers.append(publisher)
+        publisher.publish_all([
+            Outgoing("triggers.start", TriggerPayload(workflow_id=self.workflow_id, dedup_key=f"{phase}-{i}",
+                                                      source="bench", data={"n": i}, received_at=time.time()))
+            for i in indices
+        ])
+
     def finished(self, phase: str) -> int:
         return int(
             self.query(
@@ -222,6 +257,9 @@ class ShiftFlowSystem(System):
 
     def close(self) -> None:
         super().close()
+        for publisher in self._publishers:
+            with contextlib.suppress(Exception):
+                publisher.close()
         with contextlib.suppress(Exception):
             self.broker.close()
 
