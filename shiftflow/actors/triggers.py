@@ -7,11 +7,10 @@ from typing import Any
 from shiftflow.actors import actor
 from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models.runs import start_execution
+from shiftflow.models.triggerwork import run_trigger
 
 
 @actor("triggers.start")
 def start(payload: dict[str, Any]) -> None:
     """Create the execution for this delivery once, then publish its first steps."""
-    started = start_execution(decode(TriggerPayload, payload))
-    send_all(started.outgoing)
+    send_all(run_trigger(decode(TriggerPayload, payload)))

@@ -19,6 +19,7 @@ from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.enqueue import send_all
 from shiftflow.kernel.settings import Settings
+from shiftflow.models import trigger_deliveries
 from shiftflow.models.base import utcnow
 from shiftflow.models.flow import rollup_stats
 from shiftflow.models.waits import resume_due
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: How often workflow statistics are rolled up from executions.
 ROLLUP_EVERY_SECONDS = 10.0
+#: How often trigger delivery counts older than a week are forgotten.
+PURGE_EVERY_SECONDS = 3600.0
 
 
 def tick() -> int:
@@ -39,7 +42,7 @@ def tick() -> int:
 
 def run_loop(stop: threading.Event, interval: float = 0.25) -> None:
     """Tick until ``stop`` is set; sleep ``interval`` when nothing was due."""
-    last_rollup = time.monotonic()
+    last_rollup = last_purge = time.monotonic()
     while not stop.is_set():
         try:
             fired = tick()
@@ -47,6 +50,10 @@ def run_loop(stop: threading.Event, interval: float = 0.25) -> None:
                 with database.connection_context():
                     rollup_stats(utcnow() - dt.timedelta(seconds=ROLLUP_EVERY_SECONDS * 3))
                 last_rollup = time.monotonic()
+            if time.monotonic() - last_purge > PURGE_EVERY_SECONDS:
+                with database.connection_context():
+                    trigger_deliveries.purge()
+                last_purge = time.monotonic()
         except Exception:
             log.exception("timer loop failed; retrying")
             fired = 0

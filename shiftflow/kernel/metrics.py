@@ -42,7 +42,8 @@ IN_PROGRESS = Gauge(
 )
 EXECUTIONS = Counter(
     "shiftflow_executions_total",
-    "Executions by transition (created, duplicate, succeeded, failed, cancelled).",
+    "Executions by transition (created, duplicate, succeeded, failed, cancelled; quarantined: "
+    "a trigger that kept killing its worker, stored as a dead letter).",
     ["outcome"],
 )
 STEPS = Counter(

@@ -28,6 +28,7 @@ from shiftflow.models.templates import WorkflowTemplate
 from shiftflow.models.tenancy import ApiKey, User, Workspace, WorkspaceMember
 from shiftflow.models.timeline import TimelineEvent
 from shiftflow.models.tools import Tool, ToolExecution
+from shiftflow.models.trigger_deliveries import TriggerDelivery
 from shiftflow.models.workflow_metrics import WorkflowMetrics
 from shiftflow.models.workflows import Webhook, Workflow, WorkflowVersion
 
@@ -59,6 +60,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     SideShiftOrder,
     QueueJob,
     DeadLetter,
+    TriggerDelivery,
     Artifact,
     # Prompts and LLM calls (seed 002)
     Prompt,

@@ -35,6 +35,7 @@ NOT_TENANT_SCOPED = {
     "tool",
     "price_cache",
     "dead_letter",
+    "trigger_delivery",
     "workflow_version",
     "webhook",
     "step_execution",
