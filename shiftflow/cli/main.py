@@ -173,7 +173,9 @@ def cmd_ingress(args: argparse.Namespace) -> int:
           "(POST /hooks/{token}, GET /healthz, GET /metrics, management API under /api/v1)", flush=True)
     app = create_app(settings)
     calm_garbage_collector()
-    uvicorn.run(app, host=settings.ingress_host, port=settings.ingress_port, log_level=args.log_level)
+    # Access lines are info-level: below that they would be built and dropped per request.
+    uvicorn.run(app, host=settings.ingress_host, port=settings.ingress_port, log_level=args.log_level,
+                access_log=args.log_level in ("debug", "info"))
     return 0
 
 

@@ -284,6 +284,8 @@ def test_content_type_checked_before_size() -> None:
         (b'{"x": "a\\u0000b"}', "body contains \\u0000"),
         (b'{"x\\u0000": 1}', "body contains \\u0000"),
         (b'{"x": "\\ud800"}', "body contains an unpaired UTF-16 surrogate"),
+        (b'{"x": "\xed\xa0\x80"}', "body contains an unpaired UTF-16 surrogate"),  # encoded, no escape
+        (b'{"x": "a\x00b"}', "body is not valid JSON"),  # a raw NUL: invalid JSON, never stored
         (b'{"x": ' + b"[" * 64 + b"]" * 64 + b"}", "body nests deeper than 64 levels"),
         (b'{"x": ' + b"[" * 3000 + b"]" * 3000 + b"}", "body nests deeper than 64 levels"),
     ],
@@ -299,6 +301,21 @@ def test_invalid_json_is_422_after_signature(body: bytes, reason: str) -> None:
 def test_nesting_at_the_cap_is_accepted() -> None:
     body = b'{"x": ' + b"[" * 63 + b"]" * 63 + b"}"
     assert post(client(FakePublish()), "std", body).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"x": "\\\\u0000 is how JSON writes NUL"}',  # an escaped backslash, then "u0000": no NUL
+        b'{"x": "' + b"{[" * 100 + b'"}',  # brackets inside a string are not nesting
+        b'{"x": "caf\\u00e9 \\u2603"}',  # escapes that are fine
+    ],
+)
+def test_bodies_that_only_look_unstorable_are_accepted(body: bytes) -> None:
+    """The byte-level shortcut (``_plainly_storable``) may only skip the walk, never refuse."""
+    publish = FakePublish()
+    assert post(client(publish), "std", body).status_code == 202
+    assert len(publish.calls) == 1
 
 
 def test_invalid_json_with_bad_signature_is_401_not_422() -> None:
