@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -447,3 +447,42 @@ def statuses(pg_url: str, keys: Sequence[str]) -> dict[str, str]:
             return dict(cur.fetchall())
     finally:
         conn.close()
+
+
+def run_beside_poison(
+    rig: Rig, pool: WorkerPool, steady: str, poison: str, poison_key: str, quarantined: Callable[[], Any]
+) -> tuple[list[str], Any]:
+    """Publish 40 triggers of ``steady`` before, during and after one ``poison`` trigger
+    (``poison_key``), with ``pool`` supervised, until ``quarantined()`` returns something
+    true; then wait for every steady execution and check that the pool stays up.
+
+    Returns:
+        The steady dedup keys and what ``quarantined()`` returned.
+    """
+    from tests.helpers import wait_until
+
+    keys: list[str] = []
+
+    def publish(first: int, count: int, pause: float) -> None:
+        for n in range(first, first + count):
+            assert rig.publisher.trigger(steady, f"s-{n:03d}", {"n": n})
+            keys.append(f"s-{n:03d}")
+            time.sleep(pause)
+
+    with pool.supervised():
+        publish(0, 5, 0)
+        assert rig.publisher.trigger(poison, poison_key, {"n": 1})
+        sender = threading.Thread(target=publish, args=(5, 30, 0.2))
+        sender.start()  # the steady workflow keeps arriving while the poison kills the pool
+        found = wait_until(quarantined, timeout=150, interval=0.2)
+        sender.join(60)
+        # After the quarantine new work still completes, and the pool stays up: the exit
+        # of a death just before the quarantine may still be reaped meanwhile, none after.
+        publish(35, 5, 0)
+        wait_terminal(rig.pg_url, keys, pool)
+        wait_until(pool.ready, timeout=30)
+        settled = list(pool.exits)
+        time.sleep(3)
+        assert pool.poll() is None, f"the pool died after the quarantine:\n{pool.log_tail()}"
+        assert pool.exits == settled
+    return keys, found

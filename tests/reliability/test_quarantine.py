@@ -18,8 +18,6 @@ running beside the poison on each of its deliveries must not be quarantined with
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ import pytest
 
 from tests.helpers import wait_until
 
-from . import Rig, http_step, wait_terminal
+from . import Rig, http_step, run_beside_poison, wait_terminal
 from .checker import check
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
@@ -99,34 +97,10 @@ def test_poison_message_is_quarantined(rig: Rig) -> None:
     pool = rig.pool(processes=2, threads=1)
     pool.start()
     pool.wait_ready()
-    keys: list[str] = []
-
-    def publish(first: int, count: int, pause: float) -> None:
-        for n in range(first, first + count):
-            assert rig.publisher.trigger(steady, f"s-{n:03d}", {"n": n})
-            keys.append(f"s-{n:03d}")
-            time.sleep(pause)
-
-    with pool.supervised():
-        publish(0, 5, 0)
-        assert rig.publisher.trigger(poison, "poison-1", {"n": 1})
-        sender = threading.Thread(target=publish, args=(5, 30, 0.2))
-        sender.start()  # the steady workflow keeps arriving while the poison kills the pool
-        quarantined: dict[str, Any] = wait_until(
-            lambda: (r := _step(rig.pg_url, "poison-1", "boom")) and r["status"] == "FAILED" and r or {},
-            timeout=150,
-            interval=0.2,
-        )
-        sender.join(60)
-        # After the quarantine new work still completes, and the pool stays up: the exit
-        # of a death just before the quarantine may still be reaped meanwhile, none after.
-        publish(35, 5, 0)
-        wait_terminal(rig.pg_url, keys, pool)
-        wait_until(pool.ready, timeout=30)
-        settled = list(pool.exits)
-        time.sleep(3)
-        assert pool.poll() is None, f"the pool died after the quarantine:\n{pool.log_tail()}"
-        assert pool.exits == settled
+    keys, quarantined = run_beside_poison(
+        rig, pool, steady, poison, "poison-1",
+        lambda: (r := _step(rig.pg_url, "poison-1", "boom")) and r["status"] == "FAILED" and r or {},
+    )
     report = check(rig.pg_url, [*keys, "poison-1"], rig.service.recorded())
     print(
         f"\npool exits={pool.exits} boot_seconds={pool.boot_seconds} quarantined={quarantined}\n{report.summary()}"

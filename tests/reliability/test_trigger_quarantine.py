@@ -20,7 +20,6 @@ one redelivery, while the poison alone reaches the limit.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ import pytest
 
 from tests.helpers import wait_until
 
-from . import Rig, wait_terminal
+from . import Rig, run_beside_poison, wait_terminal
 from .checker import check
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
@@ -88,28 +87,7 @@ def test_poison_trigger_is_quarantined(rig: Rig) -> None:
     pool = rig.pool(processes=2, threads=1)
     pool.start()
     pool.wait_ready()
-    keys: list[str] = []
-
-    def publish(first: int, count: int, pause: float) -> None:
-        for n in range(first, first + count):
-            assert rig.publisher.trigger(steady, f"s-{n:03d}", {"n": n})
-            keys.append(f"s-{n:03d}")
-            time.sleep(pause)
-
-    with pool.supervised():
-        publish(0, 5, 0)
-        assert rig.publisher.trigger(poison, "poison-t", {"n": 1})
-        sender = threading.Thread(target=publish, args=(5, 30, 0.2))
-        sender.start()  # steady triggers keep arriving while the poison kills the pool
-        letter = wait_until(lambda: _dead_letter(rig.pg_url, "poison-t"), timeout=150, interval=0.2)
-        sender.join(60)
-        publish(35, 5, 0)
-        wait_terminal(rig.pg_url, keys, pool)
-        wait_until(pool.ready, timeout=30)
-        settled = list(pool.exits)
-        time.sleep(3)
-        assert pool.poll() is None, f"the pool died after the quarantine:\n{pool.log_tail()}"
-        assert pool.exits == settled
+    keys, letter = run_beside_poison(rig, pool, steady, poison, "poison-t", lambda: _dead_letter(rig.pg_url, "poison-t"))
     report = check(rig.pg_url, keys, rig.service.recorded())
     print(f"\npool exits={pool.exits} letter={letter}\n{report.summary()}")
 
