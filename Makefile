@@ -36,6 +36,9 @@ lint: $(STAMP) ## ruff, mypy and the import contracts (DESIGN.md section 2)
 
 bench: $(STAMP) services ## benchmarks (print ratios against a baseline measured in the same run)
 	$(PY) -m pip install --quiet -e '.[bench]'
+	@# wrk drives bench_ingress's peak run (C, so the load leaves the CPU to the ingress);
+	@# without it the benchmark falls back to a Python load process.
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || echo "wrk not installed: bench_ingress uses its Python load process"
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean: ## remove the virtualenv and dev-mode data

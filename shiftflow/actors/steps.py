@@ -7,7 +7,10 @@ from typing import Any
 from shiftflow.actors import actor
 from shiftflow.kernel.contracts import StepPayload, decode
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models.stepwork import run_step
+from shiftflow.models import waits
+from shiftflow.models.stepwork import register_handler, run_step
+
+register_handler("event", waits.run_event_step)
 
 
 @actor("steps.run")

@@ -39,7 +39,8 @@ def _broker(args: argparse.Namespace) -> Any:
 
 def _event(args: argparse.Namespace) -> int:
     from shiftflow.kernel.enqueue import send_all
-    from shiftflow.models import waits
+    from shiftflow.models import signals
+    from shiftflow.models.access import Principal
     from shiftflow.models.tenancy import Workspace
 
     _broker(args)
@@ -52,19 +53,21 @@ def _event(args: argparse.Namespace) -> int:
     workspace = Workspace.get_or_none(Workspace.slug == args.workspace)
     if workspace is None:
         raise SettingsError(f"--workspace {args.workspace!r} does not exist")
-    count, outgoing = waits.deliver_event(workspace.id, args.key, data)
+    delivered, outgoing = signals.send_event(Principal.operator(workspace.id), args.key, data)
     send_all(outgoing)
-    print(f"event {args.key!r} resumed {count} waiting step(s)")
-    return 0 if count else 1
+    print(f"event {args.key!r} resumed {delivered['resumed']} waiting step(s)")
+    return 0 if delivered["resumed"] else 1
 
 
 def _approve(args: argparse.Namespace) -> int:
     from shiftflow.kernel.enqueue import send_all
-    from shiftflow.models import waits
+    from shiftflow.models import signals
+    from shiftflow.models.access import Principal
 
     _broker(args)
-    send_all(waits.decide_approval(args.execution, args.step, approved=not args.reject, by=args.by,
-                                   comment=args.comment))
+    _, outgoing = signals.decide_approval(Principal.operator(), args.execution, args.step,
+                                          approved=not args.reject, comment=args.comment, by=args.by)
+    send_all(outgoing)
     print(f"step {args.step} of {args.execution} {'rejected' if args.reject else 'approved'}")
     return 0
 

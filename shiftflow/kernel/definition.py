@@ -11,7 +11,10 @@ Branching: a ``condition`` may list ``then`` and ``else`` steps; a ``switch`` li
 ``for_each`` runs a step once per item (``{{ item }}``, ``{{ index }}``) with at most
 ``concurrency`` at a time. ``stop`` ends the execution successfully, ``fail`` ends it
 failed. ``wait`` is a durable timer, ``wait_event`` and ``approval`` wait for an outside
-signal (with a ``timeout``), ``workflow`` runs a sub-workflow and waits for its result.
+signal (with a ``timeout``), ``event`` sends one (to the ``wait_event`` steps of the
+workspace waiting for its key: a webhook-triggered workflow with one ``event`` step is how
+a signed webhook resumes a waiting execution), ``workflow`` runs a sub-workflow and waits
+for its result.
 
 Errors name the path and the problem, e.g. ``steps[2].retry.max: must be >= 0``.
 """
@@ -39,6 +42,7 @@ STEP_ACTORS: dict[str, str] = {
     "wait": "steps.run",
     "wait_event": "steps.run",
     "approval": "steps.run",
+    "event": "steps.run",
     "workflow": "steps.run",
     "http": "tools.call",
     "price": "tools.call",

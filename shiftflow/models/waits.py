@@ -133,6 +133,27 @@ def deliver_event(workspace_id: Any, key: str, data: dict[str, Any]) -> tuple[in
     return count, outgoing
 
 
+def run_event_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]:
+    """The ``event`` step (a ``stepwork`` handler): deliver ``with: {key, data}`` to the
+    steps of this workspace waiting for ``key``; the output says how many resumed.
+
+    Delivery and the step's completion commit together, so a redelivery finds the step
+    done and resumes nothing twice.
+
+    Raises:
+        WaitError: no usable ``key``, or ``data`` is not an object.
+    """
+    key, data = inputs.get("key"), inputs.get("data", {})
+    if not isinstance(key, str | int) or str(key) == "":
+        raise WaitError("an event step needs a non-empty 'key'")
+    if not isinstance(data, dict):
+        raise WaitError("an event step's 'data' must be an object")
+    with runs.transaction():
+        resumed, outgoing = deliver_event(claim.execution.workspace_id, str(key), data)
+        outgoing += runs.complete_step(claim, {"key": str(key), "resumed": resumed}, stored)
+    return outgoing
+
+
 def decide_approval(execution_id: Any, step_id: str, *, approved: bool, by: str, comment: str = "") -> list[Outgoing]:
     """Approve or reject a waiting approval step. A rejection fails the step.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from shiftflow.kernel.contracts import Priority
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.models import apikeys, control, lifecycle, queries, replay, workspaces
+from shiftflow.models import apikeys, control, lifecycle, queries, replay, signals, workspaces
 from shiftflow.models.access import Principal
 from shiftflow.models.paging import Page
 
@@ -209,6 +209,20 @@ def _rerun(call: Call) -> Result:
     return Result(202, body, publish=outgoing, fallback=fallback)
 
 
+def _approval(call: Call) -> Result:
+    b = call.body
+    decision, outgoing = signals.decide_approval(
+        call.actor, call.path["execution_id"], call.path["step_id"],
+        approved=b.get("approved", True), comment=b.get("comment", ""),
+    )
+    return Result(200, decision, publish=outgoing, fallback=control.defer_to_timers)
+
+
+def _event(call: Call) -> Result:
+    delivered, outgoing = signals.send_event(call.actor, call.body.get("key"), call.body.get("data", {}))
+    return Result(200, delivered, publish=outgoing, fallback=control.defer_to_timers)
+
+
 def _dead_letters(call: Call) -> Result:
     p = call.params
     return _page(
@@ -300,6 +314,8 @@ HANDLERS: dict[str, Callable[[Call], Result]] = {
     "getExecutionLogs": _logs,
     "cancelExecution": _cancel,
     "rerunExecution": _rerun,
+    "decideApproval": _approval,
+    "sendEvent": _event,
     "listDeadLetters": _dead_letters,
     "getDeadLetter": _dead_letter,
     "replayDeadLetters": _replay,

@@ -253,6 +253,19 @@ SCHEMAS: dict[str, Any] = {
         },
     ),
     "Cancelled": obj(["execution"], execution=ref("Execution")),
+    "ApprovalDecision": obj(
+        ["execution_id", "step_id", "approved", "by", "comment"],
+        execution_id=ID,
+        step_id={"type": "string"},
+        approved={"type": "boolean"},
+        by={"type": "string", "description": "who decided: the key's user, or the key"},
+        comment={"type": "string"},
+    ),
+    "EventDelivered": obj(
+        ["key", "resumed"],
+        key={"type": "string"},
+        resumed={"type": "integer", "minimum": 0, "description": "steps resumed (0: none was waiting)"},
+    ),
     "DeadLetter": obj(
         ["id", "message_id", "queue", "actor", "execution_id", "error", "created_at", "replayed_at"],
         id=ID,

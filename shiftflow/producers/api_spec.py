@@ -394,6 +394,41 @@ PATHS: dict[str, Any] = {
             params=[_path("execution_id")],
         ),
     },
+    "/executions/{execution_id}/approvals/{step_id}": {
+        "post": _op(
+            "decideApproval",
+            "Approve (or reject, failing the step) an approval step waiting in an execution",
+            "executions:write",
+            {**_ok(200, "ApprovalDecision", "decided"), **_errors(404, 409, *_BODY)},
+            tags=("executions",),
+            body_required=False,
+            example={"approved": True, "comment": "looks right"},
+            params=[
+                _path("execution_id"),
+                _path("step_id", {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,99}$"}),
+            ],
+            body=closed(
+                [],
+                approved={"type": "boolean", "default": True},
+                comment={"type": "string", "maxLength": 2000},
+            ),
+        ),
+    },
+    "/events": {
+        "post": _op(
+            "sendEvent",
+            "Resume the workspace's wait_event steps waiting for this key (the data is their output)",
+            "executions:write",
+            {**_ok(200, "EventDelivered", "delivered"), **_errors(*_BODY)},
+            tags=("executions",),
+            example={"key": "order-42-paid", "data": {"paid": True}},
+            body=closed(
+                ["key"],
+                key={"type": "string", "minLength": 1, "maxLength": 200},
+                data={"type": "object", "description": "the resumed steps' output (`{{ steps.<id>.output.event }}`)"},
+            ),
+        ),
+    },
     "/dead-letters": {
         "get": _op(
             "listDeadLetters",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import time
 import uuid
 
 import httpx
@@ -17,6 +19,7 @@ import pytest
 
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
+from shiftflow.kernel.signatures import signed_headers
 from shiftflow.models import catalog, runs
 from shiftflow.models.access import MATRIX, ROLES
 from shiftflow.models.audit import AuditLog
@@ -61,6 +64,8 @@ AUDITED = {
     "rerunExecution": "execution.rerun",
     "replayDeadLetters": "dead_letter.replayed",
     "createFromTemplate": "workflow.created",
+    "decideApproval": "execution.approval_decided",
+    "sendEvent": "event.delivered",
 }
 
 
@@ -211,6 +216,7 @@ def test_role_matrix_over_every_operation(api):
                 "template_key",
             )
         }
+        values["step_id"] = "approve"
         for role in ROLES:
             response = c.request(method, _url(path, values), json=_example(op), headers=a.auth(role))
             allowed = permission in MATRIX[role]
@@ -300,10 +306,17 @@ def test_every_mutation_writes_an_audit_entry(api):
     )
     assert c.post("/templates/audit-tpl/workflows", json={}, headers=auth).status_code == 201
     assert c.post(f"/workflows/{wid}/archive", headers=auth).json()["status"] == "ARCHIVED"
+    assert c.post("/events", json={"key": "nobody-waits"}, headers=auth).json() == {
+        "key": "nobody-waits",
+        "resumed": 0,
+    }
 
     actions = {e.action for e in AuditLog.select().where(AuditLog.workspace_id == a.workspace.id)}
+    # Deleting the workspace and deciding an approval are audited in their own tests.
     missing = {
-        op: action for op, action in AUDITED.items() if action not in actions and op != "deleteWorkspace"
+        op: action
+        for op, action in AUDITED.items()
+        if action not in actions and op not in ("deleteWorkspace", "decideApproval")
     }
     assert not missing, missing
     cancel = AuditLog.get(AuditLog.action == "execution.cancelled", AuditLog.entity_id == running["id"])
@@ -346,6 +359,7 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
         "key_id": b.key_ids["VIEWER"],
         "dead_letter_id": b_letter.id,
         "version": 1,
+        "step_id": "approve",
     }
 
     checked = []
@@ -509,3 +523,103 @@ def test_workflow_versions_and_templates(api):
     assert c.post("/templates/hello/workflows", json={"name": "my hello"}, headers=auth).status_code == 409
     assert WorkflowTemplate.get(key="hello").usage_count == 1
     assert c.post("/templates/nope/workflows", json={}, headers=auth).status_code == 404
+
+
+# --------------------------------------------------------------------------- signals
+
+#: An order that needs a person's approval, then waits for its payment event.
+GATED = {
+    "name": "gated-order",
+    "trigger": {"type": "manual"},
+    "steps": [
+        {"id": "approve", "type": "approval", "timeout": 3600},
+        {"id": "paid", "type": "wait_event", "timeout": 3600, "with": {"key": "order-{{ trigger.n }}"}},
+        {"id": "done", "type": "transform", "with": {"output": {"paid": "{{ steps.paid.output.event.paid }}"}}},
+    ],
+}
+
+#: What a payment provider's signed webhook runs: one step that sends the order's event.
+PAYMENTS = {
+    "name": "payments",
+    "trigger": {"type": "webhook"},
+    "steps": [
+        {
+            "id": "notify",
+            "type": "event",
+            "with": {"key": "order-{{ trigger.order }}", "data": {"paid": "{{ trigger.paid }}"}},
+        }
+    ],
+}
+
+
+def _step_status(c, auth, execution_id: str, step_id: str) -> str:
+    steps = c.get(f"/executions/{execution_id}", headers=auth).json()["steps"]
+    return next((s["status"] for s in steps if s["step_id"] == step_id), "")
+
+
+def _run_gated(c, auth, n: int) -> str:
+    wid = c.post("/workflows", json={"definition": GATED}, headers=auth).json()["id"]
+    key = c.post(f"/workflows/{wid}/run", json={"input": {"n": n}}, headers=auth).json()["execution_key"]
+    eid = wait_until(lambda: _executions_by_key(c, auth, key), timeout=30)[0]["id"]
+    wait_until(lambda: _step_status(c, auth, eid, "approve") == "WAITING", timeout=30)
+    return eid
+
+
+def test_approvals_and_events_resume_waiting_executions(api):
+    """An approval decided over the API, then a payment event sent by a signed webhook
+    (through a workflow with an ``event`` step) and over the API, each resume exactly the
+    steps of their own workspace."""
+    c, a, b = api["client"], api["a"], api["b"]
+    auth = a.auth("MEMBER")
+    eid = _run_gated(c, auth, 7)
+    assert c.post(f"/executions/{eid}/approvals/approve", json={"approved": True},
+                  headers=a.auth("VIEWER")).status_code == 403
+    decided = c.post(f"/executions/{eid}/approvals/approve", json={"comment": "fine"}, headers=auth)
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["approved"] is True and decided.json()["by"] == f"user {a.users['MEMBER'].id}"
+    again = c.post(f"/executions/{eid}/approvals/approve", json={}, headers=auth)
+    assert again.status_code == 409 and "no approval step" in again.json()["error"]
+    assert c.post(f"/executions/{eid}/approvals/approve", json={}, headers=b.auth("OWNER")).status_code == 404
+    wait_until(lambda: _step_status(c, auth, eid, "paid") == "WAITING", timeout=30)
+    entry = AuditLog.get(AuditLog.action == "execution.approval_decided", AuditLog.entity_id == eid)
+    assert entry.changes["after"] == {"step_id": "approve", "status": "SUCCEEDED", "approved": True,
+                                      "comment": "fine"}
+
+    # Workspace B's event with the same key reaches nothing of A's.
+    assert c.post("/events", json={"key": "order-7", "data": {"paid": True}},
+                  headers=b.auth("OWNER")).json()["resumed"] == 0
+    assert _step_status(c, auth, eid, "paid") == "WAITING"
+
+    # The payment provider's signed webhook runs the payments workflow, whose event step resumes A's order.
+    payments = catalog.apply_definition(a.workspace, PAYMENTS).workflow
+    hook = catalog.create_webhook(payments)
+    body = json.dumps({"order": 7, "paid": True}).encode()
+    headers = signed_headers("standard", hook.secrets[0], body, int(time.time()), "pay-7")
+    root = str(c.base_url).rstrip("/").removesuffix("/api/v1")
+    posted = httpx.post(f"{root}/hooks/{hook.token}", content=body,
+                        headers={**headers, "content-type": "application/json"}, timeout=15)
+    assert posted.status_code == 202, posted.text
+    done = wait_until(lambda: c.get(f"/executions/{eid}", headers=auth).json()["status"] == "SUCCEEDED"
+                      and c.get(f"/executions/{eid}", headers=auth).json(), timeout=30)
+    assert [s["output"] for s in done["steps"] if s["step_id"] == "done"] == [{"paid": True}]
+    sender = wait_until(lambda: [e for e in _executions_by_key(c, auth, "standard:pay-7")
+                                 if e["status"] == "SUCCEEDED"], timeout=30)[0]
+    notify = c.get(f"/executions/{sender['id']}", headers=auth).json()["steps"][0]
+    assert notify["output"] == {"key": "order-7", "resumed": 1}
+
+    # Over the API: a rejected approval fails its execution; an event resumes a waiting step.
+    rejected = _run_gated(c, auth, 8)
+    no = c.post(f"/executions/{rejected}/approvals/approve", json={"approved": False, "comment": "too big"},
+                headers=auth)
+    assert no.status_code == 200 and no.json()["approved"] is False
+    failed = wait_until(lambda: (d := c.get(f"/executions/{rejected}", headers=auth).json())["status"] == "FAILED"
+                        and d, timeout=30)
+    assert "rejected by" in failed["error"] and "too big" in failed["error"]
+    waiting = _run_gated(c, auth, 9)
+    assert c.post(f"/executions/{waiting}/approvals/approve", json={}, headers=auth).status_code == 200
+    wait_until(lambda: _step_status(c, auth, waiting, "paid") == "WAITING", timeout=30)
+    sent = c.post("/events", json={"key": "order-9", "data": {"paid": False}}, headers=auth)
+    assert sent.status_code == 200 and sent.json() == {"key": "order-9", "resumed": 1}
+    wait_until(lambda: c.get(f"/executions/{waiting}", headers=auth).json()["status"] == "SUCCEEDED", timeout=30)
+    bad = c.post("/events", json={"key": "", "data": {}}, headers=auth)
+    assert bad.status_code == 422 and "key" in bad.json()["error"]

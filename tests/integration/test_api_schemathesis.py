@@ -93,6 +93,7 @@ def _seed():
         "key_id": tenant.key_ids["MEMBER"],
         "dead_letter_id": str(letter.id),
         "template_key": "fuzz-template",
+        "step_id": "approve",
     }
     return tenant, ids
 
