@@ -127,9 +127,16 @@ def deliver_event(workspace_id: Any, key: str, data: dict[str, Any]) -> tuple[in
                                            & (StepExecution.wait_key == event_key(workspace_id, key)))
     outgoing: list[Outgoing] = []
     count = 0
-    for step in waiting:
-        count += 1
-        outgoing += _resume(step, "SUCCEEDED", output={"event": data})
+    for found in list(waiting):
+        with runs.transaction():
+            # Re-read under the execution's lock: an event sent twice at once, a timeout or
+            # a cancel may have moved the step on since the query above.
+            runs.lock_execution(found.execution_id)
+            step = StepExecution.get_or_none((StepExecution.id == found.id) & (StepExecution.status == "WAITING"))
+            if step is None:
+                continue
+            count += 1
+            outgoing += _resume(step, "SUCCEEDED", output={"event": data})
     return count, outgoing
 
 

@@ -149,6 +149,23 @@ def test_wait_event_resumes_with_its_data_and_stays_in_its_workspace(engine):
     assert e.status == "SUCCEEDED" and e.result["after"] is True
 
 
+def test_event_step_resumes_waiting_steps_once_and_names_a_bad_key(engine):
+    waiting = _apply([{"id": "w", "type": "wait_event", "with": {"key": "go-{{ trigger.id }}"}, "timeout": 60},
+                      {"id": "after", "type": "transform", "with": {"output": "{{ steps.w.output.event.n }}"}}],
+                     name="waiting")
+    sender = _apply([{"id": "send", "type": "event", "with": {"key": "go-{{ trigger.id }}",
+                                                             "data": {"n": "{{ trigger.n }}"}}}], name="sender")
+    broken = _apply([{"id": "send", "type": "event", "with": {"data": {}}}], name="broken")
+    waiter = _run(waiting, {"id": 3}, key="wait-3")
+    wait_until(lambda: StepExecution.get_or_none(StepExecution.step_id == "w", StepExecution.status == "WAITING"))
+    first, again = _run(sender, {"id": 3, "n": 5}, key="send-1"), _run(sender, {"id": 3, "n": 6}, key="send-2")
+    assert _done(waiter).result["after"] == 5
+    outputs = {k: StepExecution.get(StepExecution.execution == _done(k).id).output for k in (first, again)}
+    assert sorted(o["resumed"] for o in outputs.values()) == [0, 1]  # the second finds nothing waiting
+    bad = _done(_run(broken, {}, key="bad"))
+    assert bad.status == "FAILED" and "needs a non-empty 'key'" in bad.error
+
+
 def test_event_timeout_fails_or_continues(engine):
     fails = _apply([{"id": "w", "type": "wait_event", "with": {"key": "x"}, "timeout": 0.2}], name="t1")
     goes = _apply([{"id": "w", "type": "wait_event", "with": {"key": "y"}, "timeout": 0.2, "on_timeout": "continue"}],
