@@ -47,7 +47,7 @@ from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import SignatureError, TransientError
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.signatures import verify
-from shiftflow.producers import hooks
+from shiftflow.producers import hooks, ingress_spec
 from shiftflow.producers.hooks import HookInfo
 from shiftflow.producers.publisher import ConfirmPublisher
 
@@ -323,7 +323,8 @@ def create_app(
         clock: Unix time in seconds, for signature timestamps and ``received_at``.
 
     Returns:
-        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` and ``GET /metrics``.
+        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz``, ``GET /metrics`` and
+        ``GET /openapi.json`` (``ingress_spec``).
 
     Raises:
         ValueError: both ``publish`` and ``publish_async`` were given.
@@ -452,6 +453,9 @@ def create_app(
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(ingress_spec.DOCUMENT)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, exc.detail, dict(exc.headers or {}))
@@ -478,6 +482,7 @@ def create_app(
             Route("/hooks/{token}", _AsgiEndpoint(receive_hook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
