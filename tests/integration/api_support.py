@@ -92,3 +92,52 @@ def seed_tenant(slug: str, roles: tuple[str, ...] = ("OWNER", "ADMIN", "MEMBER",
         )
         tenant.keys[role], tenant.users[role], tenant.key_ids[role] = text, user, str(row.id)
     return tenant
+
+
+def fuzz(
+    schema: Any,
+    checks: list[Any],
+    examples: int,
+    path_values: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> tuple[int, int]:
+    """Run every operation of a schemathesis ``schema``, positive and negative, once with
+    generated path parameters and once with ``path_values`` (seeded objects), each with
+    ``examples`` derandomized examples, validating every answer with ``checks``.
+
+    Returns:
+        (operation runs, calls made).
+    """
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    ran, calls = 0, [0]
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        names = [p.name for p in operation.path_parameters]
+        variants = [None] + ([{n: path_values[n] for n in names}] if names else [])
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            for path in variants:
+                strategy = operation.as_strategy(generation_mode=mode, headers=headers, path_parameters=path)
+
+                @settings(
+                    max_examples=examples,
+                    deadline=None,
+                    derandomize=True,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                )
+                @given(case=strategy)
+                def check(case: Any) -> None:
+                    case.call_and_validate(checks=checks)
+                    calls[0] += 1
+
+                try:
+                    check()
+                except Unsatisfiable:
+                    # Nothing to negate (no parameters, no body): nothing to run in this mode.
+                    assert mode == schemathesis.GenerationMode.NEGATIVE, operation.label
+                    continue
+                ran += 1
+    return ran, calls[0]
