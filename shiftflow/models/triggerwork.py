@@ -6,14 +6,15 @@ the flag when the consumer that held the message died, or its channel closed) wh
 execution does not exist yet may be the reason its process died, so it is treated like a
 suspect step (``stepwork``):
 
-1. its delivery is counted in PostgreSQL and committed before any work
-   (``trigger_deliveries``);
+1. it waits until it can run alone in its process (``kernel.isolation``), then its
+   delivery is counted in PostgreSQL and committed before any work
+   (``trigger_deliveries``): a death while it waited is not its own;
 2. past ``SHIFTFLOW_DELIVERY_LIMIT`` deliveries it is quarantined: stored as a dead letter
    with the reason and acknowledged, never run again (no execution exists to mark
    failed; ``shiftflow dead-letters replay`` sends it again as a new message, with a
    fresh count, once the cause is fixed);
-3. otherwise it runs alone in its process (``kernel.isolation``), so a death during the
-   run is its own and never charged to a neighbour.
+3. otherwise it runs, still alone, so a death during the run is its own and never charged
+   to a neighbour.
 
 A redelivery whose execution exists already is a plain duplicate: it only re-publishes
 the steps still pending, as before.
@@ -50,11 +51,13 @@ def run_trigger(payload: TriggerPayload) -> list[Outgoing]:
     if message is None or not redelivered or _existing(payload) is not None:
         with isolation.guard(False):
             return _start(payload)
-    deliveries = trigger_deliveries.count_redelivery(message.message_id, payload.workflow_id, payload.dedup_key)
-    limit = get_settings().delivery_limit
-    if deliveries > limit:
-        return quarantine(payload, message.message_id, message.asdict(), deliveries, limit)
     with isolation.guard(True):
+        # Counted once it runs alone: a death while it waited for its turn is a neighbour's.
+        deliveries = trigger_deliveries.count_redelivery(message.message_id, payload.workflow_id,
+                                                         payload.dedup_key)
+        limit = get_settings().delivery_limit
+        if deliveries > limit:
+            return quarantine(payload, message.message_id, message.asdict(), deliveries, limit)
         return _start(payload)
 
 
