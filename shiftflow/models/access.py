@@ -133,6 +133,15 @@ class Principal:
         return cls(workspace_id=workspace_id, role="OWNER", via="cli", user_agent=user_agent)
 
     @property
+    def who(self) -> str:
+        """The caller as written in step outputs and errors: its user, else its key, else the operator."""
+        if self.user_id:
+            return f"user {self.user_id}"
+        if self.api_key_id:
+            return f"api key {self.api_key_id}"
+        return f"the {self.via} operator"
+
+    @property
     def permissions(self) -> frozenset[str]:
         """What this caller may do: the role's permissions limited by the key's scopes."""
         return MATRIX[self.role] & scope_permissions(self.scopes)

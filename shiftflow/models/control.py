@@ -41,10 +41,6 @@ MAX_CANCEL_DEPTH = 16
 MAX_IDEMPOTENCY_KEY = 200
 
 
-def _who(actor: Principal) -> str:
-    return f"user {actor.user_id}" if actor.user_id else f"the {actor.via} operator"
-
-
 # --------------------------------------------------------------------------- trigger
 
 
@@ -151,7 +147,7 @@ def cancel(actor: Principal, execution_id: Any) -> tuple[Execution, list[Outgoin
         if execution.status in TERMINAL:
             raise Conflict(f"execution {execution.id} is {execution.status} already")
         before = queries.execution_dict(execution)
-        outgoing = _cancel_locked(execution, f"cancelled by {_who(actor)}", 0)
+        outgoing = _cancel_locked(execution, f"cancelled by {actor.who}", 0)
         audit_log.record(
             actor,
             "execution.cancelled",

@@ -12,22 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from shiftflow.kernel.enqueue import Outgoing
+from shiftflow.kernel.errors import NotFound
 from shiftflow.models import audit_log, queries, runs, waits
 from shiftflow.models.access import Principal
-from shiftflow.models.executions import StepExecution
 from shiftflow.models.plain import unstorable
 from shiftflow.models.problems import Conflict, InvalidInput
 
 #: Longest event key: it is stored in ``step_execution.wait_key`` with its namespace.
 MAX_EVENT_KEY = 200
-
-
-def _who(actor: Principal) -> str:
-    if actor.user_id:
-        return f"user {actor.user_id}"
-    if actor.api_key_id:
-        return f"api key {actor.api_key_id}"
-    return f"the {actor.via} operator"
 
 
 def send_event(actor: Principal, key: Any, data: Any) -> tuple[dict[str, Any], list[Outgoing]]:
@@ -85,12 +77,12 @@ def decide_approval(actor: Principal, execution_id: Any, step_id: Any, *, approv
     with runs.transaction():
         # Locked: of two decisions at once, the second finds the step decided (409).
         execution = runs.lock_execution(queries.get_execution(actor, execution_id).id)
-        waiting = StepExecution.get_or_none((StepExecution.status == "WAITING")
-                                            & (StepExecution.wait_key == waits.approval_key(execution.id, step_id)))
-        if waiting is None:
-            raise Conflict(f"execution {execution.id} has no approval step {step_id!r} waiting")
-        who = by or _who(actor)
-        outgoing = waits.decide_approval(execution.id, step_id, approved=approved, by=who, comment=comment)
+        who = by or actor.who
+        try:
+            outgoing = waits.decide_approval(execution.id, step_id, approved=approved, by=who, comment=comment)
+        except NotFound:
+            # The execution exists (checked above): it is the approval that is not waiting.
+            raise Conflict(f"execution {execution.id} has no approval step {step_id!r} waiting") from None
         decision = {"execution_id": str(execution.id), "step_id": step_id, "approved": approved,
                     "by": who, "comment": comment}
         audit_log.record(actor, "execution.approval_decided", "execution", execution.id,
