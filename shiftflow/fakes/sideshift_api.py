@@ -3,7 +3,7 @@
 ``handle`` runs one request under the state lock: record it, apply due status changes,
 check the secret, the user IP (and jurisdiction), the per-IP rate limit, then the
 endpoint. The order endpoints live in ``sideshift_orders``; the reference-data, status,
-checkout and account endpoints are here. "[fake]" marks texts the reference leaves open.
+checkout and account endpoints are here. "[fake]" marks texts docs/sideshift.md leaves open.
 """
 
 from __future__ import annotations

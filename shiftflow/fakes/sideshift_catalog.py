@@ -1,6 +1,6 @@
 """Reference data and small helpers of the fake SideShift: coins, prices, addresses, clock.
 
-The coin list is a small, plausible subset (reference section 1): tickers upper case,
+The coin list is a small, plausible subset (docs/sideshift.md section 1): tickers upper case,
 network ids lower case, ``mainnet`` as an alias of each coin's home network, tokens that
 need a network, a memo network (XRP). Prices are made up; rates derive from them.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 #: SideShift's default affiliate commission (0.5 %), taken from every rate.
 COMMISSION = Decimal("0.005")
-#: Deposit range in USD before conversion to the deposit coin (reference section 6).
+#: Deposit range in USD before conversion to the deposit coin (docs/sideshift.md section 6).
 MIN_USD = Decimal("3")
 MAX_USD = Decimal("100000")
 EVM_NETWORKS = frozenset({"ethereum", "arbitrum", "optimism", "base", "bsc"})

@@ -1,7 +1,7 @@
 """The fake SideShift's order endpoints: quotes, fixed and variable shifts, refund address, cancel.
 
 Plus the input checks every endpoint shares. Error texts are SideShift's where the
-reference confirms them (section 7); where it does not, the fake's choice is marked "[fake]".
+docs/sideshift.md confirms them (section 7); where it does not, the fake's choice is marked "[fake]".
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def shifts_variable(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[in
     sspec, snet = state.resolve(required(body, "settleCoin"), body.get("settleNetwork"), "settleNetwork")
     low, high, _ = state.pair(dspec, dnet, sspec, snet)
     if state.open_variable_shifts(key) >= state.max_open_variable:
-        # [fake] text; the limit itself is documented (reference section 8).
+        # [fake] text; the limit itself is documented (docs/sideshift.md section 8).
         raise bad_input("Too many open variable shifts. Cancel one or wait for one to expire.")
     fee_usd = NETWORK_FEE_USD.get(snet, DEFAULT_FEE_USD)
     now = state.now()

@@ -1,6 +1,6 @@
 """The fake SideShift's records (quote, shift, deposit) and their JSON as the API shows it.
 
-Field names and formats follow reference sections 3.6-3.8 and 4: amounts as decimal
+Field names and formats follow docs/sideshift.md sections 3 and 4: amounts as decimal
 strings, timestamps with milliseconds and ``Z``, optional fields omitted when unknown.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from shiftflow.fakes.sideshift_catalog import fmt, iso
 
-#: Deposit addresses are recycled after 60 days, 40 for EVM token addresses (reference 4).
+#: Deposit addresses are recycled after 60 days, 40 for EVM token addresses (docs/sideshift.md section 4).
 ADDRESS_LIFETIME = timedelta(days=60)
 EVM_TOKEN_ADDRESS_LIFETIME = timedelta(days=40)
 

@@ -1,7 +1,7 @@
 """SideShift orders placed by ``sideshift_swap`` steps: the shared vocabulary.
 
 The one rule: a shift is created at most once per order, whatever crashes. SideShift has
-no idempotency key and no way to list or search shifts (reference/sideshift-api.md 10),
+no idempotency key and no way to list or search shifts (docs/sideshift.md section 10),
 so the order row is the intent, committed BEFORE the create call, and its state says
 what a redelivery may do:
 

@@ -2,7 +2,7 @@
 
 The row is written BEFORE ``POST /shifts/*`` with state PENDING_CREATE and a fresh
 ``external_id``; ``shift_id`` is filled from the 201 response. SideShift has no
-idempotency key and no way to list or search shifts (reference/sideshift-api.md 10), so
+idempotency key and no way to list or search shifts (docs/sideshift.md section 10), so
 a create call with an unknown outcome (timeout, reset after send, 5xx) moves the order
 to NEEDS_RECONCILIATION and it is never re-posted automatically.
 """

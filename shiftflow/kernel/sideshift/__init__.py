@@ -2,7 +2,7 @@
 
 ``SideShiftClient`` is the entry point; see ``client`` for which calls are safe to
 retry, ``errors`` for what each exception means, ``ratelimit`` for the limiter policy.
-Reference: ``reference/sideshift-api.md``.
+What the API promises, and what it leaves open: ``docs/sideshift.md``.
 """
 
 from __future__ import annotations

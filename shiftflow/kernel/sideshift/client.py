@@ -4,7 +4,7 @@ Safe calls (GETs, quotes, set-refund-address, cancel-order) map a timeout or a 5
 ``ServiceUnavailable`` (transient, retry). Create calls (fixed/variable shift, checkout,
 account) are never retried here, and once the request may have left, a missing or
 broken answer is ``UnknownOutcome``: SideShift has no idempotency key and no way to list
-shifts (reference section 10), so only reconciliation is safe (rules in ``transport``).
+shifts (docs/sideshift.md section 10), so only reconciliation is safe (rules in ``transport``).
 
 Headers: ``x-sideshift-secret`` on the endpoints the docs mark as authenticated,
 ``x-user-ip`` when a call is made for an end user, and whatever an injected ``signer``

@@ -8,11 +8,11 @@ before anything was sent).
 SideShift, or may have, and no usable answer came back. The order may exist. It sits on
 the PERMANENT branch on purpose: a generic retry policy (Dramatiq retries every
 ``TransientError``) would POST again and could place a second order. The caller must
-mark the order for reconciliation instead (DESIGN.md section 4, reference section 10).
+mark the order for reconciliation instead (docs/sideshift.md section 10).
 
 ``error_from_response`` turns an HTTP answer into one of these. SideShift's error body is
 ``{"error": {"message": ..., "code": ...}}``, ``code`` optional; several exact texts are
-unconfirmed (reference section 7), so messages are matched loosely and the HTTP status
+unconfirmed (docs/sideshift.md section 7), so messages are matched loosely and the HTTP status
 is the fallback.
 """
 
@@ -99,7 +99,7 @@ class QuoteExpired(BadRequest):
 class QuoteAlreadyUsed(BadRequest):
     """Raised when a fixed shift names a quote that already backs a shift.
 
-    Whether SideShift refuses a second use is unconfirmed (reference section 10); the
+    Whether SideShift refuses a second use is open (docs/sideshift.md section 10); the
     fake refuses it, and a real refusal worded the same way maps here.
     """
 
@@ -202,7 +202,7 @@ def _range_value(body: Any, key: str) -> Decimal | None:
 
 
 # Message patterns first (they are more precise than the status), in order. Texts come
-# from reference section 7; unconfirmed ones are matched loosely.
+# from docs/sideshift.md section 7; unconfirmed ones are matched loosely.
 _BY_MESSAGE: tuple[tuple[re.Pattern[str], type[SideShiftError]], ...] = tuple(
     (re.compile(pattern, re.IGNORECASE), cls)
     for pattern, cls in (

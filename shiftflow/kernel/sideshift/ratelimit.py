@@ -1,7 +1,7 @@
 """Client-side rate limits that hold across every worker process.
 
 SideShift allows, per IP, 5 shift creations (fixed and variable together) and 20 quotes
-per minute (reference section 8); above that it answers 429. All our workers usually
+per minute (docs/sideshift.md section 8); above that it answers 429. All our workers usually
 share one egress IP, so the count must be shared too: ``RedisBackend`` keeps a sliding
 window per key in a Redis sorted set, updated by one Lua script (atomic, and timed by
 Redis's own clock so that workers with skewed clocks agree). ``InProcessBackend`` does
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from shiftflow.kernel.sideshift.errors import LimiterUnavailable, RateLimited
 
-#: The published per-IP limits (reference section 8).
+#: The published per-IP limits (docs/sideshift.md section 8).
 SHIFTS = "shifts"
 QUOTES = "quotes"
 

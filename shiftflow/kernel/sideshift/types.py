@@ -22,7 +22,7 @@ from typing import Any
 
 
 class ShiftStatus(StrEnum):
-    """The statuses SideShift documents (reference section 5)."""
+    """The statuses SideShift documents (docs/sideshift.md section 5)."""
 
     WAITING = "waiting"
     PENDING = "pending"
@@ -259,7 +259,7 @@ class Deposit:
 
 @dataclass(frozen=True)
 class Shift:
-    """A fixed or variable shift (reference section 4). ``raw`` keeps the object as received.
+    """A fixed or variable shift (docs/sideshift.md section 4). ``raw`` keeps the object as received.
 
     ``deposit_address`` is None once SideShift recycled it (60 days; 40 for EVM tokens).
     """
