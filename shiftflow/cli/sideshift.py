@@ -5,7 +5,8 @@ shiftflow sideshift reconcile ORDER --shift-id ID     # the shift the operator f
 shiftflow sideshift reconcile ORDER --none            # no shift was created
 shiftflow sideshift poll [ORDER ...] [--due]
 shiftflow sideshift import-seed000 FILE [--workspace W] [--settle-address A] [--manual]
-shiftflow sideshift fakes [--fast]                    # fake SideShift + price API (paper trading)
+shiftflow sideshift fakes [--fast] [--reused-quote accept] [--unknown-shift-status 400] ...
+                                                      # fake SideShift + price API (paper trading)
 """
 
 from __future__ import annotations
@@ -150,11 +151,29 @@ def _import_seed000(args: argparse.Namespace) -> int:
 
 def _fakes(args: argparse.Namespace) -> int:
     from shiftflow.fakes.prices import FakePriceServer
-    from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer, SystemClock, Timings
+    from shiftflow.fakes.sideshift import (
+        FakeBehaviour,
+        FakeSideShift,
+        FakeSideShiftServer,
+        SystemClock,
+        Timings,
+    )
 
     timings = Timings(confirm=5, process=2, settle=3, refund_start=2, refund_confirm=3) if args.fast else None
+    behaviour = FakeBehaviour(
+        reused_quote=args.reused_quote,
+        unknown_shift_status=args.unknown_shift_status,
+        malformed_shift_id_status=args.malformed_shift_id_status,
+        retry_after_header=not args.no_retry_after,
+        excess_decimals=args.excess_decimals,
+        commission_format=args.commission_format,
+    )
     state = FakeSideShift(
-        clock=SystemClock(), auto_deposit=True, timings=timings, affiliate_id=args.affiliate_id
+        clock=SystemClock(),
+        auto_deposit=True,
+        timings=timings,
+        affiliate_id=args.affiliate_id,
+        behaviour=behaviour,
     )
     with (
         FakeSideShiftServer(state, port=args.sideshift_port) as sideshift,
@@ -167,10 +186,9 @@ def _fakes(args: argparse.Namespace) -> int:
         print(f"  export SHIFTFLOW_SIDESHIFT_BASE_URL={sideshift.base_url}")
         print(f"  export SHIFTFLOW_SIDESHIFT_AFFILIATE_ID={args.affiliate_id}")
         print(f"  export SHIFTFLOW_PRICE_API_URL={prices.url}\n")
-        print(
-            f"counters: curl {sideshift.base_url.rsplit('/api', 1)[0]}/_fake/counters    Stop: Ctrl-C",
-            flush=True,
-        )
+        root = sideshift.base_url.rsplit("/api", 1)[0]
+        print(f"where SideShift's documentation is silent the fake answers: {json.dumps(behaviour.to_json())}")
+        print(f"counters: curl {root}/_fake/counters   behaviour: curl {root}/_fake/behaviour   Stop: Ctrl-C", flush=True)
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
@@ -246,4 +264,38 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--affiliate-id", default="PaperTrade1", help="the fake account id")
     p.add_argument("--fast", action="store_true", help="orders settle in about 10 s instead of 3.5 min")
+    # Where SideShift's documentation is silent (docs/sideshift.md section 12): pick the answer.
+    p.add_argument(
+        "--reused-quote",
+        choices=("refuse", "accept"),
+        default="refuse",
+        help="a second fixed shift from one quote: refused (400) or created (default refuse)",
+    )
+    p.add_argument(
+        "--unknown-shift-status",
+        type=int,
+        choices=(404, 400),
+        default=404,
+        help="status for a shift id the fake does not know (default 404)",
+    )
+    p.add_argument(
+        "--malformed-shift-id-status",
+        type=int,
+        choices=(404, 400),
+        default=400,
+        help="status for a shift id that is not 20 hex characters (default 400)",
+    )
+    p.add_argument("--no-retry-after", action="store_true", help="answer 429s without a Retry-After header")
+    p.add_argument(
+        "--excess-decimals",
+        choices=("refuse", "round"),
+        default="refuse",
+        help="an amount with more decimals than its coin: refused (400) or rounded down (default refuse)",
+    )
+    p.add_argument(
+        "--commission-format",
+        choices=("fraction", "percent"),
+        default="fraction",
+        help="read commissionRate as a fraction (0.005) or a percentage (0.5) (default fraction)",
+    )
     p.set_defaults(func=_fakes)

@@ -14,7 +14,15 @@ and a free port::
 
 Fault knobs act on real HTTP: ``delay_next_create`` holds a create's answer after the
 shift exists (so a client read timeout is an unknown outcome), ``drop_next_create``
-aborts the connection after creating, ``fail_next`` answers 5xx (before or after the work).
+aborts the connection after creating, ``fail_next`` answers 5xx or 429 (before or after
+the work).
+
+Strict where SideShift's documentation is strict (``commissionRate`` 0 to 2 % and applied
+to rates; amounts within their coin's decimals; the documented error shape and statuses),
+and, where it is silent, as ``FakeBehaviour`` says (``FakeSideShift(behaviour=...)``):
+a reused quote accepted or refused, 404 or 400 for an unknown or malformed shift id,
+``Retry-After`` on a 429 or not, excess decimals refused or rounded, the commission read
+as a fraction or a percentage. ``docs/sideshift.md`` section 12 lists them.
 
 Dev mode (paper trading): ``FakeSideShift(clock=SystemClock(), auto_deposit=True)`` lets
 orders run to ``settled`` in real time; ``/_fake/...`` routes expose the controls over HTTP.
@@ -38,6 +46,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from shiftflow.fakes.sideshift_api import ApiRequest, handle, record
+from shiftflow.fakes.sideshift_behaviour import FakeBehaviour
 from shiftflow.fakes.sideshift_catalog import ApiError, FakeClock, SystemClock, iso
 from shiftflow.fakes.sideshift_records import Timings
 from shiftflow.fakes.sideshift_state import CREATE_ROUTES, FakeSideShift, RecordedRequest
@@ -79,7 +88,9 @@ def _error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
 
-def _server_error(status: int) -> JSONResponse:
+def _injected_error(state: FakeSideShift, status: int) -> JSONResponse:
+    if status == 429:
+        return _error(state.rate_limit_error(1.0))
     return _error(ApiError(status, "Internal Server Error", "UNKNOWN"))
 
 
@@ -116,13 +127,13 @@ def _endpoint(state: FakeSideShift, route: str) -> Any:
         record(state, req)
         failure = state.take_failure(route)
         if failure is not None and not failure.after_effect:
-            return _server_error(failure.status)
+            return _injected_error(state, failure.status)
         try:
             status, payload = handle(state, req)
         except ApiError as exc:
             return _error(exc)
         if failure is not None:
-            return _server_error(failure.status)
+            return _injected_error(state, failure.status)
         if route in CREATE_ROUTES:
             delay, drop = state.take_create_faults()
             if delay:
@@ -166,7 +177,20 @@ def _control_routes(state: FakeSideShift) -> list[Route]:
                 }
             )
 
+    async def behaviour(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                changes = json.loads(await request.body() or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("expected a JSON object of FakeBehaviour fields")
+                with state.lock:
+                    state.behaviour = state.behaviour.updated(changes)
+            except (ValueError, TypeError) as exc:
+                return _error(ApiError(400, str(exc)))
+        return JSONResponse(state.behaviour.to_json())
+
     return [
+        Route("/_fake/behaviour", behaviour, methods=["GET", "POST"]),
         Route("/_fake/shifts/{shift_id}/deposit", deposit, methods=["POST"]),
         Route("/_fake/advance", advance, methods=["POST"]),
         Route("/_fake/counters", counters, methods=["GET"]),
@@ -177,8 +201,8 @@ def create_app(state: FakeSideShift) -> Starlette:
     """A Starlette app serving the fake SideShift API under ``/api/v2``.
 
     The test controls are also served, outside the API, under ``/_fake``:
-    ``POST /_fake/shifts/{id}/deposit {"amount"}``, ``POST /_fake/advance {"seconds"}``
-    and ``GET /_fake/counters``.
+    ``POST /_fake/shifts/{id}/deposit {"amount"}``, ``POST /_fake/advance {"seconds"}``,
+    ``GET /_fake/counters`` and ``GET|POST /_fake/behaviour`` (``{"reused_quote": "accept"}``...).
 
     Parameters:
         state: the state every request reads and changes.
@@ -271,6 +295,7 @@ class FakeSideShiftServer:
 
 __all__ = [
     "ApiError",
+    "FakeBehaviour",
     "FakeClock",
     "FakeSideShift",
     "FakeSideShiftServer",

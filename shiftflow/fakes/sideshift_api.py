@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from shiftflow.fakes.sideshift_catalog import ApiError, bad_input, fmt, iso
@@ -23,6 +24,8 @@ from shiftflow.fakes.sideshift_orders import (
     check_address,
     check_affiliate,
     check_memo,
+    check_precision,
+    commission_of,
     find_shift,
     quotes,
     required,
@@ -102,8 +105,10 @@ def permissions(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, A
     return 200, {"createShift": key not in state.blocked_ips}
 
 
-def _pair_json(state: FakeSideShift, dspec: Any, dnet: str, sspec: Any, snet: str) -> dict[str, Any]:
-    low, high, rate = state.pair(dspec, dnet, sspec, snet)
+def _pair_json(
+    state: FakeSideShift, dspec: Any, dnet: str, sspec: Any, snet: str, commission: Decimal
+) -> dict[str, Any]:
+    low, high, rate = state.pair(dspec, dnet, sspec, snet, commission)
     return {
         "min": fmt(low),
         "max": fmt(high),
@@ -116,20 +121,24 @@ def _pair_json(state: FakeSideShift, dspec: Any, dnet: str, sspec: Any, snet: st
 
 
 def pair(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
-    """``GET /pair/{from}/{to}``; a bare coin or ``coin-mainnet`` is the home network."""
+    """``GET /pair/{from}/{to}``; a bare coin or ``coin-mainnet`` is the home network; the
+    rate is less ``commissionRate``."""
     if "affiliateId" in req.query:
         check_affiliate(state, req.query, 'Invalid "affiliateId"')
-    if req.query.get("amount") is not None:
-        amount_of(req.query["amount"], "amount")
+    commission = commission_of(state, req.query)
     dcoin, _, dnet = req.params["from"].partition("-")
     scoin, _, snet = req.params["to"].partition("-")
     dspec, dnet2 = state.resolve(dcoin, dnet or None, "from", home=True)
     sspec, snet2 = state.resolve(scoin, snet or None, "to", home=True)
-    return 200, _pair_json(state, dspec, dnet2, sspec, snet2)
+    amount = amount_of(req.query.get("amount"), "amount")
+    if amount is not None:
+        check_precision(state, amount, dspec, dnet2, "amount")
+    return 200, _pair_json(state, dspec, dnet2, sspec, snet2, commission)
 
 
 def pairs(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
     """``GET /pairs?pairs=a,b``: every ordered pair; errors under 500 as documented."""
+    commission = commission_of(state, req.query)
     specs = [item.strip() for item in req.query.get("pairs", "").split(",") if item.strip()]
     resolved = []
     for item in specs:
@@ -147,7 +156,9 @@ def pairs(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
     for dcoin, dnet in resolved:
         for scoin, snet in resolved:
             if (dcoin, dnet) != (scoin, snet) and (dcoin, dnet, scoin, snet) not in state.disabled_pairs:
-                result.append(_pair_json(state, state.coins[dcoin], dnet, state.coins[scoin], snet))
+                result.append(
+                    _pair_json(state, state.coins[dcoin], dnet, state.coins[scoin], snet, commission)
+                )
     return 200, result
 
 
@@ -180,6 +191,7 @@ def checkout_create(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[in
     )
     amount = amount_of(required(body, "settleAmount"), "settleAmount")
     assert amount is not None
+    amount = check_precision(state, amount, sspec, snet, "settleAmount")
     data: dict[str, Any] = {
         "id": state.new_uuid(),
         "settleCoin": sspec.coin,

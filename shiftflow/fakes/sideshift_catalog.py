@@ -2,7 +2,9 @@
 
 The coin list is a small, plausible subset (docs/sideshift.md section 1): tickers upper case,
 network ids lower case, ``mainnet`` as an alias of each coin's home network, tokens that
-need a network, a memo network (XRP). Prices are made up; rates derive from them.
+need a network, a memo network (XRP). Each coin has its chain's decimals (tokens per
+network, as ``tokenDetails`` shows them; docs/sideshift.md section 11). Prices are made
+up; rates derive from them, less the commission.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from random import Random
 from typing import Any
 
+from shiftflow.fakes.sideshift_behaviour import DEFAULT_COMMISSION
+
 #: SideShift's default affiliate commission (0.5 %), taken from every rate.
-COMMISSION = Decimal("0.005")
+COMMISSION = DEFAULT_COMMISSION
+#: The most decimals the fake writes in an amount it computes (SideShift's examples show 8).
+AMOUNT_PLACES = 8
 #: Deposit range in USD before conversion to the deposit coin (docs/sideshift.md section 6).
 MIN_USD = Decimal("3")
 MAX_USD = Decimal("100000")
@@ -124,6 +130,7 @@ class FakeCoin:
 
     ``tokens`` maps network -> (contract address, decimals) for token coins; a coin with
     tokens, or with several networks, needs an explicit network in quotes and shifts.
+    ``decimals`` is the native coin's precision (its chain's smallest unit).
     """
 
     coin: str
@@ -133,6 +140,7 @@ class FakeCoin:
     usd: Decimal
     networks_with_memo: tuple[str, ...] = ()
     tokens: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    decimals: int = 8
 
     def to_json(self) -> dict[str, Any]:
         """The coin as ``GET /coins`` shows it."""
@@ -153,6 +161,15 @@ class FakeCoin:
             },
         }
 
+    def precision(self, network: str) -> int:
+        """How many decimals an amount of this coin may have on ``network``."""
+        token = self.tokens.get(network)
+        return token[1] if token is not None else self.decimals
+
+    def places(self, network: str) -> int:
+        """Decimals of an amount the fake computes: the coin's precision, at most 8."""
+        return min(AMOUNT_PLACES, self.precision(network))
+
     def needs_network(self) -> bool:
         """True when quotes and shifts must name the network (tokens, multi-network coins)."""
         return bool(self.tokens) or len(self.networks) > 1
@@ -170,14 +187,21 @@ def default_coins() -> dict[str, FakeCoin]:
         "bsc": ("0x8ac76a51cc950d9822d68b83fe1ad97b32cd580d", 18),
     }
     coins = [
-        FakeCoin("BTC", "Bitcoin", ("bitcoin", "liquid"), "bitcoin", Decimal("60000")),
+        FakeCoin("BTC", "Bitcoin", ("bitcoin", "liquid"), "bitcoin", Decimal("60000"), decimals=8),
         FakeCoin(
-            "ETH", "Ethereum", ("ethereum", "arbitrum", "optimism", "base"), "ethereum", Decimal("3000")
+            "ETH",
+            "Ethereum",
+            ("ethereum", "arbitrum", "optimism", "base"),
+            "ethereum",
+            Decimal("3000"),
+            decimals=18,
         ),
         FakeCoin("USDT", "Tether", ("ethereum", "tron", "arbitrum"), "ethereum", Decimal("1"), tokens=usdt),
         FakeCoin("USDC", "USD Coin", ("ethereum", "bsc"), "ethereum", Decimal("1"), tokens=usdc),
-        FakeCoin("LTC", "Litecoin", ("litecoin",), "litecoin", Decimal("80")),
-        FakeCoin("XRP", "XRP", ("ripple",), "ripple", Decimal("0.5"), networks_with_memo=("ripple",)),
+        FakeCoin("LTC", "Litecoin", ("litecoin",), "litecoin", Decimal("80"), decimals=8),
+        FakeCoin(
+            "XRP", "XRP", ("ripple",), "ripple", Decimal("0.5"), networks_with_memo=("ripple",), decimals=6
+        ),
     ]
     return {coin.coin: coin for coin in coins}
 
@@ -229,18 +253,25 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def quantize_amount(value: Decimal, *, up: bool = False) -> Decimal:
-    """An amount rounded to 8 decimals (down, or up for amounts the user must send)."""
-    return value.quantize(Decimal("1e-8"), rounding=ROUND_UP if up else ROUND_DOWN)
+def quantize_amount(value: Decimal, *, up: bool = False, places: int = AMOUNT_PLACES) -> Decimal:
+    """An amount rounded to ``places`` decimals (down, or up for amounts the user must send)."""
+    return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_UP if up else ROUND_DOWN)
 
 
-def default_range(deposit: FakeCoin, settle_network: str) -> tuple[Decimal, Decimal]:
+def decimals_of(value: Decimal) -> int:
+    """How many decimals ``value`` has once trailing zeros are dropped (``"1.50"`` has 1)."""
+    exponent = value.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def default_range(deposit: FakeCoin, deposit_network: str, settle_network: str) -> tuple[Decimal, Decimal]:
     """The deposit range of a pair: max(3 USD, 5x network fee) to 100,000 USD, in the deposit coin."""
     fee = NETWORK_FEE_USD.get(settle_network, DEFAULT_FEE_USD)
     low = max(MIN_USD, fee * 5) / deposit.usd
-    return quantize_amount(low, up=True), quantize_amount(MAX_USD / deposit.usd)
+    places = deposit.places(deposit_network)
+    return quantize_amount(low, up=True, places=places), quantize_amount(MAX_USD / deposit.usd, places=places)
 
 
-def pair_rate(deposit: FakeCoin, settle: FakeCoin) -> Decimal:
-    """Settle units per deposit unit, less the default commission."""
-    return (deposit.usd / settle.usd * (1 - COMMISSION)).quantize(Decimal("1e-10"), rounding=ROUND_DOWN)
+def pair_rate(deposit: FakeCoin, settle: FakeCoin, commission: Decimal = COMMISSION) -> Decimal:
+    """Settle units per deposit unit, less the commission (a fraction; 0.5 % by default)."""
+    return (deposit.usd / settle.usd * (1 - commission)).quantize(Decimal("1e-10"), rounding=ROUND_DOWN)

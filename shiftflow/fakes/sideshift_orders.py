@@ -1,11 +1,15 @@
 """The fake SideShift's order endpoints: quotes, fixed and variable shifts, refund address, cancel.
 
-Plus the input checks every endpoint shares. Error texts are SideShift's where the
-docs/sideshift.md confirms them (section 7); where it does not, the fake's choice is marked "[fake]".
+Plus the input checks every endpoint shares. Error texts are SideShift's where
+docs/sideshift.md confirms them (section 7); where it does not, the fake's choice is marked
+"[fake]". Where SideShift's behaviour itself is open, ``state.behaviour`` decides
+(``sideshift_behaviour``): a reused quote, an unknown or malformed shift id, an amount
+with more decimals than its coin, the format of ``commissionRate``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +21,9 @@ from shiftflow.fakes.sideshift_catalog import (
     EVM_NETWORKS,
     NETWORK_FEE_USD,
     ApiError,
+    FakeCoin,
     bad_input,
+    decimals_of,
     fmt,
     new_address,
     quantize_amount,
@@ -29,6 +35,8 @@ from shiftflow.fakes.sideshift_state import FakeSideShift
 QUOTE_TTL = timedelta(minutes=15)
 VARIABLE_TTL = timedelta(days=7)
 CANCEL_AFTER = timedelta(minutes=5)
+#: Every shift id the fake makes (and every one in SideShift's examples): 20 lower-case hex.
+SHIFT_ID = re.compile(r"[0-9a-f]{20}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,35 @@ def amount_of(value: Any, key: str) -> Decimal | None:
     return amount
 
 
+def check_precision(state: FakeSideShift, amount: Decimal, coin: FakeCoin, network: str, key: str) -> Decimal:
+    """An amount with no more decimals than ``coin`` has on ``network``.
+
+    More decimals: a 400 naming ``key``, or rounded down, as ``state.behaviour.excess_decimals``
+    says (SideShift's choice is open: docs/sideshift.md section 11).
+    """
+    places = coin.precision(network)
+    if decimals_of(amount) <= places:
+        return amount
+    if state.behaviour.excess_decimals == "refuse":
+        raise bad_input(f"Bad request: Invalid parameters: {key}")
+    rounded = quantize_amount(amount, places=places)
+    if rounded <= 0:
+        raise bad_input(f"{key} must be greater than zero")
+    return rounded
+
+
+def commission_of(state: FakeSideShift, source: Mapping[str, Any]) -> Decimal:
+    """``commissionRate`` of a body or query as a fraction (absent: the 0.5 % default).
+
+    Malformed, negative or above the documented 2 %: 400 ``Bad request: Invalid parameters:
+    commissionRate`` [fake text]. Read as ``state.behaviour.commission_format`` says.
+    """
+    commission = state.behaviour.commission(source.get("commissionRate"))
+    if commission is None:
+        raise bad_input("Bad request: Invalid parameters: commissionRate")
+    return commission
+
+
 def check_affiliate(state: FakeSideShift, body: Mapping[str, Any], message: str) -> str:
     """The body's ``affiliateId`` when it is a known account, else 400 with ``message``."""
     affiliate = body.get("affiliateId")
@@ -113,12 +150,14 @@ def _range_error(amount: Decimal, low: Decimal, high: Decimal) -> ApiError | Non
 
 
 def quotes(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
-    """``POST /quotes``: exactly one amount; range-checked; valid 15 minutes."""
+    """``POST /quotes``: exactly one amount, within the coin's decimals; range-checked; the
+    rate is less ``commissionRate``; valid 15 minutes."""
     body = body_of(req)
     affiliate = check_affiliate(state, body, 'Invalid "affiliateId"')
     dspec, dnet = state.resolve(required(body, "depositCoin"), body.get("depositNetwork"), "depositNetwork")
     sspec, snet = state.resolve(required(body, "settleCoin"), body.get("settleNetwork"), "settleNetwork")
-    low, high, rate = state.pair(dspec, dnet, sspec, snet)
+    commission = commission_of(state, body)
+    low, high, rate = state.pair(dspec, dnet, sspec, snet, commission)
     deposit, settle = (
         amount_of(body.get("depositAmount"), "depositAmount"),
         amount_of(body.get("settleAmount"), "settleAmount"),
@@ -126,10 +165,12 @@ def quotes(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
     if (deposit is None) == (settle is None):
         raise bad_input("Bad request: Invalid parameters: depositAmount")
     if deposit is not None:
-        settle = quantize_amount(deposit * rate)
+        deposit = check_precision(state, deposit, dspec, dnet, "depositAmount")
+        settle = quantize_amount(deposit * rate, places=sspec.places(snet))
     else:
         assert settle is not None
-        deposit = quantize_amount(settle / rate, up=True)
+        settle = check_precision(state, settle, sspec, snet, "settleAmount")
+        deposit = quantize_amount(settle / rate, up=True, places=dspec.places(dnet))
     error = _range_error(deposit, low, high)
     if error:
         raise error
@@ -146,6 +187,7 @@ def quotes(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
         settle,
         rate,
         affiliate,
+        commission=commission,
     )
     state.quotes[quote.id] = quote
     state.quotes_created += 1
@@ -180,7 +222,8 @@ def _new_shift(state: FakeSideShift, body: Mapping[str, Any], key: str, **fields
 
 
 def shifts_fixed(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
-    """``POST /shifts/fixed``: redeem a quote (once, before it expires)."""
+    """``POST /shifts/fixed``: redeem a quote before it expires (a second time only if
+    ``state.behaviour.reused_quote`` is ``accept``)."""
     body = body_of(req)
     quote = state.quotes.get(required(body, "quoteId"))
     if quote is None:
@@ -189,8 +232,8 @@ def shifts_fixed(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, 
         raise bad_input("Quote has different affiliateId than input")
     if state.now() >= quote.expires_at:
         raise bad_input("Quote has already expired. Request a new quote.")
-    if quote.used_by is not None:
-        raise bad_input("Quote has already been used. Request a new quote.")  # [fake] reuse refused
+    if quote.used_by is not None and state.behaviour.reused_quote == "refuse":
+        raise bad_input("Quote has already been used. Request a new quote.")  # [fake] text
     state.pair(
         state.coins[quote.deposit_coin],
         quote.deposit_network,
@@ -204,18 +247,20 @@ def shifts_fixed(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, 
         deposit_min=quote.deposit_amount, deposit_max=quote.deposit_amount,
         deposit_amount=quote.deposit_amount, settle_amount=quote.settle_amount, rate=quote.rate,
     )  # fmt: skip
-    quote.used_by = shift.id
+    quote.used_by = quote.used_by or shift.id
     state.record_shift(shift)
     return 201, shift.to_json(state.now())
 
 
 def shifts_variable(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
-    """``POST /shifts/variable``: range from the pair, rate at deposit, valid 7 days."""
+    """``POST /shifts/variable``: range from the pair, rate at deposit (less
+    ``commissionRate``), valid 7 days."""
     body = body_of(req)
     check_affiliate(state, body, "Unknown affiliateId")
     dspec, dnet = state.resolve(required(body, "depositCoin"), body.get("depositNetwork"), "depositNetwork")
     sspec, snet = state.resolve(required(body, "settleCoin"), body.get("settleNetwork"), "settleNetwork")
-    low, high, _ = state.pair(dspec, dnet, sspec, snet)
+    commission = commission_of(state, body)
+    low, high, _ = state.pair(dspec, dnet, sspec, snet, commission)
     if state.open_variable_shifts(key) >= state.max_open_variable:
         # [fake] text; the limit itself is documented (docs/sideshift.md section 8).
         raise bad_input("Too many open variable shifts. Cancel one or wait for one to expire.")
@@ -225,18 +270,30 @@ def shifts_variable(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[in
         state, body, key, type="variable", expires_at=now + VARIABLE_TTL,
         deposit_coin=dspec.coin, deposit_network=dnet, settle_coin=sspec.coin, settle_network=snet,
         deposit_min=low, deposit_max=high,
-        settle_coin_network_fee=quantize_amount(fee_usd / sspec.usd), network_fee_usd=fee_usd,
+        settle_coin_network_fee=quantize_amount(fee_usd / sspec.usd, places=sspec.places(snet)),
+        network_fee_usd=fee_usd, commission=commission,
     )  # fmt: skip
     state.record_shift(shift)
     return 201, shift.to_json(now)
 
 
-def find_shift(state: FakeSideShift, shift_id: str, what: str = "Shift") -> FakeShift:
-    """The shift with this id, else 404 ``<what> not found``."""
+def find_shift(state: FakeSideShift, shift_id: str, what: str = "Shift", key: str = "shiftId") -> FakeShift:
+    """The shift with this id.
+
+    Otherwise SideShift documents a 404 for an unknown id but says nothing of a malformed
+    one, and wallets also see 400s: ``state.behaviour`` picks 404 ``<what> not found`` or
+    400 ``Bad request: Invalid parameters: <key>``, separately for a well-formed unknown id
+    and a malformed one (not 20 lower-case hex). [fake] texts.
+    """
     shift = state.shifts.get(shift_id)
-    if shift is None:
-        raise ApiError(404, f"{what} not found", "NOT_FOUND")  # [fake] 404 body unconfirmed
-    return shift
+    if shift is not None:
+        return shift
+    behaviour = state.behaviour
+    malformed = SHIFT_ID.fullmatch(shift_id) is None
+    status = behaviour.malformed_shift_id_status if malformed else behaviour.unknown_shift_status
+    if status == 400:
+        raise bad_input(f"Bad request: Invalid parameters: {key}")
+    raise ApiError(404, f"{what} not found", "NOT_FOUND")
 
 
 def set_refund_address(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
@@ -254,7 +311,7 @@ def set_refund_address(state: FakeSideShift, req: ApiRequest, key: str) -> tuple
 
 def cancel_order(state: FakeSideShift, req: ApiRequest, key: str) -> tuple[int, Any]:
     """``POST /cancel-order``: expire an unfunded order at least 5 minutes old (204)."""
-    target = find_shift(state, required(body_of(req), "orderId"), "Order")
+    target = find_shift(state, required(body_of(req), "orderId"), "Order", "orderId")
     now = state.now()
     if target.status == "expired":
         raise bad_input("Order already expired")

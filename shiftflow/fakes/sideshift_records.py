@@ -12,6 +12,7 @@ from decimal import Decimal
 from random import Random
 from typing import Any
 
+from shiftflow.fakes.sideshift_behaviour import DEFAULT_COMMISSION
 from shiftflow.fakes.sideshift_catalog import fmt, iso
 
 #: Deposit addresses are recycled after 60 days, 40 for EVM token addresses (docs/sideshift.md section 4).
@@ -36,7 +37,7 @@ _NEXT = {"processing": "settling", "settling": "settled", "refund": "refunding",
 
 @dataclass
 class FakeQuote:
-    """A quote; ``used_by`` is the shift id that redeemed it (quotes are single-use here)."""
+    """A quote; ``used_by`` is the first shift id that redeemed it; ``commission`` a fraction."""
 
     id: str
     created_at: datetime
@@ -50,6 +51,7 @@ class FakeQuote:
     rate: Decimal
     affiliate_id: str
     used_by: str | None = None
+    commission: Decimal = DEFAULT_COMMISSION
 
     def to_json(self) -> dict[str, Any]:
         """The quote as ``POST /quotes`` answers it."""
@@ -133,6 +135,7 @@ class FakeShift:
     updated_at: datetime | None = None
     expired: bool = False
     deposits: list[FakeDeposit] = field(default_factory=list)
+    commission: Decimal = DEFAULT_COMMISSION  # variable shifts: applied to the rate at deposit
 
     @property
     def status(self) -> str:

@@ -22,6 +22,7 @@ from decimal import Decimal
 from random import Random
 from typing import Any
 
+from shiftflow.fakes.sideshift_behaviour import DEFAULT_COMMISSION, FakeBehaviour
 from shiftflow.fakes.sideshift_catalog import (
     ApiError,
     Clock,
@@ -78,7 +79,10 @@ class FakeSideShift:
         seed: seeds ids and addresses, so runs are reproducible.
         quote_limit, shift_limit: per-IP creations per ``rate_window`` seconds (429 above).
         enforce_rate_limits: False turns the 429s off.
-        retry_after_header: send ``Retry-After`` on a 429 (SideShift's behaviour is unconfirmed).
+        behaviour: the fake's answers where SideShift's documentation is silent (reused
+            quote, unknown or malformed shift id, ``Retry-After``, excess decimals,
+            commission format); ``FakeBehaviour()`` by default. Change it any time with
+            ``state.behaviour = state.behaviour.updated({...})``.
         max_open_variable: open (unfunded, unexpired) variable shifts allowed per IP.
         require_user_ip: refuse authenticated calls without ``x-user-ip`` (server-side mode).
         auto_deposit: paper trading: deposit into every new shift at once (fixed: exactly
@@ -97,7 +101,7 @@ class FakeSideShift:
         shift_limit: int = 5,
         rate_window: float = 60.0,
         enforce_rate_limits: bool = True,
-        retry_after_header: bool = True,
+        behaviour: FakeBehaviour | None = None,
         max_open_variable: int = 5,
         require_user_ip: bool = False,
         auto_deposit: bool = False,
@@ -115,7 +119,7 @@ class FakeSideShift:
         self.limits = {"quotes": quote_limit, "shifts": shift_limit}
         self.rate_window = rate_window
         self.enforce_rate_limits = enforce_rate_limits
-        self.retry_after_header = retry_after_header
+        self.behaviour = behaviour or FakeBehaviour()
         self.max_open_variable = max_open_variable
         self.blocked_ips: set[str] = set()
         self.disabled_pairs: set[tuple[str, str, str, str]] = set()
@@ -192,8 +196,7 @@ class FakeSideShift:
             if shift.type == "fixed":
                 dep.rate, dep.settle_amount = shift.rate, shift.settle_amount
             elif problem is None:
-                dep.rate = pair_rate(self.coins[shift.deposit_coin], self.coins[shift.settle_coin])
-                dep.settle_amount = quantize_amount(value * dep.rate)
+                self._price_deposit(shift, dep)
             shift.deposits.append(dep)
             shift.updated_at = now
             return shift.to_json(now)
@@ -209,12 +212,17 @@ class FakeSideShift:
                 if settle:
                     dep.problem = None
                     if dep.rate is None:
-                        dep.rate = pair_rate(self.coins[shift.deposit_coin], self.coins[shift.settle_coin])
-                        dep.settle_amount = quantize_amount(dep.amount * dep.rate)
+                        self._price_deposit(shift, dep)
                     shift.move(dep, "settling", now, self.timings, self.rng)
                 else:
                     shift.move(dep, "refund", now, self.timings, self.rng)
             return shift.to_json(now)
+
+    def _price_deposit(self, shift: FakeShift, dep: FakeDeposit) -> None:
+        """A variable shift's deposit gets the current rate, less the shift's commission."""
+        settle = self.coins[shift.settle_coin]
+        dep.rate = pair_rate(self.coins[shift.deposit_coin], settle, shift.commission)
+        dep.settle_amount = quantize_amount(dep.amount * dep.rate, places=settle.places(shift.settle_network))
 
     def set_price(self, coin: str, usd: Decimal | str) -> None:
         """Change a coin's USD price (rates of new quotes and variable deposits follow)."""
@@ -228,6 +236,7 @@ class FakeSideShift:
                 Decimal(usd),
                 old.networks_with_memo,
                 old.tokens,
+                old.decimals,
             )
 
     def set_pair_range(
@@ -261,6 +270,10 @@ class FakeSideShift:
             after_effect: do the work first (create the shift...), then answer the error:
                 the case where a blind retry makes a double order.
             routes: route names (``"shifts_fixed"``, ``"quotes"``...); None means every route.
+
+        A 429 is SideShift's rate-limit answer (``Rate limit exceeded``, with
+        ``Retry-After: 1`` when ``behaviour.retry_after_header``); any other status is
+        ``Internal Server Error``.
         """
         with self.lock:
             self._failures = _Failures(
@@ -305,10 +318,14 @@ class FakeSideShift:
             hits.popleft()
         if len(hits) >= self.limits[kind]:
             self.rate_limited[kind] += 1
-            wait = (hits[0] + window - now).total_seconds()
-            headers = {"Retry-After": str(max(1, int(wait + 0.999)))} if self.retry_after_header else {}
-            raise ApiError(429, "Rate limit exceeded", None, headers=headers)
+            raise self.rate_limit_error((hits[0] + window - now).total_seconds())
         hits.append(now)
+
+    def rate_limit_error(self, wait: float) -> ApiError:
+        """SideShift's 429; ``Retry-After`` (whole seconds, at least 1) only if the behaviour says so."""
+        seconds = str(max(1, int(wait + 0.999)))
+        headers = {"Retry-After": seconds} if self.behaviour.retry_after_header else {}
+        return ApiError(429, "Rate limit exceeded", None, headers=headers)
 
     def resolve(
         self, coin: str, network: str | None, field_name: str, *, home: bool = False
@@ -336,9 +353,14 @@ class FakeSideShift:
         return spec, net
 
     def pair(
-        self, deposit: FakeCoin, dnet: str, settle: FakeCoin, snet: str
+        self,
+        deposit: FakeCoin,
+        dnet: str,
+        settle: FakeCoin,
+        snet: str,
+        commission: Decimal = DEFAULT_COMMISSION,
     ) -> tuple[Decimal, Decimal, Decimal]:
-        """``(min, max, rate)`` of a pair.
+        """``(min, max, rate)`` of a pair; the rate is less ``commission`` (a fraction).
 
         Raises:
             ApiError: the pair is disabled.
@@ -346,8 +368,8 @@ class FakeSideShift:
         key = (deposit.coin, dnet, settle.coin, snet)
         if key in self.disabled_pairs:
             raise ApiError(400, f"Method {deposit.coin}/{dnet} is disabled", "METHOD_NOT_FOUND")
-        low, high = self.ranges.get(key) or default_range(deposit, snet)
-        return low, high, pair_rate(deposit, settle)
+        low, high = self.ranges.get(key) or default_range(deposit, dnet, snet)
+        return low, high, pair_rate(deposit, settle, commission)
 
     def new_shift_id(self) -> str:
         """A fresh 20-hex shift id."""
