@@ -69,10 +69,11 @@ def required(body: Mapping[str, Any], key: str) -> str:
 
 
 def amount_of(value: Any, key: str) -> Decimal | None:
-    """An optional positive decimal amount (string, int or Decimal; never float), else a 400."""
+    """An optional positive amount, given as a decimal string as SideShift documents (a JSON
+    number is refused), else a 400."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+    if not isinstance(value, str):
         raise bad_input(f"Bad request: Invalid parameters: {key}")
     try:
         amount = Decimal(value)

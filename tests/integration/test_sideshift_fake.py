@@ -9,11 +9,15 @@ prefix, deleted afterwards.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer, SystemClock
+from shiftflow.fakes.sideshift import FakeBehaviour, FakeSideShift, FakeSideShiftServer, SystemClock
 from shiftflow.kernel.sideshift import (
     QUOTES,
     SHIFTS,
@@ -488,3 +492,233 @@ def test_paper_trading_mode_and_http_controls():
         counters = controls.get("/_fake/counters").json()
         assert counters["created"] == 2 and counters["doubleOrders"] == {}
         controls.close()
+
+
+# -- strict where SideShift is strict, configurable where it is silent (docs/sideshift.md 12) --
+
+
+def raw_post(server, path: str, body: dict) -> httpx.Response:
+    """A request the client would never send (it checks first): what the fake itself says."""
+    with httpx.Client(base_url=server.base_url, headers={"x-sideshift-secret": SECRET}) as http:
+        return http.post(path, json=body)
+
+
+def quote_body(**fields) -> dict:
+    return {
+        "depositCoin": "btc",
+        "depositNetwork": "bitcoin",
+        "settleCoin": "eth",
+        "settleNetwork": "ethereum",
+        "depositAmount": "0.01",
+        "settleAmount": None,
+        "affiliateId": "AbCdE1234",
+        **fields,
+    }
+
+
+def expected_rate(fake, commission: str) -> Decimal:
+    ratio = fake.coins["BTC"].usd / fake.coins["ETH"].usd
+    return (ratio * (1 - Decimal(commission))).quantize(Decimal("1e-10"), "ROUND_DOWN")
+
+
+@pytest.mark.parametrize("commission_format", ["fraction", "percent"])
+def test_the_fake_checks_commission_and_applies_it_to_rates(server, fake, commission_format):
+    fake.behaviour = fake.behaviour.updated({"commission_format": commission_format})
+    scale = 100 if commission_format == "percent" else 1
+
+    def written(fraction: str) -> str:
+        return str(Decimal(fraction) * scale)
+
+    default = raw_post(server, "/quotes", quote_body()).json()
+    assert Decimal(default["rate"]) == expected_rate(fake, "0.005")  # 0.5 % when absent
+    cheap = raw_post(server, "/quotes", quote_body(commissionRate=written("0"))).json()
+    dear = raw_post(server, "/quotes", quote_body(commissionRate=written("0.02"))).json()
+    assert Decimal(cheap["rate"]) == expected_rate(fake, "0") > Decimal(dear["rate"]) == expected_rate(fake, "0.02")
+    assert Decimal(dear["settleAmount"]) == (Decimal("0.01") * Decimal(dear["rate"])).quantize(
+        Decimal("1e-8"), "ROUND_DOWN"
+    )
+    for bad in (written("0.0201"), written("-0.001"), "abc", True):
+        answer = raw_post(server, "/quotes", quote_body(commissionRate=bad))
+        assert answer.status_code == 400, bad
+        assert answer.json() == {
+            "error": {"message": "Bad request: Invalid parameters: commissionRate", "code": "BAD_USER_INPUT"}
+        }
+    # A variable shift takes its commission to the deposit's rate; the pair shows the same rate.
+    shift = raw_post(
+        server,
+        "/shifts/variable",
+        {
+            "depositCoin": "btc",
+            "depositNetwork": "bitcoin",
+            "settleCoin": "eth",
+            "settleNetwork": "ethereum",
+            "settleAddress": ETH_ADDRESS,
+            "affiliateId": "AbCdE1234",
+            "commissionRate": written("0.02"),
+        },
+    ).json()
+    fake.deposit(shift["id"], "0.01")
+    assert fake.shifts[shift["id"]].deposits[0].rate == expected_rate(fake, "0.02")
+    with httpx.Client(base_url=server.base_url, headers={"x-sideshift-secret": SECRET}) as http:
+        pair = http.get("/pair/btc/eth", params={"affiliateId": "AbCdE1234", "commissionRate": written("0")})
+        assert Decimal(pair.json()["rate"]) == expected_rate(fake, "0")
+        assert http.get("/pair/btc/eth", params={"commissionRate": written("0.03")}).status_code == 400
+
+
+@pytest.mark.parametrize("excess_decimals", ["refuse", "round"])
+def test_the_fake_refuses_or_rounds_amounts_beyond_the_coins_decimals(server, fake, excess_decimals):
+    fake.behaviour = fake.behaviour.updated({"excess_decimals": excess_decimals})
+    btc = raw_post(server, "/quotes", quote_body(depositAmount="0.123456789"))  # BTC has 8 decimals
+    usdt = raw_post(
+        server,
+        "/quotes",
+        quote_body(
+            depositCoin="eth",
+            depositNetwork="ethereum",
+            settleCoin="usdt",
+            settleNetwork="tron",
+            depositAmount=None,
+            settleAmount="100.1234567",  # USDT on tron has 6
+        ),
+    )
+    if excess_decimals == "refuse":
+        assert (btc.status_code, btc.json()["error"]["message"]) == (
+            400,
+            "Bad request: Invalid parameters: depositAmount",
+        )
+        assert usdt.status_code == 400 and usdt.json()["error"]["message"].endswith("settleAmount")
+    else:
+        assert btc.status_code == 201 and btc.json()["depositAmount"] == "0.12345678"
+        assert usdt.status_code == 201 and usdt.json()["settleAmount"] == "100.123456"
+    number = raw_post(server, "/quotes", quote_body(depositAmount=0.01))  # amounts are strings
+    assert (number.status_code, number.json()["error"]["message"]) == (
+        400,
+        "Bad request: Invalid parameters: depositAmount",
+    )
+    # Amounts the fake computes never have more decimals than their coin either.
+    tron = raw_post(
+        server, "/quotes", quote_body(settleCoin="usdt", settleNetwork="tron", depositAmount="0.01")
+    ).json()
+    assert len(tron["settleAmount"].partition(".")[2]) <= 6
+    xrp = raw_post(server, "/quotes", quote_body(settleCoin="xrp", settleNetwork="ripple")).json()
+    assert len(xrp["settleAmount"].partition(".")[2]) <= 6
+
+
+@pytest.mark.parametrize("reused_quote", ["refuse", "accept"])
+def test_a_reused_quote_either_way(client, fake, reused_quote):
+    fake.behaviour = fake.behaviour.updated({"reused_quote": reused_quote})
+    quote = btc_quote(client)
+    first = client.create_fixed_shift(quote_id=quote.id, settle_address=ETH_ADDRESS)
+    if reused_quote == "refuse":
+        with pytest.raises(QuoteAlreadyUsed):
+            client.create_fixed_shift(quote_id=quote.id, settle_address=ETH_ADDRESS)
+        assert fake.double_orders() == {}
+    else:
+        second = client.create_fixed_shift(quote_id=quote.id, settle_address=ETH_ADDRESS)
+        assert second.id != first.id and second.quote_id == quote.id == first.quote_id
+        assert fake.double_orders() == {f"quote:{quote.id}": 2}  # the fake's ledger sees it
+
+
+@pytest.mark.parametrize("unknown", [404, 400])
+@pytest.mark.parametrize("malformed", [404, 400])
+def test_an_unknown_or_malformed_shift_id_is_not_found_whatever_the_status(server, client, fake, unknown, malformed):
+    fake.behaviour = fake.behaviour.updated(
+        {"unknown_shift_status": unknown, "malformed_shift_id_status": malformed}
+    )
+    with httpx.Client(base_url=server.base_url) as http:
+        for shift_id, status in (("ffffffffffffffffffff", unknown), ("not-a-shift", malformed)):
+            answer = http.get(f"/shifts/{shift_id}")
+            assert answer.status_code == status
+            assert isinstance(answer.json()["error"]["message"], str)
+            with pytest.raises(ShiftNotFound):
+                client.get_shift(shift_id)
+
+
+@pytest.mark.parametrize("retry_after_header", [True, False])
+def test_a_429_with_or_without_retry_after(client, fake, retry_after_header):
+    fake.behaviour = fake.behaviour.updated({"retry_after_header": retry_after_header})
+    fake.limits["quotes"] = 1
+    btc_quote(client)
+    with pytest.raises(RateLimited) as caught:
+        btc_quote(client)
+    assert str(caught.value) == "Rate limit exceeded" and not caught.value.local
+    if retry_after_header:
+        assert caught.value.retry_after == 60 and caught.value.wait_seconds(1, default=10) == 60
+    else:
+        assert caught.value.retry_after is None and caught.value.wait_seconds(1, default=10) == 10
+    fake.fail_next(1, status=429, routes=["quotes"])  # an injected 429 is SideShift's too
+    fake.advance(60)
+    with pytest.raises(RateLimited, match="Rate limit exceeded") as injected:
+        btc_quote(client)
+    assert injected.value.retry_after == (1 if retry_after_header else None)
+
+
+def test_the_client_rounds_what_it_sends_whatever_the_fake_would_do(server, fake):
+    for excess_decimals in ("refuse", "round"):
+        fake.behaviour = fake.behaviour.updated({"excess_decimals": excess_decimals})
+        with make_client(server) as client:
+            quote = btc_quote(client, "0.123456789")
+            assert fake.requests[-1].body["depositAmount"] == "0.12345678"
+            assert quote.deposit_amount == Decimal("0.12345678")
+            usdt = client.request_quote(
+                deposit_coin="usdt",
+                deposit_network="tron",
+                settle_coin="btc",
+                settle_network="bitcoin",
+                deposit_amount="12.3456789",
+            )
+            assert fake.requests[-1].body["depositAmount"] == "12.345678"  # 6 decimals, from /coins
+            assert usdt.deposit_amount == Decimal("12.345678")
+
+
+def test_behaviour_over_http_and_bad_choices():
+    fake = FakeSideShift()
+    with FakeSideShiftServer(fake) as server, httpx.Client(base_url=server.base_url.removesuffix("/api/v2")) as http:
+        assert http.get("/_fake/behaviour").json()["reused_quote"] == "refuse"
+        changed = http.post("/_fake/behaviour", json={"reused_quote": "accept", "unknown_shift_status": 400})
+        assert changed.status_code == 200 and fake.behaviour.reused_quote == "accept"
+        assert fake.behaviour.unknown_shift_status == 400
+        bad = http.post("/_fake/behaviour", json={"unknown_shift_status": 418})
+        assert bad.status_code == 400 and "unknown_shift_status" in bad.json()["error"]["message"]
+        assert http.post("/_fake/behaviour", json={"nope": 1}).status_code == 400
+    with pytest.raises(ValueError, match="excess_decimals"):
+        FakeBehaviour(excess_decimals="echo")
+
+
+def test_the_fakes_command_takes_the_behaviour_as_flags():
+    shiftflow = str(Path(sys.executable).with_name("shiftflow"))
+    bad = subprocess.run(
+        [shiftflow, "sideshift", "fakes", "--unknown-shift-status", "418"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "--unknown-shift-status" in bad.stderr
+    proc = subprocess.Popen(
+        [
+            shiftflow, "sideshift", "fakes", "--reused-quote", "accept", "--unknown-shift-status", "400",
+            "--malformed-shift-id-status", "404", "--no-retry-after", "--excess-decimals", "round",
+            "--commission-format", "percent",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        base_url = None
+        for line in proc.stdout:
+            if "SHIFTFLOW_SIDESHIFT_BASE_URL=" in line:
+                base_url = line.split("=", 1)[1].strip()
+            if line.startswith("counters:"):
+                break
+        assert base_url, "the fakes command printed no base URL"
+        behaviour = httpx.get(base_url.removesuffix("/api/v2") + "/_fake/behaviour", timeout=5).json()
+        assert behaviour == {
+            "reused_quote": "accept",
+            "unknown_shift_status": 400,
+            "malformed_shift_id_status": 404,
+            "retry_after_header": False,
+            "excess_decimals": "round",
+            "commission_format": "percent",
+        }
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0

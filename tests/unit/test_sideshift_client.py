@@ -37,6 +37,7 @@ from shiftflow.kernel.sideshift import (
     Shift,
     ShiftNotFound,
     SideShiftClient,
+    SideShiftRejected,
     SignableRequest,
     TooManyOpenShifts,
     Unauthorized,
@@ -368,3 +369,101 @@ def test_client_takes_a_slot_before_sending_and_sends_nothing_when_refused():
     with pytest.raises(UnknownOutcome):  # another end user has their own budget
         client.create_fixed_shift(quote_id="q", settle_address="a", user_ip="198.51.100.2")
     assert len(sent) == 2
+
+
+# -- what the client checks itself (docs/sideshift.md sections 9, 11, 12) ------------------
+
+
+def _quote_echo(request: httpx.Request, **override: str) -> httpx.Response:
+    """A quote answering what was asked (a deposit amount), or ``override``."""
+    body = json.loads(request.content)
+    deposit = body["depositAmount"] or "0.5"
+    data = {
+        "id": "0b6e2f1a-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+        "createdAt": "2025-01-02T10:00:00.000Z",
+        "expiresAt": "2025-01-02T10:15:00.000Z",
+        "depositCoin": body["depositCoin"].upper(),
+        "settleCoin": body["settleCoin"].upper(),
+        "depositNetwork": body.get("depositNetwork") or "bitcoin",
+        "settleNetwork": body.get("settleNetwork") or "ethereum",
+        "depositAmount": deposit,
+        "settleAmount": body["settleAmount"] or "8.5",
+        "rate": "17",
+        "affiliateId": "AbCdE1234",
+        **override,
+    }
+    return httpx.Response(201, json=data)
+
+
+@pytest.mark.parametrize("bad", ["0.5", "0.0201", "-0.001", "abc", "NaN", ""])
+def test_commission_rate_is_checked_before_anything_is_sent(bad):
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return _quote_echo(request)
+
+    with pytest.raises(ValueError, match="commission_rate"):
+        client_with(handler, commission_rate=bad)
+    assert sent == []
+    client = client_with(handler, commission_rate=Decimal("0.02"))
+    client.request_quote(deposit_coin="btc", settle_coin="eth", deposit_amount="0.01")
+    assert json.loads(sent[-1].content)["commissionRate"] == "0.02"  # a fraction, as text
+
+
+def test_amounts_are_rounded_down_to_the_coins_decimals_before_sending():
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return _quote_echo(request)
+
+    client = client_with(handler)
+    quote = client.request_quote(deposit_coin="btc", settle_coin="eth", deposit_amount="0.123456789")
+    assert json.loads(sent[-1].content)["depositAmount"] == "0.12345678"  # BTC has 8 decimals
+    assert quote.deposit_amount == Decimal("0.12345678")
+    client.request_quote(deposit_coin="btc", settle_coin="xrp", settle_amount="10.1234567")
+    assert json.loads(sent[-1].content)["settleAmount"] == "10.123456"  # XRP has 6
+
+
+def test_a_quote_that_a_fixed_shift_could_not_honour_exactly_is_refused():
+    # Asked 0.01 BTC, quoted 0.0100001: creating the shift would commit to another amount.
+    other = client_with(lambda request: _quote_echo(request, depositAmount="0.0100001"))
+    with pytest.raises(SideShiftRejected, match="0.0100001"):
+        other.request_quote(deposit_coin="btc", settle_coin="eth", deposit_amount="0.01")
+    # By settle amount, the deposit SideShift computes must be sendable to the last decimal.
+    unsendable = client_with(lambda request: _quote_echo(request, depositAmount="0.123456789"))
+    with pytest.raises(SideShiftRejected, match="decimals"):
+        unsendable.request_quote(deposit_coin="btc", settle_coin="eth", settle_amount="2")
+    wrong_settle = client_with(lambda request: _quote_echo(request, settleAmount="1.9"))
+    with pytest.raises(SideShiftRejected, match="1.9"):
+        wrong_settle.request_quote(deposit_coin="btc", settle_coin="eth", settle_amount="2")
+
+
+def test_a_plain_400_on_a_shift_id_means_not_found():
+    bad_id = {"error": {"message": "Bad request: Invalid parameters: shiftId", "code": "BAD_USER_INPUT"}}
+    with pytest.raises(ShiftNotFound):
+        client_with(lambda request: httpx.Response(400, json=bad_id)).get_shift("nope")
+    ip = {"error": {"message": "The x-user-ip header must be set to the end-user IP address"}}
+    with pytest.raises(InvalidUserIp):  # a 400 that names another cause keeps its meaning
+        client_with(lambda request: httpx.Response(400, json=ip)).get_shift("f0e1d2c3b4a596877869")
+
+
+def test_a_shift_id_is_one_path_segment():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(404)
+
+    with pytest.raises(ShiftNotFound):
+        client_with(handler).get_shift("../coins")
+    assert seen[0].url.raw_path == b"/api/v2/shifts/..%2Fcoins"
+
+
+def test_429_without_retry_after_gets_a_default_backoff():
+    bare = error_from_response(429, {"message": "Rate limit exceeded"}, "", {}, unsafe=True)
+    assert isinstance(bare, RateLimited) and bare.retry_after is None
+    assert [bare.wait_seconds(n, default=10) for n in (1, 2, 3, 4)] == [10, 20, 40, 60]  # up to the window
+    told = error_from_response(429, {"message": "Rate limit exceeded"}, "", {"retry-after": "42"}, unsafe=True)
+    assert told.wait_seconds(1, default=10) == 42

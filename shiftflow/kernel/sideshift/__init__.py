@@ -7,6 +7,14 @@ What the API promises, and what it leaves open: ``docs/sideshift.md``.
 
 from __future__ import annotations
 
+from shiftflow.kernel.sideshift.amounts import (
+    MAX_COMMISSION_RATE,
+    NATIVE_DECIMALS,
+    CoinPrecision,
+    commission_text,
+    decimals_of,
+    round_down,
+)
 from shiftflow.kernel.sideshift.client import (
     DEFAULT_BASE_URL,
     SideShiftClient,
@@ -28,6 +36,7 @@ from shiftflow.kernel.sideshift.errors import (
     PermissionDenied,
     QuoteAlreadyUsed,
     QuoteExpired,
+    QuoteMismatch,
     QuoteNotFound,
     RateLimited,
     ServiceUnavailable,
@@ -40,6 +49,7 @@ from shiftflow.kernel.sideshift.errors import (
     UnexpectedResponse,
     UnknownOutcome,
     UnknownPair,
+    UnknownPrecision,
 )
 from shiftflow.kernel.sideshift.ratelimit import (
     DEFAULT_RATES,
@@ -71,6 +81,8 @@ from shiftflow.kernel.sideshift.types import (
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "MAX_COMMISSION_RATE",
+    "NATIVE_DECIMALS",
     "DEFAULT_RATES",
     "FINAL_STATUSES",
     "QUOTES",
@@ -83,6 +95,7 @@ __all__ = [
     "Checkout",
     "CheckoutOrder",
     "Coin",
+    "CoinPrecision",
     "Deposit",
     "InProcessBackend",
     "InvalidAddress",
@@ -98,6 +111,7 @@ __all__ = [
     "Quote",
     "QuoteAlreadyUsed",
     "QuoteExpired",
+    "QuoteMismatch",
     "QuoteNotFound",
     "Rate",
     "RateLimited",
@@ -120,7 +134,11 @@ __all__ = [
     "UnexpectedResponse",
     "UnknownOutcome",
     "UnknownPair",
+    "UnknownPrecision",
     "coin_spec",
+    "commission_text",
     "decimal_text",
+    "decimals_of",
+    "round_down",
     "to_decimal",
 ]

@@ -27,6 +27,11 @@ from typing import Any
 
 from shiftflow.kernel.errors import PermanentError, ShiftFlowError, TransientError
 
+#: The window SideShift's rate limits are counted in, seconds (docs/sideshift.md section 8).
+RATE_LIMIT_WINDOW = 60.0
+#: The first wait after a 429 without ``Retry-After``, seconds (doubles per attempt).
+DEFAULT_RATE_LIMIT_BACKOFF = 10.0
+
 
 class SideShiftError(ShiftFlowError):
     """Root of every SideShift error; ``status``, ``code`` and ``body`` as received, if any.
@@ -100,8 +105,22 @@ class QuoteAlreadyUsed(BadRequest):
     """Raised when a fixed shift names a quote that already backs a shift.
 
     Whether SideShift refuses a second use is open (docs/sideshift.md section 10); the
-    fake refuses it, and a real refusal worded the same way maps here.
+    fake can refuse or accept it, and a real refusal worded the same way maps here.
+    ShiftFlow never re-posts a quote, so it does not rely on this refusal.
     """
+
+
+class QuoteMismatch(SideShiftRejected):
+    """Raised by the client when a quote cannot back a fixed shift as asked: its deposit or
+    settle amount differs from the one requested, or its deposit amount has more decimals
+    than the coin has (a fixed shift needs exactly that amount, which could not be sent).
+    Nothing was created; the quote is not used.
+    """
+
+
+class UnknownPrecision(SideShiftRejected):
+    """Raised by the client, before sending, for an amount of a coin whose decimals neither
+    ``NATIVE_DECIMALS`` nor SideShift's coin list give: it could not be checked."""
 
 
 class InvalidUserIp(BadRequest):
@@ -161,7 +180,8 @@ class RateLimited(SideShiftTransient):
     """Raised when a rate limit stops the call: SideShift's 429, or our own limiter.
 
     Parameters:
-        retry_after: seconds to wait before trying again, when known.
+        retry_after: seconds to wait before trying again, when known (SideShift's
+            ``Retry-After``, which it may not send: docs/sideshift.md section 8).
         local: True when our limiter refused before sending anything (no request left).
     """
 
@@ -178,6 +198,17 @@ class RateLimited(SideShiftTransient):
         super().__init__(message, status=status, code=code, body=body)
         self.retry_after = retry_after
         self.local = local
+
+    def wait_seconds(self, attempt: int, *, default: float = DEFAULT_RATE_LIMIT_BACKOFF) -> float:
+        """How long to wait before retry number ``attempt`` (1-based).
+
+        ``retry_after`` when known; otherwise ``default`` doubling per attempt, up to the
+        60 s window SideShift's limits are counted in (a retry after that always finds
+        the window renewed).
+        """
+        if self.retry_after is not None:
+            return self.retry_after
+        return min(RATE_LIMIT_WINDOW, default * 2 ** (max(1, attempt) - 1))
 
 
 class ServiceUnavailable(SideShiftTransient):

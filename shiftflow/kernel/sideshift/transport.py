@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 
 from shiftflow.kernel.sideshift.errors import (
+    BadRequest,
     NotFound,
     ServiceUnavailable,
     UnexpectedResponse,
@@ -120,6 +121,7 @@ class Transport:
         user_ip: str | None = None,
         unsafe: bool = False,
         not_found: type[NotFound] | None = None,
+        bad_request_not_found: bool = False,
     ) -> T:
         """Send one request and return ``parse(json)`` (None when ``parse`` is None).
 
@@ -131,6 +133,8 @@ class Transport:
             user_ip: ``x-user-ip`` for this call; falls back to the default.
             unsafe: the call creates something: see the module docstring.
             not_found: the class a bare 404 becomes (e.g. ``ShiftNotFound``).
+            bad_request_not_found: a plain 400 (no more precise meaning) becomes
+                ``not_found`` too: on a call whose only input is an id, that is what it means.
 
         Raises:
             SideShiftError: a subclass chosen by ``error_from_response`` or the rules above.
@@ -163,7 +167,7 @@ class Transport:
                     "reconcile, do not re-post"
                 ) from exc
             raise ServiceUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        return _result(method, path, response, parse, unsafe, not_found)
+        return _result(method, path, response, parse, unsafe, not_found, bad_request_not_found)
 
 
 def _result(
@@ -173,6 +177,7 @@ def _result(
     parse: Callable[[Any], T] | None,
     unsafe: bool,
     not_found: type[NotFound] | None,
+    bad_request_not_found: bool = False,
 ) -> T:
     text = response.text
     try:
@@ -189,7 +194,8 @@ def _result(
             response.headers,
             unsafe=unsafe,
         )
-        if not_found is not None and type(mapped) is NotFound:
+        plain_400 = bad_request_not_found and type(mapped) is BadRequest and mapped.status == 400
+        if not_found is not None and (type(mapped) is NotFound or plain_400):
             # A bare 404 on a shift path means the shift: say so with the precise class.
             mapped = not_found(mapped.message, status=mapped.status, code=mapped.code, body=mapped.body)
         raise mapped
