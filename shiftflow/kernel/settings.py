@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,6 +102,23 @@ def _redact(url: str) -> str:
 
 #: Settings holding a secret: ``public_dict`` shows only whether they are set.
 _SECRET_FIELDS = frozenset({"sideshift_secret", "price_api_key"})
+
+
+def _commission_rate(env: Mapping[str, str]) -> str:
+    """A fraction from 0 to 0.02 (SideShift's maximum of 2 %), or "" for SideShift's default."""
+    raw = _get(env, "SIDESHIFT_COMMISSION_RATE")
+    if raw is None:
+        return ""
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or not Decimal(0) <= value <= Decimal("0.02"):
+        raise SettingsError(
+            f"{PREFIX}SIDESHIFT_COMMISSION_RATE={raw!r} is malformed: expected a fraction from 0 to 0.02 "
+            "(0.005 is SideShift's default of 0.5 %)"
+        )
+    return format(value, "f")
 
 
 def _affiliate_id(env: Mapping[str, str]) -> str:
@@ -188,6 +206,11 @@ class Settings:
     #: two status polls of an open shift (doubling while nothing changes)
     sideshift_poll_seconds: float = 10.0
     sideshift_poll_max_seconds: float = 300.0
+    #: SHIFTFLOW_SIDESHIFT_COMMISSION_RATE: commissionRate as a fraction, 0 to 0.02 ("" = SideShift's 0.5 %)
+    sideshift_commission_rate: str = ""
+    #: SHIFTFLOW_SIDESHIFT_RATE_LIMIT_BACKOFF_SECONDS: first wait after a 429 without Retry-After
+    #: (doubling per retry, up to the 60 s window)
+    sideshift_rate_limit_backoff_seconds: float = 10.0
     #: SHIFTFLOW_PRICE_API_URL: a CoinGecko-compatible API root (``/api/v3/simple/price``)
     price_api_url: str = "https://api.coingecko.com"
     #: SHIFTFLOW_PRICE_API_KEY: optional CoinGecko key (sent as x-cg-demo-api-key; hidden in output)
@@ -266,6 +289,8 @@ class Settings:
             sideshift_quotes_per_minute=_int(env, "SIDESHIFT_QUOTES_PER_MINUTE", 20, 1, 1_000_000),
             sideshift_poll_seconds=_float(env, "SIDESHIFT_POLL_SECONDS", 10.0, 0.05, 3_600.0),
             sideshift_poll_max_seconds=_float(env, "SIDESHIFT_POLL_MAX_SECONDS", 300.0, 0.05, 3_600.0),
+            sideshift_commission_rate=_commission_rate(env),
+            sideshift_rate_limit_backoff_seconds=_float(env, "SIDESHIFT_RATE_LIMIT_BACKOFF_SECONDS", 10.0, 0.05, 60.0),
             price_api_url=_url(env, "PRICE_API_URL", ("https", "http"), "https://api.coingecko.com"),
             price_api_key=_str(env, "PRICE_API_KEY", ""),
             price_cache_seconds=_int(env, "PRICE_CACHE_SECONDS", 60, 0, 86_400),

@@ -25,6 +25,7 @@ import random
 from typing import Any
 
 from shiftflow.kernel.enqueue import Outgoing
+from shiftflow.kernel.settings import get_settings
 from shiftflow.kernel.sideshift import (
     QuoteAlreadyUsed,
     QuoteExpired,
@@ -148,7 +149,7 @@ def create(
         The messages to publish after the commit.
     """
     assert claim.step is not None
-    quote = None
+    quote = intended = None
     try:
         if spec.shift_type == "fixed":
             quote = client.request_quote(
@@ -159,10 +160,15 @@ def create(
                 deposit_amount=spec.deposit_amount,
                 settle_amount=spec.settle_amount,
             )
+        elif spec.deposit_amount is not None:
+            # A variable shift sends no amount, but the deposit it records for a wallet
+            # to send must fit the coin's decimals too.
+            intended = client.round_amount(spec.deposit_coin, spec.deposit_network, spec.deposit_amount)
     except SideShiftTransient as exc:
         return _retry(claim, order, exc, stored)
     except SideShiftRejected as exc:
-        return fail(claim, order, f"SideShift refused the quote: {exc}", stored)
+        what = "SideShift refused the quote" if spec.shift_type == "fixed" else "the deposit amount is refused"
+        return fail(claim, order, f"{what}: {exc}", stored)
     with runs.transaction():
         locked = lock_order(order.id)
         if locked.state != "PENDING_CREATE" or locked.create_sent_at is not None:
@@ -178,6 +184,8 @@ def create(
             )
             locked.rate = decimal_text(quote.rate)
             locked.expires_at = quote.expires_at.astimezone(dt.UTC).replace(tzinfo=None)
+        elif intended is not None:
+            locked.deposit_amount = decimal_text(intended)
         locked.error = None
         locked.save()
         SideEffect.update(
@@ -353,9 +361,14 @@ def _retry(
                 locked.create_sent_at, locked.error = None, str(exc)
                 locked.save()
                 set_effect(locked, "PLANNED", error=str(exc))
-    delay = step.retry.delay(claim.step.retry_count + 1, random.random())
-    if isinstance(exc, RateLimited) and exc.retry_after:
-        delay = max(delay, exc.retry_after)
+    attempt = claim.step.retry_count + 1
+    delay = step.retry.delay(attempt, random.random())
+    if isinstance(exc, RateLimited):
+        # SideShift's Retry-After when it sends one; else a backoff long enough for its
+        # per-minute window, spread a little so that workers do not return together.
+        backoff = get_settings().sideshift_rate_limit_backoff_seconds
+        wait = exc.wait_seconds(attempt, default=backoff)
+        delay = max(delay, wait if exc.retry_after is not None else wait * random.uniform(1.0, 1.2))
     runs.retry_later(claim, f"SideShift: {exc}", delay)
     return []
 

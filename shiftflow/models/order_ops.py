@@ -257,10 +257,17 @@ def reconcile(
 
 
 def _attach(order: SideShiftOrder, shift_id: str, by: str) -> tuple[SideShiftOrder, list[Outgoing]]:
+    none_hint = f"if no shift was created for this order, run `shiftflow sideshift reconcile {order.id} --none`"
+    if not shift_id:
+        raise ReconcileError(f"--shift-id is empty: give the id of the shift SideShift created, or {none_hint}")
     try:
         shift = client_for(get_settings()).get_shift(shift_id)
     except ShiftNotFound:
-        raise ReconcileError(f"SideShift does not know shift {shift_id!r}") from None
+        # SideShift answers 404, or 400 for an id it cannot read: both mean no such shift.
+        raise ReconcileError(
+            f"SideShift does not know shift {shift_id!r}: check the id (SideShift's look like "
+            f"8c9ba87d02a801a2f254); {none_hint}"
+        ) from None
     except SideShiftError as exc:
         raise ReconcileError(f"could not fetch shift {shift_id!r} from SideShift: {exc}") from exc
     if shift.external_id is not None and shift.external_id != order.external_id:

@@ -183,6 +183,7 @@ def client_for(settings: Settings) -> SideShiftClient:
         settings.sideshift_timeout_seconds,
         settings.sideshift_shifts_per_minute,
         settings.sideshift_quotes_per_minute,
+        settings.sideshift_commission_rate,
         id(redis),
     )
     with _clients_lock:
@@ -199,6 +200,7 @@ def client_for(settings: Settings) -> SideShiftClient:
                 base_url=settings.sideshift_base_url,
                 timeouts=Timeouts(read=settings.sideshift_timeout_seconds),
                 limiter=RateLimiter(backend, rates),
+                commission_rate=settings.sideshift_commission_rate or None,
             )
         return client
 

@@ -4,6 +4,11 @@ Real RabbitMQ (own vhost), PostgreSQL (own database), Redis (the shared rate lim
 Dramatiq worker and the timer loop in this process; the fake SideShift (uvicorn) and the
 fake price API on 127.0.0.1. The fake SideShift's clock moves only with ``fake.advance``,
 so a shift settles exactly when a test says so; the workers poll every 0.1-0.4 s.
+
+Where SideShift's documentation is silent the fake can answer either way
+(``FakeBehaviour``); a test picks the answer with ``@pytest.mark.parametrize("rig", [...],
+indirect=True)``. The money tests run both with a fake that refuses a reused quote and
+with one that accepts it: one shift per order must never depend on SideShift refusing.
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ from shiftflow.cli.main import main
 from shiftflow.consumers import timers
 from shiftflow.consumers.boot import boot
 from shiftflow.fakes.prices import FakePriceServer
-from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer
+from shiftflow.fakes.sideshift import FakeBehaviour, FakeSideShift, FakeSideShiftServer
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models import catalog, control, order_ops, order_status, pricing
 from shiftflow.models.access import Principal
+from shiftflow.models.base import utcnow
 from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.notifications import Notification
@@ -113,9 +119,15 @@ class Rig:
         )
 
 
+#: The fake's two answers to a reused quote, for the money tests.
+BOTH_QUOTE_ANSWERS = pytest.mark.parametrize(
+    "rig", [{"reused_quote": "refuse"}, {"reused_quote": "accept"}], indirect=True, ids=["refuse", "accept"]
+)
+
+
 @pytest.fixture
-def rig(real_env: dict[str, str]) -> Iterator[Rig]:
-    fake = FakeSideShift(enforce_rate_limits=False)
+def rig(real_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Rig]:
+    fake = FakeSideShift(enforce_rate_limits=False, behaviour=FakeBehaviour(**getattr(request, "param", {})))
     server = FakeSideShiftServer(fake).start()
     prices = FakePriceServer({"ethereum": "2500", "bitcoin": "50000"}).start()
     env = {
@@ -128,6 +140,8 @@ def rig(real_env: dict[str, str]) -> Iterator[Rig]:
         "SHIFTFLOW_SIDESHIFT_SHIFTS_PER_MINUTE": "1000",
         "SHIFTFLOW_SIDESHIFT_QUOTES_PER_MINUTE": "1000",
         "SHIFTFLOW_SIDESHIFT_TIMEOUT_SECONDS": "2",
+        "SHIFTFLOW_SIDESHIFT_RATE_LIMIT_BACKOFF_SECONDS": "2",
+        "SHIFTFLOW_SIDESHIFT_COMMISSION_RATE": "0.01",
     }
     settings = configure(Settings.from_env(env))
     broker = boot(settings)
@@ -180,6 +194,7 @@ def settle(rig: Rig, order: SideShiftOrder) -> None:
 # -- the seed 000 example, end to end -----------------------------------------------------------
 
 
+@BOTH_QUOTE_ANSWERS
 def test_dca_example_runs_to_settled_and_respects_max_executions(rig: Rig) -> None:
     definition = yaml.safe_load(resources.files("shiftflow.examples").joinpath("dca.yaml").read_text())
     definition.update(trigger={"type": "manual"}, max_executions=2)
@@ -281,6 +296,7 @@ def test_refused_order_fails_without_a_shift_and_bad_input_names_the_field(rig: 
     assert SideShiftOrder.select().where(SideShiftOrder.execution == execution.id).count() == 0
 
 
+@BOTH_QUOTE_ANSWERS
 def test_rate_limited_create_is_retried_and_creates_one_shift(rig: Rig) -> None:
     rig.fake.fail_next(1, status=429, routes=["shifts_fixed"])
     workflow = rig.workflow(swap_workflow("limited"))
@@ -296,6 +312,7 @@ def test_rate_limited_create_is_retried_and_creates_one_shift(rig: Rig) -> None:
 # -- unknown outcomes and the operator -----------------------------------------------------------------
 
 
+@BOTH_QUOTE_ANSWERS
 def test_lost_answer_waits_for_the_operator_who_attaches_the_shift(rig: Rig) -> None:
     rig.fake.drop_next_create()  # the shift is created, the answer never arrives
     workflow = rig.workflow(swap_workflow("lost"))
@@ -328,6 +345,7 @@ def test_lost_answer_waits_for_the_operator_who_attaches_the_shift(rig: Rig) -> 
     assert rig.fake.created_total == 1 and rig.fake.double_orders() == {}
 
 
+@BOTH_QUOTE_ANSWERS
 def test_server_error_after_create_and_operator_declares_none(rig: Rig) -> None:
     rig.fake.fail_next(1, status=502, routes=["shifts_fixed"])  # 5xx before the work: nothing created
     workflow = rig.workflow(swap_workflow("none"))
@@ -343,6 +361,7 @@ def test_server_error_after_create_and_operator_declares_none(rig: Rig) -> None:
     assert rig.fake.created_total == 0
 
 
+@BOTH_QUOTE_ANSWERS
 def test_a_delivery_that_finds_the_create_sent_marks_it_and_never_posts(rig: Rig, monkeypatch) -> None:
     # A failure between "sent" and "recorded" (here a transient error from a failpoint, so
     # the step is retried in-process) leaves the order CREATING; the retry must not post.
@@ -381,6 +400,7 @@ def test_price_cache_errors_and_output(rig: Rig) -> None:
     assert pricing.usd_price("btc") == Decimal("0.00001234")
 
 
+@BOTH_QUOTE_ANSWERS
 def test_a_rerun_never_places_a_second_order_while_the_first_is_unsettled(rig: Rig) -> None:
     rig.fake.drop_next_create()
     workflow = rig.workflow(swap_workflow("rerun"))
@@ -403,6 +423,9 @@ def test_a_rerun_never_places_a_second_order_while_the_first_is_unsettled(rig: R
     assert rig.fake.created_total == 2 and rig.fake.double_orders() == {}
 
 
+@pytest.mark.parametrize(
+    "rig", [{"unknown_shift_status": 404}, {"unknown_shift_status": 400}], indirect=True, ids=["404", "400"]
+)
 def test_a_shift_sideshift_forgets_is_marked_for_reconciliation(rig: Rig, monkeypatch) -> None:
     monkeypatch.setattr(order_status, "NOT_FOUND_GRACE_SECONDS", 0.0)
     workflow = rig.workflow(swap_workflow("forgotten"))
@@ -418,6 +441,7 @@ def test_a_shift_sideshift_forgets_is_marked_for_reconciliation(rig: Rig, monkey
     assert step.status == "WAITING" and step.wait_key == f"sideshift:reconcile:{order.id}"
 
 
+@BOTH_QUOTE_ANSWERS
 def test_an_open_order_outlives_its_cancelled_execution(rig: Rig) -> None:
     pricing.get_price(pricing.PriceRequest.parse({"coin": "ethereum"}), configure(Settings.from_env(rig.env)))
     workflow = rig.workflow(swap_workflow("orphan"))
@@ -432,3 +456,102 @@ def test_an_open_order_outlives_its_cancelled_execution(rig: Rig) -> None:
     metrics = WorkflowMetrics.get(WorkflowMetrics.workflow == workflow.id)
     # Counted as volume (0.1 ETH at the cached 2500 USD), not as a finished execution.
     assert metrics.total_volume_usd == Decimal("250") and metrics.completed_executions == 0
+
+
+# -- a fake that does not flatter the client ------------------------------------------------------
+
+
+def test_a_fixed_swap_is_quoted_within_the_coins_decimals(rig: Rig) -> None:
+    # BTC has 8 decimals: 0.0123456789 cannot be sent, so it is rounded down before quoting
+    # (never more than the workflow asked), and the quote must be for exactly that amount.
+    workflow = rig.workflow(
+        swap_workflow(
+            "decimals",
+            deposit_coin="btc",
+            deposit_network="bitcoin",
+            settle_coin="eth",
+            settle_network="ethereum",
+            amount="0.0123456789",
+            settle_address=ETH,
+            refund_address=BTC,
+        )
+    )
+    rig.trigger(workflow, "decimals-1")
+    order = rig.order("decimals-1", "OPEN")
+    assert order.deposit_amount == "0.01234567"
+    (quote,) = [r for r in rig.fake.requests if r.route == "quotes"]
+    assert quote.body["depositAmount"] == "0.01234567"
+    # SHIFTFLOW_SIDESHIFT_COMMISSION_RATE=0.01 reaches SideShift, and the fake charges it.
+    assert quote.body["commissionRate"] == "0.01" and rig.fake.quotes[order.quote_id].commission == Decimal("0.01")
+    assert rig.fake.shifts[order.shift_id].deposit_amount == Decimal("0.01234567")
+    settle(rig, order)
+    assert rig.finished("decimals-1").status == "SUCCEEDED"
+
+
+def test_a_variable_swap_records_a_deposit_within_the_coins_decimals(rig: Rig) -> None:
+    workflow = rig.workflow(
+        swap_workflow(
+            "variable-decimals",
+            type="variable",
+            deposit_coin="usdt",
+            deposit_network="tron",
+            amount="12.3456789",  # USDT on tron has 6 decimals (GET /coins)
+            refund_address="T" + "a" * 33,
+        )
+    )
+    rig.trigger(workflow, "variable-decimals-1")
+    order = rig.order("variable-decimals-1", "OPEN")
+    assert order.deposit_amount == "12.345678"
+    step = StepExecution.get((StepExecution.execution == order.execution_id) & (StepExecution.step_id == "swap"))
+    assert step.output["deposit_amount"] == "12.345678"
+
+
+@pytest.mark.parametrize(
+    "rig",
+    [
+        {"unknown_shift_status": 404, "malformed_shift_id_status": 404},
+        {"unknown_shift_status": 400, "malformed_shift_id_status": 400},
+    ],
+    indirect=True,
+    ids=["404", "400"],
+)
+def test_reconcile_with_a_shift_id_sideshift_does_not_know_says_so(rig: Rig) -> None:
+    rig.fake.drop_next_create()
+    workflow = rig.workflow(swap_workflow("typo"))
+    rig.trigger(workflow, "typo-1")
+    order = rig.order("typo-1", "NEEDS_RECONCILIATION")
+    for wrong in ("ffffffffffffffffffff", "8c9ba87d02"):
+        with pytest.raises(ReconcileError, match=f"SideShift does not know shift '{wrong}'"):
+            order_ops.reconcile(order.id, shift_id=wrong)
+    typo = rig.cli("reconcile", str(order.id), "--shift-id", "8c9ba87d02")
+    assert typo.returncode == 1 and "SideShift does not know shift '8c9ba87d02'" in typo.stderr, typo.stderr
+    assert "--none" in typo.stderr  # what to do next
+    assert SideShiftOrder.get_by_id(order.id).state == "NEEDS_RECONCILIATION"
+    (shift,) = rig.fake.shifts.values()
+    order_ops.reconcile(order.id, shift_id=shift.id)
+    assert SideShiftOrder.get_by_id(order.id).state == "OPEN" and rig.fake.created_total == 1
+
+
+@pytest.mark.parametrize("rig", [{"retry_after_header": False}], indirect=True)
+def test_a_429_without_retry_after_backs_off_then_creates_one_shift(rig: Rig) -> None:
+    rig.fake.enforce_rate_limits = True
+    rig.fake.limits["shifts"] = 1
+    rig.fake.hit_limit("shifts", "127.0.0.1")  # this minute's one shift is spent
+    workflow = rig.workflow(swap_workflow("no-retry-after"))
+    rig.trigger(workflow, "no-retry-after-1")
+
+    def backing_off() -> StepExecution | None:
+        step = StepExecution.get_or_none(StepExecution.step_id == "swap")
+        return step if step is not None and step.status == "PENDING" and step.resume_at else None
+
+    step = wait_until(backing_off, timeout=30)
+    assert rig.fake.rate_limited["shifts"] == 1 and "Rate limit exceeded" in step.error
+    # No Retry-After: the default backoff (2 s here), not the step's 0.2 s retry policy.
+    waits = (step.resume_at - utcnow()).total_seconds()
+    assert waits > 1.5, waits
+    assert SideShiftOrder.get(SideShiftOrder.step_id == "swap").state == "PENDING_CREATE"
+    rig.fake.advance(60)  # the minute passes
+    order = rig.order("no-retry-after-1", "OPEN")
+    assert rig.fake.created_total == 1 and rig.fake.rate_limited["shifts"] == 1
+    settle(rig, order)
+    assert rig.finished("no-retry-after-1").status == "SUCCEEDED"

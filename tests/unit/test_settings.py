@@ -37,6 +37,10 @@ def test_production_requires_every_url(missing):
         ("SHIFTFLOW_MODE", "staging", "dev, production"),
         ("SHIFTFLOW_SECRET_KEYS", "short", "at least 32"),
         ("SHIFTFLOW_PUBLISH_TIMEOUT_SECONDS", "soon", "a number"),
+        ("SHIFTFLOW_SIDESHIFT_COMMISSION_RATE", "0.5", "from 0 to 0.02"),
+        ("SHIFTFLOW_SIDESHIFT_COMMISSION_RATE", "-0.001", "from 0 to 0.02"),
+        ("SHIFTFLOW_SIDESHIFT_COMMISSION_RATE", "half", "from 0 to 0.02"),
+        ("SHIFTFLOW_SIDESHIFT_RATE_LIMIT_BACKOFF_SECONDS", "0", "0.05 to 60"),
     ],
 )
 def test_malformed_values_name_the_variable(name, value, expected):
@@ -63,3 +67,6 @@ def test_public_dict_hides_secrets():
 def test_values_are_parsed():
     settings = Settings.from_env({**REAL, "SHIFTFLOW_PREFETCH": "300", "SHIFTFLOW_HTTP_ALLOW_PRIVATE": "true"})
     assert settings.prefetch == 300 and settings.http_allow_private
+    assert settings.sideshift_commission_rate == "" and settings.sideshift_rate_limit_backoff_seconds == 10
+    sideshift = Settings.from_env({**REAL, "SHIFTFLOW_SIDESHIFT_COMMISSION_RATE": "0.0100"})
+    assert sideshift.sideshift_commission_rate == "0.0100"
