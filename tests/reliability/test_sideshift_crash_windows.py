@@ -20,7 +20,8 @@ or none), and every execution must end (settled, or failed for "no shift").
 
 Judged against the fake SideShift's own count of the shifts it created: 0 double orders
 (no quote, no externalId behind two shifts), at most one shift per order, and the
-reconciled orders match exactly the shifts that exist.
+reconciled orders match exactly the shifts that exist. The fake ACCEPTS a reused quote
+(SideShift's answer is undocumented): no order may rely on SideShift refusing one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer, SystemClock, Timings
+from shiftflow.fakes.sideshift import FakeBehaviour, FakeSideShift, FakeSideShiftServer, SystemClock, Timings
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
@@ -186,6 +187,7 @@ def test_no_double_order_whatever_the_crash_window(
         auto_deposit=True,
         enforce_rate_limits=False,
         timings=Timings(confirm=0.3, process=0.1, settle=0.1),
+        behaviour=FakeBehaviour(reused_quote="accept"),
     )
     server = FakeSideShiftServer(fake).start()
     markers = tmp_path / "failpoints"
