@@ -23,6 +23,7 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import SettingsError, TransientError
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.steps import TERMINAL
+from shiftflow.models.paging import MAX_LIMIT
 
 _PRIORITIES = [p.name for p in Priority]
 
@@ -164,7 +165,15 @@ def _logs(args: argparse.Namespace) -> int:
     sink = get_sink()
     if sink is None:
         raise SettingsError("SHIFTFLOW_MONGO_URL is not set: there is no log store to read")
-    docs = queries.execution_logs(operator(args), args.execution, sink.database(), args.limit)
+    docs: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:  # every page, to the last line (the outcome), unless --limit says fewer
+        want = MAX_LIMIT if args.limit is None else min(MAX_LIMIT, args.limit - len(docs))
+        page = queries.execution_logs(operator(args), args.execution, sink.database(), want, cursor)
+        docs += page.items
+        cursor = page.next_cursor
+        if cursor is None or (args.limit is not None and len(docs) >= args.limit):
+            break
     if args.json:
         print_json(docs)
         return 0
@@ -311,7 +320,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("logs", help="print an execution's log documents (MongoDB), oldest first")
     p.add_argument("execution", metavar="ID", help="execution id")
     p.add_argument("--workspace", help="refuse unless the execution belongs to this workspace")
-    p.add_argument("--limit", type=int, help="at most this many documents (1-200; default all, up to 1000)")
+    p.add_argument("--limit", type=int, help="at most this many documents (default: all of them)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=guarded(_logs))
 

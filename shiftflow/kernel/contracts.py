@@ -9,6 +9,7 @@ with defaults so that messages already on a queue still decode.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
@@ -54,6 +55,25 @@ MAX_PRIORITY = 10
 #: Follow-on steps of running executions go ahead of first steps of new ones
 #: (DESIGN.md 3: a FIFO queue finishes a burst breadth-first). Added to the base priority.
 FOLLOW_ON_BOOST = 1
+
+
+#: Namespace of execution ids (``execution_id_for``); fixed forever, or ids change meaning.
+EXECUTION_NAMESPACE = uuid.UUID("6b1f3c52-6c0e-4d7a-9a43-2f0d5c1e8b71")
+
+
+def execution_id_for(workflow_id: Any, dedup_key: str) -> uuid.UUID:
+    """The id the execution of ``(workflow, dedup key)`` gets when a worker creates it.
+
+    Derived (UUID 5), not drawn, so a producer can answer 202 with the id before the
+    execution exists, and a retried delivery (same key) names the same execution.
+    """
+    # One spelling of the workflow id (SQLite rows hold 32 hex digits, PostgreSQL dashes).
+    canonical = workflow_id if isinstance(workflow_id, uuid.UUID) else uuid.UUID(str(workflow_id))
+    return uuid.uuid5(EXECUTION_NAMESPACE, f"{canonical}\n{dedup_key}")
+
+
+#: Where an execution came from (``Execution.source``; ``TriggerPayload.source``).
+EXECUTION_SOURCES = ("webhook", "schedule", "polling", "manual", "event", "workflow", "rerun")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ Lists are keyset pages (``models.paging``).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -25,6 +29,9 @@ from shiftflow.models.workflows import Workflow, WorkflowVersion
 
 EXECUTION_STATUSES = ("PENDING", "RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 WORKFLOW_STATUSES = ("DRAFT", "ACTIVE", "PAUSED", "ARCHIVED", "COMPLETED", "FAILED")
+STEP_STATUSES = (
+    "PENDING", "QUEUED", "RUNNING", "WAITING", "SUCCEEDED", "SKIPPED", "FAILED", "CANCELLED", "TIMED_OUT"
+)
 
 
 # --------------------------------------------------------------------------- executions
@@ -142,27 +149,42 @@ def execution_detail(actor: Principal, execution_id: Any) -> dict[str, Any]:
 
 
 def execution_logs(
-    actor: Principal, execution_id: Any, mongo_db: Any, limit: Any = None
-) -> list[dict[str, Any]]:
-    """The log documents of one execution from MongoDB, oldest first.
+    actor: Principal, execution_id: Any, mongo_db: Any, limit: Any = None, cursor: str | None = None
+) -> Page:
+    """One page of an execution's log documents from MongoDB, oldest first.
+
+    Pages are keyed on ``(timestamp, _id)``: the cursor is the last document's pair, and
+    documents written while a client pages (a running execution) come after it, so the
+    client reads to the last line (the outcome) by following ``next_cursor`` until it is
+    null, without gaps or repeats.
 
     Parameters:
         mongo_db: a pymongo database holding ``execution_logs`` (or None: no log store).
+        limit: page size, 1-200 (default 50).
+        cursor: the ``next_cursor`` of the previous page.
 
     Raises:
         NotFound: no such execution in the workspace.
+        InvalidInput: a malformed limit or cursor.
         pymongo.errors.PyMongoError: MongoDB could not be read.
     """
     from shiftflow.kernel.mongo import EXECUTION_LOGS
 
     row = get_execution(actor, execution_id)
+    size = parse_limit(limit)
     if mongo_db is None:
-        return []
-    query = {"executionId": str(row.id), "workspaceId": str(row.workspace_id)}
-    docs = (
-        mongo_db[EXECUTION_LOGS].find(query).sort("timestamp", 1).limit(parse_limit(limit) if limit else 1000)
+        return Page([], None)
+    query: dict[str, Any] = {"executionId": str(row.id), "workspaceId": str(row.workspace_id)}
+    if cursor:
+        at, last_id = _decode_log_cursor(cursor)
+        query["$or"] = [{"timestamp": {"$gt": at}}, {"timestamp": at, "_id": {"$gt": last_id}}]
+    docs = list(
+        mongo_db[EXECUTION_LOGS].find(query).sort([("timestamp", 1), ("_id", 1)]).limit(size + 1)
     )
-    return [
+    more = len(docs) > size
+    docs = docs[:size]
+    nxt = _encode_log_cursor(docs[-1]) if more else None
+    items = [
         {
             "timestamp": stamp(d.get("timestamp")),
             "level": d.get("level"),
@@ -172,6 +194,27 @@ def execution_logs(
         }
         for d in docs
     ]
+    return Page(items, nxt)
+
+
+def _encode_log_cursor(doc: dict[str, Any]) -> str:
+    at = doc.get("timestamp")
+    text = at.isoformat(timespec="milliseconds") if at is not None else ""
+    raw = json.dumps([text, str(doc["_id"])]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_log_cursor(cursor: str) -> tuple[Any, Any]:
+    from bson import ObjectId
+    from bson.errors import InvalidId
+
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at_text, last_id = json.loads(raw)
+        at = dt.datetime.fromisoformat(at_text).replace(tzinfo=None) if at_text else None
+        return at, ObjectId(last_id)
+    except (ValueError, TypeError, InvalidId, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor", "malformed cursor: pass the next_cursor of a previous page") from None
 
 
 # --------------------------------------------------------------------------- workflows
@@ -184,7 +227,8 @@ def workflow_dict(row: Workflow) -> dict[str, Any]:
         "name": row.name,
         "description": row.description,
         "status": row.status,
-        "trigger_type": row.trigger_type,
+        # Stored upper-case (the seed's column); definitions and the API say ``manual``.
+        "trigger_type": row.trigger_type.lower(),
         "current_version": row.current_version,
         "max_executions": row.max_executions,
         "execution_count": row.execution_count,
@@ -320,7 +364,8 @@ def template_dict(row: WorkflowTemplate) -> dict[str, Any]:
         "name": row.name,
         "description": row.description,
         "category": row.category,
-        "trigger_type": row.trigger_type,
+        # Stored upper-case (the seed's column); definitions and the API say ``manual``.
+        "trigger_type": row.trigger_type.lower(),
         "tags": list(row.tags or []),
         "required_integrations": list(row.required_integrations or []),
         "is_popular": row.is_popular,

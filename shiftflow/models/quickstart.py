@@ -16,7 +16,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from shiftflow.kernel.contracts import TriggerPayload
+from shiftflow.kernel.contracts import TriggerPayload, execution_id_for
 from shiftflow.kernel.definition import Definition
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.executors import run_pure
@@ -35,7 +35,7 @@ def eligible(workflow: Workflow, definition: Definition, payload: TriggerPayload
 def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -> runs.Started:
     """Start an eligible execution in one short transaction (see the module docstring)."""
     now = utcnow()
-    execution_id = uuid.uuid4()
+    execution_id = execution_id_for(workflow.id, payload.dedup_key)
     trigger = payload.data
     outputs: dict[str, Any] = {}
     states: dict[str, StepState] = {}

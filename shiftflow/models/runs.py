@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shiftflow.kernel import metrics
-from shiftflow.kernel.contracts import FOLLOW_ON_BOOST, Priority, StepPayload, TriggerPayload
+from shiftflow.kernel.contracts import FOLLOW_ON_BOOST, Priority, StepPayload, TriggerPayload, execution_id_for
 from shiftflow.kernel.db import database, is_postgres
 from shiftflow.kernel.definition import Definition, validate
 from shiftflow.kernel.enqueue import Outgoing
@@ -331,21 +331,20 @@ def start_execution(payload: TriggerPayload) -> Started:
         if not flow.take_execution_slot(workflow):
             return Started(None, False, [], f"workflow {workflow.name!r} reached max_executions")
         now = utcnow()
-        new_id = uuid.uuid4()
         received = (dt.datetime.fromtimestamp(payload.received_at, dt.UTC).replace(tzinfo=None)
                     if payload.received_at else now)
         key = flow.concurrency_key(definition, payload.data)
-        Execution.insert(
-            id=new_id, workflow=workflow.id, workflow_version=workflow.current_version,
-            workspace=workflow.workspace_id, dedup_key=payload.dedup_key, source=payload.source,
-            status="PENDING", priority=payload.priority, trigger_data=payload.data, received_at=received,
-            created_at=now, concurrency_key=key,
+        inserted = compiled.insert_rows(Execution, [dict(
+            id=execution_id_for(workflow.id, payload.dedup_key), workflow=workflow.id,
+            workflow_version=workflow.current_version, workspace=workflow.workspace_id,
+            dedup_key=payload.dedup_key, source=payload.source, status="PENDING", priority=payload.priority,
+            trigger_data=payload.data, received_at=received, created_at=now, concurrency_key=key,
             parent=payload.parent_execution_id or None, parent_step_id=payload.parent_step_id or None,
             parent_iteration=payload.parent_iteration if payload.parent_step_id else None,
             triggered_by=payload.triggered_by or None,
-        ).on_conflict_ignore().execute()
+        )], ignore_conflicts=True)
         execution = lock_execution_by_key(workflow.id, payload.dedup_key)
-        if execution.id != new_id:
+        if not inserted:
             flow.give_back_execution_slot(workflow)
             return duplicate(execution)
         announce_created(execution, payload)

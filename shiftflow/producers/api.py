@@ -136,11 +136,19 @@ def _parse_body(raw: bytes, content_type: str, op: dict[str, Any]) -> dict[str, 
     return dict(data)
 
 
+_NAIVE = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?$")
+
+
 def _validate(value: Any, schema: dict[str, Any], where: str) -> None:
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(value))
     if error is not None:
         path = ".".join(str(p) for p in error.absolute_path)
-        raise InvalidInput(f"{where}.{path}" if path else where, error.message[:500])
+        message = error.message[:500]
+        if error.validator == "format" and error.validator_value == "date-time":
+            message = f"{str(error.instance)[:60]!r} is not an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z"
+            if isinstance(error.instance, str) and _NAIVE.match(error.instance):
+                message += " (a UTC offset is required: add Z or +HH:MM)"
+        raise InvalidInput(f"{where}.{path}" if path else where, message)
 
 
 def _coerce(raw: str, schema: dict[str, Any], name: str) -> Any:
@@ -178,6 +186,20 @@ def _parameters(request: Request, op: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _check_path(op: dict[str, Any], path: dict[str, str]) -> None:
+    """Path parameters against their schemas: a value that can never name an object is a 404
+    that says why (never a 409 from deeper down)."""
+    for param in op.get("parameters", ()):
+        if param["in"] != "path" or param["name"] not in path:
+            continue
+        name, raw = param["name"], path[param["name"]]
+        try:
+            value = _coerce(raw, param["schema"], name)
+            _validate(value, param["schema"], name)
+        except InvalidInput as exc:
+            raise NotFound(f"{name} {raw[:50]!r} cannot exist: {exc.reason}") from None
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -190,6 +212,7 @@ def _run_op(op: dict[str, Any], request: Request, raw: bytes, send: Send, mongo:
     for name, value in path.items():
         if unstorable(value):
             raise NotFound(f"{name} {value[:50]!r} does not exist")
+    _check_path(op, path)
     with database.connection_context():
         client = request.client.host if request.client else None
         actor = apikeys.authenticate(
@@ -323,16 +346,25 @@ def create_api(
         log.exception("management API: unexpected error", exc_info=exc)
         return _error(500, "internal error")
 
+    def by_method(handlers: dict[str, Callable[[Request], Any]]) -> Callable[[Request], Any]:
+        async def handle(request: Request) -> Response:
+            return await handlers[request.method](request)
+
+        return handle
+
     routes = [Route("/openapi.json", openapi, methods=["GET"])]
-    grouped: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    grouped: dict[str, dict[str, Callable[[Request], Any]]] = {}
     for method, path, op in api_spec.operations():
         if op["operationId"] in HANDLERS:
-            grouped.setdefault(path, []).append((method, op))
-    # Literal paths before parameterised ones, so /dead-letters/replay is not an id.
+            grouped.setdefault(path, {})[method] = endpoint(op)
+    # Literal paths before parameterised ones, so /dead-letters/replay is not an id. One
+    # route per path, so a 405's Allow header lists every method the path has.
     for path in sorted(grouped, key=lambda p: ("{" in p, p)):
-        for method, op in grouped[path]:
-            routes.append(Route(path, endpoint(op), methods=[method], name=op["operationId"]))
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+        routes.append(Route(path, by_method(grouped[path]), methods=list(grouped[path])))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    # `/workflows/` is not `/workflows`: a 404, never an undocumented 307 to another URL.
+    app.router.redirect_slashes = False
+    return app
 
 
 def _mongo_reader(settings: Settings) -> Callable[[], Any]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shiftflow.kernel.contracts import Priority
+from shiftflow.kernel.contracts import Priority, execution_id_for
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.models import apikeys, control, lifecycle, queries, replay, signals, workspaces
 from shiftflow.models.access import Principal
@@ -153,7 +153,12 @@ def _run(call: Call) -> Result:
         idempotency_key=call.params.get("Idempotency-Key"),
     )
     out = Outgoing("triggers.start", payload, priority=int(Priority.parse(payload.priority)))
-    body = {"status": "accepted", "execution_key": payload.dedup_key, "workflow_id": payload.workflow_id}
+    body = {
+        "status": "accepted",
+        "execution_id": str(execution_id_for(payload.workflow_id, payload.dedup_key)),
+        "execution_key": payload.dedup_key,
+        "workflow_id": payload.workflow_id,
+    }
     return Result(202, body, publish=[out], after=lambda: control.record_trigger(call.actor, payload))
 
 
@@ -178,10 +183,14 @@ def _execution(call: Call) -> Result:
 
 
 def _logs(call: Call) -> Result:
-    items = queries.execution_logs(
-        call.actor, call.path["execution_id"], call.mongo(), call.params.get("limit")
+    page = queries.execution_logs(
+        call.actor,
+        call.path["execution_id"],
+        call.mongo(),
+        call.params.get("limit"),
+        call.params.get("cursor"),
     )
-    return Result(200, {"items": items})
+    return Result(200, page.as_dict())
 
 
 def _cancel(call: Call) -> Result:

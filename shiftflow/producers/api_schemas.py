@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from shiftflow.kernel.contracts import EXECUTION_SOURCES, Priority
+from shiftflow.kernel.definition import TRIGGER_TYPES
 from shiftflow.models.access import PERMISSIONS
-from shiftflow.models.queries import EXECUTION_STATUSES, WORKFLOW_STATUSES
+from shiftflow.models.queries import EXECUTION_STATUSES, STEP_STATUSES, WORKFLOW_STATUSES
 
 NULL_TEXT = {"type": ["string", "null"]}
 TIME = {"type": "string", "format": "date-time"}
@@ -17,10 +19,12 @@ NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 ID = {"type": "string", "format": "uuid"}
 NULL_ID = {"type": ["string", "null"], "format": "uuid"}
 ANY: dict[str, Any] = {}
-ROLE_IN = {
-    "type": "string",
-    "enum": ["owner", "admin", "member", "viewer", "OWNER", "ADMIN", "MEMBER", "VIEWER"],
-}
+#: Roles, spelled as the API returns them (a client generator makes one enum of them).
+ROLES = ["OWNER", "ADMIN", "MEMBER", "VIEWER"]
+ROLE_IN = {"type": "string", "enum": ROLES}
+PRIORITY = {"type": "string", "enum": [p.name for p in Priority]}
+TRIGGER_TYPE = {"type": "string", "enum": list(TRIGGER_TYPES)}
+STRINGS = {"type": "array", "items": {"type": "string"}}
 SCOPES = {
     "type": "array",
     "minItems": 1,
@@ -65,7 +69,7 @@ SCHEMAS: dict[str, Any] = {
         user_id=ID,
         email=NULL_TEXT,
         name=NULL_TEXT,
-        role={"type": "string", "enum": ["OWNER", "ADMIN", "MEMBER", "VIEWER"]},
+        role=ROLE_IN,
         created_at=TIME,
     ),
     "MemberList": obj(["items"], items={"type": "array", "items": ref("Member")}),
@@ -118,7 +122,7 @@ SCHEMAS: dict[str, Any] = {
         name={"type": "string"},
         description=NULL_TEXT,
         status={"type": "string", "enum": list(WORKFLOW_STATUSES)},
-        trigger_type={"type": "string"},
+        trigger_type=TRIGGER_TYPE,
         current_version={"type": "integer", "minimum": 1},
         max_executions={"type": ["integer", "null"]},
         execution_count={"type": "integer"},
@@ -162,9 +166,9 @@ SCHEMAS: dict[str, Any] = {
         workflow_id=ID,
         workflow_version={"type": "integer"},
         status={"type": "string", "enum": list(EXECUTION_STATUSES)},
-        source={"type": "string"},
+        source={"type": "string", "enum": list(EXECUTION_SOURCES)},
         dedup_key={"type": "string"},
-        priority={"type": "string"},
+        priority=PRIORITY,
         parent_id=NULL_ID,
         error=NULL_TEXT,
         progress={"type": "integer", "minimum": 0, "maximum": 100},
@@ -193,7 +197,7 @@ SCHEMAS: dict[str, Any] = {
         step_id={"type": "string"},
         iteration={"type": "integer"},
         type={"type": "string"},
-        status={"type": "string"},
+        status={"type": "string", "enum": list(STEP_STATUSES)},
         attempts={"type": "integer"},
         retry_count={"type": "integer"},
         input=ANY,
@@ -232,10 +236,23 @@ SCHEMAS: dict[str, Any] = {
         step_id=NULL_TEXT,
         metadata={"type": "object"},
     ),
-    "LogList": obj(["items"], items={"type": "array", "items": ref("LogEntry")}),
+    "LogPage": obj(
+        ["items", "next_cursor"],
+        items={"type": "array", "items": ref("LogEntry")},
+        next_cursor={
+            **NULL_TEXT,
+            "description": "pass as `cursor` for the next page; null on the last page",
+        },
+    ),
     "Accepted": obj(
-        ["status", "execution_key", "workflow_id"],
+        ["status", "execution_id", "execution_key", "workflow_id"],
         status={"const": "accepted"},
+        execution_id={
+            **ID,
+            "description": "the id the execution has once a worker created it: poll "
+            "`GET /executions/{execution_id}` (404 until then); the same for a retry with the same "
+            "Idempotency-Key",
+        },
         execution_key={
             "type": "string",
             "description": "the execution's dedup key "
@@ -343,9 +360,9 @@ SCHEMAS: dict[str, Any] = {
         name={"type": "string"},
         description={"type": "string"},
         category={"type": "string"},
-        trigger_type={"type": "string"},
-        tags={"type": "array"},
-        required_integrations={"type": "array"},
+        trigger_type=TRIGGER_TYPE,
+        tags=STRINGS,
+        required_integrations=STRINGS,
         is_popular={"type": "boolean"},
         usage_count={"type": "integer"},
         definition=ANY,

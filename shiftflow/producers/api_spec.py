@@ -162,7 +162,7 @@ PATHS: dict[str, Any] = {
             "members:write",
             {**_ok(201, "Member", "added"), **_errors(409, *_BODY)},
             tags=("members",),
-            example={"email": "new@example.com", "role": "member"},
+            example={"email": "new@example.com", "role": "MEMBER"},
             body=closed(
                 ["email", "role"],
                 email={"type": "string", "format": "email", "maxLength": 320},
@@ -178,7 +178,7 @@ PATHS: dict[str, Any] = {
             "members:write",
             {**_ok(200, "Member", "changed"), **_errors(404, 409, *_BODY)},
             tags=("members",),
-            example={"role": "viewer"},
+            example={"role": "VIEWER"},
             params=[_path("member_id")],
             body=closed(["role"], role=ROLE_IN),
         ),
@@ -367,11 +367,11 @@ PATHS: dict[str, Any] = {
     "/executions/{execution_id}/logs": {
         "get": _op(
             "getExecutionLogs",
-            "The execution's log documents (MongoDB), oldest first",
+            "The execution's log documents (MongoDB), oldest first; follow `next_cursor` to the last line",
             "executions:read",
-            {**_ok(200, "LogList", "log documents"), **_errors(404, 422)},
+            {**_ok(200, "LogPage", "a page of log documents"), **_errors(404, 422)},
             tags=("executions",),
-            params=[_path("execution_id"), _LIMIT],
+            params=[_path("execution_id"), _LIMIT, _CURSOR],
         ),
     },
     "/executions/{execution_id}/cancel": {

@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shiftflow.kernel.contracts import Priority, TriggerPayload
+from shiftflow.kernel.contracts import Priority, TriggerPayload, execution_id_for
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import SignatureError, TransientError
 from shiftflow.kernel.settings import Settings
@@ -414,7 +414,12 @@ def create_app(
             # The detail (hosts, broker errors) goes to the log, not to the caller.
             log.warning("publish of %s failed: %s", payload.dedup_key, exc)
             raise _unavailable("broker unavailable, retry later") from None
-        return {"status": "accepted", "execution_key": payload.dedup_key, "workflow_id": hook.workflow_id}
+        return {
+            "status": "accepted",
+            "execution_id": str(execution_id_for(hook.workflow_id, payload.dedup_key)),
+            "execution_key": payload.dedup_key,
+            "workflow_id": hook.workflow_id,
+        }
 
     async def receive_hook(scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /hooks/{token}`` as a raw ASGI app: no Request, no Response objects."""
@@ -473,7 +478,7 @@ def create_app(
             if publisher is not None:
                 await publisher.close()
 
-    return IngressApp(
+    app = IngressApp(
         receive_hook,
         lifespan=lifespan,
         routes=[
@@ -486,6 +491,8 @@ def create_app(
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+    app.router.redirect_slashes = False  # `/healthz/` is a 404, never an undocumented 307
+    return app
 
 
 class _AsgiEndpoint:

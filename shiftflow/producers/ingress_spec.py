@@ -96,9 +96,15 @@ DOCUMENT: dict[str, Any] = {
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "required": ["status", "execution_key", "workflow_id"],
+                                    "required": ["status", "execution_id", "execution_key", "workflow_id"],
                                     "properties": {
                                         "status": {"const": "accepted"},
+                                        "execution_id": {
+                                            "type": "string",
+                                            "format": "uuid",
+                                            "description": "the id the execution has once a worker "
+                                            "created it (`GET /api/v1/executions/{id}`)",
+                                        },
                                         "execution_key": {
                                             "type": "string",
                                             "description": "`<scheme>:<delivery id>`: a repeated delivery "

@@ -215,7 +215,7 @@ def test_operator_cli_and_management_api(system, real_env):
     broker = install(build_broker(settings, worker=False))
     try:
         missing = uuid.uuid4()
-        send("triggers.start", TriggerPayload(workflow_id=str(missing), dedup_key="late-1", source="test"))
+        send("triggers.start", TriggerPayload(workflow_id=str(missing), dedup_key="late-1", source="manual"))
         wait_until(lambda: DeadLetter.select().count() == 1, timeout=30, message="the dead letter")
         listed = _cli(env, "dead-letters", "list", "--queue", "triggers", "--since", "10m").stdout
         assert "not replayed" in listed and "1 dead letter(s)" in listed

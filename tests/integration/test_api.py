@@ -95,7 +95,7 @@ def _example(op: dict) -> dict | None:
 def _execution_for(workflow_id, key: str, data: dict | None = None) -> Execution:
     """Start an execution without a broker (its messages are not needed)."""
     started = runs.start_execution(
-        TriggerPayload(workflow_id=str(workflow_id), dedup_key=key, source="test", data=data or {"n": 1})
+        TriggerPayload(workflow_id=str(workflow_id), dedup_key=key, source="manual", data=data or {"n": 1})
     )
     return started.execution
 
@@ -184,7 +184,7 @@ def test_missing_malformed_unknown_expired_and_revoked_keys_get_401(api):
     # Removing a member revokes their keys; demoting one changes what their key may do at once.
     member = WorkspaceMember.get(workspace=a.workspace.id, user=a.users["MEMBER"].id)
     assert (
-        c.patch(f"/members/{member.id}", json={"role": "viewer"}, headers=a.auth("ADMIN")).status_code == 200
+        c.patch(f"/members/{member.id}", json={"role": "VIEWER"}, headers=a.auth("ADMIN")).status_code == 200
     )
     assert c.post("/workflows", json={"definition": SIMPLE}, headers=a.auth("MEMBER")).status_code == 403
     assert c.delete(f"/members/{member.id}", headers=a.auth("ADMIN")).status_code == 204
@@ -235,12 +235,12 @@ def test_role_matrix_over_every_operation(api):
     assert c.delete(f"/keys/{a.key_ids['VIEWER']}", headers=a.auth("VIEWER")).status_code == 403
 
     # Ownership: admins may not make owners or delete the workspace; owners may.
-    invite = {"email": "new-owner@alpha.example", "role": "owner"}
+    invite = {"email": "new-owner@alpha.example", "role": "OWNER"}
     assert c.post("/members", json=invite, headers=a.auth("ADMIN")).status_code == 403
     assert c.post("/members", json=invite, headers=a.auth("OWNER")).status_code == 201
     owner = WorkspaceMember.get(workspace=a.workspace.id, user=a.users["OWNER"].id)
     assert (
-        c.patch(f"/members/{owner.id}", json={"role": "member"}, headers=a.auth("ADMIN")).status_code == 403
+        c.patch(f"/members/{owner.id}", json={"role": "MEMBER"}, headers=a.auth("ADMIN")).status_code == 403
     )
     assert c.delete("/workspace", headers=a.auth("ADMIN")).status_code == 403
     assert c.delete("/workspace", headers=a.auth("OWNER")).status_code == 204
@@ -253,7 +253,7 @@ def test_role_matrix_over_every_operation(api):
 def test_the_last_owner_cannot_leave(api):
     c, b = api["client"], api["b"]
     owner = WorkspaceMember.get(workspace=b.workspace.id, user=b.users["OWNER"].id)
-    demoted = c.patch(f"/members/{owner.id}", json={"role": "admin"}, headers=b.auth("OWNER"))
+    demoted = c.patch(f"/members/{owner.id}", json={"role": "ADMIN"}, headers=b.auth("OWNER"))
     assert demoted.status_code == 409 and "owner" in demoted.json()["error"]
     assert c.delete(f"/members/{owner.id}", headers=b.auth("OWNER")).status_code == 409
     assert WorkspaceMember.get_by_id(owner.id).role == "OWNER"
@@ -275,8 +275,8 @@ def test_every_mutation_writes_an_audit_entry(api):
     assert entry["ip"] == "127.0.0.1" and entry["user_agent"] == "shiftflow-tests/1.0"
     assert entry["user_id"] == str(a.users["OWNER"].id) and entry["api_key_id"] == a.key_ids["OWNER"]
 
-    member = c.post("/members", json={"email": "eve@alpha.example", "role": "viewer"}, headers=auth).json()
-    assert c.patch(f"/members/{member['id']}", json={"role": "member"}, headers=auth).status_code == 200
+    member = c.post("/members", json={"email": "eve@alpha.example", "role": "VIEWER"}, headers=auth).json()
+    assert c.patch(f"/members/{member['id']}", json={"role": "MEMBER"}, headers=auth).status_code == 200
     assert c.delete(f"/members/{member['id']}", headers=auth).status_code == 204
     key = c.post("/keys", json={"name": "temp"}, headers=auth).json()
     assert c.delete(f"/keys/{key['id']}", headers=auth).status_code == 204

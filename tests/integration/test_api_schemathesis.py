@@ -50,7 +50,7 @@ def _seed():
     tenant = seed_tenant("fuzz", roles=("OWNER", "ADMIN", "MEMBER"))
     workflow = catalog.apply_definition(tenant.workspace, SIMPLE).workflow
     started = runs.start_execution(
-        TriggerPayload(workflow_id=str(workflow.id), dedup_key="fuzz:1", source="test", data={"n": 1})
+        TriggerPayload(workflow_id=str(workflow.id), dedup_key="fuzz:1", source="manual", data={"n": 1})
     )
     failed = Execution.create(
         workflow=workflow.id,

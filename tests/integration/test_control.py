@@ -100,7 +100,7 @@ def _calling(url: str, name: str = "calling", **extra) -> dict:
 def _trigger(workflow, key: str, data: dict | None = None) -> None:
     send(
         "triggers.start",
-        TriggerPayload(workflow_id=str(workflow.id), dedup_key=key, source="test", data=data or {"n": 1}),
+        TriggerPayload(workflow_id=str(workflow.id), dedup_key=key, source="manual", data=data or {"n": 1}),
     )
 
 
@@ -235,7 +235,7 @@ def test_dead_letters_replay_by_filter_once_unless_forced(engine):
     for n, wid in enumerate(ids):  # triggers for workflows that do not exist (yet): dead letters
         send(
             "triggers.start",
-            TriggerPayload(workflow_id=str(wid), dedup_key=f"dl-{n}", source="test", data={"n": n}),
+            TriggerPayload(workflow_id=str(wid), dedup_key=f"dl-{n}", source="manual", data={"n": n}),
         )
     send("steps.run", StepPayload(execution_id=str(uuid.uuid4()), step_id="nope"))
     wait_until(lambda: DeadLetter.select().count() == 4, timeout=30, message="four dead letters")
