@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shiftflow.kernel import metrics
-from shiftflow.kernel.contracts import FOLLOW_ON_BOOST, Priority, StepPayload, TriggerPayload, execution_id_for
+from shiftflow.kernel.contracts import (
+    FOLLOW_ON_BOOST,
+    Priority,
+    StepPayload,
+    TriggerPayload,
+    execution_id_for,
+)
 from shiftflow.kernel.db import database, is_postgres
 from shiftflow.kernel.definition import Definition, validate
 from shiftflow.kernel.enqueue import Outgoing
