@@ -19,10 +19,16 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from shiftflow.kernel.definition import parse, validate
+    from shiftflow.kernel.definition import parse_file, validate
+    from shiftflow.kernel.errors import DefinitionError
+    from shiftflow.kernel.runnable import check_runnable
 
-    with open(args.file, "rb") as handle:
-        definition = validate(parse(handle.read()))
+    data = parse_file(args.file)
+    try:
+        definition = validate(data)
+        check_runnable(definition)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{args.file}: {exc}") from None
     print(f"{args.file}: valid ({len(definition.steps)} steps, trigger {definition.trigger_type})")
     return 0
 

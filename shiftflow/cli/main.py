@@ -84,16 +84,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Validate a workflow definition and store it as a new version."""
-    from shiftflow.kernel.definition import parse
+    from shiftflow.kernel.definition import parse_file
     from shiftflow.models import catalog
     from shiftflow.models.workflows import Webhook
 
     settings = settings_from_args(args)
-    with open(args.file, "rb") as handle:
-        data = parse(handle.read())
+    data = parse_file(args.file)
     bind(settings)
     workspace = catalog.ensure_workspace(args.workspace)
-    applied = catalog.apply_definition(workspace, data, activate=not args.draft)
+    try:
+        applied = catalog.apply_definition(workspace, data, activate=not args.draft)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{args.file}: {exc}") from None
     print(f"workflow {applied.workflow.name!r} ({applied.workflow.id}) version {applied.version}"
           + ("" if applied.changed else " (unchanged)"))
     if args.webhook:

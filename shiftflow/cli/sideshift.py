@@ -113,10 +113,9 @@ def _poll(args: argparse.Namespace) -> int:
 
 def _import_seed000(args: argparse.Namespace) -> int:
     from shiftflow.kernel import seed000
-    from shiftflow.kernel.definition import parse
+    from shiftflow.kernel.definition import parse_file
 
-    with open(args.file, "rb") as handle:
-        seed = parse(handle.read())
+    seed = parse_file(args.file)
     definition = seed000.convert(
         seed,
         settle_address=args.settle_address,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import jsonschema
 import yaml
@@ -225,8 +225,9 @@ def _message(error: jsonschema.ValidationError) -> str:
     return str(error.message)
 
 
-def parse(text: str | bytes) -> dict[str, Any]:
-    """Parse a definition from JSON or YAML text.
+def parse(text: str | bytes | IO[bytes]) -> dict[str, Any]:
+    """Parse a definition from JSON or YAML text (or an open binary file, whose name the
+    YAML errors then cite).
 
     Raises:
         DefinitionError: the text is neither, or is not a mapping.
@@ -238,6 +239,20 @@ def parse(text: str | bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DefinitionError("(root): a definition must be a mapping with 'name' and 'steps'")
     return data
+
+
+def parse_file(path: str) -> dict[str, Any]:
+    """Parse the definition in the file at ``path``.
+
+    Raises:
+        DefinitionError: not YAML/JSON or not a mapping; the message names the file.
+        FileNotFoundError: no such file.
+    """
+    with open(path, "rb") as handle:
+        try:
+            return parse(handle)
+        except DefinitionError as exc:
+            raise DefinitionError(f"{path}: {exc}") from None
 
 
 def _branch_targets(item: dict[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any
 from shiftflow.kernel.db import database
 from shiftflow.kernel.definition import validate
 from shiftflow.kernel.errors import NotFound
+from shiftflow.kernel.runnable import check_runnable
 from shiftflow.kernel.signatures import generate_secret
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.tenancy import Workspace
@@ -37,9 +38,12 @@ def apply_definition(workspace: Workspace, data: dict[str, Any], *, activate: bo
     no new version. Executions already running keep the version they started with.
 
     Raises:
-        DefinitionError: the definition does not validate (the message names the path).
+        DefinitionError: the definition does not validate, or can never run (a schedule
+            or polling trigger its process would refuse, a reference that names nothing);
+            the message names the path.
     """
     definition = validate(data)
+    check_runnable(definition)  # what the scheduler, poller and resolver would refuse at run time
     with database.atomic():
         workflow = Workflow.get_or_none((Workflow.workspace == workspace.id) & (Workflow.name == definition.name))
         if workflow is None:

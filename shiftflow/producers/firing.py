@@ -34,8 +34,6 @@ from dataclasses import dataclass
 
 from shiftflow.kernel.cron import IntervalSpec, Spec, fires_between, next_fire
 
-CATCH_UP = ("NONE", "LATEST", "ALL")
-OVERLAP = ("ALLOW", "SKIP", "BUFFER_ONE")
 #: On-time slots fired per claim; more (a 1 s schedule with a grace above 1,000 s) wait
 #: for the next claim, which comes at once.
 MAX_ON_TIME = 1000

@@ -40,19 +40,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import peewee
 from prometheus_client import Counter
 
 from shiftflow.kernel.contracts import Priority, TriggerPayload
-from shiftflow.kernel.cron import ScheduleError, parse_duration
+from shiftflow.kernel.cron import ScheduleError
 from shiftflow.kernel.db import database, is_postgres
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import BrokerUnavailable, ToolError, ToolUnavailable
 from shiftflow.kernel.expressions import ExpressionError, resolve
 from shiftflow.kernel.tools import http
+from shiftflow.kernel.triggers import PollConfig, poll_config
 from shiftflow.models.polling import PollingCursor
 from shiftflow.models.workflows import Workflow, WorkflowVersion
 from shiftflow.producers.batch_publisher import Publisher
@@ -72,43 +73,6 @@ for _outcome in ("ok", "error", "lost_lease"):
     POLLS.labels(_outcome)
 for _outcome in ("new", "seen"):
     POLL_ITEMS.labels(_outcome)
-
-
-@dataclass(frozen=True)
-class PollConfig:
-    """A validated polling trigger."""
-
-    interval_seconds: int
-    request: dict[str, Any]
-    items: str = ""
-    id: str = "id"
-    cursor_param: str = ""
-    cursor_field: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def poll_config(trigger: dict[str, Any]) -> PollConfig:
-    """Validate a definition's polling ``trigger``.
-
-    Raises:
-        ScheduleError: the message names the field (``trigger.request.url: ...``).
-    """
-    every = trigger.get("every", trigger.get("interval_seconds", 300))
-    interval = parse_duration(str(every), "trigger.every")
-    request = trigger.get("request")
-    if not isinstance(request, dict) or not isinstance(request.get("url"), str) or not request["url"]:
-        raise ScheduleError("trigger.request.url: a polling trigger needs request.url (a string)")
-    items, ident = trigger.get("items", ""), trigger.get("id", "id")
-    if not isinstance(items, str):
-        raise ScheduleError("trigger.items: must be a path string like data.items")
-    if not isinstance(ident, str) or not ident:
-        raise ScheduleError("trigger.id: must be a path string like id")
-    cursor = trigger.get("cursor") or {}
-    if not isinstance(cursor, dict) or bool(cursor.get("param")) != bool(cursor.get("field")):
-        raise ScheduleError("trigger.cursor: needs both param and field")
-    return PollConfig(
-        interval, dict(request), items, ident, str(cursor.get("param") or ""), str(cursor.get("field") or "")
-    )
 
 
 def _path(path: str) -> str:

@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
+from shiftflow.kernel.contracts import execution_id_for
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
@@ -60,6 +61,7 @@ def test_ingress_holds_to_its_openapi_document_under_fuzzing(pg_url, amqp_url):
         accepted = client.post(f"/hooks/{hook.token}", content=body, headers=headers)
         assert accepted.status_code == 202, accepted.text
         assert accepted.json() == {"status": "accepted", "execution_key": "standard:fuzz-1",
+                                   "execution_id": str(execution_id_for(workflow.id, "standard:fuzz-1")),
                                    "workflow_id": str(workflow.id)}
         assert client.get("/openapi.json").json()["paths"]["/hooks/{token}"]["post"]["operationId"] == \
             "receiveWebhook"

@@ -158,7 +158,9 @@ def test_event_step_resumes_waiting_steps_once_and_names_a_bad_key(engine):
     broken = _apply([{"id": "send", "type": "event", "with": {"data": {}}}], name="broken")
     waiter = _run(waiting, {"id": 3}, key="wait-3")
     wait_until(lambda: StepExecution.get_or_none(StepExecution.step_id == "w", StepExecution.status == "WAITING"))
-    first, again = _run(sender, {"id": 3, "n": 5}, key="send-1"), _run(sender, {"id": 3, "n": 6}, key="send-2")
+    first = _run(sender, {"id": 3, "n": 5}, key="send-1")
+    _done(first)  # the second event is sent only after the first was delivered: no race for the waiter
+    again = _run(sender, {"id": 3, "n": 6}, key="send-2")
     assert _done(waiter).result["after"] == 5
     outputs = {k: StepExecution.get(StepExecution.execution == _done(k).id).output for k in (first, again)}
     assert sorted(o["resumed"] for o in outputs.values()) == [0, 1]  # the second finds nothing waiting

@@ -18,7 +18,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from prometheus_client import REGISTRY
 
-from shiftflow.kernel.contracts import TriggerPayload
+from shiftflow.kernel.contracts import TriggerPayload, execution_id_for
 from shiftflow.kernel.db import database, make_database
 from shiftflow.kernel.errors import BrokerUnavailable
 from shiftflow.kernel.settings import Settings
@@ -467,7 +467,12 @@ def test_fast_path_and_starlette_routing_answer_alike(
     assert int(got_headers[b"content-length"]) == len(json.dumps(got_body, separators=(",", ":")))
     assert (got_headers.get(b"retry-after") == b"5") == (status == 503)
     if status == 202:
-        assert got_body == {"status": "accepted", "execution_key": "standard:delivery-1", "workflow_id": WF}
+        assert got_body == {
+            "status": "accepted",
+            "execution_id": str(execution_id_for(WF, "standard:delivery-1")),
+            "execution_key": "standard:delivery-1",
+            "workflow_id": WF,
+        }
     else:
         assert set(got_body) == {"error"}
 

@@ -1,0 +1,120 @@
+"""Checks that a validated definition can run, made where it is applied (never at load).
+
+``definition.validate`` checks the shape against the JSON Schema; a definition can have
+the right shape and still never run: a schedule whose cron has minute 61, a polling
+trigger with no URL, a reference to a step that does not exist. The scheduler, the
+poller and the reference resolver would refuse those at run time, over and over; here
+the same functions (``kernel.triggers``) and the resolver's own rules refuse them when a
+person applies or validates the definition, naming the field.
+
+Stored versions are not re-checked when they are loaded: a version applied before a
+check existed keeps running as it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from shiftflow.kernel.cron import ScheduleError
+from shiftflow.kernel.definition import Definition
+from shiftflow.kernel.errors import DefinitionError
+from shiftflow.kernel.triggers import definition_config, poll_config
+
+#: The names a reference may start with (``kernel.expressions`` resolves nothing else).
+ROOTS = frozenset({"trigger", "steps", "vars", "item", "index", "secrets", "execution"})
+
+
+def check_runnable(definition: Definition) -> None:
+    """Refuse a definition that can never run.
+
+    Raises:
+        DefinitionError: the first problem, naming its path (``trigger.cron: ...``,
+            ``steps[2].with.url: reference {{ steps.nope.output }} names no step 'nope'``).
+    """
+    _check_trigger(definition.raw.get("trigger") or {})
+    _check_references(definition)
+
+
+def _check_trigger(trigger: dict[str, Any]) -> None:
+    kind = trigger.get("type", "manual")
+    try:
+        if kind == "schedule":
+            definition_config(trigger)
+        elif kind == "polling":
+            poll_config(trigger)
+    except ScheduleError as exc:
+        raise DefinitionError(str(exc)) from None
+
+
+def references(text: str) -> Iterator[str]:
+    """The paths of the ``{{ ... }}`` references in ``text``, in order (a linear scan)."""
+    start = text.find("{{")
+    while start != -1:
+        end = text.find("}}", start + 2)
+        if end == -1:
+            return
+        inner = text[start + 2 : end]
+        # ``{{ a {{ b }}``: the reference is the innermost one, as the renderer reads it.
+        nested = inner.rfind("{{")
+        if nested != -1:
+            inner = inner[nested + 2 :]
+        if "{" not in inner and "}" not in inner:
+            yield inner.strip()
+        start = text.find("{{", end + 2)
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+
+
+def _check_references(definition: Definition) -> None:
+    ids = {step.id for step in definition.steps}
+    variables = definition.raw.get("vars") or {}
+    fields = ("with", "for_each")
+    for index, item in enumerate(definition.raw.get("steps", [])):
+        for name in fields:
+            if name not in item:
+                continue
+            for where, text in _strings(item[name], f"steps[{index}].{name}"):
+                for ref in references(text):
+                    problem = _problem(ref, ids, variables, item.get("for_each") is not None, item["id"])
+                    if problem:
+                        raise DefinitionError(f"{where}: reference {{{{ {ref} }}}} {problem}")
+    concurrency = definition.raw.get("concurrency") or {}
+    if isinstance(concurrency.get("key"), str):
+        for ref in references(concurrency["key"]):
+            problem = _problem(ref, set(), variables, False, None)
+            if problem:
+                raise DefinitionError(f"concurrency.key: reference {{{{ {ref} }}}} {problem}")
+
+
+def _problem(ref: str, ids: set[str], variables: Any, fans_out: bool, own_id: str | None) -> str | None:
+    """Why ``ref`` can never resolve in this definition, or None."""
+    parts = ref.split(".")
+    root = parts[0]
+    if root not in ROOTS:
+        return f"starts with {root!r}: a reference starts with {', '.join(sorted(ROOTS))}"
+    if root == "steps":
+        if len(parts) < 2 or not parts[1]:
+            return "names no step (use steps.<id>.output)"
+        if parts[1] not in ids:
+            return f"names no step {parts[1]!r}"
+        if parts[1] == own_id:
+            return "reads the step's own output, which does not exist while it runs"
+        if len(parts) > 2 and parts[2] not in ("output", "status"):
+            return f"reads {parts[2]!r} of a step: only output and status exist"
+    if root in ("item", "index") and not fans_out:
+        return f"uses {root!r} outside a for_each step"
+    if root == "vars" and len(parts) > 1 and isinstance(variables, dict) and parts[1] not in variables:
+        return f"names no variable {parts[1]!r} (vars has {', '.join(sorted(variables)) or 'none'})"
+    if root == "secrets" and len(parts) < 3:
+        return "needs a connection and a field (secrets.<connection>.<field>)"
+    return None
