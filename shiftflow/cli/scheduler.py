@@ -86,6 +86,23 @@ def _periodic(stop: threading.Event, seconds: float, work: Callable[[], None], n
     return thread
 
 
+def stop_on_signals(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGTERM and SIGINT, safely.
+
+    A Python signal handler runs in the main thread between two bytecodes, possibly while
+    that thread holds ``stop``'s internal lock inside ``stop.wait()``; calling
+    ``stop.set()`` there would wait for that same lock forever (a replica that ignored
+    SIGTERM until SIGKILL). The handler hands ``set`` to a short-lived thread instead,
+    which takes the lock once the main thread lets go of it.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        threading.Thread(target=stop.set, name="stop-signal", daemon=True).start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run one scheduler replica until SIGTERM or SIGINT."""
     from prometheus_client import start_http_server
@@ -109,8 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     if settings.scheduler_metrics_port:
         start_http_server(settings.scheduler_metrics_port, addr=settings.metrics_host)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     timeout = settings.publish_timeout_seconds
     scheduler = Scheduler(
         ConfirmedBatchPublisher(settings.amqp_url, broker, timeout=timeout),
