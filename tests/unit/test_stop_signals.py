@@ -12,7 +12,7 @@ import textwrap
 PROGRAM = textwrap.dedent(
     """
     import os, signal, sys, threading
-    stop_on_signals = lambda stop: [signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)]
+    from shiftflow.cli.scheduler import stop_on_signals
 
     stop = threading.Event()
     stop_on_signals(stop)
