@@ -27,13 +27,18 @@ from shiftflow.consumers import timers
 from shiftflow.consumers.dead_letters import DeadLetters
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database
+from shiftflow.kernel.errors import SettingsError
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog
+from shiftflow.models import apikeys, catalog
+from shiftflow.models.access import Principal
+from shiftflow.models.apikeys import hash_key
 from shiftflow.models.registry import create_all
+from shiftflow.models.tenancy import ApiKey, User, WorkspaceMember
 from shiftflow.models.workflows import Webhook
 
 DEV_ENV_FILE = "dev.env"
+DEV_KEY_FILE = "dev.key"
 HOOK_TOKEN = "dev-hello"
 
 
@@ -113,14 +118,57 @@ def _load_example(settings: Settings, echo_url: str) -> Webhook:
     return hook
 
 
+def _dev_key(data_dir: str) -> str:
+    """The dev workspace owner's API key: made on the first start, kept in ``dev.key``.
+
+    Dev mode only: the file lives in the (local, git-ignored) data directory, readable by
+    its owner, so every start can print the same key for the management API.
+    """
+    path = os.path.join(data_dir, DEV_KEY_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read().strip()
+        if ApiKey.get_or_none(ApiKey.key_hash == hash_key(text)) is not None:
+            return text
+    workspace = catalog.ensure_workspace("dev", "Dev workspace")
+    user, _ = User.get_or_create(email="dev@localhost", defaults={"name": "Dev owner"})
+    WorkspaceMember.get_or_create(workspace=workspace.id, user=user.id, defaults={"role": "OWNER"})
+    _, text = apikeys.create_key(Principal.operator(workspace.id), name="dev mode", user_id=user.id)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    return text
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a busy port before anything starts, naming the way out."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise SettingsError(
+                f"{host}:{port} is not free ({exc.strerror}): stop what listens there, or start dev mode on "
+                f"another port with `shiftflow dev --port N` (or SHIFTFLOW_INGRESS_PORT)"
+            ) from None
+
+
 def run(settings: Settings) -> None:
     """Start everything in this process and serve until interrupted."""
     import uvicorn
 
     from shiftflow.producers.app import create_app
+    from shiftflow.producers.batch_publisher import SendPublisher
+    from shiftflow.producers.replica import run_replica
 
+    # Absolute paths in dev.env: `--dev-dir` works from any directory.
+    data_dir = os.path.abspath(settings.data_dir)
+    database_url = settings.database_url
+    if database_url.startswith("sqlite:///") and not database_url.startswith("sqlite:////"):
+        database_url = "sqlite:///" + os.path.abspath(database_url[len("sqlite:///"):])
+    settings = dataclasses.replace(settings, data_dir=data_dir, database_url=database_url)
+    _check_port(settings.ingress_host, settings.ingress_port)
     os.makedirs(settings.data_dir, exist_ok=True)
-    print(f"ShiftFlow dev mode (data in {os.path.abspath(settings.data_dir)})")
+    print(f"ShiftFlow dev mode (data in {settings.data_dir})")
     with embedded_mongo(settings.data_dir) as mongo_url:
         print(f"  embedded MongoDB-wire store at {mongo_url.split('/?')[0]}")
         settings = configure(dataclasses.replace(settings, mongo_url=mongo_url, metrics_port=0))
@@ -136,23 +184,35 @@ def run(settings: Settings) -> None:
         worker.start()
         stop_timers = threading.Event()
         threading.Thread(target=timers.run_loop, args=(stop_timers,), name="dev-timers", daemon=True).start()
+        # Schedules and polling triggers fire here too, on the in-process broker.
+        scheduler = threading.Thread(target=run_replica, args=(settings, SendPublisher, stop_timers),
+                                     kwargs={"sync_seconds": 2.0}, name="dev-scheduler", daemon=True)
+        scheduler.start()
         echo_port = 8099 if _port_free(8099) else _free_port()
         echo = ThreadingHTTPServer(("127.0.0.1", echo_port), _Echo)
         threading.Thread(target=echo.serve_forever, name="dev-echo", daemon=True).start()
-        hook = _load_example(settings, f"http://127.0.0.1:{echo_port}/echo")
+        echo_url = f"http://127.0.0.1:{echo_port}/echo"
+        hook = _load_example(settings, echo_url)
+        key = _dev_key(settings.data_dir)
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
+        cli = f".venv/bin/shiftflow --dev-dir {settings.data_dir}"
         print("\nTrigger the example workflow with a signed webhook:\n")
         print("  " + curl_command(f"{base}/hooks/{hook.token}", hook.secrets[0],
                                   '{"amount": 42, "customer": "ada"}'))
         print("\nThen show the finished execution, its steps and their log documents:\n")
-        print(f"  .venv/bin/shiftflow --dev-dir {settings.data_dir} executions show --latest\n")
+        print(f"  {cli} executions show --latest\n")
+        print(f"Workspace: dev (slug `dev`). A local echo service answers POSTs at {echo_url}")
+        print("(HTTP steps in dev mode can reach it; the scheduler and timers run in this process too).")
         print(f"Management API: {base}/api/v1 (OpenAPI at {base}/api/v1/openapi.json)")
+        print(f"  API key of the dev owner: {key}  (kept in {os.path.join(settings.data_dir, DEV_KEY_FILE)})")
+        print(f"  curl -H 'Authorization: Bearer {key}' {base}/api/v1/workflows")
         print(f"Metrics: {base}/metrics    Stop: Ctrl-C\n", flush=True)
         try:
             uvicorn.run(create_app(settings), host=settings.ingress_host, port=settings.ingress_port,
                         log_level="warning")
         finally:
             stop_timers.set()
+            scheduler.join(timeout=10)
             worker.stop()
             echo.shutdown()
             sink = get_sink()

@@ -92,11 +92,23 @@ def _timers(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the engine commands to the ``shiftflow`` parser."""
-    p = sub.add_parser("schema", help="print the JSON Schema of workflow definitions")
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of workflow definitions",
+        description="Print the JSON Schema every definition is checked against (the same as "
+        "docs/workflow.schema.json), for editors and CI.",
+    )
     p.set_defaults(func=_schema)
 
-    p = sub.add_parser("validate", help="validate a workflow definition file without storing it")
-    p.add_argument("file")
+    p = sub.add_parser(
+        "validate",
+        help="validate a workflow definition file without storing it",
+        description="Check a definition (YAML or JSON) as `apply` would, without a database: its shape "
+        "against the schema, and that it can run (a schedule or polling trigger the scheduler accepts, "
+        "references that name existing steps, variables and roots). Exit 0 when valid, 2 with the "
+        "file and the field named otherwise.",
+    )
+    p.add_argument("file", help="the definition file (YAML or JSON)")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("event", help="deliver an event to the steps waiting for its key (wait_event)")
@@ -113,5 +125,11 @@ def register(sub: Any) -> None:
     p.add_argument("--comment", default="", help="why")
     p.set_defaults(func=_approve)
 
-    p = sub.add_parser("timers", help="run the timer loop alone (worker pools run one already)")
+    p = sub.add_parser(
+        "timers",
+        help="run the timer loop alone (worker pools run one already)",
+        description="Run only the timer loop: it wakes durable waits, retry backoffs and step timeouts "
+        "(rows with a due resume_at) and publishes their steps. Every worker pool runs one already "
+        "(SHIFTFLOW_TIMERS=on); run this when your pools set SHIFTFLOW_TIMERS=off.",
+    )
     p.set_defaults(func=_timers)

@@ -16,8 +16,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from shiftflow.kernel.errors import DefinitionError, PermanentError, SettingsError, ShiftFlowError
+from shiftflow.kernel.errors import DefinitionError, SettingsError, ShiftFlowError
 from shiftflow.kernel.settings import Settings, configure
+from shiftflow.models.problems import InvalidInput
 
 #: First-generation GC threshold of the serving processes (Python's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
@@ -40,12 +41,22 @@ def _read_env_file(path: str) -> dict[str, str]:
 def settings_from_args(args: argparse.Namespace, *, dev: bool = False) -> Settings:
     env: dict[str, str] = dict(os.environ)
     if getattr(args, "dev_dir", None):
-        path = os.path.join(args.dev_dir, "dev.env")
+        dev_dir = os.path.abspath(args.dev_dir)
+        path = os.path.join(dev_dir, "dev.env")
         if not os.path.exists(path):
             raise SettingsError(f"{path} does not exist: start dev mode first with 'make run'")
         env.update(_read_env_file(path))
+        # The data lives in the directory named, whatever directory this command runs in
+        # (a dev.env of an older version held paths relative to where `make run` ran).
+        env["SHIFTFLOW_DATA_DIR"] = dev_dir
+        if env.get("SHIFTFLOW_DATABASE_URL", "").startswith("sqlite:"):
+            env["SHIFTFLOW_DATABASE_URL"] = f"sqlite:///{os.path.join(dev_dir, 'shiftflow.db')}"
     if dev:
         env["SHIFTFLOW_MODE"] = "dev"
+        if getattr(args, "port", None):
+            env["SHIFTFLOW_INGRESS_PORT"] = str(args.port)
+        if getattr(args, "host", None):
+            env["SHIFTFLOW_INGRESS_HOST"] = args.host
     return configure(Settings.from_env(env))
 
 
@@ -56,7 +67,21 @@ def bind(settings: Settings) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Print the effective settings with secrets hidden."""
+    """Print the effective settings with secrets hidden, or every problem with them."""
+    from shiftflow.kernel.settings import env_problems
+
+    if not getattr(args, "dev_dir", None):
+        problems = env_problems(os.environ)
+        if problems:
+            print("shiftflow: configuration errors:", file=sys.stderr)
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+            print(
+                "Set them (see the README's Configuration table), or try everything without servers "
+                "in dev mode: `make run` (SHIFTFLOW_MODE=dev needs none of them).",
+                file=sys.stderr,
+            )
+            return 2
     print(json.dumps(settings_from_args(args).public_dict(), indent=2, default=str))
     return 0
 
@@ -151,8 +176,16 @@ def cmd_executions(args: argparse.Namespace) -> int:
             print(f"{row.id}  {row.status:<10} {row.created_at:%Y-%m-%d %H:%M:%S}  {row.dedup_key}")
         return 0
     if not args.id and not args.latest:
-        raise PermanentError("executions show needs an execution id or --latest")
-    row = catalog.latest_execution() if args.latest else catalog.execution(args.id)
+        print("shiftflow: executions show needs an execution id (or its first hex digits) or --latest",
+              file=sys.stderr)
+        return 2
+    if args.latest:
+        row = catalog.latest_execution()
+    else:
+        from shiftflow.models import queries
+        from shiftflow.models.access import Principal
+
+        row = queries.get_execution(Principal.operator(None), args.id)
     detail = catalog.execution_detail(row)
     if args.json:
         print(json.dumps(detail, indent=2, default=str))
@@ -238,13 +271,35 @@ def build_parser() -> argparse.ArgumentParser:
                         help="talk to a running dev mode whose data directory is DIR (e.g. .shiftflow-dev)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("dev", help="run everything in one process on embedded defaults (make run)")
+    p = sub.add_parser(
+        "dev",
+        help="run everything in one process on embedded defaults (make run)",
+        description="Run ShiftFlow in one process with nothing installed: a SQLite file, an in-process "
+        "broker with worker threads, an embedded MongoDB-wire store, the webhook ingress and the "
+        "management API, the scheduler and poller, the timer loop and a local echo service. Loads the "
+        "example workflow and prints a signed curl command, the dev workspace's API key and the "
+        "commands to inspect what ran. Data stays in SHIFTFLOW_DATA_DIR (default .shiftflow-dev).",
+    )
+    p.add_argument("--port", type=int, help="port of the ingress and API (default 8080, SHIFTFLOW_INGRESS_PORT)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1, SHIFTFLOW_INGRESS_HOST)")
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("config", help="print the effective settings (secrets hidden)")
+    p = sub.add_parser(
+        "config",
+        help="print the effective settings (secrets hidden)",
+        description="Print every setting as this process would read it from SHIFTFLOW_* variables (or from "
+        "a running dev mode with --dev-dir), passwords and keys hidden. With something missing or "
+        "malformed it lists every problem, each naming its variable, and exits 2.",
+    )
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the database schema",
+        description="Apply the pending PostgreSQL migrations in order, each once, each in its own "
+        "transaction (safe to run twice, and from two processes at once). In dev mode (SQLite) it "
+        "creates the tables from the models.",
+    )
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("apply", help="validate a workflow definition (YAML/JSON) and store a new version")
@@ -291,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DefinitionError as exc:
         print(f"shiftflow: invalid workflow definition: {exc}", file=sys.stderr)
         return 2
+    except InvalidInput as exc:  # what a person typed: a usage error, naming the argument
+        from shiftflow.cli.operator import usage_error
+
+        return usage_error(exc.field, exc.reason)
     except FileNotFoundError as exc:
         print(f"shiftflow: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ FLAGS = {
     "Idempotency-Key": "--idempotency-key",
     "name": "--name",
     "scopes": "--scopes",
-    "expires_at": "--expires",
+    "expires_at": "--expires-at",
     "role": "--role",
     "email": "EMAIL",
     "slug": "SLUG",
@@ -42,7 +42,7 @@ FLAGS = {
     "key": "KEY",
     "user": "--user",
     "status": "--status",
-    "cursor": "--cursor",
+    "execution": "EXECUTION",
 }
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")

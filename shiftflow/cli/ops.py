@@ -179,8 +179,14 @@ def _logs(args: argparse.Namespace) -> int:
         return 0
     for doc in docs:
         print(f"{doc['timestamp']}  {doc['level'] or '-':<5} {doc['step_id'] or '-':<16} {doc['message']}")
+        error = (doc.get("metadata") or {}).get("error")
+        if error:
+            print(f"{'':>40}error: {error}")
     if not docs:
         print("no log documents for this execution (yet)")
+    execution = queries.get_execution(operator(args), args.execution)
+    if execution.error:  # the outcome's reason, whatever the log documents kept
+        print(f"execution {execution.id} {execution.status}: {execution.error}")
     return 0
 
 

@@ -26,8 +26,6 @@ from shiftflow.kernel.cron import ScheduleError
 from shiftflow.kernel.errors import SettingsError
 
 log = logging.getLogger("shiftflow.scheduler")
-#: Seconds between two syncs of definition schedules and polling cursors.
-SYNC_SECONDS = 10.0
 _FLAGS = (
     "cron",
     "every",
@@ -40,14 +38,17 @@ _FLAGS = (
     "jitter",
     "key",
     "workflow",
-    "id",
 )
+#: Positional arguments a message may name.
+_ARGUMENTS = {"id": "ID"}
 
 
 def _usage_error(exc: ScheduleError) -> int:
     """Print a validation error naming the flag (``--cron: minute: 61 is out of range 0-59``); exit 2."""
     text = str(exc)
     field = text.split(":", 1)[0]
+    if field in _ARGUMENTS:
+        text = _ARGUMENTS[field] + text[len(field):]
     print(f"shiftflow: {'--' if field in _FLAGS else ''}{text}", file=sys.stderr)
     return 2
 
@@ -68,22 +69,6 @@ def _now() -> dt.datetime:
 
 
 # --------------------------------------------------------------------------- scheduler run
-
-
-def _periodic(stop: threading.Event, seconds: float, work: Callable[[], None], name: str) -> threading.Thread:
-    import peewee
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                work()
-            except (peewee.DatabaseError, peewee.InterfaceError, ScheduleError) as exc:
-                log.warning("%s failed: %s", name, exc)
-            stop.wait(seconds)
-
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    return thread
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -109,15 +94,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from shiftflow.kernel.broker import build_broker, install
     from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
-    from shiftflow.producers.polling import Poller
-    from shiftflow.producers.schedule_config import sync_definition_schedules
-    from shiftflow.producers.scheduler import Scheduler
+    from shiftflow.producers.replica import run_replica
 
     settings = settings_from_args(args)
     if settings.dev:
         raise SettingsError(
-            "shiftflow scheduler run publishes to RabbitMQ: set SHIFTFLOW_MODE=production and "
-            "SHIFTFLOW_AMQP_URL (dev mode's broker lives inside `shiftflow dev`)"
+            "dev mode runs its scheduler inside `shiftflow dev` (make run): schedules you add fire there "
+            "while it runs. A separate `scheduler run` needs SHIFTFLOW_MODE=production and SHIFTFLOW_AMQP_URL"
         )
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     bind(settings)
@@ -128,28 +111,6 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     timeout = settings.publish_timeout_seconds
-    scheduler = Scheduler(
-        ConfirmedBatchPublisher(settings.amqp_url, broker, timeout=timeout),
-        batch_size=settings.scheduler_batch_size,
-        grace=dt.timedelta(seconds=settings.scheduler_misfire_grace_seconds),
-    )
-    threads = []
-    poller: Poller | None = None
-    if not args.no_polling:
-        poller = Poller(
-            ConfirmedBatchPublisher(settings.amqp_url, broker, timeout=timeout),
-            http_timeout=settings.http_timeout_seconds,
-            allow_private=settings.http_allow_private,
-        )
-        threads.append(threading.Thread(target=poller.run, args=(stop,), name="poller", daemon=True))
-        threads[-1].start()
-
-    def sync() -> None:
-        sync_definition_schedules(_now())
-        if poller is not None:
-            poller.sync()
-
-    threads.append(_periodic(stop, SYNC_SECONDS, sync, "sync"))
     print(
         f"shiftflow scheduler {replica}: batch {settings.scheduler_batch_size}, tick "
         f"{settings.scheduler_tick_ms} ms, grace {settings.scheduler_misfire_grace_seconds} s, polling "
@@ -157,15 +118,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{settings.scheduler_metrics_port or 'off'}",
         flush=True,
     )
-    try:
-        scheduler.run(stop, tick_seconds=settings.scheduler_tick_ms / 1000)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=settings.http_timeout_seconds + 5)
-        scheduler.publisher.close()
-        if poller is not None:
-            poller.publisher.close()
+    run_replica(
+        settings,
+        lambda: ConfirmedBatchPublisher(settings.amqp_url, broker, timeout=timeout),
+        stop,
+        polling=not args.no_polling,
+    )
     print(f"shiftflow scheduler {replica}: stopped", flush=True)
     return 0
 
@@ -248,20 +206,29 @@ def _add(args: argparse.Namespace) -> int:
         jitter=args.jitter,
         now=now,
     )
-    bind(settings_from_args(args))
+    settings = settings_from_args(args)
+    bind(settings)
     row = add_schedule(_workflow(args), config, key=args.key, now=now)
     info = _describe(row)
+    if args.json:
+        print(json.dumps(info))
+        return 0
     print(
-        json.dumps(info)
-        if args.json
-        else f"schedule {info['id']} for {info['workflow']!r} ({info['spec']}, {info['timezone']}); "
+        f"schedule {info['id']} for {info['workflow']!r} ({info['spec']}, {info['timezone']}); "
         f"next fire {info['next_fire_at'] or 'never'}"
     )
+    # A schedule is a row: it fires only while a scheduler runs against this database.
+    where = (
+        "while dev mode (`make run`) is running" if settings.dev
+        else "while a `shiftflow scheduler run` replica is running against this database and broker"
+    )
+    print(f"it fires {where}", file=sys.stderr)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     """List schedules (of one workflow with --workflow)."""
+    from shiftflow.kernel.triggers import catch_up_text, overlap_text
     from shiftflow.models.schedules import Schedule
 
     bind(settings_from_args(args))
@@ -275,8 +242,9 @@ def _list(args: argparse.Namespace) -> int:
     for r in rows:
         print(
             f"{r['id']}  {'active' if r['active'] else 'paused'}  {r['workflow']}/{r['key']}  {r['spec']} "
-            f"({r['timezone']})  next {r['next_fire_at'] or '-'}  catch-up {r['catch_up']}  "
-            f"overlap {r['overlap']}  fired {r['fire_count']}"
+            f"({r['timezone']})  next {r['next_fire_at'] or '-'}  "
+            f"catch-up {catch_up_text(r['catch_up'], r['max_catch_up'])}  "
+            f"overlap {overlap_text(r['overlap'])}  fired {r['fire_count']}"
         )
     return 0
 

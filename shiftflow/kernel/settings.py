@@ -16,6 +16,7 @@ Two modes:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
@@ -309,6 +310,43 @@ class Settings:
                 value = _redact(value)
             out[f.name] = value
         return out
+
+
+#: Stand-ins for missing required URLs while ``env_problems`` looks for further problems.
+_PLACEHOLDERS = {
+    "SHIFTFLOW_AMQP_URL": "amqp://placeholder/",
+    "SHIFTFLOW_DATABASE_URL": "postgresql://placeholder/",
+    "SHIFTFLOW_MONGO_URL": "mongodb://placeholder/",
+}
+
+
+def env_problems(env: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem ``Settings.from_env`` would stop at, not only the first (for
+    ``shiftflow config``): a missing URL is stood in for, a malformed value dropped
+    (back to its default), and the settings read again.
+
+    Returns:
+        The messages, each naming its variable; empty when the settings are valid.
+    """
+    trial = dict(os.environ if env is None else env)
+    found: list[str] = []
+    for _ in range(len(fields(Settings)) + 1):
+        try:
+            Settings.from_env(trial)
+            return found
+        except SettingsError as exc:
+            found.append(str(exc))
+            named = re.search(rf"{PREFIX}[A-Z0-9_]+", str(exc))
+            name = named.group(0) if named else None
+            if name is None or (name not in trial and name not in _PLACEHOLDERS):
+                return found
+            if trial.get(name) == _PLACEHOLDERS.get(name, object()):
+                return found  # the stand-in itself was refused: nothing more to learn
+            if name in _PLACEHOLDERS:
+                trial[name] = _PLACEHOLDERS[name]
+            else:
+                del trial[name]
+    return found
 
 
 _current: Settings | None = None

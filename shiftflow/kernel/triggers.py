@@ -80,6 +80,19 @@ def parse_catch_up(text: str) -> tuple[str, int]:
     raise ScheduleError(f"catch-up: {text!r} is not skip, once, all or a number (catch up to N)")
 
 
+def catch_up_text(policy: str, max_catch_up: int) -> str:
+    """What a person types for a stored catch-up policy (``LATEST`` -> ``once``): the inverse of
+    ``parse_catch_up``."""
+    if policy == "ALL":
+        return "all" if max_catch_up == DEFAULT_MAX_CATCH_UP else str(max_catch_up)
+    return {"NONE": "skip", "LATEST": "once"}.get(policy, policy.lower())
+
+
+def overlap_text(overlap: str) -> str:
+    """What a person types for a stored overlap policy (``BUFFER_ONE`` -> ``buffer-one``)."""
+    return overlap.lower().replace("_", "-")
+
+
 def parse_overlap(text: str) -> str:
     """``skip``, ``buffer-one`` or ``allow`` -> the column value.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any
 
@@ -50,6 +51,32 @@ def parse_id(value: Any, what: str) -> uuid.UUID:
         return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     except ValueError:
         raise NotFound(f"{what} {str(value)[:100]!r} does not exist") from None
+
+
+_HEX_PREFIX = re.compile(r"^[0-9a-f-]{4,36}$")
+
+
+def id_condition(field: Any, value: Any, what: str, *, postgres: bool) -> Any:
+    """A condition on ``field`` (a UUID column) for an id or a unique-looking prefix of one.
+
+    A full UUID matches that id; 4 or more hex digits (dashes allowed) match ids that
+    start with them, for people who type the first characters the CLI printed.
+
+    Raises:
+        InvalidInput: neither (``what`` names the field: ``execution``, ``order``...).
+    """
+    if isinstance(value, uuid.UUID):
+        return field == value
+    text = str(value).strip().lower()
+    try:
+        return field == uuid.UUID(text)
+    except ValueError:
+        pass
+    if not _HEX_PREFIX.match(text):
+        raise InvalidInput(what, f"{str(value)[:60]!r} is not an id: give a UUID or its first 4+ hex digits")
+    # PostgreSQL prints a uuid with dashes; SQLite (dev mode) stores its 32 hex digits.
+    prefix = text if postgres else text.replace("-", "")
+    return field.cast("text").startswith(prefix)
 
 
 def fk(row: Any, name: str) -> Any:

@@ -22,7 +22,7 @@ from shiftflow.models.audit import AuditLog
 from shiftflow.models.audit_log import entry_dict
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.paging import Page, choice, keyset, parse_limit, scoped, window
-from shiftflow.models.plain import fk, parse_id, stamp
+from shiftflow.models.plain import fk, id_condition, parse_id, stamp
 from shiftflow.models.problems import InvalidInput
 from shiftflow.models.templates import WorkflowTemplate
 from shiftflow.models.workflows import Workflow, WorkflowVersion
@@ -79,15 +79,20 @@ def step_dict(row: StepExecution) -> dict[str, Any]:
 def get_execution(actor: Principal, execution_id: Any) -> Execution:
     """One execution of the caller's workspace.
 
+    ``execution_id`` may be the first hex digits of an id (the CLI's short form).
+
     Raises:
         NotFound: no such execution in the workspace.
+        InvalidInput: not an id or a prefix of one, or a prefix of several.
     """
     actor.require("executions:read")
-    eid = parse_id(execution_id, "execution")
-    row = scoped(Execution.select().where(Execution.id == eid), Execution.workspace, actor).get_or_none()
-    if row is None:
-        raise NotFound(f"execution {eid} does not exist")
-    return row
+    condition = id_condition(Execution.id, execution_id, "execution", postgres=is_postgres())
+    rows = list(scoped(Execution.select().where(condition), Execution.workspace, actor).limit(2))
+    if not rows:
+        raise NotFound(f"execution {str(execution_id)[:60]} does not exist")
+    if len(rows) > 1:
+        raise InvalidInput("execution", f"{str(execution_id)[:60]!r} is the start of several ids: give more of it")
+    return rows[0]
 
 
 def list_executions(
