@@ -137,9 +137,10 @@ def _keys_list(args: argparse.Namespace) -> int:
         return 0
     for k in keys:
         state = "active" if k["active"] else ("revoked" if k["revoked_at"] else "expired")
+        made_by = k["created_by_user_id"] and f"user {k['created_by_user_id']}" or k["created_via"] or "?"
         print(
             f"{k['prefix']}  {state:<8} {k['name']:<24} scopes={','.join(k['scopes'])}  "
-            f"last used {k['last_used_at'] or 'never'}  id {k['id']}"
+            f"last used {k['last_used_at'] or 'never'}  made by {made_by}  id {k['id']}"
         )
     return 0
 

@@ -14,16 +14,22 @@ VIEWER   read only (no audit log, no keys of others); lists their own keys
 Scopes are permission names, ``read`` (every ``*:read`` permission and ``templates:read``)
 or ``*`` (whatever the role grants). The role is looked up on every request, so demoting
 or removing a member takes effect on their keys at once.
+
+Roles are ordered (``ROLES``, highest first): a caller acts on other members' keys only
+when their role is at most the caller's (``role_at_most``), so no key ever carries more
+than its maker holds.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from shiftflow.models.problems import Forbidden, InvalidInput
 
+#: Every role, highest first.
 ROLES = ("OWNER", "ADMIN", "MEMBER", "VIEWER")
 
 #: Every permission, as ``area:verb``.
@@ -57,6 +63,12 @@ _MEMBER = _VIEWER | {"workflows:write", "executions:write", "keys:self"}
 
 #: The role -> permissions matrix.
 MATRIX: dict[str, frozenset[str]] = {"OWNER": _OWNER, "ADMIN": _ADMIN, "MEMBER": _MEMBER, "VIEWER": _VIEWER}
+
+
+def role_at_most(role: str, ceiling: str) -> bool:
+    """True when ``role`` grants no more than ``ceiling`` (each role's permissions contain
+    those of every role below it)."""
+    return ROLES.index(role) >= ROLES.index(ceiling)
 
 
 def parse_role(value: object, field: str = "role") -> str:
@@ -107,7 +119,10 @@ class Principal:
 
     ``workspace_id`` scopes every query; it is None only for the operator (the CLI, which
     talks to the database directly and acts on any workspace). ``ip``, ``user_agent`` and
-    ``via`` go into audit-log entries.
+    ``via`` go into audit-log entries. A caller authenticated by an API key also carries
+    the key's expiry (``key_expires_at``: a key it makes may not outlive it) and, when
+    someone other than its member made the key, who did (``key_created_by``, a
+    ``Principal.who`` label written into every audit entry of its requests).
     """
 
     workspace_id: uuid.UUID | None
@@ -118,6 +133,8 @@ class Principal:
     ip: str | None = None
     user_agent: str | None = None
     via: str = "api"
+    key_expires_at: dt.datetime | None = None
+    key_created_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.workspace_id is None and self.via != "cli":

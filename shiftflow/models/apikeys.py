@@ -10,6 +10,12 @@ because the key is random, not guessable. Authentication compares hashes with
 Each request re-reads the key's member and role: revoking a key, removing a member or
 demoting them takes effect at once. ``last_used_at`` is written at most once a minute
 per key, so a busy key does not turn every read into a write.
+
+No key carries more than its maker holds: a key is made for the caller, or (with
+``keys:write``) for a member whose role is at most the caller's; its scopes are within
+the making key's and it expires no later than the making key. The key row records who
+made it, and every audit entry of a request made with a key someone else made names
+that maker (``Principal.key_created_by``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 from shiftflow.kernel.db import database
 from shiftflow.kernel.errors import NotFound
 from shiftflow.models import audit_log
-from shiftflow.models.access import Principal, parse_scopes, scope_permissions
+from shiftflow.models.access import Principal, parse_scopes, role_at_most, scope_permissions
 from shiftflow.models.base import utcnow
 from shiftflow.models.plain import fk, parse_id, parse_time, stamp
 from shiftflow.models.problems import Conflict, Forbidden, InvalidInput, Unauthenticated
@@ -66,58 +72,94 @@ def key_dict(row: ApiKey) -> dict[str, Any]:
         "expires_at": stamp(row.expires_at),
         "last_used_at": stamp(row.last_used_at),
         "revoked_at": stamp(row.revoked_at),
+        "created_by_user_id": str(row.created_by_user_id) if row.created_by_user_id else None,
+        "created_by_key_id": str(row.created_by_key_id) if row.created_by_key_id else None,
+        "created_via": row.created_via,
     }
 
 
-def _expiry(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    expires = parse_time(value, "expires_at")
-    if expires <= utcnow():
+def maker(row: ApiKey) -> str | None:
+    """Who made a key, as a ``Principal.who`` label, when that is not the key's own member
+    (None for one's own key, or a key made before makers were recorded)."""
+    if row.created_by_user_id is not None:
+        return None if row.created_by_user_id == fk(row, "user") else f"user {row.created_by_user_id}"
+    if row.created_by_key_id is not None:
+        return f"api key {row.created_by_key_id}"
+    return f"the {row.created_via} operator" if row.created_via else None
+
+
+def _expiry(actor: Principal, value: Any) -> dt.datetime | None:
+    """The new key's expiry: as asked, and never later than the making key's (its default)."""
+    expires = None if value is None else parse_time(value, "expires_at")
+    if expires is not None and expires <= utcnow():
         raise InvalidInput("expires_at", "must be in the future")
+    ceiling = actor.key_expires_at
+    if ceiling is None:
+        return expires
+    if expires is None:
+        return ceiling
+    if expires > ceiling:
+        raise Forbidden(
+            f"expires_at: a key cannot expire after the key that creates it ({stamp(ceiling)})"
+        )
     return expires
 
 
+def _require_rank(actor: Principal, member: WorkspaceMember, verb: str) -> None:
+    """Refuse to act on another member's keys when their role is above the caller's."""
+    if not role_at_most(member.role, actor.role):
+        raise Forbidden(
+            f"role {actor.role.lower()} may not {verb} keys of a member whose role is {member.role.lower()}"
+        )
+
+
 def create_key(
-    actor: Principal, *, name: Any, user_id: Any = None, scopes: Any = ("*",), expires_at: Any = None
+    actor: Principal, *, name: Any, user_id: Any = None, scopes: Any = None, expires_at: Any = None
 ) -> tuple[ApiKey, str]:
     """Create a key for a member of the caller's workspace; the clear key is returned once.
 
     Parameters:
         actor: the caller; without ``keys:write`` they may only create keys for themselves
-            (``keys:self``), and no caller may grant scopes beyond their own key's.
+            (``keys:self``); with it, also for members whose role is at most theirs. No
+            caller may grant scopes beyond their own key's, nor a later expiry.
         name: a label (1-200 characters).
         user_id: the member the key acts as; default the caller.
-        scopes: permission names, ``read`` or ``*``.
-        expires_at: an ISO timestamp in the future, or None for no expiry.
+        scopes: permission names, ``read`` or ``*``; default the caller's key's scopes.
+        expires_at: an ISO timestamp in the future, or None: no expiry, or the caller's
+            key's expiry when it has one.
 
     Returns:
         The stored row and the key text (shown once, never stored).
 
     Raises:
         InvalidInput: a malformed name, scope or expiry.
-        Forbidden: the caller may not create this key.
+        Forbidden: the caller may not create this key (the message says why).
         NotFound: ``user_id`` is not a member of the workspace.
     """
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         raise InvalidInput("name", "expected a non-empty text of at most 200 characters")
+    if scopes is None:
+        scopes = actor.scopes
     if not isinstance(scopes, list | tuple):
         raise InvalidInput("scopes", "expected a list of scopes")
     wanted = parse_scopes(scopes)
-    expires = _expiry(expires_at)
     target = actor.user_id if user_id is None else parse_id(user_id, "user")
     if target is None:
         raise InvalidInput("user", "name the member the key acts as")
-    if target == actor.user_id and not actor.can("keys:write"):
+    own = target == actor.user_id
+    if own and not actor.can("keys:write"):
         actor.require("keys:self")
     else:
         actor.require("keys:write")
     if not scope_permissions(wanted) <= scope_permissions(actor.scopes):
         raise Forbidden("a key cannot grant more scopes than the key that creates it")
+    expires = _expiry(actor, expires_at)
     with database.atomic():
         member = WorkspaceMember.get_or_none(workspace=actor.workspace_id, user=target)
         if member is None:
             raise NotFound(f"user {target} is not a member of this workspace")
+        if not own:
+            _require_rank(actor, member, "make")
         text, prefix = generate()
         row = ApiKey.create(
             workspace=actor.workspace_id,
@@ -128,13 +170,23 @@ def create_key(
             scopes=list(wanted),
             expires_at=expires,
             created_at=utcnow(),
+            created_by_user_id=actor.user_id,
+            created_by_key_id=actor.api_key_id,
+            created_via=actor.via,
         )
         audit_log.record(actor, "api_key.created", "api_key", row.id, after=key_dict(row))
     return row, text
 
 
 def list_keys(actor: Principal) -> list[ApiKey]:
-    """The workspace's keys (with ``keys:read``) or the caller's own, newest first."""
+    """The workspace's keys (with ``keys:read``) or the caller's own (with ``keys:self``),
+    newest first.
+
+    Raises:
+        Forbidden: the caller holds neither permission.
+    """
+    if not actor.can("keys:read"):
+        actor.require("keys:self")
     query = ApiKey.select().order_by(ApiKey.created_at.desc(), ApiKey.id)
     if actor.workspace_id is not None:
         query = query.where(ApiKey.workspace == actor.workspace_id)
@@ -170,14 +222,17 @@ def revoke_key(actor: Principal, key_id: Any) -> ApiKey:
 
     Raises:
         NotFound: as ``find_key``.
-        Forbidden: another member's key without ``keys:write``, or own without ``keys:self``.
+        Forbidden: another member's key without ``keys:write`` or whose role is above the
+            caller's, or one's own without ``keys:self``.
         Conflict: it is revoked already.
     """
     with database.atomic():
         row = find_key(actor, key_id)
-        actor.require(
-            "keys:self" if fk(row, "user") == actor.user_id and not actor.can("keys:write") else "keys:write"
-        )
+        own = fk(row, "user") == actor.user_id
+        actor.require("keys:self" if own and not actor.can("keys:write") else "keys:write")
+        member = None if own else WorkspaceMember.get_or_none(workspace=fk(row, "workspace"), user=fk(row, "user"))
+        if member is not None:
+            _require_rank(actor, member, "revoke")
         if row.revoked_at is not None or not row.is_active:
             raise Conflict(f"API key {row.prefix} is revoked already")
         before = key_dict(row)
@@ -239,6 +294,8 @@ def authenticate(text: str | None, *, ip: str | None = None, user_agent: str | N
         api_key_id=row.id,
         ip=ip,
         user_agent=user_agent,
+        key_expires_at=row.expires_at,
+        key_created_by=maker(row),
     )
 
 

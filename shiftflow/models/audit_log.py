@@ -2,7 +2,8 @@
 
 Every management command (API or CLI) calls ``record`` in the same transaction as the
 change it describes, so a change never commits without its entry and a rolled-back
-change leaves none. Entries carry who (user, API key, or the CLI operator), what
+change leaves none. Entries carry who (user, API key, or the CLI operator; and who made
+the key, when that was someone else: ``metadata.key_created_by``), what
 (``workflow.paused``, ``api_key.created``...), the object, its state before and after,
 and the client's IP address and user agent.
 """
@@ -46,7 +47,11 @@ def record(
     Returns:
         The stored entry.
     """
-    meta = {"via": actor.via, **(metadata or {})}
+    meta: dict[str, Any] = {"via": actor.via, **(metadata or {})}
+    if actor.key_created_by:
+        # The key acts as its member, but someone else made it: name them, so the trail
+        # never shows a member doing what another member's key did in their name.
+        meta["key_created_by"] = actor.key_created_by
     return AuditLog.create(
         workspace_id=workspace_id if workspace_id is not None else actor.workspace_id,
         user_id=actor.user_id,

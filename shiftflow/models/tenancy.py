@@ -72,6 +72,12 @@ class ApiKey(BaseModel):
     expires_at = peewee.DateTimeField(null=True)
     revoked_at = peewee.DateTimeField(null=True)
     created_at = peewee.DateTimeField(default=utcnow)
+    # Who made the key (migration 0008): the member and key that asked, or ``cli`` for the
+    # operator. Plain ids, as in the audit log: the record outlives the maker. NULL on
+    # keys made before 0008.
+    created_by_user_id = peewee.UUIDField(null=True)
+    created_by_key_id = peewee.UUIDField(null=True)
+    created_via = peewee.CharField(max_length=10, null=True)
 
     class Meta:
         # Seed 002: keys listed per user and state.

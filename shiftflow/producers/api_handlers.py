@@ -90,7 +90,7 @@ def _create_key(call: Call) -> Result:
         call.actor,
         name=b["name"],
         user_id=b.get("user_id"),
-        scopes=b.get("scopes", ["*"]),
+        scopes=b.get("scopes"),
         expires_at=b.get("expires_at"),
     )
     return Result(201, {**apikeys.key_dict(row), "key": text})

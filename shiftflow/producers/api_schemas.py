@@ -85,6 +85,9 @@ SCHEMAS: dict[str, Any] = {
             "expires_at",
             "last_used_at",
             "revoked_at",
+            "created_by_user_id",
+            "created_by_key_id",
+            "created_via",
         ],
         id=ID,
         name={"type": "string"},
@@ -96,6 +99,13 @@ SCHEMAS: dict[str, Any] = {
         expires_at=NULL_TIME,
         last_used_at=NULL_TIME,
         revoked_at=NULL_TIME,
+        created_by_user_id={**NULL_ID, "description": "the member who made the key (null: the CLI operator)"},
+        created_by_key_id={**NULL_ID, "description": "the key that made it"},
+        created_via={
+            "type": ["string", "null"],
+            "enum": ["api", "cli", None],
+            "description": "api or cli; null for keys made before this was recorded",
+        },
     ),
     "ApiKeyCreated": {
         "allOf": [

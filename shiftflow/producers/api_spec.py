@@ -194,14 +194,15 @@ PATHS: dict[str, Any] = {
     "/keys": {
         "get": _op(
             "listKeys",
-            "API keys (all with keys:read, else the caller's own)",
-            None,
+            "API keys (all with keys:read, else the caller's own with keys:self)",
+            "keys:self",
             {**_ok(200, "ApiKeyList", "keys"), **_errors()},
             tags=("keys",),
         ),
         "post": _op(
             "createKey",
-            "Create an API key; the response holds the key, shown once",
+            "Create an API key; the response holds the key, shown once. A key never has more scopes "
+            "or a later expiry than the key that creates it",
             "keys:self",
             {**_ok(201, "ApiKeyCreated", "created"), **_errors(404, *_BODY)},
             tags=("keys",),
@@ -209,11 +210,15 @@ PATHS: dict[str, Any] = {
             body=closed(
                 ["name"],
                 name={"type": "string", "minLength": 1, "maxLength": 200},
-                scopes=SCOPES,
-                expires_at=NULL_TIME,
+                scopes={**SCOPES, "description": "default: the scopes of the key that creates it"},
+                expires_at={
+                    **NULL_TIME,
+                    "description": "default: never, or the creating key's expiry when it has one",
+                },
                 user_id={
                     **NULL_ID,
-                    "description": "the member the key acts as (default: the caller; others need keys:write)",
+                    "description": "the member the key acts as (default: the caller; others need "
+                    "keys:write and a role at most the caller's)",
                 },
             ),
         ),
