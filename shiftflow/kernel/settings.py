@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from shiftflow.kernel.errors import SettingsError
 
@@ -93,12 +93,27 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
     return default if raw is None else raw
 
 
+#: Query parameter names (lowercase) whose value ``_redact`` hides when they contain one
+#: of these: ``password``, ``sslpassword``, ``tlsCertificateKeyFilePassword``, ``token``...
+_SECRET_PARAMETER_PARTS = ("pass", "pwd", "secret", "token", "key", "credential", "signature")
+
+
 def _redact(url: str) -> str:
-    """Hide a password in a URL so that error messages never print a secret."""
+    """Hide secrets in a URL (its password, and the value of any query parameter whose
+    name says it is one) so that error messages and ``shiftflow config`` never print them."""
     parts = urlsplit(url)
     if parts.password:
-        return url.replace(":" + parts.password + "@", ":***@")
-    return url
+        url = url.replace(":" + parts.password + "@", ":***@", 1)
+        parts = urlsplit(url)
+    if not parts.query:
+        return url
+    fields = []
+    for item in parts.query.split("&"):
+        name, eq, _value = item.partition("=")
+        if eq and any(p in unquote_plus(name).lower() for p in _SECRET_PARAMETER_PARTS):
+            item = f"{name}=***"
+        fields.append(item)
+    return urlunsplit(parts._replace(query="&".join(fields)))
 
 
 #: Settings holding a secret: ``public_dict`` shows only whether they are set.

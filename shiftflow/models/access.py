@@ -8,7 +8,7 @@ OWNER    everything, including deleting the workspace and transferring ownership
 ADMIN    everything but ``workspace:delete`` and ``workspace:transfer``
 MEMBER   read everything but keys of others and the audit log; write workflows
          and executions; create, list and revoke their own API keys
-VIEWER   read only (no audit log, no keys of others); lists their own keys
+VIEWER   read only (no audit log, no API keys: listing even their own needs keys:self)
 =======  ==================================================================
 
 Scopes are permission names, ``read`` (every ``*:read`` permission and ``templates:read``)

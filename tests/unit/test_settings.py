@@ -70,3 +70,35 @@ def test_values_are_parsed():
     assert settings.sideshift_commission_rate == "" and settings.sideshift_rate_limit_backoff_seconds == 10
     sideshift = Settings.from_env({**REAL, "SHIFTFLOW_SIDESHIFT_COMMISSION_RATE": "0.0100"})
     assert sideshift.sideshift_commission_rate == "0.0100"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongodb://h:27017/?authSource=admin&password=hunter2",
+        "amqp://h/%2F?heartbeat=30&Password=hunter2",
+        "postgresql://u@h/db?sslpassword=hunter2&sslmode=require",
+        "redis://h:6379/0?token=hunter2#frag",
+    ],
+)
+def test_shiftflow_config_masks_a_password_given_as_a_url_query_parameter(url, monkeypatch, capsys):
+    """Issue 11, finding 9: `shiftflow config` printed `?password=` values in full."""
+    from shiftflow.cli.main import main
+    from shiftflow.kernel import settings as settings_module
+
+    name = {"mongodb": "MONGO_URL", "amqp": "AMQP_URL", "postgresql": "DATABASE_URL", "redis": "REDIS_URL"}[
+        url.split(":")[0]
+    ]
+    shown = str(Settings.from_env({**REAL, f"SHIFTFLOW_{name}": url}).public_dict())
+    assert "hunter2" not in shown and "***" in shown
+    assert "h" in shown  # the rest of the URL is still there to check
+
+    monkeypatch.setattr(settings_module, "_current", None)  # main() installs its settings
+    for key, value in {**REAL, f"SHIFTFLOW_{name}": url}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["config"]) == 0
+    printed = capsys.readouterr().out
+    assert "hunter2" not in printed and "***" in printed
+    # The harmless parameters stay readable.
+    assert ("authSource=admin" in printed) == ("authSource=admin" in url)
+    assert ("sslmode=require" in printed) == ("sslmode=require" in url)
