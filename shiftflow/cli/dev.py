@@ -28,6 +28,7 @@ from shiftflow.consumers.dead_letters import DeadLetters
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.errors import SettingsError
+from shiftflow.kernel.metrics import serve_registry
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models import apikeys, catalog
@@ -206,7 +207,10 @@ def run(settings: Settings) -> None:
         print(f"Management API: {base}/api/v1 (OpenAPI at {base}/api/v1/openapi.json)")
         print(f"  API key of the dev owner: {key}  (kept in {os.path.join(settings.data_dir, DEV_KEY_FILE)})")
         print(f"  curl -H 'Authorization: Bearer {key}' {base}/api/v1/workflows")
-        print(f"Metrics: {base}/metrics    Stop: Ctrl-C\n", flush=True)
+        metrics_port = settings.ingress_metrics_port
+        metrics_port = metrics_port if metrics_port and _port_free(metrics_port) else _free_port()
+        metrics = serve_registry("127.0.0.1", metrics_port)
+        print(f"Metrics: http://127.0.0.1:{metrics_port}/metrics    Stop: Ctrl-C\n", flush=True)
         try:
             uvicorn.run(create_app(settings), host=settings.ingress_host, port=settings.ingress_port,
                         log_level="warning")
@@ -215,6 +219,7 @@ def run(settings: Settings) -> None:
             scheduler.join(timeout=10)
             worker.stop()
             echo.shutdown()
+            metrics.shutdown()
             sink = get_sink()
             if sink is not None:
                 sink.close()

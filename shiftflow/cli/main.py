@@ -199,13 +199,18 @@ def cmd_ingress(args: argparse.Namespace) -> int:
     import uvicorn
 
     from shiftflow.kernel.broker import build_broker, install
+    from shiftflow.kernel.metrics import serve_registry
     from shiftflow.producers.app import create_app
 
     settings = settings_from_args(args)
     bind(settings)
     install(build_broker(settings, worker=False))
     print(f"ShiftFlow ingress on http://{settings.ingress_host}:{settings.ingress_port} "
-          "(POST /hooks/{token}, GET /healthz, GET /metrics, management API under /api/v1)", flush=True)
+          "(POST /hooks/{token}, GET /healthz, management API under /api/v1)", flush=True)
+    if settings.ingress_metrics_port:
+        # A listener of its own, not the public port (SHIFTFLOW_METRICS_HOST, loopback by default).
+        serve_registry(settings.metrics_host, settings.ingress_metrics_port)
+        print(f"  metrics on http://{settings.metrics_host}:{settings.ingress_metrics_port}/metrics", flush=True)
     app = create_app(settings)
     calm_garbage_collector()
     # Access lines are info-level: below that they would be built and dropped per request.

@@ -4,12 +4,14 @@ Worker pools run several processes, so workers use prometheus_client's multiproc
 mode: ``consumers.worker`` sets ``PROMETHEUS_MULTIPROC_DIR`` before prometheus_client
 is imported, every process writes its own files, and one exposition server per pool
 (a Dramatiq fork) serves their sum. The ingress and dev mode are single processes and
-serve the default registry on their own ``/metrics``.
+serve the default registry on a listener of their own (``serve_registry``), never on the
+public webhook port: metrics tell an outsider traffic, error rates and versions.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -89,6 +91,39 @@ def serve_multiprocess(directory: str, host: str, port: int) -> None:
             """Scrapes are not worth a log line each."""
 
     ThreadingHTTPServer((host, port), Handler).serve_forever()
+
+
+class _RegistryHandler(BaseHTTPRequestHandler):
+    """``GET /metrics`` of this process's default registry; anything else is 404."""
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != "/metrics":
+            self.send_error(404)
+            return
+        body = generate_latest()
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+def serve_registry(host: str, port: int) -> ThreadingHTTPServer:
+    """Serve this process's metrics on ``http://host:port/metrics`` from a daemon thread.
+
+    Returns:
+        The running server (``shutdown()`` and ``server_close()`` stop it).
+
+    Raises:
+        OSError: the address cannot be bound (in use, not local).
+    """
+    server = ThreadingHTTPServer((host, port), _RegistryHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-listener", daemon=True).start()
+    return server
 
 
 def mark_process_dead(directory: str) -> None:

@@ -174,6 +174,9 @@ class Settings:
     #: SHIFTFLOW_METRICS_HOST / SHIFTFLOW_METRICS_PORT: a worker pool's Prometheus exporter (port 0 = off)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
+    #: SHIFTFLOW_INGRESS_METRICS_PORT: the ingress's Prometheus /metrics on METRICS_HOST (0 = off);
+    #: never on the public ingress port
+    ingress_metrics_port: int = 9193
     #: SHIFTFLOW_METRICS_DIR: prometheus_client multiprocess directory for worker pools
     metrics_dir: str = ""
     #: SHIFTFLOW_WEBHOOK_TOLERANCE_SECONDS: accepted clock skew of signed timestamps
@@ -281,6 +284,7 @@ class Settings:
             public_url=_str(env, "PUBLIC_URL", ""),
             metrics_host=_str(env, "METRICS_HOST", "127.0.0.1"),
             metrics_port=_int(env, "METRICS_PORT", 9191, 0, 65535),
+            ingress_metrics_port=_int(env, "INGRESS_METRICS_PORT", 9193, 0, 65535),
             metrics_dir=_str(env, "METRICS_DIR", ""),
             webhook_tolerance_seconds=_int(env, "WEBHOOK_TOLERANCE_SECONDS", 300, 1, 86_400),
             webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 262_144, 1_024, 16 * 1024 * 1024),

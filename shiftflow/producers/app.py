@@ -1,9 +1,10 @@
 """The HTTP process: the webhook ingress and the management API in one Starlette app.
 
-``shiftflow ingress`` serves this: ``POST /hooks/{token}``, ``/healthz`` and ``/metrics``
-from ``producers.ingress``, and the management API under ``/api/v1``
-(``producers.api``; its OpenAPI document at ``/api/v1/openapi.json``). One process, one
-port: both are thin producers that verify, commit or publish, and answer.
+``shiftflow ingress`` serves this: ``POST /hooks/{token}`` and ``/healthz`` from
+``producers.ingress``, and the management API under ``/api/v1`` (``producers.api``; its
+OpenAPI document at ``/api/v1/openapi.json``). One process, one public port: both are
+thin producers that verify, commit or publish, and answer. Its Prometheus ``/metrics``
+is on a listener of its own (``SHIFTFLOW_INGRESS_METRICS_PORT``), not on this port.
 
 The process also gets a MongoDB log sink for its lifetime (when ``SHIFTFLOW_MONGO_URL``
 is set and none is installed yet): API commands such as cancel and re-run write

@@ -34,7 +34,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -323,8 +323,10 @@ def create_app(
         clock: Unix time in seconds, for signature timestamps and ``received_at``.
 
     Returns:
-        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz``, ``GET /metrics`` and
-        ``GET /openapi.json`` (``ingress_spec``).
+        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` and ``GET /openapi.json``
+        (``ingress_spec``). Metrics are not served here, on the public port, but on a
+        listener of their own (``kernel.metrics.serve_registry``, started by ``shiftflow
+        ingress`` on ``SHIFTFLOW_METRICS_HOST:SHIFTFLOW_INGRESS_METRICS_PORT``).
 
     Raises:
         ValueError: both ``publish`` and ``publish_async`` were given.
@@ -455,9 +457,6 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     async def openapi(request: Request) -> Response:
         return JSONResponse(ingress_spec.DOCUMENT)
 
@@ -486,7 +485,6 @@ def create_app(
             # kept so that other methods get Starlette's 405 with an Allow header.
             Route("/hooks/{token}", _AsgiEndpoint(receive_hook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},

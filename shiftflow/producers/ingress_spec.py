@@ -1,8 +1,9 @@
 """The webhook ingress's OpenAPI document, served at ``GET /openapi.json``.
 
 It describes what senders and operators reach without an API key: ``POST /hooks/{token}``
-(one of three signature schemes, chosen by the webhook endpoint), ``GET /healthz`` and
-``GET /metrics``. The management API has its own document at ``/api/v1/openapi.json``.
+(one of three signature schemes, chosen by the webhook endpoint) and ``GET /healthz``.
+Prometheus metrics are on a listener of their own, not here. The management API has its
+own document at ``/api/v1/openapi.json``.
 A schemathesis test holds the ingress to this document (no 5xx, every status and body
 as written here).
 """
@@ -126,16 +127,6 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "Liveness: the process serves HTTP",
                 "security": [],
                 "responses": {"200": {"description": "ok", "content": {"text/plain": {"schema": {"const": "ok"}}}}},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics of this process",
-                "security": [],
-                "responses": {
-                    "200": {"description": "the text exposition format", "content": {"text/plain": {"schema": {}}}}
-                },
             }
         },
     },

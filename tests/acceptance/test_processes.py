@@ -34,9 +34,10 @@ def _run(env, *args):
 
 @pytest.fixture
 def processes(real_env, tmp_path, json_service):
-    ingress_port, metrics_port = free_port(), free_port()
+    ingress_port, metrics_port, ingress_metrics_port = free_port(), free_port(), free_port()
     env = {**os.environ, **real_env, "SHIFTFLOW_INGRESS_PORT": str(ingress_port),
-           "SHIFTFLOW_METRICS_PORT": str(metrics_port), "SHIFTFLOW_METRICS_DIR": str(tmp_path / "metrics")}
+           "SHIFTFLOW_METRICS_PORT": str(metrics_port), "SHIFTFLOW_METRICS_DIR": str(tmp_path / "metrics"),
+           "SHIFTFLOW_INGRESS_METRICS_PORT": str(ingress_metrics_port)}
     definition = tmp_path / "flow.json"
     definition.write_text(json.dumps({
         "name": "acceptance", "trigger": {"type": "webhook"},
@@ -64,7 +65,8 @@ def processes(real_env, tmp_path, json_service):
     try:
         wait_for_http(f"http://127.0.0.1:{ingress_port}/healthz", timeout=30)
         yield {"base": f"http://127.0.0.1:{ingress_port}", "token": token, "secret": secret,
-               "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "logs": logs}
+               "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+               "ingress_metrics": f"http://127.0.0.1:{ingress_metrics_port}/metrics", "logs": logs}
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -117,4 +119,6 @@ def test_webhook_to_finished_execution_through_real_processes(processes, pg_url,
     worker_metrics = wait_until(lambda: (t := httpx.get(processes["metrics"], timeout=5).text)
                                 and "shiftflow_messages_total" in t and t, timeout=20)
     assert 'actor="tools.call"' in worker_metrics
-    assert "shiftflow_webhooks_total" in httpx.get(f"{processes['base']}/metrics", timeout=5).text
+    # The ingress's metrics: on their own listener, not on the public port.
+    assert "shiftflow_webhooks_total" in httpx.get(processes["ingress_metrics"], timeout=5).text
+    assert httpx.get(f"{processes['base']}/metrics", timeout=5).status_code == 404

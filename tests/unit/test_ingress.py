@@ -377,10 +377,26 @@ def test_healthz() -> None:
     assert r.status_code == 200 and r.text == "ok"
 
 
+def test_metrics_are_not_served_on_the_public_port() -> None:
+    """Issue 11, finding 9: anyone reaching the webhook port could read /metrics."""
+    r = client(FakePublish()).get("/metrics")
+    assert r.status_code == 404, r.text
+
+
 def test_metrics_exposes_counter_and_histogram() -> None:
+    import httpx
+
+    from shiftflow.kernel.metrics import serve_registry
+    from tests.helpers import free_port
+
     c = client(FakePublish())
     post(c, "std", BODY)
-    r = c.get("/metrics")
+    server = serve_registry("127.0.0.1", free_port())  # what `shiftflow ingress` starts beside the app
+    try:
+        r = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert 'shiftflow_webhooks_total{outcome="accepted"}' in r.text
     assert 'shiftflow_webhooks_total{outcome="too_large"}' in r.text  # pre-created at zero
