@@ -179,6 +179,12 @@ class Settings:
     ingress_metrics_port: int = 9193
     #: SHIFTFLOW_METRICS_DIR: prometheus_client multiprocess directory for worker pools
     metrics_dir: str = ""
+    #: SHIFTFLOW_AUTH_FAILURES_PER_ADDRESS / _PER_KEY: failed API authentications from one
+    #: client address / naming one key prefix within the window before 429 (0 = no limit)
+    auth_failures_per_address: int = 20
+    auth_failures_per_key: int = 10
+    #: SHIFTFLOW_AUTH_FAILURE_WINDOW_SECONDS: the window, from the first failure
+    auth_failure_window_seconds: int = 60
     #: SHIFTFLOW_WEBHOOK_TOLERANCE_SECONDS: accepted clock skew of signed timestamps
     webhook_tolerance_seconds: int = 300
     #: SHIFTFLOW_WEBHOOK_MAX_BODY_BYTES: largest accepted webhook body
@@ -286,6 +292,9 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", 9191, 0, 65535),
             ingress_metrics_port=_int(env, "INGRESS_METRICS_PORT", 9193, 0, 65535),
             metrics_dir=_str(env, "METRICS_DIR", ""),
+            auth_failures_per_address=_int(env, "AUTH_FAILURES_PER_ADDRESS", 20, 0, 1_000_000),
+            auth_failures_per_key=_int(env, "AUTH_FAILURES_PER_KEY", 10, 0, 1_000_000),
+            auth_failure_window_seconds=_int(env, "AUTH_FAILURE_WINDOW_SECONDS", 60, 1, 86_400),
             webhook_tolerance_seconds=_int(env, "WEBHOOK_TOLERANCE_SECONDS", 300, 1, 86_400),
             webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 262_144, 1_024, 16 * 1024 * 1024),
             publish_timeout_seconds=_float(env, "PUBLISH_TIMEOUT_SECONDS", 5.0, 0.1, 120.0),

@@ -53,6 +53,12 @@ def generate() -> tuple[str, str]:
     return f"{KEY_PREFIX}{lookup}_{secrets.token_urlsafe(32)}", f"{KEY_PREFIX}{lookup}"
 
 
+def lookup_prefix(text: str | None) -> str | None:
+    """The lookup prefix (``sfk_<12 hex>``) of a well-formed key, else None."""
+    match = _SHAPE.match(text or "")
+    return f"{KEY_PREFIX}{match.group(1)}" if match else None
+
+
 def is_active(row: ApiKey, now: dt.datetime | None = None) -> bool:
     """True when the key is neither revoked nor expired."""
     now = now or utcnow()

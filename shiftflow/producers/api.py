@@ -9,7 +9,9 @@ Everything the API does, the CLI does with the same functions (``models.workspac
   document (``api_spec``), which is served at ``/api/v1/openapi.json``; text PostgreSQL
   cannot store (NUL, lone surrogates) is refused. Bad input is never a 5xx.
 * **Errors**: ``{"error": "..."}`` with 400 (body not JSON), 401, 403, 404, 409, 413,
-  422 (a field, named), 503 (a backing store or the broker is down, with ``Retry-After``).
+  422 (a field, named), 429 (too many failed authentications from the address or for the
+  key, ``auth_throttle``, with ``Retry-After``), 503 (a backing store or the broker is
+  down, with ``Retry-After``).
 * **Publishing**: commands that start work (manual trigger, re-run, cancel) commit
   first, then publish with broker confirms (``kernel.enqueue.send``, off the event loop,
   bounded by ``SHIFTFLOW_PUBLISH_TIMEOUT_SECONDS``); a manual trigger answers 202 only
@@ -42,10 +44,12 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import DefinitionError, NotFound, ShiftFlowError, TransientError
 from shiftflow.kernel.settings import Settings
 from shiftflow.models import apikeys
+from shiftflow.models.access import Principal
 from shiftflow.models.plain import unstorable
 from shiftflow.models.problems import Conflict, Forbidden, InvalidInput, Unauthenticated
-from shiftflow.producers import api_spec
+from shiftflow.producers import api_spec, auth_throttle
 from shiftflow.producers.api_handlers import HANDLERS, Call, Result, Send
+from shiftflow.producers.auth_throttle import AuthThrottle, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +210,27 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _run_op(op: dict[str, Any], request: Request, raw: bytes, send: Send, mongo: Callable[[], Any]) -> Result:
+def _authenticate(request: Request, throttle: AuthThrottle) -> Principal:
+    """The caller, unless their address or key prefix failed too often (``auth_throttle``)."""
+    client = request.client.host if request.client else None
+    token = _bearer(request)
+    prefix = apikeys.lookup_prefix(token)
+    throttle.check(client, prefix)
+    try:
+        return apikeys.authenticate(token, ip=client, user_agent=request.headers.get("user-agent"))
+    except Unauthenticated:
+        throttle.failed(client, prefix)
+        raise
+
+
+def _run_op(
+    op: dict[str, Any],
+    request: Request,
+    raw: bytes,
+    send: Send,
+    mongo: Callable[[], Any],
+    throttle: AuthThrottle,
+) -> Result:
     """Authenticate, validate and run one operation (in a worker thread, own DB connection)."""
     path = {k: str(v) for k, v in request.path_params.items()}
     for name, value in path.items():
@@ -214,10 +238,7 @@ def _run_op(op: dict[str, Any], request: Request, raw: bytes, send: Send, mongo:
             raise NotFound(f"{name} {value[:50]!r} does not exist")
     _check_path(op, path)
     with database.connection_context():
-        client = request.client.host if request.client else None
-        actor = apikeys.authenticate(
-            _bearer(request), ip=client, user_agent=request.headers.get("user-agent")
-        )
+        actor = _authenticate(request, throttle)
         params = _parameters(request, op)
         body = _parse_body(raw, request.headers.get("content-type", ""), op)
         permission = op.get("x-permission")
@@ -244,6 +265,8 @@ def _classify(exc: BaseException) -> _Reject | None:
         return exc
     if isinstance(exc, Unauthenticated):
         return _Reject(401, str(exc), {"WWW-Authenticate": 'Bearer realm="shiftflow"'})
+    if isinstance(exc, Throttled):
+        return _Reject(429, str(exc), {"Retry-After": str(exc.retry_after)})
     table: tuple[tuple[type[BaseException], int], ...] = (
         (Forbidden, 403),
         (NotFound, 404),
@@ -293,6 +316,7 @@ def create_api(
     timeout = settings.publish_timeout_seconds
     mongo_fn = mongo or _mongo_reader(settings)
     publish_limiter = anyio.CapacityLimiter(16)
+    throttle = auth_throttle.from_settings(settings)
 
     def publish_all(messages: list[Outgoing]) -> None:
         for out in messages:
@@ -314,7 +338,7 @@ def create_api(
         async def handle(request: Request) -> Response:
             try:
                 raw = await _read_body(request) if "requestBody" in op else b""
-                result = await anyio.to_thread.run_sync(_run_op, op, request, raw, sender, mongo_fn)
+                result = await anyio.to_thread.run_sync(_run_op, op, request, raw, sender, mongo_fn, throttle)
                 if result.publish:
                     await publish(result)
                 await anyio.to_thread.run_sync(_after, result)

@@ -38,6 +38,7 @@ _ERRORS = {
     409: "the object's state does not allow this",
     413: "the body is too large",
     422: "a field or query parameter is invalid (the message names it)",
+    429: "too many failed authentications from this address or for this key; retry after Retry-After seconds",
     503: "PostgreSQL, MongoDB or RabbitMQ is unreachable; retry later",
 }
 
@@ -45,7 +46,7 @@ _ERRORS = {
 def _errors(*codes: int) -> dict[str, Any]:
     return {
         str(c): {"description": _ERRORS[c], "content": {"application/json": {"schema": ref("Error")}}}
-        for c in (401, 403, 503, *codes)
+        for c in (401, 403, 429, 503, *codes)
     }
 
 
