@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from shiftflow.kernel.crypto import Vault
+from shiftflow.kernel.crypto import vault_for
 from shiftflow.kernel.expressions import Masked
 from shiftflow.kernel.settings import get_settings
 from shiftflow.models.integrations import Connection, Integration
@@ -46,7 +46,7 @@ class _WorkspaceSecrets(Mapping[str, Any]):
                                          & (Connection.is_active == True))  # noqa: E712 - peewee expression
             if row is None:
                 raise KeyError(name)
-            self._cache[name] = Vault(get_settings().secret_keys).decrypt(row.credentials)
+            self._cache[name] = vault_for(get_settings().secret_keys).decrypt(row.credentials)
         return self._cache[name]
 
     def __contains__(self, name: object) -> bool:
@@ -123,7 +123,7 @@ def store_connection(workspace_id: Any, integration_key: str, name: str, credent
     The integration is found by its key (``crm``, ``gmail``...), created as a custom
     integration with API-key auth if the catalogue does not have it.
     """
-    vault = Vault(get_settings().secret_keys)
+    vault = vault_for(get_settings().secret_keys)
     integration, _ = Integration.get_or_create(
         key=integration_key, defaults={"name": integration_key, "category": "custom", "auth_type": "API_KEY"})
     row = Connection.get_or_none((Connection.workspace == workspace_id) & (Connection.name == name))
