@@ -487,16 +487,22 @@ def broker_alone(amqp_url: str, bodies: list[bytes], rate: float, seconds: float
     }
 
 
+#: Seals the webhook's signing secret (stored encrypted); the ingress gets the same key.
+SECRET_KEY = "bench-ingress-secret-key-of-32-characters-or-more"
+
+
 def setup_database(url: str) -> tuple[str, str]:
     """Create the workflow and its webhook; return (token, secret)."""
     from shiftflow.kernel.db import bind_database
-    from shiftflow.models import catalog
+    from shiftflow.kernel.settings import Settings, configure
+    from shiftflow.models import catalog, webhook_secrets
 
+    configure(Settings(secret_keys=(SECRET_KEY,)))
     db = bind_database(url)
     try:
         workflow = catalog.apply_definition(catalog.ensure_workspace("bench"), DEFINITION).workflow
         hook = catalog.create_webhook(workflow)
-        return str(hook.token), str(hook.secrets[0])
+        return str(hook.token), webhook_secrets.reveal(hook)[0]
     finally:
         close_all = getattr(db, "close_all", None)
         if close_all is not None:
@@ -574,6 +580,8 @@ def main() -> int:
             SHIFTFLOW_AMQP_URL=amqp_url,
             SHIFTFLOW_DATABASE_URL=db_url,
             SHIFTFLOW_INGRESS_PORT=str(port),
+            SHIFTFLOW_INGRESS_METRICS_PORT="0",
+            SHIFTFLOW_SECRET_KEYS=SECRET_KEY,
             # Required in real mode; the ingress never opens it.
             SHIFTFLOW_MONGO_URL="mongodb://127.0.0.1:9/?retryWrites=false",
         )

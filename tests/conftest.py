@@ -264,6 +264,9 @@ def real_env(pg_url: str, amqp_url: str, mongo_url: str, mongo_db: str, redis_ur
         "SHIFTFLOW_REDIS_URL": redis_url,
         "SHIFTFLOW_HTTP_ALLOW_PRIVATE": "true",
         "SHIFTFLOW_METRICS_PORT": "0",
+        "SHIFTFLOW_INGRESS_METRICS_PORT": "0",
+        # Stored secrets (connections, webhook signing secrets) are always encrypted.
+        "SHIFTFLOW_SECRET_KEYS": "tests-secret-key-of-at-least-32-characters",
     }
     Settings.from_env(env)  # fail here, naming the variable, rather than inside a started process
     return env

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import socket
 import threading
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from shiftflow.kernel.errors import SettingsError
 from shiftflow.kernel.metrics import serve_registry
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import apikeys, catalog
+from shiftflow.models import apikeys, catalog, webhook_secrets
 from shiftflow.models.access import Principal
 from shiftflow.models.apikeys import hash_key
 from shiftflow.models.registry import create_all
@@ -153,6 +154,22 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
+#: Dev mode's own secret key (when SHIFTFLOW_SECRET_KEYS is not set), beside its database.
+DEV_SECRET_KEY_FILE = "secret.key"
+
+
+def dev_secret_key(data_dir: str) -> str:
+    """The key dev mode seals its stored secrets with: read from ``data_dir``, made there
+    (random, owner-only) on first use, so that restarts still open what was sealed."""
+    path = os.path.join(data_dir, DEV_SECRET_KEY_FILE)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
 def run(settings: Settings) -> None:
     """Start everything in this process and serve until interrupted."""
     import uvicorn
@@ -172,10 +189,13 @@ def run(settings: Settings) -> None:
     print(f"ShiftFlow dev mode (data in {settings.data_dir})")
     with embedded_mongo(settings.data_dir) as mongo_url:
         print(f"  embedded MongoDB-wire store at {mongo_url.split('/?')[0]}")
-        settings = configure(dataclasses.replace(settings, mongo_url=mongo_url, metrics_port=0))
+        keys = settings.secret_keys or (dev_secret_key(settings.data_dir),)
+        settings = configure(dataclasses.replace(settings, mongo_url=mongo_url, metrics_port=0, secret_keys=keys))
         with open(os.path.join(settings.data_dir, DEV_ENV_FILE), "w", encoding="utf-8") as env:
+            os.chmod(env.fileno(), 0o600)  # it holds the dev key
             env.write(f"SHIFTFLOW_MODE=dev\nSHIFTFLOW_DATA_DIR={settings.data_dir}\n"
-                      f"SHIFTFLOW_MONGO_URL={mongo_url}\nSHIFTFLOW_DATABASE_URL={settings.database_url}\n")
+                      f"SHIFTFLOW_MONGO_URL={mongo_url}\nSHIFTFLOW_DATABASE_URL={settings.database_url}\n"
+                      f"SHIFTFLOW_SECRET_KEYS={','.join(keys)}\n")
         db = bind_database(settings.database_url)
         create_all(db)
         print(f"  SQLite database {settings.database_url}")
@@ -198,7 +218,7 @@ def run(settings: Settings) -> None:
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
         cli = f".venv/bin/shiftflow --dev-dir {settings.data_dir}"
         print("\nTrigger the example workflow with a signed webhook:\n")
-        print("  " + curl_command(f"{base}/hooks/{hook.token}", hook.secrets[0],
+        print("  " + curl_command(f"{base}/hooks/{hook.token}", webhook_secrets.reveal(hook)[0],
                                   '{"amount": 42, "customer": "ada"}'))
         print("\nThen show the finished execution, its steps and their log documents:\n")
         print(f"  {cli} executions show --latest\n")

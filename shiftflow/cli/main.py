@@ -24,7 +24,7 @@ from shiftflow.models.problems import InvalidInput
 GC_YOUNG_THRESHOLD = 10_000
 
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler", "sideshift", "keys", "ops")
+COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler", "sideshift", "keys", "ops", "secrets")
 
 
 def _read_env_file(path: str) -> dict[str, str]:
@@ -110,7 +110,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Validate a workflow definition and store it as a new version."""
     from shiftflow.kernel.definition import parse_file
-    from shiftflow.models import catalog
+    from shiftflow.models import catalog, webhook_secrets
     from shiftflow.models.workflows import Webhook
 
     settings = settings_from_args(args)
@@ -127,7 +127,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         hook = Webhook.get_or_none(Webhook.workflow == applied.workflow.id)
         if hook is None:
             hook = catalog.create_webhook(applied.workflow, scheme=args.webhook)
-            print(f"webhook secret (shown once): {hook.secrets[0]}")
+            print(f"webhook secret (shown once): {webhook_secrets.reveal(hook)[0]}")
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
         print(f"webhook URL: {base}/hooks/{hook.token}  (scheme {hook.scheme})")
     return 0

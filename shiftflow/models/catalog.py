@@ -11,6 +11,7 @@ from shiftflow.kernel.definition import validate
 from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.runnable import check_runnable
 from shiftflow.kernel.signatures import generate_secret
+from shiftflow.models import webhook_secrets
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.tenancy import Workspace
 from shiftflow.models.workflows import Webhook, Workflow, WorkflowVersion
@@ -69,9 +70,17 @@ def apply_definition(workspace: Workspace, data: dict[str, Any], *, activate: bo
 
 def create_webhook(workflow: Workflow, *, scheme: str = "standard", secret: str | None = None,
                    token: str | None = None) -> Webhook:
-    """Create a webhook endpoint for ``workflow`` with a fresh token and signing secret."""
+    """Create a webhook endpoint for ``workflow`` with a fresh token and signing secret.
+
+    The secret is stored sealed (``webhook_secrets``); ``webhook_secrets.reveal`` shows it
+    to the creator.
+
+    Raises:
+        SettingsError: ``SHIFTFLOW_SECRET_KEYS`` is not set (no secret is stored in clear).
+    """
+    sealed, key_id = webhook_secrets.seal([secret or generate_secret()])
     return Webhook.create(workflow=workflow.id, token=token or secrets.token_urlsafe(24), scheme=scheme,
-                          secrets=[secret or generate_secret()])
+                          sealed_secrets=sealed, key_id=key_id)
 
 
 def execution(execution_id: str) -> Execution:

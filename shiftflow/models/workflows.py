@@ -71,7 +71,10 @@ class WorkflowVersion(BaseModel):
 class Webhook(TimestampedModel):
     """A webhook endpoint ``POST /hooks/{token}`` that triggers one workflow.
 
-    ``secrets`` holds the signing secrets accepted at once (rotation); ``scheme`` is
+    ``sealed_secrets`` is the ciphertext (``kernel.crypto``, ``SHIFTFLOW_SECRET_KEYS``) of
+    the list of signing secrets accepted at once (rotation), never the secrets themselves:
+    ``models.webhook_secrets`` seals and opens it, ``key_id`` names the key that sealed
+    it (migration 0008 sealed the lists stored in clear before). ``scheme`` is
     ``standard`` (Standard Webhooks), ``stripe`` or ``github``.
     """
 
@@ -80,7 +83,8 @@ class Webhook(TimestampedModel):
     workflow = peewee.ForeignKeyField(Workflow, backref="webhooks", on_delete="CASCADE")
     token = peewee.CharField(max_length=64, unique=True)
     scheme = peewee.CharField(max_length=12, default="standard")
-    secrets = JSONField(default=list)
+    sealed_secrets = peewee.TextField(help_text="Ciphertext of the signing secrets; never plaintext.")
+    key_id = peewee.CharField(max_length=64, null=True)
     is_active = peewee.BooleanField(default=True)
     total_calls = peewee.IntegerField(default=0)
     last_called_at = peewee.DateTimeField(null=True)

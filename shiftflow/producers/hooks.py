@@ -9,10 +9,18 @@ for long, so that a newly created hook starts working within seconds.
 
 Each database read opens and closes its own connection (``connection_context``): a
 request never holds a Peewee connection after the lookup returns.
+
+Signing secrets are stored sealed (``models.webhook_secrets``) and opened here, once per
+database read: the cached ``HookInfo`` (and the ingress's per-token memo in front of it)
+holds them opened, so a request costs no decryption. A secret no configured key opens
+(``SHIFTFLOW_SECRET_KEYS`` missing or wrong on this process) makes the lookup fail like
+a database outage, 503 with ``Retry-After``: senders retry and nothing is lost once the
+keys are fixed, where a 401 would have made them give up.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,9 +30,13 @@ from typing import Any, cast
 import peewee
 from playhouse.pool import MaxConnectionsExceeded
 
+from shiftflow.kernel.crypto import DecryptionError
 from shiftflow.kernel.db import database
-from shiftflow.kernel.errors import TransientError
+from shiftflow.kernel.errors import SettingsError, TransientError
+from shiftflow.models import webhook_secrets
 from shiftflow.models.workflows import Webhook, Workflow
+
+log = logging.getLogger(__name__)
 
 #: Longest token ``Webhook.token`` can hold; longer ones cannot exist, so skip the query.
 MAX_TOKEN_LENGTH = 64
@@ -73,7 +85,8 @@ def load_hook(token: str) -> HookInfo | None:
         The hook, or None when no webhook has this token.
 
     Raises:
-        HookStoreUnavailable: the database could not be reached or the query failed.
+        HookStoreUnavailable: the database could not be reached or the query failed, or the
+            hook's signing secrets cannot be opened with the configured keys.
     """
     try:
         with database.connection_context():
@@ -84,7 +97,7 @@ def load_hook(token: str) -> HookInfo | None:
                 Webhook.select(
                     Webhook.token,
                     Webhook.scheme,
-                    Webhook.secrets,
+                    Webhook.sealed_secrets,
                     Webhook.is_active,
                     Workflow.id,
                     Workflow.workspace,
@@ -99,11 +112,16 @@ def load_hook(token: str) -> HookInfo | None:
         raise HookStoreUnavailable(f"could not read webhook: {exc.__class__.__name__}") from exc
     if row is None:
         return None
-    found_token, scheme, secrets, is_active, workflow_id, workspace_id, status = row
+    found_token, scheme, sealed, is_active, workflow_id, workspace_id, status = row
+    try:
+        secrets = webhook_secrets.open_sealed(sealed)
+    except (DecryptionError, SettingsError) as exc:
+        log.error("webhook %s...: its signing secrets cannot be opened: %s", found_token[:6], exc)
+        raise HookStoreUnavailable("webhook secrets cannot be opened with the configured keys") from None
     return HookInfo(
         token=found_token,
         scheme=scheme,
-        secrets=tuple(s for s in (secrets if isinstance(secrets, list) else []) if isinstance(s, str) and s),
+        secrets=tuple(secrets),
         workflow_id=str(workflow_id),
         workspace_id=str(workspace_id),
         active=bool(is_active) and status == "ACTIVE",

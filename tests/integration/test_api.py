@@ -20,7 +20,7 @@ import pytest
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, runs
+from shiftflow.models import catalog, runs, webhook_secrets
 from shiftflow.models.access import MATRIX, ROLES
 from shiftflow.models.audit import AuditLog
 from shiftflow.models.dead_letters import DeadLetter
@@ -594,7 +594,7 @@ def test_approvals_and_events_resume_waiting_executions(api):
     payments = catalog.apply_definition(a.workspace, PAYMENTS).workflow
     hook = catalog.create_webhook(payments)
     body = json.dumps({"order": 7, "paid": True}).encode()
-    headers = signed_headers("standard", hook.secrets[0], body, int(time.time()), "pay-7")
+    headers = signed_headers("standard", webhook_secrets.reveal(hook)[0], body, int(time.time()), "pay-7")
     root = str(c.base_url).rstrip("/").removesuffix("/api/v1")
     posted = httpx.post(f"{root}/hooks/{hook.token}", content=body,
                         headers={**headers, "content-type": "application/json"}, timeout=15)

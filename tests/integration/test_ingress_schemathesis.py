@@ -27,7 +27,7 @@ from shiftflow.kernel.contracts import execution_id_for
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog
+from shiftflow.models import catalog, webhook_secrets
 from shiftflow.producers.ingress import create_app
 from tests.integration.api_support import SIMPLE, fuzz
 
@@ -45,6 +45,7 @@ def test_ingress_holds_to_its_openapi_document_under_fuzzing(pg_url, amqp_url):
         "SHIFTFLOW_AMQP_URL": amqp_url,
         "SHIFTFLOW_MONGO_URL": "mongodb://127.0.0.1:9/?retryWrites=false",
         "SHIFTFLOW_METRICS_PORT": "0",
+        "SHIFTFLOW_SECRET_KEYS": "fuzz-secret-key-of-at-least-32-characters",
     }
     app_settings = configure(Settings.from_env(env))
     bind_database(pg_url)
@@ -55,7 +56,7 @@ def test_ingress_holds_to_its_openapi_document_under_fuzzing(pg_url, amqp_url):
 
     # Positive control: a correctly signed webhook is accepted, as documented.
     body = json.dumps({"n": 1}).encode()
-    headers = {**signed_headers("standard", hook.secrets[0], body, int(time.time()), "fuzz-1"),
+    headers = {**signed_headers("standard", webhook_secrets.reveal(hook)[0], body, int(time.time()), "fuzz-1"),
                "content-type": "application/json"}
     with TestClient(app) as client:
         accepted = client.post(f"/hooks/{hook.token}", content=body, headers=headers)

@@ -21,7 +21,7 @@ from shiftflow.kernel.broker import build_broker
 from shiftflow.kernel.mongo import EXECUTION_LOGS, get_sink
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog
+from shiftflow.models import catalog, webhook_secrets
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.producers.ingress import create_app
 from tests.helpers import free_port, wait_for_http, wait_until
@@ -73,7 +73,7 @@ def stack(real_env, tmp_path, json_service):
 
 def _post(base, hook, body: dict, delivery_id: str, *, now=None):
     raw = json.dumps(body).encode()
-    headers = signed_headers("standard", hook.secrets[0], raw, int(now or time.time()), delivery_id)
+    headers = signed_headers("standard", webhook_secrets.reveal(hook)[0], raw, int(now or time.time()), delivery_id)
     headers["content-type"] = "application/json"
     return httpx.post(f"{base}/hooks/{hook.token}", content=raw, headers=headers, timeout=10)
 
@@ -131,7 +131,7 @@ def test_repeated_delivery_makes_one_execution(stack):
 
 def test_bad_signature_is_refused_before_any_publish(stack):
     raw = json.dumps({"amount": 42}).encode()
-    headers = signed_headers("standard", stack["hook"].secrets[0], raw, int(time.time()), "msg_bad")
+    headers = signed_headers("standard", webhook_secrets.reveal(stack["hook"])[0], raw, int(time.time()), "msg_bad")
     headers["content-type"] = "application/json"
     response = httpx.post(f"{stack['base']}/hooks/{stack['hook'].token}", content=raw + b" ", headers=headers)
     assert response.status_code == 401 and "error" in response.json()
@@ -161,7 +161,7 @@ def test_unreachable_broker_gives_503_never_2xx(real_env, stack):
 
     app = create_app(settings, publish=publish)
     raw = json.dumps({"amount": 1}).encode()
-    headers = signed_headers("standard", stack["hook"].secrets[0], raw, int(time.time()), "msg_503")
+    headers = signed_headers("standard", webhook_secrets.reveal(stack["hook"])[0], raw, int(time.time()), "msg_503")
     headers["content-type"] = "application/json"
     with TestClient(app) as client:
         response = client.post(f"/hooks/{stack['hook'].token}", content=raw, headers=headers)

@@ -644,7 +644,24 @@ def sqlite_db(tmp_path: Any) -> Iterator[peewee.Database]:
         database.initialize(saved)
 
 
-def test_load_hook_reads_and_releases_the_connection(sqlite_db: peewee.Database) -> None:
+HOOK_KEY = "unit-tests-secret-key-of-32-characters-or-more"
+
+
+@pytest.fixture
+def keyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shiftflow.kernel import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "_current", Settings(secret_keys=(HOOK_KEY,)))
+
+
+def _sealed(values: list[Any]) -> dict[str, Any]:
+    from shiftflow.models import webhook_secrets
+
+    sealed, key_id = webhook_secrets.seal(values)
+    return {"sealed_secrets": sealed, "key_id": key_id}
+
+
+def test_load_hook_reads_and_releases_the_connection(sqlite_db: peewee.Database, keyed: None) -> None:
     from shiftflow.models.tenancy import Workspace
     from shiftflow.models.workflows import Webhook, Workflow
 
@@ -652,15 +669,39 @@ def test_load_hook_reads_and_releases_the_connection(sqlite_db: peewee.Database)
         ws = Workspace.create(name="w", slug="w")
         active = Workflow.create(workspace=ws, name="a", status="ACTIVE")
         paused = Workflow.create(workspace=ws, name="p", status="PAUSED")
-        Webhook.create(workflow=active, token="tok-a", scheme="github", secrets=["s1", "s2", 3, ""])
-        Webhook.create(workflow=active, token="tok-off", is_active=False, secrets=["s"])
-        Webhook.create(workflow=paused, token="tok-p", secrets=["s"])
+        Webhook.create(workflow=active, token="tok-a", scheme="github", **_sealed(["s1", "s2", 3, ""]))
+        Webhook.create(workflow=active, token="tok-off", is_active=False, **_sealed(["s"]))
+        Webhook.create(workflow=paused, token="tok-p", **_sealed(["s"]))
+        assert "s1" not in str(sqlite_db.execute_sql("SELECT * FROM webhook").fetchall())  # sealed at rest
     assert load_hook("tok-a") == HookInfo("tok-a", "github", ("s1", "s2"), str(active.id), str(ws.id), True)
     assert sqlite_db.is_closed()  # no connection held after the lookup
     assert load_hook("tok-off").active is False  # type: ignore[union-attr]
     assert load_hook("tok-p").active is False  # type: ignore[union-attr]
     assert load_hook("missing") is None
     assert sqlite_db.is_closed()
+
+
+def test_secrets_no_configured_key_opens_make_the_lookup_unavailable_not_unknown(
+    sqlite_db: peewee.Database, keyed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys missing or wrong on the ingress: 503 (senders retry), never 401 or 404 (they give up)."""
+    from shiftflow.kernel import settings as settings_module
+    from shiftflow.models.tenancy import Workspace
+    from shiftflow.models.workflows import Webhook, Workflow
+
+    with sqlite_db.connection_context():
+        ws = Workspace.create(name="w", slug="w")
+        workflow = Workflow.create(workspace=ws, name="a", status="ACTIVE")
+        Webhook.create(workflow=workflow, token="tok-a", **_sealed(["s1"]))
+    for keys in (("another-key-of-more-than-32-characters-here",), ()):
+        monkeypatch.setattr(settings_module, "_current", Settings(secret_keys=keys))
+        with pytest.raises(HookStoreUnavailable, match="configured keys"):
+            load_hook("tok-a")
+        assert sqlite_db.is_closed()
+    r = client(FakePublish(), lookup=lambda token: load_hook(token)).post(
+        "/hooks/tok-a", content=BODY, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 503 and r.headers["retry-after"]
 
 
 def test_load_hook_maps_database_errors_to_transient(sqlite_db: peewee.Database) -> None:

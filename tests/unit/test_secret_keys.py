@@ -62,3 +62,15 @@ def test_rotation_moves_ciphertexts_to_the_newest_key():
 def test_derivations_are_made_once_per_process():
     assert vault_for((NEW, OLD)) is vault_for((NEW, OLD))
     assert vault_for((NEW,)).current_key_id == Vault((NEW,)).current_key_id
+
+
+def test_dev_mode_makes_its_own_key_once_and_keeps_it(tmp_path):
+    import os
+    import stat
+
+    from shiftflow.cli.dev import DEV_SECRET_KEY_FILE, dev_secret_key
+
+    first = dev_secret_key(str(tmp_path))
+    assert len(first) >= 32 and dev_secret_key(str(tmp_path)) == first  # a restart opens what was sealed
+    assert stat.S_IMODE(os.stat(tmp_path / DEV_SECRET_KEY_FILE).st_mode) == 0o600
+    assert Vault((first,)).decrypt(Vault((first,)).encrypt("x")) == "x"

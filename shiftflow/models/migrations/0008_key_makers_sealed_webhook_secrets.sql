@@ -5,3 +5,23 @@
 ALTER TABLE "api_key" ADD COLUMN "created_by_user_id" UUID;
 ALTER TABLE "api_key" ADD COLUMN "created_by_key_id" UUID;
 ALTER TABLE "api_key" ADD COLUMN "created_via" VARCHAR(10);
+
+-- Webhook signing secrets, sealed like connection secrets (no secret at rest in clear).
+-- Before this SQL runs, in the same transaction, the migration's data step
+-- (migrations/data_steps.py) has replaced each row's clear list in "secrets" by
+-- {"sealed": <ciphertext>, "key_id": <key id>}, using SHIFTFLOW_SECRET_KEYS (it refuses
+-- to run without them when there is anything to seal). This SQL moves those into their
+-- columns and refuses to finish while any secret is left in clear: run by hand without
+-- the data step, it rolls back.
+ALTER TABLE "webhook" ADD COLUMN "sealed_secrets" TEXT;
+ALTER TABLE "webhook" ADD COLUMN "key_id" VARCHAR(64);
+UPDATE "webhook" SET "sealed_secrets" = "secrets" ->> 'sealed', "key_id" = "secrets" ->> 'key_id'
+    WHERE jsonb_typeof("secrets") = 'object';
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM "webhook" WHERE "sealed_secrets" IS NULL) THEN
+        RAISE EXCEPTION 'webhook signing secrets would stay in clear: run `shiftflow migrate` with SHIFTFLOW_SECRET_KEYS set';
+    END IF;
+END $$;
+ALTER TABLE "webhook" DROP COLUMN "secrets";
+ALTER TABLE "webhook" ALTER COLUMN "sealed_secrets" SET NOT NULL;

@@ -6,6 +6,10 @@ so a failed migration leaves nothing half-applied. Every transaction first takes
 transaction-scoped advisory lock, then re-reads what is applied: two processes that
 migrate at once queue behind each other and each file runs exactly once.
 
+A migration may also have a data step (``data_steps.BEFORE``): Python run in the same
+transaction just before its SQL, for what SQL alone cannot do (0008 encrypts webhook
+secrets with the configured keys). The checksum covers the SQL only.
+
 SQLite (dev mode) has no migrations: ``shiftflow.models.registry.create_all`` builds it.
 """
 
@@ -104,10 +108,23 @@ def _apply_one(db: peewee.Database, name: str) -> bool:
                     f"migration {name} changed after it was applied (checksum {row[0]} != {digest})"
                 )
             return False
+        _data_step(db, name)
         # A bare cursor: without parameters psycopg2 leaves '%' in the SQL alone.
         db.cursor().execute(read(name))
         db.execute_sql("INSERT INTO schema_migrations (name, checksum) VALUES (%s, %s)", (name, digest))
     return True
+
+
+def _data_step(db: peewee.Database, name: str) -> None:
+    from shiftflow.models.migrations.data_steps import BEFORE, DataStepError
+
+    step = BEFORE.get(name)
+    if step is None:
+        return
+    try:
+        step(db)
+    except DataStepError as exc:
+        raise MigrationError(f"migration {name}: {exc}") from None
 
 
 def upgrade(db: peewee.Database, target: str | None = None) -> list[str]:
@@ -121,8 +138,8 @@ def upgrade(db: peewee.Database, target: str | None = None) -> list[str]:
         target: a migration name (``0001_initial``) or its number (``0001``).
 
     Raises:
-        MigrationError: ``db`` is not PostgreSQL, the target is unknown, or an applied
-            migration's file changed.
+        MigrationError: ``db`` is not PostgreSQL, the target is unknown, an applied
+            migration's file changed, or a data step cannot run (the message says why).
     """
     _require_postgres(db)
     return [name for name in _resolve(target) if _apply_one(db, name)]
