@@ -211,15 +211,14 @@ def _bearer(request: Request) -> str | None:
 
 
 def _authenticate(request: Request, throttle: AuthThrottle) -> Principal:
-    """The caller, unless their address or key prefix failed too often (``auth_throttle``)."""
+    """The caller, counting a failure against their address and key prefix (``auth_throttle``);
+    ``throttle.check`` ran before, outside the database connection."""
     client = request.client.host if request.client else None
     token = _bearer(request)
-    prefix = apikeys.lookup_prefix(token)
-    throttle.check(client, prefix)
     try:
         return apikeys.authenticate(token, ip=client, user_agent=request.headers.get("user-agent"))
     except Unauthenticated:
-        throttle.failed(client, prefix)
+        throttle.failed(client, apikeys.lookup_prefix(token))
         raise
 
 
@@ -236,6 +235,8 @@ def _run_op(
     for name, value in path.items():
         if unstorable(value):
             raise NotFound(f"{name} {value[:50]!r} does not exist")
+    # A throttled caller costs no database connection and no key lookup.
+    throttle.check(request.client.host if request.client else None, apikeys.lookup_prefix(_bearer(request)))
     _check_path(op, path)
     with database.connection_context():
         actor = _authenticate(request, throttle)
