@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog
+from shiftflow.models import catalog, webhook_secrets
 from shiftflow.models.dead_letters import DeadLetter
 from shiftflow.models.templates import WorkflowTemplate
 from shiftflow.producers.app import create_app
@@ -210,7 +210,7 @@ def test_generated_ingress_client_sends_a_signed_webhook(stack: dict[str, Any]) 
 
     def sign(request: httpx.Request) -> None:
         # The generated code serialises the body itself: sign the bytes it really sends.
-        headers = signed_headers("standard", hook.secrets[0], request.read(), int(time.time()), delivery)
+        headers = signed_headers("standard", webhook_secrets.reveal(hook)[0], request.read(), int(time.time()), delivery)
         for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
             request.headers[name] = headers[name]
 

@@ -49,7 +49,7 @@ def test_an_admin_cannot_mint_a_key_that_acts_as_the_owner(api):
     assert "owner" in minted.json()["error"]
     assert not ApiKey.select().where((ApiKey.user == a.users["OWNER"].id) & (ApiKey.name == "owner?")).exists()
     # So the admin is left with their own powers: no promotion to owner.
-    promoted = c.patch(f"/members/{_member_id(a, 'VIEWER')}", json={"role": "owner"}, headers=a.auth("ADMIN"))
+    promoted = c.patch(f"/members/{_member_id(a, 'VIEWER')}", json={"role": "OWNER"}, headers=a.auth("ADMIN"))
     assert promoted.status_code == 403
     assert WorkspaceMember.get(workspace=a.workspace.id, user=a.users["VIEWER"].id).role == "VIEWER"
 
