@@ -12,7 +12,8 @@ from typing import Any
 from shiftflow.kernel.definition import Step
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.expressions import render
-from shiftflow.kernel.settings import Settings
+from shiftflow.kernel.settings import Settings, get_settings
+from shiftflow.kernel.sizes import check_size
 from shiftflow.kernel.steps import evaluate_condition, evaluate_switch, transform
 from shiftflow.kernel.tools import http
 
@@ -42,9 +43,38 @@ def pure(step: Step, inputs: Mapping[str, Any]) -> Any:
     raise PermanentError(f"step {step.id!r}: {step.type!r} is not a pure step")
 
 
+def check_inputs(inputs: Any, settings: Settings) -> None:
+    """Refuse rendered inputs over ``SHIFTFLOW_STEP_MAX_INPUT_BYTES``.
+
+    Raises:
+        SizeLimitExceeded: naming the cap.
+    """
+    check_size(inputs, settings.step_max_input_bytes, "rendered inputs", "SHIFTFLOW_STEP_MAX_INPUT_BYTES")
+
+
+def check_output(output: Any, settings: Settings) -> None:
+    """Refuse a step output over ``SHIFTFLOW_STEP_MAX_OUTPUT_BYTES``.
+
+    Raises:
+        SizeLimitExceeded: naming the cap.
+    """
+    check_size(output, settings.step_max_output_bytes, "output", "SHIFTFLOW_STEP_MAX_OUTPUT_BYTES")
+
+
 def run_pure(step: Step, context: Mapping[str, Any]) -> Any:
-    """Render a pure step's inputs against ``context`` and run it."""
-    return pure(step, render(step.inputs, context))
+    """Render a pure step's inputs against ``context`` and run it; both its rendered inputs
+    and its output are held to the step caps (a chain of whole-value references multiplies
+    a value without copying it, until something stores it).
+
+    Raises:
+        PermanentError: a bad reference or condition, a ``fail`` step, a cap passed.
+    """
+    settings = get_settings()
+    inputs = render(step.inputs, context)
+    check_inputs(inputs, settings)
+    output = pure(step, inputs)
+    check_output(output, settings)
+    return output
 
 
 def call_tool(step: Step, inputs: Mapping[str, Any], settings: Settings) -> Any:

@@ -199,6 +199,10 @@ class Settings:
     http_timeout_seconds: float = 10.0
     #: SHIFTFLOW_HTTP_ALLOW_PRIVATE: let HTTP tools reach loopback/private addresses (dev, tests)
     http_allow_private: bool = False
+    #: SHIFTFLOW_STEP_MAX_INPUT_BYTES: the largest a step's rendered inputs may be (as JSON)
+    step_max_input_bytes: int = 1_048_576
+    #: SHIFTFLOW_STEP_MAX_OUTPUT_BYTES: the largest step output (and execution result) stored
+    step_max_output_bytes: int = 2_097_152
     #: SHIFTFLOW_LOG_BATCH_SIZE / SHIFTFLOW_LOG_FLUSH_MS: batching of MongoDB log writes
     log_batch_size: int = 200
     log_flush_ms: int = 100
@@ -302,6 +306,8 @@ class Settings:
             delivery_limit=_int(env, "DELIVERY_LIMIT", 5, 1, 1_000),
             http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 10.0, 0.1, 600.0),
             http_allow_private=allow_private == "true",
+            step_max_input_bytes=_int(env, "STEP_MAX_INPUT_BYTES", 1_048_576, 1_024, 64 * 1_048_576),
+            step_max_output_bytes=_int(env, "STEP_MAX_OUTPUT_BYTES", 2_097_152, 1_024, 64 * 1_048_576),
             log_batch_size=_int(env, "LOG_BATCH_SIZE", 200, 1, 10_000),
             log_flush_ms=_int(env, "LOG_FLUSH_MS", 100, 1, 60_000),
             log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),

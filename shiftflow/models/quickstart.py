@@ -95,7 +95,7 @@ def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -
         "triggered_by": payload.triggered_by or None,
     }
     if finished:
-        values.update(completed_at=done_at, result=outputs, error=error, duration_ms=runs.ms_between(now, done_at))
+        values.update(completed_at=done_at, result=runs.capped_result(outputs), error=error, duration_ms=runs.ms_between(now, done_at))
     with logs.deferred():
         # One statement on PostgreSQL: the execution unless it is a duplicate, and its steps.
         if not compiled.insert_with_children(Execution, values, StepExecution, rows):

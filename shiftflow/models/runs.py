@@ -32,8 +32,10 @@ from shiftflow.kernel.db import database, is_postgres
 from shiftflow.kernel.definition import Definition, validate
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound, PermanentError
-from shiftflow.kernel.executors import run_pure
+from shiftflow.kernel.executors import check_inputs, check_output, run_pure
 from shiftflow.kernel.expressions import render
+from shiftflow.kernel.settings import get_settings
+from shiftflow.kernel.sizes import SizeLimitExceeded, json_size
 from shiftflow.kernel.steps import TERMINAL, StepState, plan
 from shiftflow.models import compiled, logs, secrets
 from shiftflow.models.base import utcnow
@@ -270,7 +272,7 @@ def finish_execution(execution: Execution, definition: Definition, status: str,
     rows = _rows(execution) if rows is None else rows
     execution.status, execution.completed_at = status, now
     execution.error = (error or execution.error) if status != "SUCCEEDED" else None
-    execution.result = {sid: r.output for sid, r in rows.items() if r.status == "SUCCEEDED"}
+    execution.result = capped_result({sid: r.output for sid, r in rows.items() if r.status == "SUCCEEDED"})
     execution.duration_ms = ms_between(execution.started_at or execution.created_at, now)
     if status == "SUCCEEDED":
         execution.progress = 100
@@ -288,6 +290,17 @@ def finish_execution(execution: Execution, definition: Definition, status: str,
     return flow.after_finish(execution)
 
 
+def capped_result(result: dict[str, Any]) -> dict[str, Any]:
+    """An execution's result (every step's output), or a note in its place when together
+    they pass ``SHIFTFLOW_STEP_MAX_OUTPUT_BYTES``: each output is capped, their sum over up
+    to 500 steps is not, and the steps keep their outputs."""
+    limit = get_settings().step_max_output_bytes
+    if json_size(result, limit) <= limit:
+        return result
+    return {"truncated": f"the outputs of {len(result)} steps are larger than {limit} bytes together "
+                         "(the cap SHIFTFLOW_STEP_MAX_OUTPUT_BYTES); each step's output is on its step"}
+
+
 def record_step(execution: Execution, definition: Definition, step: StepExecution, status: str, *,
                 output: Any = None, error: str | None = None, from_status: tuple[str, ...] = ("RUNNING",),
                 stored_input: Any = None) -> list[Outgoing]:
@@ -295,6 +308,11 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
     ``execution`` locked. A step no longer in ``from_status`` (a duplicate finished first,
     the execution was cancelled) is left alone."""
     now = utcnow()
+    if status == "SUCCEEDED" and output is not None:
+        try:
+            check_output(output, get_settings())
+        except SizeLimitExceeded as exc:
+            status, output, error = "FAILED", None, str(exc)
     fields: dict[Any, Any] = {"status": status, "output": output, "error": error, "completed_at": now,
                               "resume_at": None, "timeout_at": None,
                               "duration_ms": ms_between(step.started_at or step.created_at, now)}
@@ -492,11 +510,14 @@ def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> Rendered
     assert claim.step is not None
     step = claim.definition.step(claim.step.step_id)
     context = context_for(claim.execution, claim.definition, _rows(claim.execution), extra)
+    settings = get_settings()
     if not secrets.referenced(step.inputs):
         inputs = render(step.inputs, context)
+        check_inputs(inputs, settings)
         return Rendered(inputs, inputs)
     used = secrets.for_workspace(claim.execution.workspace_id)
     real = render(step.inputs, {**context, "secrets": used})
+    check_inputs(real, settings)
     stored = render(step.inputs, {**context, "secrets": secrets.MASKED})
     return Rendered(real, stored, secrets.scrubber(used))
 
