@@ -61,7 +61,8 @@ TRIGGER_TO_DONE_SECONDS = Histogram(
 )
 LOG_DOCUMENTS = Counter(
     "shiftflow_log_documents_total",
-    "Log and analytics documents written to MongoDB, by outcome (written, dropped).",
+    "Log and analytics documents written to MongoDB, by outcome (written; replaced by a stand-in, "
+    "which is also written; dropped).",
     ["outcome"],
 )
 

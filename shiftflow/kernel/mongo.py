@@ -13,6 +13,10 @@ process that uses it and re-created if the process id changes.
 
 Every document gets its ``_id`` before the first attempt, so a batch retried after a
 network error cannot duplicate documents (duplicate-key errors are ignored).
+
+One bad document costs only itself (``kernel.bson_guard``): each is encoded on its own,
+one the encoder or the server refuses is replaced by a stand-in that says why (counted as
+``replaced``), and nothing but a network error sends a batch back to the buffer.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from shiftflow.kernel import metrics
+from shiftflow.kernel import bson_guard, metrics
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
 #: Documents kept in memory while MongoDB is unreachable; older ones are dropped first.
 MAX_BUFFERED = 50_000
 _DUPLICATE_KEY = 11000
+#: Write errors about the server's state, not the document: the batch is tried again.
+_RETRYABLE_CODES = frozenset({91, 189, 262, 6, 7, 89, 9001, 10107, 11600, 11602, 13435, 13436, 50})
 
 
 class MongoSink:
@@ -67,10 +73,13 @@ class MongoSink:
         db_name: the database holding the three collections.
         batch_size: the most documents sent in one ``insert_many``.
         flush_ms: the longest a document waits in memory before it is sent.
+        max_document_bytes: a larger document is replaced by a stand-in before it is sent.
     """
 
-    def __init__(self, url: str, db_name: str, *, batch_size: int = 200, flush_ms: int = 100) -> None:
+    def __init__(self, url: str, db_name: str, *, batch_size: int = 200, flush_ms: int = 100,
+                 max_document_bytes: int = bson_guard.MAX_DOCUMENT_BYTES) -> None:
         self.url = url
+        self.max_document_bytes = max_document_bytes
         self.db_name = db_name
         self.batch_size = batch_size
         self.flush_seconds = flush_ms / 1000.0
@@ -173,12 +182,17 @@ class MongoSink:
                     self._send(batch)
             except PyMongoError as exc:
                 # MongoDB is not the truth: keep the documents and try again shortly.
-                log.warning("MongoDB write failed, will retry: %s", exc)
+                log.warning("MongoDB write failed, will retry: %s", str(exc)[:500])
                 with self._cond:
                     self._buffer.extendleft(reversed(batch))
                     self._inflight = 0
                 time.sleep(min(1.0, self.flush_seconds * 5))
                 continue
+            except Exception:
+                # Not a network error, so retrying would fail the same way; losing this batch
+                # is bad, a dead writer (every later document lost) is worse.
+                log.exception("MongoDB writer dropped a batch of %d documents", len(batch))
+                metrics.LOG_DOCUMENTS.labels("dropped").inc(len(batch))
             if batch:
                 with self._cond:
                     self._inflight = 0
@@ -192,13 +206,39 @@ class MongoSink:
             by_collection.setdefault(collection, []).append(document)
         db = self.database()
         for collection, documents in by_collection.items():
-            try:
-                db[collection].insert_many(documents, ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != _DUPLICATE_KEY for e in errors):
-                    raise
-            metrics.LOG_DOCUMENTS.labels("written").inc(len(documents))
+            encoded = []
+            for document in documents:
+                raw, reason = bson_guard.encode(document, self.max_document_bytes)
+                if reason is not None:
+                    log.warning("log document %s replaced by a stand-in: %s", document.get("_id"), reason)
+                    metrics.LOG_DOCUMENTS.labels("replaced").inc()
+                encoded.append(raw)
+            refused, lost = self._insert(db[collection], encoded, documents), 0
+            if refused:
+                # Refused by the server (too large for it, invalid for it): once more as
+                # stand-ins; a stand-in refused too is dropped, never retried forever.
+                standins = [bson_guard.stand_in(documents[i], reason) for i, reason in refused]
+                metrics.LOG_DOCUMENTS.labels("replaced").inc(len(standins))
+                again = self._insert(db[collection], [bson_guard.encode(s)[0] for s in standins], standins)
+                if again:
+                    log.error("MongoDB refused %d log stand-ins: %s", len(again), again[0][1])
+                    metrics.LOG_DOCUMENTS.labels("dropped").inc(len(again))
+                    lost = len(again)
+            metrics.LOG_DOCUMENTS.labels("written").inc(len(documents) - lost)
+
+    @staticmethod
+    def _insert(collection: Any, encoded: list[Any], documents: list[dict[str, Any]]) -> list[tuple[int, str]]:
+        """Insert ``encoded`` (unordered); return ``(index, reason)`` of each document the
+        server refused for what it holds. Duplicates (a batch sent twice) are success."""
+        try:
+            collection.insert_many(encoded, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") in _RETRYABLE_CODES for e in errors):
+                raise
+            return [(int(e["index"]), f"refused by MongoDB: {str(e.get('errmsg', ''))[:300]}")
+                    for e in errors if e.get("code") != _DUPLICATE_KEY]
+        return []
 
 
 _sink: MongoSink | None = None
