@@ -77,8 +77,12 @@ def run_pure(step: Step, context: Mapping[str, Any]) -> Any:
     return output
 
 
-def call_tool(step: Step, inputs: Mapping[str, Any], settings: Settings) -> Any:
+def call_tool(step: Step, inputs: Mapping[str, Any], settings: Settings,
+              redact: http.Redact | None = None) -> Any:
     """Make the outside call of a tool step with its rendered inputs.
+
+    ``redact`` masks the values of the secrets the inputs hold in every error message,
+    before anything shortens it (a secret cut in two would escape a later mask).
 
     Raises:
         PermanentError: bad inputs or a refused call.
@@ -86,7 +90,8 @@ def call_tool(step: Step, inputs: Mapping[str, Any], settings: Settings) -> Any:
     """
     if step.type == "http":
         timeout = min(step.timeout or settings.http_timeout_seconds, settings.http_timeout_seconds * 6)
-        return http.call(inputs, timeout=timeout, allow_private=settings.http_allow_private)
+        return http.call(inputs, timeout=timeout, allow_private=settings.http_allow_private,
+                         redact=redact or str)
     if step.type in PURE_TYPES:
         return pure(step, inputs)
     raise PermanentError(f"step {step.id!r}: unknown tool step type {step.type!r}")
