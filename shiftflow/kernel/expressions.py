@@ -46,6 +46,17 @@ class Masked:
     TEXT = "***"
 
 
+class Unavailable:
+    """A context value that refuses every path asked of it, saying why.
+
+    Used for ``secrets`` in the context of steps that may not use them: the reference
+    fails with the reason instead of "names nothing".
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 def resolve(path: str, context: Mapping[str, Any]) -> Any:
     """Look up ``path`` (``a.b.0.c``) in ``context``.
 
@@ -58,6 +69,8 @@ def resolve(path: str, context: Mapping[str, Any]) -> Any:
     for segment in path.split("."):
         if isinstance(value, Masked):
             return Masked.TEXT
+        if isinstance(value, Unavailable):
+            raise ExpressionError(f"reference {path!r}: {value.reason}")
         if not _SEGMENT.match(segment):
             raise ExpressionError(f"malformed reference {path!r}: segment {segment!r}")
         if isinstance(value, Mapping) and segment in value:
@@ -66,6 +79,8 @@ def resolve(path: str, context: Mapping[str, Any]) -> Any:
             value = value[int(segment)]
         else:
             raise ExpressionError(f"reference {path!r} names nothing (no {segment!r})")
+    if isinstance(value, Unavailable):
+        raise ExpressionError(f"reference {path!r}: {value.reason}")
     return Masked.TEXT if isinstance(value, Masked) else value
 
 

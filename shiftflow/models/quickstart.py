@@ -21,7 +21,7 @@ from shiftflow.kernel.definition import Definition
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.executors import run_pure
 from shiftflow.kernel.steps import TERMINAL, StepState, plan
-from shiftflow.models import compiled, logs, runs
+from shiftflow.models import compiled, logs, runs, secrets
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.workflows import Workflow
@@ -43,7 +43,8 @@ def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -
     ready_messages: list[str] = []
     inline_logs: list[tuple[str, str, Any, str | None]] = []
     context_base = {"trigger": trigger, "vars": definition.raw.get("vars", {}),
-                    "execution": {"id": str(execution_id), "workflow_id": str(workflow.id)}}
+                    "execution": {"id": str(execution_id), "workflow_id": str(workflow.id)},
+                    "secrets": secrets.UNAVAILABLE}
     while True:
         decision = plan(definition, states)
         ran_inline = False

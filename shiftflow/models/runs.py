@@ -95,7 +95,7 @@ def load_definition(workflow_id: Any, version: int) -> Definition:
     row = WorkflowVersion.get_or_none(workflow=workflow_id, version=version)
     if row is None:
         raise NotFound(f"workflow {workflow_id} has no version {version}")
-    definition = _definitions[key] = validate(row.definition)
+    definition = _definitions[key] = validate(row.definition, stored=True)
     return definition
 
 
@@ -136,7 +136,8 @@ def context_for(execution: Execution, definition: Definition, rows: dict[str, St
     """The data ``{{ references }}`` may read: trigger, earlier outputs, vars (and item/index)."""
     outputs = {sid: {"output": r.output, "status": r.status} for sid, r in rows.items() if r.status == "SUCCEEDED"}
     context = {"trigger": execution.trigger_data, "steps": outputs, "vars": definition.raw.get("vars", {}),
-               "execution": {"id": str(execution.id), "workflow_id": str(execution.workflow_id)}}
+               "execution": {"id": str(execution.id), "workflow_id": str(execution.workflow_id)},
+               "secrets": secrets.UNAVAILABLE}
     if extra:
         context.update(extra)
     return context
@@ -504,14 +505,16 @@ class Rendered:
 def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> Rendered:
     """Render the claimed step's inputs (see ``Rendered``).
 
-    Secrets (``{{ secrets.<connection>.<field> }}``) reach only the call; the stored
-    input, the logs and the outputs see ``***``.
+    Secrets (``{{ secrets.<connection>.<field> }}``) reach only the call of a step type
+    allowed them (``http``); the stored input, the logs and the outputs see ``***``.
+    Any other step's reference to them fails (``secrets.UNAVAILABLE``): it would store
+    the value.
     """
     assert claim.step is not None
     step = claim.definition.step(claim.step.step_id)
     context = context_for(claim.execution, claim.definition, _rows(claim.execution), extra)
     settings = get_settings()
-    if not secrets.referenced(step.inputs):
+    if not (secrets.allowed(step.type) and secrets.referenced(step.inputs)):
         inputs = render(step.inputs, context)
         check_inputs(inputs, settings)
         return Rendered(inputs, inputs)

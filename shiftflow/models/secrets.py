@@ -9,11 +9,14 @@ of the values of every connection the step used before it is stored or logged.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from shiftflow.kernel.crypto import vault_for
-from shiftflow.kernel.expressions import Masked
+from shiftflow.kernel.definition import SECRET_STEP_TYPES
+from shiftflow.kernel.expressions import Masked, Unavailable
 from shiftflow.kernel.settings import get_settings
 from shiftflow.models.integrations import Connection, Integration
 
@@ -31,6 +34,17 @@ def referenced(template: Any) -> bool:
 
 #: Renders every ``secrets.*`` reference as ``***`` (for stored inputs and logs).
 MASKED = Masked()
+
+#: ``secrets`` in the context of a step that may not use them (the definition check
+#: refuses such a reference; a version stored before that check meets this instead).
+UNAVAILABLE = Unavailable(
+    f"secrets are available only to {', '.join(sorted(SECRET_STEP_TYPES))} steps, in what they send; "
+    "this step would store the value in clear")
+
+
+def allowed(step_type: str) -> bool:
+    """True when a step of ``step_type`` may render ``secrets.*`` references."""
+    return step_type in SECRET_STEP_TYPES
 
 
 class _WorkspaceSecrets(Mapping[str, Any]):
@@ -89,7 +103,8 @@ def scrubber(used: Mapping[str, Any]) -> Callable[[Any], Any]:
     The identity when no connection was used: the common step pays nothing.
     """
     values = used.used_values() if isinstance(used, _WorkspaceSecrets) else []
-    needles = sorted({v for v in values if len(v) >= MIN_SCRUBBED_LENGTH}, key=len, reverse=True)
+    needles = sorted({form for v in values if len(v) >= MIN_SCRUBBED_LENGTH for form in encodings(v)},
+                     key=len, reverse=True)
     if not needles:
         return _identity
 
@@ -106,6 +121,13 @@ def scrubber(used: Mapping[str, Any]) -> Callable[[Any], Any]:
         return value
 
     return scrub
+
+
+def encodings(value: str) -> set[str]:
+    """``value`` and the forms an echo of it may take: percent-encoded (a URL's query, a
+    form body), JSON-escaped (quoted inside a JSON answer)."""
+    return {value, quote(value, safe=""), quote(value), quote_plus(value), json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1]}
 
 
 def _identity(value: Any) -> Any:

@@ -73,15 +73,17 @@ def _run_step(payload: StepPayload, message_id: str | None) -> list[Outgoing]:
         rendered = render_inputs(claim, extra)
         inputs, stored, scrub = rendered.call, rendered.stored, rendered.scrub
         if step.type in WAITING_TYPES:
-            return waits.begin(claim, inputs)
+            return waits.begin(claim, inputs, stored)
         if step.type in HANDLERS:
             return HANDLERS[step.type](claim, inputs, stored)
         # An outside service may echo a secret it was sent: scrub before anything stores it
-        # (the effect ledger's result included).
+        # (the effect ledger's result included); the tool masks its own error messages
+        # before it shortens them (a secret cut in two would escape a mask applied after).
         if step.effect == "once":
-            output = effects_ledger.call_once(claim, stored, lambda: scrub(call_tool(step, inputs, settings)))
+            output = effects_ledger.call_once(claim, stored,
+                                              lambda: scrub(call_tool(step, inputs, settings, scrub)))
         else:
-            output = scrub(call_tool(step, inputs, settings))
+            output = scrub(call_tool(step, inputs, settings, scrub))
     except PermanentError as exc:
         return fail_step(claim, scrub(str(exc)), stored_input=stored)
     except TransientError as exc:

@@ -49,8 +49,11 @@ def approval_key(execution_id: Any, step_id: str) -> str:
     return f"approval:{execution_id}:{step_id}"
 
 
-def begin(claim: runs.Claim, inputs: dict[str, Any]) -> list[Outgoing]:
+def begin(claim: runs.Claim, inputs: dict[str, Any], stored: Any = None) -> list[Outgoing]:
     """Start a waiting step (wait, wait_event, approval, workflow): park it WAITING.
+
+    ``stored`` is what the step row keeps of its inputs (rendered with secrets masked;
+    ``inputs`` when not given).
 
     Raises:
         WaitError: bad duration, time, key or sub-workflow name.
@@ -85,7 +88,7 @@ def begin(claim: runs.Claim, inputs: dict[str, Any]) -> list[Outgoing]:
         outgoing = _start_child(claim, inputs)
     with runs.transaction():
         StepExecution.update(status="WAITING", wait_key=key, resume_at=resume_at, timeout_at=None,
-                             input=runs.masked(inputs)).where(
+                             input=runs.masked(inputs if stored is None else stored)).where(
             (StepExecution.id == claim.step.id) & (StepExecution.status == "RUNNING")).execute()
         logs.execution_log(claim.execution, f"step {step.id} waiting", step_id=step.id,
                            metadata={"for": key.split(":")[0], "resumeAt": resume_at})
