@@ -25,7 +25,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -148,7 +147,13 @@ class Stack:
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env, self.logs = env, logs
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.outputs: list[Any] = []
         self.seen: dict[str, list[str]] = {}
+        self.trace = ""
+        self.base = ""
+        self.tenant: Any = None
+        self.fake: Any = None
+        self.services: dict[str, JsonService] = {}
 
     def record(self, place: str, text: str) -> str:
         self.seen.setdefault(place, []).append(text)
@@ -162,7 +167,8 @@ class Stack:
         return result
 
     def start(self, name: str, *args: str) -> None:
-        out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        out = open(self.logs / f"{name}.log", "wb")  # closed in stop()
+        self.outputs.append(out)
         self.procs.append(subprocess.Popen([SHIFTFLOW, *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                            start_new_session=True))
 
@@ -176,6 +182,9 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+        for out in self.outputs:
+            out.close()
+        self.outputs = []
 
 
 def _trace_queue(amqp_url: str) -> str:
@@ -225,13 +234,13 @@ def stack(real_env, tmp_path, pg_url):
     logs = tmp_path / "logs"
     logs.mkdir()
     run = Stack(env, logs)
-    run.trace = _trace_queue(real_env["SHIFTFLOW_AMQP_URL"])  # type: ignore[attr-defined]
+    run.trace = _trace_queue(real_env["SHIFTFLOW_AMQP_URL"])
     run.cli("migrate")
     configure(Settings.from_env(env))
     database = bind_database(pg_url)
-    run.tenant = seed_tenant("canary", roles=("OWNER", "MEMBER", "VIEWER"))  # type: ignore[attr-defined]
-    secrets.store_connection(run.tenant.workspace.id, "crm", "crm", {"token": CANARY})  # type: ignore[attr-defined]
-    run.fake, run.services, run.base = fake, services, f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    run.tenant = seed_tenant("canary", roles=("OWNER", "MEMBER", "VIEWER"))
+    secrets.store_connection(run.tenant.workspace.id, "crm", "crm", {"token": CANARY})
+    run.fake, run.services, run.base = fake, services, f"http://127.0.0.1:{port}"
     try:
         run.start("ingress", "ingress", "--log-level", "info")
         run.start("workers", "workers", "--queues", *Queue.ALL, "--processes", "1", "--threads", "4")
@@ -247,7 +256,7 @@ def stack(real_env, tmp_path, pg_url):
 
 
 def _api(stack: Stack, method: str, path: str, role: str = "OWNER", **kwargs: Any) -> httpx.Response:
-    response = httpx.request(method, stack.base + "/api/v1" + path, headers=stack.tenant.auth(role),  # type: ignore[attr-defined]
+    response = httpx.request(method, stack.base + "/api/v1" + path, headers=stack.tenant.auth(role),
                              timeout=30, **kwargs)
     stack.record("api", response.text)
     return response
@@ -290,7 +299,7 @@ def _waiting(key: str, step_id: str, timeout: float = 90) -> StepExecution:
 
 @pytest.mark.timeout(600)
 def test_the_canary_never_rests_in_clear(stack: Stack, tmp_path, pg_url, mongo_url, mongo_db, redis_url, real_env):
-    services = stack.services  # type: ignore[attr-defined]
+    services = stack.services
     problems: list[str] = []
 
     # -- apply (CLI), then the misplaced secrets (CLI and API) ------------------------------
@@ -323,8 +332,8 @@ def test_the_canary_never_rests_in_clear(stack: Stack, tmp_path, pg_url, mongo_u
     assert decision.status_code == 200, decision.text
     order = wait_until(lambda: SideShiftOrder.get_or_none((SideShiftOrder.execution == _execution(main).id)
                                                           & (SideShiftOrder.state == "OPEN")), timeout=60)
-    stack.fake.deposit(order.shift_id, order.deposit_amount)  # type: ignore[attr-defined]
-    stack.fake.advance(600)  # type: ignore[attr-defined]
+    stack.fake.deposit(order.shift_id, order.deposit_amount)
+    stack.fake.advance(600)
     failing, rejected = _run(stack, ids["canary-fail"]), _run(stack, ids["canary-4xx"])
     outcomes = {key: _final(key) for key in (main, waiter, failing, rejected)}
     assert outcomes[main].status == "SUCCEEDED", outcomes[main].error
@@ -381,7 +390,7 @@ def test_the_canary_never_rests_in_clear(stack: Stack, tmp_path, pg_url, mongo_u
             stack.record("redis", repr(key) + repr(value))
     finally:
         client.close()
-    bodies = _published(real_env["SHIFTFLOW_AMQP_URL"], stack.trace)  # type: ignore[attr-defined]
+    bodies = _published(real_env["SHIFTFLOW_AMQP_URL"], stack.trace)
     stack.record("rabbitmq", "\n".join(b.decode("utf-8", "replace") for b in bodies))
 
     # Positive controls: each capture holds what it should.
