@@ -17,18 +17,12 @@ a signed webhook resumes a waiting execution), ``workflow`` runs a sub-workflow 
 for its result.
 
 Errors name the path and the problem, e.g. ``steps[2].retry.max: must be >= 0``.
-
-Secrets (``{{ secrets.<connection>.<field> }}``) may appear only in what an ``http`` step
-sends (its ``with``): that is the one place a value goes out without being stored. In any
-other step the rendered value is stored (a wait's inputs, an event's data, a
-sub-workflow's trigger, a transform's output...) and shown to every viewer of the
-execution, so a definition that puts one there is refused, naming the step and field.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -36,7 +30,6 @@ import jsonschema
 import yaml
 
 from shiftflow.kernel.errors import DefinitionError
-from shiftflow.kernel.expressions import references
 
 #: Step types and the actor that runs each: cheap and control steps on ``steps``,
 #: outside calls on ``tools`` (each family has its own queue and worker pool).
@@ -56,7 +49,8 @@ STEP_ACTORS: dict[str, str] = {
     "sideshift_swap": "sideshift.order",
 }
 
-#: Step types whose inputs may reference ``secrets.*``: they send them and store them masked.
+#: Step types whose inputs may reference ``secrets.*``: they send them and store them masked
+#: (``kernel.runnable`` refuses a reference anywhere else; the engine gives it no value).
 SECRET_STEP_TYPES = frozenset({"http"})
 
 #: Step types whose work is pure and cheap: they may run inline, in the same message as
@@ -272,46 +266,8 @@ def _branch_targets(item: dict[str, Any]) -> list[str]:
     return targets
 
 
-def _secret_references(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    """``(path, reference)`` of every ``secrets`` reference inside ``value``'s strings."""
-    if isinstance(value, str):
-        for _start, _end, ref in references(value):
-            if ref == "secrets" or ref.startswith("secrets."):
-                yield path, ref
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _secret_references(item, f"{path}[{index}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _secret_references(item, f"{path}.{key}")
-
-
-def _refuse_misplaced_secrets(raw: Mapping[str, Any]) -> None:
-    """Refuse a ``secrets`` reference anywhere its value would be stored.
-
-    Raises:
-        DefinitionError: naming the field, the step and the reference.
-    """
-    why = "a secret is decrypted only for what an http step sends; here it would be stored in clear"
-    for index, item in enumerate(raw["steps"]):
-        places = [("for_each", item.get("for_each"))]
-        if item["type"] not in SECRET_STEP_TYPES:
-            places.append(("with", item.get("with", {})))
-        for name, value in places:
-            for path, ref in _secret_references(value, f"steps[{index}].{name}"):
-                raise DefinitionError(f"{path}: step {item['id']!r} ({item['type']}) may not use {ref}: {why}")
-    key = (raw.get("concurrency") or {}).get("key")
-    for path, ref in _secret_references(key, "concurrency.key"):
-        raise DefinitionError(f"{path}: the concurrency key may not use {ref}: {why}")
-
-
-def validate(data: Mapping[str, Any], *, stored: bool = False) -> Definition:
+def validate(data: Mapping[str, Any]) -> Definition:
     """Validate a definition and return it with every step's ``needs`` explicit.
-
-    Parameters:
-        stored: the definition is a version stored earlier (loading it to run): rules
-            added since (where secrets may go) are not applied again, the engine enforces
-            them when the step runs.
 
     Raises:
         DefinitionError: the first problem found, naming its path.
@@ -322,8 +278,6 @@ def validate(data: Mapping[str, Any], *, stored: bool = False) -> Definition:
         best = errors[0]
         raise DefinitionError(f"{_path(best)}: {_message(best)}")
     raw = json.loads(json.dumps(data))
-    if not stored:
-        _refuse_misplaced_secrets(raw)
     items = raw["steps"]
     ids = [item["id"] for item in items]
     for index, step_id in enumerate(ids):

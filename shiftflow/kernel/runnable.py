@@ -7,8 +7,15 @@ poller and the reference resolver would refuse those at run time, over and over;
 the same functions (``kernel.triggers``) and the resolver's own rules refuse them when a
 person applies or validates the definition, naming the field.
 
+Secrets (``{{ secrets.<connection>.<field> }}``) may appear only in what an ``http`` step
+sends (its ``with``): that is the one place a value goes out without being stored. In any
+other step the rendered value is stored (a wait's inputs, an event's data, a
+sub-workflow's trigger data and result, a transform's output...) and shown to every
+viewer of the execution, so such a reference is refused, naming the field and the step.
+
 Stored versions are not re-checked when they are loaded: a version applied before a
-check existed keeps running as it did.
+check existed keeps running as it did (a misplaced secret reference in one fails its
+step at run time, ``models.secrets.UNAVAILABLE``, without decrypting anything).
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from shiftflow.kernel import expressions
 from shiftflow.kernel.cron import ScheduleError
-from shiftflow.kernel.definition import Definition
+from shiftflow.kernel.definition import SECRET_STEP_TYPES, Definition
 from shiftflow.kernel.errors import DefinitionError
 from shiftflow.kernel.triggers import definition_config, poll_config
 
@@ -34,6 +42,7 @@ def check_runnable(definition: Definition) -> None:
     """
     _check_trigger(definition.raw.get("trigger") or {})
     _check_references(definition)
+    _check_secret_placement(definition)
 
 
 def _check_trigger(trigger: dict[str, Any]) -> None:
@@ -48,20 +57,10 @@ def _check_trigger(trigger: dict[str, Any]) -> None:
 
 
 def references(text: str) -> Iterator[str]:
-    """The paths of the ``{{ ... }}`` references in ``text``, in order (a linear scan)."""
-    start = text.find("{{")
-    while start != -1:
-        end = text.find("}}", start + 2)
-        if end == -1:
-            return
-        inner = text[start + 2 : end]
-        # ``{{ a {{ b }}``: the reference is the innermost one, as the renderer reads it.
-        nested = inner.rfind("{{")
-        if nested != -1:
-            inner = inner[nested + 2 :]
-        if "{" not in inner and "}" not in inner:
-            yield inner.strip()
-        start = text.find("{{", end + 2)
+    """The paths of the ``{{ ... }}`` references in ``text``, in order: exactly the ones the
+    renderer resolves (``expressions.references``, a linear scan)."""
+    for _start, _end, path in expressions.references(text):
+        yield path
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -118,3 +117,24 @@ def _problem(ref: str, ids: set[str], variables: Any, fans_out: bool, own_id: st
     if root == "secrets" and len(parts) < 3:
         return "needs a connection and a field (secrets.<connection>.<field>)"
     return None
+
+
+def _check_secret_placement(definition: Definition) -> None:
+    """Refuse a ``secrets`` reference anywhere its value would be stored (module docstring).
+
+    Raises:
+        DefinitionError: ``steps[3].with.data.token: step 'notify' (event) may not use
+            secrets.crm.token: ...``.
+    """
+    why = "a secret is decrypted only for what an http step sends; here it would be stored in clear"
+    for index, item in enumerate(definition.raw.get("steps", [])):
+        fields = ("for_each",) if item["type"] in SECRET_STEP_TYPES else ("with", "for_each")
+        for name in fields:
+            for where, text in _strings(item.get(name), f"steps[{index}].{name}"):
+                for ref in references(text):
+                    if ref.split(".")[0] == "secrets":
+                        raise DefinitionError(f"{where}: step {item['id']!r} ({item['type']}) may not use {ref}: {why}")
+    key = (definition.raw.get("concurrency") or {}).get("key")
+    for ref in references(key) if isinstance(key, str) else ():
+        if ref.split(".")[0] == "secrets":
+            raise DefinitionError(f"concurrency.key: the concurrency key may not use {ref}: {why}")

@@ -95,7 +95,7 @@ def load_definition(workflow_id: Any, version: int) -> Definition:
     row = WorkflowVersion.get_or_none(workflow=workflow_id, version=version)
     if row is None:
         raise NotFound(f"workflow {workflow_id} has no version {version}")
-    definition = _definitions[key] = validate(row.definition, stored=True)
+    definition = _definitions[key] = validate(row.definition)
     return definition
 
 

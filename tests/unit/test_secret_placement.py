@@ -29,6 +29,7 @@ from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.definition import validate
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import DefinitionError
+from shiftflow.kernel.runnable import check_runnable
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models import catalog, secrets
 from shiftflow.models.executions import Execution, StepExecution
@@ -94,15 +95,16 @@ def test_a_secret_where_it_would_be_stored_is_refused_at_apply(name, sqlite_mode
 
 
 def test_secrets_in_a_concurrency_key_are_refused():
+    definition = validate({"name": "w", "concurrency": {"limit": 1, "key": REF},
+                           "steps": [{"id": "a", "type": "transform", "with": {"output": 1}}]})
     with pytest.raises(DefinitionError, match=r"^concurrency\.key: .*secrets"):
-        validate({"name": "w", "concurrency": {"limit": 1, "key": REF},
-                  "steps": [{"id": "a", "type": "transform", "with": {"output": 1}}]})
+        check_runnable(definition)
 
 
 def test_secrets_in_what_an_http_step_sends_are_accepted():
-    validate({"name": "w", "steps": [{"id": "h", "type": "http", "with": {
+    check_runnable(validate({"name": "w", "steps": [{"id": "h", "type": "http", "with": {
         "url": "https://api.example/x?key=" + REF, "headers": {"Authorization": "Bearer " + REF},
-        "params": {"k": REF}, "json": {"k": REF}}}]})
+        "params": {"k": REF}, "json": {"k": REF}}}]}))
 
 
 def _stored_everywhere() -> str:
