@@ -195,7 +195,7 @@ class Settings:
     prefetch: int = 256
     #: SHIFTFLOW_DELIVERY_LIMIT: deliveries of one step message before it is quarantined
     delivery_limit: int = 5
-    #: SHIFTFLOW_HTTP_TIMEOUT_SECONDS: default connect+read timeout of outbound HTTP tools
+    #: SHIFTFLOW_HTTP_TIMEOUT_SECONDS: default deadline of an outbound HTTP call (all of it, not per read)
     http_timeout_seconds: float = 10.0
     #: SHIFTFLOW_HTTP_ALLOW_PRIVATE: let HTTP tools reach loopback/private addresses (dev, tests)
     http_allow_private: bool = False
