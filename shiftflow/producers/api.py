@@ -9,7 +9,11 @@ Everything the API does, the CLI does with the same functions (``models.workspac
   document (``api_spec``), which is served at ``/api/v1/openapi.json``; text PostgreSQL
   cannot store (NUL, lone surrogates) is refused. Bad input is never a 5xx.
 * **Errors**: ``{"error": "..."}`` with 400 (body not JSON), 401, 403, 404, 409, 413,
-  422 (a field, named), 503 (a backing store or the broker is down, with ``Retry-After``).
+  422 (a field, named), 429 (a workspace quota, named, with ``Retry-After``), 503 (a
+  backing store or the broker is down, or the trigger queue is full, with ``Retry-After``).
+* **Quotas**: run and re-run count against the workspace's run quota and its cap of
+  queued executions (``models.quotas.RunAdmission``; buckets shared through Redis when
+  ``SHIFTFLOW_REDIS_URL`` is set).
 * **Publishing**: commands that start work (manual trigger, re-run, cancel) commit
   first, then publish with broker confirms (``kernel.enqueue.send``, off the event loop,
   bounded by ``SHIFTFLOW_PUBLISH_TIMEOUT_SECONDS``); a manual trigger answers 202 only
@@ -39,11 +43,13 @@ from starlette.routing import Route
 
 from shiftflow.kernel.db import database
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import DefinitionError, NotFound, ShiftFlowError, TransientError
+from shiftflow.kernel.errors import DefinitionError, NotFound, QueueFull, ShiftFlowError, TransientError
+from shiftflow.kernel.quota import Admission, RedisBuckets
 from shiftflow.kernel.settings import Settings
 from shiftflow.models import apikeys
 from shiftflow.models.plain import unstorable
 from shiftflow.models.problems import Conflict, Forbidden, InvalidInput, Unauthenticated
+from shiftflow.models.quotas import QuotaExceeded, RunAdmission
 from shiftflow.producers import api_spec
 from shiftflow.producers.api_handlers import HANDLERS, Call, Result, Send
 
@@ -206,7 +212,14 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _run_op(op: dict[str, Any], request: Request, raw: bytes, send: Send, mongo: Callable[[], Any]) -> Result:
+def _run_op(
+    op: dict[str, Any],
+    request: Request,
+    raw: bytes,
+    send: Send,
+    mongo: Callable[[], Any],
+    runs: RunAdmission | None = None,
+) -> Result:
     """Authenticate, validate and run one operation (in a worker thread, own DB connection)."""
     path = {k: str(v) for k, v in request.path_params.items()}
     for name, value in path.items():
@@ -223,7 +236,7 @@ def _run_op(op: dict[str, Any], request: Request, raw: bytes, send: Send, mongo:
         permission = op.get("x-permission")
         if permission and permission not in ("keys:self",):  # keys: decided per key (self or others)
             actor.require(permission)
-        return HANDLERS[op["operationId"]](Call(actor, path, params, body, send, mongo))
+        return HANDLERS[op["operationId"]](Call(actor, path, params, body, send, mongo, runs))
 
 
 def _after(result: Result) -> None:
@@ -244,6 +257,8 @@ def _classify(exc: BaseException) -> _Reject | None:
         return exc
     if isinstance(exc, Unauthenticated):
         return _Reject(401, str(exc), {"WWW-Authenticate": 'Bearer realm="shiftflow"'})
+    if isinstance(exc, QuotaExceeded):
+        return _Reject(429, str(exc), {"Retry-After": exc.retry_after_header})
     table: tuple[tuple[type[BaseException], int], ...] = (
         (Forbidden, 403),
         (NotFound, 404),
@@ -270,7 +285,11 @@ def _classify(exc: BaseException) -> _Reject | None:
 
 
 def create_api(
-    settings: Settings, *, send: Send | None = None, mongo: Callable[[], Any] | None = None
+    settings: Settings,
+    *,
+    send: Send | None = None,
+    mongo: Callable[[], Any] | None = None,
+    admission: Admission | None = None,
 ) -> Starlette:
     """Build the management API (mount it at ``/api/v1``; ``producers.app`` does).
 
@@ -281,6 +300,8 @@ def create_api(
             installed by the process).
         mongo: returns the pymongo database of the log collections, or None; default a
             client on ``settings.mongo_url`` made on first use.
+        admission: the buckets of the run quota; default Redis-shared ones when
+            ``settings.redis_url`` is set, else this process's own.
 
     Returns:
         A Starlette app serving every path of ``api_spec.DOCUMENT`` relative to its mount.
@@ -293,6 +314,15 @@ def create_api(
     timeout = settings.publish_timeout_seconds
     mongo_fn = mongo or _mongo_reader(settings)
     publish_limiter = anyio.CapacityLimiter(16)
+    if admission is None:
+        shared = None
+        if settings.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            shared = RedisBuckets(client)
+        admission = Admission(shared)
+    runs = RunAdmission(settings, admission)
 
     def publish_all(messages: list[Outgoing]) -> None:
         for out in messages:
@@ -307,6 +337,11 @@ def create_api(
         except (TimeoutError, TransientError) as exc:
             log.warning("management API: publish failed: %s", exc)
             if result.fallback is None:
+                if isinstance(exc, QueueFull):
+                    # Nothing was queued (reject-publish); the same Idempotency-Key may retry.
+                    raise _unavailable(
+                        "the trigger queue is full (SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH), retry later"
+                    ) from None
                 raise _unavailable("the broker did not confirm, retry later") from None
             await anyio.to_thread.run_sync(_fallback, result, result.publish)
 
@@ -314,7 +349,7 @@ def create_api(
         async def handle(request: Request) -> Response:
             try:
                 raw = await _read_body(request) if "requestBody" in op else b""
-                result = await anyio.to_thread.run_sync(_run_op, op, request, raw, sender, mongo_fn)
+                result = await anyio.to_thread.run_sync(_run_op, op, request, raw, sender, mongo_fn, runs)
                 if result.publish:
                     await publish(result)
                 await anyio.to_thread.run_sync(_after, result)
