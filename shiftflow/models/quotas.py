@@ -173,8 +173,7 @@ def queued_executions(workspace_id: Any, up_to: int) -> int:
 def _queued_reason(count: int, cap: int) -> str:
     return (
         f"the workspace has {count} executions waiting for a concurrency slot, its cap of queued "
-        f"executions is {cap} (SHIFTFLOW_QUOTA_MAX_QUEUED_EXECUTIONS, or shiftflow quotas set "
-        "--max-queued-executions)"
+        f"executions is {cap}"
     )
 
 
@@ -232,6 +231,6 @@ class RunAdmission:
         if wait > 0:
             raise QuotaExceeded(
                 f"run quota exceeded: this workspace may start {quotas.runs.describe('executions')} "
-                "through the API (SHIFTFLOW_QUOTA_RUNS_PER_SECOND / _BURST, or shiftflow quotas set)",
+                "through the API; retry after Retry-After seconds",
                 wait,
             )

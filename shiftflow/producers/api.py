@@ -339,9 +339,7 @@ def create_api(
             if result.fallback is None:
                 if isinstance(exc, QueueFull):
                     # Nothing was queued (reject-publish); the same Idempotency-Key may retry.
-                    raise _unavailable(
-                        "the trigger queue is full (SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH), retry later"
-                    ) from None
+                    raise _unavailable("the trigger queue is full, retry later") from None
                 raise _unavailable("the broker did not confirm, retry later") from None
             await anyio.to_thread.run_sync(_fallback, result, result.publish)
 

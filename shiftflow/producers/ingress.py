@@ -316,8 +316,8 @@ def _over_quota(limit: Limit, wait: float) -> _Rejected:
     return _Rejected(
         429,
         "over_quota",
-        f"webhook quota exceeded: this workspace may send {limit.describe('webhooks')} "
-        "(SHIFTFLOW_QUOTA_WEBHOOKS_PER_SECOND / _BURST, or its own quota); retry after Retry-After seconds",
+        f"webhook quota exceeded: this workspace may send {limit.describe('webhooks')}; "
+        "retry after Retry-After seconds",
         {"Retry-After": str(max(1, math.ceil(wait)))},
     )
 
@@ -460,9 +460,7 @@ def create_app(
         except QueueFull:
             # Nothing was queued (reject-publish): never a 202 for it. No warning per request
             # (a full queue refuses thousands a second); shiftflow_webhooks_total counts them.
-            raise _unavailable(
-                "the trigger queue is full (SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH), retry later", "queue_full"
-            ) from None
+            raise _unavailable("the trigger queue is full, retry later", "queue_full") from None
         except TransientError as exc:
             # The detail (hosts, broker errors) goes to the log, not to the caller.
             log.warning("publish of %s failed: %s", payload.dedup_key, exc)

@@ -328,3 +328,37 @@ def test_executions_past_the_workspaces_queued_cap_fail_with_the_reason(real_env
         assert answer.status_code == 429, answer.text
         assert "2 executions waiting for a concurrency slot" in answer.json()["error"]
         assert answer.headers["retry-after"] == "5"
+
+
+# --------------------------------------------------------------------------- the operator CLI
+
+
+def test_the_operator_sets_and_shows_a_workspaces_quotas(real_env: dict[str, str]) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shiftflow = str(Path(sys.executable).with_name("shiftflow"))
+    env = {**os.environ, **real_env}
+
+    def cli(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([shiftflow, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        return result
+
+    cli("workspaces", "create", "roomy")
+    shown = cli("quotas", "set", "roomy", "--webhooks-per-second", "500", "--max-queued-executions", "0").stdout
+    assert "webhooks           500/s" in shown and "(workspace)" in shown and "no cap" in shown
+    data = json.loads(cli("quotas", "show", "roomy", "--json").stdout)
+    assert data["overrides"]["quota_webhooks_per_second"] == 500
+    assert data["effective"]["webhooks_burst"] == 200  # the default, not overridden
+    assert data["effective"]["max_queued_executions"] == 0
+    cli("quotas", "set", "roomy", "--webhooks-per-second", "default")
+    assert json.loads(cli("quotas", "show", "roomy", "--json").stdout)["effective"]["webhooks_per_second"] == 100
+
+    bad = cli("quotas", "set", "roomy", "--webhooks-burst", "0", code=2)
+    assert "--webhooks-burst" in bad.stderr and "at least 1" in bad.stderr
+    assert "--runs-per-second" in cli("quotas", "set", "roomy", "--runs-per-second", "lots", code=2).stderr
+    assert "does not exist" in cli("quotas", "set", "nowhere", "--runs-burst", "3", code=1).stderr
