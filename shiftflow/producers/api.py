@@ -273,6 +273,8 @@ def _classify(exc: BaseException) -> _Reject | None:
         return _Reject(409, "a concurrent change conflicted with this one; retry")
     if isinstance(exc, peewee.DataError):
         return _Reject(422, "a value is out of range for its field")
+    if isinstance(exc, QueueFull):  # a replay publishing into a full queue, say
+        return _unavailable("the trigger queue is full, retry later")
     if isinstance(
         exc, TransientError | peewee.OperationalError | peewee.InterfaceError | MaxConnectionsExceeded
     ):

@@ -4,8 +4,9 @@ Real processes (`shiftflow ingress`, `shiftflow workers`) on real PostgreSQL, Ra
 and Redis. Two workspaces have one webhook workflow each. The quiet workspace sends a
 webhook every 100 ms; its **trigger-to-start latency** (the execution's ``started_at``
 minus the ``received_at`` the ingress stamped) is measured first alone, then while the
-other workspace sends signed webhooks as fast as 32 connections allow. Both figures come
-from the same run, so the bound is relative to what this machine does right now.
+other workspace sends signed webhooks as fast as 32 connections allow and manual runs
+through the management API on 8 more. Both figures come from the same run, so the bound
+is relative to what this machine does right now.
 
 Without per-workspace quotas, every flood webhook is accepted and queued ahead of the
 quiet workspace's in the one FIFO ``triggers`` queue: its latency grows with the
@@ -40,9 +41,12 @@ HOST = "127.0.0.1"
 
 #: Each workspace's webhook rate in this test (the quiet one sends 10/s, well below it).
 QUOTA_PER_SECOND = 20
+#: Each workspace's rate of executions started through the API.
+RUN_QUOTA_PER_SECOND = 5
 QUIET_COUNT = 20
 QUIET_INTERVAL = 0.1
 FLOOD_CONNECTIONS = 32
+RUN_CONNECTIONS = 8
 FLOOD_SECONDS = 8.0
 
 
@@ -52,11 +56,20 @@ def _run(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-def _hook(env: dict[str, str], definition: Path, workspace: str) -> tuple[str, str]:
+def _hook(env: dict[str, str], definition: Path, workspace: str) -> tuple[str, str, str]:
+    """Apply the workflow in ``workspace`` with a webhook: (token, secret, workflow id)."""
     applied = _run(env, "apply", str(definition), "--workspace", workspace, "--webhook", "standard")
     secret = applied.split("shown once): ")[1].split()[0]
     token = applied.split("/hooks/")[1].split()[0]
-    return token, secret
+    workflow_id = applied.split("(", 1)[1].split(")", 1)[0]
+    return token, secret, workflow_id
+
+
+def _api_key(env: dict[str, str], workspace: str) -> str:
+    _run(env, "members", "add", f"dev@{workspace}.example", "--workspace", workspace, "--role", "member")
+    created = _run(env, "keys", "create", "--workspace", workspace, "--user", f"dev@{workspace}.example",
+                   "--name", "flood")
+    return created.split("store it now):")[1].split()[0]
 
 
 @pytest.fixture
@@ -68,6 +81,8 @@ def stack(real_env: dict[str, str], tmp_path: Path) -> Any:
         "SHIFTFLOW_INGRESS_PORT": str(port),
         "SHIFTFLOW_QUOTA_WEBHOOKS_PER_SECOND": str(QUOTA_PER_SECOND),
         "SHIFTFLOW_QUOTA_WEBHOOKS_BURST": str(QUOTA_PER_SECOND),
+        "SHIFTFLOW_QUOTA_RUNS_PER_SECOND": str(RUN_QUOTA_PER_SECOND),
+        "SHIFTFLOW_QUOTA_RUNS_BURST": str(RUN_QUOTA_PER_SECOND),
     }
     definition = tmp_path / "flow.json"
     definition.write_text(json.dumps({
@@ -77,6 +92,7 @@ def stack(real_env: dict[str, str], tmp_path: Path) -> Any:
     _run(env, "migrate")
     quiet = _hook(env, definition, "quiet")
     flood = _hook(env, definition, "flood")
+    key = _api_key(env, "flood")
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = [
@@ -88,7 +104,7 @@ def stack(real_env: dict[str, str], tmp_path: Path) -> Any:
     ]
     try:
         wait_for_http(f"http://{HOST}:{port}/healthz", timeout=30)
-        yield {"port": port, "quiet": quiet, "flood": flood, "logs": logs}
+        yield {"port": port, "quiet": quiet, "flood": flood, "key": key, "logs": logs}
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -119,12 +135,22 @@ def _raw_requests(port: int, token: str, secret: str, count: int) -> list[bytes]
     return out
 
 
-class Flood:
-    """Signed webhooks of one workspace, as fast as ``FLOOD_CONNECTIONS`` keep-alive connections allow."""
+def _run_requests(port: int, workflow_id: str, key: str, count: int) -> list[bytes]:
+    """``count`` identical ``POST /api/v1/workflows/{id}/run`` requests (each a new execution)."""
+    body = json.dumps({"input": {"n": 1}}).encode()
+    lines = [f"POST /api/v1/workflows/{workflow_id}/run HTTP/1.1", f"host: {HOST}:{port}",
+             f"authorization: Bearer {key}", "content-type: application/json", f"content-length: {len(body)}"]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return [request] * count
 
-    def __init__(self, port: int, requests: list[bytes]) -> None:
+
+class Flood:
+    """Requests of one workspace, as fast as ``connections`` keep-alive connections allow."""
+
+    def __init__(self, port: int, requests: list[bytes], connections: int = FLOOD_CONNECTIONS) -> None:
         self.port = port
         self.requests = requests
+        self.connections = connections
         self.statuses: dict[int, int] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -148,7 +174,7 @@ class Flood:
             finally:
                 writer.close()
 
-        await asyncio.gather(*(connection() for _ in range(FLOOD_CONNECTIONS)))
+        await asyncio.gather(*(connection() for _ in range(self.connections)))
 
 
 def _send_quiet(port: int, token: str, secret: str, prefix: str) -> list[str]:
@@ -189,15 +215,17 @@ def _summary(values: list[float]) -> str:
 
 def test_a_flooding_workspace_does_not_delay_another_workspaces_executions(stack: Any, pg_url: str) -> None:
     port = stack["port"]
-    quiet_token, quiet_secret = stack["quiet"]
-    flood_token, flood_secret = stack["flood"]
+    quiet_token, quiet_secret, _ = stack["quiet"]
+    flood_token, flood_secret, flood_workflow = stack["flood"]
     # Warm-up: connections, caches, the first webhook's lookups; not measured.
     _latencies(pg_url, _send_quiet(port, quiet_token, quiet_secret, "warm")[:1], timeout=60)
 
     alone = _latencies(pg_url, _send_quiet(port, quiet_token, quiet_secret, "alone"), timeout=60)
 
     flood = Flood(port, _raw_requests(port, flood_token, flood_secret, 40_000))
+    runs = Flood(port, _run_requests(port, flood_workflow, stack["key"], 20_000), RUN_CONNECTIONS)
     flood.thread.start()
+    runs.thread.start()
     started = time.monotonic()
     try:
         time.sleep(2.0)  # the flood is under way (without quotas, its backlog is building)
@@ -205,7 +233,9 @@ def test_a_flooding_workspace_does_not_delay_another_workspaces_executions(stack
     finally:
         time.sleep(max(0.0, FLOOD_SECONDS - (time.monotonic() - started)))
         flood.stop.set()
+        runs.stop.set()
         flood.thread.join(60)
+        runs.thread.join(60)
     flood_seconds = time.monotonic() - started
     try:
         flooded = _latencies(pg_url, keys, timeout=300)
@@ -216,9 +246,12 @@ def test_a_flooding_workspace_does_not_delay_another_workspaces_executions(stack
     print(f"\nquiet workspace alone:        {_summary(alone)}")
     print(f"quiet workspace under flood:  {_summary(flooded)}")
     print(f"flood: {sent} webhooks in {flood_seconds:.1f} s, answers {dict(sorted(flood.statuses.items()))}")
+    print(f"flood: {sum(runs.statuses.values())} API runs, answers {dict(sorted(runs.statuses.items()))}")
     assert flood.statuses.get(429, 0) > 0, "the flooding workspace was never told it is over its quota"
-    # At most the burst plus the rate for the flood's duration (and a second of slack).
-    assert flood.statuses.get(202, 0) <= QUOTA_PER_SECOND * (flood_seconds + 2), flood.statuses
+    assert runs.statuses.get(429, 0) > 0, "the flooding workspace's API runs were never refused"
+    # At most the burst plus the rate for the flood's duration (two seconds of slack).
+    assert flood.statuses.get(202, 0) <= QUOTA_PER_SECOND * (flood_seconds + 3), flood.statuses
+    assert runs.statuses.get(202, 0) <= RUN_QUOTA_PER_SECOND * (flood_seconds + 3), runs.statuses
     # Generous: CPU is shared with the flood's 429s on a small machine, but no backlog of
     # the other workspace's triggers may sit in front of the quiet one's.
     assert statistics.median(flooded) <= 5 * statistics.median(alone) + 0.25, (alone, flooded)
