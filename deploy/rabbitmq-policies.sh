@@ -8,10 +8,19 @@
 # Queues keep the arguments Dramatiq declares them with: a policy changes no argument,
 # so workers, the ingress and the scheduler need no restart.
 #
-# Usage: VHOST=/shiftflow deploy/rabbitmq-policies.sh
+# TRIGGER_MAX_LENGTH (optional): bound the `triggers` queue with a policy instead of its
+# queue argument, for a deployment whose queue exists without one and runs with
+# SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH=0 (README: "Quotas and the bounded trigger queue").
+# Only one policy applies to a queue, so this one repeats the lazy mode.
+#
+# Usage: VHOST=/shiftflow [TRIGGER_MAX_LENGTH=100000] deploy/rabbitmq-policies.sh
 set -euo pipefail
 vhost="${VHOST:-/}"
 pattern='^(triggers|steps|tools|tools\.browser|tools\.media|tools\.email|llm|sideshift)(\.DQ|\.XQ)?$'
 rabbitmqctl set_policy -p "$vhost" --apply-to queues --priority 0 \
   shiftflow-lazy "$pattern" '{"queue-mode":"lazy"}'
+if [ -n "${TRIGGER_MAX_LENGTH:-}" ]; then
+  rabbitmqctl set_policy -p "$vhost" --apply-to queues --priority 1 shiftflow-triggers '^triggers$' \
+    "{\"queue-mode\":\"lazy\",\"max-length\":${TRIGGER_MAX_LENGTH},\"overflow\":\"reject-publish\"}"
+fi
 rabbitmqctl list_policies -p "$vhost"

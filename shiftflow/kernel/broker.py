@@ -9,7 +9,7 @@ Import this (and call ``install``) before any actor is declared.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -17,6 +17,7 @@ import dramatiq
 import peewee
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import xq_name
 from dramatiq.middleware import (
     AgeLimit,
     CurrentMessage,
@@ -26,7 +27,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
-from shiftflow.kernel.contracts import MAX_PRIORITY
+from shiftflow.kernel.contracts import MAX_PRIORITY, Queue
 from shiftflow.kernel.errors import TransientError
 from shiftflow.kernel.middleware import DbConnections, Metrics, MongoLifecycle
 from shiftflow.kernel.settings import Settings
@@ -80,6 +81,62 @@ def middleware_for(settings: Settings, *, extra: Sequence[Middleware] = (), work
     return stack
 
 
+def queue_arguments(queue: str, max_length: int = 0) -> dict[str, Any]:
+    """The arguments of ``queue``: Dramatiq's (``RabbitmqBroker(max_priority=MAX_PRIORITY)``),
+    plus a length limit with reject-publish when ``max_length`` > 0.
+
+    Every process that declares a queue must use the same arguments: RabbitMQ refuses
+    (PRECONDITION_FAILED) a second declare with different ones.
+    """
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": xq_name(queue),
+        "x-max-priority": MAX_PRIORITY,
+    }
+    if max_length > 0:
+        # reject-publish: a full queue nacks the publish (the producer answers 503 and the
+        # sender retries) instead of dropping its oldest message, which was accepted.
+        arguments["x-max-length"] = max_length
+        arguments["x-overflow"] = "reject-publish"
+    return arguments
+
+
+def max_lengths(settings: Settings) -> dict[str, int]:
+    """Queue -> length limit for the queues that have one (only ``triggers``: see the README).
+
+    Only the entry queue is bounded: its producers (ingress, API, scheduler) can answer
+    "retry later". Step and tool queues are fed by workers after a commit, and their
+    length follows from the executions admitted; delay (``.DQ``) and dead-letter (``.XQ``)
+    queues keep Dramatiq's arguments, so a retry or a dead letter is never refused.
+    """
+    return {Queue.TRIGGERS: settings.trigger_queue_max_length} if settings.trigger_queue_max_length else {}
+
+
+class BoundedRabbitmqBroker(RabbitmqBroker):
+    """Dramatiq's RabbitMQ broker, declaring some canonical queues with a length limit.
+
+    Dramatiq builds the same arguments for a queue and its delay queue; only the
+    canonical queue (``_declare_queue``) gets the limit here, which is what
+    ``producers.publisher.queue_declarations`` declares too (a test compares both with
+    what RabbitMQ holds).
+
+    Parameters:
+        max_lengths: queue -> ``x-max-length`` (``max_lengths(settings)``).
+        **kwargs: as ``RabbitmqBroker``.
+    """
+
+    def __init__(self, *, max_lengths: Mapping[str, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_lengths = dict(max_lengths or {})
+
+    def _declare_queue(self, queue_name: str) -> Any:
+        arguments = self._build_queue_arguments(queue_name)
+        limit = self.max_lengths.get(queue_name, 0)
+        if limit:
+            arguments = {**arguments, **queue_arguments(queue_name, limit)}
+        return self.channel.queue_declare(queue=queue_name, durable=True, arguments=arguments)
+
+
 def build_broker(settings: Settings, *, extra: Sequence[Middleware] = (), worker: bool = True) -> dramatiq.Broker:
     """Build (not install) the broker for ``settings``.
 
@@ -94,11 +151,12 @@ def build_broker(settings: Settings, *, extra: Sequence[Middleware] = (), worker
         broker = StubBroker(middleware=middleware)
         broker.emit_after("process_boot")
     else:
-        broker = RabbitmqBroker(
+        broker = BoundedRabbitmqBroker(
             url=amqp_url_with_defaults(settings.amqp_url),
             confirm_delivery=True,
             max_priority=MAX_PRIORITY,
             middleware=middleware,
+            max_lengths=max_lengths(settings),
         )
     return broker
 

@@ -17,7 +17,7 @@ import pika.exceptions
 from dramatiq.errors import BrokerConnectionError as DramatiqConnectionError
 
 from shiftflow.kernel.contracts import ACTORS, Priority, encode
-from shiftflow.kernel.errors import BrokerUnavailable
+from shiftflow.kernel.errors import BrokerUnavailable, QueueFull
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,18 @@ def send(actor: str, payload: Any, *, priority: int = int(Priority.NORMAL), dela
     so returning means RabbitMQ has the message on disk.
 
     Raises:
+        QueueFull: RabbitMQ refused the message (nack): its queue is at its length limit.
         BrokerUnavailable: the broker could not be reached or did not confirm.
     """
     message = build_message(actor, payload, priority=priority)
     try:
         sent = dramatiq.get_broker().enqueue(message, delay=delay_ms)
     except (DramatiqConnectionError, pika.exceptions.AMQPError) as exc:
-        # AMQPError covers NackError: the broker refused to take the message.
+        # Dramatiq retries a nacked publish on a new connection a few times, then raises
+        # ConnectionClosed carrying the NackError; a bare NackError means the same.
+        cause = getattr(exc, "message", exc)
+        if isinstance(cause, pika.exceptions.NackError):
+            raise QueueFull(f"could not publish {actor}: queue {ACTORS[actor].queue!r} is full") from exc
         raise BrokerUnavailable(f"could not publish {actor}: {exc}") from exc
     return sent.message_id
 

@@ -52,5 +52,13 @@ class BrokerUnavailable(TransientError):
     """Raised when RabbitMQ did not confirm a publish: the message may not be durable."""
 
 
+class QueueFull(BrokerUnavailable):
+    """Raised when RabbitMQ refused a publish (``basic.nack``): the queue is at its length limit.
+
+    Nothing was queued; the same message may be sent again later (``x-overflow:
+    reject-publish`` refuses new messages rather than dropping old ones).
+    """
+
+
 class QuarantinedError(PermanentError):
     """Raised when a message was delivered more times than the delivery limit allows."""

@@ -45,7 +45,8 @@ IN_PROGRESS = Gauge(
 EXECUTIONS = Counter(
     "shiftflow_executions_total",
     "Executions by transition (created, duplicate, succeeded, failed, cancelled; quarantined: "
-    "a trigger that kept killing its worker, stored as a dead letter).",
+    "a trigger that kept killing its worker, stored as a dead letter; refused: not queued, its "
+    "workspace at its cap of queued executions, and failed).",
     ["outcome"],
 )
 STEPS = Counter(

@@ -193,6 +193,21 @@ class Settings:
     publish_timeout_seconds: float = 5.0
     #: SHIFTFLOW_PREFETCH: RabbitMQ prefetch per consumer (DESIGN.md 3: 256 beat the default)
     prefetch: int = 256
+    #: SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH: ready messages the ``triggers`` queue holds before
+    #: RabbitMQ refuses publishes (``x-max-length`` + ``x-overflow: reject-publish``); 0 declares
+    #: the queue without a bound, as before (bound it with a policy instead)
+    trigger_queue_max_length: int = 100_000
+    #: SHIFTFLOW_QUOTA_WEBHOOKS_PER_SECOND / _BURST: each workspace's token bucket of accepted
+    #: webhooks (all its endpoints together); rate 0 = no limit. Per workspace: ``shiftflow quotas``
+    quota_webhooks_per_second: float = 100.0
+    quota_webhooks_burst: int = 200
+    #: SHIFTFLOW_QUOTA_RUNS_PER_SECOND / _BURST: each workspace's token bucket of executions
+    #: started through the management API (run, re-run); rate 0 = no limit
+    quota_runs_per_second: float = 10.0
+    quota_runs_burst: int = 50
+    #: SHIFTFLOW_QUOTA_MAX_QUEUED_EXECUTIONS: executions of one workspace that may wait PENDING
+    #: for a concurrency slot; 0 = no cap
+    quota_max_queued_executions: int = 1000
     #: SHIFTFLOW_DELIVERY_LIMIT: deliveries of one step message before it is quarantined
     delivery_limit: int = 5
     #: SHIFTFLOW_HTTP_TIMEOUT_SECONDS: default deadline of an outbound HTTP call (all of it, not per read)
@@ -303,6 +318,12 @@ class Settings:
             webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 262_144, 1_024, 16 * 1024 * 1024),
             publish_timeout_seconds=_float(env, "PUBLISH_TIMEOUT_SECONDS", 5.0, 0.1, 120.0),
             prefetch=_int(env, "PREFETCH", 256, 1, 2_000),
+            trigger_queue_max_length=_int(env, "TRIGGER_QUEUE_MAX_LENGTH", 100_000, 0, 100_000_000),
+            quota_webhooks_per_second=_float(env, "QUOTA_WEBHOOKS_PER_SECOND", 100.0, 0.0, 1_000_000.0),
+            quota_webhooks_burst=_int(env, "QUOTA_WEBHOOKS_BURST", 200, 1, 10_000_000),
+            quota_runs_per_second=_float(env, "QUOTA_RUNS_PER_SECOND", 10.0, 0.0, 1_000_000.0),
+            quota_runs_burst=_int(env, "QUOTA_RUNS_BURST", 50, 1, 10_000_000),
+            quota_max_queued_executions=_int(env, "QUOTA_MAX_QUEUED_EXECUTIONS", 1000, 0, 100_000_000),
             delivery_limit=_int(env, "DELIVERY_LIMIT", 5, 1, 1_000),
             http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 10.0, 0.1, 600.0),
             http_allow_private=allow_private == "true",

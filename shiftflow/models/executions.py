@@ -174,6 +174,9 @@ Execution.add_index(Execution.index(Execution.triggered_by, Execution.created_at
 Execution.add_index(Execution.index(Execution.workflow, Execution.concurrency_key, Execution.status,
                                     where=peewee.SQL("status IN ('PENDING', 'RUNNING')"),
                                     name="idx_execution_lane"))
+# The cap on a workspace's queued executions (migration 0009) counts its PENDING ones.
+Execution.add_index(Execution.index(Execution.workspace, where=peewee.SQL("status = 'PENDING'"),
+                                    name="idx_execution_queued"))
 # The timer loop's execution timeouts.
 Execution.add_index(Execution.index(Execution.deadline_at,
                                     where=peewee.SQL("status IN ('RUNNING', 'PENDING') AND deadline_at IS NOT NULL"),

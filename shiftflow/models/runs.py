@@ -339,12 +339,14 @@ def start_execution(payload: TriggerPayload) -> Started:
     A second call with the same key creates nothing and re-publishes the steps still
     pending (the first call may have committed and crashed before publishing). A
     workflow at its ``max_executions`` starts nothing; one at its concurrency limit for
-    the execution's key queues the execution PENDING until another one finishes.
+    the execution's key queues the execution PENDING until another one finishes, unless
+    its workspace is at its cap of queued executions (``quotas.refuse_queueing``): then
+    the execution ends FAILED, its error naming the cap.
 
     Raises:
         NotFound: the workflow or its current version does not exist.
     """
-    from shiftflow.models import flow, quickstart
+    from shiftflow.models import flow, quickstart, quotas
 
     workflow = compiled.get_by_id(Workflow, payload.workflow_id)
     if workflow is None:
@@ -374,6 +376,13 @@ def start_execution(payload: TriggerPayload) -> Started:
             return duplicate(execution)
         announce_created(execution, payload)
         if not flow.may_run_now(execution, definition):
+            refusal = quotas.refuse_queueing(execution, get_settings())
+            if refusal is not None:
+                # Over its workspace's cap: it ends FAILED with the reason (visible, re-runnable),
+                # rather than waiting in a line that one tenant could grow without bound.
+                metrics.EXECUTIONS.labels("refused").inc()
+                return Started(execution, True, finish_execution(execution, definition, "FAILED", error=refusal),
+                               "refused")
             logs.execution_log(execution, "execution queued: concurrency limit reached",
                                metadata={"key": key})
             return Started(execution, True, [], "queued")

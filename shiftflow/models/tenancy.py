@@ -37,10 +37,25 @@ class Workspace(TimestampedModel):
     plan = peewee.CharField(max_length=20, default="FREE")
     max_workflows = peewee.IntegerField(default=5)
     max_executions = peewee.IntegerField(default=1000)
+    # Admission quotas of this workspace (migration 0009), set by ``shiftflow quotas``. NULL
+    # takes the deployment's default (SHIFTFLOW_QUOTA_*); a rate of 0 means no limit.
+    quota_webhooks_per_second = peewee.FloatField(null=True)
+    quota_webhooks_burst = peewee.IntegerField(null=True)
+    quota_runs_per_second = peewee.FloatField(null=True)
+    quota_runs_burst = peewee.IntegerField(null=True)
+    quota_max_queued_executions = peewee.IntegerField(null=True)
 
     class Meta:
         constraints = [
             peewee.Check("max_workflows >= 0 AND max_executions >= 0", name="chk_workspace_limits"),
+            peewee.Check(
+                "(quota_webhooks_per_second IS NULL OR quota_webhooks_per_second >= 0)"
+                " AND (quota_webhooks_burst IS NULL OR quota_webhooks_burst >= 1)"
+                " AND (quota_runs_per_second IS NULL OR quota_runs_per_second >= 0)"
+                " AND (quota_runs_burst IS NULL OR quota_runs_burst >= 1)"
+                " AND (quota_max_queued_executions IS NULL OR quota_max_queued_executions >= 0)",
+                name="chk_workspace_quotas",
+            ),
         ]
 
 

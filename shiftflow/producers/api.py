@@ -10,8 +10,11 @@ Everything the API does, the CLI does with the same functions (``models.workspac
   cannot store (NUL, lone surrogates) is refused. Bad input is never a 5xx.
 * **Errors**: ``{"error": "..."}`` with 400 (body not JSON), 401, 403, 404, 409, 413,
   422 (a field, named), 429 (too many failed authentications from the address or for the
-  key, ``auth_throttle``, with ``Retry-After``), 503 (a backing store or the broker is
-  down, with ``Retry-After``).
+  key, ``auth_throttle``; or a workspace quota, named; both with ``Retry-After``), 503 (a
+  backing store or the broker is down, or the trigger queue is full, with ``Retry-After``).
+* **Quotas**: run and re-run count against the workspace's run quota and its cap of
+  queued executions (``models.quotas.RunAdmission``; buckets shared through Redis when
+  ``SHIFTFLOW_REDIS_URL`` is set).
 * **Publishing**: commands that start work (manual trigger, re-run, cancel) commit
   first, then publish with broker confirms (``kernel.enqueue.send``, off the event loop,
   bounded by ``SHIFTFLOW_PUBLISH_TIMEOUT_SECONDS``); a manual trigger answers 202 only
@@ -41,12 +44,14 @@ from starlette.routing import Route
 
 from shiftflow.kernel.db import database
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import DefinitionError, NotFound, ShiftFlowError, TransientError
+from shiftflow.kernel.errors import DefinitionError, NotFound, QueueFull, ShiftFlowError, TransientError
+from shiftflow.kernel.quota import Admission, RedisBuckets
 from shiftflow.kernel.settings import Settings
 from shiftflow.models import apikeys
 from shiftflow.models.access import Principal
 from shiftflow.models.plain import unstorable
 from shiftflow.models.problems import Conflict, Forbidden, InvalidInput, Unauthenticated
+from shiftflow.models.quotas import QuotaExceeded, RunAdmission
 from shiftflow.producers import api_spec, auth_throttle
 from shiftflow.producers.api_handlers import HANDLERS, Call, Result, Send
 from shiftflow.producers.auth_throttle import AuthThrottle, Throttled
@@ -229,6 +234,7 @@ def _run_op(
     send: Send,
     mongo: Callable[[], Any],
     throttle: AuthThrottle,
+    runs: RunAdmission | None = None,
 ) -> Result:
     """Authenticate, validate and run one operation (in a worker thread, own DB connection)."""
     path = {k: str(v) for k, v in request.path_params.items()}
@@ -245,7 +251,7 @@ def _run_op(
         permission = op.get("x-permission")
         if permission and permission not in ("keys:self",):  # keys: decided per key (self or others)
             actor.require(permission)
-        return HANDLERS[op["operationId"]](Call(actor, path, params, body, send, mongo))
+        return HANDLERS[op["operationId"]](Call(actor, path, params, body, send, mongo, runs))
 
 
 def _after(result: Result) -> None:
@@ -268,6 +274,8 @@ def _classify(exc: BaseException) -> _Reject | None:
         return _Reject(401, str(exc), {"WWW-Authenticate": 'Bearer realm="shiftflow"'})
     if isinstance(exc, Throttled):
         return _Reject(429, str(exc), {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, QuotaExceeded):
+        return _Reject(429, str(exc), {"Retry-After": exc.retry_after_header})
     table: tuple[tuple[type[BaseException], int], ...] = (
         (Forbidden, 403),
         (NotFound, 404),
@@ -282,6 +290,8 @@ def _classify(exc: BaseException) -> _Reject | None:
         return _Reject(409, "a concurrent change conflicted with this one; retry")
     if isinstance(exc, peewee.DataError):
         return _Reject(422, "a value is out of range for its field")
+    if isinstance(exc, QueueFull):  # a replay publishing into a full queue, say
+        return _unavailable("the trigger queue is full, retry later")
     if isinstance(
         exc, TransientError | peewee.OperationalError | peewee.InterfaceError | MaxConnectionsExceeded
     ):
@@ -294,7 +304,11 @@ def _classify(exc: BaseException) -> _Reject | None:
 
 
 def create_api(
-    settings: Settings, *, send: Send | None = None, mongo: Callable[[], Any] | None = None
+    settings: Settings,
+    *,
+    send: Send | None = None,
+    mongo: Callable[[], Any] | None = None,
+    admission: Admission | None = None,
 ) -> Starlette:
     """Build the management API (mount it at ``/api/v1``; ``producers.app`` does).
 
@@ -305,6 +319,8 @@ def create_api(
             installed by the process).
         mongo: returns the pymongo database of the log collections, or None; default a
             client on ``settings.mongo_url`` made on first use.
+        admission: the buckets of the run quota; default Redis-shared ones when
+            ``settings.redis_url`` is set, else this process's own.
 
     Returns:
         A Starlette app serving every path of ``api_spec.DOCUMENT`` relative to its mount.
@@ -318,6 +334,15 @@ def create_api(
     mongo_fn = mongo or _mongo_reader(settings)
     publish_limiter = anyio.CapacityLimiter(16)
     throttle = auth_throttle.from_settings(settings)
+    if admission is None:
+        shared = None
+        if settings.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            shared = RedisBuckets(client)
+        admission = Admission(shared)
+    runs = RunAdmission(settings, admission)
 
     def publish_all(messages: list[Outgoing]) -> None:
         for out in messages:
@@ -332,6 +357,9 @@ def create_api(
         except (TimeoutError, TransientError) as exc:
             log.warning("management API: publish failed: %s", exc)
             if result.fallback is None:
+                if isinstance(exc, QueueFull):
+                    # Nothing was queued (reject-publish); the same Idempotency-Key may retry.
+                    raise _unavailable("the trigger queue is full, retry later") from None
                 raise _unavailable("the broker did not confirm, retry later") from None
             await anyio.to_thread.run_sync(_fallback, result, result.publish)
 
@@ -339,7 +367,9 @@ def create_api(
         async def handle(request: Request) -> Response:
             try:
                 raw = await _read_body(request) if "requestBody" in op else b""
-                result = await anyio.to_thread.run_sync(_run_op, op, request, raw, sender, mongo_fn, throttle)
+                result = await anyio.to_thread.run_sync(
+                    _run_op, op, request, raw, sender, mongo_fn, throttle, runs
+                )
                 if result.publish:
                     await publish(result)
                 await anyio.to_thread.run_sync(_after, result)

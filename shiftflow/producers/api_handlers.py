@@ -17,6 +17,7 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.models import apikeys, control, lifecycle, queries, replay, signals, workspaces
 from shiftflow.models.access import Principal
 from shiftflow.models.paging import Page
+from shiftflow.models.quotas import RunAdmission
 
 Send = Callable[..., str]
 
@@ -31,6 +32,17 @@ class Call:
     body: dict[str, Any]
     send: Send
     mongo: Callable[[], Any]
+    #: The workspace quotas of executions the API starts (None: not limited).
+    runs: RunAdmission | None = None
+
+    def admit_run(self) -> None:
+        """Count one more execution started by the caller against its workspace's quotas.
+
+        Raises:
+            QuotaExceeded: over the run quota, or at the cap of queued executions (429).
+        """
+        if self.runs is not None:
+            self.runs.admit(self.actor)
 
 
 @dataclass
@@ -152,6 +164,7 @@ def _run(call: Call) -> Result:
         priority=call.body.get("priority"),
         idempotency_key=call.params.get("Idempotency-Key"),
     )
+    call.admit_run()  # after the checks above: a refused (4xx) request spends no quota
     out = Outgoing("triggers.start", payload, priority=int(Priority.parse(payload.priority)))
     body = {
         "status": "accepted",
@@ -204,6 +217,8 @@ def _cancel(call: Call) -> Result:
 
 
 def _rerun(call: Call) -> Result:
+    call.actor.require("executions:write")
+    call.admit_run()
     execution, outgoing = control.rerun(call.actor, call.path["execution_id"])
     body = {
         "execution": queries.execution_dict(execution),

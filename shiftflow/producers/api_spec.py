@@ -38,8 +38,10 @@ _ERRORS = {
     409: "the object's state does not allow this",
     413: "the body is too large",
     422: "a field or query parameter is invalid (the message names it)",
-    429: "too many failed authentications from this address or for this key; retry after Retry-After seconds",
-    503: "PostgreSQL, MongoDB or RabbitMQ is unreachable; retry later",
+    429: "too many failed authentications from this address or for this key, or the workspace is over "
+    "a quota (its run quota, or its cap of queued executions; the message names it): retry after the "
+    "Retry-After seconds",
+    503: "PostgreSQL, MongoDB or RabbitMQ is unreachable, or the trigger queue is full; retry later",
 }
 
 
@@ -321,7 +323,7 @@ PATHS: dict[str, Any] = {
             "runWorkflow",
             "Trigger an execution with input; 202 once RabbitMQ confirmed the trigger",
             "executions:write",
-            {**_ok(202, "Accepted", "published"), **_errors(404, 409, *_BODY)},
+            {**_ok(202, "Accepted", "published"), **_errors(404, 409, 429, *_BODY)},
             tags=("executions",),
             body_required=False,
             example={"input": {"amount": 42}},
@@ -395,7 +397,7 @@ PATHS: dict[str, Any] = {
             "rerunExecution",
             "Re-run a failed execution from its failed step (a new execution)",
             "executions:write",
-            {**_ok(202, "Rerun", "started"), **_errors(404, 409)},
+            {**_ok(202, "Rerun", "started"), **_errors(404, 409, 429)},
             tags=("executions",),
             params=[_path("execution_id")],
         ),

@@ -36,7 +36,7 @@ from dramatiq.errors import BrokerConnectionError
 from shiftflow.kernel.broker import amqp_url_with_defaults
 from shiftflow.kernel.contracts import ACTORS
 from shiftflow.kernel.enqueue import Outgoing, send
-from shiftflow.kernel.errors import BrokerUnavailable
+from shiftflow.kernel.errors import BrokerUnavailable, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class ConfirmedBatchPublisher:
         self._low = 1
         self._confirmed = 0
         self._failed = ""
+        self._nacked = False
 
     # ------------------------------------------------------------------ connection
 
@@ -175,7 +176,9 @@ class ConfirmedBatchPublisher:
         method = frame.method
         tag = int(method.delivery_tag)
         if isinstance(method, pika.spec.Basic.Nack):
-            self._failed = self._failed or f"RabbitMQ refused message {tag} (nack)"
+            # The queue is at its x-max-length (reject-publish): nothing of it was queued.
+            self._failed = self._failed or f"RabbitMQ refused message {tag} (nack): the queue is full"
+            self._nacked = True
         if method.multiple:
             for t in range(max(self._low, self._first_tag), tag + 1):
                 self._mark(t)
@@ -204,8 +207,8 @@ class ConfirmedBatchPublisher:
         RabbitMQ's fsync. (Its transaction still commits only after this returns.)
 
         Raises:
-            BrokerUnavailable: connection lost, a nack, an unroutable message, or no
-                confirm within the timeout. Some messages may have been delivered: the
+            BrokerUnavailable: connection lost, an unroutable message, or no confirm
+                within the timeout (``QueueFull`` for a nack: a queue at its length limit). Some messages may have been delivered: the
                 caller must be able to publish the batch again (dedup keys).
         """
         if not messages:
@@ -222,6 +225,7 @@ class ConfirmedBatchPublisher:
                 0,
                 "",
             )
+            self._nacked = False
             self._low = self._first_tag
             for out in messages:
                 queue, body = encode_message(out)
@@ -253,7 +257,7 @@ class ConfirmedBatchPublisher:
             raise
         if self._failed:
             self._reset()
-            raise BrokerUnavailable(self._failed)
+            raise (QueueFull if self._nacked else BrokerUnavailable)(self._failed)
 
     def keepalive(self) -> None:
         """Service heartbeats; a broken connection is dropped and reopened on the next publish."""

@@ -5,7 +5,9 @@ The ingress must stay thin and keep accepting for known hooks while PostgreSQL b
 fails after that, the last known entry is served for up to ``stale_ttl`` more seconds
 before the ingress answers 503. Unknown tokens are cached briefly (``negative_ttl``) so
 that a sender hammering a deleted hook does not cost one query per request, but not
-for long, so that a newly created hook starts working within seconds.
+for long, so that a newly created hook starts working within seconds. The workspace's
+webhook quota overrides come with the hook (one query), so a changed quota applies
+within ``ttl`` too.
 
 Each database read opens and closes its own connection (``connection_context``): a
 request never holds a Peewee connection after the lookup returns.
@@ -34,6 +36,7 @@ from shiftflow.kernel.crypto import DecryptionError
 from shiftflow.kernel.db import database
 from shiftflow.kernel.errors import SettingsError, TransientError
 from shiftflow.models import webhook_secrets
+from shiftflow.models.tenancy import Workspace
 from shiftflow.models.workflows import Webhook, Workflow
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,9 @@ class HookInfo:
     workflow_id: str
     workspace_id: str
     active: bool
+    #: The workspace's webhook quota overrides (``Workspace.quota_webhooks_*``); None: the default.
+    quota_rate: float | None = None
+    quota_burst: int | None = None
 
 
 Lookup = Callable[[str], HookInfo | None]
@@ -102,8 +108,11 @@ def load_hook(token: str) -> HookInfo | None:
                     Workflow.id,
                     Workflow.workspace,
                     Workflow.status,
+                    Workspace.quota_webhooks_per_second,
+                    Workspace.quota_webhooks_burst,
                 )
                 .join(Workflow)
+                .join(Workspace)
                 .where(Webhook.token == token)
                 .tuples()
                 .get_or_none(),
@@ -112,7 +121,7 @@ def load_hook(token: str) -> HookInfo | None:
         raise HookStoreUnavailable(f"could not read webhook: {exc.__class__.__name__}") from exc
     if row is None:
         return None
-    found_token, scheme, sealed, is_active, workflow_id, workspace_id, status = row
+    found_token, scheme, sealed, is_active, workflow_id, workspace_id, status, rate, burst = row
     try:
         secrets = webhook_secrets.open_sealed(sealed)
     except (DecryptionError, SettingsError) as exc:
@@ -125,6 +134,8 @@ def load_hook(token: str) -> HookInfo | None:
         workflow_id=str(workflow_id),
         workspace_id=str(workspace_id),
         active=bool(is_active) and status == "ACTIVE",
+        quota_rate=None if rate is None else float(rate),
+        quota_burst=None if burst is None else int(burst),
     )
 
 

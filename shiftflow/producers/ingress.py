@@ -18,8 +18,17 @@ Status codes (all error bodies are ``{"error": "<reason>"}``):
 413  too_large                body above ``webhook_max_body_bytes`` (declared or streamed)
 415  unsupported_media_type   not ``application/json``/``*+json``, or a compressed body
 422  invalid                  not JSON, not an object, or not storable (NaN, NUL, depth)
+429  over_quota               the workspace's webhook quota is used up (``Retry-After``)
+503  queue_full               the ``triggers`` queue is at its length limit (``Retry-After``)
 503  unavailable              broker refused or timed out, or webhook store down
 ===  =======================  ==========================================================
+
+Quotas (``kernel.quota``, ``models.quotas``): each workspace has a token bucket of
+accepted webhooks, shared by every ingress process through Redis when
+``SHIFTFLOW_REDIS_URL`` is set. It is checked after the signature, so only its own
+authentic, well-formed webhooks spend a workspace's quota (an unsigned flood is a cheap
+401 and cannot use up another tenant's budget), and before the publish, so a refused
+webhook never reaches the queue.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -42,9 +52,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shiftflow.kernel.contracts import Priority, TriggerPayload, execution_id_for
+from shiftflow.kernel.broker import max_lengths
+from shiftflow.kernel.contracts import Priority, Queue, TriggerPayload, execution_id_for
 from shiftflow.kernel.enqueue import send
-from shiftflow.kernel.errors import SignatureError, TransientError
+from shiftflow.kernel.errors import QueueFull, SignatureError, TransientError
+from shiftflow.kernel.quota import AsyncAdmission, AsyncRedisBuckets, Limit
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.signatures import verify
 from shiftflow.producers import hooks, ingress_spec
@@ -64,6 +76,8 @@ OUTCOMES = (
     "too_large",
     "unsupported_media_type",
     "invalid",
+    "over_quota",
+    "queue_full",
     "unavailable",
     "error",
 )
@@ -294,8 +308,18 @@ def _parse_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _unavailable(reason: str) -> _Rejected:
-    return _Rejected(503, "unavailable", reason, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+def _unavailable(reason: str, outcome: str = "unavailable") -> _Rejected:
+    return _Rejected(503, outcome, reason, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def _over_quota(limit: Limit, wait: float) -> _Rejected:
+    return _Rejected(
+        429,
+        "over_quota",
+        f"webhook quota exceeded: this workspace may send {limit.describe('webhooks')}; "
+        "retry after Retry-After seconds",
+        {"Retry-After": str(max(1, math.ceil(wait)))},
+    )
 
 
 def create_app(
@@ -305,6 +329,7 @@ def create_app(
     publish_async: AsyncPublish | None = None,
     lookup: Callable[[str], HookInfo | None] | None = None,
     clock: Callable[[], float] = time.time,
+    admission: AsyncAdmission | None = None,
 ) -> Starlette:
     """Build the ingress application.
 
@@ -321,6 +346,10 @@ def create_app(
         lookup: token -> ``HookInfo`` or None, may raise ``TransientError``; default the
             cached database lookup ``hooks.lookup`` (the database must be bound).
         clock: Unix time in seconds, for signature timestamps and ``received_at``.
+        admission: the workspaces' webhook quotas (``kernel.quota.AsyncAdmission``). Default:
+            in-process buckets, which the app's lifespan switches to Redis-shared ones when
+            ``settings.redis_url`` is set. Defaults come from ``settings.quota_webhooks_*``,
+            a workspace's own from its hook (``HookInfo.quota_rate``/``quota_burst``).
 
     Returns:
         A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` and ``GET /openapi.json``
@@ -335,8 +364,11 @@ def create_app(
         raise ValueError("give publish or publish_async, not both")
     publisher: ConfirmPublisher | None = None
     if publish is None and publish_async is None and not settings.dev:
-        publisher = ConfirmPublisher(settings.amqp_url)
+        publisher = ConfirmPublisher(settings.amqp_url, queues=(Queue.TRIGGERS,), max_lengths=max_lengths(settings))
         publish_async = trigger_sender(publisher)
+    owns_admission = admission is None
+    quotas = admission if admission is not None else AsyncAdmission()
+    default_quota = Limit(settings.quota_webhooks_per_second, settings.quota_webhooks_burst)
     publish_fn: Publish = publish or publish_trigger
     lookup_fn = lookup or hooks.lookup
     limit = settings.webhook_max_body_bytes
@@ -394,6 +426,21 @@ def create_app(
             received_at=now,
             priority=Priority.NORMAL.name,
         )
+        quota = (
+            default_quota
+            if hook.quota_rate is None and hook.quota_burst is None
+            else Limit(
+                settings.quota_webhooks_per_second if hook.quota_rate is None else hook.quota_rate,
+                settings.quota_webhooks_burst if hook.quota_burst is None else hook.quota_burst,
+            )
+        )
+        if not quota.unlimited:
+            key = "webhooks:" + hook.workspace_id
+            wait = quotas.try_admit(key, quota)
+            if wait is None:  # this process holds no token of the shared bucket: lease some
+                wait = await quotas.admit(key, quota)
+            if wait > 0:
+                raise _over_quota(quota, wait)
         try:
             # On timeout we answer 503 at once; the publish may still be confirmed later
             # (the thread is abandoned, or the message stays unconfirmed in the publisher),
@@ -412,6 +459,10 @@ def create_app(
         except TimeoutError:
             log.warning("publish of %s timed out after %s s", payload.dedup_key, timeout)
             raise _unavailable(f"broker did not confirm within {timeout:g} s, retry later") from None
+        except QueueFull:
+            # Nothing was queued (reject-publish): never a 202 for it. No warning per request
+            # (a full queue refuses thousands a second); shiftflow_webhooks_total counts them.
+            raise _unavailable("the trigger queue is full, retry later", "queue_full") from None
         except TransientError as exc:
             # The detail (hosts, broker errors) goes to the log, not to the caller.
             log.warning("publish of %s failed: %s", payload.dedup_key, exc)
@@ -469,6 +520,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        shared: AsyncRedisBuckets | None = None
+        if owns_admission and settings.redis_url:
+            import redis.asyncio
+
+            # Bound to this (the server's) event loop; connects on the first lease.
+            client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+            shared = quotas.shared = AsyncRedisBuckets(client)
         if publisher is not None:
             await publisher.start()  # connect now rather than on the first webhook
         try:
@@ -476,6 +534,9 @@ def create_app(
         finally:
             if publisher is not None:
                 await publisher.close()
+            if shared is not None:
+                quotas.shared = None
+                await shared.close()
 
     app = IngressApp(
         receive_hook,

@@ -30,8 +30,10 @@ _REASONS = {
     413: "the body is larger than SHIFTFLOW_WEBHOOK_MAX_BODY_BYTES",
     415: "the body is not sent as application/json (or +json), or it is compressed",
     422: "the body is not a JSON object PostgreSQL can store (not JSON, not an object, NUL, nesting)",
-    503: "RabbitMQ (or the webhook store) is unreachable or did not confirm in time: retry after the "
-    "Retry-After seconds; the same delivery id makes no second execution",
+    429: "the workspace's webhook quota is used up (the message names it): retry after the Retry-After "
+    "seconds; nothing was queued",
+    503: "RabbitMQ (or the webhook store) is unreachable or did not confirm in time, or the trigger "
+    "queue is full: retry after the Retry-After seconds; the same delivery id makes no second execution",
 }
 
 
@@ -40,7 +42,7 @@ def _error(status: int) -> dict[str, Any]:
         "description": _REASONS[status],
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
-    if status == 503:
+    if status in (429, 503):
         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
     return response
 

@@ -11,10 +11,11 @@ cost of persistence.
 
 What it keeps from the one-at-a-time path:
 
-* **Only a confirm is success.** ``basic.nack``, a ``basic.return`` (mandatory publish
-  that no queue took) and a connection or channel lost before the ack all raise
-  ``BrokerUnavailable``; the caller answers 503 and the sender's retry carries the same
-  delivery id, which the trigger actor deduplicates.
+* **Only a confirm is success.** ``basic.nack`` (``QueueFull``: the queue is at its
+  ``x-max-length``, declared with ``x-overflow: reject-publish``), a ``basic.return``
+  (mandatory publish that no queue took) and a connection or channel lost before the ack
+  all raise ``BrokerUnavailable``; the caller answers 503 and the sender's retry carries
+  the same delivery id, which the trigger actor deduplicates.
 * **A cap on unconfirmed messages** (``max_unconfirmed``): a publish first takes a slot,
   and the slot is given back only when the broker answered or the connection died, not
   when an impatient caller gave up, so a broker that stops confirming cannot make the
@@ -23,9 +24,10 @@ What it keeps from the one-at-a-time path:
   background task reconnects (exponential backoff with jitter). While the last attempt
   failed, publishes fail at once instead of waiting for their timeout.
 * **The same queue shape as Dramatiq**: the queues it publishes to are declared on every
-  connection exactly as ``RabbitmqBroker`` declares them (durable, dead-lettering to
-  ``<queue>.XQ``, ``x-max-priority``), with their ``.DQ`` and ``.XQ`` companions, so
-  workers and publisher agree whichever starts first. Bodies are Dramatiq messages
+  connection exactly as the workers' broker (``kernel.broker.BoundedRabbitmqBroker``)
+  declares them (durable, dead-lettering to ``<queue>.XQ``, ``x-max-priority``, and the
+  length limit of ``triggers``), with their ``.DQ`` and ``.XQ`` companions, so workers and
+  publisher agree whichever starts first. Bodies are Dramatiq messages
   (``kernel.enqueue.build_message``), persistent (delivery mode 2), with their priority.
 
 The ingress still enforces its body limit before a message is built.
@@ -40,7 +42,7 @@ import functools
 import logging
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pika
@@ -54,9 +56,10 @@ from pika.channel import Channel
 from prometheus_client import Counter, Gauge
 
 from shiftflow.kernel.broker import amqp_url_with_defaults
-from shiftflow.kernel.contracts import MAX_PRIORITY, Priority, Queue
+from shiftflow.kernel.broker import queue_arguments as broker_queue_arguments
+from shiftflow.kernel.contracts import Priority, Queue
 from shiftflow.kernel.enqueue import encode_message
-from shiftflow.kernel.errors import BrokerUnavailable
+from shiftflow.kernel.errors import BrokerUnavailable, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -160,23 +163,21 @@ class Unroutable(BrokerUnavailable):
     """Raised when RabbitMQ returned a mandatory message: no queue took it (queue missing)."""
 
 
-def queue_arguments(queue: str) -> dict[str, Any]:
-    """The arguments ``RabbitmqBroker(max_priority=MAX_PRIORITY)`` declares ``queue`` with.
+def queue_arguments(queue: str, max_length: int = 0) -> dict[str, Any]:
+    """The arguments ``queue`` is declared with: Dramatiq's, plus a length limit when
+    ``max_length`` > 0 (``kernel.broker.queue_arguments``, which the workers' broker uses).
 
-    Must match Dramatiq exactly: RabbitMQ refuses (PRECONDITION_FAILED) a second declare
-    of a queue with different arguments.
+    Must match the workers' declare exactly: RabbitMQ refuses (PRECONDITION_FAILED) a
+    second declare of a queue with different arguments.
     """
-    return {
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": xq_name(queue),
-        "x-max-priority": MAX_PRIORITY,
-    }
+    return broker_queue_arguments(queue, max_length)
 
 
-def queue_declarations(queue: str) -> list[tuple[str, dict[str, Any]]]:
-    """(name, arguments) of ``queue`` and its delay and dead-letter queues, as Dramatiq declares them."""
+def queue_declarations(queue: str, max_length: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """(name, arguments) of ``queue`` and its delay and dead-letter queues, as the workers'
+    broker declares them (only ``queue`` itself carries ``max_length``)."""
     return [
-        (queue, queue_arguments(queue)),
+        (queue, queue_arguments(queue, max_length)),
         (dq_name(queue), queue_arguments(queue)),
         (xq_name(queue), {"x-message-ttl": DEAD_MESSAGE_TTL}),
     ]
@@ -191,6 +192,9 @@ class ConfirmPublisher:
     Parameters:
         url: the AMQP URL (heartbeat and blocked-connection timeout are added unless set).
         queues: queues declared (Dramatiq-identically) on every connection.
+        max_lengths: queue -> ``x-max-length`` (``kernel.broker.max_lengths(settings)``):
+            the same limits the workers' broker declares. A publish to a full queue
+            raises ``QueueFull``.
         max_unconfirmed: cap on published, unconfirmed messages.
         connect_timeout: seconds one connection attempt (open, confirm mode, declares) may take.
         backoff: (first, longest) delay in seconds between failed connection attempts.
@@ -203,6 +207,7 @@ class ConfirmPublisher:
         url: str,
         *,
         queues: Sequence[str] = (Queue.TRIGGERS,),
+        max_lengths: Mapping[str, int] | None = None,
         max_unconfirmed: int = MAX_UNCONFIRMED,
         connect_timeout: float = 5.0,
         backoff: tuple[float, float] = (0.2, 10.0),
@@ -215,6 +220,7 @@ class ConfirmPublisher:
         self._params.connection_attempts = 1
         self._params.socket_timeout = connect_timeout
         self._queues = tuple(queues)
+        self._max_lengths = dict(max_lengths or {})
         self.max_unconfirmed = max_unconfirmed
         self._connect_timeout = connect_timeout
         self._backoff = backoff
@@ -264,7 +270,8 @@ class ConfirmPublisher:
             message_id: AMQP ``message_id`` property; identifies a returned message.
 
         Raises:
-            BrokerUnavailable: not connected, connection lost before the confirm, or nacked.
+            BrokerUnavailable: not connected, or the connection was lost before the confirm.
+            QueueFull: RabbitMQ refused the message (nack): ``queue`` is at its length limit.
             Unroutable: no queue took the message (it was returned).
         """
         self._ensure_started()
@@ -418,7 +425,7 @@ class ConfirmPublisher:
         channel.add_on_return_callback(self._on_return)
         await self._call(lambda cb: channel.confirm_delivery(self._on_confirm, callback=cb))
         for queue in self._queues:
-            for name, arguments in queue_declarations(queue):
+            for name, arguments in queue_declarations(queue, self._max_lengths.get(queue, 0)):
                 await self._call(
                     lambda cb, n=name, a=arguments: channel.queue_declare(
                         n, durable=True, arguments=a, callback=cb
@@ -489,8 +496,12 @@ class ConfirmPublisher:
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
+        # A classic queue nacks a persistent message when it is at its ``x-max-length`` with
+        # ``x-overflow: reject-publish`` (other nacks are internal errors, equally "not queued").
         error = (
-            None if isinstance(method, pika.spec.Basic.Ack) else BrokerUnavailable("broker refused (nack)")
+            None
+            if isinstance(method, pika.spec.Basic.Ack)
+            else QueueFull("RabbitMQ refused the message (nack): the queue is full")
         )
         if method.multiple:
             # Every tag up to and including this one; earlier tags may be settled already.
@@ -522,7 +533,9 @@ class ConfirmPublisher:
             and channel is current
             and current.is_open
         ):
-            for name, arguments in queue_declarations(method.routing_key):
+            for name, arguments in queue_declarations(
+                method.routing_key, self._max_lengths.get(method.routing_key, 0)
+            ):
                 current.queue_declare(name, durable=True, arguments=arguments)
 
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
@@ -531,5 +544,15 @@ class ConfirmPublisher:
         if self._state == self._CLOSED:
             return
         if channel is self._channel or self._channel is None:
-            log.warning("publisher channel closed: %r", reason)
+            text = str(getattr(reason, "reply_text", ""))
+            if getattr(reason, "reply_code", 0) == 406 and "inequivalent arg" in text:
+                # Every publish fails until an operator acts: say what to do, not only what broke.
+                log.error(
+                    "RabbitMQ refused to declare a queue: %s. Every process must declare it with the "
+                    "same arguments (SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH), and a queue keeps the "
+                    "arguments it was created with: see 'Bounded trigger queue' in the README",
+                    text,
+                )
+            else:
+                log.warning("publisher channel closed: %r", reason)
             self._mark_lost()
