@@ -43,9 +43,9 @@ from shiftflow.kernel.db import database
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import DefinitionError, NotFound, ShiftFlowError, TransientError
 from shiftflow.kernel.settings import Settings
+from shiftflow.kernel.storable import unstorable
 from shiftflow.models import apikeys
 from shiftflow.models.access import Principal
-from shiftflow.models.plain import unstorable
 from shiftflow.models.problems import Conflict, Forbidden, InvalidInput, Unauthenticated
 from shiftflow.producers import api_spec, auth_throttle
 from shiftflow.producers.api_handlers import HANDLERS, Call, Result, Send

@@ -17,7 +17,7 @@ Status codes (all error bodies are ``{"error": "<reason>"}``):
 404  not_found                unknown token, inactive webhook or workflow not ACTIVE
 413  too_large                body above ``webhook_max_body_bytes`` (declared or streamed)
 415  unsupported_media_type   not ``application/json``/``*+json``, or a compressed body
-422  invalid                  not JSON, not an object, or not storable (NaN, NUL, depth)
+422  invalid                  not JSON, not an object, or not storable (NaN, 1e999, NUL, depth)
 503  unavailable              broker refused or timed out, or webhook store down
 ===  =======================  ==========================================================
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shiftflow.kernel import storable
 from shiftflow.kernel.contracts import Priority, TriggerPayload, execution_id_for
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import SignatureError, TransientError
@@ -82,8 +84,8 @@ LATENCY_BY_OUTCOME = {outcome: LATENCY.labels(outcome) for outcome in OUTCOMES}
 
 #: Seconds a sender should wait before retrying after a 503.
 RETRY_AFTER_SECONDS = 5
-#: Deepest JSON nesting accepted in a body (OWASP API4: cap depth, not only size).
-MAX_JSON_DEPTH = 64
+#: Deepest JSON nesting accepted in a body (``storable.MAX_JSON_DEPTH``).
+MAX_JSON_DEPTH = storable.MAX_JSON_DEPTH
 #: Threads that may publish at once. Separate from the default pool used by lookups, so
 #: publishes stuck on a hung broker (abandoned after the timeout) cannot starve lookups.
 PUBLISH_THREADS = 32
@@ -227,34 +229,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _unstorable(data: Any) -> str | None:
-    """Why PostgreSQL ``jsonb`` could not store ``data``, or None (an iterative walk)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"body nests deeper than {MAX_JSON_DEPTH} levels"
-        if isinstance(value, dict):
-            stack.extend((k, depth) for k in value)
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-        elif isinstance(value, str):
-            if "\x00" in value:
-                return "body contains \\u0000, which cannot be stored"
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return "body contains an unpaired UTF-16 surrogate, which cannot be stored"
-    return None
+class _OutOfRange(ValueError):
+    """A number literal Python reads as infinity (``1e999``): valid JSON, not storable."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise _OutOfRange("body " + storable.number_problem(f"{text[:40]}: beyond the range of a double"))
+    return value
 
 
 #: ``json.loads(..., parse_constant=...)`` builds a decoder per call; this one is made once.
-_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+#: Floats are checked as they are read (the C scanner calls ``parse_float`` per literal), so
+#: an overflowing number is caught even when the value walk below is skipped.
+_decode_json = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 
 
 def _plainly_storable(body: bytes, encoding: str) -> bool:
-    """True when ``body`` cannot hold what ``_unstorable`` looks for, judged from its bytes.
+    """True when ``body`` cannot hold the text and nesting ``storable.unstorable`` looks for,
+    judged from its bytes (numbers are checked while parsing).
 
     Valid JSON puts no raw control character (NUL included) inside a string, so a NUL or
     a lone surrogate can only come from a ``\\u`` escape, or a surrogate from bytes that are
@@ -282,15 +276,17 @@ def _parse_object(body: bytes) -> dict[str, Any]:
             plain = False  # encoded surrogates, say: decode as before and walk the values
             text = body.decode(encoding, "surrogatepass")
         data = _decode_json(text)
+    except _OutOfRange as exc:
+        raise _Rejected(422, "invalid", str(exc)) from None
     except RecursionError:
         raise _Rejected(422, "invalid", f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Rejected(422, "invalid", f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _Rejected(422, "invalid", "body must be a JSON object")
-    problem = None if plain else _unstorable(data)
+    problem = None if plain else storable.unstorable(data)
     if problem:
-        raise _Rejected(422, "invalid", problem)
+        raise _Rejected(422, "invalid", f"body {problem}")
     return data
 
 

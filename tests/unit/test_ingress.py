@@ -281,6 +281,12 @@ def test_content_type_checked_before_size() -> None:
         (b"[1, 2]", "body must be a JSON object"),
         (b'"text"', "body must be a JSON object"),
         (b'{"x": NaN}', "body is not valid JSON"),
+        # Numbers Python reads as infinity: PostgreSQL's jsonb has no infinity.
+        (b'{"x": 1e999}', "body contains a number PostgreSQL cannot store"),
+        (b'{"x": [-1E400]}', "body contains a number PostgreSQL cannot store"),
+        (b'{"x": 1.8e308}', "body contains a number PostgreSQL cannot store"),
+        # More digits than Python turns into an integer.
+        (b'{"x": ' + b"9" * 4301 + b"}", "body is not valid JSON"),
         (b'{"x": "a\\u0000b"}', "body contains \\u0000"),
         (b'{"x\\u0000": 1}', "body contains \\u0000"),
         (b'{"x": "\\ud800"}', "body contains an unpaired UTF-16 surrogate"),
@@ -301,6 +307,16 @@ def test_invalid_json_is_422_after_signature(body: bytes, reason: str) -> None:
 def test_nesting_at_the_cap_is_accepted() -> None:
     body = b'{"x": ' + b"[" * 63 + b"]" * 63 + b"}"
     assert post(client(FakePublish()), "std", body).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"1.7976931348623157e308", b"-1e308", b"5e-324", b"1e-400", b"9" * 4300, b"-" + b"9" * 4300, b"-0.0"],
+)
+def test_numbers_at_the_limits_that_can_be_stored_are_accepted(number: bytes) -> None:
+    publish = FakePublish()
+    assert post(client(publish), "std", b'{"x": ' + number + b"}").status_code == 202
+    assert len(publish.calls) == 1
 
 
 @pytest.mark.parametrize(
