@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 
 from bson import ObjectId
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 
@@ -193,12 +194,49 @@ class MongoSink:
         db = self.database()
         for collection, documents in by_collection.items():
             try:
-                db[collection].insert_many(documents, ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != _DUPLICATE_KEY for e in errors):
-                    raise
+                self._insert(db[collection], documents)
+            except (OverflowError, InvalidDocument) as exc:
+                # A value BSON has no form for, before anything was sent for it: an integer
+                # beyond 64 bits from a trigger's data, say. Such integers are written as
+                # their text; a document that still cannot be encoded is dropped and counted,
+                # so that one document never stops the writer (nor its batch).
+                log.warning("log documents BSON cannot encode (%s): integers beyond 64 bits written as text",
+                            exc)
+                written = 0
+                for document in documents:
+                    try:
+                        self._insert(db[collection], [_bson_safe(document)])
+                        written += 1
+                    except (OverflowError, InvalidDocument) as still:
+                        log.warning("dropped a %s document BSON cannot encode: %s", collection, still)
+                        metrics.LOG_DOCUMENTS.labels("dropped").inc()
+                metrics.LOG_DOCUMENTS.labels("written").inc(written)
+                continue
             metrics.LOG_DOCUMENTS.labels("written").inc(len(documents))
+
+    @staticmethod
+    def _insert(collection: Any, documents: list[dict[str, Any]]) -> None:
+        try:
+            collection.insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                raise
+
+
+#: The integers BSON holds (int64).
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _bson_safe(value: Any) -> Any:
+    """``value`` with every integer beyond 64 bits replaced by its decimal text."""
+    if isinstance(value, dict):
+        return {k: _bson_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_bson_safe(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        return str(value)
+    return value
 
 
 _sink: MongoSink | None = None
