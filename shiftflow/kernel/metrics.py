@@ -126,9 +126,14 @@ def serve_registry(host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def mark_process_dead(directory: str) -> None:
-    """Drop this process's live gauges from the pool's sum (called at worker shutdown)."""
+def mark_process_dead(directory: str, pid: int | None = None) -> None:
+    """Drop the live gauges of process ``pid`` (default: this one) from the pool's sum.
+
+    Called by a worker at shutdown, and by the pool's supervisor for a process that died
+    without one. Only ``livesum``/``liveall`` gauge files go; counters and histograms of
+    the dead process stay in the directory, so the pool's sums never go back.
+    """
     from prometheus_client import multiprocess
 
     if directory and os.path.isdir(directory):
-        multiprocess.mark_process_dead(os.getpid(), directory)
+        multiprocess.mark_process_dead(os.getpid() if pid is None else pid, directory)
