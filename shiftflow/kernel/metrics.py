@@ -10,9 +10,12 @@ public webhook port: metrics tell an outsider traffic, error rates and versions.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -75,14 +78,28 @@ def multiprocess_registry(directory: str) -> CollectorRegistry:
     return registry
 
 
-def serve_multiprocess(directory: str, host: str, port: int) -> None:
-    """Serve the summed metrics of a worker pool on ``host:port`` until killed (a Dramatiq fork)."""
+def serve_multiprocess(directory: str, host: str, port: int,
+                       ready: Callable[[], tuple[int, dict[str, Any]]] | None = None) -> None:
+    """Serve the summed metrics of a worker pool on ``host:port`` until killed (a pool fork).
+
+    ``/healthz`` answers 200 (liveness); ``/readyz`` answers what ``ready`` returns (status
+    and JSON body, ``kernel.readiness.answer``), 200 without one; any other path the metrics.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = generate_latest(multiprocess_registry(directory))
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                self._send(200, b"ok", "text/plain; charset=utf-8")
+            elif path == "/readyz":
+                status, answer = ready() if ready is not None else (200, {"status": "ready", "checks": {}})
+                self._send(status, json.dumps(answer).encode(), "application/json")
+            else:
+                self._send(200, generate_latest(multiprocess_registry(directory)), CONTENT_TYPE_LATEST)
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -56,10 +56,24 @@ class MongoLifecycle(Middleware):
 
 
 def pool_exporter() -> None:
-    """The Dramatiq fork that serves a pool's summed metrics (imported by path, so it reads
-    its own settings from the environment the pool was started with)."""
+    """The pool fork that serves a pool's summed metrics, ``/healthz`` and ``/readyz`` (imported
+    by path, so it reads its own settings from the environment the pool was started with).
+
+    The pool is ready when RabbitMQ accepts a connection and the database answers.
+    """
+    from shiftflow.kernel import readiness
+    from shiftflow.kernel.db import make_database
+
     settings = Settings.from_env()
-    metrics.serve_multiprocess(settings.metrics_dir, settings.metrics_host, settings.metrics_port)
+    database = make_database(settings.database_url)
+
+    def ready() -> tuple[int, dict[str, Any]]:
+        return readiness.answer(readiness.run_checks({
+            "broker": lambda: readiness.broker_problem(settings.amqp_url),
+            "database": lambda: readiness.database_problem(database),
+        }))
+
+    metrics.serve_multiprocess(settings.metrics_dir, settings.metrics_host, settings.metrics_port, ready)
 
 
 class Metrics(Middleware):

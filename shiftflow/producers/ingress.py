@@ -20,6 +20,10 @@ Status codes (all error bodies are ``{"error": "<reason>"}``):
 422  invalid                  not JSON, not an object, or not storable (NaN, 1e999, NUL, depth)
 503  unavailable              broker refused or timed out, or webhook store down
 ===  =======================  ==========================================================
+
+``GET /healthz`` is liveness (200 while the process serves); ``GET /readyz`` is readiness:
+200 when the publisher is connected to RabbitMQ and the database answers, else 503
+naming what is not (``kernel.readiness``).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shiftflow.kernel import storable
+from shiftflow.kernel import readiness, storable
 from shiftflow.kernel.contracts import Priority, TriggerPayload, execution_id_for
+from shiftflow.kernel.db import database
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import SignatureError, TransientError
 from shiftflow.kernel.settings import Settings
@@ -290,6 +295,25 @@ def _parse_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+#: A ``/readyz`` check: a coroutine function returning None, or what is wrong.
+ReadyCheck = Callable[[], Awaitable[str | None]]
+#: Seconds a ``/readyz`` answer is reused: a flood of probes costs the database one query.
+READY_MEMO_SECONDS = 1.0
+
+
+def _publisher_check(publisher: ConfirmPublisher) -> ReadyCheck:
+    async def broker() -> str | None:
+        if publisher.connected:
+            return None
+        return f"not connected to RabbitMQ ({publisher.state}{': ' + publisher.last_error if publisher.last_error else ''})"
+
+    return broker
+
+
+async def _database_check() -> str | None:
+    return await anyio.to_thread.run_sync(readiness.database_problem, database, abandon_on_cancel=True)
+
+
 def _unavailable(reason: str) -> _Rejected:
     return _Rejected(503, "unavailable", reason, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
@@ -301,6 +325,7 @@ def create_app(
     publish_async: AsyncPublish | None = None,
     lookup: Callable[[str], HookInfo | None] | None = None,
     clock: Callable[[], float] = time.time,
+    ready_checks: Mapping[str, ReadyCheck] | None = None,
 ) -> Starlette:
     """Build the ingress application.
 
@@ -317,12 +342,16 @@ def create_app(
         lookup: token -> ``HookInfo`` or None, may raise ``TransientError``; default the
             cached database lookup ``hooks.lookup`` (the database must be bound).
         clock: Unix time in seconds, for signature timestamps and ``received_at``.
+        ready_checks: more ``/readyz`` checks by name (coroutine functions returning None
+            or what is wrong), beside the built-in ones: ``broker`` (the app's own
+            publisher is connected; real mode without ``publish``/``publish_async``) and
+            ``database`` (``SELECT 1``; when ``lookup`` is the database's).
 
     Returns:
-        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` and ``GET /openapi.json``
-        (``ingress_spec``). Metrics are not served here, on the public port, but on a
-        listener of their own (``kernel.metrics.serve_registry``, started by ``shiftflow
-        ingress`` on ``SHIFTFLOW_METRICS_HOST:SHIFTFLOW_INGRESS_METRICS_PORT``).
+        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` (liveness), ``GET /readyz``
+        (readiness) and ``GET /openapi.json`` (``ingress_spec``). Metrics are not served here,
+        on the public port, but on a listener of their own (``kernel.metrics.serve_registry``,
+        started by ``shiftflow ingress`` on ``SHIFTFLOW_METRICS_HOST:SHIFTFLOW_INGRESS_METRICS_PORT``).
 
     Raises:
         ValueError: both ``publish`` and ``publish_async`` were given.
@@ -450,8 +479,33 @@ def create_app(
             WEBHOOKS_BY_OUTCOME[outcome].inc()
             LATENCY_BY_OUTCOME[outcome].observe(time.perf_counter() - started)
 
+    checks: dict[str, ReadyCheck] = {}
+    if publisher is not None:
+        checks["broker"] = _publisher_check(publisher)
+    if lookup is None:  # webhooks are looked up in the database: the ingress needs it
+        checks["database"] = _database_check
+    checks.update(ready_checks or {})
+    last_ready: list[Any] = [0.0, None]  # [monotonic time, (status, body)]
+    ready_lock = asyncio.Lock()
+
     async def healthz(request: Request) -> Response:
+        # Liveness only: the process serves HTTP. What it depends on is /readyz's business.
         return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> Response:
+        async with ready_lock:  # probes arriving together share one round of checks
+            if last_ready[1] is None or time.monotonic() - last_ready[0] >= READY_MEMO_SECONDS:
+                results: dict[str, str | None] = {}
+                for name, check in checks.items():
+                    try:
+                        async with asyncio.timeout(readiness.CHECK_TIMEOUT_SECONDS):
+                            results[name] = await check()
+                    except TimeoutError:
+                        results[name] = f"no answer within {readiness.CHECK_TIMEOUT_SECONDS:g} s"
+                last_ready[:] = [time.monotonic(), readiness.answer(results)]
+        status, body = last_ready[1]
+        headers = {"Retry-After": str(readiness.RETRY_AFTER_SECONDS)} if status == 503 else None
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(ingress_spec.DOCUMENT)
@@ -481,6 +535,7 @@ def create_app(
             # kept so that other methods get Starlette's 405 with an Allow header.
             Route("/hooks/{token}", _AsgiEndpoint(receive_hook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},

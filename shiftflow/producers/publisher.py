@@ -243,6 +243,16 @@ class ConfirmPublisher:
         return self._state == self._UP
 
     @property
+    def state(self) -> str:
+        """``connecting``, ``up``, ``down`` (the last attempt failed: ``last_error``) or ``closed``."""
+        return self._state
+
+    @property
+    def last_error(self) -> str:
+        """Why the last connection attempt failed (empty while connected or never failed)."""
+        return self._last_error
+
+    @property
     def unconfirmed(self) -> int:
         """Messages published on the current channel and not yet confirmed."""
         return len(self._pending)

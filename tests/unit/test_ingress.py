@@ -399,6 +399,58 @@ def test_metrics_are_not_served_on_the_public_port() -> None:
     assert r.status_code == 404, r.text
 
 
+def test_readyz_names_what_is_not_ready_while_healthz_stays_200(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shiftflow.kernel import readiness
+    from shiftflow.producers import ingress
+
+    monkeypatch.setattr(ingress, "READY_MEMO_SECONDS", 0.0)
+    monkeypatch.setattr(readiness, "CHECK_TIMEOUT_SECONDS", 0.2)
+    problems: dict[str, str | None] = {"broker": None, "database": None}
+    slow = threading.Event()
+
+    async def broker() -> str | None:
+        return problems["broker"]
+
+    async def database() -> str | None:
+        if slow.is_set():
+            await anyio.sleep(5)
+        return problems["database"]
+
+    app = create_app(SETTINGS, publish=FakePublish(), lookup=HOOKS.get, clock=lambda: NOW,
+                     ready_checks={"broker": broker, "database": database})
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json() == {"status": "ready", "checks": {"broker": "ok", "database": "ok"}}
+        problems["broker"] = "not connected to RabbitMQ (down: ConnectionRefusedError)"
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert r.json() == {
+            "error": "not ready: broker: not connected to RabbitMQ (down: ConnectionRefusedError)",
+            "checks": {"broker": "not connected to RabbitMQ (down: ConnectionRefusedError)", "database": "ok"},
+        }
+        assert c.get("/healthz").status_code == 200
+        problems["broker"] = None
+        slow.set()  # a check that does not answer in time is a failed check
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["database"] == "no answer within 0.2 s"
+
+
+def test_readyz_answers_a_burst_of_probes_with_one_round_of_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shiftflow.producers import ingress
+
+    monkeypatch.setattr(ingress, "READY_MEMO_SECONDS", 60.0)  # the burst fits in it however slow the machine
+    calls = []
+
+    async def database() -> str | None:
+        calls.append(1)
+        return None
+
+    app = create_app(SETTINGS, publish=FakePublish(), lookup=HOOKS.get, ready_checks={"database": database})
+    with TestClient(app) as c:
+        assert all(c.get("/readyz").status_code == 200 for _ in range(20))
+    assert len(calls) == 1
+
+
 def test_metrics_exposes_counter_and_histogram() -> None:
     import httpx
 
