@@ -88,6 +88,24 @@ class Metrics(Middleware):
         """One exposition server per pool, summing every worker process's files."""
         return [pool_exporter] if self.metrics_dir and self.port else []
 
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Create the per-message series of every actor this worker consumes, at zero.
+
+        In a pool a family is only as visible as the files of live processes: a worker
+        process replaced after a crash (its live gauges dropped) must not make
+        ``shiftflow_messages_in_progress`` vanish until its replacement takes a message,
+        and a new pool shows every family before its first message.
+        """
+        consumed = getattr(worker, "consumer_whitelist", None)
+        for name in broker.get_declared_actors():
+            queue = broker.get_actor(name).queue_name
+            if consumed and queue not in consumed:
+                continue
+            metrics.IN_PROGRESS.labels(queue, name)
+            metrics.MESSAGE_SECONDS.labels(queue, name)
+            for outcome in ("ok", "error", "skipped"):
+                metrics.MESSAGES.labels(queue, name, outcome)
+
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._started[message.message_id] = time.perf_counter()
         metrics.IN_PROGRESS.labels(message.queue_name, message.actor_name).inc()
