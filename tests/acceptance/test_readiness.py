@@ -28,7 +28,7 @@ import pytest
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog
+from shiftflow.models import catalog, webhook_secrets
 from shiftflow.producers.app import create_app
 from tests.helpers import free_port, pg_admin, wait_until
 from tests.integration.api_support import SIMPLE, serve
@@ -86,6 +86,7 @@ def test_readyz_follows_the_broker_and_the_database_and_healthz_does_not(
         "SHIFTFLOW_METRICS_PORT": str(free_port()),
         "SHIFTFLOW_METRICS_DIR": str(tmp_path / "metrics"),
         "SHIFTFLOW_TIMERS": "off",
+        "SHIFTFLOW_SECRET_KEYS": "readiness-secret-key-of-at-least-32-characters",
     }
     settings = configure(Settings.from_env(env))
     bind_database(pg_url)
@@ -110,7 +111,8 @@ def test_readyz_follows_the_broker_and_the_database_and_healthz_does_not(
                 assert alive(where), where
             webhook = b'{"n": 1}'
             answer = httpx.post(f"{base}/hooks/{hook.token}", content=webhook, timeout=15,
-                                headers=signed_headers("standard", hook.secrets[0], webhook, int(time.time()), "r-1"))
+                                headers=signed_headers("standard", webhook_secrets.reveal(hook)[0], webhook,
+                                                                    int(time.time()), "r-1"))
             assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
             assert httpx.get(f"{base}/readyz", timeout=10).headers["retry-after"] == "5"
 

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.signatures import MAX_DELIVERY_ID, signed_headers
-from shiftflow.models import catalog, replay
+from shiftflow.models import catalog, replay, webhook_secrets
 from shiftflow.models.access import Principal
 from shiftflow.producers.ingress import create_app
 from tests.helpers import wait_until
@@ -189,6 +189,7 @@ def rig(real_env: dict[str, str], pg_url: str, amqp_url: str) -> Iterator[tuple[
 
 def test_every_202_ends_in_an_execution(rig: tuple[str, Any, Trail]) -> None:
     base, hook, trail = rig
+    secret = webhook_secrets.reveal(hook)[0]
     serial = itertools.count()
     seen: dict[int, int] = {}
     client = httpx.Client(timeout=30)
@@ -207,7 +208,7 @@ def test_every_202_ends_in_an_execution(rig: tuple[str, Any, Trail]) -> None:
         body = encode(document, encoding)
         n = next(serial)
         delivery = f"d{n}-" + "x" * max(0, padding - len(f"d{n}-"))
-        headers = {**signed_headers("standard", hook.secrets[0], body, int(time.time()), delivery),
+        headers = {**signed_headers("standard", secret, body, int(time.time()), delivery),
                    "content-type": "application/json"}
         parked_before = trail.parked()
         response = client.post(f"{base}/hooks/{hook.token}", content=body, headers=headers)
