@@ -10,6 +10,7 @@ import argparse
 import gc
 import importlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -234,8 +235,11 @@ def calm_garbage_collector() -> None:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    """Run a worker pool with the dramatiq CLI (replaces this process)."""
+    """Run a worker pool under its supervisor, which replaces a process that dies
+    (``consumers.supervisor``); returns when the pool is stopped."""
     from shiftflow.consumers.pools import Pool, load_pools
+    from shiftflow.consumers.supervisor import Supervisor
+    from shiftflow.kernel.logsetup import configure_logging
 
     settings = settings_from_args(args)
     if args.queues:
@@ -247,14 +251,15 @@ def cmd_workers(args: argparse.Namespace) -> int:
         pool = pools[args.pool]
         pool = Pool(pool.name, pool.queues, args.processes or pool.processes, args.threads or pool.threads)
     if settings.metrics_dir:
-        # A fresh directory per pool start: files of dead processes would be summed forever.
+        # A fresh directory per pool start: files of another run's processes would be summed
+        # forever. Within this run, a replaced process's counters stay (see the supervisor).
         shutil.rmtree(settings.metrics_dir, ignore_errors=True)
         os.makedirs(settings.metrics_dir, exist_ok=True)
-    command = pool.command(sys.executable)
     print(f"pool {pool.name}: {pool.processes} process(es) x {pool.threads} threads on {', '.join(pool.queues)}",
           flush=True)
-    os.execv(sys.executable, command)
-    return 0  # not reached
+    configure_logging(settings.log_level, settings.log_repeat_seconds)
+    logging.getLogger("shiftflow.workers").setLevel(logging.INFO)  # start, stop and replacement lines
+    return Supervisor(pool, settings).run()
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -327,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_ingress)
 
-    p = sub.add_parser("workers", help="run a worker pool (the dramatiq CLI underneath)")
+    p = sub.add_parser("workers", help="run a worker pool (a supervisor that replaces a dead process)")
     p.add_argument("--pool", default="default", help="pool name in the pools file (default: default)")
     p.add_argument("--pools", default=None, help="pools YAML file (default: built-in: one pool, all queues)")
     p.add_argument("--queues", nargs="+", help="consume these queues instead of a named pool")

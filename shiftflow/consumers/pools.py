@@ -1,7 +1,8 @@
 """Worker pools: which queues a pool consumes, with how many processes and threads.
 
 Pools are configuration (deploy/pools.yaml), not code; ``shiftflow workers --pool NAME``
-turns one into a ``dramatiq`` command line.
+runs one under its supervisor (``consumers.supervisor``), which replaces a process that
+dies without stopping the others.
 """
 
 from __future__ import annotations
@@ -28,11 +29,6 @@ class Pool:
     queues: tuple[str, ...]
     processes: int
     threads: int
-
-    def command(self, python: str) -> list[str]:
-        """The ``dramatiq`` command line that runs this pool."""
-        return [python, "-m", "dramatiq", "shiftflow.consumers.worker", "--processes", str(self.processes),
-                "--threads", str(self.threads), "--queues", *self.queues]
 
 
 def load_pools(path: str | None) -> dict[str, Pool]:

@@ -9,13 +9,17 @@ Import this (and call ``install``) before any actor is declared.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
 import peewee
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.rabbitmq import (
+    RabbitmqBroker,
+    _RabbitmqConsumer,  # subclassed: see _Consumer
+)
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import xq_name
 from dramatiq.middleware import (
@@ -31,6 +35,8 @@ from shiftflow.kernel.contracts import MAX_PRIORITY, Queue
 from shiftflow.kernel.errors import TransientError
 from shiftflow.kernel.middleware import DbConnections, Metrics, MongoLifecycle
 from shiftflow.kernel.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Dramatiq-level redeliveries of a message that raised a transient error.
 MAX_RETRIES = 8
@@ -112,13 +118,75 @@ def max_lengths(settings: Settings) -> dict[str, int]:
     return {Queue.TRIGGERS: settings.trigger_queue_max_length} if settings.trigger_queue_max_length else {}
 
 
-class BoundedRabbitmqBroker(RabbitmqBroker):
-    """Dramatiq's RabbitMQ broker, declaring some canonical queues with a length limit.
+def build_broker(settings: Settings, *, extra: Sequence[Middleware] = (), worker: bool = True) -> dramatiq.Broker:
+    """Build (not install) the broker for ``settings``.
 
-    Dramatiq builds the same arguments for a queue and its delay queue; only the
-    canonical queue (``_declare_queue``) gets the limit here, which is what
-    ``producers.publisher.queue_declarations`` declares too (a test compares both with
-    what RabbitMQ holds).
+    Parameters:
+        settings: the process settings; ``settings.dev`` selects the in-process broker.
+        extra: models-aware middleware supplied by ``consumers``.
+        worker: False for producers, which only publish (no DB/Mongo lifecycle).
+    """
+    middleware = middleware_for(settings, extra=extra, worker=worker)
+    broker: dramatiq.Broker
+    if settings.dev:
+        broker = StubBroker(middleware=middleware)
+        broker.emit_after("process_boot")
+    else:
+        broker = ShiftflowRabbitmqBroker(
+            url=amqp_url_with_defaults(settings.amqp_url),
+            confirm_delivery=True,
+            max_priority=MAX_PRIORITY,
+            middleware=middleware,
+            max_lengths=max_lengths(settings),
+        )
+    return broker
+
+
+class _Consumer(_RabbitmqConsumer):
+    """Dramatiq's RabbitMQ consumer, telling middleware about bodies it cannot decode.
+
+    Dramatiq nacks a body that is not a Dramatiq message without any middleware seeing
+    it, so it would reach ``<queue>.XQ`` (forgotten after 7 days) and never PostgreSQL's
+    dead letters. Each middleware with ``after_undecodable_message(broker, queue_name,
+    body, properties)`` is told after the nack.
+    """
+
+    def __init__(self, broker: Any, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self._last: tuple[Any, Any, Any] = (None, None, None)
+        deliveries = self.iterator
+
+        def remembered() -> Iterator[tuple[Any, Any, Any]]:
+            for delivery in deliveries:
+                self._last = delivery
+                yield delivery
+
+        self.iterator = remembered()
+
+    def __next__(self) -> Any:
+        self._last = (None, None, None)
+        message = super().__next__()
+        method, properties, body = self._last
+        if message is None and method is not None:  # a delivery Dramatiq could not decode
+            for middleware in self.broker.middleware:
+                hook = getattr(middleware, "after_undecodable_message", None)
+                if hook is not None:
+                    try:
+                        hook(self.broker, self.queue_name, body, properties)
+                    except Exception:  # as Dramatiq's own signals: one middleware cannot stop consuming
+                        log.critical("after_undecodable_message of %r failed", middleware, exc_info=True)
+        return message
+
+
+class ShiftflowRabbitmqBroker(RabbitmqBroker):
+    """Dramatiq's RabbitMQ broker, with two changes.
+
+    * Some canonical queues are declared with a length limit. Dramatiq builds the same
+      arguments for a queue and its delay queue; only the canonical queue
+      (``_declare_queue``) gets the limit here, which is what
+      ``producers.publisher.queue_declarations`` declares too (a test compares both with
+      what RabbitMQ holds).
+    * Its consumers report undecodable bodies (``_Consumer``).
 
     Parameters:
         max_lengths: queue -> ``x-max-length`` (``max_lengths(settings)``).
@@ -136,29 +204,10 @@ class BoundedRabbitmqBroker(RabbitmqBroker):
             arguments = {**arguments, **queue_arguments(queue_name, limit)}
         return self.channel.queue_declare(queue=queue_name, durable=True, arguments=arguments)
 
-
-def build_broker(settings: Settings, *, extra: Sequence[Middleware] = (), worker: bool = True) -> dramatiq.Broker:
-    """Build (not install) the broker for ``settings``.
-
-    Parameters:
-        settings: the process settings; ``settings.dev`` selects the in-process broker.
-        extra: models-aware middleware supplied by ``consumers``.
-        worker: False for producers, which only publish (no DB/Mongo lifecycle).
-    """
-    middleware = middleware_for(settings, extra=extra, worker=worker)
-    broker: dramatiq.Broker
-    if settings.dev:
-        broker = StubBroker(middleware=middleware)
-        broker.emit_after("process_boot")
-    else:
-        broker = BoundedRabbitmqBroker(
-            url=amqp_url_with_defaults(settings.amqp_url),
-            confirm_delivery=True,
-            max_priority=MAX_PRIORITY,
-            middleware=middleware,
-            max_lengths=max_lengths(settings),
-        )
-    return broker
+    @property
+    def consumer_class(self) -> type[_RabbitmqConsumer]:
+        """The consumer of every queue."""
+        return _Consumer
 
 
 def amqp_url_with_defaults(url: str) -> str:

@@ -36,6 +36,9 @@ def encode(document: dict[str, Any], limit: int = MAX_DOCUMENT_BYTES) -> tuple[R
     """
     try:
         raw = bson.encode(document)
+    except OverflowError:
+        # An integer beyond 64 bits (from a trigger's data, say): kept whole, as its text.
+        return encode(ints_as_text(document), limit)
     except ENCODE_ERRORS as exc:
         reason = f"{type(exc).__name__}: {exc}"[:500]
         return RawBSONDocument(bson.encode(stand_in(document, reason))), reason
@@ -43,6 +46,24 @@ def encode(document: dict[str, Any], limit: int = MAX_DOCUMENT_BYTES) -> tuple[R
         reason = f"document of {len(raw)} bytes is larger than {limit} bytes"
         return RawBSONDocument(bson.encode(stand_in(document, reason))), reason
     return RawBSONDocument(raw), None
+
+
+#: The integers BSON holds (int64).
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def ints_as_text(value: Any) -> Any:
+    """``value`` with every integer beyond 64 bits replaced by its decimal text."""
+    if isinstance(value, dict):
+        return {k: ints_as_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [ints_as_text(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        try:
+            return str(value)
+        except ValueError:  # more than 4,300 digits: no text in this Python either
+            return f"<integer of about {value.bit_length() * 0.30103:.0f} digits>"
+    return value
 
 
 def stand_in(document: dict[str, Any], reason: str) -> dict[str, Any]:

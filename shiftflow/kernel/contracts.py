@@ -49,6 +49,9 @@ class Priority(IntEnum):
             raise ValueError(f"unknown priority {name!r}: expected LOW, NORMAL, HIGH or CRITICAL") from None
 
 
+#: Longest dedup key an execution can store (``execution.dedup_key`` is varchar(255)).
+MAX_DEDUP_KEY = 255
+
 #: RabbitMQ x-max-priority on every queue; must be >= the highest Priority.
 MAX_PRIORITY = 10
 

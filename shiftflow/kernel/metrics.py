@@ -10,9 +10,12 @@ public webhook port: metrics tell an outsider traffic, error rates and versions.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -77,14 +80,28 @@ def multiprocess_registry(directory: str) -> CollectorRegistry:
     return registry
 
 
-def serve_multiprocess(directory: str, host: str, port: int) -> None:
-    """Serve the summed metrics of a worker pool on ``host:port`` until killed (a Dramatiq fork)."""
+def serve_multiprocess(directory: str, host: str, port: int,
+                       ready: Callable[[], tuple[int, dict[str, Any]]] | None = None) -> None:
+    """Serve the summed metrics of a worker pool on ``host:port`` until killed (a pool fork).
+
+    ``/healthz`` answers 200 (liveness); ``/readyz`` answers what ``ready`` returns (status
+    and JSON body, ``kernel.readiness.answer``), 200 without one; any other path the metrics.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = generate_latest(multiprocess_registry(directory))
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                self._send(200, b"ok", "text/plain; charset=utf-8")
+            elif path == "/readyz":
+                status, answer = ready() if ready is not None else (200, {"status": "ready", "checks": {}})
+                self._send(status, json.dumps(answer).encode(), "application/json")
+            else:
+                self._send(200, generate_latest(multiprocess_registry(directory)), CONTENT_TYPE_LATEST)
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -128,9 +145,14 @@ def serve_registry(host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def mark_process_dead(directory: str) -> None:
-    """Drop this process's live gauges from the pool's sum (called at worker shutdown)."""
+def mark_process_dead(directory: str, pid: int | None = None) -> None:
+    """Drop the live gauges of process ``pid`` (default: this one) from the pool's sum.
+
+    Called by a worker at shutdown, and by the pool's supervisor for a process that died
+    without one. Only ``livesum``/``liveall`` gauge files go; counters and histograms of
+    the dead process stay in the directory, so the pool's sums never go back.
+    """
     from prometheus_client import multiprocess
 
     if directory and os.path.isdir(directory):
-        multiprocess.mark_process_dead(os.getpid(), directory)
+        multiprocess.mark_process_dead(os.getpid() if pid is None else pid, directory)

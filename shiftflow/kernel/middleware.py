@@ -56,10 +56,24 @@ class MongoLifecycle(Middleware):
 
 
 def pool_exporter() -> None:
-    """The Dramatiq fork that serves a pool's summed metrics (imported by path, so it reads
-    its own settings from the environment the pool was started with)."""
+    """The pool fork that serves a pool's summed metrics, ``/healthz`` and ``/readyz`` (imported
+    by path, so it reads its own settings from the environment the pool was started with).
+
+    The pool is ready when RabbitMQ accepts a connection and the database answers.
+    """
+    from shiftflow.kernel import readiness
+    from shiftflow.kernel.db import make_database
+
     settings = Settings.from_env()
-    metrics.serve_multiprocess(settings.metrics_dir, settings.metrics_host, settings.metrics_port)
+    database = make_database(settings.database_url)
+
+    def ready() -> tuple[int, dict[str, Any]]:
+        return readiness.answer(readiness.run_checks({
+            "broker": lambda: readiness.broker_problem(settings.amqp_url),
+            "database": lambda: readiness.database_problem(database),
+        }))
+
+    metrics.serve_multiprocess(settings.metrics_dir, settings.metrics_host, settings.metrics_port, ready)
 
 
 class Metrics(Middleware):
@@ -73,6 +87,24 @@ class Metrics(Middleware):
     def forks(self) -> list[Any]:
         """One exposition server per pool, summing every worker process's files."""
         return [pool_exporter] if self.metrics_dir and self.port else []
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Create the per-message series of every actor this worker consumes, at zero.
+
+        In a pool a family is only as visible as the files of live processes: a worker
+        process replaced after a crash (its live gauges dropped) must not make
+        ``shiftflow_messages_in_progress`` vanish until its replacement takes a message,
+        and a new pool shows every family before its first message.
+        """
+        consumed = getattr(worker, "consumer_whitelist", None)
+        for name in broker.get_declared_actors():
+            queue = broker.get_actor(name).queue_name
+            if consumed and queue not in consumed:
+                continue
+            metrics.IN_PROGRESS.labels(queue, name)
+            metrics.MESSAGE_SECONDS.labels(queue, name)
+            for outcome in ("ok", "error", "skipped"):
+                metrics.MESSAGES.labels(queue, name, outcome)
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._started[message.message_id] = time.perf_counter()

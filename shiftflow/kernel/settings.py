@@ -225,6 +225,9 @@ class Settings:
     timers: bool = True
     #: SHIFTFLOW_LOG_LEVEL: Python logging level
     log_level: str = "INFO"
+    #: SHIFTFLOW_LOG_REPEAT_SECONDS: an identical warning or error is logged once per this many
+    #: seconds, with a count of those left out (0 = log every one)
+    log_repeat_seconds: float = 10.0
     #: SHIFTFLOW_SCHEDULER_METRICS_PORT: the scheduler's Prometheus /metrics (0 = off; host METRICS_HOST)
     scheduler_metrics_port: int = 9192
     #: SHIFTFLOW_SCHEDULER_TICK_MS: longest sleep of the scheduler loop between two looks at due rows
@@ -332,6 +335,7 @@ class Settings:
             log_batch_size=_int(env, "LOG_BATCH_SIZE", 200, 1, 10_000),
             log_flush_ms=_int(env, "LOG_FLUSH_MS", 100, 1, 60_000),
             log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            log_repeat_seconds=_float(env, "LOG_REPEAT_SECONDS", 10.0, 0.0, 3_600.0),
             scheduler_metrics_port=_int(env, "SCHEDULER_METRICS_PORT", 9192, 0, 65535),
             scheduler_tick_ms=_int(env, "SCHEDULER_TICK_MS", 200, 10, 60_000),
             scheduler_batch_size=_int(env, "SCHEDULER_BATCH_SIZE", 1000, 1, 100_000),

@@ -23,13 +23,15 @@ import json
 import secrets as _secrets
 from collections.abc import Callable, Mapping, Sequence
 
+from shiftflow.kernel.contracts import MAX_DEDUP_KEY
 from shiftflow.kernel.errors import SignatureError
 
 #: Schemes a webhook endpoint can use; the value stored in ``Webhook.scheme``.
 SCHEMES = ("standard", "stripe", "github")
 
-#: Longest delivery id we accept: it ends up in a dedup key column and in log lines.
-MAX_DELIVERY_ID = 255
+#: Longest delivery id we accept: it ends up in log lines and, after ``<scheme>:``, in the
+#: execution's dedup key column; a longer one would be answered 202 and then not stored.
+MAX_DELIVERY_ID = MAX_DEDUP_KEY - max(len(scheme) for scheme in SCHEMES) - 1
 
 _STANDARD_PREFIX = "whsec_"
 

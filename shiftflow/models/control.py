@@ -27,11 +27,11 @@ from typing import Any
 from shiftflow.kernel.contracts import Priority, StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.steps import TERMINAL
+from shiftflow.kernel.storable import unstorable
 from shiftflow.models import audit_log, flow, logs, queries, runs
 from shiftflow.models.access import Principal
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.plain import unstorable
 from shiftflow.models.problems import Conflict, InvalidInput
 
 #: Execution statuses a re-run may start from.

@@ -11,6 +11,7 @@ from typing import Any
 
 import peewee
 
+from shiftflow.kernel.contracts import MAX_DEDUP_KEY
 from shiftflow.kernel.db import JSONField
 from shiftflow.models.base import BaseModel, utcnow
 from shiftflow.models.tenancy import User, Workspace
@@ -44,7 +45,7 @@ class Execution(BaseModel):
     workflow = peewee.ForeignKeyField(Workflow, backref="executions", on_delete="CASCADE", index=False)
     workflow_version = peewee.IntegerField()
     workspace = peewee.ForeignKeyField(Workspace, backref="executions", on_delete="CASCADE", index=False)
-    dedup_key = peewee.CharField(max_length=255)
+    dedup_key = peewee.CharField(max_length=MAX_DEDUP_KEY)
     source = peewee.CharField(max_length=20, default="manual")
     status = peewee.CharField(max_length=12, default="PENDING")
     priority = peewee.CharField(max_length=10, default="NORMAL")

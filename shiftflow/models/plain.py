@@ -83,23 +83,3 @@ def fk(row: Any, name: str) -> Any:
     """The id held by foreign key ``name`` of a model row, without loading the referenced row
     (what Peewee's ``<name>_id`` accessor returns, for models that do not declare it)."""
     return row.__data__.get(name)
-
-
-def unstorable(value: Any) -> str | None:
-    """Why PostgreSQL could not store the text in ``value`` (NUL, unpaired surrogates), or None."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "contains \\u0000, which cannot be stored"
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "contains an unpaired UTF-16 surrogate, which cannot be stored"
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return None

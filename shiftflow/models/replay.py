@@ -173,6 +173,11 @@ def _message_of(row: DeadLetter) -> tuple[str, Any, int]:
         ValueError: not a message of a declared actor.
     """
     message = row.payload if isinstance(row.payload, dict) else {}
+    if "unstorable" in message:
+        # A stand-in (``dead_letters.stand_in``): the message itself could not be stored,
+        # and sending it again would fail the same way.
+        raise ValueError(f"the message could not be stored as JSON ({message['unstorable']}); "
+                         "its text is in the dead letter's payload")
     name = message.get("actor_name") or row.actor
     spec = ACTORS.get(name)
     if spec is None:

@@ -13,9 +13,9 @@ from typing import Any
 
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound
+from shiftflow.kernel.storable import unstorable
 from shiftflow.models import audit_log, queries, runs, waits
 from shiftflow.models.access import Principal
-from shiftflow.models.plain import unstorable
 from shiftflow.models.problems import Conflict, InvalidInput
 
 #: Longest event key: it is stored in ``step_execution.wait_key`` with its namespace.

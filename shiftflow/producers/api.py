@@ -47,9 +47,9 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import DefinitionError, NotFound, QueueFull, ShiftFlowError, TransientError
 from shiftflow.kernel.quota import Admission, RedisBuckets
 from shiftflow.kernel.settings import Settings
+from shiftflow.kernel.storable import unstorable
 from shiftflow.models import apikeys
 from shiftflow.models.access import Principal
-from shiftflow.models.plain import unstorable
 from shiftflow.models.problems import Conflict, Forbidden, InvalidInput, Unauthenticated
 from shiftflow.models.quotas import QuotaExceeded, RunAdmission
 from shiftflow.producers import api_spec, auth_throttle

@@ -17,7 +17,7 @@ Status codes (all error bodies are ``{"error": "<reason>"}``):
 404  not_found                unknown token, inactive webhook or workflow not ACTIVE
 413  too_large                body above ``webhook_max_body_bytes`` (declared or streamed)
 415  unsupported_media_type   not ``application/json``/``*+json``, or a compressed body
-422  invalid                  not JSON, not an object, or not storable (NaN, NUL, depth)
+422  invalid                  not JSON, not an object, or not storable (NaN, 1e999, NUL, depth)
 429  over_quota               the workspace's webhook quota is used up (``Retry-After``)
 503  queue_full               the ``triggers`` queue is at its length limit (``Retry-After``)
 503  unavailable              broker refused or timed out, or webhook store down
@@ -29,6 +29,10 @@ accepted webhooks, shared by every ingress process through Redis when
 authentic, well-formed webhooks spend a workspace's quota (an unsigned flood is a cheap
 401 and cannot use up another tenant's budget), and before the publish, so a refused
 webhook never reaches the queue.
+
+``GET /healthz`` is liveness (200 while the process serves); ``GET /readyz`` is readiness:
+200 when the publisher is connected to RabbitMQ and the database answers, else 503
+naming what is not (``kernel.readiness``).
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shiftflow.kernel import readiness, storable
 from shiftflow.kernel.broker import max_lengths
 from shiftflow.kernel.contracts import Priority, Queue, TriggerPayload, execution_id_for
+from shiftflow.kernel.db import database
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import QueueFull, SignatureError, TransientError
 from shiftflow.kernel.quota import AsyncAdmission, AsyncRedisBuckets, Limit
@@ -96,8 +102,8 @@ LATENCY_BY_OUTCOME = {outcome: LATENCY.labels(outcome) for outcome in OUTCOMES}
 
 #: Seconds a sender should wait before retrying after a 503.
 RETRY_AFTER_SECONDS = 5
-#: Deepest JSON nesting accepted in a body (OWASP API4: cap depth, not only size).
-MAX_JSON_DEPTH = 64
+#: Deepest JSON nesting accepted in a body (``storable.MAX_JSON_DEPTH``).
+MAX_JSON_DEPTH = storable.MAX_JSON_DEPTH
 #: Threads that may publish at once. Separate from the default pool used by lookups, so
 #: publishes stuck on a hung broker (abandoned after the timeout) cannot starve lookups.
 PUBLISH_THREADS = 32
@@ -241,34 +247,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _unstorable(data: Any) -> str | None:
-    """Why PostgreSQL ``jsonb`` could not store ``data``, or None (an iterative walk)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"body nests deeper than {MAX_JSON_DEPTH} levels"
-        if isinstance(value, dict):
-            stack.extend((k, depth) for k in value)
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-        elif isinstance(value, str):
-            if "\x00" in value:
-                return "body contains \\u0000, which cannot be stored"
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return "body contains an unpaired UTF-16 surrogate, which cannot be stored"
-    return None
+class _OutOfRange(ValueError):
+    """A number literal Python reads as infinity (``1e999``): valid JSON, not storable."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise _OutOfRange("body " + storable.number_problem(f"{text[:40]}: beyond the range of a double"))
+    return value
 
 
 #: ``json.loads(..., parse_constant=...)`` builds a decoder per call; this one is made once.
-_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+#: Floats are checked as they are read (the C scanner calls ``parse_float`` per literal), so
+#: an overflowing number is caught even when the value walk below is skipped.
+_decode_json = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
 
 
 def _plainly_storable(body: bytes, encoding: str) -> bool:
-    """True when ``body`` cannot hold what ``_unstorable`` looks for, judged from its bytes.
+    """True when ``body`` cannot hold the text and nesting ``storable.unstorable`` looks for,
+    judged from its bytes (numbers are checked while parsing).
 
     Valid JSON puts no raw control character (NUL included) inside a string, so a NUL or
     a lone surrogate can only come from a ``\\u`` escape, or a surrogate from bytes that are
@@ -296,16 +294,37 @@ def _parse_object(body: bytes) -> dict[str, Any]:
             plain = False  # encoded surrogates, say: decode as before and walk the values
             text = body.decode(encoding, "surrogatepass")
         data = _decode_json(text)
+    except _OutOfRange as exc:
+        raise _Rejected(422, "invalid", str(exc)) from None
     except RecursionError:
         raise _Rejected(422, "invalid", f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _Rejected(422, "invalid", f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _Rejected(422, "invalid", "body must be a JSON object")
-    problem = None if plain else _unstorable(data)
+    problem = None if plain else storable.unstorable(data)
     if problem:
-        raise _Rejected(422, "invalid", problem)
+        raise _Rejected(422, "invalid", f"body {problem}")
     return data
+
+
+#: A ``/readyz`` check: a coroutine function returning None, or what is wrong.
+ReadyCheck = Callable[[], Awaitable[str | None]]
+#: Seconds a ``/readyz`` answer is reused: a flood of probes costs the database one query.
+READY_MEMO_SECONDS = 1.0
+
+
+def _publisher_check(publisher: ConfirmPublisher) -> ReadyCheck:
+    async def broker() -> str | None:
+        if publisher.connected:
+            return None
+        return f"not connected to RabbitMQ ({publisher.state}{': ' + publisher.last_error if publisher.last_error else ''})"
+
+    return broker
+
+
+async def _database_check() -> str | None:
+    return await anyio.to_thread.run_sync(readiness.database_problem, database, abandon_on_cancel=True)
 
 
 def _unavailable(reason: str, outcome: str = "unavailable") -> _Rejected:
@@ -330,6 +349,7 @@ def create_app(
     lookup: Callable[[str], HookInfo | None] | None = None,
     clock: Callable[[], float] = time.time,
     admission: AsyncAdmission | None = None,
+    ready_checks: Mapping[str, ReadyCheck] | None = None,
 ) -> Starlette:
     """Build the ingress application.
 
@@ -350,12 +370,16 @@ def create_app(
             in-process buckets, which the app's lifespan switches to Redis-shared ones when
             ``settings.redis_url`` is set. Defaults come from ``settings.quota_webhooks_*``,
             a workspace's own from its hook (``HookInfo.quota_rate``/``quota_burst``).
+        ready_checks: more ``/readyz`` checks by name (coroutine functions returning None
+            or what is wrong), beside the built-in ones: ``broker`` (the app's own
+            publisher is connected; real mode without ``publish``/``publish_async``) and
+            ``database`` (``SELECT 1``; when ``lookup`` is the database's).
 
     Returns:
-        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` and ``GET /openapi.json``
-        (``ingress_spec``). Metrics are not served here, on the public port, but on a
-        listener of their own (``kernel.metrics.serve_registry``, started by ``shiftflow
-        ingress`` on ``SHIFTFLOW_METRICS_HOST:SHIFTFLOW_INGRESS_METRICS_PORT``).
+        A Starlette app with ``POST /hooks/{token}``, ``GET /healthz`` (liveness), ``GET /readyz``
+        (readiness) and ``GET /openapi.json`` (``ingress_spec``). Metrics are not served here,
+        on the public port, but on a listener of their own (``kernel.metrics.serve_registry``,
+        started by ``shiftflow ingress`` on ``SHIFTFLOW_METRICS_HOST:SHIFTFLOW_INGRESS_METRICS_PORT``).
 
     Raises:
         ValueError: both ``publish`` and ``publish_async`` were given.
@@ -505,8 +529,33 @@ def create_app(
             WEBHOOKS_BY_OUTCOME[outcome].inc()
             LATENCY_BY_OUTCOME[outcome].observe(time.perf_counter() - started)
 
+    checks: dict[str, ReadyCheck] = {}
+    if publisher is not None:
+        checks["broker"] = _publisher_check(publisher)
+    if lookup is None:  # webhooks are looked up in the database: the ingress needs it
+        checks["database"] = _database_check
+    checks.update(ready_checks or {})
+    last_ready: list[Any] = [0.0, None]  # [monotonic time, (status, body)]
+    ready_lock = asyncio.Lock()
+
     async def healthz(request: Request) -> Response:
+        # Liveness only: the process serves HTTP. What it depends on is /readyz's business.
         return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> Response:
+        async with ready_lock:  # probes arriving together share one round of checks
+            if last_ready[1] is None or time.monotonic() - last_ready[0] >= READY_MEMO_SECONDS:
+                results: dict[str, str | None] = {}
+                for name, check in checks.items():
+                    try:
+                        async with asyncio.timeout(readiness.CHECK_TIMEOUT_SECONDS):
+                            results[name] = await check()
+                    except TimeoutError:
+                        results[name] = f"no answer within {readiness.CHECK_TIMEOUT_SECONDS:g} s"
+                last_ready[:] = [time.monotonic(), readiness.answer(results)]
+        status, body = last_ready[1]
+        headers = {"Retry-After": str(readiness.RETRY_AFTER_SECONDS)} if status == 503 else None
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(ingress_spec.DOCUMENT)
@@ -546,6 +595,7 @@ def create_app(
             # kept so that other methods get Starlette's 405 with an Allow header.
             Route("/hooks/{token}", _AsgiEndpoint(receive_hook), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},

@@ -1,9 +1,10 @@
 """The webhook ingress's OpenAPI document, served at ``GET /openapi.json``.
 
 It describes what senders and operators reach without an API key: ``POST /hooks/{token}``
-(one of three signature schemes, chosen by the webhook endpoint) and ``GET /healthz``.
-Prometheus metrics are on a listener of their own, not here. The management API has its
-own document at ``/api/v1/openapi.json``.
+(one of three signature schemes, chosen by the webhook endpoint), ``GET /healthz``
+(liveness) and ``GET /readyz`` (readiness: RabbitMQ and the database). Prometheus metrics
+are on a listener of their own, not here. The management API has its own document at
+``/api/v1/openapi.json``.
 A schemathesis test holds the ingress to this document (no 5xx, every status and body
 as written here).
 """
@@ -35,6 +36,10 @@ _REASONS = {
     503: "RabbitMQ (or the webhook store) is unreachable or did not confirm in time, or the trigger "
     "queue is full: retry after the Retry-After seconds; the same delivery id makes no second execution",
 }
+
+
+#: ``/readyz``'s checks by name (``broker``, ``database``): ``ok`` or what is wrong.
+_CHECKS = {"type": "object", "additionalProperties": {"type": "string"}}
 
 
 def _error(status: int) -> dict[str, Any]:
@@ -126,9 +131,44 @@ DOCUMENT: dict[str, Any] = {
         "/healthz": {
             "get": {
                 "operationId": "health",
-                "summary": "Liveness: the process serves HTTP",
+                "summary": "Liveness: the process serves HTTP (nothing it depends on is checked: see /readyz)",
                 "security": [],
                 "responses": {"200": {"description": "ok", "content": {"text/plain": {"schema": {"const": "ok"}}}}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "ready",
+                "summary": "Readiness: RabbitMQ (the publisher is connected) and the database answer now",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "ready: every check passed",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["status", "checks"],
+                                    "properties": {"status": {"const": "ready"}, "checks": _CHECKS},
+                                }
+                            }
+                        },
+                    },
+                    "503": {
+                        "description": "not ready: the error names each failed check (e.g. `broker: not "
+                        "connected to RabbitMQ (down: ...)`); webhooks would be answered 503 meanwhile",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["error", "checks"],
+                                    "properties": {"error": {"type": "string"}, "checks": _CHECKS},
+                                }
+                            }
+                        },
+                    },
+                },
             }
         },
     },

@@ -24,7 +24,7 @@ What it keeps from the one-at-a-time path:
   background task reconnects (exponential backoff with jitter). While the last attempt
   failed, publishes fail at once instead of waiting for their timeout.
 * **The same queue shape as Dramatiq**: the queues it publishes to are declared on every
-  connection exactly as the workers' broker (``kernel.broker.BoundedRabbitmqBroker``)
+  connection exactly as the workers' broker (``kernel.broker.ShiftflowRabbitmqBroker``)
   declares them (durable, dead-lettering to ``<queue>.XQ``, ``x-max-priority``, and the
   length limit of ``triggers``), with their ``.DQ`` and ``.XQ`` companions, so workers and
   publisher agree whichever starts first. Bodies are Dramatiq messages
@@ -247,6 +247,16 @@ class ConfirmPublisher:
     def connected(self) -> bool:
         """True while a channel in confirm mode is open."""
         return self._state == self._UP
+
+    @property
+    def state(self) -> str:
+        """``connecting``, ``up``, ``down`` (the last attempt failed: ``last_error``) or ``closed``."""
+        return self._state
+
+    @property
+    def last_error(self) -> str:
+        """Why the last connection attempt failed (empty while connected or never failed)."""
+        return self._last_error
 
     @property
     def unconfirmed(self) -> int:

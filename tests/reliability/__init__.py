@@ -6,8 +6,9 @@ The harness shared by the tests lives here:
   world; it records every call with the execution id, the step id and the time it was
   received, which the checker compares with the step's ``completed_at``.
 * ``WorkerPool``: ``shiftflow workers`` as a subprocess in its own session, so the whole
-  pool (the dramatiq master, its worker processes and its timer fork) can be SIGKILLed
-  at once, and restarted the way a supervisor (systemd ``Restart=always``) would.
+  pool (its supervisor, worker processes and forks) can be SIGKILLed at once, and
+  restarted the way systemd ``Restart=always`` would. A worker process that dies alone is
+  replaced by the pool's supervisor (``deaths`` lists their exit codes).
 * ``Publisher``: confirmed publishes of ``triggers.start`` from the test process; a key is
   *accepted* only once RabbitMQ confirmed it.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,8 +111,8 @@ class OutsideService:
 class WorkerPool:
     """``shiftflow workers`` in its own process group, killable and restartable.
 
-    Dramatiq 2.2's master does not restart a worker process that died: it stops the
-    others and exits with the dead one's code. ``supervised`` plays the supervisor.
+    The pool's supervisor replaces a worker process that died (``deaths``) and keeps
+    running; ``supervised`` restarts the whole pool should the supervisor itself exit.
     """
 
     def __init__(
@@ -226,6 +228,12 @@ class WorkerPool:
                 with_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         with_group(self.proc.pid, signal.SIGKILL)  # forks left behind by a killed master
+
+    def deaths(self) -> list[int]:
+        """Exit codes of the worker processes that died and were replaced by the pool's
+        supervisor, then those of the pool itself (its own exits), in order."""
+        codes = re.findall(r"worker process \d+ \(pid \d+\) exited with code (-?\d+)", self.logs())
+        return [int(code) for code in codes] + self.exits
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the current start's log."""
@@ -473,16 +481,16 @@ def run_beside_poison(
         publish(0, 5, 0)
         assert rig.publisher.trigger(poison, poison_key, {"n": 1})
         sender = threading.Thread(target=publish, args=(5, 30, 0.2))
-        sender.start()  # the steady workflow keeps arriving while the poison kills the pool
+        sender.start()  # the steady workflow keeps arriving while the poison kills its process
         found = wait_until(quarantined, timeout=150, interval=0.2)
         sender.join(60)
-        # After the quarantine new work still completes, and the pool stays up: the exit
-        # of a death just before the quarantine may still be reaped meanwhile, none after.
+        # After the quarantine new work still completes, and no process dies any more: the
+        # death just before the quarantine may still be reported meanwhile, none after.
         publish(35, 5, 0)
         wait_terminal(rig.pg_url, keys, pool)
         wait_until(pool.ready, timeout=30)
-        settled = list(pool.exits)
+        settled = pool.deaths()
         time.sleep(3)
         assert pool.poll() is None, f"the pool died after the quarantine:\n{pool.log_tail()}"
-        assert pool.exits == settled
+        assert pool.deaths() == settled
     return keys, found

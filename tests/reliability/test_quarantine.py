@@ -2,12 +2,11 @@
 
 The poison is a real process death: the failpoint ``step.before_work:boom=exit`` makes the
 worker ``os._exit(137)`` every time it starts step ``boom``, after the delivery was
-counted in PostgreSQL. Dramatiq 2.2's master does not replace a dead worker process (it
-stops the pool and exits with the dead worker's code), so the test supervises the pool
-the way systemd ``Restart=always`` would.
+counted in PostgreSQL. The pool's supervisor replaces the dead process (the test would
+also restart the whole pool, as systemd ``Restart=always`` does, should it exit).
 
-``test_poison_message_is_quarantined``: with a delivery limit of 3 the pool dies three
-times; the fourth delivery marks ``boom`` FAILED ("quarantined ...") and its execution
+``test_poison_message_is_quarantined``: with a delivery limit of 3 a worker process dies
+three times; the fourth delivery marks ``boom`` FAILED ("quarantined ...") and its execution
 FAILED with that reason, acks the message, and the pool stays up. Executions of another
 workflow, published before, during and after, all complete once.
 
@@ -103,13 +102,13 @@ def test_poison_message_is_quarantined(rig: Rig) -> None:
     )
     report = check(rig.pg_url, [*keys, "poison-1"], rig.service.recorded())
     print(
-        f"\npool exits={pool.exits} boot_seconds={pool.boot_seconds} quarantined={quarantined}\n{report.summary()}"
+        f"\nprocess deaths={pool.deaths()} boot_seconds={pool.boot_seconds} quarantined={quarantined}\n{report.summary()}"
     )
 
     # Each of the first LIMIT deliveries killed a worker process; a second process of the
     # pool may take the requeued poison before the master notices the first death, so
     # one pool exit can stand for two deaths.
-    assert 1 <= len(pool.exits) <= LIMIT and set(pool.exits) == {137}, pool.exits
+    assert 1 <= len(pool.deaths()) <= LIMIT and set(pool.deaths()) == {137}, pool.deaths()
     assert quarantined["attempts"] == LIMIT + 1
     assert "quarantined" in quarantined["error"] and f"limit {LIMIT}" in quarantined["error"]
     assert quarantined["execution_status"] == "FAILED"
@@ -156,7 +155,7 @@ def test_poison_does_not_quarantine_its_neighbours(
             assert rig.publisher.trigger(poison, "poison-1", {"n": 1})
             wait_terminal(pg_url, ["poison-1", "innocent-1"], pool, stall=120)
         boom, slow = _step(pg_url, "poison-1", "boom"), _step(pg_url, "innocent-1", "slow")
-        print(f"\npool exits={pool.exits}\nboom={boom}\nslow={slow}")
+        print(f"\nprocess deaths={pool.deaths()}\nboom={boom}\nslow={slow}")
 
     assert boom is not None and slow is not None
     assert boom["status"] == "FAILED" and "quarantined" in boom["error"]

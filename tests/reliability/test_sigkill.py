@@ -152,11 +152,11 @@ def test_failpoint_windows(rig: Rig, tmp_path: Path) -> None:
             assert rig.publisher.trigger(workflow, f"f-{n:03d}", {"n": n})
         wait_terminal(rig.pg_url, rig.publisher.accepted, pool, stall=60)
     report = check(rig.pg_url, rig.publisher.accepted, rig.service.recorded())
-    print(f"\npool exits={pool.exits} boot_seconds={pool.boot_seconds} {report.summary()}")
+    print(f"\nprocess deaths={pool.deaths()} boot_seconds={pool.boot_seconds} {report.summary()}")
 
     fired = sorted(p.name for p in marks.iterdir())
     assert fired == sorted("failpoint-" + p.replace(":", "_") for p in points)
-    assert pool.exits and all(code == 137 for code in pool.exits), pool.exits
+    assert pool.deaths() and all(code == 137 for code in pool.deaths()), pool.deaths()
     assert report.counts == {"completed_once": total, "lost": 0, "duplicated": 0, "unexpected": 0}, (
         report.problems()
     )

@@ -5,9 +5,9 @@ The poison is a real process death before the execution exists: the failpoint
 ``trigger.before_start:poison-t=exit`` makes the worker ``os._exit(137)`` every time it
 starts the trigger with that dedup key. Steps count their deliveries on their row; a
 trigger has none yet, so it counts redeliveries in ``trigger_delivery``
-(``models.triggerwork``). Without that, the poison would kill the pool forever.
+(``models.triggerwork``). Without that, the poison would kill its worker process forever.
 
-``test_poison_trigger_is_quarantined``: the pool dies at most LIMIT times, then the
+``test_poison_trigger_is_quarantined``: a worker process dies at most LIMIT times, then the
 trigger is stored as a dead letter with the reason and acknowledged; no execution exists
 for it; other triggers published before, during and after all complete once; the pool
 stays up.
@@ -89,11 +89,11 @@ def test_poison_trigger_is_quarantined(rig: Rig) -> None:
     pool.wait_ready()
     keys, letter = run_beside_poison(rig, pool, steady, poison, "poison-t", lambda: _dead_letter(rig.pg_url, "poison-t"))
     report = check(rig.pg_url, keys, rig.service.recorded())
-    print(f"\npool exits={pool.exits} letter={letter}\n{report.summary()}")
+    print(f"\nprocess deaths={pool.deaths()} letter={letter}\n{report.summary()}")
 
     # Every delivery before the quarantine killed a worker process (one pool exit may
     # stand for two deaths, when the second process took the requeued poison first).
-    assert 1 <= len(pool.exits) <= LIMIT and set(pool.exits) == {137}, pool.exits
+    assert 1 <= len(pool.deaths()) <= LIMIT and set(pool.deaths()) == {137}, pool.deaths()
     actor, error = letter
     assert actor == "triggers.start"
     assert error == f"quarantined: trigger delivered {LIMIT + 1} times without finishing (limit {LIMIT})"
@@ -125,7 +125,7 @@ def test_poison_trigger_does_not_quarantine_its_neighbour(
             assert rig.publisher.trigger(poison, "poison-t", {"n": 1})
             wait_terminal(pg_url, ["innocent"], pool, stall=120)
             letter = wait_until(lambda: _dead_letter(pg_url, "poison-t"), timeout=120, interval=0.2)
-        print(f"\npool exits={pool.exits} letter={letter}")
+        print(f"\nprocess deaths={pool.deaths()} letter={letter}")
 
     assert _query(pg_url, "SELECT status FROM execution WHERE dedup_key = 'innocent'") == [("SUCCEEDED",)]
     assert _deliveries(pg_url, "innocent") == 2, "the innocent trigger was charged more than the one shared death"

@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
+from shiftflow.kernel.storable import unstorable
 from shiftflow.models import apikeys, paging
 from shiftflow.models.access import MATRIX, PERMISSIONS, READ, ROLES, Principal, parse_role, parse_scopes
-from shiftflow.models.plain import parse_time, stamp, unstorable
+from shiftflow.models.plain import parse_time, stamp
 from shiftflow.models.problems import Forbidden, InvalidInput
 from shiftflow.producers import api, api_spec
 

@@ -281,6 +281,12 @@ def test_content_type_checked_before_size() -> None:
         (b"[1, 2]", "body must be a JSON object"),
         (b'"text"', "body must be a JSON object"),
         (b'{"x": NaN}', "body is not valid JSON"),
+        # Numbers Python reads as infinity: PostgreSQL's jsonb has no infinity.
+        (b'{"x": 1e999}', "body contains a number PostgreSQL cannot store"),
+        (b'{"x": [-1E400]}', "body contains a number PostgreSQL cannot store"),
+        (b'{"x": 1.8e308}', "body contains a number PostgreSQL cannot store"),
+        # More digits than Python turns into an integer.
+        (b'{"x": ' + b"9" * 4301 + b"}", "body is not valid JSON"),
         (b'{"x": "a\\u0000b"}', "body contains \\u0000"),
         (b'{"x\\u0000": 1}', "body contains \\u0000"),
         (b'{"x": "\\ud800"}', "body contains an unpaired UTF-16 surrogate"),
@@ -301,6 +307,16 @@ def test_invalid_json_is_422_after_signature(body: bytes, reason: str) -> None:
 def test_nesting_at_the_cap_is_accepted() -> None:
     body = b'{"x": ' + b"[" * 63 + b"]" * 63 + b"}"
     assert post(client(FakePublish()), "std", body).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"1.7976931348623157e308", b"-1e308", b"5e-324", b"1e-400", b"9" * 4300, b"-" + b"9" * 4300, b"-0.0"],
+)
+def test_numbers_at_the_limits_that_can_be_stored_are_accepted(number: bytes) -> None:
+    publish = FakePublish()
+    assert post(client(publish), "std", b'{"x": ' + number + b"}").status_code == 202
+    assert len(publish.calls) == 1
 
 
 @pytest.mark.parametrize(
@@ -381,6 +397,58 @@ def test_metrics_are_not_served_on_the_public_port() -> None:
     """Issue 11, finding 9: anyone reaching the webhook port could read /metrics."""
     r = client(FakePublish()).get("/metrics")
     assert r.status_code == 404, r.text
+
+
+def test_readyz_names_what_is_not_ready_while_healthz_stays_200(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shiftflow.kernel import readiness
+    from shiftflow.producers import ingress
+
+    monkeypatch.setattr(ingress, "READY_MEMO_SECONDS", 0.0)
+    monkeypatch.setattr(readiness, "CHECK_TIMEOUT_SECONDS", 0.2)
+    problems: dict[str, str | None] = {"broker": None, "database": None}
+    slow = threading.Event()
+
+    async def broker() -> str | None:
+        return problems["broker"]
+
+    async def database() -> str | None:
+        if slow.is_set():
+            await anyio.sleep(5)
+        return problems["database"]
+
+    app = create_app(SETTINGS, publish=FakePublish(), lookup=HOOKS.get, clock=lambda: NOW,
+                     ready_checks={"broker": broker, "database": database})
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 200 and r.json() == {"status": "ready", "checks": {"broker": "ok", "database": "ok"}}
+        problems["broker"] = "not connected to RabbitMQ (down: ConnectionRefusedError)"
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert r.json() == {
+            "error": "not ready: broker: not connected to RabbitMQ (down: ConnectionRefusedError)",
+            "checks": {"broker": "not connected to RabbitMQ (down: ConnectionRefusedError)", "database": "ok"},
+        }
+        assert c.get("/healthz").status_code == 200
+        problems["broker"] = None
+        slow.set()  # a check that does not answer in time is a failed check
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["database"] == "no answer within 0.2 s"
+
+
+def test_readyz_answers_a_burst_of_probes_with_one_round_of_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shiftflow.producers import ingress
+
+    monkeypatch.setattr(ingress, "READY_MEMO_SECONDS", 60.0)  # the burst fits in it however slow the machine
+    calls = []
+
+    async def database() -> str | None:
+        calls.append(1)
+        return None
+
+    app = create_app(SETTINGS, publish=FakePublish(), lookup=HOOKS.get, ready_checks={"database": database})
+    with TestClient(app) as c:
+        assert all(c.get("/readyz").status_code == 200 for _ in range(20))
+    assert len(calls) == 1
 
 
 def test_metrics_exposes_counter_and_histogram() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from shiftflow.kernel.errors import SignatureError
 from shiftflow.kernel.signatures import (
+    MAX_DELIVERY_ID,
     generate_secret,
     sign_github,
     sign_standard,
@@ -264,6 +265,27 @@ def test_dispatcher_with_signed_headers(scheme: str, secret: str, expected: str)
     headers = signed_headers(scheme, secret, BODY, NOW, "d-9")
     assert headers["content-type"] == "application/json"
     assert verify(scheme, [secret], headers, BODY, NOW, TOL) == expected
+
+
+@pytest.mark.parametrize(("scheme", "secret"), [
+    ("standard", STD_SECRET), ("stripe", STRIPE_SECRET), ("github", RAW_SECRET),
+])  # fmt: skip
+def test_every_accepted_delivery_id_fits_the_dedup_key_column(scheme: str, secret: str) -> None:
+    """``<scheme>:<delivery id>`` is the execution's dedup key: one that does not fit its column
+    would be answered 202 and then fail to insert."""
+    from shiftflow.models.executions import Execution
+
+    column = Execution.dedup_key.max_length
+    for length in (MAX_DELIVERY_ID, MAX_DELIVERY_ID + 1, column):
+        delivery = "d" * length
+        body = json.dumps({"id": delivery}).encode() if scheme == "stripe" else BODY
+        try:
+            key = verify(scheme, [secret], signed_headers(scheme, secret, body, NOW, delivery), body, NOW, TOL)
+        except SignatureError as exc:
+            assert length > MAX_DELIVERY_ID and "malformed" in str(exc)
+            continue
+        assert len(f"{scheme}:{key}") <= column, (scheme, length)
+        assert key == delivery or (scheme == "stripe" and length > MAX_DELIVERY_ID)  # else the body hash
 
 
 def test_dispatcher_unknown_scheme() -> None:
