@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -217,23 +218,36 @@ def run(settings: Settings) -> None:
         key = _dev_key(settings.data_dir)
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
         cli = f".venv/bin/shiftflow --dev-dir {settings.data_dir}"
-        print("\nTrigger the example workflow with a signed webhook:\n")
-        print("  " + curl_command(f"{base}/hooks/{hook.token}", webhook_secrets.reveal(hook)[0],
-                                  '{"amount": 42, "customer": "ada"}'))
-        print("\nThen show the finished execution, its steps and their log documents:\n")
-        print(f"  {cli} executions show --latest\n")
-        print(f"Workspace: dev (slug `dev`). A local echo service answers POSTs at {echo_url}")
-        print("(HTTP steps in dev mode can reach it; the scheduler and timers run in this process too).")
-        print(f"Management API: {base}/api/v1 (OpenAPI at {base}/api/v1/openapi.json)")
-        print(f"  API key of the dev owner: {key}  (kept in {os.path.join(settings.data_dir, DEV_KEY_FILE)})")
-        print(f"  curl -H 'Authorization: Bearer {key}' {base}/api/v1/workflows")
         metrics_port = settings.ingress_metrics_port
         metrics_port = metrics_port if metrics_port and _port_free(metrics_port) else _free_port()
         metrics = serve_registry("127.0.0.1", metrics_port)
-        print(f"Metrics: http://127.0.0.1:{metrics_port}/metrics    Stop: Ctrl-C\n", flush=True)
+        banner = "\n".join([
+            "\nTrigger the example workflow with a signed webhook:\n",
+            "  " + curl_command(f"{base}/hooks/{hook.token}", webhook_secrets.reveal(hook)[0],
+                                '{"amount": 42, "customer": "ada"}'),
+            "\nThen show the finished execution, its steps and their log documents:\n",
+            f"  {cli} executions show --latest\n",
+            f"Workspace: dev (slug `dev`). A local echo service answers POSTs at {echo_url}",
+            "(HTTP steps in dev mode can reach it; the scheduler and timers run in this process too).",
+            f"Management API: {base}/api/v1 (OpenAPI at {base}/api/v1/openapi.json)",
+            f"  API key of the dev owner: {key}  (kept in {os.path.join(settings.data_dir, DEV_KEY_FILE)})",
+            f"  curl -H 'Authorization: Bearer {key}' {base}/api/v1/workflows",
+            f"Metrics: http://127.0.0.1:{metrics_port}/metrics    Stop: Ctrl-C\n",
+        ])
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.ingress_host,
+                                               port=settings.ingress_port, log_level="warning"))
+
+        def announce() -> None:
+            # The commands are printed once the server listens: a person (or a script)
+            # who runs the printed curl at once must not be refused.
+            while not server.started and not server.should_exit:
+                time.sleep(0.05)
+            if server.started:
+                print(banner, flush=True)
+
+        threading.Thread(target=announce, name="dev-banner", daemon=True).start()
         try:
-            uvicorn.run(create_app(settings), host=settings.ingress_host, port=settings.ingress_port,
-                        log_level="warning")
+            server.run()
         finally:
             stop_timers.set()
             scheduler.join(timeout=10)
