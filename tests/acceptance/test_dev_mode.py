@@ -42,7 +42,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Any:
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         banner = wait_until(lambda: "Stop: Ctrl-C" in (text := (tmp_path / "dev.log").read_text()) and text,
-                            timeout=60, message="dev mode did not start")
+                            timeout=120, message="dev mode did not start")
         yield {"banner": banner, "port": port, "data": started_in / ".shiftflow-dev", "elsewhere": tmp_path,
                "log": tmp_path / "dev.log"}
     finally:
