@@ -195,6 +195,14 @@ class Settings:
     prefetch: int = 256
     #: SHIFTFLOW_DELIVERY_LIMIT: deliveries of one step message before it is quarantined
     delivery_limit: int = 5
+    #: SHIFTFLOW_CLAIM_LEASE_SECONDS: how long a step's claim holds without its process
+    #: renewing it (renewed every third of it); a copy of the step's message takes the step
+    #: over, and the timer loop re-publishes it, only once the lease ran out or the holder's
+    #: process is provably gone
+    claim_lease_seconds: float = 30.0
+    #: SHIFTFLOW_STORE_RETRY_SECONDS: how long a worker that holds a step keeps retrying a
+    #: write PostgreSQL refused because it was unreachable (an outage is waited out, not failed)
+    store_retry_seconds: float = 600.0
     #: SHIFTFLOW_HTTP_TIMEOUT_SECONDS: default connect+read timeout of outbound HTTP tools
     http_timeout_seconds: float = 10.0
     #: SHIFTFLOW_HTTP_ALLOW_PRIVATE: let HTTP tools reach loopback/private addresses (dev, tests)
@@ -300,6 +308,8 @@ class Settings:
             publish_timeout_seconds=_float(env, "PUBLISH_TIMEOUT_SECONDS", 5.0, 0.1, 120.0),
             prefetch=_int(env, "PREFETCH", 256, 1, 2_000),
             delivery_limit=_int(env, "DELIVERY_LIMIT", 5, 1, 1_000),
+            claim_lease_seconds=_float(env, "CLAIM_LEASE_SECONDS", 30.0, 1.0, 3_600.0),
+            store_retry_seconds=_float(env, "STORE_RETRY_SECONDS", 600.0, 0.0, 86_400.0),
             http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 10.0, 0.1, 600.0),
             http_allow_private=allow_private == "true",
             log_batch_size=_int(env, "LOG_BATCH_SIZE", 200, 1, 10_000),
