@@ -24,7 +24,7 @@ from shiftflow.models.problems import InvalidInput
 GC_YOUNG_THRESHOLD = 10_000
 
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler", "sideshift", "keys", "ops", "secrets")
+COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler", "sideshift", "keys", "ops", "secrets", "effects")
 
 
 def _read_env_file(path: str) -> dict[str, str]:
