@@ -20,6 +20,9 @@ The ownership rule (the ``claimed_by`` and ``lease_until`` columns of ``step_exe
 * A holder that leaves a step RUNNING (an error it could not record) releases it:
   ``claimed_by`` is cleared, so the next copy takes it over at once.
 
+Leases are stamped and judged with each worker host's clock: the hosts' clocks must
+agree to well within a lease (NTP does).
+
 Writes a holder must make (its ledger entries, its result) are retried while the
 database is unreachable (``until_stored``), for up to ``SHIFTFLOW_STORE_RETRY_SECONDS``:
 an outage of the store is waited out, never turned into a failure or a timeout.

@@ -90,11 +90,11 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
         inputs, stored, scrub = rendered.call, rendered.stored, rendered.scrub
         if step.type in WAITING_TYPES:
             return waits.begin(claim, inputs)
-        # The holder's own deadline: past it (a call stuck beyond its timeout) the lease
-        # is no longer renewed and the step goes to whoever comes next.
-        holders.set_deadline(token, step.timeout + leases.lease_seconds() if step.timeout else None)
         if step.type in HANDLERS:
             return HANDLERS[step.type](claim, inputs, stored)
+        # The holder's own deadline for its call: past it (a call stuck beyond its timeout)
+        # the lease is no longer renewed and the step goes to whoever comes next.
+        holders.set_deadline(token, step.timeout + leases.lease_seconds() if step.timeout else None)
         # An outside service may echo a secret it was sent: scrub before anything stores it
         # (the effect ledger's result included).
         if step.effect == "once":
