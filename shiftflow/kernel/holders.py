@@ -144,11 +144,11 @@ def state_of(token: str | None) -> Holder:
     if process == me.key:
         with _lock:
             return Holder.HERE if token in _held else Holder.GONE
-    host, _, rest = process.rpartition(":")  # host:pid, started
-    host, _, pid_text = host.rpartition(":")
+    host_and_pid, _, started = process.rpartition(":")  # "<host>:<pid>", "<start>"
+    host, _, pid_text = host_and_pid.rpartition(":")
     if host != me.host or not pid_text.isdigit():
         return Holder.UNKNOWN
-    pid, started = int(pid_text), rest
+    pid = int(pid_text)
     if not _pid_exists(pid):
         return Holder.GONE
     now_started = _start_time(pid)
