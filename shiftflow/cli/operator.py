@@ -43,6 +43,10 @@ FLAGS = {
     "user": "--user",
     "status": "--status",
     "execution": "EXECUTION",
+    "result": "--result",
+    "reason": "--reason",
+    "state": "--state",
+    "outcome": "--done/--failed/--retry",
 }
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhd])$")

@@ -15,6 +15,7 @@ from typing import Any
 
 from dramatiq.middleware import Middleware
 
+from shiftflow.kernel import holders
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.enqueue import send_all
@@ -22,6 +23,7 @@ from shiftflow.kernel.settings import Settings
 from shiftflow.models import trigger_deliveries
 from shiftflow.models.base import utcnow
 from shiftflow.models.flow import rollup_stats
+from shiftflow.models.leases import UNREACHABLE
 from shiftflow.models.waits import resume_due
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,18 @@ PURGE_EVERY_SECONDS = 3600.0
 
 
 def tick() -> int:
-    """Fire what is due once; return how many messages were published."""
-    with database.connection_context():
-        outgoing = resume_due()
+    """Fire what is due once; return how many messages were published.
+
+    Whether the database answered is noted (``holders.STORE``): after an outage the loop
+    waits a whole claim lease before it re-publishes steps whose lease ran out.
+    """
+    try:
+        with database.connection_context():
+            outgoing = resume_due()
+    except UNREACHABLE:
+        holders.STORE.failed()
+        raise
+    holders.STORE.ok()
     send_all(outgoing)
     return len(outgoing)
 

@@ -210,6 +210,14 @@ class Settings:
     quota_max_queued_executions: int = 1000
     #: SHIFTFLOW_DELIVERY_LIMIT: deliveries of one step message before it is quarantined
     delivery_limit: int = 5
+    #: SHIFTFLOW_CLAIM_LEASE_SECONDS: how long a step's claim holds without its process
+    #: renewing it (renewed every third of it); a copy of the step's message takes the step
+    #: over, and the timer loop re-publishes it, only once the lease ran out or the holder's
+    #: process is provably gone
+    claim_lease_seconds: float = 30.0
+    #: SHIFTFLOW_STORE_RETRY_SECONDS: how long a worker that holds a step keeps retrying a
+    #: write PostgreSQL refused because it was unreachable (an outage is waited out, not failed)
+    store_retry_seconds: float = 600.0
     #: SHIFTFLOW_HTTP_TIMEOUT_SECONDS: default deadline of an outbound HTTP call (all of it, not per read)
     http_timeout_seconds: float = 10.0
     #: SHIFTFLOW_HTTP_ALLOW_PRIVATE: let HTTP tools reach loopback/private addresses (dev, tests)
@@ -328,6 +336,8 @@ class Settings:
             quota_runs_burst=_int(env, "QUOTA_RUNS_BURST", 50, 1, 10_000_000),
             quota_max_queued_executions=_int(env, "QUOTA_MAX_QUEUED_EXECUTIONS", 1000, 0, 100_000_000),
             delivery_limit=_int(env, "DELIVERY_LIMIT", 5, 1, 1_000),
+            claim_lease_seconds=_float(env, "CLAIM_LEASE_SECONDS", 30.0, 1.0, 3_600.0),
+            store_retry_seconds=_float(env, "STORE_RETRY_SECONDS", 600.0, 0.0, 86_400.0),
             http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 10.0, 0.1, 600.0),
             http_allow_private=allow_private == "true",
             step_max_input_bytes=_int(env, "STEP_MAX_INPUT_BYTES", 1_048_576, 1_024, 64 * 1_048_576),

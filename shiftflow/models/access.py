@@ -5,7 +5,8 @@ and the API key's *scopes* include it. Roles (seed 003 ``WorkspaceMember.role``)
 
 =======  ==================================================================
 OWNER    everything, including deleting the workspace and transferring ownership
-ADMIN    everything but ``workspace:delete`` and ``workspace:transfer``
+ADMIN    everything but ``workspace:delete`` and ``workspace:transfer`` (so also
+         ``effects:settle``: deciding what became of an outside call)
 MEMBER   read everything but keys of others and the audit log; write workflows
          and executions; create, list and revoke their own API keys
 VIEWER   read only (no audit log, no API keys: listing even their own needs keys:self)
@@ -49,6 +50,7 @@ PERMISSIONS: tuple[str, ...] = (
     "executions:write",
     "dead_letters:read",
     "dead_letters:replay",
+    "effects:settle",
     "audit:read",
     "templates:read",
 )

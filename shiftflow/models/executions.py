@@ -124,9 +124,15 @@ class StepExecution(BaseModel):
     error = peewee.TextField(null=True)
     attempts = peewee.IntegerField(default=0)
     retry_count = peewee.IntegerField(default=0)
-    #: The message id of the delivery running the step: a different message for the same
-    #: step (a duplicate publish) is dropped, the same message (a redelivery) takes over.
-    claimed_by = peewee.CharField(max_length=64, null=True)
+    #: Who holds a RUNNING step: ``<host>/<pid namespace>:<pid>:<process start>#<claim>``
+    #: (``kernel.holders``), or None when nobody does (released, or orphaned and
+    #: re-published). A copy of the step's message takes the step over only once its
+    #: holder is provably gone (``models.leases``).
+    claimed_by = peewee.CharField(max_length=128, null=True)
+    #: Until when the holder's claim is good: renewed by its process while it works
+    #: (``models.leases``). A RUNNING step whose lease ran out is re-published by the
+    #: timer loop, so a step whose holder died is resumed even when no message is left.
+    lease_until = peewee.DateTimeField(null=True)
     #: Durable timers: when a WAITING step resumes (a wait, or an event/approval timeout) or
     #: a PENDING step is re-published (retry backoff). The timer loop reads a partial index
     #: of the rows that have one.
@@ -190,3 +196,6 @@ StepExecution.add_index(StepExecution.index(StepExecution.status, StepExecution.
 StepExecution.add_index(StepExecution.index(StepExecution.status, StepExecution.timeout_at,
                                             where=peewee.SQL("timeout_at IS NOT NULL"),
                                             name="idx_step_execution_timeout"))
+# The timer loop's sweep of claims whose lease ran out (migration 0010): only RUNNING rows.
+StepExecution.add_index(StepExecution.index(StepExecution.lease_until, where=peewee.SQL("status = 'RUNNING'"),
+                                            name="idx_step_execution_lease"))

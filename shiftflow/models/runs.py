@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from shiftflow.kernel import metrics
+from shiftflow.kernel import holders, metrics
 from shiftflow.kernel.contracts import (
     FOLLOW_ON_BOOST,
     Priority,
@@ -37,7 +37,7 @@ from shiftflow.kernel.expressions import render
 from shiftflow.kernel.settings import get_settings
 from shiftflow.kernel.sizes import SizeLimitExceeded, json_size
 from shiftflow.kernel.steps import TERMINAL, StepState, plan
-from shiftflow.models import compiled, logs, secrets
+from shiftflow.models import compiled, leases, logs, secrets
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.workflows import Workflow, WorkflowVersion
@@ -65,6 +65,8 @@ class Claim:
     definition: Definition
     outgoing: list[Outgoing] = field(default_factory=list)
     reason: str = ""
+    #: The claiming thread's holder token (``kernel.holders``), when it claimed the step.
+    token: str = ""
 
 
 @contextmanager
@@ -408,16 +410,19 @@ def begin_running(execution: Execution, definition: Definition) -> list[Outgoing
     return advance(execution, definition, first=True)
 
 
-def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | None = None) -> Claim:
+def claim_step(payload: StepPayload, *, delivery_limit: int, token: str | None = None) -> Claim:
     """Count this delivery and mark the step RUNNING, unless it is finished or held elsewhere.
 
     The attempt count is committed before any work, so a message that kills its
     process is quarantined after ``delivery_limit`` deliveries instead of looping.
 
-    ``message_id`` identifies the delivery: RabbitMQ redelivers a message with the same
-    id (after a crash), so the same id takes a RUNNING step over, while another id for
-    a RUNNING step is a duplicate publish and is dropped.
+    ``token`` identifies the claiming thread (``kernel.holders``; the caller holds it
+    while it works). A RUNNING step is taken over only when its holder is provably gone
+    (``leases.holder_gone``): any other copy of its message, whatever its message id, is
+    dropped while the holder lives. Without a token the claim is held by nobody (as if
+    its thread died at once).
     """
+    token = token or holders.new_token()
     with transaction():
         execution = lock_execution(payload.execution_id)
         definition = load_definition(execution.workflow_id, execution.workflow_version)
@@ -430,11 +435,15 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | N
             # Finished, waiting, or backing off: a redelivery only re-publishes what follows.
             metrics.STEPS.labels(step.step_type, "already_done").inc()
             return Claim(None, execution, definition, pending_messages(execution, definition), step.status.lower())
-        if step.status == "RUNNING" and message_id and step.claimed_by and step.claimed_by != message_id:
-            metrics.STEPS.labels(step.step_type, "duplicate").inc()
-            return Claim(None, execution, definition, [], "running under another message")
+        now = utcnow()
+        if step.status == "RUNNING" and not leases.holder_gone(step, now):
+            # A copy while its holder lives: the holder records the outcome and publishes
+            # what follows; should it die first, its lease runs out and the timer loop
+            # re-publishes the step.
+            metrics.STEPS.labels(step.step_type, "held").inc()
+            return Claim(None, execution, definition, [], "held by a live holder")
         if execution.status in TERMINAL:
-            step.status, step.completed_at = "CANCELLED", utcnow()
+            step.status, step.completed_at = "CANCELLED", now
             step.save()
             return Claim(None, execution, definition, [], f"execution is {execution.status}")
         step.attempts += 1
@@ -448,23 +457,24 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, message_id: str | N
             outgoing = record_step(execution, definition, step, "FAILED", error=reason, from_status=("PENDING",
                                                                                                      "RUNNING"))
             return Claim(None, execution, definition, outgoing, reason)
-        step.status, step.claimed_by = "RUNNING", message_id
-        now = utcnow()
+        step.status, step.claimed_by, step.lease_until = "RUNNING", token, leases.lease_from(now)
         step.started_at = step.started_at or now
-        timeout = definition.step(step.step_id).timeout
-        step.timeout_at = now + dt.timedelta(seconds=timeout + 5) if timeout else None
+        # The holder keeps its own deadline (its call's timeout; ``leases``): no timer-loop timeout.
+        step.timeout_at = None
         compiled.update_where(StepExecution, {"status": step.status, "claimed_by": step.claimed_by,
-                                              "started_at": step.started_at, "timeout_at": step.timeout_at,
-                                              "attempts": step.attempts}, id=step.id)
+                                              "lease_until": step.lease_until, "started_at": step.started_at,
+                                              "timeout_at": None, "attempts": step.attempts}, id=step.id)
         logs.execution_log(execution, f"step {step.step_id} started", step_id=step.step_id,
                            metadata={"attempt": step.attempts, "iteration": step.iteration})
-    return Claim(step, execution, definition)
+    return Claim(step, execution, definition, token=token)
 
 
-def was_running(payload: StepPayload) -> bool:
-    """True when the step of ``payload`` is RUNNING (its last delivery died mid-work)."""
-    return bool(compiled.select_where(StepExecution, execution=payload.execution_id, step_id=payload.step_id,
-                                      iteration=payload.iteration, status="RUNNING"))
+def orphaned(payload: StepPayload) -> bool:
+    """True when the step of ``payload`` is RUNNING and its holder is provably gone (its
+    last delivery died mid-work)."""
+    found = compiled.select_where(StepExecution, execution=payload.execution_id, step_id=payload.step_id,
+                                  iteration=payload.iteration, status="RUNNING")
+    return bool(found) and leases.holder_gone(found[0])
 
 
 def complete_step(claim: Claim, output: Any, stored_input: Any = None) -> list[Outgoing]:

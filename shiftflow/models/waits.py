@@ -16,7 +16,7 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound, PermanentError
-from shiftflow.models import logs, runs
+from shiftflow.models import leases, logs, runs
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.workflows import Workflow
@@ -207,10 +207,14 @@ def resume_due(limit: int = 500) -> list[Outgoing]:
             outgoing += _resume(step, "SUCCEEDED", output={"resumed_at": now.isoformat()})
         else:
             outgoing += _time_out(step)
-    late = _due(StepExecution.select().where((StepExecution.status == "RUNNING") & (StepExecution.timeout_at <= now)),
-                limit)
+    # A RUNNING step's holder keeps its own deadline and a lease (``leases``): a step is
+    # taken from it only once the lease ran out, never because the database was down.
+    # Only claims of an older version (no lease) are timed out here.
+    late = _due(StepExecution.select().where((StepExecution.status == "RUNNING") & (StepExecution.timeout_at <= now)
+                                             & StepExecution.lease_until.is_null()), limit)
     for step in late:
         outgoing += _time_out(step)
+    outgoing += _resume_orphans(now, limit)
     for execution in _due(Execution.select().where(Execution.status.in_(("RUNNING", "PENDING"))
                                                    & (Execution.deadline_at <= now)), limit):
         with runs.transaction():
@@ -218,6 +222,27 @@ def resume_due(limit: int = 500) -> list[Outgoing]:
             definition = runs.load_definition(locked.workflow_id, locked.workflow_version)
             outgoing += runs.finish_execution(locked, definition, "TIMED_OUT",
                                               error=f"execution timed out after {definition.timeout} s")
+    return outgoing
+
+
+def _resume_orphans(now: dt.datetime, limit: int) -> list[Outgoing]:
+    """Re-publish RUNNING steps whose holder is gone (lease ran out): its message may be
+    gone too (dropped as a copy while the holder lived). The next claim reconciles."""
+    if not leases.leases_judgeable():
+        return []
+    outgoing: list[Outgoing] = []
+    with runs.transaction():
+        expired = _due(StepExecution.select().where((StepExecution.status == "RUNNING")
+                                                    & (StepExecution.lease_until < now)), limit)
+        for step in expired:
+            if not leases.holder_gone(step, now) or not leases.adopt(step, now):
+                continue
+            execution = Execution.get_by_id(step.execution_id)
+            definition = runs.load_definition(execution.workflow_id, execution.workflow_version)
+            logs.execution_log(execution, f"step {step.step_id} resumed: its holder's claim lease ran out",
+                               level="warn", step_id=step.step_id,
+                               metadata={"holder": step.claimed_by, "iteration": step.iteration})
+            outgoing.append(runs.message_for(execution, definition, step.step_id, step.iteration))
     return outgoing
 
 

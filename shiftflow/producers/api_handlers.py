@@ -14,7 +14,7 @@ from typing import Any
 
 from shiftflow.kernel.contracts import Priority, execution_id_for
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.models import apikeys, control, lifecycle, queries, replay, signals, workspaces
+from shiftflow.models import apikeys, control, effect_ops, lifecycle, queries, replay, signals, workspaces
 from shiftflow.models.access import Principal
 from shiftflow.models.paging import Page
 from shiftflow.models.quotas import RunAdmission
@@ -285,6 +285,24 @@ def _replay(call: Call) -> Result:
     return Result(200, report.as_dict())
 
 
+def _effects(call: Call) -> Result:
+    p = call.params
+    return _page(effect_ops.list_effects(call.actor, state=p.get("state"), execution_id=p.get("execution_id"),
+                                         limit=p.get("limit"), cursor=p.get("cursor")))
+
+
+def _effect(call: Call) -> Result:
+    return Result(200, effect_ops.effect_detail(call.actor, call.path["effect_id"]))
+
+
+def _settle(call: Call) -> Result:
+    b = call.body
+    extra = {"result": b["result"]} if "result" in b else {}
+    effect, outgoing = effect_ops.settle(call.actor, call.path["effect_id"], b.get("outcome"),
+                                         reason=b.get("reason"), **extra)
+    return Result(200, effect, publish=outgoing, fallback=control.defer_to_timers)
+
+
 def _audit(call: Call) -> Result:
     p = call.params
     return _page(
@@ -343,6 +361,9 @@ HANDLERS: dict[str, Callable[[Call], Result]] = {
     "listDeadLetters": _dead_letters,
     "getDeadLetter": _dead_letter,
     "replayDeadLetters": _replay,
+    "listEffects": _effects,
+    "getEffect": _effect,
+    "settleEffect": _settle,
     "listAuditLog": _audit,
     "listTemplates": _templates,
     "createFromTemplate": _from_template,

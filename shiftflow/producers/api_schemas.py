@@ -11,6 +11,7 @@ from typing import Any
 from shiftflow.kernel.contracts import EXECUTION_SOURCES, Priority
 from shiftflow.kernel.definition import TRIGGER_TYPES
 from shiftflow.models.access import PERMISSIONS
+from shiftflow.models.effects import EFFECT_STATES
 from shiftflow.models.queries import EXECUTION_STATUSES, STEP_STATUSES, WORKFLOW_STATUSES
 
 NULL_TEXT = {"type": ["string", "null"]}
@@ -322,6 +323,27 @@ SCHEMAS: dict[str, Any] = {
         skipped={"type": "array", "items": ref("ReplayOutcome")},
         dry_run={"type": "boolean"},
     ),
+    "Effect": obj(
+        ["id", "execution_id", "step_id", "iteration", "kind", "state", "attempts", "result", "error",
+         "step_status", "created_at", "updated_at"],
+        id=ID,
+        execution_id=ID,
+        step_id={"type": "string"},
+        iteration={"type": "integer", "minimum": 0},
+        kind={"type": "string", "description": "http, or sideshift.shift (settled with `shiftflow sideshift reconcile`)"},
+        state={"type": "string", "enum": list(EFFECT_STATES),
+               "description": "UNKNOWN: sent by an attempt that never recorded the answer; settle it"},
+        attempts={"type": "integer", "minimum": 0, "description": "how many times the call was sent"},
+        external_ref=NULL_TEXT,
+        result={**ANY, "description": "the call's result (DONE)"},
+        error=NULL_TEXT,
+        step_status={"type": ["string", "null"], "description": "WAITING: the step waits for this settlement"},
+        created_at=TIME,
+        updated_at=TIME,
+        sent_at=NULL_TIME,
+        completed_at=NULL_TIME,
+    ),
+    "EffectPage": page("Effect"),
     "AuditEntry": obj(
         [
             "id",

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from shiftflow.models.effects import EFFECT_STATES
 from shiftflow.models.paging import MAX_LIMIT
 from shiftflow.models.queries import EXECUTION_STATUSES, WORKFLOW_STATUSES
 from shiftflow.producers.api_schemas import (
+    ANY,
     ID,
     NULL_ID,
     NULL_TIME,
@@ -483,6 +485,50 @@ PATHS: dict[str, Any] = {
                 limit={"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
                 force={"type": "boolean", "default": False},
                 dry_run={"type": "boolean", "default": False},
+            ),
+        ),
+    },
+    "/effects": {
+        "get": _op(
+            "listEffects",
+            "Outside calls marked `effect: once` (their ledger), newest first; UNKNOWN ones wait for an operator",
+            "executions:read",
+            {**_ok(200, "EffectPage", "a page of effects"), **_errors(422)},
+            tags=("effects",),
+            params=[
+                _query("state", {"type": "string", "enum": list(EFFECT_STATES)}, "only this state, e.g. UNKNOWN"),
+                _query("execution_id", ID, "only this execution's"),
+                _LIMIT,
+                _CURSOR,
+            ],
+        ),
+    },
+    "/effects/{effect_id}": {
+        "get": _op(
+            "getEffect",
+            "One `effect: once` call's ledger row",
+            "executions:read",
+            {**_ok(200, "Effect", "the effect"), **_errors(404)},
+            tags=("effects",),
+            params=[_path("effect_id")],
+        ),
+    },
+    "/effects/{effect_id}/settle": {
+        "post": _op(
+            "settleEffect",
+            "Settle a call whose outcome is unknown: done (with its result: the step succeeds with it and the "
+            "execution goes on), failed (with a reason: the step fails), or retry (the call is made once more)",
+            "effects:settle",
+            {**_ok(200, "Effect", "settled"), **_errors(404, 409, *_BODY)},
+            tags=("effects",),
+            example={"outcome": "done", "result": {"status": 200, "json": {"id": "pay-42"}}},
+            params=[_path("effect_id")],
+            body=closed(
+                ["outcome"],
+                outcome={"type": "string", "enum": ["done", "failed", "retry"]},
+                result={**ANY, "description": "the call's result as found on the other side (done only; required)"},
+                reason={"type": "string", "minLength": 1, "maxLength": 2000,
+                        "description": "why the call failed (failed only; required)"},
             ),
         ),
     },

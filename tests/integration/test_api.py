@@ -24,6 +24,7 @@ from shiftflow.models import catalog, runs, webhook_secrets
 from shiftflow.models.access import MATRIX, ROLES
 from shiftflow.models.audit import AuditLog
 from shiftflow.models.dead_letters import DeadLetter
+from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution
 from shiftflow.models.templates import WorkflowTemplate
 from shiftflow.models.tenancy import ApiKey, WorkspaceMember
@@ -66,6 +67,7 @@ AUDITED = {
     "createFromTemplate": "workflow.created",
     "decideApproval": "execution.approval_decided",
     "sendEvent": "event.delivered",
+    "settleEffect": "effect.settled",
 }
 
 
@@ -212,6 +214,7 @@ def test_role_matrix_over_every_operation(api):
                 "member_id",
                 "key_id",
                 "dead_letter_id",
+                "effect_id",
                 "version",
                 "template_key",
             )
@@ -312,11 +315,12 @@ def test_every_mutation_writes_an_audit_entry(api):
     }
 
     actions = {e.action for e in AuditLog.select().where(AuditLog.workspace_id == a.workspace.id)}
-    # Deleting the workspace and deciding an approval are audited in their own tests.
+    # Deleting the workspace, deciding an approval and settling an effect are audited in
+    # their own tests (test_effects_settle for the last).
     missing = {
         op: action
         for op, action in AUDITED.items()
-        if action not in actions and op not in ("deleteWorkspace", "decideApproval")
+        if action not in actions and op not in ("deleteWorkspace", "decideApproval", "settleEffect")
     }
     assert not missing, missing
     cancel = AuditLog.get(AuditLog.action == "execution.cancelled", AuditLog.entity_id == running["id"])
@@ -352,12 +356,15 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
         error="x",
     )
     b_member = WorkspaceMember.get(workspace=b.workspace.id, user=b.users["VIEWER"].id)
+    b_effect = SideEffect.create(workspace=b.workspace.id, execution=b_execution.id, step_id="first", iteration=0,
+                                 kind="http", state="UNKNOWN", request_hash="0" * 64)
     b_ids = {
         "workflow_id": b_workflow.id,
         "execution_id": b_execution.id,
         "member_id": b_member.id,
         "key_id": b.key_ids["VIEWER"],
         "dead_letter_id": b_letter.id,
+        "effect_id": b_effect.id,
         "version": 1,
         "step_id": "approve",
     }
@@ -399,6 +406,7 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
     assert ApiKey.get_by_id(b.key_ids["VIEWER"]).revoked_at is None
     assert WorkspaceMember.get_or_none(WorkspaceMember.id == b_member.id) is not None
     assert DeadLetter.get_by_id(b_letter.id).replayed_at is None
+    assert SideEffect.get_by_id(b_effect.id).state == "UNKNOWN"
     assert c.get(f"/executions/{b_execution.id}", headers=b.auth("VIEWER")).status_code == 200
 
 

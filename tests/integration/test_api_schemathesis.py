@@ -27,6 +27,7 @@ from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models import catalog, runs
 from shiftflow.models.dead_letters import DeadLetter
+from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution
 from shiftflow.models.templates import WorkflowTemplate
 from shiftflow.models.tenancy import WorkspaceMember
@@ -82,6 +83,8 @@ def _seed():
     WorkflowTemplate.create(
         key="fuzz-template", name="Fuzz", category="test", definition=dict(SIMPLE, name="tpl")
     )
+    effect = SideEffect.create(workspace=tenant.workspace.id, execution=failed.id, step_id="shape", iteration=0,
+                               kind="http", state="UNKNOWN", request_hash="0" * 64)
     member = WorkspaceMember.get(workspace=tenant.workspace.id, user=tenant.users["MEMBER"].id)
     ids = {
         "workflow_id": str(workflow.id),
@@ -90,6 +93,7 @@ def _seed():
         "member_id": str(member.id),
         "key_id": tenant.key_ids["MEMBER"],
         "dead_letter_id": str(letter.id),
+        "effect_id": str(effect.id),
         "template_key": "fuzz-template",
         "step_id": "approve",
     }

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from shiftflow.consumers.boot import boot
 from shiftflow.consumers.timers import tick
+from shiftflow.kernel import holders
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.settings import Settings, configure
@@ -114,6 +115,13 @@ def _race(n: int, fn: Callable[[int], T]) -> list[T]:
     return results
 
 
+def _held_token() -> str:
+    """A holder token of a live thread (as ``stepwork.run_step`` holds one while it works)."""
+    token = holders.new_token()
+    holders.hold(token)
+    return token
+
+
 def _steps_of(key: str) -> dict[str, StepExecution]:
     execution = Execution.get(Execution.dedup_key == key)
     return {s.step_id: s for s in StepExecution.select().where(StepExecution.execution == execution.id)}
@@ -170,33 +178,35 @@ def test_concurrent_duplicate_starts_create_once_and_keep_execution_slots(
 
 
 def test_concurrent_claims_of_one_step_run_it_once(engine_with: Callable[..., Engine]) -> None:
-    """The same step published eight times (different message ids) and claimed at the same
-    moment: one claim runs it, the others are dropped, one delivery is counted."""
+    """The same step published eight times and claimed at the same moment by eight live
+    threads: one claim runs it, the others are dropped, one delivery is counted."""
     engine = engine_with()
     workflow = engine.workflow(two_call_definition("claims", engine.service.url))
     started = start_execution(TriggerPayload(workflow, "c-1", "test", {"n": 1}))
     assert started.execution is not None
     payload = StepPayload(str(started.execution.id), "call")
-    claims = _race(8, lambda i: claim_step(payload, delivery_limit=5, message_id=f"m-{i}"))
+    claims = _race(8, lambda i: claim_step(payload, delivery_limit=5, token=_held_token()))
 
     winners = [c for c in claims if c.step is not None]
     assert len(winners) == 1
-    assert {c.reason for c in claims if c.step is None} == {"running under another message"}
+    assert {c.reason for c in claims if c.step is None} == {"held by a live holder"}
     assert _steps_of("c-1")["call"].attempts == 1
 
 
 def test_a_zombie_and_its_replacement_commit_a_step_once(engine_with: Callable[..., Engine]) -> None:
-    """A worker that lost its broker connection keeps working while RabbitMQ hands the same
-    message to another worker (which takes the RUNNING step over). Both finish at the same
-    moment: the step is recorded SUCCEEDED once, what follows it is planned once, and the
-    execution still completes with each later step run once."""
+    """A worker judged gone (its lease ran out while it was cut off) keeps working while
+    another worker takes the RUNNING step over. Both finish at the same moment: the step
+    is recorded SUCCEEDED once, what follows it is planned once, and the execution still
+    completes with each later step run once."""
     engine = engine_with()
     workflow = engine.workflow(two_call_definition("zombie", engine.service.url))
     started = start_execution(TriggerPayload(workflow, "z-1", "test", {"n": 7}))
     assert started.execution is not None
     payload = StepPayload(str(started.execution.id), "call")
-    zombie = claim_step(payload, delivery_limit=5, message_id="m-1")
-    replacement = claim_step(payload, delivery_limit=5, message_id="m-1")  # the redelivery
+    token = _held_token()
+    zombie = claim_step(payload, delivery_limit=5, token=token)
+    holders.let_go(token)  # judged gone: the next copy takes over, the zombie goes on
+    replacement = claim_step(payload, delivery_limit=5, token=_held_token())
     assert zombie.step is not None and replacement.step is not None
     assert replacement.step.attempts == 2
 

@@ -306,8 +306,11 @@ def test_effect_once_never_repeats_an_unknown_outcome(engine, url, service):
                           {"method": "POST", "url": url + "/pay", "json": {"amount": 6}}),
                       sent_at=dt.datetime.now())
     send_all(started.outgoing)
-    crashed = _done("crash")
-    assert crashed.status == "FAILED" and "outcome is unknown" in crashed.error
+    # Never called again: the step waits for an operator to settle the outcome.
+    wait_until(lambda: StepExecution.get(StepExecution.execution == started.execution.id).status == "WAITING")
+    crashed = Execution.get(Execution.dedup_key == "crash")
+    assert crashed.status == "RUNNING" and "outcome unknown" in crashed.error
+    assert "shiftflow effects settle" in crashed.error
     assert len(service.calls) == 1
     assert SideEffect.get(SideEffect.execution == started.execution.id).state == "UNKNOWN"
 

@@ -8,6 +8,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from shiftflow import actors
 from shiftflow.consumers.dead_letters import DeadLetters
+from shiftflow.kernel import holders
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.db import bind_database
@@ -138,14 +139,20 @@ def test_start_twice_republishes_pending_first_steps(engine, service):
     assert check.status == "SUCCEEDED" and check.output == {"passed": True}
 
 
-def test_duplicate_publish_is_dropped_but_redelivery_takes_over(engine, service):
+def test_a_copy_is_dropped_while_its_holder_lives_and_takes_over_once_it_is_gone(engine, service):
+    """Whatever its message id, a copy of a RUNNING step's message is dropped while the
+    thread holding the step lives; once that thread let go without recording (it died,
+    or gave up on an error), the next copy takes the step over."""
     workflow = _workflow(service.url + "/echo")
     started = start_execution(TriggerPayload(str(workflow.id), "d-7", "test", {"amount": 50}))
     payload = StepPayload(str(started.execution.id), "post")
-    assert claim_step(payload, delivery_limit=5, message_id="m-1").step is not None
-    duplicate = claim_step(payload, delivery_limit=5, message_id="m-2")
-    assert duplicate.step is None and "another message" in duplicate.reason
-    redelivered = claim_step(payload, delivery_limit=5, message_id="m-1")
+    token = holders.new_token()
+    holders.hold(token)
+    assert claim_step(payload, delivery_limit=5, token=token).step is not None
+    copy = claim_step(payload, delivery_limit=5)
+    assert copy.step is None and copy.reason == "held by a live holder"
+    holders.let_go(token)
+    redelivered = claim_step(payload, delivery_limit=5)
     assert redelivered.step is not None and redelivered.step.attempts == 2
 
 
