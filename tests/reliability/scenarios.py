@@ -115,6 +115,17 @@ class ScenarioRun:
 
     # -- set up -----------------------------------------------------------------------
     def __enter__(self) -> ScenarioRun:
+        try:
+            self._set_up()
+        except BaseException:
+            self._tear_down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tear_down()
+
+    def _set_up(self) -> None:
         self.stack.heal()
         self.tenant = self.stack.tenant(self.name)
         self.tenant.env.update(self.extra_env)
@@ -144,15 +155,19 @@ class ScenarioRun:
             f"http://127.0.0.1:{port}/hooks/{token}", secret, self.ledger, give_up_at=time.monotonic() + 600
         )
         self.started = time.monotonic()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def _tear_down(self) -> None:
+        # Whatever _set_up got to: a failed start must not leave processes behind.
         try:
-            self.sender.close()
+            if hasattr(self, "sender"):
+                self.sender.close()
         finally:
-            for proc in (self.workers, self.ingress):
-                proc.stop()
-            self.server.close()
+            for name in ("workers", "ingress"):
+                proc = getattr(self, name, None)
+                if proc is not None:
+                    proc.stop()
+            if hasattr(self, "server"):
+                self.server.close()
 
     # -- traffic ----------------------------------------------------------------------
     def steady(self, rate: float, seconds: float | None = None, prefix: str = "msg", tail: float = 10.0) -> None:

@@ -27,6 +27,7 @@ import ctypes
 import glob
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -85,7 +86,7 @@ def find_binaries() -> Binaries:
     rabbitmq_server = which("rabbitmq-server", *(d + "/rabbitmq-server" for d in rabbit_dirs))
     rabbitmqctl = which("rabbitmqctl", *(d + "/rabbitmqctl" for d in rabbit_dirs))
     epmd = which("epmd")
-    pg_dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2] or 0))
+    pg_dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: [int(x) for x in re.findall(r"\d+", d)])
     initdb = which("initdb", *(d + "/initdb" for d in reversed(pg_dirs)))
     redis_server = which("redis-server")
     exe = Path(sys.executable).with_name("secantusd-py")
