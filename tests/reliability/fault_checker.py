@@ -176,6 +176,9 @@ class Snapshot:
     effects: list[tuple[str, str, str, float | None, float]]
     dead_letters: list[str]  # payload and error, as text
     doubled: list[str]  # rows that entered a terminal status twice
+    #: Steps claimed more than once (a redelivery or a second copy), and the most claims of one.
+    reclaimed: int = 0
+    max_attempts: int = 0
 
 
 def read_snapshot(pg_url: str) -> Snapshot:
@@ -205,9 +208,11 @@ def read_snapshot(pg_url: str) -> Snapshot:
                 (sorted(TERMINAL),),
             )
             doubled = [f"{t} {e} {s} entered {st} {n} times" for t, e, s, st, n in cur.fetchall()]
+            cur.execute("SELECT count(*) FILTER (WHERE attempts > 1), coalesce(max(attempts), 0) FROM step_execution")
+            reclaimed, max_attempts = cur.fetchone()
     finally:
         conn.close()
-    return Snapshot(executions, steps, effects, dead_letters, doubled)
+    return Snapshot(executions, steps, effects, dead_letters, doubled, reclaimed, max_attempts)
 
 
 def unsettled(pg_url: str, delivery_ids: set[str]) -> int:

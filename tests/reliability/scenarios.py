@@ -288,7 +288,8 @@ class ScenarioRun:
         numbers.seconds = time.monotonic() - self.started
         numbers.notes.append(
             f"{numbers.succeeded} executions SUCCEEDED, {numbers.dead_lettered} dead letters, "
-            f"{numbers.calls} calls; answers {dict(sorted(self.ledger.statuses().items()))}"
+            f"{numbers.calls} calls; answers {dict(sorted(self.ledger.statuses().items()))}; "
+            f"{snapshot.reclaimed} steps claimed more than once (at most {snapshot.max_attempts} times)"
         )
         if numbers.unknown_left:
             numbers.notes.append(f"unknown outcomes read with {how}")
