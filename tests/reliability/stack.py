@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -71,6 +72,7 @@ class Stack:
         self.redis = OwnRedis(self.root / "redis", self.binaries)
         self.mongo = OwnSecantus(self.root / "secantus", self.binaries)
         self._tenants = 0
+        self.secret_key = secrets.token_urlsafe(36)
 
     @property
     def servers(self) -> list[OwnServer]:
@@ -120,6 +122,8 @@ class Stack:
             "SHIFTFLOW_MONGO_DB": tenant.mongo_db,
             "SHIFTFLOW_REDIS_URL": tenant.redis_url,
             "SHIFTFLOW_HTTP_ALLOW_PRIVATE": "true",
+            # Seals the webhook's signing secret (required to create webhooks).
+            "SHIFTFLOW_SECRET_KEYS": self.secret_key,
             "SHIFTFLOW_INGRESS_PORT": str(free_port()),
             "SHIFTFLOW_METRICS_PORT": str(free_port()),
             "SHIFTFLOW_METRICS_DIR": str(directory / "metrics"),
