@@ -2,6 +2,9 @@
 
 Errors decide retries: a timeout, a refused connection, a 429 or a 5xx is
 ``ToolUnavailable`` (transient); any other 4xx or a malformed request is ``ToolError``.
+A 429, and a 503 that says ``Retry-After``, is ``RateLimited`` (a ``ToolUnavailable``)
+carrying the seconds the server asked for, so the caller can wait that long instead of
+retrying blindly.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shiftflow.kernel.errors import ToolError, ToolUnavailable
+from shiftflow.kernel.errors import RateLimited, ToolError, ToolUnavailable
+from shiftflow.kernel.retry_after import parse_retry_after
 
 #: The largest response body kept (the rest is refused, not truncated silently).
 MAX_RESPONSE_BYTES = 1_048_576
@@ -74,7 +78,8 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool) -> d
         ``{"status": int, "json": ... }`` or ``{"status": int, "text": str}``.
 
     Raises:
-        ToolUnavailable: timeout, connection error, 429 or 5xx (retry).
+        RateLimited: 429, or 503 with ``Retry-After`` (retry after ``retry_after`` seconds).
+        ToolUnavailable: timeout, connection error or another 5xx (retry).
         ToolError: anything a retry cannot fix.
     """
     url = inputs.get("url")
@@ -105,7 +110,11 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool) -> d
     except httpx.TransportError as exc:
         raise ToolUnavailable(f"{method} {url} failed: {exc}") from None
     status = response.status_code
-    if status == 429 or status >= 500:
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if status == 429 or (status == 503 and retry_after is not None):
+        waited = "" if retry_after is None else f" (Retry-After: {retry_after:g} s)"
+        raise RateLimited(f"{method} {url} answered {status}{waited}", retry_after=retry_after)
+    if status >= 500:
         raise ToolUnavailable(f"{method} {url} answered {status}")
     if status >= 400:
         raise ToolError(f"{method} {url} answered {status}: {body[:200]!r}")
