@@ -22,6 +22,7 @@ import httpx
 
 from shiftflow.kernel.errors import RateLimited, ToolError, ToolUnavailable
 from shiftflow.kernel.retry_after import parse_retry_after
+from shiftflow.kernel.tools.base import Tool, ToolContext
 
 #: The largest response body kept (the rest is refused, not truncated silently).
 MAX_RESPONSE_BYTES = 1_048_576
@@ -124,3 +125,37 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool) -> d
         except ValueError:
             raise ToolError(f"{method} {url} sent invalid JSON") from None
     return {"status": status, "text": body.decode("utf-8", "replace")}
+
+
+def _run(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+    return call(params, timeout=ctx.limits.http_timeout, allow_private=ctx.allow_private)
+
+
+#: ``http.request``: the HTTP step as a registered tool (same inputs, same answers).
+TOOL = Tool(
+    name="http.request",
+    description="Make one HTTP request (SSRF-guarded, size-capped) and return its status and body.",
+    category="http",
+    queue="tools",
+    # Like the http step's own default; a step that POSTs a payment declares ``effect: once``.
+    effect="repeatable",
+    params_schema={
+        "type": "object",
+        "required": ["url"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "minLength": 1},
+            "method": {"enum": [*_METHODS, *(m.lower() for m in _METHODS)]},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "params": {"type": "object"},
+            "json": {},
+            "body": {"type": "string"},
+        },
+    },
+    result_schema={
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "integer"}, "json": {}, "text": {"type": "string"}},
+    },
+    run=_run,
+)
