@@ -76,7 +76,7 @@ def _message(params: dict[str, Any], ctx: ToolContext, sender: str) -> EmailMess
     message["Date"] = formatdate(localtime=False, usegmt=True)
     domain = sender.rsplit("@", 1)[-1]
     if ctx.idempotency_key:
-        digest = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:40]
+        digest = hashlib.sha256(ctx.idempotency_key.encode()).hexdigest()[:32]
         message["Message-ID"] = f"<{digest}.shiftflow@{domain}>"
     else:
         message["Message-ID"] = make_msgid(domain=domain)
