@@ -186,7 +186,7 @@ class PageServer:
     """A loopback HTTP server answering from a dict of routes; records every path it served.
 
     A route's value is ``(status, headers, body)`` or a function of the handler returning
-    that (or None after answering by itself).
+    that (or None after answering by itself); the request body is ``handler.body``.
     """
 
     def __init__(self, routes: dict[str, Any] | None = None) -> None:
@@ -199,6 +199,7 @@ class PageServer:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                self.body = body  # routes read the request body here
                 server.hits.append(self.path)
                 server.requests.append({"method": self.command, "path": self.path, "body": body,
                                         "headers": dict(self.headers)})

@@ -83,11 +83,12 @@ def fetch(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     def read(page: Page, navigation: Any) -> dict[str, Any]:
         # Cut inside the page: an enormous page must not cross the pipe whole.
         title = page.evaluate("document.title") or ""
-        text, text_cut = _cut(page.evaluate(f"(document.body ? document.body.innerText : '').slice(0, {cap})") or "", cap)
+        # One character more than the cap: a text of exactly ``cap`` is not reported as cut.
+        text, text_cut = _cut(page.evaluate(f"(document.body ? document.body.innerText : '').slice(0, {cap + 1})") or "", cap)
         out = {"url": navigation.url, "status": navigation.status, "title": title[:1000], "text": text,
                "truncated": text_cut}
         if params.get("include_html"):
-            html, html_cut = _cut(page.evaluate(f"document.documentElement.outerHTML.slice(0, {cap})") or "", cap)
+            html, html_cut = _cut(page.evaluate(f"document.documentElement.outerHTML.slice(0, {cap + 1})") or "", cap)
             out["html"] = html
             out["truncated"] = text_cut or html_cut
         return out

@@ -31,6 +31,10 @@ class CdpError(ToolError):
     """Raised when the browser answered a command with an error (bad parameters, no such target)."""
 
 
+class CommandTimeout(ToolUnavailable):
+    """Raised when the browser did not answer a command in time."""
+
+
 class BrowserGone(ToolUnavailable):
     """Raised when the browser's pipe closed (it exited or crashed) before an answer came."""
 
@@ -76,7 +80,7 @@ class CdpConnection:
         Raises:
             CdpError: the browser answered with an error.
             BrowserGone: the browser exited first.
-            ToolUnavailable: no answer within ``timeout`` seconds.
+            CommandTimeout: no answer within ``timeout`` seconds.
         """
         if self.closed.is_set():
             raise BrowserGone("the browser has exited")
@@ -91,7 +95,7 @@ class CdpConnection:
             self._write(message)
             answer = future.result(timeout=max(0.001, timeout))
         except FutureTimeout:
-            raise ToolUnavailable(f"browser did not answer {method} within {timeout:.1f} s") from None
+            raise CommandTimeout(f"browser did not answer {method} within {timeout:.1f} s") from None
         finally:
             with self._lock:
                 self._pending.pop(ident, None)

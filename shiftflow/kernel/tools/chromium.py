@@ -11,8 +11,8 @@ HTTP tool's ``check_destination``; a refused one fails with ``BlockedByClient``.
 the DevTools protocol does not intercept: WebSocket handshakes (see docs/tools.md).
 
 Memory. ``--js-flags=--max-old-space-size`` caps V8's heap per page; after each call the
-pool sums the resident memory of the browser's whole process tree and recycles it above
-the ceiling. It is also recycled after ``max_calls`` calls and when it crashed.
+pool sums the memory of the browser's whole process tree (proportional set sizes, so the
+libraries every Chromium process maps are counted once) and recycles it above the ceiling. It is also recycled after ``max_calls`` calls and when it crashed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shiftflow.kernel.errors import PermanentError, ShiftFlowError, ToolError, ToolUnavailable
-from shiftflow.kernel.tools.cdp import BrowserGone, CdpConnection
+from shiftflow.kernel.tools.cdp import BrowserGone, CdpConnection, CommandTimeout
 
 #: Decides whether the browser may request a URL: returns, or raises ``ToolError``.
 Guard = Callable[[str], None]
@@ -73,9 +73,24 @@ _PERMANENT_NET_ERRORS = ("ERR_BLOCKED_BY_CLIENT", "ERR_INVALID_URL", "ERR_UNSAFE
                          "ERR_CERT_", "ERR_SSL_", "ERR_BAD_SSL", "ERR_INVALID_RESPONSE", "ERR_ABORTED")
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants (shared pages counted per process:
-    an overestimate, which is the safe side for a ceiling)."""
+def _memory_of(pid: int) -> int:
+    """Proportional resident bytes of one process (shared pages split among their users),
+    or its plain resident size where ``smaps_rollup`` is missing (an overestimate)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _tree_memory(root: int) -> int:
+    """Memory of ``root`` and all its descendants (Chromium's zygotes, renderers, GPU and
+    network services). Proportional set sizes, so shared libraries are counted once."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -86,14 +101,11 @@ def _tree_rss(root: int) -> int:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-    total, todo, page = 0, [root], os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, ()))
-        try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            continue
+        total += _memory_of(pid)
     return total
 
 
@@ -170,9 +182,9 @@ class Chromium:
         """False once the process exited or its pipe closed."""
         return self.process.poll() is None and not self.cdp.closed.is_set()
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the browser and every process it started."""
-        return _tree_rss(self.pid) if self.alive else 0
+    def memory_bytes(self) -> int:
+        """Memory of the browser and every process it started (see ``_tree_memory``)."""
+        return _tree_memory(self.pid) if self.alive else 0
 
     def _stderr_tail(self) -> str:
         try:
@@ -219,13 +231,13 @@ class Chromium:
             width / height: the viewport in CSS pixels.
             deadline: ``time.monotonic()`` value by which the call must end.
         """
-        context_id = self.cdp.send("Target.createBrowserContext", {"disposeOnDetach": True},
-                                   timeout=_left(deadline))["browserContextId"]
+        context_id = _until(self.cdp, deadline, "Target.createBrowserContext",
+                            {"disposeOnDetach": True})["browserContextId"]
         try:
-            target_id = self.cdp.send("Target.createTarget", {"url": "about:blank", "browserContextId": context_id},
-                                      timeout=_left(deadline))["targetId"]
-            session = self.cdp.send("Target.attachToTarget", {"targetId": target_id, "flatten": True},
-                                    timeout=_left(deadline))["sessionId"]
+            target_id = _until(self.cdp, deadline, "Target.createTarget",
+                               {"url": "about:blank", "browserContextId": context_id})["targetId"]
+            session = _until(self.cdp, deadline, "Target.attachToTarget",
+                             {"targetId": target_id, "flatten": True})["sessionId"]
             page = Page(self, session, target_id, deadline)
             try:
                 page.setup(width, height)
@@ -259,11 +271,25 @@ class Chromium:
         shutil.rmtree(self._user_dir, ignore_errors=True)
 
 
+_PAGE_TIMEOUT = "the page did not finish within its timeout (SHIFTFLOW_BROWSER_PAGE_TIMEOUT_SECONDS)"
+
+
 def _left(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise ToolUnavailable("the page did not finish within its timeout (SHIFTFLOW_BROWSER_PAGE_TIMEOUT_SECONDS)")
+        raise ToolUnavailable(_PAGE_TIMEOUT)
     return left
+
+
+def _until(cdp: CdpConnection, deadline: float, method: str, params: dict[str, Any] | None = None,
+           session: str = "") -> dict[str, Any]:
+    """A command that must answer before the call's deadline (then: the page timeout error)."""
+    try:
+        return cdp.send(method, params, session=session, timeout=_left(deadline))
+    except CommandTimeout:
+        if time.monotonic() >= deadline:
+            raise ToolUnavailable(_PAGE_TIMEOUT) from None
+        raise
 
 
 @dataclass
@@ -293,7 +319,7 @@ class Page:
 
     def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """A command on this page, within the call's deadline."""
-        return self.browser.cdp.send(method, params, session=self.session, timeout=_left(self.deadline))
+        return _until(self.browser.cdp, self.deadline, method, params, self.session)
 
     def setup(self, width: int, height: int) -> None:
         """Enable the domains the tools read and set the viewport."""
@@ -389,7 +415,7 @@ class BrowserPool:
         with self._lock:
             browser.in_use -= 1
             if browser is self._current and (
-                not browser.alive or browser.calls >= self.max_calls or browser.rss_bytes() > self.memory_bytes
+                not browser.alive or browser.calls >= self.max_calls or browser.memory_bytes() > self.memory_bytes
             ):
                 browser.retiring = True
                 self._current = None
