@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: help venv run test test-unit test-integration lint services bench clean
+.PHONY: help venv run test test-unit test-integration lint services tools bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -23,10 +23,13 @@ run: $(STAMP) ## run everything in one process on embedded defaults (no servers 
 services: ## start (or install, then start) PostgreSQL, Redis and RabbitMQ on loopback
 	bash scripts/ensure-services.sh
 
-test: $(STAMP) services ## unit + integration tests against real services
+tools: ## install (when missing) the programs the tools run: Chromium, ffmpeg (Debian packages)
+	bash scripts/ensure-tools.sh
+
+test: $(STAMP) services tools ## unit + integration tests against real services
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-test-unit: $(STAMP) ## unit tests only (no services)
+test-unit: $(STAMP) tools ## unit tests only (no services)
 	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, mypy and the import contracts (DESIGN.md section 2)
@@ -34,7 +37,7 @@ lint: $(STAMP) ## ruff, mypy and the import contracts (DESIGN.md section 2)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP) services ## benchmarks (print ratios against a baseline measured in the same run)
+bench: $(STAMP) services tools ## benchmarks (print ratios against a baseline measured in the same run)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	@# wrk drives bench_ingress's peak run (C, so the load leaves the CPU to the ingress);
 	@# without it the benchmark falls back to a Python load process.

@@ -55,7 +55,7 @@ def self_signed(directory: str) -> SelfSigned:
     """Make a self-signed certificate (EC P-256, valid one day) for 127.0.0.1 and localhost."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shiftflow test smtp")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -149,7 +149,7 @@ class MotoServer:
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log")  # noqa: SIM115
+        self._log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log")
         binary = Path(sys.executable).with_name("moto_server")
         self.process = subprocess.Popen(
             [str(binary), "-H", "127.0.0.1", "-p", str(self.port)],
