@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -120,9 +121,11 @@ def test_fetch_gives_final_url_status_title_and_text(site, ctx):
     assert out["truncated"] is False
     missing = FETCH.call({"url": f"{site.url}/missing-page"}, ctx)
     assert missing["status"] == 404 and missing["title"] == "nope"
-    big = FETCH.call({"url": f"{site.url}/big"}, ctx)
-    assert big["truncated"] is True and len(big["text"].encode()) <= 2048
-    assert browser.pool_for(ctx).started == 1  # one browser served all three calls
+    # Two threads at once (a browser pool has 2 worker threads): two contexts of one browser.
+    with ThreadPoolExecutor(2) as threads:
+        big, again = threads.map(lambda path: FETCH.call({"url": site.url + path}, ctx), ["/big", "/"])
+    assert big["truncated"] is True and len(big["text"].encode()) <= 2048 and again["title"] == "Hello"
+    assert browser.pool_for(ctx).started == 1  # one browser served every call
 
 
 def test_screenshot_and_pdf_are_artifacts(site, ctx):
@@ -183,36 +186,36 @@ def test_the_guard_sees_every_request_of_every_frame_and_worker(site, outside, s
     assert outside.hits == []  # the img and the iframe finished (blocked) before the load event
 
 
-def test_the_browser_is_recycled_after_max_calls_and_after_a_crash(site, started_groups):
+def test_the_browser_is_recycled_after_a_crash_and_after_max_calls(site, started_groups):
     pool = BrowserPool(CHROMIUM, guard=None, max_calls=2)
-    try:
-        pids, browsers = [], []
-        for _ in range(3):
-            with pool.browser() as chromium, chromium.page(width=400, height=300,
-                                                           deadline=time.monotonic() + 30) as page:
-                pids.append(chromium.pid)
-                browsers.append(chromium)
-                assert page.navigate(site.url + "/").status == 200
-        assert pids[0] == pids[1] != pids[2] and pool.started == 2
-        assert _group_members([pids[0]]) == []  # the retired browser is gone, renderers too
-        os.kill(pids[2], signal.SIGKILL)  # a crash of the browser this pool started
-        assert browsers[2].cdp.closed.wait(10)  # the pool's connection saw it go
+
+    def call() -> Chromium:
         with pool.browser() as chromium, chromium.page(width=400, height=300, deadline=time.monotonic() + 30) as page:
-            assert chromium.pid != pids[2] and page.navigate(site.url + "/").status == 200
-        assert pool.started == 3 and _group_members([pids[2]]) == []
+            assert page.navigate(site.url + "/").status == 200
+            return chromium
+
+    try:
+        crashed = call()
+        os.kill(crashed.pid, signal.SIGKILL)  # a crash of the browser this pool started
+        assert crashed.cdp.closed.wait(10)  # the pool's connection saw it go
+        second = call()
+        assert second is not crashed and pool.started == 2
+        assert _group_members([crashed.pid]) == []  # its zygote and renderers were stopped too
+        assert call() is second  # reused...
+        assert second.retiring and second.process.poll() is not None  # ...until its 2nd call: then closed
+        assert _group_members([second.pid]) == [] and pool.started == 2
     finally:
         pool.close()
 
 
 def test_a_browser_over_the_memory_ceiling_is_recycled_after_the_call(site, started_groups):
-    pool = BrowserPool(CHROMIUM, guard=None, memory_mb=64)  # below any real Chromium's resident size
+    pool = BrowserPool(CHROMIUM, guard=None, memory_mb=64)  # below any real Chromium's footprint
     try:
-        pids = []
-        for _ in range(2):
-            with pool.browser() as chromium, chromium.page(width=400, height=300,
-                                                           deadline=time.monotonic() + 30) as page:
-                pids.append(chromium.pid)
-                page.navigate(site.url + "/")
-        assert pids[0] != pids[1] and pool.started == 2
+        with pool.browser() as chromium, chromium.page(width=400, height=300, deadline=time.monotonic() + 30) as page:
+            assert page.navigate(site.url + "/").status == 200
+            assert chromium.memory_bytes() > 64 * 1024 * 1024
+        # Measured after the call, over the ceiling: retired and closed, whole process group.
+        assert chromium.retiring and chromium.process.poll() is not None
+        assert _group_members([chromium.pid]) == []
     finally:
         pool.close()
