@@ -119,3 +119,15 @@ def test_a_plugin_cannot_take_a_builtin_name_and_a_broken_one_does_not_stop_the_
     assert "tool 'email.send' from shiftflow-bad-tools:taken is already registered by builtin" in joined
     assert "shiftflow-bad-tools:broken: cannot load: ModuleNotFoundError" in joined
     assert "shiftflow-bad-tools:empty: is not a Tool" in joined
+
+
+def test_limits_come_from_the_settings():
+    from shiftflow.kernel.settings import Settings
+    from shiftflow.kernel.tools.base import ToolLimits
+
+    settings = Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_SMTP_TIMEOUT_SECONDS": "7",
+                                  "SHIFTFLOW_BROWSER_PAGE_TIMEOUT_SECONDS": "9", "SHIFTFLOW_MEDIA_MAX_PIXELS": "1000",
+                                  "SHIFTFLOW_ARTIFACT_MAX_BYTES": "2048", "SHIFTFLOW_MEDIA_MAX_DURATION_SECONDS": "3"})
+    limits = ToolLimits.from_settings(settings)
+    assert (limits.smtp_timeout, limits.page_timeout, limits.max_pixels, limits.max_artifact_bytes,
+            limits.max_duration) == (7.0, 9.0, 1000, 2048, 3.0)
