@@ -126,6 +126,8 @@ class Chromium:
         self.in_use = 0
         self.retiring = False
         self._blocked: dict[str, str] = {}  # frame id -> why its last request was refused
+        self._reaped = False
+        self._close_lock = threading.Lock()
         self._user_dir = tempfile.mkdtemp(prefix="shiftflow-chromium-")
         to_browser_r, to_browser_w = os.pipe()
         from_browser_r, from_browser_w = os.pipe()
@@ -157,6 +159,11 @@ class Chromium:
                     start_new_session=True,
                     pass_fds=(child_r, child_w),
                 )
+        except OSError as exc:  # no bash, no memory for a fork...: nothing started, nothing kept
+            for fd in (to_browser_w, from_browser_r):
+                os.close(fd)
+            shutil.rmtree(self._user_dir, ignore_errors=True)
+            raise ToolUnavailable(f"chromium could not be started: {exc}") from None
         finally:
             os.close(child_r)
             os.close(child_w)
@@ -180,7 +187,7 @@ class Chromium:
     @property
     def alive(self) -> bool:
         """False once the process exited or its pipe closed."""
-        return self.process.poll() is None and not self.cdp.closed.is_set()
+        return not self.cdp.closed.is_set() and self._running()
 
     def memory_bytes(self) -> int:
         """Memory of the browser and every process it started (see ``_tree_memory``)."""
@@ -252,23 +259,45 @@ class Chromium:
 
     # ------------------------------------------------------------------ stop
 
+    def _running(self) -> bool:
+        """True while the browser process has not exited, WITHOUT reaping it.
+
+        The browser's id is also its process group's id, and ``close`` kills that group:
+        as long as the leader is not reaped, the id cannot be reused by another process,
+        so only ``close`` reaps it (``Popen.poll`` would, and then the group kill could
+        hit an unrelated process that got the id).
+        """
+        if self._reaped:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:
+            return False
+
     def close(self) -> None:
-        """Stop the browser (politely, then its whole process group by id) and remove its profile."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ShiftFlowError):
-                self.cdp.send("Browser.close", timeout=2)
-            try:
-                self.process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # the group this object started, by its id
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        self.cdp.close()
-        if self._guard_pool is not None:
-            self._guard_pool.shutdown(wait=False, cancel_futures=True)
-        shutil.rmtree(self._user_dir, ignore_errors=True)
+        """Stop the browser (politely, then its whole process group by id) and remove its profile.
+
+        Safe to call more than once.
+        """
+        with self._close_lock:
+            if self._reaped:
+                return
+            if self._running():
+                with contextlib.suppress(ShiftFlowError):
+                    self.cdp.send("Browser.close", timeout=2)
+                deadline = time.monotonic() + 3
+                while self._running() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            # The leader is not reaped yet, so its id still names only the group we started.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=5)
+            self._reaped = True
+            self.cdp.close()
+            if self._guard_pool is not None:
+                self._guard_pool.shutdown(wait=False, cancel_futures=True)
+            shutil.rmtree(self._user_dir, ignore_errors=True)
 
 
 _PAGE_TIMEOUT = "the page did not finish within its timeout (SHIFTFLOW_BROWSER_PAGE_TIMEOUT_SECONDS)"
