@@ -60,6 +60,9 @@ def site(outside) -> Iterator[PageServer]:
         window.results = {{}};
         fetch('http://127.0.0.1:{outside.port}/fetch').then(() => results.fetch = 'reached', () => results.fetch = 'blocked');
         new Worker('/worker.js').onmessage = (e) => results.worker = e.data;
+        const ws = new WebSocket('ws://127.0.0.1:{outside.port}/ws');
+        ws.onopen = () => results.ws = 'reached';
+        ws.onerror = () => results.ws = 'failed';
       </script>"""
     server = PageServer({
         "/": _html("<style>html,body{margin:0;background:#ff0000}</style><h1>Hello page</h1><p>Second line</p>",
@@ -163,7 +166,7 @@ def test_private_urls_are_refused_before_any_browser_starts(site, tmp_path):
 
 def test_the_guard_sees_every_request_of_every_frame_and_worker(site, outside, started_groups):
     """A page may not reach a refused address through a subresource, a cross-origin iframe
-    (another renderer process), a fetch, a worker's fetch or a redirect."""
+    (another renderer process), a fetch, a worker's fetch, a WebSocket or a redirect."""
 
     def refuse_outside(url: str) -> None:
         if urlsplit(url).port == outside.port:
@@ -175,15 +178,19 @@ def test_the_guard_sees_every_request_of_every_frame_and_worker(site, outside, s
             loaded = page.navigate(f"{site.url}/probe")
             assert loaded.status == 200
             deadline = time.monotonic() + 15  # positive signal: both scripts report their outcome
-            while page.evaluate("Object.keys(window.results).length") < 2 and time.monotonic() < deadline:
+            while page.evaluate("Object.keys(window.results).length") < 3 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert page.evaluate("window.results") == {"fetch": "blocked", "worker": "blocked"}
+            assert page.evaluate("window.results") == {"fetch": "blocked", "worker": "blocked", "ws": "failed"}
+            # A failed handshake alone proves nothing (the outside server speaks no WebSocket):
+            # the proxy's refusal and the outside server's empty log below do.
+            assert any(key.endswith(f":{outside.port}") for key in chromium.proxy.refused)
         with pool.browser() as chromium, chromium.page(width=800, height=600, deadline=time.monotonic() + 30) as page:
             with pytest.raises(ToolError, match="refused by the test guard"):
                 page.navigate(f"{site.url}/redirect-out")
     finally:
         pool.close()
     assert outside.hits == []  # the img and the iframe finished (blocked) before the load event
+    assert site.hits.count("/probe") >= 1  # allowed traffic went through the proxy
 
 
 def test_the_browser_is_recycled_after_a_crash_and_after_max_calls(site, started_groups):

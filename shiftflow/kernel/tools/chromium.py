@@ -4,11 +4,13 @@
 build) driven over ``--remote-debugging-pipe`` (``cdp.py``). Each call gets a fresh
 browser context (its own cookies and storage) with one page, disposed at the end.
 
-Guard. Unless private addresses are allowed, the browser's own session enables ``Fetch``
-interception for every request of every context: page, iframes (also cross-origin ones
-in other processes), workers and redirects. Each paused request's URL goes through the
-HTTP tool's ``check_destination``; a refused one fails with ``BlockedByClient``. What
-the DevTools protocol does not intercept: WebSocket handshakes (see docs/tools.md).
+Guard. Unless private addresses are allowed, two layers apply the HTTP tool's
+``check_destination``. The browser's own session enables ``Fetch`` interception for every
+request of every context: page, iframes (also cross-origin ones in other processes),
+workers and redirects; a refused one fails with ``BlockedByClient`` and the call's error
+says why. Under it, every connection the browser opens goes through a loopback SOCKS5
+proxy (``egress.py``) that refuses the same destinations: this catches what the DevTools
+protocol does not intercept, WebSocket handshakes, and WebRTC is kept to proxied traffic.
 
 Memory. ``--js-flags=--max-old-space-size`` caps V8's heap per page; after each call the
 pool sums the memory of the browser's whole process tree (proportional set sizes, so the
@@ -36,6 +38,7 @@ from urllib.parse import urlsplit
 
 from shiftflow.kernel.errors import PermanentError, ShiftFlowError, ToolError, ToolUnavailable
 from shiftflow.kernel.tools.cdp import BrowserGone, CdpConnection, CommandTimeout
+from shiftflow.kernel.tools.egress import EgressProxy
 
 #: Decides whether the browser may request a URL: returns, or raises ``ToolError``.
 Guard = Callable[[str], None]
@@ -63,7 +66,6 @@ BASE_FLAGS = (
     "--metrics-recording-only",
     "--mute-audio",
     "--hide-scrollbars",
-    "--no-proxy-server",
     "--password-store=basic",
     "--remote-debugging-pipe",
 )
@@ -120,6 +122,8 @@ class Chromium:
     """
 
     def __init__(self, path: str, *, guard: Guard | None, js_heap_mb: int = 256, start_timeout: float = 30.0) -> None:
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise PermanentError(f"chromium not found at {path!r} (SHIFTFLOW_CHROMIUM_PATH; apt-get install chromium)")
         self.path = path
         self.guard = guard
         self.calls = 0
@@ -140,14 +144,15 @@ class Chromium:
         for fd in (to_browser_r, from_browser_w):
             os.close(fd)
         self._stderr_path = Path(self._user_dir) / "stderr.log"
-        args = [path, *BASE_FLAGS, f"--js-flags=--max-old-space-size={js_heap_mb}",
+        self.proxy = EgressProxy(guard) if guard is not None else None
+        routing = [
+            f"--proxy-server={self.proxy.url}",
+            "--proxy-bypass-list=<-loopback>",  # Chromium bypasses proxies for loopback unless told not to
+            "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+        ] if self.proxy else ["--no-proxy-server"]
+        args = [path, *BASE_FLAGS, *routing, f"--js-flags=--max-old-space-size={js_heap_mb}",
                 f"--user-data-dir={self._user_dir}/profile"]
         script = f'exec "$0" "$@" 3<&{child_r} 4>&{child_w} {child_r}<&- {child_w}>&-'
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            for fd in (child_r, child_w, to_browser_w, from_browser_r):
-                os.close(fd)
-            shutil.rmtree(self._user_dir, ignore_errors=True)
-            raise PermanentError(f"chromium not found at {path!r} (SHIFTFLOW_CHROMIUM_PATH; apt-get install chromium)")
         try:
             with self._stderr_path.open("wb") as stderr:
                 self.process = subprocess.Popen(
@@ -162,6 +167,8 @@ class Chromium:
         except OSError as exc:  # no bash, no memory for a fork...: nothing started, nothing kept
             for fd in (to_browser_w, from_browser_r):
                 os.close(fd)
+            if self.proxy is not None:
+                self.proxy.close()
             shutil.rmtree(self._user_dir, ignore_errors=True)
             raise ToolUnavailable(f"chromium could not be started: {exc}") from None
         finally:
@@ -227,6 +234,10 @@ class Chromium:
     def blocked_reason(self, frame_id: str) -> str | None:
         """Why the guard last refused a request of ``frame_id``, if it did."""
         return self._blocked.get(frame_id)
+
+    def refused_by_proxy(self, host: str, port: int) -> str | None:
+        """Why the egress proxy refused a connection to ``host:port``, if it did."""
+        return self.proxy.refused.get(f"{host}:{port}") if self.proxy else None
 
     # ------------------------------------------------------------------ pages
 
@@ -297,6 +308,8 @@ class Chromium:
             self.cdp.close()
             if self._guard_pool is not None:
                 self._guard_pool.shutdown(wait=False, cancel_futures=True)
+            if self.proxy is not None:
+                self.proxy.close()
             shutil.rmtree(self._user_dir, ignore_errors=True)
 
 
@@ -371,6 +384,10 @@ class Page:
             why = self.browser.blocked_reason(self.target_id)
             if why and "BLOCKED_BY_CLIENT" in error:
                 raise ToolError(f"navigation to {url} refused: {why}")
+            parts = urlsplit(url)
+            refused = self.browser.refused_by_proxy(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+            if refused and ("SOCKS" in error or "PROXY" in error or "TUNNEL" in error):
+                raise ToolError(f"navigation to {url} refused: {refused}")
             cls = ToolError if any(p in error for p in _PERMANENT_NET_ERRORS) else ToolUnavailable
             raise cls(f"navigation to {url} failed: {error}")
         loader = answer.get("loaderId")
