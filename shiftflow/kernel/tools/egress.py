@@ -3,9 +3,11 @@
 The DevTools ``Fetch`` interception (``chromium.py``) sees HTTP requests but not WebSocket
 handshakes, and WebRTC can use UDP. A guarded browser is therefore started with every
 connection routed through this proxy (``--proxy-server=socks5://...``, loopback not
-bypassed, WebRTC limited to proxied traffic): each ``CONNECT`` names a host and port, the
-guard (the HTTP tool's ``check_destination`` in production) decides, and a refused one
-gets SOCKS reply 2 (not allowed by ruleset) without any connection being opened.
+bypassed, WebRTC limited to proxied traffic): each ``CONNECT`` names a host and port; the
+proxy resolves the host once, the guard (the HTTP tool's ``check_destination`` in
+production) judges every address, and the connection goes to the judged addresses only
+(so DNS rebinding cannot swap in another). A refused one gets SOCKS reply 2 (not allowed
+by ruleset) without any connection being opened.
 
 One thread accepts; each allowed connection is relayed by a thread of its own until
 either side closes or stays idle longer than ``idle_timeout``.
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from shiftflow.kernel.errors import ShiftFlowError
 
 #: SOCKS5 reply codes (RFC 1928 section 6).
-_OK, _NOT_ALLOWED, _REFUSED, _UNSUPPORTED = 0, 2, 5, 7
+_OK, _NOT_ALLOWED, _UNREACHABLE, _REFUSED, _UNSUPPORTED = 0, 2, 4, 5, 7
 
 
 class _Closed(Exception):
@@ -99,18 +101,32 @@ class EgressProxy:
             if command != 1:
                 self._reply(client, _UNSUPPORTED)
                 return
-            shown = f"[{host}]" if _is_ipv6(host) else host
             try:
-                self.guard(f"http://{shown}:{port}/")
+                infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+            except (socket.gaierror, UnicodeError):
+                self._reply(client, _UNREACHABLE)
+                return
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            try:
+                # Every address the name has must pass (as the HTTP tool's check wants), and
+                # the connection goes to those very addresses: a second DNS answer (rebinding)
+                # has no say.
+                for address in addresses:
+                    self.guard(f"http://{f'[{address}]' if _is_ipv6(address) else address}:{port}/")
             except ShiftFlowError as exc:
                 if len(self.refused) > 1000:
                     self.refused.clear()
                 self.refused[f"{host}:{port}"] = str(exc)
                 self._reply(client, _NOT_ALLOWED)
                 return
-            try:
-                upstream = socket.create_connection((host, port), timeout=self.connect_timeout)
-            except OSError:
+            upstream = None
+            for address in addresses:
+                try:
+                    upstream = socket.create_connection((address, port), timeout=self.connect_timeout)
+                    break
+                except OSError:
+                    continue
+            if upstream is None:
                 self._reply(client, _REFUSED)
                 return
             stack.enter_context(upstream)
