@@ -121,6 +121,10 @@ def test_duration_and_size_limits_name_the_limit(store, video_bytes):
     assert gif["artifact"]["mime"] == "image/gif"
     with pytest.raises(LimitExceeded, match="video of 160x120 pixels is over the limit of 1000"):
         TRANSCODE.call({"input": clip, "format": "mp4"}, _ctx(store, max_pixels=1000))
+    # Two seconds of 16-bit PCM is ~176 kB: ffmpeg stops at the cap, and the cut file is refused.
+    with pytest.raises(LimitExceeded, match=r"wav output reached the artifact limit of 20000 bytes"):
+        TRANSCODE.call({"input": clip, "format": "wav"}, _ctx(store, max_artifact_bytes=20_000))
+    assert [p.name for p in store.root.rglob("*.wav")] == []
 
 
 def test_playlists_cannot_make_ffmpeg_read_other_files_or_urls(store):
