@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: help venv run test test-unit test-integration lint services bench reliability clean
+.PHONY: help venv run test test-unit test-integration lint services tools bench reliability clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -23,14 +23,16 @@ run: $(STAMP) ## run everything in one process on embedded defaults (no servers 
 services: ## start (or install, then start) PostgreSQL, Redis and RabbitMQ on loopback
 	bash scripts/ensure-services.sh
 
-# The fault scenarios marked `long` run in `make reliability` only. test_poison_bodies joins
-# `make test` once issue 12's first finding (a 202 for {"x": 1e999}, then lost) is fixed.
-TEST_SELECTION = -m "not long" --deselect tests/reliability/test_faults.py::test_poison_bodies
+tools: ## install (when missing) the programs the tools run: Chromium, ffmpeg (Debian packages)
+	bash scripts/ensure-tools.sh
 
-test: $(STAMP) services ## unit + integration tests against real services (and the short fault scenarios)
+# The fault scenarios marked `long` run in `make reliability` only.
+TEST_SELECTION = -m "not long"
+
+test: $(STAMP) services tools ## unit + integration tests against real services (and the short fault scenarios)
 	$(PY) -m pytest -p no:cacheprovider $(TEST_SELECTION) $(PYTEST_ARGS)
 
-test-unit: $(STAMP) ## unit tests only (no services)
+test-unit: $(STAMP) tools ## unit tests only (no services)
 	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, mypy and the import contracts (DESIGN.md section 2)
@@ -38,7 +40,7 @@ lint: $(STAMP) ## ruff, mypy and the import contracts (DESIGN.md section 2)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP) services ## benchmarks (print ratios against a baseline measured in the same run)
+bench: $(STAMP) services tools ## benchmarks (print ratios against a baseline measured in the same run)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	@# wrk drives bench_ingress's peak run (C, so the load leaves the CPU to the ingress);
 	@# without it the benchmark falls back to a Python load process.

@@ -48,6 +48,45 @@ class ToolUnavailable(TransientError):
     """Raised when a tool call failed in a way that may pass later (timeout, 5xx, refused)."""
 
 
+class RateLimited(ToolUnavailable):
+    """Raised when the other side asked us to slow down (a 429, or a 503 with ``Retry-After``).
+
+    Parameters:
+        message: what was refused, for people.
+        retry_after: seconds the other side asked us to wait, when it said (``Retry-After``);
+            None when it did not, and the caller's own backoff decides.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ToolOutcomeUnknown(ToolError):
+    """Raised when a call with an outside effect may or may not have happened.
+
+    An SMTP server that took the message body and then went silent may have delivered it.
+    This sits on the PERMANENT branch on purpose: a retry could do the effect twice, and a
+    tool with ``effect: once`` promises never to do that.
+    """
+
+
+class LimitExceeded(ToolError):
+    """Raised when an input or an output is over one of the configured limits; names the limit."""
+
+
+class ArtifactNotFound(NotFound):
+    """Raised when an artifact location names nothing in the store (deleted, or never stored)."""
+
+
+class ArtifactTooLarge(LimitExceeded):
+    """Raised when an artifact is larger than the store's limit per artifact; nothing is kept."""
+
+
+class ArtifactStoreUnavailable(TransientError):
+    """Raised when the artifact store could not be reached or timed out (the call may pass later)."""
+
+
 class BrokerUnavailable(TransientError):
     """Raised when RabbitMQ did not confirm a publish: the message may not be durable."""
 

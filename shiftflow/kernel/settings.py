@@ -117,7 +117,7 @@ def _redact(url: str) -> str:
 
 
 #: Settings holding a secret: ``public_dict`` shows only whether they are set.
-_SECRET_FIELDS = frozenset({"sideshift_secret", "price_api_key"})
+_SECRET_FIELDS = frozenset({"sideshift_secret", "price_api_key", "s3_secret_access_key"})
 
 
 def _commission_rate(env: Mapping[str, str]) -> str:
@@ -135,6 +135,38 @@ def _commission_rate(env: Mapping[str, str]) -> str:
             "(0.005 is SideShift's default of 0.5 %)"
         )
     return format(value, "f")
+
+
+def _tool_settings(env: Mapping[str, str], data_dir: str) -> dict[str, Any]:
+    """The settings of the tool layer: artifact store, SMTP, browser and media limits."""
+    backend = _choice(env, "ARTIFACT_BACKEND", "local", ("local", "s3"))
+    bucket = _str(env, "S3_BUCKET", "")
+    if backend == "s3" and not bucket:
+        raise SettingsError(f"{PREFIX}S3_BUCKET is not set: the s3 artifact backend needs a bucket name")
+    return {
+        "artifact_backend": backend,
+        "artifact_dir": _str(env, "ARTIFACT_DIR", f"{data_dir}/artifacts"),
+        "artifact_max_bytes": _int(env, "ARTIFACT_MAX_BYTES", 52_428_800, 1, 5 * 1024**3),
+        "s3_endpoint_url": _url(env, "S3_ENDPOINT_URL", ("https", "http"), "") if _get(env, "S3_ENDPOINT_URL") else "",
+        "s3_bucket": bucket,
+        "s3_prefix": _str(env, "S3_PREFIX", "").strip("/"),
+        "s3_region": _str(env, "S3_REGION", "us-east-1"),
+        "s3_access_key_id": _str(env, "S3_ACCESS_KEY_ID", ""),
+        "s3_secret_access_key": _str(env, "S3_SECRET_ACCESS_KEY", ""),
+        "s3_timeout_seconds": _float(env, "S3_TIMEOUT_SECONDS", 30.0, 0.1, 600.0),
+        "smtp_timeout_seconds": _float(env, "SMTP_TIMEOUT_SECONDS", 30.0, 0.1, 600.0),
+        "chromium_path": _str(env, "CHROMIUM_PATH", "/usr/bin/chromium"),
+        "browser_page_timeout_seconds": _float(env, "BROWSER_PAGE_TIMEOUT_SECONDS", 30.0, 0.5, 600.0),
+        "browser_max_calls": _int(env, "BROWSER_MAX_CALLS", 100, 1, 1_000_000),
+        "browser_memory_mb": _int(env, "BROWSER_MEMORY_MB", 1024, 64, 65_536),
+        "browser_js_heap_mb": _int(env, "BROWSER_JS_HEAP_MB", 256, 16, 16_384),
+        "browser_max_text_bytes": _int(env, "BROWSER_MAX_TEXT_BYTES", 1_048_576, 1_024, 64 * 1024 * 1024),
+        "ffmpeg_path": _str(env, "FFMPEG_PATH", "/usr/bin/ffmpeg"),
+        "ffprobe_path": _str(env, "FFPROBE_PATH", "/usr/bin/ffprobe"),
+        "media_max_pixels": _int(env, "MEDIA_MAX_PIXELS", 40_000_000, 1, 1_000_000_000),
+        "media_max_duration_seconds": _float(env, "MEDIA_MAX_DURATION_SECONDS", 600.0, 0.1, 86_400.0),
+        "media_timeout_seconds": _float(env, "MEDIA_TIMEOUT_SECONDS", 300.0, 1.0, 86_400.0),
+    }
 
 
 def _affiliate_id(env: Mapping[str, str]) -> str:
@@ -272,6 +304,48 @@ class Settings:
     price_api_key: str = ""
     #: SHIFTFLOW_PRICE_CACHE_SECONDS: how long a cached price is fresh enough to skip the API
     price_cache_seconds: int = 60
+    #: SHIFTFLOW_ARTIFACT_BACKEND: where tools keep the files they make: ``local`` or ``s3``
+    artifact_backend: str = "local"
+    #: SHIFTFLOW_ARTIFACT_DIR: the local backend's directory (default ``<DATA_DIR>/artifacts``)
+    artifact_dir: str = ".shiftflow-dev/artifacts"
+    #: SHIFTFLOW_ARTIFACT_MAX_BYTES: the largest artifact either backend accepts
+    artifact_max_bytes: int = 52_428_800
+    #: SHIFTFLOW_S3_ENDPOINT_URL: an S3-compatible endpoint ("" = AWS's own for the region)
+    s3_endpoint_url: str = ""
+    #: SHIFTFLOW_S3_BUCKET / SHIFTFLOW_S3_PREFIX / SHIFTFLOW_S3_REGION: where the s3 backend writes
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    #: SHIFTFLOW_S3_ACCESS_KEY_ID / SHIFTFLOW_S3_SECRET_ACCESS_KEY: the bucket's credentials
+    #: ("" = boto3's own chain: AWS_* variables, instance roles)
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    #: SHIFTFLOW_S3_TIMEOUT_SECONDS: connect and read timeout of each S3 request
+    s3_timeout_seconds: float = 30.0
+    #: SHIFTFLOW_SMTP_TIMEOUT_SECONDS: socket timeout of each SMTP command of email.send
+    smtp_timeout_seconds: float = 30.0
+    #: SHIFTFLOW_CHROMIUM_PATH: the Chromium binary the browser tools start
+    chromium_path: str = "/usr/bin/chromium"
+    #: SHIFTFLOW_BROWSER_PAGE_TIMEOUT_SECONDS: the longest one browser call may take (load included)
+    browser_page_timeout_seconds: float = 30.0
+    #: SHIFTFLOW_BROWSER_MAX_CALLS: calls one browser process serves before it is recycled
+    browser_max_calls: int = 100
+    #: SHIFTFLOW_BROWSER_MEMORY_MB: the browser's resident memory (all its processes) above
+    #: which it is recycled after the current call
+    browser_memory_mb: int = 1024
+    #: SHIFTFLOW_BROWSER_JS_HEAP_MB: V8's old-space ceiling per page (--max-old-space-size)
+    browser_js_heap_mb: int = 256
+    #: SHIFTFLOW_BROWSER_MAX_TEXT_BYTES: the largest text/html browser.fetch returns (refused above)
+    browser_max_text_bytes: int = 1_048_576
+    #: SHIFTFLOW_FFMPEG_PATH / SHIFTFLOW_FFPROBE_PATH: the binaries media.probe and media.transcode run
+    ffmpeg_path: str = "/usr/bin/ffmpeg"
+    ffprobe_path: str = "/usr/bin/ffprobe"
+    #: SHIFTFLOW_MEDIA_MAX_PIXELS: the most pixels (width x height) media.image reads or writes
+    media_max_pixels: int = 40_000_000
+    #: SHIFTFLOW_MEDIA_MAX_DURATION_SECONDS: the longest audio/video media.transcode accepts
+    media_max_duration_seconds: float = 600.0
+    #: SHIFTFLOW_MEDIA_TIMEOUT_SECONDS: the longest one ffmpeg/ffprobe run may take
+    media_timeout_seconds: float = 300.0
 
     @property
     def dev(self) -> bool:
@@ -364,6 +438,7 @@ class Settings:
             price_api_url=_url(env, "PRICE_API_URL", ("https", "http"), "https://api.coingecko.com"),
             price_api_key=_str(env, "PRICE_API_KEY", ""),
             price_cache_seconds=_int(env, "PRICE_CACHE_SECONDS", 60, 0, 86_400),
+            **_tool_settings(env, data_dir),
         )
 
     def public_dict(self) -> dict[str, Any]:

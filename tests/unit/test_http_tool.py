@@ -3,10 +3,14 @@ context per process (loading the CA bundle per call was most of an HTTP step's c
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import httpx
 import pytest
 
-from shiftflow.kernel.errors import ToolError, ToolUnavailable
+from shiftflow.kernel.errors import RateLimited, ToolError, ToolUnavailable
 from shiftflow.kernel.tools import http
 
 
@@ -42,9 +46,7 @@ import datetime as dt  # noqa: E402
 import ipaddress  # noqa: E402
 import socket  # noqa: E402
 import ssl  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 PUBLIC = "93.184.216.34"
 
@@ -313,6 +315,31 @@ def tls_service(tmp_path):
     server.server_close()
 
 
+class _RateLimitedHandler(BaseHTTPRequestHandler):
+    """Answers every request with the status and Retry-After header named by its path."""
+
+    def do_GET(self) -> None:
+        status, _, retry_after = self.path.strip("/").partition("/")
+        self.send_response(int(status))
+        if retry_after:
+            self.send_header("Retry-After", retry_after)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def limited_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RateLimitedHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
 def test_tls_to_the_pinned_address_checks_the_name_and_sends_host(tls_service, monkeypatch, connections):
     monkeypatch.setattr(socket, "getaddrinfo", Resolver({"svc.example": ["127.0.0.1"],
                                                          "wrong.example": ["127.0.0.1"]}))
@@ -326,3 +353,17 @@ def test_tls_to_the_pinned_address_checks_the_name_and_sends_host(tls_service, m
     # The same address under a name the certificate does not hold is refused.
     with pytest.raises(ToolError, match="certificate"):
         http.call({"url": f"https://wrong.example:{port}/"}, timeout=5, allow_private=True)
+
+
+@pytest.mark.parametrize(("path", "seconds"), [("429/7", 7.0), ("503/3", 3.0), ("429", None)])
+def test_rate_limit_answers_carry_retry_after(limited_server, path, seconds):
+    with pytest.raises(RateLimited) as caught:
+        http.call({"url": f"{limited_server}/{path}"}, timeout=5, allow_private=True)
+    assert caught.value.retry_after == seconds
+    assert isinstance(caught.value, ToolUnavailable)  # still transient for callers that only know that
+
+
+def test_a_503_without_retry_after_is_a_plain_transient_error(limited_server):
+    with pytest.raises(ToolUnavailable) as caught:
+        http.call({"url": f"{limited_server}/503"}, timeout=5, allow_private=True)
+    assert not isinstance(caught.value, RateLimited)

@@ -102,3 +102,18 @@ def test_shiftflow_config_masks_a_password_given_as_a_url_query_parameter(url, m
     # The harmless parameters stay readable.
     assert ("authSource=admin" in printed) == ("authSource=admin" in url)
     assert ("sslmode=require" in printed) == ("sslmode=require" in url)
+
+
+def test_tool_settings_and_the_s3_backend_need_a_bucket():
+    settings = Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_DATA_DIR": "/var/lib/sf",
+                                  "SHIFTFLOW_S3_SECRET_ACCESS_KEY": "hush", "SHIFTFLOW_BROWSER_MAX_CALLS": "7",
+                                  "SHIFTFLOW_S3_PREFIX": "/runs/"})
+    assert settings.artifact_backend == "local" and settings.artifact_dir == "/var/lib/sf/artifacts"
+    assert settings.browser_max_calls == 7 and settings.s3_prefix == "runs"
+    assert settings.public_dict()["s3_secret_access_key"] == "***"
+    with pytest.raises(SettingsError, match="SHIFTFLOW_S3_BUCKET is not set"):
+        Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_ARTIFACT_BACKEND": "s3"})
+    with pytest.raises(SettingsError, match="SHIFTFLOW_ARTIFACT_BACKEND='gcs' is malformed"):
+        Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_ARTIFACT_BACKEND": "gcs"})
+    with pytest.raises(SettingsError, match="SHIFTFLOW_MEDIA_MAX_PIXELS=0 is out of range"):
+        Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_MEDIA_MAX_PIXELS": "0"})

@@ -19,13 +19,12 @@ is the fallback.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from shiftflow.kernel.errors import PermanentError, ShiftFlowError, TransientError
+from shiftflow.kernel.retry_after import parse_retry_after
 
 #: The window SideShift's rate limits are counted in, seconds (docs/sideshift.md section 8).
 RATE_LIMIT_WINDOW = 60.0
@@ -265,30 +264,6 @@ _BY_CODE: dict[str, type[SideShiftError]] = {
     "METHOD_NOT_FOUND": PairNotAvailable,
     "FORBIDDEN": Unauthorized,
 }
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None.
-
-    Parameters:
-        value: the header value, if any.
-        now: the current Unix time (tests); ``time.time()`` by default.
-
-    Returns:
-        A non-negative number of seconds, or None when absent or unreadable.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def error_from_response(

@@ -16,6 +16,9 @@ Errors decide retries, and every failure of the client is one of two: a timeout,
 refused or broken connection, a malformed answer, a 429 or a 5xx is ``ToolUnavailable``
 (transient); a bad request (URL, method, header, body), a refused destination, a
 certificate that does not match, an undecodable body, any other 4xx is ``ToolError``.
+A 429, and a 503 that says ``Retry-After``, is ``RateLimited`` (a ``ToolUnavailable``)
+carrying the seconds the server asked for, so the caller can wait that long instead of
+retrying blindly.
 Messages pass through the caller's ``redact`` (secret values masked) before anything
 shortens them.
 
@@ -39,7 +42,9 @@ from typing import Any, NoReturn
 import httpcore
 import httpx
 
-from shiftflow.kernel.errors import ShiftFlowError, ToolError, ToolUnavailable
+from shiftflow.kernel.errors import RateLimited, ShiftFlowError, ToolError, ToolUnavailable
+from shiftflow.kernel.retry_after import parse_retry_after
+from shiftflow.kernel.tools.base import Tool, ToolContext
 from shiftflow.kernel.tools.pinned import PinnedBackend, PinnedTransport
 
 for _name in ("httpx", "httpcore"):
@@ -251,7 +256,8 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
         ``{"status": int, "json": ... }`` or ``{"status": int, "text": str}``.
 
     Raises:
-        ToolUnavailable: timeout, connection error, malformed answer, 429 or 5xx (retry).
+        RateLimited: 429, or 503 with ``Retry-After`` (retry after ``retry_after`` seconds).
+        ToolUnavailable: timeout, connection error, malformed answer or another 5xx (retry).
         ToolError: anything a retry cannot fix.
     """
 
@@ -295,7 +301,11 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
         fail(_classify(exc), f"{method} {url} failed: {type(exc).__name__}: {exc}")
     body = bytes(buffer)
     status = response.status_code
-    if status == 429 or status >= 500:
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if status == 429 or (status == 503 and retry_after is not None):
+        waited = "" if retry_after is None else f" (Retry-After: {retry_after:g} s)"
+        raise RateLimited(redact(f"{method} {url} answered {status}{waited}"), retry_after=retry_after)
+    if status >= 500:
         fail(ToolUnavailable, f"{method} {url} answered {status}")
     if status >= 400:
         excerpt = redact(body.decode("utf-8", "replace"))[:ERROR_EXCERPT_CHARS]
@@ -306,3 +316,37 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
         except ValueError:
             fail(ToolError, f"{method} {url} sent invalid JSON")
     return {"status": status, "text": body.decode("utf-8", "replace")}
+
+
+def _run(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+    return call(params, timeout=ctx.limits.http_timeout, allow_private=ctx.allow_private)
+
+
+#: ``http.request``: the HTTP step as a registered tool (same inputs, same answers).
+TOOL = Tool(
+    name="http.request",
+    description="Make one HTTP request (SSRF-guarded, size-capped) and return its status and body.",
+    category="http",
+    queue="tools",
+    # Like the http step's own default; a step that POSTs a payment declares ``effect: once``.
+    effect="repeatable",
+    params_schema={
+        "type": "object",
+        "required": ["url"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "minLength": 1},
+            "method": {"enum": [*_METHODS, *(m.lower() for m in _METHODS)]},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "params": {"type": "object"},
+            "json": {},
+            "body": {"type": "string"},
+        },
+    },
+    result_schema={
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "integer"}, "json": {}, "text": {"type": "string"}},
+    },
+    run=_run,
+)
