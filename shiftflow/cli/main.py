@@ -249,17 +249,61 @@ def cmd_workers(args: argparse.Namespace) -> int:
         if args.pool not in pools:
             raise SettingsError(f"no pool named {args.pool!r}; pools: {', '.join(pools)}")
         pool = pools[args.pool]
-        pool = Pool(pool.name, pool.queues, args.processes or pool.processes, args.threads or pool.threads)
-    if settings.metrics_dir:
+        pool = Pool(pool.name, pool.queues, args.processes or pool.processes, args.threads or pool.threads,
+                    pool.metrics_port)
+    settings, scratch = _pool_metrics(settings, pool, args.metrics_port)
+    print(f"pool {pool.name}: {pool.processes} process(es) x {pool.threads} threads on {', '.join(pool.queues)}; "
+          + (f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics (and /healthz, /readyz)"
+             if settings.metrics_port else "metrics off (metrics port 0)"),
+          flush=True)
+    configure_logging(settings.log_level, settings.log_repeat_seconds)
+    logging.getLogger("shiftflow.workers").setLevel(logging.INFO)  # start, stop and replacement lines
+    try:
+        return Supervisor(pool, settings).run()
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _pool_metrics(settings: Settings, pool: Any, flag_port: int | None) -> tuple[Settings, str | None]:
+    """The pool's metrics port and directory, checked before anything starts.
+
+    The port: ``--metrics-port``, else the pool's ``metrics_port``, else
+    ``SHIFTFLOW_METRICS_PORT``. Without ``SHIFTFLOW_METRICS_DIR`` the pool gets a
+    directory of its own for this run (returned, to be removed at the end): a pool started
+    as the README shows serves its metrics with no more setup.
+
+    Raises:
+        SettingsError: the port is taken (another pool on this machine, most likely).
+    """
+    import dataclasses
+    import socket
+    import tempfile
+
+    port = flag_port if flag_port is not None else pool.metrics_port
+    if port is not None:
+        settings = dataclasses.replace(settings, metrics_port=port)
+    if not settings.metrics_port:
+        return settings, None
+    with socket.socket() as probe:
+        try:
+            probe.bind((settings.metrics_host, settings.metrics_port))
+        except OSError as exc:
+            raise SettingsError(
+                f"pool {pool.name}: metrics port {settings.metrics_host}:{settings.metrics_port} is taken "
+                f"({exc.strerror}); another pool on this machine? Give each pool its own port: metrics_port "
+                "in the pools file, --metrics-port, or SHIFTFLOW_METRICS_PORT (0 turns the exporter off)"
+            ) from None
+    scratch = None
+    if not settings.metrics_dir:
+        scratch = tempfile.mkdtemp(prefix=f"shiftflow-metrics-{pool.name}-")
+        settings = dataclasses.replace(settings, metrics_dir=scratch)
+    else:
         # A fresh directory per pool start: files of another run's processes would be summed
         # forever. Within this run, a replaced process's counters stay (see the supervisor).
         shutil.rmtree(settings.metrics_dir, ignore_errors=True)
         os.makedirs(settings.metrics_dir, exist_ok=True)
-    print(f"pool {pool.name}: {pool.processes} process(es) x {pool.threads} threads on {', '.join(pool.queues)}",
-          flush=True)
-    configure_logging(settings.log_level, settings.log_repeat_seconds)
-    logging.getLogger("shiftflow.workers").setLevel(logging.INFO)  # start, stop and replacement lines
-    return Supervisor(pool, settings).run()
+    return configure(settings), scratch
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -338,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queues", nargs="+", help="consume these queues instead of a named pool")
     p.add_argument("--processes", type=int, help="override the pool's process count")
     p.add_argument("--threads", type=int, help="override the pool's threads per process")
+    p.add_argument("--metrics-port", type=int, help="port of the pool's Prometheus exporter (default: the pool's "
+                   "metrics_port, else SHIFTFLOW_METRICS_PORT; 0 = off)")
     p.set_defaults(func=cmd_workers)
 
     for name in COMMAND_MODULES:

@@ -29,10 +29,13 @@ class Pool:
     queues: tuple[str, ...]
     processes: int
     threads: int
+    #: The port of the pool's metrics exporter (``metrics_port`` in the pools file); None:
+    #: ``SHIFTFLOW_METRICS_PORT``. Two pools on one machine need two ports.
+    metrics_port: int | None = None
 
 
 def load_pools(path: str | None) -> dict[str, Pool]:
-    """Read pools from a YAML file (``pools: {name: {queues, processes, threads}}``).
+    """Read pools from a YAML file (``pools: {name: {queues, processes, threads, metrics_port}}``).
 
     Raises:
         SettingsError: the file is unreadable or a pool names an unknown queue.
@@ -50,5 +53,8 @@ def load_pools(path: str | None) -> dict[str, Pool]:
         if not queues or unknown:
             raise SettingsError(f"pool {name!r}: queues must be a non-empty subset of {', '.join(Queue.ALL)}"
                                 + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-        pools[name] = Pool(name, queues, int(spec.get("processes", 1)), int(spec.get("threads", 8)))
+        port = spec.get("metrics_port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+            raise SettingsError(f"pool {name!r}: metrics_port must be a port number (0 = off), got {port!r}")
+        pools[name] = Pool(name, queues, int(spec.get("processes", 1)), int(spec.get("threads", 8)), port)
     return pools

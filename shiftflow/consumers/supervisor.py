@@ -103,9 +103,13 @@ class Supervisor:
         self.pool = pool
         self.settings = settings
         self.env = dict(os.environ if env is None else env)
+        # The pool's processes read their settings from the environment: hand them the
+        # metrics port and directory this pool decided on (pools file, flag or defaults).
+        self.env["SHIFTFLOW_METRICS_PORT"] = str(settings.metrics_port)
         if settings.metrics_dir:
             # Every process of the pool writes its metric files there, forks included.
             self.env["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir
+            self.env["SHIFTFLOW_METRICS_DIR"] = settings.metrics_dir
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock
         base = [python, "-m", "shiftflow.consumers.process", "--parent", str(os.getpid())]
