@@ -292,7 +292,8 @@ class ScenarioRun:
             f"{snapshot.reclaimed} steps claimed more than once (at most {snapshot.max_attempts} times)"
         )
         if numbers.unknown_left:
-            numbers.notes.append(f"unknown outcomes read with {how}")
+            numbers.notes.append(f"unknown outcomes read with {how}; {numbers.parked} execution(s) wait for "
+                                 "an operator to settle them (`shiftflow effects settle`)")
         numbers.notes.append(
             f"restarts: workers {self.workers.restarts} (exit codes {self.workers.exits}), ingress "
             f"{self.ingress.restarts}; logs: workers {self.workers.log_bytes() / 1e6:.1f} MB, "

@@ -109,6 +109,20 @@ def test_an_unknown_outcome_is_excused_only_by_a_death_and_passes_only_when_list
     assert long_before.false_failures == 1
 
 
+def test_an_execution_parked_on_a_listed_unknown_outcome_is_not_unfinished() -> None:
+    import dataclasses
+
+    ledger, snapshot, calls = _clean()
+    snapshot.executions[0] = ("e-a", dedup_key("a"), "RUNNING", "outcome unknown: settle it")
+    snapshot.steps[1] = ("e-a", "confirm", "WAITING", None)
+    snapshot.effects[1] = ("e-a", "confirm", "UNKNOWN", T0, T0 + 5)
+    parked = dataclasses.replace(snapshot, parked=frozenset({"e-a"}))
+    numbers = _run(ledger, parked, calls, listed={("e-a", "confirm")}, deaths=[T0 + 3])
+    assert (numbers.unfinished, numbers.parked) == (0, 1) and numbers.passed, numbers.report()
+    unlisted = _run(ledger, parked, calls, deaths=[T0 + 3])
+    assert not unlisted.passed  # parked, but no operator would find it
+
+
 def test_a_record_left_sending_after_success_is_an_unknown_left() -> None:
     ledger, snapshot, calls = _clean()
     snapshot.effects[0] = ("e-a", "call", "SENDING", T0, T0)
