@@ -124,19 +124,12 @@ def _adopt(
         )
     placer = step_row(order)
     if order.state == "PENDING_CREATE" and not swap_lineage.is_active(placer):
-        locked = lock_order(order.id)
-        why = f"its step ended ({placer.status.lower() if placer else 'gone'})"
-        if locked.create_sent_at is None:
-            # Never sent, and never will be: its step's last check (order_create) needs it running.
-            locked.state, locked.error, locked.completed_at = "FAILED", f"never sent: {why}", utcnow()
-            locked.save()
-            set_effect(locked, "FAILED", error=locked.error)
-            log(locked, claim.execution, f"SideShift order {locked.id} failed: {locked.error}", level="warn")
+        # Never sent, it never will be (its step's last check before sending needs the step
+        # running) and a new order may be placed; maybe sent, an operator must look.
+        order = lock_order(order.id)
+        _settle_left_behind(order, placer)
+        if order.state == "FAILED":
             return order_create.plan(claim, spec, swap, generation=count + 1)
-        locked.state, locked.error = "NEEDS_RECONCILIATION", f"the create call may have been sent; {why}"
-        locked.save()
-        set_effect(locked, "UNKNOWN", error=locked.error)
-        order = locked
     if order.state == "PENDING_CREATE":
         # The placing step is still running (its intent, or its create call in flight):
         # look again after a poll interval, then adopt what it recorded.
@@ -193,32 +186,58 @@ def after_delivery(payload: StepPayload) -> list[Outgoing]:
         return order_status.orphan_poll(order) if stale else []
     with runs.transaction():
         locked = lock_order(order.id)
-        if locked.state != "PENDING_CREATE":
-            return []
-        why = f"its step ended ({step.status.lower() if step else 'gone'}: {step.error if step else ''})"
-        execution = Execution.get_or_none(Execution.id == fk_id(locked, "execution"))
-        if locked.create_sent_at is None:
-            locked.state, locked.error, locked.completed_at = "FAILED", f"never sent: {why}", utcnow()
-            locked.save()
-            set_effect(locked, "FAILED", error=locked.error)
-            log(locked, execution, f"SideShift order {locked.id} failed: {locked.error}", level="error")
-        else:
-            locked.state, locked.error = "NEEDS_RECONCILIATION", f"the create call may have been sent; {why}"
-            locked.save()
-            set_effect(locked, "UNKNOWN", error=locked.error)
-            text = (
-                f"SideShift order {locked.id} needs reconciliation: {locked.error}; {operator_hint(locked)}"
-            )
-            log(locked, execution, text, level="error")
-            if execution is not None:
-                notify(
-                    execution,
-                    "SYSTEM_ALERT",
-                    f"SideShift order {locked.id} needs reconciliation",
-                    text,
-                    {"orderId": str(locked.id), "externalId": locked.external_id},
-                )
+        if locked.state == "PENDING_CREATE":
+            _settle_left_behind(locked, step)
     return []
+
+
+def _settle_left_behind(order: SideShiftOrder, step: StepExecution | None) -> None:
+    """An order left PENDING_CREATE by a step that ended without its handler (call with the
+    order locked): never sent, it FAILS; maybe sent, it needs reconciliation (an alert)."""
+    why = f"its step ended ({step.status.lower() if step else 'gone'}: {step.error if step else ''})"
+    execution = Execution.get_or_none(Execution.id == fk_id(order, "execution"))
+    if order.create_sent_at is None:
+        order.state, order.error, order.completed_at = "FAILED", f"never sent: {why}", utcnow()
+        order.save()
+        set_effect(order, "FAILED", error=order.error)
+        log(order, execution, f"SideShift order {order.id} failed: {order.error}", level="error")
+        return
+    order.state, order.error = "NEEDS_RECONCILIATION", f"the create call may have been sent; {why}"
+    order.save()
+    set_effect(order, "UNKNOWN", error=order.error)
+    text = f"SideShift order {order.id} needs reconciliation: {order.error}; {operator_hint(order)}"
+    log(order, execution, text, level="error")
+    if execution is not None:
+        notify(
+            execution,
+            "SYSTEM_ALERT",
+            f"SideShift order {order.id} needs reconciliation",
+            text,
+            {"orderId": str(order.id), "externalId": order.external_id},
+        )
+
+
+def settle_left_behind(limit: int = 100) -> list[SideShiftOrder]:
+    """Settle every order still PENDING_CREATE whose step ended and that no delivery of that
+    step came back to (a cancel or timeout while it backed off, a dead letter): part of
+    ``shiftflow sideshift poll --due``. Returns the orders it settled."""
+    settled = []
+    pending = (
+        SideShiftOrder.select()
+        .where(SideShiftOrder.state == "PENDING_CREATE")
+        .order_by(SideShiftOrder.created_at)
+        .limit(limit)
+    )
+    for order in pending:
+        step = step_row(order)
+        if swap_lineage.is_active(step):
+            continue
+        with runs.transaction():
+            locked = lock_order(order.id)
+            if locked.state == "PENDING_CREATE":
+                _settle_left_behind(locked, step)
+                settled.append(locked)
+    return settled
 
 
 def poll_for_step(payload: StepPayload) -> list[Outgoing]:
@@ -228,14 +247,16 @@ def poll_for_step(payload: StepPayload) -> list[Outgoing]:
 
 
 def poll_due(limit: int = 100) -> list[tuple[SideShiftOrder, list[Outgoing]]]:
-    """Poll every open order whose next poll is due (``shiftflow sideshift poll --due``)."""
+    """Poll every open order whose next poll is due, after settling the orders their step
+    left behind (``settle_left_behind``): ``shiftflow sideshift poll --due``."""
+    results: list[tuple[SideShiftOrder, list[Outgoing]]] = [(o, []) for o in settle_left_behind(limit)]
     due = (
         SideShiftOrder.select()
         .where((SideShiftOrder.state == "OPEN") & (SideShiftOrder.next_poll_at <= utcnow()))
         .order_by(SideShiftOrder.next_poll_at)
         .limit(limit)
     )
-    return [(order, order_status.poll_order(order)) for order in due]
+    return results + [(order, order_status.poll_order(order)) for order in due]
 
 
 def list_orders(
@@ -430,4 +451,5 @@ __all__ = [
     "poll_for_step",
     "reconcile",
     "run_swap_step",
+    "settle_left_behind",
 ]

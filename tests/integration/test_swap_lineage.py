@@ -244,6 +244,24 @@ def test_a_for_each_rerun_keeps_the_items_that_settled(rig: SwapRig) -> None:
     assert item.status == "SUCCEEDED" and item.output["shift_id"] == settled.shift_id
 
 
+def test_poll_due_settles_an_intent_its_cancelled_step_left_behind(rig: SwapRig) -> None:
+    # Found by the model test: a step cancelled while it backed off (its quote failed) left
+    # its intent PENDING_CREATE for ever, since no delivery of that step comes back.
+    rig.fake.fail_next(100, status=503, routes=["quotes"])
+    definition = swap_workflow("backoff")
+    definition["steps"][0]["retry"] = {"max": 3, "backoff": 60}
+    first = rig.start(rig.workflow(definition), "backoff-1")
+    order = rig.order(first.id, "PENDING_CREATE")
+    wait_until(lambda: rig.step(first.id).resume_at is not None, timeout=30, message="the step to back off")
+    send_all(control.cancel(OPERATOR, first.id)[1])
+    assert SideShiftOrder.get_by_id(order.id).state == "PENDING_CREATE"
+    settled = [o.id for o, _ in order_ops.poll_due()]
+    assert order.id in settled
+    order = SideShiftOrder.get_by_id(order.id)
+    assert order.state == "FAILED" and order.error.startswith("never sent: its step ended (cancelled")
+    assert rig.fake.created_total == 0
+
+
 # -- finding 3: a cancel during the quote stops the create ------------------------------------
 
 
