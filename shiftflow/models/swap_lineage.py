@@ -4,9 +4,10 @@ The rule every path obeys (re-runs, concurrent re-runs, dead-letter replay, canc
 reconcile, a manual run repeated with its idempotency key): **an order belongs to its
 swap's identity across the whole re-run tree**, (root execution, step id, iteration).
 ``control.rerun`` gives every re-run the ``lineage_root`` of the execution it repeats, so
-the failed execution, each re-run of it and each re-run of a re-run run the same swap;
-a repeated manual trigger with the same key is the same execution, and a replayed dead
-letter the same step.
+the failed execution, each re-run of it and each re-run of a re-run run the same swap; a
+sub-workflow that a parent's re-run starts again gets the first such child as its root
+(``runs.child_lineage_root``); a repeated manual trigger with the same key is the same
+execution, and a replayed dead letter the same step.
 
 Before any order of a swap is planned, sent, adopted or reconciled, its ``SideShiftSwap``
 row is locked (``FOR UPDATE``; SQLite serialises writers anyway) and every order of the
@@ -27,7 +28,7 @@ Only orders that are **provably final with no funds delivered** let a new order 
 placed: FAILED (refused, never sent, or declared "no shift" by an operator), REFUNDED
 (the deposit went back to the refund address; nothing settled) and EXPIRED with no
 deposit seen (nobody paid before the deadline; a late deposit is refunded by SideShift,
-docs/sideshift.md). An EXPIRED order that saw a deposit is adopted as a failure: a
+docs/sideshift.md sections 3 and 13). An EXPIRED order that saw a deposit is adopted as a failure: a
 person decides whether to swap again (in a new execution). Money safety never depends on
 SideShift refusing anything: the create call is sent only by the step whose intent passed
 this check, re-checked under the same lock just before sending (``order_create``).

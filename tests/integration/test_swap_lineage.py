@@ -209,6 +209,38 @@ def test_a_rerun_waiting_for_a_reconciliation_adopts_the_shift_the_operator_find
     assert _orders_of(rerun.id) == [] and rig.fake.created_total == 1
 
 
+def test_a_sub_workflow_started_again_by_a_parent_rerun_adopts_its_swap(rig: SwapRig) -> None:
+    rig.workflow(swap_workflow("child-swap"))
+    parent_workflow = rig.workflow(
+        {
+            "name": "parent",
+            "trigger": {"type": "manual"},
+            "steps": [{"id": "sub", "type": "workflow", "with": {"workflow": "child-swap"}}],
+        }
+    )
+    parent = rig.start(parent_workflow, "parent-1")
+    child = wait_until(lambda: Execution.get_or_none(Execution.parent == parent.id), timeout=30)
+    order = rig.order(child.id, "OPEN")
+    send_all(control.cancel(OPERATOR, parent.id)[1])  # cancels the child with it; the shift stays open
+    assert Execution.get_by_id(child.id).status == "CANCELLED"
+    rerun, messages = control.rerun(OPERATOR, parent.id)
+    send_all(messages)
+    second = wait_until(
+        lambda: Execution.get_or_none((Execution.parent == rerun.id) & (Execution.source == "workflow")),
+        timeout=30,
+    )
+    wait_until(
+        lambda: any(o.state != "PENDING_CREATE" for o in _orders_of(second.id))
+        or (rig.step(second.id).output or {}).get("order_id"),
+        timeout=30,
+        message="the second child's swap to order or adopt",
+    )
+    assert rig.fake.created_total == 1, rig.describe(second.id)
+    rig.settle(order)
+    assert rig.finished(rerun.id).status == "SUCCEEDED", rig.describe(rerun.id)
+    assert rig.step(second.id).output["shift_id"] == order.shift_id
+
+
 def test_a_for_each_rerun_keeps_the_items_that_settled(rig: SwapRig) -> None:
     definition = {
         "name": "basket",

@@ -4,7 +4,8 @@
 -- root), so that every re-run of an execution, and re-run of a re-run, finds the same swap.
 -- sideshift_swap: the identity (root execution, step, iteration) every order of a swap
 -- belongs to; its row is the lock taken before any order of the swap is planned, sent,
--- adopted or reconciled. Existing re-runs and orders are placed in their lineage here.
+-- adopted or reconciled. Existing re-runs and orders are placed in their lineage here
+-- (sub-workflow executions started before this migration stay their own roots).
 
 ALTER TABLE "execution" ADD COLUMN "lineage_root" UUID;
 CREATE INDEX idx_execution_lineage ON execution USING btree (lineage_root) WHERE (lineage_root IS NOT NULL);
