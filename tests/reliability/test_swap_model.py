@@ -25,11 +25,14 @@ or marked for reconciliation, ShiftFlow's view of each shift matches the fake's,
 swap step that succeeded names a settled shift.
 
 Real PostgreSQL (locks and all), RabbitMQ (what the API publishes), Redis (the SideShift
-rate limiter), SecantusDB (execution logs) and the fake SideShift over HTTP; the worker is
-the test's own loop (``swap_model.Driver``) so that a thousand sequences fit in minutes.
+rate limiter), SecantusDB (execution logs) and fake SideShift servers over HTTP (half of
+them accept a reused quote); the workers are the test's own loops (``swap_model.Driver``,
+four side by side on the one database) so that a thousand sequences fit in minutes.
 
-``SHIFTFLOW_TEST_SEED`` replays a run (the seed is printed), ``SHIFTFLOW_TEST_MODEL_SEQUENCES``
-sets the count (default 1000) and ``SHIFTFLOW_TEST_MODEL_ONLY=N`` runs sequence N alone.
+``SHIFTFLOW_TEST_SEED`` replays a run (the seed is printed; which driver runs a sequence,
+and the interleaving of concurrent ones, may differ), ``SHIFTFLOW_TEST_MODEL_SEQUENCES``
+sets the count (default 1000), ``SHIFTFLOW_TEST_MODEL_DRIVERS`` the drivers running side by
+side (default 4), and ``SHIFTFLOW_TEST_MODEL_ONLY=N`` runs sequence N alone.
 Run with ``-s`` to see the counts::
 
     .venv/bin/python -m pytest -p no:cacheprovider -s tests/reliability/test_swap_model.py
@@ -50,6 +53,7 @@ import pytest
 
 from shiftflow import actors
 from shiftflow.fakes.sideshift import FakeSideShiftServer, Timings
+from shiftflow.fakes.sideshift_behaviour import FakeBehaviour
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.mongo import MongoSink, configure_sink
@@ -108,6 +112,11 @@ def fleet(real_env: dict[str, str]) -> Iterator[Fleet]:
             enforce_rate_limits=False,
             timings=Timings(confirm=1, process=1, settle=1, refund_start=1, refund_confirm=1),
             seed=SEED * 16 + i,  # shift ids differ between the fakes
+            # Half the fakes accept a reused quote and answer 400 for an unknown shift: money
+            # safety must not depend on SideShift refusing anything.
+            behaviour=FakeBehaviour(
+                reused_quote=("refuse", "accept")[i % 2], unknown_shift_status=(404, 400)[i % 2]
+            ),
         )
         for i in range(WORKERS)
     ]
