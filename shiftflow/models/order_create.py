@@ -45,7 +45,7 @@ from shiftflow.kernel.sideshift import (
 from shiftflow.kernel.steps import TERMINAL
 from shiftflow.kernel.swap_spec import SwapSpec, request_hash
 from shiftflow.models import fanout, order_status, runs, swap_lineage
-from shiftflow.models.base import utcnow
+from shiftflow.models.base import new_id, utcnow
 from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.orders import (
@@ -108,7 +108,9 @@ def plan(claim: runs.Claim, spec: SwapSpec, swap: SideShiftSwap, generation: int
     while SideShiftOrder.select().where(SideShiftOrder.external_id == ext).exists():
         generation += 1  # an external id taken before 0007 (an order placed in its own execution's name)
         ext = external_id(swap.root_execution, step.step_id, step.iteration, generation)
-    order_id = SideShiftOrder.insert(
+    order_id = new_id()  # generated here: SQLite's insert answers its rowid, not the key
+    SideShiftOrder.insert(
+        id=order_id,
         workspace=execution.workspace_id,
         user=user,
         execution=execution.id,
