@@ -1,9 +1,9 @@
 """SideShift orders placed by ``sideshift_swap`` steps: the shared vocabulary.
 
 The one rule: **one order per swap, whatever crashes and whatever the operators do.**
-SideShift has no idempotency key and no way to list or search shifts (docs/sideshift.md section 10),
-so the order row is the intent, committed BEFORE the create call, and its state says
-what a redelivery may do:
+SideShift has no idempotency key and no way to list or search shifts (docs/sideshift.md
+section 10), so the order row is the intent, committed BEFORE the create call, and its
+state says what a redelivery may do:
 
 =====================================  =========================================
 ``SideShiftOrder`` row                  meaning (ledger ``SideEffect`` state)

@@ -2,8 +2,8 @@
 
 The row is written BEFORE ``POST /shifts/*`` with state PENDING_CREATE and a fresh
 ``external_id``; ``shift_id`` is filled from the 201 response. SideShift has no
-idempotency key and no way to list or search shifts (docs/sideshift.md section 10), so a create
-call with an unknown outcome (timeout, reset after send, 5xx) moves the order to
+idempotency key and no way to list or search shifts (docs/sideshift.md section 10), so a
+create call with an unknown outcome (timeout, reset after send, 5xx) moves the order to
 NEEDS_RECONCILIATION and it is never re-posted automatically.
 
 Every order belongs to a ``SideShiftSwap``: the swap's identity across a whole re-run

@@ -520,9 +520,10 @@ class Driver:
         the fake SideShift really holds for its externalId (the shift, or none)."""
         done = 0
         ids = [e.id for e in self.lineage(root)]
-        for order in SideShiftOrder.select().where(SideShiftOrder.execution.in_(ids)):
-            if not order_ops._reconcilable(order):
-                continue
+        waiting = (SideShiftOrder.state == "NEEDS_RECONCILIATION") | (
+            (SideShiftOrder.state == "PENDING_CREATE") & SideShiftOrder.create_sent_at.is_null(False)
+        )
+        for order in SideShiftOrder.select().where(SideShiftOrder.execution.in_(ids) & waiting):
             shift = self.fake.shift_by_external_id(order.external_id)
             try:
                 _, out = order_ops.reconcile(
