@@ -145,13 +145,21 @@ def _rerun(args: argparse.Namespace) -> int:
     settings = connect(args)
     if not settings.dev:
         _install_broker(settings)
-    execution, outgoing = control.rerun(operator(args), args.execution)
-    _publish(settings, outgoing)
-    print(
-        f"re-run of {args.execution}: execution {execution.id} (key {execution.dedup_key}), "
-        f"starting from the failed step",
-        flush=True,
-    )
+    made = control.start_rerun(operator(args), args.execution, idempotency_key=args.idempotency_key)
+    _publish(settings, made.outgoing)
+    execution = made.execution
+    if made.created:
+        print(
+            f"re-run of {args.execution}: execution {execution.id} (key {execution.dedup_key}), "
+            f"starting from the failed step",
+            flush=True,
+        )
+    else:
+        print(
+            f"re-run of {args.execution} already started with this idempotency key: execution "
+            f"{execution.id} ({execution.status})",
+            flush=True,
+        )
     if args.wait:
         return _follow(execution.id, timeout=args.timeout)
     return 0
@@ -320,6 +328,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("execution", metavar="ID", help="execution id (FAILED, CANCELLED or TIMED_OUT)")
     p.add_argument("--workspace", help="refuse unless the execution belongs to this workspace")
+    p.add_argument(
+        "--idempotency-key", help="running again with the same key answers the same re-run, never a second one"
+    )
     _waiting(p)
     p.set_defaults(func=guarded(_rerun))
 

@@ -230,7 +230,12 @@ def register(sub: Any) -> None:
 
     p = cmds.add_parser("poll", help="poll orders now (ids, or --due: every open order whose poll is due)")
     p.add_argument("orders", nargs="*", help="order ids")
-    p.add_argument("--due", action="store_true", help="every open order whose next poll is due")
+    p.add_argument(
+        "--due",
+        action="store_true",
+        help="every open order whose next poll is due, after settling orders whose step ended before "
+        "sending them (FAILED) or before recording the answer (NEEDS_RECONCILIATION)",
+    )
     p.add_argument("--limit", type=int, default=100, help="most due orders to poll (default 100)")
     p.set_defaults(func=_poll)
 

@@ -12,16 +12,23 @@ so a broker blip never strands a committed re-run.
   is refused (the row is no longer RUNNING) and nothing is planned after a terminal
   execution. Sub-workflow executions it waits for are cancelled with it.
 * **rerun**: a *new* execution (``parent`` = the old one, dedup key
-  ``rerun:<old id>:<n>``) on the same pinned version and trigger data, starting with
-  copies of the old execution's SUCCEEDED step rows, so only the failed step and what
-  follows run again. It does not count against ``max_executions`` (the run it repeats
-  was counted) but waits for a slot of its concurrency lane like any execution.
+  ``rerun:<old id>:<n>``, or ``rerun:<old id>:key:<idempotency key>``) on the same pinned
+  version and trigger data, starting with copies of the old execution's SUCCEEDED step
+  rows, so only the failed step and what follows run again. It does not count against
+  ``max_executions`` (the run it repeats was counted) but waits for a slot of its
+  concurrency lane like any execution. Every re-run carries its lineage's root
+  (``lineage_root``): the first execution, which re-runs of re-runs repeat too. **One
+  active re-run per lineage**: while one has not ended, another is a ``Conflict`` naming
+  it (two operators, a double click, a retried request). The same idempotency key
+  returns the same re-run. SideShift swaps rely on the lineage for one order per swap
+  (``swap_lineage``); this rule only keeps operators from racing each other.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from shiftflow.kernel.contracts import Priority, StepPayload, TriggerPayload
@@ -73,15 +80,7 @@ def manual_trigger(
         level = Priority.parse(priority if isinstance(priority, str) or priority is None else "?")
     except ValueError as exc:
         raise InvalidInput("priority", str(exc)) from None
-    if idempotency_key is not None:
-        if not (
-            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-            and idempotency_key.isprintable()
-            and idempotency_key.isascii()
-        ):
-            raise InvalidInput(
-                "Idempotency-Key", f"expected 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
-            )
+    _check_idempotency_key(idempotency_key)
     key = idempotency_key or uuid.uuid4().hex
     return TriggerPayload(
         workflow_id=str(workflow.id),
@@ -92,6 +91,12 @@ def manual_trigger(
         priority=level.name,
         triggered_by=str(actor.user_id) if actor.user_id else "",
     )
+
+
+def _check_idempotency_key(key: str | None) -> None:
+    """Raises InvalidInput unless ``key`` is None or 1-200 printable ASCII characters."""
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable() and key.isascii()):
+        raise InvalidInput("Idempotency-Key", f"expected 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters")
 
 
 def record_trigger(actor: Principal, payload: TriggerPayload) -> None:
@@ -196,25 +201,75 @@ def _copy_succeeded(old: Execution, new: Execution) -> int:
     return len(copies)
 
 
+@dataclass(frozen=True)
+class Rerun:
+    """The outcome of ``start_rerun``: the re-run, the messages to publish after the commit,
+    and whether it was made now (False: an earlier request with the same idempotency key
+    made it, and ``outgoing`` re-sends what that one may have failed to publish)."""
+
+    execution: Execution
+    outgoing: list[Outgoing]
+    created: bool
+
+
 def rerun(actor: Principal, execution_id: Any) -> tuple[Execution, list[Outgoing]]:
+    """``start_rerun`` without an idempotency key: the new execution and its messages."""
+    made = start_rerun(actor, execution_id)
+    return made.execution, made.outgoing
+
+
+def start_rerun(actor: Principal, execution_id: Any, *, idempotency_key: str | None = None) -> Rerun:
     """Start a new execution that repeats a failed one from its failed step.
 
-    Returns:
-        The new execution and the messages to publish after commit.
+    The lineage's root execution is locked first, so concurrent requests on any execution
+    of one lineage decide one after the other.
+
+    Parameters:
+        idempotency_key: a retry with the same key (for the same execution) returns the
+            re-run the first request made, whatever happened since, and makes no other.
 
     Raises:
         NotFound: no such execution in the caller's workspace.
-        Conflict: the execution did not fail (or time out, or get cancelled).
+        Conflict: the execution did not fail (or time out, or get cancelled), or a re-run
+            of its lineage has not ended yet (the message names it).
+        InvalidInput: a malformed idempotency key.
     """
     actor.require("executions:write")
+    _check_idempotency_key(idempotency_key)
     with runs.transaction():
         found = queries.get_execution(actor, execution_id)
-        old = runs.lock_execution(found.id)  # serialises concurrent re-runs: one n each
+        root_id = found.lineage_root or found.id
+        if root_id != found.id and Execution.select().where(Execution.id == root_id).exists():
+            runs.lock_execution(root_id)  # lock order: the root, then its descendants
+        old = runs.lock_execution(found.id)
+        prefix = f"rerun:{old.id}:"
+        if idempotency_key is not None:
+            earlier = Execution.get_or_none(
+                (Execution.workflow == old.workflow_id) & (Execution.dedup_key == f"{prefix}key:{idempotency_key}")
+            )
+            if earlier is not None:
+                definition = runs.load_definition(earlier.workflow_id, earlier.workflow_version)
+                again = runs.pending_messages(earlier, definition) if earlier.status == "RUNNING" else []
+                return Rerun(earlier, again, created=False)
         if old.status not in RERUNNABLE:
             raise Conflict(
                 f"execution {old.id} is {old.status}: only {', '.join(RERUNNABLE)} executions re-run"
             )
-        prefix = f"rerun:{old.id}:"
+        active = (
+            Execution.select()
+            .where(
+                (Execution.lineage_root == root_id)
+                & (Execution.source == "rerun")
+                & ~Execution.status.in_(tuple(TERMINAL))
+            )
+            .order_by(Execution.created_at)
+            .first()
+        )
+        if active is not None:
+            raise Conflict(
+                f"execution {active.id}, a re-run of {active.parent_id}, is {active.status}: one re-run "
+                f"of a lineage at a time; wait for it to end or cancel it, then re-run again"
+            )
         n = (
             Execution.select()
             .where((Execution.parent == old.id) & Execution.dedup_key.startswith(prefix))
@@ -229,7 +284,7 @@ def rerun(actor: Principal, execution_id: Any) -> tuple[Execution, list[Outgoing
             workflow=old.workflow_id,
             workflow_version=old.workflow_version,
             workspace=old.workspace_id,
-            dedup_key=f"{prefix}{n}",
+            dedup_key=f"{prefix}key:{idempotency_key}" if idempotency_key is not None else f"{prefix}{n}",
             source="rerun",
             status="PENDING",
             priority=old.priority,
@@ -238,6 +293,7 @@ def rerun(actor: Principal, execution_id: Any) -> tuple[Execution, list[Outgoing
             created_at=now,
             concurrency_key=old.concurrency_key,
             parent=old.id,
+            lineage_root=root_id,
             retry_count=old.retry_count + 1,
             max_retries=old.max_retries,
             retry_reason=(old.error or old.status)[:2000],
@@ -249,7 +305,7 @@ def rerun(actor: Principal, execution_id: Any) -> tuple[Execution, list[Outgoing
         logs.execution_log(
             new,
             f"execution created: re-run {n} of {old.id}",
-            metadata={"parent": str(old.id), "copiedSteps": copied},
+            metadata={"parent": str(old.id), "lineageRoot": str(root_id), "copiedSteps": copied},
         )
         outgoing = runs.begin_running(new, definition) if flow.may_run_now(new, definition) else []
         audit_log.record(
@@ -260,9 +316,9 @@ def rerun(actor: Principal, execution_id: Any) -> tuple[Execution, list[Outgoing
             before=queries.execution_dict(old),
             after=queries.execution_dict(new),
             workspace_id=old.workspace_id,
-            metadata={"copied_steps": copied},
+            metadata={"copied_steps": copied, "idempotency_key": idempotency_key},
         )
-    return new, outgoing
+    return Rerun(new, outgoing, created=True)
 
 
 def defer_to_timers(outgoing: list[Outgoing]) -> int:

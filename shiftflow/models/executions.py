@@ -81,6 +81,12 @@ class Execution(BaseModel):
     #: For a sub-workflow: the parent step waiting for this execution's result.
     parent_step_id = peewee.CharField(max_length=100, null=True)
     parent_iteration = peewee.IntegerField(null=True)
+    #: For a re-run: the first execution of its re-run lineage (the one every re-run of it,
+    #: and re-run of a re-run, repeats). For a sub-workflow started again by its parent's
+    #: re-run: the first child started for that parent step (``runs.child_lineage_root``).
+    #: NULL on an execution that is its own root. A plain id, not a foreign key: a swap's
+    #: identity (``swap_lineage``) must outlive a deleted root.
+    lineage_root = peewee.UUIDField(null=True)
 
     class Meta:
         indexes = (
@@ -177,6 +183,9 @@ Execution.add_index(Execution.index(Execution.parent, where=peewee.SQL("parent_i
 Execution.add_index(Execution.index(Execution.triggered_by, Execution.created_at,
                                     where=peewee.SQL("triggered_by_id IS NOT NULL"),
                                     name="idx_execution_triggered_by"))
+# The re-runs of a lineage (control.rerun: one active re-run per lineage); only re-runs have one.
+Execution.add_index(Execution.index(Execution.lineage_root, where=peewee.SQL("lineage_root IS NOT NULL"),
+                                    name="idx_execution_lineage"))
 # Concurrency lanes count RUNNING and pick the oldest PENDING execution of a key.
 Execution.add_index(Execution.index(Execution.workflow, Execution.concurrency_key, Execution.status,
                                     where=peewee.SQL("status IN ('PENDING', 'RUNNING')"),

@@ -3,7 +3,9 @@
 ``create`` runs in three transactions around two HTTP calls::
 
     quote (fixed only; safe to repeat)
-    T1  order PENDING_CREATE -> "CREATING" (create_sent_at), ledger SENDING      commit
+    T1  under the swap's lock: the step and its execution still RUNNING, no other
+        order of the swap live or settled (else the intent FAILS, never sent);
+        order PENDING_CREATE -> "CREATING" (create_sent_at), ledger SENDING      commit
         failpoint sideshift.before_create
     POST /shifts/fixed|variable with externalId                                  (never repeated)
         failpoint sideshift.after_create
@@ -15,7 +17,9 @@ and T2, whether the POST left or not, leaves "CREATING": the redelivery marks th
 NEEDS_RECONCILIATION and never posts again (``orders`` module docstring). Errors that
 prove nothing was created (the request never left, a 429, an expired quote) put the order
 back to its intent and retry with the step's ``retry`` policy; a refusal fails the order
-and the step; an unknown outcome goes to reconciliation.
+and the step; an unknown outcome goes to reconciliation. A cancel that lands during the
+quote is seen by T1: the create is never sent. One that lands after T1 cannot stop the
+POST already on its way; the order is recorded and followed like any other (an orphan).
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ from shiftflow.kernel.sideshift import (
 )
 from shiftflow.kernel.steps import TERMINAL
 from shiftflow.kernel.swap_spec import SwapSpec, request_hash
-from shiftflow.models import order_status, runs
-from shiftflow.models.base import utcnow
+from shiftflow.models import fanout, order_status, runs, swap_lineage
+from shiftflow.models.base import new_id, utcnow
 from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.orders import (
@@ -60,80 +64,82 @@ from shiftflow.models.orders import (
     set_effect,
     summary,
 )
-from shiftflow.models.sideshift import SideShiftOrder
+from shiftflow.models.sideshift import SideShiftOrder, SideShiftSwap
 from shiftflow.models.workflows import Workflow
 
 
-def plan(claim: runs.Claim, spec: SwapSpec, generation: int) -> SideShiftOrder:
-    """Commit the intent: the order row (PENDING_CREATE) and its ledger row (PLANNED).
+def plan(claim: runs.Claim, spec: SwapSpec, swap: SideShiftSwap, generation: int) -> SideShiftOrder:
+    """Record the intent of a new order of ``swap``: the order row (PENDING_CREATE) and its
+    ledger row (PLANNED).
 
-    Idempotent: a second call finds the rows by their unique keys.
+    Call inside the transaction that holds the swap's lock and found no order of the swap
+    that forbids a new one (``swap_lineage``). ``generation`` is the order's number in its
+    swap (its ``externalId`` gets ``/r<generation>`` after the first).
     """
     assert claim.step is not None
     execution, step = claim.execution, claim.step
     digest, now = request_hash(spec), utcnow()
-    ext = external_id(execution.id, step.step_id, step.iteration, generation)
-    with runs.transaction():
-        SideEffect.insert(
-            workspace=execution.workspace_id,
-            execution=execution.id,
-            step_id=step.step_id,
-            iteration=step.iteration,
-            kind=KIND,
-            state="PLANNED",
-            request_hash=digest,
-            created_at=now,
-            updated_at=now,
-        ).on_conflict_ignore().execute()
-        effect = SideEffect.get(
-            (SideEffect.execution == execution.id)
-            & (SideEffect.step_id == step.step_id)
-            & (SideEffect.iteration == step.iteration)
-        )
-        if effect.state in ("FAILED", "DONE") and generation > 1:
-            # A re-run after an order that provably created nothing: a new intent on the same row.
-            SideEffect.update(
-                state="PLANNED",
-                request_hash=digest,
-                external_ref=None,
-                error=None,
-                completed_at=None,
-                updated_at=now,
-            ).where(SideEffect.id == effect.id).execute()
-        user = (
-            fk_id(execution, "triggered_by")
-            or Workflow.select(Workflow.created_by).where(Workflow.id == execution.workflow_id).scalar()
-        )
-        SideShiftOrder.insert(
-            workspace=execution.workspace_id,
-            user=user,
-            execution=execution.id,
-            step_id=step.step_id,
-            side_effect=effect.id,
-            external_id=ext,
-            state="PENDING_CREATE",
-            shift_type=spec.shift_type,
-            deposit_coin=spec.deposit_coin,
-            deposit_network=spec.deposit_network,
-            settle_coin=spec.settle_coin,
-            settle_network=spec.settle_network,
-            deposit_amount=None if spec.deposit_amount is None else decimal_text(spec.deposit_amount),
-            settle_amount=None if spec.settle_amount is None else decimal_text(spec.settle_amount),
-            settle_address=spec.settle_address,
-            settle_memo=spec.settle_memo,
-            refund_address=spec.refund_address,
-            refund_memo=spec.refund_memo,
-            created_at=now,
-            updated_at=now,
-        ).on_conflict_ignore().execute()
-        order = SideShiftOrder.get(SideShiftOrder.external_id == ext)
-        if order.state == "PENDING_CREATE" and order.create_sent_at is None:
-            log(
-                order,
-                execution,
-                f"SideShift order {order.id} planned ({spec.shift_type} "
-                f"{spec.deposit_coin}->{spec.settle_coin})",
-            )
+    SideEffect.insert(
+        workspace=execution.workspace_id,
+        execution=execution.id,
+        step_id=step.step_id,
+        iteration=step.iteration,
+        kind=KIND,
+        state="PLANNED",
+        request_hash=digest,
+        created_at=now,
+        updated_at=now,
+    ).on_conflict_ignore().execute()
+    effect = SideEffect.get(
+        (SideEffect.execution == execution.id)
+        & (SideEffect.step_id == step.step_id)
+        & (SideEffect.iteration == step.iteration)
+    )
+    if effect.state != "PLANNED" or effect.request_hash != digest:
+        # An earlier order of this step ended with no funds delivered: a new intent on the same row.
+        SideEffect.update(
+            state="PLANNED", request_hash=digest, external_ref=None, error=None, completed_at=None, updated_at=now
+        ).where(SideEffect.id == effect.id).execute()
+    user = (
+        fk_id(execution, "triggered_by")
+        or Workflow.select(Workflow.created_by).where(Workflow.id == execution.workflow_id).scalar()
+    )
+    ext = external_id(swap.root_execution, step.step_id, step.iteration, generation)
+    while SideShiftOrder.select().where(SideShiftOrder.external_id == ext).exists():
+        generation += 1  # an external id taken before 0007 (an order placed in its own execution's name)
+        ext = external_id(swap.root_execution, step.step_id, step.iteration, generation)
+    order_id = new_id()  # generated here: SQLite's insert answers its rowid, not the key
+    SideShiftOrder.insert(
+        id=order_id,
+        workspace=execution.workspace_id,
+        user=user,
+        execution=execution.id,
+        step_id=step.step_id,
+        side_effect=effect.id,
+        swap=swap.id,
+        external_id=ext,
+        state="PENDING_CREATE",
+        shift_type=spec.shift_type,
+        deposit_coin=spec.deposit_coin,
+        deposit_network=spec.deposit_network,
+        settle_coin=spec.settle_coin,
+        settle_network=spec.settle_network,
+        deposit_amount=None if spec.deposit_amount is None else decimal_text(spec.deposit_amount),
+        settle_amount=None if spec.settle_amount is None else decimal_text(spec.settle_amount),
+        settle_address=spec.settle_address,
+        settle_memo=spec.settle_memo,
+        refund_address=spec.refund_address,
+        refund_memo=spec.refund_memo,
+        created_at=now,
+        updated_at=now,
+    ).execute()
+    order = SideShiftOrder.get_by_id(order_id)
+    log(
+        order,
+        execution,
+        f"SideShift order {order.id} planned ({spec.shift_type} {spec.deposit_coin}->{spec.settle_coin}), "
+        f"order {generation} of swap {swap.id}",
+    )
     return order
 
 
@@ -170,10 +176,27 @@ def create(
         what = "SideShift refused the quote" if spec.shift_type == "fixed" else "the deposit amount is refused"
         return fail(claim, order, f"{what}: {exc}", stored)
     with runs.transaction():
+        swap = swap_lineage.lock_swap_of(order)
         locked = lock_order(order.id)
         if locked.state != "PENDING_CREATE" or locked.create_sent_at is not None:
             # Another delivery of this step (a redelivery racing a live one) got here
             # first and is sending: let it record the answer.
+            return []
+        # Last check before sending, under the swap's lock: the step and its execution are
+        # still running (a cancel during the quote stops here), and no other order of the
+        # swap appeared (it would be adopted instead).
+        execution = runs.lock_execution(claim.execution.id)
+        now_step = StepExecution.get_or_none(StepExecution.id == claim.step.id)
+        if execution.status != "RUNNING" or now_step is None or now_step.status != "RUNNING":
+            what = f"execution {execution.status.lower()}" if execution.status != "RUNNING" else (
+                f"step {now_step.status.lower() if now_step else 'gone'}"
+            )
+            _never_sent(locked, execution, f"{what} before the create call")
+            return []
+        other = swap_lineage.blocking(swap, locked.id) if swap is not None else None
+        if other is not None:
+            _never_sent(locked, execution, f"order {other.id} of the same swap is {other.state}")
+            runs.retry_later(claim, f"SideShift order {other.id} of this swap is {other.state}", 0.0)
             return []
         locked.create_sent_at = utcnow()
         if quote is not None:
@@ -215,6 +238,14 @@ def create(
     outgoing = record_created(claim, locked, shift, stored)
     crash_window("sideshift.after_commit", execution_id)
     return outgoing
+
+
+def _never_sent(order: SideShiftOrder, execution: Execution, reason: str) -> None:
+    """The intent will not be sent: FAILED (provably no shift), with the reason."""
+    order.state, order.error, order.completed_at = "FAILED", f"never sent: {reason}", utcnow()
+    order.save()
+    set_effect(order, "FAILED", error=order.error)
+    log(order, execution, f"SideShift order {order.id} failed: {order.error}", level="warn")
 
 
 def _post(client: SideShiftClient, order: SideShiftOrder, spec: SwapSpec) -> Shift:
@@ -278,8 +309,14 @@ def record_created(claim: runs.Claim, order: SideShiftOrder, shift: Shift, store
 def _store_input(claim: runs.Claim, stored: Any) -> None:
     """Keep the step's (masked) inputs on its row while it is parked."""
     assert claim.step is not None
-    if stored is not None:
-        StepExecution.update(input=runs.masked(stored)).where(StepExecution.id == claim.step.id).execute()
+    if stored is None:
+        return
+    value = runs.masked(stored)
+    if claim.step.iteration > 0:
+        # A for_each item's row holds its item, which every later run (each poll) renders
+        # its inputs from: keep it next to the rendered inputs.
+        value = {**(value if isinstance(value, dict) else {"inputs": value}), "item": fanout.item_context(claim.step)["item"]}
+    StepExecution.update(input=value).where(StepExecution.id == claim.step.id).execute()
 
 
 def needs_reconciliation(

@@ -1,13 +1,17 @@
 """The swap step handler, and what operators do with orders (list, reconcile, poll).
 
-``run_swap_step`` owns every run of a claimed ``sideshift_swap`` step and decides by the
-step's order (``orders`` module docstring): plan and create it, mark it for
-reconciliation, or poll it (the step's durable timer fired). It never creates twice.
+``run_swap_step`` owns every run of a claimed ``sideshift_swap`` step. Under its swap's
+lock it reads every order of the swap's re-run lineage (``swap_lineage``) and decides:
+plan and create a new order, follow one (its own, or one it adopts from another execution
+of the lineage: open, settled, or expired after a deposit), mark its own for
+reconciliation, or wait for an operator's reconciliation or for another step's create.
+It never creates twice, and never creates while another order of the swap may hold money.
 
 ``reconcile`` is the operator's answer for an order in NEEDS_RECONCILIATION: the shift id
 they found on SideShift (the order is verified against SideShift, becomes OPEN, and its
 step goes back to polling), or "none was created" (the order FAILS and so does its step,
-which a re-run may retry with a new order ``<external id>/r2``).
+which a re-run may retry with a new order ``<external id>/r2``). Steps of other
+executions that waited for it run again and adopt the shift, or order anew.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from shiftflow.kernel.settings import get_settings
 from shiftflow.kernel.sideshift import ShiftNotFound, SideShiftError
 from shiftflow.kernel.steps import TERMINAL
 from shiftflow.kernel.swap_spec import SwapSpec, request_hash
-from shiftflow.models import order_create, order_status, runs
+from shiftflow.models import order_create, order_status, runs, swap_lineage
 from shiftflow.models.base import utcnow
 from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution
+from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.orders import (
     RECONCILE_WAIT,
     ReconcileError,
@@ -40,12 +44,13 @@ from shiftflow.models.orders import (
     notify,
     operator_hint,
     orders_of_step,
+    park_for_operator,
     park_polling,
     set_effect,
     step_row,
     summary,
 )
-from shiftflow.models.sideshift import ORDER_STATES, SideShiftOrder
+from shiftflow.models.sideshift import ORDER_STATES, SideShiftOrder, SideShiftSwap
 from shiftflow.models.tenancy import Workspace
 
 #: ``--state`` values of ``shiftflow sideshift orders``: ours, plus CREATING (sent, unrecorded).
@@ -55,20 +60,28 @@ LISTABLE_STATES = (*ORDER_STATES, "CREATING")
 def run_swap_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]:
     """The ``sideshift_swap`` handler (``stepwork.register_handler``).
 
+    Decides under the swap's lock (``swap_lineage``) what this run does with the orders
+    of its swap, then does it outside the lock: create a new order, follow an order (its
+    own, or one it adopts from its re-run lineage), or wait for an operator.
+
     Raises:
         SwapInputError: bad inputs (before any order exists); the engine fails the step.
-        PermanentError: SideShift is not configured, or the inputs changed under an intent.
+        PermanentError: SideShift is not configured, or the inputs differ from the order's.
     """
     assert claim.step is not None
     spec = SwapSpec.parse(inputs)
     client = client_for(get_settings())
-    existing = orders_of_step(claim.execution.id, claim.step.step_id, claim.step.iteration)
-    order = existing[0] if existing else None
-    if order is None or order.state == "FAILED":
-        # No order yet, or a re-run after one that provably created nothing.
+    with runs.transaction():
+        swap = swap_lineage.lock_swap(claim.execution, claim.step.step_id, claim.step.iteration)
+        found = swap_lineage.orders_of_swap(swap)
+        order = swap_lineage.current(found)
         if order is None:
-            _refuse_if_unsettled_before(claim.execution, claim.step.step_id)
-        order = order_create.plan(claim, spec, generation=len(existing) + 1)
+            order = order_create.plan(claim, spec, swap, generation=len(found) + 1)
+        elif fk_id(order, "execution") != claim.execution.id:
+            adopted = _adopt(claim, spec, swap, order, len(found))
+            if adopted is None:
+                return []  # parked: waiting for another step or for an operator
+            order = adopted
     if order.state == "PENDING_CREATE" and order.create_sent_at is None:
         recorded = SideEffect.get_or_none(SideEffect.id == fk_id(order, "side_effect"))
         if recorded is not None and recorded.request_hash != request_hash(spec):
@@ -89,33 +102,67 @@ def run_swap_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]
     return order_status.poll_claimed(claim, order)
 
 
-def _refuse_if_unsettled_before(execution: Execution, step_id: str) -> None:
-    """A re-run (``shiftflow rerun``: a new execution) must not place a second order while
-    the execution it repeats still has one whose shift may exist or is still open.
+def _adopt(
+    claim: runs.Claim, spec: SwapSpec, swap: SideShiftSwap, order: SideShiftOrder, count: int
+) -> SideShiftOrder | None:
+    """Inside the swap's lock: the swap's current order was placed by another execution of
+    the lineage. Returns the order to follow (adopted, or a new intent when the other one
+    can never be sent), or None when the step was parked to wait.
 
     Raises:
-        PermanentError: such an order exists; the message says which and what to do.
+        PermanentError: the order was placed for a different swap request.
     """
-    current, depth = execution, 0
-    while current.source == "rerun" and fk_id(current, "parent") is not None and depth < 50:
-        parent_id = fk_id(current, "parent")
-        pending = (SideShiftOrder.state.in_(("NEEDS_RECONCILIATION", "OPEN"))) | (
-            (SideShiftOrder.state == "PENDING_CREATE") & SideShiftOrder.create_sent_at.is_null(False)
+    assert claim.step is not None
+    step_id = claim.step.step_id
+    placed_by = fk_id(order, "execution")
+    recorded = SideEffect.get_or_none(SideEffect.id == fk_id(order, "side_effect"))
+    if recorded is not None and recorded.request_hash != request_hash(spec):
+        raise PermanentError(
+            f"step {step_id}: execution {placed_by} of this re-run lineage placed SideShift order "
+            f"{order.id} ({order.state}) for a different swap request; refusing to place a second "
+            f"order for this swap (start a new execution to swap again)"
         )
-        found = (
-            SideShiftOrder.select()
-            .where((SideShiftOrder.execution == parent_id) & (SideShiftOrder.step_id == step_id) & pending)
-            .first()
+    placer = step_row(order)
+    if order.state == "PENDING_CREATE" and not swap_lineage.is_active(placer):
+        # Never sent, it never will be (its step's last check before sending needs the step
+        # running) and a new order may be placed; maybe sent, an operator must look.
+        order = lock_order(order.id)
+        _settle_left_behind(order, placer)
+        if order.state == "FAILED":
+            return order_create.plan(claim, spec, swap, generation=count + 1)
+    if order.state == "PENDING_CREATE":
+        # The placing step is still running (its intent, or its create call in flight):
+        # look again after a poll interval, then adopt what it recorded.
+        park_polling(claim.step, utcnow() + order_status.first_interval(), summary(order))
+        return None
+    if order.state == "NEEDS_RECONCILIATION":
+        execution = runs.lock_execution(claim.execution.id)
+        text = (
+            f"step {step_id}: SideShift order {order.id} of this swap (placed by execution {placed_by}) "
+            f"needs reconciliation before this step may go on: {order.error}; {operator_hint(order)}"
         )
-        if found is not None:
-            raise PermanentError(
-                f"step {step_id}: execution {parent_id}, which this one re-runs, has SideShift order {found.id} "
-                f"in {found.state}: its shift may exist. Reconcile or wait for it first ({operator_hint(found)})"
+        if claim.step.wait_key != RECONCILE_WAIT + str(order.id):
+            log(order, execution, text, level="error")
+            notify(
+                execution,
+                "SYSTEM_ALERT",
+                f"SideShift order {order.id} needs reconciliation",
+                text,
+                {"orderId": str(order.id), "externalId": order.external_id},
             )
-        parent = Execution.get_or_none(Execution.id == parent_id)
-        if parent is None:
-            return
-        current, depth = parent, depth + 1
+        if execution.status == "RUNNING":
+            execution.error = text[:4000]
+            execution.save(only=[Execution.error])
+        park_for_operator(claim.step, order, text)
+        return None
+    if (claim.step.output or {}).get("order_id") != str(order.id):
+        log(
+            order,
+            claim.execution,
+            f"step {step_id} adopts SideShift order {order.id} ({order.state}, shift {order.shift_id}) "
+            f"placed by execution {placed_by} of this re-run lineage; no second order",
+        )
+    return order
 
 
 def after_delivery(payload: StepPayload) -> list[Outgoing]:
@@ -139,32 +186,58 @@ def after_delivery(payload: StepPayload) -> list[Outgoing]:
         return order_status.orphan_poll(order) if stale else []
     with runs.transaction():
         locked = lock_order(order.id)
-        if locked.state != "PENDING_CREATE":
-            return []
-        why = f"its step ended ({step.status.lower() if step else 'gone'}: {step.error if step else ''})"
-        execution = Execution.get_or_none(Execution.id == fk_id(locked, "execution"))
-        if locked.create_sent_at is None:
-            locked.state, locked.error, locked.completed_at = "FAILED", f"never sent: {why}", utcnow()
-            locked.save()
-            set_effect(locked, "FAILED", error=locked.error)
-            log(locked, execution, f"SideShift order {locked.id} failed: {locked.error}", level="error")
-        else:
-            locked.state, locked.error = "NEEDS_RECONCILIATION", f"the create call may have been sent; {why}"
-            locked.save()
-            set_effect(locked, "UNKNOWN", error=locked.error)
-            text = (
-                f"SideShift order {locked.id} needs reconciliation: {locked.error}; {operator_hint(locked)}"
-            )
-            log(locked, execution, text, level="error")
-            if execution is not None:
-                notify(
-                    execution,
-                    "SYSTEM_ALERT",
-                    f"SideShift order {locked.id} needs reconciliation",
-                    text,
-                    {"orderId": str(locked.id), "externalId": locked.external_id},
-                )
+        if locked.state == "PENDING_CREATE":
+            _settle_left_behind(locked, step)
     return []
+
+
+def _settle_left_behind(order: SideShiftOrder, step: StepExecution | None) -> None:
+    """An order left PENDING_CREATE by a step that ended without its handler (call with the
+    order locked): never sent, it FAILS; maybe sent, it needs reconciliation (an alert)."""
+    why = f"its step ended ({step.status.lower() if step else 'gone'}: {step.error if step else ''})"
+    execution = Execution.get_or_none(Execution.id == fk_id(order, "execution"))
+    if order.create_sent_at is None:
+        order.state, order.error, order.completed_at = "FAILED", f"never sent: {why}", utcnow()
+        order.save()
+        set_effect(order, "FAILED", error=order.error)
+        log(order, execution, f"SideShift order {order.id} failed: {order.error}", level="error")
+        return
+    order.state, order.error = "NEEDS_RECONCILIATION", f"the create call may have been sent; {why}"
+    order.save()
+    set_effect(order, "UNKNOWN", error=order.error)
+    text = f"SideShift order {order.id} needs reconciliation: {order.error}; {operator_hint(order)}"
+    log(order, execution, text, level="error")
+    if execution is not None:
+        notify(
+            execution,
+            "SYSTEM_ALERT",
+            f"SideShift order {order.id} needs reconciliation",
+            text,
+            {"orderId": str(order.id), "externalId": order.external_id},
+        )
+
+
+def settle_left_behind(limit: int = 100) -> list[SideShiftOrder]:
+    """Settle every order still PENDING_CREATE whose step ended and that no delivery of that
+    step came back to (a cancel or timeout while it backed off, a dead letter): part of
+    ``shiftflow sideshift poll --due``. Returns the orders it settled."""
+    settled = []
+    pending = (
+        SideShiftOrder.select()
+        .where(SideShiftOrder.state == "PENDING_CREATE")
+        .order_by(SideShiftOrder.created_at)
+        .limit(limit)
+    )
+    for order in pending:
+        step = step_row(order)
+        if swap_lineage.is_active(step):
+            continue
+        with runs.transaction():
+            locked = lock_order(order.id)
+            if locked.state == "PENDING_CREATE":
+                _settle_left_behind(locked, step)
+                settled.append(locked)
+    return settled
 
 
 def poll_for_step(payload: StepPayload) -> list[Outgoing]:
@@ -174,14 +247,16 @@ def poll_for_step(payload: StepPayload) -> list[Outgoing]:
 
 
 def poll_due(limit: int = 100) -> list[tuple[SideShiftOrder, list[Outgoing]]]:
-    """Poll every open order whose next poll is due (``shiftflow sideshift poll --due``)."""
+    """Poll every open order whose next poll is due, after settling the orders their step
+    left behind (``settle_left_behind``): ``shiftflow sideshift poll --due``."""
+    results: list[tuple[SideShiftOrder, list[Outgoing]]] = [(o, []) for o in settle_left_behind(limit)]
     due = (
         SideShiftOrder.select()
         .where((SideShiftOrder.state == "OPEN") & (SideShiftOrder.next_poll_at <= utcnow()))
         .order_by(SideShiftOrder.next_poll_at)
         .limit(limit)
     )
-    return [(order, order_status.poll_order(order)) for order in due]
+    return results + [(order, order_status.poll_order(order)) for order in due]
 
 
 def list_orders(
@@ -285,6 +360,7 @@ def _attach(order: SideShiftOrder, shift_id: str, by: str) -> tuple[SideShiftOrd
     if other is not None:
         raise ReconcileError(f"shift {shift.id} already belongs to order {other.id}")
     with runs.transaction():
+        swap_lineage.lock_swap_of(order)
         locked = lock_order(order.id)
         if not _reconcilable(locked):
             raise ReconcileError(f"order {locked.id} is {locked.state} now; nothing to reconcile")
@@ -313,12 +389,31 @@ def _attach(order: SideShiftOrder, shift_id: str, by: str) -> tuple[SideShiftOrd
             outgoing = []  # the timer loop re-publishes the step at once; it polls from there
         else:
             outgoing = order_status.orphan_poll(locked)
+        _wake_adopters(locked, now)
     return locked, outgoing
+
+
+def _wake_adopters(order: SideShiftOrder, now: Any) -> int:
+    """Steps of other executions of the lineage that waited for this order's reconciliation
+    run again at once (the timer loop re-publishes them): they adopt the shift the operator
+    found, or place a new order when none was created."""
+    waiting = StepExecution.select().where(
+        (StepExecution.wait_key == RECONCILE_WAIT + str(order.id))
+        & (StepExecution.status == "WAITING")
+        & (StepExecution.execution != fk_id(order, "execution"))
+    )
+    woken = 0
+    for step in waiting:
+        woken += park_polling(step, now, summary(order))
+        execution = runs.lock_execution(step.execution_id)
+        clear_reconcile_error(execution)
+    return woken
 
 
 def _declare_none(order: SideShiftOrder, by: str) -> tuple[SideShiftOrder, list[Outgoing]]:
     outgoing: list[Outgoing] = []
     with runs.transaction():
+        swap_lineage.lock_swap_of(order)
         locked = lock_order(order.id)
         if not _reconcilable(locked):
             raise ReconcileError(f"order {locked.id} is {locked.state} now; nothing to reconcile")
@@ -344,6 +439,7 @@ def _declare_none(order: SideShiftOrder, by: str) -> tuple[SideShiftOrder, list[
                     from_status=("WAITING", "PENDING", "RUNNING"),
                 )
                 order_status.after_outcome(execution, locked, was_running=was_running)
+        _wake_adopters(locked, utcnow())
     return locked, outgoing
 
 
@@ -355,4 +451,5 @@ __all__ = [
     "poll_for_step",
     "reconcile",
     "run_swap_step",
+    "settle_left_behind",
 ]

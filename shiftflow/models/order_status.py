@@ -200,7 +200,8 @@ def finish(order: SideShiftOrder, step: StepExecution | None, shift: Shift | Non
 
     Call inside a transaction with the order locked. ``shift``: the final shift just
     polled (the order becomes final now); None when the order already was final and only
-    its step catches up. ``step``: None when no active step waits on the order.
+    its step catches up. ``step``: None when no active step waits on the order; else the
+    step that follows it, the one that placed it or one that adopted it (``swap_lineage``).
     """
     newly = shift is not None
     if shift is not None:
@@ -208,7 +209,8 @@ def finish(order: SideShiftOrder, step: StepExecution | None, shift: Shift | Non
         order.completed_at, order.next_poll_at, order.error = utcnow(), None, None
         order.save()
         set_effect(order, "DONE", external_ref=order.shift_id, result=summary(order))
-    execution = lock_execution_of(order)
+    # The step may be another execution's of the same lineage, which adopted the order.
+    execution = lock_execution_of(order) if step is None else runs.lock_execution(step.execution_id)
     if execution is None:
         return []
     settled = order.state == "SETTLED"

@@ -1,9 +1,9 @@
 """SideShift orders placed by ``sideshift_swap`` steps: the shared vocabulary.
 
-The one rule: a shift is created at most once per order, whatever crashes. SideShift has
-no idempotency key and no way to list or search shifts (docs/sideshift.md section 10),
-so the order row is the intent, committed BEFORE the create call, and its state says
-what a redelivery may do:
+The one rule: **one order per swap, whatever crashes and whatever the operators do.**
+SideShift has no idempotency key and no way to list or search shifts (docs/sideshift.md
+section 10), so the order row is the intent, committed BEFORE the create call, and its
+state says what a redelivery may do:
 
 =====================================  =========================================
 ``SideShiftOrder`` row                  meaning (ledger ``SideEffect`` state)
@@ -19,11 +19,19 @@ NEEDS_RECONCILIATION                     may exist; never re-posted (UNKNOWN)
 
 A delivery that finds "CREATING" cannot know whether the POST reached SideShift: it marks
 the order NEEDS_RECONCILIATION and parks the step for an operator
-(``shiftflow sideshift reconcile``). Each order has a stable ``external_id``
-``<execution>:<step>:<iteration>`` (``/r<n>`` for a re-run after a FAILED order), sent as
-SideShift's ``externalId`` so an operator can match a shift found on SideShift's side.
+(``shiftflow sideshift reconcile``).
 
-Lock order everywhere: the order row first, then the execution row (``runs.lock_execution``).
+An order belongs to its swap's identity across the whole re-run lineage (``SideShiftSwap``:
+root execution, step id, iteration; ``swap_lineage``): a re-run, a second re-run, a
+replayed dead letter or a repeated manual trigger of the same swap adopts the order that
+is open, settled or unknown instead of placing another, and places a new one only after
+every earlier order is provably final with no funds delivered. Each order has a stable
+``external_id`` ``<root execution>:<step>:<iteration>`` (``/r<n>`` for the n-th order of
+the swap), sent as SideShift's ``externalId`` so an operator can match a shift found on
+SideShift's side; it is unique, so two orders of one swap can never share it.
+
+Lock order everywhere: the swap row, then the order row, then the execution row
+(``runs.lock_execution``).
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from shiftflow.models.base import utcnow
 from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.notifications import Notification
-from shiftflow.models.sideshift import SideShiftOrder
+from shiftflow.models.sideshift import SideShiftOrder, SideShiftSwap
 from shiftflow.models.workflows import Workflow
 
 #: ``SideEffect.kind`` of a shift creation.
@@ -89,28 +97,34 @@ def lock_execution_of(order: SideShiftOrder) -> Execution | None:
     return None if execution_id is None else runs.lock_execution(execution_id)
 
 
-def external_base(execution_id: Any, step_id: str, iteration: int) -> str:
-    """``<execution>:<step>:<iteration>`` (the step id hashed if it would not fit 100 chars)."""
-    base = f"{execution_id}:{step_id}:{iteration}"
+def external_base(root_execution_id: Any, step_id: str, iteration: int) -> str:
+    """``<root execution>:<step>:<iteration>`` (the step id hashed if it would not fit 100 chars)."""
+    base = f"{root_execution_id}:{step_id}:{iteration}"
     if len(base) > 90:
-        base = f"{execution_id}:{hashlib.sha256(step_id.encode()).hexdigest()[:16]}:{iteration}"
+        base = f"{root_execution_id}:{hashlib.sha256(step_id.encode()).hexdigest()[:16]}:{iteration}"
     return base
 
 
-def external_id(execution_id: Any, step_id: str, iteration: int, generation: int = 1) -> str:
-    """The stable ``externalId`` of an order; generation > 1 only after a FAILED order was re-run."""
-    base = external_base(execution_id, step_id, iteration)
+def external_id(root_execution_id: Any, step_id: str, iteration: int, generation: int = 1) -> str:
+    """The stable ``externalId`` of a swap's ``generation``-th order (> 1 only after earlier
+    orders of the swap ended with no funds delivered)."""
+    base = external_base(root_execution_id, step_id, iteration)
     return base if generation == 1 else f"{base}/r{generation}"
 
 
 def orders_of_step(execution_id: Any, step_id: str, iteration: int) -> list[SideShiftOrder]:
-    """Every order of one step iteration, newest first (more than one only after re-runs)."""
-    base = external_base(execution_id, step_id, iteration)
-    rerun = peewee.fn.SUBSTR(SideShiftOrder.external_id, 1, len(base) + 2) == base + "/r"
-    query = SideShiftOrder.select().where(
-        (SideShiftOrder.execution == execution_id) & ((SideShiftOrder.external_id == base) | rerun)
+    """The orders one step iteration of one execution placed itself, newest first (the
+    orders it adopted from its lineage are its swap's: ``swap_lineage.orders_of_swap``)."""
+    query = (
+        SideShiftOrder.select()
+        .join(SideShiftSwap)
+        .where(
+            (SideShiftOrder.execution == execution_id)
+            & (SideShiftSwap.step_id == step_id)
+            & (SideShiftSwap.iteration == iteration)
+        )
     )
-    return sorted(query, key=lambda o: o.created_at, reverse=True)
+    return sorted(query, key=lambda o: (o.created_at, str(o.id)), reverse=True)
 
 
 def get_order(order_id: Any) -> SideShiftOrder:

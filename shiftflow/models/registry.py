@@ -23,7 +23,7 @@ from shiftflow.models.prices import PriceCache
 from shiftflow.models.prompts import Prompt, PromptValidation, PromptVersion
 from shiftflow.models.queue_jobs import QueueJob
 from shiftflow.models.schedules import Schedule
-from shiftflow.models.sideshift import SideShiftOrder
+from shiftflow.models.sideshift import SideShiftOrder, SideShiftSwap
 from shiftflow.models.templates import WorkflowTemplate
 from shiftflow.models.tenancy import ApiKey, User, Workspace, WorkspaceMember
 from shiftflow.models.timeline import TimelineEvent
@@ -57,6 +57,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     StepExecution,
     ToolExecution,
     SideEffect,
+    SideShiftSwap,
     SideShiftOrder,
     QueueJob,
     DeadLetter,

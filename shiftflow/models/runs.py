@@ -370,7 +370,7 @@ def start_execution(payload: TriggerPayload) -> Started:
             trigger_data=payload.data, received_at=received, created_at=now, concurrency_key=key,
             parent=payload.parent_execution_id or None, parent_step_id=payload.parent_step_id or None,
             parent_iteration=payload.parent_iteration if payload.parent_step_id else None,
-            triggered_by=payload.triggered_by or None,
+            triggered_by=payload.triggered_by or None, lineage_root=child_lineage_root(payload),
         )], ignore_conflicts=True)
         execution = lock_execution_by_key(workflow.id, payload.dedup_key)
         if not inserted:
@@ -390,6 +390,32 @@ def start_execution(payload: TriggerPayload) -> Started:
             return Started(execution, True, [], "queued")
         outgoing = begin_running(execution, definition)
     return Started(execution, True, outgoing)
+
+
+def child_lineage_root(payload: TriggerPayload) -> Any:
+    """The lineage root of a sub-workflow execution about to start: the first child that any
+    execution of its parent's re-run lineage started for the same step and iteration (None
+    for the first one, and for an execution that is not a sub-workflow). A parent's re-run
+    starts its failed sub-workflow step again; the new child then repeats the first one,
+    and its swaps are the same swaps (``swap_lineage``)."""
+    if not (payload.parent_execution_id and payload.parent_step_id):
+        return None
+    parent = Execution.get_or_none(Execution.id == payload.parent_execution_id)
+    if parent is None:
+        return None
+    root = parent.lineage_root or parent.id
+    lineage = Execution.select(Execution.id).where((Execution.id == root) | (Execution.lineage_root == root))
+    first = (
+        Execution.select(Execution.id, Execution.lineage_root)
+        .where(
+            Execution.parent.in_(lineage)
+            & (Execution.parent_step_id == payload.parent_step_id)
+            & (Execution.parent_iteration == payload.parent_iteration)
+        )
+        .order_by(Execution.created_at)
+        .first()
+    )
+    return None if first is None else first.lineage_root or first.id
 
 
 def lock_execution_by_key(workflow_id: Any, dedup_key: str) -> Execution:

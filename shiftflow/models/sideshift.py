@@ -2,9 +2,13 @@
 
 The row is written BEFORE ``POST /shifts/*`` with state PENDING_CREATE and a fresh
 ``external_id``; ``shift_id`` is filled from the 201 response. SideShift has no
-idempotency key and no way to list or search shifts (docs/sideshift.md section 10), so
-a create call with an unknown outcome (timeout, reset after send, 5xx) moves the order
-to NEEDS_RECONCILIATION and it is never re-posted automatically.
+idempotency key and no way to list or search shifts (docs/sideshift.md section 10), so a
+create call with an unknown outcome (timeout, reset after send, 5xx) moves the order to
+NEEDS_RECONCILIATION and it is never re-posted automatically.
+
+Every order belongs to a ``SideShiftSwap``: the swap's identity across a whole re-run
+lineage (root execution, step id, iteration), whose row is the lock every order decision
+of that swap takes (``swap_lineage``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import peewee
 
 from shiftflow.kernel.db import JSONField
-from shiftflow.models.base import TimestampedModel
+from shiftflow.models.base import BaseModel, TimestampedModel, utcnow
 from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution
 from shiftflow.models.tenancy import User, Workspace
@@ -32,6 +36,28 @@ def _amount() -> peewee.CharField:
     return peewee.CharField(max_length=_AMOUNT, null=True)
 
 
+class SideShiftSwap(BaseModel):
+    """One swap of a re-run lineage: the identity its orders share, and their lock.
+
+    ``root_execution`` is the lineage's first execution (``Execution.lineage_root``, or
+    the execution itself); every re-run of it, and re-run of a re-run, runs the same swap
+    (``step_id``, ``iteration``). A plain id, not a foreign key: the identity outlives a
+    deleted execution. The row is locked (``FOR UPDATE``) before any order of the swap is
+    planned, sent, adopted or reconciled, so at most one order of a swap is ever live.
+    """
+
+    workspace = peewee.ForeignKeyField(Workspace, backref="sideshift_swaps", on_delete="CASCADE")
+    root_execution = peewee.UUIDField()
+    step_id = peewee.CharField(max_length=100)
+    iteration = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "sideshift_swap"
+        indexes = ((("root_execution", "step_id", "iteration"), True),)
+        constraints = [peewee.Check("iteration >= 0", name="chk_sideshift_swap_iteration")]
+
+
 class SideShiftOrder(TimestampedModel):
     """One SideShift shift (fixed or variable) and its lifecycle.
 
@@ -49,6 +75,9 @@ class SideShiftOrder(TimestampedModel):
     side_effect = peewee.ForeignKeyField(
         SideEffect, null=True, backref="sideshift_orders", on_delete="SET NULL"
     )
+    # The swap (lineage identity) the order belongs to; NULL only for an order whose
+    # execution was deleted before migration 0007 could place it in its lineage.
+    swap = peewee.ForeignKeyField(SideShiftSwap, null=True, backref="orders")
     # Sent as SideShift's externalId; ours, so it exists before the create call.
     external_id = peewee.CharField(max_length=100, unique=True)
     state = peewee.CharField(max_length=24, default="PENDING_CREATE")

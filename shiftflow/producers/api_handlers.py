@@ -219,18 +219,21 @@ def _cancel(call: Call) -> Result:
 def _rerun(call: Call) -> Result:
     call.actor.require("executions:write")
     call.admit_run()
-    execution, outgoing = control.rerun(call.actor, call.path["execution_id"])
+    made = control.start_rerun(
+        call.actor, call.path["execution_id"], idempotency_key=call.params.get("Idempotency-Key")
+    )
     body = {
-        "execution": queries.execution_dict(execution),
-        "parent_id": str(execution.parent_id),
+        "execution": queries.execution_dict(made.execution),
+        "parent_id": str(made.execution.parent_id),
         "published": True,
+        "created": made.created,
     }
 
     def fallback(unsent: list[Outgoing]) -> None:
         control.defer_to_timers(unsent)
         body["published"] = False
 
-    return Result(202, body, publish=outgoing, fallback=fallback)
+    return Result(202 if made.created else 200, body, publish=made.outgoing, fallback=fallback)
 
 
 def _approval(call: Call) -> Result:

@@ -272,12 +272,16 @@ SCHEMAS: dict[str, Any] = {
         workflow_id=ID,
     ),
     "Rerun": obj(
-        ["execution", "parent_id", "published"],
+        ["execution", "parent_id", "published", "created"],
         execution=ref("Execution"),
         parent_id=ID,
         published={
             "type": "boolean",
             "description": "false: the broker was unreachable and the timer loop publishes the first steps",
+        },
+        created={
+            "type": "boolean",
+            "description": "false: an earlier request with the same Idempotency-Key started this re-run",
         },
     ),
     "Cancelled": obj(["execution"], execution=ref("Execution")),

@@ -70,6 +70,16 @@ def _path(name: str, schema: dict[str, Any] = ID) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
+def _idempotency_key(description: str) -> dict[str, Any]:
+    return {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
+        "description": description,
+    }
+
+
 _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}, "page size")
 _CURSOR = _query("cursor", {"type": "string"}, "the `next_cursor` of the previous page")
 _SINCE = _query("since", TIME, "created at or after (RFC 3339)")
@@ -331,13 +341,7 @@ PATHS: dict[str, Any] = {
             example={"input": {"amount": 42}},
             params=[
                 _path("workflow_id"),
-                {
-                    "name": "Idempotency-Key",
-                    "in": "header",
-                    "required": False,
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[ -~]+$"},
-                    "description": "a retry with the same key makes no second execution",
-                },
+                _idempotency_key("a retry with the same key makes no second execution"),
             ],
             body=closed(
                 [],
@@ -397,11 +401,22 @@ PATHS: dict[str, Any] = {
     "/executions/{execution_id}/rerun": {
         "post": _op(
             "rerunExecution",
-            "Re-run a failed execution from its failed step (a new execution)",
+            "Re-run a failed execution from its failed step (a new execution); 409 while "
+            "another re-run of its lineage has not ended",
             "executions:write",
-            {**_ok(202, "Rerun", "started"), **_errors(404, 409, 429)},
+            {
+                **_ok(202, "Rerun", "started"),
+                **_ok(200, "Rerun", "an earlier request with this Idempotency-Key started it"),
+                **_errors(404, 409, 422, 429),
+            },
             tags=("executions",),
-            params=[_path("execution_id")],
+            params=[
+                _path("execution_id"),
+                _idempotency_key(
+                    "a retry with the same key (for the same execution) returns the same re-run, "
+                    "never a second one"
+                ),
+            ],
         ),
     },
     "/executions/{execution_id}/approvals/{step_id}": {

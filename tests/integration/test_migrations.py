@@ -214,6 +214,59 @@ def test_upgrade_from_an_older_schema_keeps_and_repairs_rows(fresh_database, mod
     assert not differences, "\n".join(map(str, differences))
 
 
+def test_0007_places_existing_reruns_and_orders_in_their_lineage(fresh_database):
+    db = fresh_database()
+    migrations.upgrade(db, target="0006")
+    ws, wf = "00000000-0000-0000-0000-0000000000a1", "00000000-0000-0000-0000-0000000000a2"
+    root, rerun, rerun2, other = (f"00000000-0000-0000-0000-0000000000e{n}" for n in range(1, 5))
+    executions = [(root, None, "manual"), (rerun, root, "rerun"), (rerun2, rerun, "rerun"), (other, None, "manual")]
+    db.execute_sql(
+        f"""
+        INSERT INTO workspace (id, created_at, updated_at, name, slug, plan, max_workflows, max_executions)
+        VALUES ('{ws}', now(), now(), 'Acme', 'acme', 'FREE', 5, 1000);
+        INSERT INTO workflow (id, created_at, updated_at, workspace_id, name, status, trigger_type,
+                              current_version, execution_count, successful_executions, failed_executions, tags)
+        VALUES ('{wf}', now(), now(), '{ws}', 'swap', 'ACTIVE', 'MANUAL', 1, 1, 0, 1, '[]');
+        """
+    )
+    for n, (eid, parent, source) in enumerate(executions):
+        db.execute_sql(
+            "INSERT INTO execution (id, workflow_id, workflow_version, workspace_id, dedup_key, source, status, "
+            "priority, trigger_data, context, progress, retry_count, max_retries, created_at, completed_at, parent_id) "
+            "VALUES (%s, %s, 1, %s, %s, %s, 'FAILED', 'NORMAL', '{}', '{}', 0, 0, 3, now(), now(), %s)",
+            (eid, wf, ws, f"k{n}", source, parent),
+        )
+    orders = [  # (execution, external id, state, shift id)
+        (root, f"{root}:swap:0", "FAILED", None),
+        (rerun, f"{rerun}:swap:0", "OPEN", "aa" * 10),
+        (other, f"{other}:items:2/r2", "SETTLED", "bb" * 10),
+        (None, "gone:swap:0", "FAILED", None),
+    ]
+    for n, (eid, ext, state, shift) in enumerate(orders):
+        db.execute_sql(
+            "INSERT INTO sideshift_order (id, created_at, updated_at, workspace_id, execution_id, step_id, "
+            "external_id, state, shift_type, shift_id, deposit_coin, settle_coin, settle_address) "
+            "VALUES (%s, now(), now(), %s, %s, %s, %s, %s, 'fixed', %s, 'eth', 'btc', 'bc1q')",
+            (f"00000000-0000-0000-0000-0000000000f{n}", ws, eid, ext.split(":")[1], ext, state, shift),
+        )
+    assert migrations.upgrade(db) == migrations.available()[6:]
+    lineage = dict(db.execute_sql("SELECT id::text, lineage_root::text FROM execution").fetchall())
+    assert lineage == {root: None, rerun: root, rerun2: root, other: None}
+    swaps = db.execute_sql(
+        "SELECT o.external_id, s.root_execution::text, s.step_id, s.iteration FROM sideshift_order o "
+        "LEFT JOIN sideshift_swap s ON s.id = o.swap_id ORDER BY o.external_id"
+    ).fetchall()
+    assert sorted(swaps) == sorted(
+        [
+            (f"{root}:swap:0", root, "swap", 0),
+            (f"{rerun}:swap:0", root, "swap", 0),  # the re-run's order is its root's swap
+            (f"{other}:items:2/r2", other, "items", 2),
+            ("gone:swap:0", None, None, None),  # its execution is gone: no lineage to place it in
+        ]
+    )
+    assert db.execute_sql("SELECT count(*) FROM sideshift_swap").fetchone() == (2,)
+
+
 def test_concurrent_upgrades_apply_each_migration_once(fresh_database):
     first = fresh_database()
     second = make_database(scratch.url_for(ADMIN_URL, first.database))  # a second pool, as in another process

@@ -401,7 +401,7 @@ def test_price_cache_errors_and_output(rig: Rig) -> None:
 
 
 @BOTH_QUOTE_ANSWERS
-def test_a_rerun_never_places_a_second_order_while_the_first_is_unsettled(rig: Rig) -> None:
+def test_a_rerun_waits_for_the_reconciliation_of_an_unknown_order_then_orders_anew(rig: Rig) -> None:
     rig.fake.drop_next_create()
     workflow = rig.workflow(swap_workflow("rerun"))
     rig.trigger(workflow, "rerun-1")
@@ -411,15 +411,22 @@ def test_a_rerun_never_places_a_second_order_while_the_first_is_unsettled(rig: R
     send_all(control.cancel(operator, first.id)[1])
     second, messages = control.rerun(operator, first.id)
     send_all(messages)
-    refused = rig.finished(second.dedup_key)
-    assert refused.status == "FAILED" and f"has SideShift order {order.id}" in refused.error
+    # The re-run's swap waits for the operator: the first order's shift may exist.
+    step = wait_until(
+        lambda: StepExecution.get_or_none(
+            (StepExecution.execution == second.id) & (StepExecution.status == "WAITING")
+        ),
+        timeout=30,
+    )
+    assert step.wait_key == f"sideshift:reconcile:{order.id}" and "shiftflow sideshift reconcile" in step.error
+    assert Execution.get_by_id(second.id).status == "RUNNING"
     assert rig.fake.created_total == 1
-    # The operator finds no shift for it after all: the next re-run may order again.
+    # The operator finds no shift for it after all: the waiting re-run orders anew.
     order_ops.reconcile(order.id, none=True)
-    third, messages = control.rerun(operator, refused.id)
-    send_all(messages)
-    settle(rig, rig.order(third.dedup_key, "OPEN"))
-    assert rig.finished(third.dedup_key).status == "SUCCEEDED"
+    placed = rig.order(second.dedup_key, "OPEN")
+    assert placed.external_id == f"{first.id}:swap:0/r2"  # the swap's second order, named by its lineage root
+    settle(rig, placed)
+    assert rig.finished(second.dedup_key).status == "SUCCEEDED"
     assert rig.fake.created_total == 2 and rig.fake.double_orders() == {}
 
 
