@@ -49,13 +49,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from shiftflow.fakes.llm_schema import instance_for
@@ -70,6 +68,7 @@ from shiftflow.fakes.llm_wire import (
     render_anthropic,
     render_openai,
 )
+from shiftflow.fakes.threaded_http import BackgroundServer, TrackedHandler
 
 __all__ = ["FakeFailure", "FakeLlm", "FakeLlmServer", "RecordedLlmRequest", "Script", "count_tokens"]
 
@@ -476,78 +475,31 @@ class FakeLlm:
 # ---------------------------------------------------------------------- HTTP
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fake: FakeLlm) -> None:
-        self.fake = fake
-        self.stopping = threading.Event()
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Quiet: a client that hung up (a timeout test) is not an error of the fake."""
-
-
-def _json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
-    body = json.dumps(payload).encode()
-    handler.send_response(status)
-    handler.send_header("content-type", "application/json")
-    handler.send_header("content-length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as clients pool connections
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass  # the connection was cut by stop() or by the client
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
+class _Handler(TrackedHandler):
     def do_GET(self) -> None:
-        fake = self.server.fake
+        fake: FakeLlm = self.server.state
         if self.path == "/_fake/requests":
             with fake.lock:
-                _json(self, 200, [r.public() for r in fake.requests])
+                records = [r.public() for r in fake.requests]
+            self.send_json(200, records)
         elif self.path == "/_fake/counters":
-            _json(self, 200, fake.counters())
+            self.send_json(200, fake.counters())
         else:
-            _json(self, 404, {"error": {"message": f"no route GET {self.path}", "type": "not_found"}})
+            self.send_json(404, {"error": {"message": f"no route GET {self.path}", "type": "not_found"}})
 
     def do_POST(self) -> None:
-        raw = self._body()
+        raw = self.read_body()
         api = ROUTES.get(self.path.split("?", 1)[0])
         if api is not None:
             headers = {k.lower(): v for k, v in self.headers.items()}
-            self._send(self.server.fake.handle(api, self.path, headers, raw))
+            self._send(self.server.state.handle(api, self.path, headers, raw))
         elif self.path.startswith("/_fake/"):
             self._control(self.path.removeprefix("/_fake/"), raw)
         else:
-            _json(self, 404, {"error": {"message": f"no route POST {self.path}", "type": "not_found"}})
+            self.send_json(404, {"error": {"message": f"no route POST {self.path}", "type": "not_found"}})
 
     def _control(self, name: str, raw: bytes) -> None:
-        fake = self.server.fake
+        fake: FakeLlm = self.server.state
         try:
             data = json.loads(raw or b"{}")
             if not isinstance(data, dict):
@@ -561,12 +513,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif name == "reset":
                 fake.reset()
             else:
-                _json(self, 404, {"error": {"message": f"no control {name!r}"}})
+                self.send_json(404, {"error": {"message": f"no control {name!r}"}})
                 return
         except (TypeError, ValueError) as exc:
-            _json(self, 400, {"error": {"message": str(exc)}})
+            self.send_json(400, {"error": {"message": str(exc)}})
             return
-        _json(self, 200, {"ok": True})
+        self.send_json(200, {"ok": True})
 
     def _send(self, outcome: Outcome) -> None:
         if outcome.delay > 0 and self.server.stopping.wait(outcome.delay):
@@ -575,15 +527,15 @@ class _Handler(BaseHTTPRequestHandler):
         if outcome.drop:
             self.close_connection = True
             return
+        if outcome.trickle <= 0:
+            self.send_bytes(outcome.status, outcome.body, outcome.headers)
+            return
         self.send_response(outcome.status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(outcome.body)))
         for name, value in outcome.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        if outcome.trickle <= 0:
-            self.wfile.write(outcome.body)
-            return
         pieces = 10
         step = max(1, -(-len(outcome.body) // pieces))
         for start in range(0, len(outcome.body), step):
@@ -594,7 +546,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
 
 
-class FakeLlmServer:
+class FakeLlmServer(BackgroundServer):
     """Serves a ``FakeLlm`` over HTTP on 127.0.0.1 from background threads.
 
     Parameters:
@@ -607,14 +559,7 @@ class FakeLlmServer:
 
     def __init__(self, fake: FakeLlm | None = None, *, port: int = 0) -> None:
         self.fake = fake or FakeLlm()
-        self._server = _Server(("127.0.0.1", port), _Handler, self.fake)
-        self._thread: threading.Thread | None = None
-        self.port = int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        """The server's root, e.g. ``http://127.0.0.1:41234``."""
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(_Handler, self.fake, port=port, name="fake-llm")
 
     @property
     def openai_base_url(self) -> str:
@@ -625,30 +570,3 @@ class FakeLlmServer:
     def anthropic_base_url(self) -> str:
         """The ``base_url`` of an Anthropic connection (the root)."""
         return self.url
-
-    def start(self) -> FakeLlmServer:
-        """Serve in a background thread; returns ``self``."""
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-llm", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving: held answers are cut, open connections closed, the port freed."""
-        self._server.stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        with self._server.connections_lock:
-            for conn in list(self._server.connections):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed by its handler
-        self._server.server_close()
-
-    def __enter__(self) -> FakeLlmServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
