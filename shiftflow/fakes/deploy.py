@@ -290,7 +290,8 @@ class FakeDeploy:
         environment = body.get("environment", "production")
         if not isinstance(environment, str) or not environment:
             raise ApiError(400, "invalid_request", "environment: expected a non-empty string", "environment")
-        metadata = body.get("metadata") or {}
+        metadata = body.get("metadata")
+        metadata = {} if metadata is None else metadata
         if not isinstance(metadata, dict):
             raise ApiError(400, "invalid_request", "metadata: expected an object", "metadata")
         asked = metadata.get("fake_outcome")

@@ -32,7 +32,7 @@ How it answers (deterministic):
   ``retry-after-ms`` or an exhausted limit's reset headers, 529 ``overloaded_error``,
   500, 401...), ``slow_next(seconds)`` / ``delay`` (answer late: beyond a client's
   timeout), ``drop_next()`` (close without answering), ``trickle_next(seconds)`` (send the
-  body in pieces over that long); or, in a prompt, ``[[fail 429 retry-after=2 times=1]]``,
+  body in pieces over that long), ``raw_next(body)`` (answer exactly these bytes); or, in a prompt, ``[[fail 429 retry-after=2 times=1]]``,
   ``[[slow 3]]``, ``[[drop]]``, ``[[trickle 3]]``.
 * **Checks** as the real APIs make them (``llm_wire``): keys (``api_key`` if set, else
   any non-empty key), ``anthropic-version``, ``max_tokens`` on Anthropic, tool results
@@ -193,6 +193,7 @@ class FakeLlm:
         self._slow: list[float] = []
         self._trickle: list[float] = []
         self._drops = 0
+        self._raw: list[tuple[int, bytes]] = []
         self._scripts: list[Script] = []
         self._marker_counts: Counter[str] = Counter()
         self._count = 0
@@ -231,6 +232,11 @@ class FakeLlm:
         with self.lock:
             self._drops += count
 
+    def raw_next(self, body: bytes, status: int = 200, count: int = 1) -> None:
+        """Answer the next ``count`` requests with this exact body (a proxy's HTML page, a broken shape)."""
+        with self.lock:
+            self._raw.extend([(status, body)] * count)
+
     def script(
         self,
         marker: str,
@@ -252,6 +258,7 @@ class FakeLlm:
             self._slow.clear()
             self._trickle.clear()
             self._drops = 0
+            self._raw.clear()
             self._scripts.clear()
             self._marker_counts.clear()
 
@@ -351,6 +358,10 @@ class FakeLlm:
                 self._failures.remove(failure)
         if failure is not None:
             return self._injected(api, failure, request_id)
+        with self.lock:
+            raw_answer = self._raw.pop(0) if self._raw else None
+        if raw_answer is not None:
+            return Outcome(raw_answer[0], {}, raw_answer[1])
         try:
             conv = read_openai(body) if api == "openai" else read_anthropic(body)
         except WireError as exc:
@@ -432,7 +443,12 @@ class FakeLlm:
                 return asked[1]
             if script is not None and script.json is not _UNSET and isinstance(script.json, dict) and not script.tool:
                 return script.json
-            value = instance_for(tools[name].schema, hint=name)
+            schema = tools[name].schema
+            if not schema.get("properties") and schema.get("additionalProperties", True) is not False:
+                # A schema that says nothing (Anthropic's answer tool for plain JSON mode):
+                # answer as OpenAI's JSON mode does.
+                return {"echo": _strip_markers(conv.last_user_text or "")}
+            value = instance_for(schema, hint=name)
             return value if isinstance(value, dict) else {}
 
         calls: list[tuple[str, dict[str, Any]]] = []

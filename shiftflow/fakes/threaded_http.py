@@ -102,7 +102,10 @@ class BackgroundServer:
 
     def start(self) -> Self:
         """Serve in a background thread; returns ``self``."""
-        self._thread = threading.Thread(target=self._server.serve_forever, name=self._name, daemon=True)
+        # A short poll: stop() waits for the serving loop to notice, up to one interval.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self._name, daemon=True
+        )
         self._thread.start()
         return self
 

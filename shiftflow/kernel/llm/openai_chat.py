@@ -154,7 +154,8 @@ class OpenAIChatClient(ProviderClient):
         refusal = message.get("refusal")
         if refusal:
             stop = "refusal"
-        parsed, json_error = decode_json_answer(text, request.response_format)
+        # A turn of tool calls is not the answer yet: its JSON is read in the turn that answers.
+        parsed, json_error = decode_json_answer(text, request.response_format) if not calls else (None, None)
         if refusal and request.response_format is not None:
             parsed, json_error = None, f"the model refused: {refusal}"
         usage = data.get("usage")
