@@ -422,6 +422,7 @@ def test_stopping_the_fake_cuts_a_held_answer():
         (LlmRequest(model="m", messages=()), "messages"),
         (LlmRequest(model="m", messages=(Message.user("  "),)), "messages[0].content"),
         (LlmRequest(model="m", messages=(Message("tool", "r"),)), "messages[0].tool_call_id"),
+        (LlmRequest(model="m", messages=(Message.user("x"), Message.assistant(""))), "messages[1]"),
         (LlmRequest(model="m", messages=(Message.user("x"),), max_tokens=0), "max_tokens"),
         (LlmRequest(model="m", messages=(Message.user("x"),), temperature=2.5), "temperature"),
         (LlmRequest(model="m", messages=(Message.user("x"),), timeout=-1), "timeout"),

@@ -99,7 +99,7 @@ class AnthropicMessagesClient(ProviderClient):
             else:
                 turns.append({"role": role, "content": blocks})
 
-        for index, message in enumerate(request.messages):
+        for message in request.messages:
             if message.role == "user":
                 push("user", [{"type": "text", "text": message.content}])
             elif message.role == "assistant":
@@ -109,8 +109,6 @@ class AnthropicMessagesClient(ProviderClient):
                 for call in message.tool_calls:
                     arguments = call.arguments if call.arguments is not None else {}
                     blocks.append({"type": "tool_use", "id": call.id, "name": names.wire(call.name), "input": arguments})
-                if not blocks:
-                    raise InvalidLlmRequest(f"messages[{index}]: an assistant message needs text or tool calls")
                 push("assistant", blocks)
             else:
                 result: dict[str, Any] = {

@@ -162,6 +162,8 @@ def check_request(request: LlmRequest, *, provider: str, max_temperature: float)
             raise InvalidLlmRequest(f"messages[{index}].tool_call_id: a tool result must name the call it answers")
         if message.role == "user" and not message.content.strip():
             raise InvalidLlmRequest(f"messages[{index}].content: a user message is empty")
+        if message.role == "assistant" and not message.content and not message.tool_calls:
+            raise InvalidLlmRequest(f"messages[{index}]: an assistant message needs text or tool calls")
     if isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int) or request.max_tokens < 1:
         raise InvalidLlmRequest(f"max_tokens: {request.max_tokens!r} is not a whole number of at least 1")
     if request.temperature is not None and not (
