@@ -5,12 +5,15 @@ shiftflow fakes llm [--port P] [--api-key K] [--delay S] [--alias MODEL=ANSWERED
 shiftflow fakes deploy [--port P] [--token T] [--queued-seconds S] [--building-seconds S]
                                         # a deploy service: queued -> building -> ready
 
+Both serve until Ctrl-C or SIGTERM, then close every connection and exit 0.
+
 (The fake SideShift and price API are ``shiftflow sideshift fakes``.)
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import threading
 from typing import Any
 
@@ -18,10 +21,15 @@ from shiftflow.cli.operator import usage_error
 
 
 def _serve_until_interrupted() -> None:
+    """Return on Ctrl-C (SIGINT) or SIGTERM, so the caller's ``with`` stops the server cleanly."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        threading.Event().wait()
+        stop.wait()
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _aliases(values: list[str]) -> dict[str, str] | None:

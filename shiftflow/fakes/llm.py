@@ -313,7 +313,9 @@ class FakeLlm:
                 return self._error(api, 401, f"Incorrect API key provided: {key}. You can find your API key at "
                                    "https://platform.openai.com/account/api-keys.", request_id)
             return None
-        key = headers.get("x-api-key", "").strip()
+        # x-api-key, or a bearer token (newer Anthropic SDKs send the key that way).
+        bearer = headers.get("authorization", "")
+        key = headers.get("x-api-key", "").strip() or (bearer[7:].strip() if bearer.lower().startswith("bearer ") else "")
         if not key or (self.api_key is not None and key != self.api_key):
             return self._error(api, 401, f"invalid x-api-key {key}".strip(), request_id)
         if not headers.get("anthropic-version"):

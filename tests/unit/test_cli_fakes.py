@@ -20,8 +20,8 @@ SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
 
 
 @contextmanager
-def serving(*args: str) -> Iterator[list[str]]:
-    """Run ``shiftflow fakes ARGS`` until it printed its Stop line; yield what it printed; Ctrl-C it."""
+def serving(*args: str, stop: signal.Signals = signal.SIGINT) -> Iterator[list[str]]:
+    """Run ``shiftflow fakes ARGS`` until it printed its Stop line; yield what it printed; stop it with ``stop``."""
     proc = subprocess.Popen([SHIFTFLOW, "fakes", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -33,7 +33,7 @@ def serving(*args: str) -> Iterator[list[str]]:
         assert lines and "Stop: Ctrl-C" in lines[-1], "\n".join(lines)
         yield lines
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(20) == 0
 
 
@@ -52,7 +52,8 @@ def test_fakes_llm_serves_both_apis_until_interrupted():
 
 
 def test_fakes_deploy_runs_a_deployment_in_real_time():
-    with serving("deploy", "--queued-seconds", "0", "--building-seconds", "0", "--token", "t") as lines:
+    stop = signal.SIGTERM  # as a process supervisor stops it
+    with serving("deploy", "--queued-seconds", "0", "--building-seconds", "0", "--token", "t", stop=stop) as lines:
         root = next(line.split("API root ", 1)[1].split()[0] for line in lines if "API root" in line)
         with httpx.Client(base_url=root, headers={"authorization": "Bearer t"}, timeout=10) as http:
             made = http.post("/deployments", json={"project": "web", "ref": "main"})

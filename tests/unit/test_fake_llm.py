@@ -90,13 +90,16 @@ def test_keys_are_required_and_the_ledger_masks_them(http, server):
     assert chat(http, {"model": "m", "messages": USER}, {}).status_code == 401
     assert messages(http, {"model": "m", "max_tokens": 5, "messages": USER}, {"anthropic-version": "x"}).status_code == 401
     assert chat(http, {"model": "m", "messages": USER}).status_code == 200
-    records = http.get("/_fake/requests").json()
+    # Newer Anthropic SDKs send the key as a bearer token: accepted too.
+    bearer = {"authorization": "Bearer k", "anthropic-version": "2023-06-01"}
+    assert messages(http, {"model": "m", "max_tokens": 5, "messages": USER}, bearer).status_code == 200
+    records = http.get("/_fake/requests").json()[:3]
     assert [r["status"] for r in records] == [401, 401, 200]
     assert records[2]["headers"]["authorization"] == "***"
     assert "Bearer k" not in json.dumps(records)
     assert server.fake.requests[2].headers["authorization"] == "Bearer k"  # in-process, for assertions
     assert http.get("/_fake/counters").json() == {
-        "requests": 3, "by_api": {"openai": 2, "anthropic": 1}, "by_status": {"401": 2, "200": 1}
+        "requests": 4, "by_api": {"openai": 2, "anthropic": 2}, "by_status": {"401": 2, "200": 2}
     }
 
 
