@@ -482,3 +482,88 @@ def test_openai_itself_gets_max_completion_tokens_and_organization_headers():
     assert body["max_completion_tokens"] == 9 and "max_tokens" not in body
     assert client.headers()["openai-organization"] == "org-1" and client.headers()["openai-project"] == "proj-1"
     client.close()
+
+
+# ---------------------------------------------------------------------- DNS rebinding
+
+PUBLIC = "93.184.216.34"
+
+
+class RebindingResolver:
+    """``socket.getaddrinfo`` for one name: a public address first, 127.0.0.1 afterwards."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.asked = 0
+        self.real = socket.getaddrinfo
+
+    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != self.name:
+            return self.real(host, port, *args, **kwargs)
+        self.asked += 1
+        address = PUBLIC if self.asked == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port or 0))]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_rebinding_base_url_cannot_reach_loopback(served, fake, monkeypatch, provider):
+    """The base URL's host is resolved once, checked, and only the checked address is dialled."""
+    attempts: list[str] = []
+    real_connect = socket.create_connection
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        host = str(address[0])
+        ip = host if host[0].isdigit() else socket.getaddrinfo(host, address[1])[0][4][0]
+        attempts.append(ip)
+        if ip != "127.0.0.1":
+            raise ConnectionRefusedError(f"test: no route to {ip}")  # this machine has no way out
+        return real_connect((ip, address[1]), *args, **kwargs)
+
+    resolver = RebindingResolver("rebind.example")
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    base = f"http://rebind.example:{served[1].port}" + ("/v1" if provider == "openai" else "")
+    with make_client(provider, {"api_key": KEY, "base_url": base}) as client:
+        with pytest.raises(LlmUnavailable):
+            client.complete(ask("hi", timeout=5))
+    assert fake.requests == []
+    assert attempts == [PUBLIC]  # only the vetted address
+    assert resolver.asked == 1
+
+
+@pytest.fixture
+def public_stand_in(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``api.example`` resolves to a public address, and dialling that address reaches this
+    machine's loopback instead (there is no way out): the guarded path, end to end."""
+    attempts: list[str] = []
+    real_resolve, real_connect = socket.getaddrinfo, socket.create_connection
+
+    def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "api.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (PUBLIC, port or 0))]
+        return real_resolve(host, port, *args, **kwargs)
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(str(address[0]))
+        target = "127.0.0.1" if address[0] == PUBLIC else address[0]
+        return real_connect((target, address[1]), *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return attempts
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_guarded_path_answers_and_holds_the_deadline(served, fake, public_stand_in, provider):
+    base = f"http://api.example:{served[1].port}" + ("/v1" if provider == "openai" else "")
+    with make_client(provider, {"api_key": KEY, "base_url": base}) as client:
+        assert client.complete(ask("through the pinned connection")).text == "echo: through the pinned connection"
+        assert client.complete(ask("again")).text == "echo: again"
+        fake.script("LONG", text=" ".join(["word"] * 2000))
+        fake.trickle_next(10)
+        started = time.monotonic()
+        with pytest.raises(LlmTimeout):
+            client.complete(ask("LONG", timeout=1.5, max_tokens=5000))
+        assert time.monotonic() - started < 8
+    assert public_stand_in == [PUBLIC] * 3  # one connection per call, each to the checked address
+    assert fake.requests[0].headers["host"].startswith("api.example")

@@ -19,17 +19,19 @@ import functools
 import json
 import math
 import re
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import httpcore
 import httpx
 import jsonschema
 from jsonschema.exceptions import SchemaError, best_match
 
-from shiftflow.kernel.errors import ToolError
+from shiftflow.kernel.errors import ToolError, ToolUnavailable
 from shiftflow.kernel.llm.credentials import Credentials
 from shiftflow.kernel.llm.errors import (
     InvalidLlmRequest,
@@ -43,7 +45,8 @@ from shiftflow.kernel.llm.errors import (
 )
 from shiftflow.kernel.llm.retry_hints import retry_after_from_headers
 from shiftflow.kernel.llm.types import ROLES, Completion, LlmRequest, ResponseFormat, Tool
-from shiftflow.kernel.tools.http import check_destination, tls_context
+from shiftflow.kernel.tools.http import destination, tls_context
+from shiftflow.kernel.tools.pinned import PinnedBackend, PinnedTransport
 
 #: The deadline of a call when neither the request nor the client names one, seconds.
 DEFAULT_TIMEOUT = 120.0
@@ -54,6 +57,9 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 #: Error types that mean an exhausted quota or billing problem: a 429 that waiting cannot fix.
 QUOTA_ERRORS = frozenset({"insufficient_quota", "billing_error", "billing_hard_limit_reached"})
 
+#: Failures before anything was sent (httpx's own, and httpcore's through the pinned transport).
+_NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpcore.ConnectError,
+                  httpcore.ConnectTimeout, httpcore.PoolTimeout)
 _WIRE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 _KEY_LIKE = re.compile(r"\b(sk-(?:ant-)?(?:proj-)?)[A-Za-z0-9_\-*]{6,}")
 _MAX_MESSAGE = 500
@@ -108,6 +114,11 @@ class ToolNames:
     def taken(self, wire: str) -> bool:
         """Whether an offered tool already has this wire name."""
         return wire in self._from_wire
+
+
+def parsed_host(url: str) -> str:
+    """The host of ``url``, for messages."""
+    return httpx.URL(url).host
 
 
 def redact(text: str, secret: str) -> str:
@@ -248,8 +259,10 @@ class ProviderClient(ABC):
         credentials: the connection's dict (``api_key``, ``base_url``...) or checked ``Credentials``.
         timeout: the deadline of a call whose request names none, seconds.
         allow_private: allow a base URL on loopback or a private network (dev mode,
-            tests, a self-hosted model). Off: every call checks where the base URL's host
-            resolves, as the HTTP tool does, so a connection cannot reach internal services.
+            tests, a self-hosted model); calls then share a keep-alive pool. Off: every
+            call resolves the base URL's host once, checks every address and connects
+            only to those (``tools.pinned``), as the HTTP tool does, so a connection
+            cannot reach internal services, not even through DNS rebinding.
         transport: an ``httpx`` transport (tests); None opens real connections.
 
     Raises:
@@ -279,9 +292,11 @@ class ProviderClient(ABC):
             raise InvalidLlmRequest(f"timeout: {timeout!r} is not a positive number of seconds")
         self.default_timeout = float(timeout)
         self.allow_private = allow_private
+        # Proxy variables and .netrc are ignored, as by the HTTP tool (trust_env=False).
         self._http = httpx.Client(
             transport=transport,
             verify=tls_context(),
+            trust_env=False,
             follow_redirects=False,
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             headers={"user-agent": "shiftflow-llm/0.1"},
@@ -329,20 +344,31 @@ class ProviderClient(ABC):
     def _post(self, url: str, headers: Mapping[str, str], body: Mapping[str, Any], timeout: float) -> Answer:
         """POST ``body`` and read the whole answer within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        http, owned = self._http, False
         if not self.allow_private:
+            # As the HTTP tool does: resolve the host once, check every address, and dial
+            # only those (a second lookup could be answered 127.0.0.1: DNS rebinding). One
+            # connection per call, so no keep-alive: a handshake is small next to an answer.
+            parsed = httpx.URL(url)
             try:
-                check_destination(url, allow_private=False)
+                addresses = destination(parsed, allow_private=False)
             except ToolError as exc:
                 raise LlmRejected(
                     f"{self.provider} base_url refused: {exc} (allow private addresses only in dev mode)",
                     provider=self.provider,
                 ) from None
+            except ToolUnavailable as exc:
+                raise LlmUnavailable(f"{self.provider}: {exc}", provider=self.provider) from None
+            backend = PinnedBackend(parsed.raw_host.decode("ascii"), addresses, deadline)
+            http = httpx.Client(transport=PinnedTransport(backend, tls_context()), trust_env=False,
+                                follow_redirects=False, headers=self._http.headers)
+            owned = True
         content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         limits = httpx.Timeout(connect=min(CONNECT_TIMEOUT, timeout), read=timeout, write=timeout, pool=timeout)
-        request = self._http.build_request("POST", url, content=content, headers=headers, timeout=limits)
+        request = http.build_request("POST", url, content=content, headers=headers, timeout=limits)
         started = time.perf_counter()
         try:
-            response = self._http.send(request, stream=True)
+            response = http.send(request, stream=True)
             try:
                 chunks: list[bytes] = []
                 size = 0
@@ -360,17 +386,25 @@ class ProviderClient(ABC):
                         raise self._timeout(timeout, "the answer was still arriving")
             finally:
                 response.close()
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except _NOT_CONNECTED as exc:
+            if any(isinstance(c, ssl.SSLCertVerificationError) for c in (exc.__cause__, exc.__context__, *exc.args)):
+                raise LlmRejected(
+                    f"{self.provider}: the TLS certificate of {parsed_host(url)} does not verify ({exc})",
+                    provider=self.provider,
+                ) from None
             raise LlmUnavailable(
-                f"{self.provider}: could not connect to {httpx.URL(url).host} ({type(exc).__name__}: {exc})",
+                f"{self.provider}: could not connect to {parsed_host(url)} ({type(exc).__name__}: {exc})",
                 provider=self.provider,
             ) from None
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, httpcore.TimeoutException):
             raise self._timeout(timeout, "no answer") from None
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
             raise LlmUnavailable(
                 f"{self.provider}: the connection failed ({type(exc).__name__}: {exc})", provider=self.provider
             ) from None
+        finally:
+            if owned:
+                http.close()
         return Answer(response.status_code, response.headers, b"".join(chunks), time.perf_counter() - started)
 
     def _timeout(self, timeout: float, what: str) -> LlmTimeout:
