@@ -25,7 +25,9 @@ from shiftflow.models.problems import InvalidInput
 GC_YOUNG_THRESHOLD = 10_000
 
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("engine", "scheduler", "sideshift", "keys", "ops", "secrets", "quotas", "effects")
+COMMAND_MODULES: tuple[str, ...] = (
+    "engine", "scheduler", "sideshift", "keys", "ops", "secrets", "quotas", "effects", "fakes",
+)
 
 
 def _read_env_file(path: str) -> dict[str, str]:

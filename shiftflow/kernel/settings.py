@@ -346,6 +346,10 @@ class Settings:
     media_max_duration_seconds: float = 600.0
     #: SHIFTFLOW_MEDIA_TIMEOUT_SECONDS: the longest one ffmpeg/ffprobe run may take
     media_timeout_seconds: float = 300.0
+    #: SHIFTFLOW_LLM_TIMEOUT_SECONDS: deadline of one LLM call (connect, wait and read) unless the step sets one
+    llm_timeout_seconds: float = 120.0
+    #: SHIFTFLOW_LLM_PRICES_FILE: a YAML price table laid over the shipped one (docs/llm.md); "" = shipped only
+    llm_prices_file: str = ""
 
     @property
     def dev(self) -> bool:
@@ -439,6 +443,8 @@ class Settings:
             price_api_key=_str(env, "PRICE_API_KEY", ""),
             price_cache_seconds=_int(env, "PRICE_CACHE_SECONDS", 60, 0, 86_400),
             **_tool_settings(env, data_dir),
+            llm_timeout_seconds=_float(env, "LLM_TIMEOUT_SECONDS", 120.0, 0.1, 3_600.0),
+            llm_prices_file=_str(env, "LLM_PRICES_FILE", ""),
         )
 
     def public_dict(self) -> dict[str, Any]:
