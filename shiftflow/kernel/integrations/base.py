@@ -226,6 +226,10 @@ class Integration:
         cooldown_scope: where a cool-down after an outside 429 applies (``COOLDOWN_SCOPES``).
         base_url: the service's default API root, when it has one.
         docs_url: the service's documentation for people.
+        http_credentials: how a connection's credentials become those of the
+            ``http.request`` tool (``tools/http_auth.py``'s shape: ``auth``, ``base_url``...),
+            for an integration that serves it; not needed by ``http`` itself (already in
+            that shape) nor by OAuth2 ones (``connections.tool_credentials`` gets a token).
     """
 
     key: str
@@ -241,6 +245,7 @@ class Integration:
     cooldown_scope: str = "connection"
     base_url: str | None = None
     docs_url: str | None = None
+    http_credentials: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.key):
@@ -255,6 +260,10 @@ class Integration:
             raise PermanentError(f"integration {self.key}: credentials_schema must describe an object")
         Draft202012Validator.check_schema(self.credentials_schema)
         object.__setattr__(self, "tools", tuple(self.tools))
+        if ("http.request" in self.tools and self.key != "http" and self.auth_type != "OAUTH2"
+                and self.http_credentials is None):
+            raise PermanentError(f"integration {self.key}: serving http.request needs http_credentials (how its "
+                                 "credentials go on a request)")
         object.__setattr__(self, "_validator", Draft202012Validator(self.credentials_schema, format_checker=FORMATS))
 
     @property

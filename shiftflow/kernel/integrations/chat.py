@@ -64,9 +64,10 @@ def check_slack(credentials: dict[str, Any], ctx: CheckContext) -> CheckResult:
     """Check the URL's shape and that its host answers; nothing is posted."""
     url = str(credentials["webhook_url"])
     official = _shape(url, _SLACK_HOSTS, _SLACK_PATH, "https://hooks.slack.com/services/T…/B…/…")
-    # A 401/403 to HEAD proves nothing about the token (the endpoint takes POSTs only).
+    # Any answer shows the host is there: the endpoint takes POSTs only, so a 401, 404,
+    # 405 or 501 to HEAD says nothing about the token. Only a gateway failing is a failure.
     answer = http.exchange({"url": url, "method": "HEAD"}, timeout=ctx.timeout, allow_private=ctx.allow_private)
-    if answer.status >= 500:
+    if answer.status in (502, 503, 504):
         raise ToolUnavailable(f"the webhook's host answered HEAD with {answer.status}")
     host = urlsplit(url).hostname
     kind = "a Slack webhook URL" if official else f"a Slack-compatible webhook URL on {host}"

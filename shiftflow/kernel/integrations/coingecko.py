@@ -6,6 +6,7 @@ Test: ``GET /api/v3/ping`` with the key's header (``x-cg-demo-api-key`` or
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from shiftflow.kernel.errors import ToolError
@@ -32,12 +33,21 @@ CREDENTIALS_SCHEMA: dict[str, Any] = {
 }
 
 
-def request_auth(credentials: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def request_auth(credentials: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     """(API root, headers) for a call with these credentials."""
     plan = credentials.get("plan") or "demo"
     root = str(credentials.get("base_url") or ROOTS[plan]).rstrip("/")
     headers = {HEADERS[plan]: str(credentials["api_key"])} if credentials.get("api_key") else {}
     return root, headers
+
+
+def http_credentials(credentials: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``http.request`` tool's credentials: the key in the plan's header, the plan's root."""
+    root, headers = request_auth(credentials)
+    if not headers:
+        return {"auth": "none", "base_url": root}
+    (name, key), = headers.items()
+    return {"auth": "api_key_header", "header_name": name, "api_key": key, "base_url": root}
 
 
 def check(credentials: dict[str, Any], ctx: CheckContext) -> CheckResult:
@@ -59,6 +69,8 @@ INTEGRATION = Integration(
     auth_type="API_KEY",
     credentials_schema=CREDENTIALS_SCHEMA,
     test=check,
+    tools=("http.request",),
+    http_credentials=http_credentials,
     # The Demo plan's documented limit: 30 calls a minute.
     limits=RateLimits(per_minute=30, burst=5),
     base_url=ROOTS["demo"],

@@ -1,7 +1,8 @@
 """The ``openai`` and ``anthropic`` integrations: API keys of the LLM providers.
 
 Only what a connection holds is described here: the credentials and the API root. The
-clients that call the models live in ``kernel/llm/``.
+clients that call the models live in ``kernel/llm/``; until they land, a connection of
+either serves the ``http.request`` tool (its key goes only to its ``base_url``).
 
 Test: list the models (``GET <base_url>/models``), which is free, changes nothing and
 needs a valid key: OpenAI with ``Authorization: Bearer``, Anthropic with ``x-api-key`` and
@@ -11,6 +12,7 @@ HTTP tool's address rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from shiftflow.kernel.errors import ToolError
@@ -50,7 +52,7 @@ ANTHROPIC_SCHEMA: dict[str, Any] = {
 }
 
 
-def openai_headers(credentials: dict[str, Any]) -> dict[str, str]:
+def openai_headers(credentials: Mapping[str, Any]) -> dict[str, str]:
     """The headers authenticating a call to OpenAI."""
     headers = {"Authorization": f"Bearer {credentials['api_key']}"}
     if credentials.get("organization"):
@@ -60,10 +62,24 @@ def openai_headers(credentials: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-def anthropic_headers(credentials: dict[str, Any]) -> dict[str, str]:
+def anthropic_headers(credentials: Mapping[str, Any]) -> dict[str, str]:
     """The headers authenticating a call to Anthropic."""
     return {"x-api-key": str(credentials["api_key"]),
             "anthropic-version": str(credentials.get("version") or ANTHROPIC_VERSION)}
+
+
+def openai_http(credentials: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``http.request`` tool's credentials for an OpenAI connection."""
+    fixed = {k: v for k, v in openai_headers(credentials).items() if k != "Authorization"}
+    return {"auth": "bearer", "token": str(credentials["api_key"]), "headers": fixed,
+            "base_url": str(credentials.get("base_url") or OPENAI_BASE_URL)}
+
+
+def anthropic_http(credentials: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``http.request`` tool's credentials for an Anthropic connection."""
+    return {"auth": "api_key_header", "header_name": "x-api-key", "api_key": str(credentials["api_key"]),
+            "headers": {"anthropic-version": str(credentials.get("version") or ANTHROPIC_VERSION)},
+            "base_url": str(credentials.get("base_url") or ANTHROPIC_BASE_URL)}
 
 
 def _models(provider: str, base_url: str, headers: dict[str, str], ctx: CheckContext) -> CheckResult:
@@ -94,6 +110,8 @@ OPENAI = Integration(
     auth_type="API_KEY",
     credentials_schema=OPENAI_SCHEMA,
     test=check_openai,
+    tools=("http.request",),
+    http_credentials=openai_http,
     # OpenAI's own limits depend on the account's tier; these keep one workflow from
     # spending a whole tier's minute at once and are meant to be raised per connection.
     limits=RateLimits(per_second=10, per_minute=500, burst=20),
@@ -109,6 +127,8 @@ ANTHROPIC = Integration(
     auth_type="API_KEY",
     credentials_schema=ANTHROPIC_SCHEMA,
     test=check_anthropic,
+    tools=("http.request",),
+    http_credentials=anthropic_http,
     # The first usage tier's 50 requests a minute; raise per connection for higher tiers.
     limits=RateLimits(per_minute=50, burst=10),
     base_url=ANTHROPIC_BASE_URL,

@@ -15,13 +15,12 @@ set, a GET of it under ``base_url`` with the token must answer 2xx.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from shiftflow.kernel.errors import PermanentError, ToolError
 from shiftflow.kernel.integrations import probe
 from shiftflow.kernel.integrations.base import CheckContext, CheckResult, Integration, passed
-from shiftflow.kernel.integrations.oauth2 import AUTH_METHODS, GRANTS, OAuth2Client, TokenSet, TokenStore
+from shiftflow.kernel.integrations.oauth2 import AUTH_METHODS, GRANTS, OAuth2Client, TokenSet
 from shiftflow.kernel.integrations.secrets import secret
 from shiftflow.kernel.tools.http_auth import within
 
@@ -103,26 +102,6 @@ def check(credentials: dict[str, Any], ctx: CheckContext) -> CheckResult:
     if answer.status >= 300:
         raise ToolError(f"GET {url} answered {answer.status} with the token")
     return passed(f"the token endpoint {how}{life}; GET {url} answered {answer.status} with it", **details)
-
-
-def tool_credentials(integration: str, connection_id: str, credentials: Mapping[str, Any], *,
-                     oauth2: OAuth2Client, store: TokenStore, rejected: str | None = None) -> dict[str, Any]:
-    """The credentials to give a tool call (``ToolContext.credentials``) for a connection.
-
-    An ``oauth2`` connection becomes an ``http`` bearer one (``{"auth": "bearer", "token",
-    "base_url"}``) with a fresh token (refreshed and stored when needed); any other
-    connection's credentials pass as they are.
-
-    Raises:
-        ReauthorisationRequired, OAuth2Error, RateLimited, ToolUnavailable: from the refresh.
-    """
-    if integration != "oauth2":
-        return dict(credentials)
-    tokens = oauth2.token(connection_id, credentials, store, rejected=rejected)
-    out = {"auth": "bearer", "token": tokens.access_token}
-    if credentials.get("base_url"):
-        out["base_url"] = str(credentials["base_url"])
-    return out
 
 
 INTEGRATION = Integration(

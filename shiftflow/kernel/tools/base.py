@@ -259,4 +259,6 @@ def schema_problems(validator: Draft202012Validator, value: Any, where: str, *,
                          for name in e.validator_value if name not in e.instance)
         else:
             lines.append(f"{field_path(where, e.absolute_path)}: {_reason(e)}")
-    return sorted(set(lines), key=lines.index)
+    if missing_as_fields:  # the expanded lines in field order too
+        return sorted(set(lines), key=lambda line: (line.split(": ", 1)[0], line))
+    return lines

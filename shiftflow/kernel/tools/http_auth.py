@@ -9,6 +9,8 @@ says how a service wants to be authenticated (``auth``):
 * ``bearer``: ``Authorization: Bearer <token>``;
 * ``basic``: ``Authorization: Basic`` of ``username:password``.
 
+``headers`` adds fixed, non-secret headers (an API version) to every request.
+
 The credentials go only to the connection's ``base_url``: a step's URL relative to it
 is joined to it, an absolute URL must lie under it (same scheme, host, port, and path
 prefix). Otherwise any workflow could send a workspace's API key to a server of its
@@ -71,8 +73,9 @@ def _without(headers: Mapping[str, Any], name: str) -> dict[str, Any]:
 def authorize(credentials: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The request ``inputs`` (``http.request``'s parameters) with the connection's auth applied.
 
-    A header the connection sets replaces a step header of the same name (any case);
-    the connection's query parameter replaces one the step gives.
+    A header the connection sets (its auth, or its fixed ``headers`` such as an API
+    version) replaces a step header of the same name (any case); the connection's query
+    parameter replaces one the step gives.
 
     Raises:
         ToolError: the URL lies outside ``base_url``, the connection lacks a field its
@@ -96,6 +99,11 @@ def authorize(credentials: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict
         return str(value)
 
     headers = dict(inputs.get("headers") or {})
+    fixed = credentials.get("headers") or {}
+    if not isinstance(fixed, Mapping):
+        raise ToolError("connection: headers must be an object of name: value")
+    for name, value in fixed.items():
+        headers = {**_without(headers, str(name)), str(name): value}
     if scheme == "api_key_header":
         name = str(credentials.get("header_name") or DEFAULT_HEADER)
         headers = {**_without(headers, name), name: need("api_key")}
