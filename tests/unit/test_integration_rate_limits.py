@@ -167,3 +167,33 @@ def test_without_redis_reachable_limits_and_cool_downs_fall_back_to_this_process
     assert limiter.cool_down("slack", "hook", 9) == pytest.approx(9)
     assert limiter.acquire("slack", "hook") == pytest.approx(9)
     assert (REGISTRY.get_sample_value("shiftflow_quota_fallbacks_total") or 0.0) > fallbacks
+
+
+def test_deployment_limits_are_read_and_a_malformed_item_names_the_variable():
+    from shiftflow.kernel.errors import SettingsError
+
+    settings = _settings(SHIFTFLOW_INTEGRATION_LIMITS="slack=1/s:3, coingecko=30/min,coingecko=2/s")
+    assert settings.integration_limits == (("slack", 1.0, None, 3), ("coingecko", 2.0, 30.0, None))
+    for bad in ("slack=fast", "Slack=1/s", "slack=1/h", "slack=1/s:0"):
+        with pytest.raises(SettingsError, match="SHIFTFLOW_INTEGRATION_LIMITS item"):
+            _settings(SHIFTFLOW_INTEGRATION_LIMITS=bad)
+    assert _settings().oauth2_lock_seconds == 30.0 and _settings().rate_limit_cooldown_seconds == 10.0
+
+
+@pytest.mark.integration
+def test_the_process_limiter_uses_the_process_settings_and_redis(redis_url, monkeypatch):
+    from shiftflow.kernel import redis_handle
+    from shiftflow.kernel import settings as settings_module
+    from shiftflow.kernel.integrations import ratelimit
+
+    monkeypatch.setattr(settings_module, "_current", _settings(SHIFTFLOW_INTEGRATION_LIMITS="smtp=1/s:1"))
+    redis_handle.configure_redis(redis_url)
+    try:
+        connection = f"conn-{id(monkeypatch)}"
+        assert ratelimit.acquire("smtp", connection) is None
+        assert ratelimit.acquire("smtp", connection) == pytest.approx(1.0, abs=0.05)
+        assert ratelimit.cool_down("smtp", connection, 5) == pytest.approx(5)
+        with redis.Redis.from_url(redis_url) as client:
+            assert client.pttl(f"shiftflow:ratelimit:cooldown:smtp:{connection}") > 4000
+    finally:
+        redis_handle.configure_redis("")
