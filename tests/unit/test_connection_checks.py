@@ -28,8 +28,8 @@ from shiftflow.kernel.integrations import (
 from shiftflow.kernel.integrations.base import CheckResult
 from shiftflow.kernel.integrations.oauth2 import OAuth2Client
 from shiftflow.kernel.settings import Settings
+from tests.token_store import FakeStore
 from tests.tool_servers import MotoServer, PageServer, SelfSigned, SmtpServer, free_port, self_signed
-from tests.unit.test_oauth2_client import FakeStore
 
 CATALOGUE = IntegrationCatalogue(builtin_integrations())
 CTX = CheckContext(timeout=5.0, allow_private=True)

@@ -21,8 +21,8 @@ from shiftflow.kernel.integrations.oauth2 import OAuth2Client
 from shiftflow.kernel.redaction import MASK
 from shiftflow.kernel.tools.base import ToolContext
 from shiftflow.kernel.tools.http import TOOL as REQUEST
+from tests.token_store import FakeStore
 from tests.tool_servers import PageServer
-from tests.unit.test_oauth2_client import FakeStore
 
 CATALOGUE = IntegrationCatalogue(builtin_integrations())
 

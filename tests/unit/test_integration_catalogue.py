@@ -105,6 +105,14 @@ def test_validation_fills_the_schema_defaults():
     assert (oauth["grant_type"], oauth["auth_method"]) == ("client_credentials", "client_secret_basic")
 
 
+def test_fields_tell_a_form_or_a_prompt_what_to_ask_and_what_to_hide():
+    fields = {f["name"]: f for f in _catalogue().get("smtp").fields()}
+    assert list(fields)[:3] == ["host", "port", "security"]
+    assert fields["host"]["required"] and not fields["host"]["secret"]
+    assert fields["password"] == {"name": "password", "required": False, "secret": True}
+    assert fields["security"]["choices"] == ["starttls", "tls", "none"] and fields["security"]["default"] == "starttls"
+
+
 def test_masking_shows_plain_fields_and_hides_secret_and_unknown_ones():
     smtp = _catalogue().get("smtp")
     shown = mask({"host": "mail.example", "port": 587, "username": "robot", "password": "hunter2!",

@@ -285,6 +285,23 @@ class Integration:
             raise InvalidCredentials([hide(line) for line in problems])
         return dict(filled)
 
+    def fields(self) -> list[dict[str, Any]]:
+        """The top-level credential fields in schema order, for a form or a CLI prompt:
+        ``{"name", "required", "secret", "description"?, "default"?, "choices"?}`` (a secret
+        field is asked for without echo). ``required`` is the schema's unconditional list;
+        fields required only in some cases (``if``/``then``) are reported by ``validate``."""
+        required = set(self.credentials_schema.get("required") or ())
+        secrets = self.secret_fields
+        out: list[dict[str, Any]] = []
+        for name, sub in (self.credentials_schema.get("properties") or {}).items():
+            sub = sub if isinstance(sub, Mapping) else {}
+            field_info: dict[str, Any] = {"name": name, "required": name in required, "secret": name in secrets}
+            for key, label in (("description", "description"), ("default", "default"), ("enum", "choices")):
+                if key in sub:
+                    field_info[label] = sub[key]
+            out.append(field_info)
+        return out
+
     def serves(self, tool: str) -> bool:
         """True when a connection of this integration may be used by the tool ``tool``."""
         return tool in self.tools
@@ -299,6 +316,7 @@ class Integration:
             "auth_type": self.auth_type,
             "credentials_schema": self.credentials_schema,
             "secret_fields": sorted(self.secret_fields),
+            "fields": self.fields(),
             "tools": list(self.tools),
             "limits": None if self.limits is None else self.limits.to_dict(),
             "shared_limits": None if self.shared_limits is None else self.shared_limits.to_dict(),
