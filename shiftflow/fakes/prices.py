@@ -11,7 +11,8 @@ test can prove that a cached price made no call::
         assert prices.requests == 1
 
 ``fail_next(n, status)`` answers the next ``n`` price requests with ``status`` (429, 500...),
-``delay`` holds every answer (to test timeouts).
+``delay`` holds every answer (to test timeouts). With ``api_key`` set, every request must
+carry it in ``x-cg-demo-api-key`` or ``x-cg-pro-api-key`` (CoinGecko's headers), else 401.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ class FakePriceServer:
     Parameters:
         prices: coin id -> USD price (decimal strings or numbers); ``DEFAULT_PRICES`` when None.
         port: 0 picks a free port.
+        api_key: the key every request must carry; None accepts requests without one.
     """
 
-    def __init__(self, prices: dict[str, Any] | None = None, *, port: int = 0) -> None:
+    def __init__(self, prices: dict[str, Any] | None = None, *, port: int = 0, api_key: str | None = None) -> None:
+        self.api_key = api_key
         self._lock = threading.Lock()
         self._prices: dict[str, dict[str, Decimal]] = {}
         for coin, usd in (DEFAULT_PRICES if prices is None else prices).items():
@@ -107,7 +110,10 @@ class FakePriceServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
-                if parts.path == "/api/v3/ping":
+                given = self.headers.get("x-cg-demo-api-key") or self.headers.get("x-cg-pro-api-key")
+                if server.api_key is not None and given != server.api_key:
+                    status, body = 401, b'{"status":{"error_code":10002,"error_message":"invalid API key"}}'
+                elif parts.path == "/api/v3/ping":
                     status, body = 200, b'{"gecko_says":"(V3) To the Moon!"}'
                 elif parts.path == "/api/v3/simple/price":
                     if server.delay:

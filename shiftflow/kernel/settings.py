@@ -169,6 +169,51 @@ def _tool_settings(env: Mapping[str, str], data_dir: str) -> dict[str, Any]:
     }
 
 
+_LIMIT_ITEM = re.compile(r"^([a-z][a-z0-9_]{0,62})=(\d+(?:\.\d+)?)/(s|min)(?::(\d+))?$")
+
+#: One integration's limits from ``SHIFTFLOW_INTEGRATION_LIMITS``: (key, per second,
+#: per minute, burst), None where the variable does not say.
+IntegrationLimit = tuple[str, float | None, float | None, int | None]
+
+
+def _integration_limits(env: Mapping[str, str]) -> tuple[IntegrationLimit, ...]:
+    """``slack=1/s:3,coingecko=30/min,coingecko=2/s``: per-integration limits, a key repeated
+    to give both scales; ``:N`` sets the burst."""
+    raw = _get(env, "INTEGRATION_LIMITS")
+    if raw is None:
+        return ()
+    found: dict[str, list[Any]] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        match = _LIMIT_ITEM.match(item)
+        if not match:
+            raise SettingsError(
+                f"{PREFIX}INTEGRATION_LIMITS item {item!r} is malformed: expected <integration>=<rate>/s or "
+                "<integration>=<rate>/min, optionally :<burst> (e.g. slack=1/s:3,coingecko=30/min)"
+            )
+        key, rate, unit, burst = match.groups()
+        entry = found.setdefault(key, [key, None, None, None])
+        entry[1 if unit == "s" else 2] = float(rate)
+        if burst is not None:
+            if int(burst) < 1:
+                raise SettingsError(f"{PREFIX}INTEGRATION_LIMITS item {item!r}: the burst must be at least 1")
+            entry[3] = int(burst)
+    return tuple((e[0], e[1], e[2], e[3]) for e in found.values())
+
+
+def _integration_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings of the integration layer: rate limits, cool-downs, OAuth2."""
+    return {
+        "integration_rate_per_second": _float(env, "INTEGRATION_RATE_PER_SECOND", 10.0, 0.0, 1_000_000.0),
+        "integration_rate_burst": _int(env, "INTEGRATION_RATE_BURST", 20, 1, 1_000_000),
+        "integration_limits": _integration_limits(env),
+        "rate_limit_cooldown_seconds": _float(env, "RATE_LIMIT_COOLDOWN_SECONDS", 10.0, 0.0, 86_400.0),
+        "rate_limit_max_cooldown_seconds": _float(env, "RATE_LIMIT_MAX_COOLDOWN_SECONDS", 3600.0, 1.0, 7 * 86_400.0),
+        "oauth2_timeout_seconds": _float(env, "OAUTH2_TIMEOUT_SECONDS", 10.0, 0.1, 300.0),
+        "oauth2_expiry_margin_seconds": _float(env, "OAUTH2_EXPIRY_MARGIN_SECONDS", 60.0, 0.0, 86_400.0),
+        "oauth2_lock_seconds": _float(env, "OAUTH2_LOCK_SECONDS", 30.0, 1.0, 3_600.0),
+    }
+
+
 def _affiliate_id(env: Mapping[str, str]) -> str:
     raw = _str(env, "SIDESHIFT_AFFILIATE_ID", "")
     if raw and not (raw.isascii() and raw.isalnum() and len(raw) <= 64):
@@ -350,6 +395,26 @@ class Settings:
     llm_timeout_seconds: float = 120.0
     #: SHIFTFLOW_LLM_PRICES_FILE: a YAML price table laid over the shipped one (docs/llm.md); "" = shipped only
     llm_prices_file: str = ""
+    #: SHIFTFLOW_INTEGRATION_RATE_PER_SECOND / SHIFTFLOW_INTEGRATION_RATE_BURST: the limit per
+    #: connection of integrations whose catalogue entry declares none (http, oauth2, plugins); 0 = none
+    integration_rate_per_second: float = 10.0
+    integration_rate_burst: int = 20
+    #: SHIFTFLOW_INTEGRATION_LIMITS: the catalogue's limits replaced per integration
+    #: (``slack=1/s:3,coingecko=30/min``); a connection's own limits still win
+    integration_limits: tuple[IntegrationLimit, ...] = ()
+    #: SHIFTFLOW_RATE_LIMIT_COOLDOWN_SECONDS: how long a connection waits after an outside 429
+    #: that gave no Retry-After
+    rate_limit_cooldown_seconds: float = 10.0
+    #: SHIFTFLOW_RATE_LIMIT_MAX_COOLDOWN_SECONDS: the longest wait a Retry-After can impose
+    rate_limit_max_cooldown_seconds: float = 3600.0
+    #: SHIFTFLOW_OAUTH2_TIMEOUT_SECONDS: the longest one token request may take
+    oauth2_timeout_seconds: float = 10.0
+    #: SHIFTFLOW_OAUTH2_EXPIRY_MARGIN_SECONDS: how long before expiry a token is refreshed
+    #: (at most half its lifetime)
+    oauth2_expiry_margin_seconds: float = 60.0
+    #: SHIFTFLOW_OAUTH2_LOCK_SECONDS: the refresh lock's lifetime if its holder dies (at least
+    #: the token timeout + 5 s); also the longest a worker waits for another's refresh
+    oauth2_lock_seconds: float = 30.0
 
     @property
     def dev(self) -> bool:
@@ -445,6 +510,7 @@ class Settings:
             **_tool_settings(env, data_dir),
             llm_timeout_seconds=_float(env, "LLM_TIMEOUT_SECONDS", 120.0, 0.1, 3_600.0),
             llm_prices_file=_str(env, "LLM_PRICES_FILE", ""),
+            **_integration_settings(env),
         )
 
     def public_dict(self) -> dict[str, Any]:

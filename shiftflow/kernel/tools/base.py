@@ -242,7 +242,23 @@ def _reason(error: ValidationError) -> str:
     return error.message
 
 
-def schema_problems(validator: Draft202012Validator, value: Any, where: str) -> list[str]:
-    """Every way ``value`` fails ``validator``, as ``path: reason`` lines in field order."""
+def schema_problems(validator: Draft202012Validator, value: Any, where: str, *,
+                    missing_as_fields: bool = False) -> list[str]:
+    """Every way ``value`` fails ``validator``, as ``path: reason`` lines in field order.
+
+    Parameters:
+        missing_as_fields: report a missing required field at its own path
+            (``credentials.password: required``) instead of its parent's
+            (``credentials: 'password' is a required property``).
+    """
     errors = sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
-    return [f"{field_path(where, e.absolute_path)}: {_reason(e)}" for e in errors]
+    lines: list[str] = []
+    for e in errors:
+        if missing_as_fields and e.validator == "required" and isinstance(e.instance, dict):
+            lines.extend(f"{field_path(where, [*e.absolute_path, name])}: required"
+                         for name in e.validator_value if name not in e.instance)
+        else:
+            lines.append(f"{field_path(where, e.absolute_path)}: {_reason(e)}")
+    if missing_as_fields:  # the expanded lines in field order too
+        return sorted(set(lines), key=lambda line: (line.split(": ", 1)[0], line))
+    return lines

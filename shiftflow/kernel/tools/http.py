@@ -37,6 +37,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import httpcore
@@ -44,6 +45,7 @@ import httpx
 
 from shiftflow.kernel.errors import RateLimited, ShiftFlowError, ToolError, ToolUnavailable
 from shiftflow.kernel.retry_after import parse_retry_after
+from shiftflow.kernel.tools import http_auth
 from shiftflow.kernel.tools.base import Tool, ToolContext
 from shiftflow.kernel.tools.pinned import PinnedBackend, PinnedTransport
 
@@ -241,24 +243,35 @@ def _classify(exc: Exception) -> type[ShiftFlowError]:
     return ToolError
 
 
-def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
-         redact: Redact = _same) -> dict[str, Any]:
-    """Make one HTTP request described by a rendered step's inputs.
+@dataclass(frozen=True)
+class Exchange:
+    """One answered request before its status is judged (``exchange``'s result).
 
     Parameters:
-        inputs: ``url`` (required), ``method`` (GET), ``headers``, ``json`` or ``body``, ``params``.
-        timeout: seconds the whole call may take (connect, TLS, request and every read).
-        allow_private: let the call reach loopback/private addresses (dev mode, tests).
-        redact: masks secret values in a text; applied to every error message before it is
-            shortened, so no part of a secret survives a cut.
+        method / url: what was asked (for messages).
+        status: the HTTP status.
+        headers: the answer's headers.
+        body: the whole body (at most ``MAX_RESPONSE_BYTES``).
+    """
 
-    Returns:
-        ``{"status": int, "json": ... }`` or ``{"status": int, "text": str}``.
+    method: str
+    url: str
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+def exchange(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
+             redact: Redact = _same) -> Exchange:
+    """Send one request described by ``inputs`` and read its whole answer, whatever its status.
+
+    The part of ``call`` that talks to the network (same checks, deadline and size cap),
+    for callers that read a 4xx answer themselves (an OAuth2 token endpoint's
+    ``invalid_grant``) instead of taking ``call``'s verdict.
 
     Raises:
-        RateLimited: 429, or 503 with ``Retry-After`` (retry after ``retry_after`` seconds).
-        ToolUnavailable: timeout, connection error, malformed answer or another 5xx (retry).
-        ToolError: anything a retry cannot fix.
+        ToolUnavailable: timeout, connection error or malformed answer (retry).
+        ToolError: a bad request, a refused destination, a body over the cap.
     """
 
     def fail(kind: type[ShiftFlowError], text: str) -> NoReturn:
@@ -299,18 +312,53 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
     except (httpcore.ConnectError, httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol,
             httpx.HTTPError, httpx.StreamError, OSError, ValueError, TypeError) as exc:
         fail(_classify(exc), f"{method} {url} failed: {type(exc).__name__}: {exc}")
-    body = bytes(buffer)
-    status = response.status_code
-    retry_after = parse_retry_after(response.headers.get("retry-after"))
-    if status == 429 or (status == 503 and retry_after is not None):
+    return Exchange(method, url, response.status_code, response.headers, bytes(buffer))
+
+
+def rate_limited(answer: Exchange, redact: Redact = _same) -> RateLimited | None:
+    """The ``RateLimited`` error an answer means (a 429, or a 503 with ``Retry-After``), or None."""
+    retry_after = parse_retry_after(answer.headers.get("retry-after"))
+    if answer.status == 429 or (answer.status == 503 and retry_after is not None):
         waited = "" if retry_after is None else f" (Retry-After: {retry_after:g} s)"
-        raise RateLimited(redact(f"{method} {url} answered {status}{waited}"), retry_after=retry_after)
+        return RateLimited(redact(f"{answer.method} {answer.url} answered {answer.status}{waited}"),
+                           retry_after=retry_after)
+    return None
+
+
+def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
+         redact: Redact = _same) -> dict[str, Any]:
+    """Make one HTTP request described by a rendered step's inputs.
+
+    Parameters:
+        inputs: ``url`` (required), ``method`` (GET), ``headers``, ``json`` or ``body``, ``params``.
+        timeout: seconds the whole call may take (connect, TLS, request and every read).
+        allow_private: let the call reach loopback/private addresses (dev mode, tests).
+        redact: masks secret values in a text; applied to every error message before it is
+            shortened, so no part of a secret survives a cut.
+
+    Returns:
+        ``{"status": int, "json": ... }`` or ``{"status": int, "text": str}``.
+
+    Raises:
+        RateLimited: 429, or 503 with ``Retry-After`` (retry after ``retry_after`` seconds).
+        ToolUnavailable: timeout, connection error, malformed answer or another 5xx (retry).
+        ToolError: anything a retry cannot fix.
+    """
+
+    def fail(kind: type[ShiftFlowError], text: str) -> NoReturn:
+        raise kind(redact(text))
+
+    answer = exchange(inputs, timeout=timeout, allow_private=allow_private, redact=redact)
+    method, url, status, body = answer.method, answer.url, answer.status, answer.body
+    limited = rate_limited(answer, redact)
+    if limited is not None:
+        raise limited
     if status >= 500:
         fail(ToolUnavailable, f"{method} {url} answered {status}")
     if status >= 400:
         excerpt = redact(body.decode("utf-8", "replace"))[:ERROR_EXCERPT_CHARS]
         fail(ToolError, f"{method} {url} answered {status}: {excerpt!r}")
-    if "json" in response.headers.get("content-type", ""):
+    if "json" in answer.headers.get("content-type", ""):
         try:
             return {"status": status, "json": json.loads(body)}
         except ValueError:
@@ -319,7 +367,16 @@ def call(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
 
 
 def _run(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
-    return call(params, timeout=ctx.limits.http_timeout, allow_private=ctx.allow_private)
+    if not ctx.credentials:
+        return call(params, timeout=ctx.limits.http_timeout, allow_private=ctx.allow_private)
+    # An ``http`` connection (or an OAuth2 one, as a bearer token): its credentials go on
+    # the request, only to its base_url, and never into a message.
+    redact = http_auth.redactor(ctx.credentials)
+    try:
+        inputs = http_auth.authorize(ctx.credentials, params)
+    except ToolError as exc:
+        raise ToolError(redact(str(exc))) from None
+    return call(inputs, timeout=ctx.limits.http_timeout, allow_private=ctx.allow_private, redact=redact)
 
 
 #: ``http.request``: the HTTP step as a registered tool (same inputs, same answers).

@@ -22,6 +22,7 @@ import re
 import smtplib
 import socket
 import ssl
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, make_msgid
@@ -45,9 +46,9 @@ def _recipients(value: Any) -> list[str]:
     return list(value or [])
 
 
-def _tls(ctx: ToolContext) -> ssl.SSLContext:
+def _tls(credentials: Mapping[str, Any]) -> ssl.SSLContext:
     """The verifying context; a connection may add a private CA (``tls_ca_pem``), never skip checks."""
-    ca = ctx.credentials.get("tls_ca_pem")
+    ca = credentials.get("tls_ca_pem")
     if not ca:
         return tls_context()
     context = ssl.create_default_context()
@@ -121,17 +122,69 @@ def _dot_stuffed(body: bytes) -> bytes:
     return body + b".\r\n"
 
 
-def _open(host: str, port: int, security: str, timeout: float, ctx: ToolContext) -> smtplib.SMTP:
+def _open(host: str, port: int, security: str, timeout: float, credentials: Mapping[str, Any]) -> smtplib.SMTP:
     if security == "tls":
-        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=_tls(ctx))
+        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=_tls(credentials))
     smtp = smtplib.SMTP(host, port, timeout=timeout)
     if security == "starttls":
         smtp.ehlo()
         if not smtp.has_extn("starttls"):
             smtp.close()
             raise ToolError(f"SMTP server {host}:{port} does not offer STARTTLS (connection security: starttls)")
-        smtp.starttls(context=_tls(ctx))
+        smtp.starttls(context=_tls(credentials))
     return smtp
+
+
+def _endpoint(credentials: Mapping[str, Any]) -> tuple[str, int, str]:
+    """(host, port, security) of the connection; the port defaults by security (465 for tls, else 587)."""
+    host = credentials.get("host")
+    if not host:
+        raise ToolError("connection: the credential 'host' is missing")
+    security = str(credentials.get("security") or "starttls")
+    if security not in SECURITY:
+        raise ToolError(f"connection: security {security!r} is not one of {', '.join(SECURITY)}")
+    return str(host), int(credentials.get("port") or (465 if security == "tls" else 587)), security
+
+
+def verify_login(credentials: Mapping[str, Any], *, timeout: float, allow_private: bool) -> dict[str, Any]:
+    """Prove a connection's SMTP settings without sending anything: connect, EHLO,
+    STARTTLS or TLS as configured, AUTH when a username is given, QUIT.
+
+    Returns:
+        ``{"host", "port", "security", "authenticated", "extensions"}`` (no secret).
+
+    Raises:
+        ToolError: refused address, wrong credentials, untrusted certificate, no STARTTLS.
+        ToolUnavailable: server down, unreachable, timed out, or a 4xx.
+    """
+    host, port, security = _endpoint(credentials)
+    _check_host(host, port, allow_private)
+    username = credentials.get("username")
+    try:
+        smtp = _open(host, port, security, timeout, credentials)
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            if username:
+                smtp.login(str(username), str(credentials.get("password") or ""))
+            extensions = sorted(smtp.esmtp_features)
+        finally:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
+    except smtplib.SMTPAuthenticationError as exc:
+        raise ToolError(f"SMTP authentication refused: {exc.smtp_code} {_text(exc.smtp_error)}") from None
+    except smtplib.SMTPNotSupportedError as exc:
+        raise ToolError(f"SMTP server {host}:{port}: {exc}") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise ToolError(f"SMTP server {host}:{port}: TLS certificate refused: {exc.verify_message}") from None
+    except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
+        if isinstance(exc, smtplib.SMTPResponseException) and 500 <= exc.smtp_code < 600:
+            raise ToolError(f"SMTP server {host}:{port}: {exc.smtp_code} {_text(exc.smtp_error)}") from None
+        reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else f"{type(exc).__name__}: {exc}"
+        raise ToolUnavailable(f"SMTP server {host}:{port} unavailable: {reason}") from None
+    return {"host": host, "port": port, "security": security, "authenticated": bool(username),
+            "extensions": extensions}
 
 
 def send(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
@@ -145,11 +198,7 @@ def send(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         ToolUnavailable: server down, unreachable, timed out, or a 4xx (before the body went out).
         ToolOutcomeUnknown: the body was sent and no answer came back.
     """
-    host = str(ctx.credential("host"))
-    security = str(ctx.credentials.get("security") or "starttls")
-    if security not in SECURITY:
-        raise ToolError(f"connection: security {security!r} is not one of {', '.join(SECURITY)}")
-    port = int(ctx.credentials.get("port") or (465 if security == "tls" else 587))
+    host, port, security = _endpoint(ctx.credentials)
     sender = params.get("from") or ctx.credentials.get("from") or ctx.credentials.get("username")
     if not sender or "@" not in str(sender):
         raise ToolError("with.from: no sender address (give 'from', or 'from' in the connection)")
@@ -160,7 +209,7 @@ def send(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     timeout = ctx.limits.smtp_timeout
     body_sent = False
     try:
-        smtp = _open(host, port, security, timeout, ctx)
+        smtp = _open(host, port, security, timeout, ctx.credentials)
         try:
             smtp.ehlo_or_helo_if_needed()
             if ctx.credentials.get("username"):
