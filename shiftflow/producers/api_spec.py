@@ -603,7 +603,9 @@ DOCUMENT: dict[str, Any] = {
         "version": VERSION,
         "description": "Workspaces, members, API keys, workflows, executions, dead letters, templates and "
         "the audit log. Authenticate with `Authorization: Bearer sfk_...`. Errors are "
-        '`{"error": "..."}`. Lists are keyset pages, newest first.',
+        '`{"error": "..."}`. Lists are keyset pages, newest first. A path this document does not '
+        "list answers 404 (no redirects: `/workflows/` is not `/workflows`); a method a listed path "
+        "does not have answers 405 with an `Allow` header naming the ones it has.",
     },
     "servers": [{"url": PREFIX}],
     "security": [{"bearer": []}],
