@@ -28,9 +28,14 @@ tools: ## install (when missing) the programs the tools run: Chromium, ffmpeg (D
 
 # The fault scenarios marked `long` run in `make reliability` only.
 TEST_SELECTION = -m "not long"
+# Test processes (pytest-xdist). Each test has its own database, vhost and Redis db, so
+# they run side by side; tests/conftest.py keeps a file's tests in one process and every
+# fault-injection test in one other, so no two of those compete for the cores.
+# TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 
 test: $(STAMP) services tools ## unit + integration tests against real services (and the short fault scenarios)
-	$(PY) -m pytest -p no:cacheprovider $(TEST_SELECTION) $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup $(TEST_SELECTION) $(PYTEST_ARGS)
 
 test-unit: $(STAMP) tools ## unit tests only (no services)
 	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)

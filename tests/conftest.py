@@ -68,16 +68,52 @@ SERVICE_FIXTURES = frozenset(
 # --------------------------------------------------------------------------- markers
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark tests by directory, so ``-m "not integration and not acceptance"`` is the unit run."""
+    """Mark tests by directory, so ``-m "not integration and not acceptance"`` is the unit run.
+
+    Also put each test in a pytest-xdist group (used by ``--dist loadgroup``, as ``make
+    test`` runs): a file's tests stay in one process, so module fixtures start once, and
+    every test under ``tests/reliability`` shares one group: those kill processes, start
+    servers of their own and time recoveries, and two of them at once on a two-core machine
+    would measure each other rather than ShiftFlow.
+    """
     tests_dir = Path(__file__).resolve().parent
     for item in items:
         try:
-            suite = Path(str(item.path)).resolve().relative_to(tests_dir).parts[0]
+            relative = Path(str(item.path)).resolve().relative_to(tests_dir)
+            suite = relative.parts[0]
         except (ValueError, IndexError):
             continue
         if suite in ("integration", "acceptance"):
             item.add_marker(getattr(pytest.mark, suite))
+        if config.pluginmanager.hasplugin("xdist"):
+            group = "reliability" if suite == "reliability" else relative.as_posix()
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+#: Fault-scenario rows reported by pytest-xdist workers (``tests/reliability/conftest.py``
+#: attaches them to the scenario's report); printed once by the controlling process.
+_SCENARIO_ROWS: list[dict[str, Any]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the scenario rows that workers send with their reports."""
+    _SCENARIO_ROWS.extend(value for name, value in report.user_properties if name == "reliability_scenario")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the workers' fault-scenario rows as one table (a single-process run prints its
+    own, from ``tests/reliability/conftest.py``)."""
+    if not _SCENARIO_ROWS:
+        return
+    terminalreporter.section("reliability scenarios")
+    terminalreporter.write_line(_SCENARIO_ROWS[0]["table"].splitlines()[0])
+    for row in _SCENARIO_ROWS:
+        terminalreporter.write_line(row["table"].splitlines()[1])
+    for row in _SCENARIO_ROWS:
+        for line in row["lines"]:
+            terminalreporter.write_line(line)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -265,6 +301,7 @@ def real_env(pg_url: str, amqp_url: str, mongo_url: str, mongo_db: str, redis_ur
         "SHIFTFLOW_HTTP_ALLOW_PRIVATE": "true",
         "SHIFTFLOW_METRICS_PORT": "0",
         "SHIFTFLOW_INGRESS_METRICS_PORT": "0",
+        "SHIFTFLOW_SCHEDULER_METRICS_PORT": "0",
         # Stored secrets (connections, webhook signing secrets) are always encrypted.
         "SHIFTFLOW_SECRET_KEYS": "tests-secret-key-of-at-least-32-characters",
     }

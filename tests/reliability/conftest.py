@@ -37,6 +37,25 @@ def stack() -> Iterator[Stack]:
         made.stop()
 
 
+_sent_to_controller = 0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In a pytest-xdist worker, send the scenario rows this test added with its report
+    (``tests/conftest.py`` prints them in the controlling process)."""
+    global _sent_to_controller
+    outcome = yield
+    if not hasattr(item.config, "workerinput") or len(RESULTS) <= _sent_to_controller:
+        return
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    for numbers in RESULTS[_sent_to_controller:]:
+        lines = [f"  {numbers.scenario}: {note}" for note in numbers.notes]
+        lines += [f"  {numbers.scenario}: FAIL: {problem}" for problem in numbers.problems()]
+        report.user_properties.append(("reliability_scenario", {"table": format_table([numbers]), "lines": lines}))
+    _sent_to_controller = len(RESULTS)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print every scenario's row, with its notes, after the run."""
     if not RESULTS:

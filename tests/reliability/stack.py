@@ -126,6 +126,9 @@ class Stack:
             "SHIFTFLOW_SECRET_KEYS": self.secret_key,
             "SHIFTFLOW_INGRESS_PORT": str(free_port()),
             "SHIFTFLOW_METRICS_PORT": str(free_port()),
+            # Never the defaults: another test's processes may hold them.
+            "SHIFTFLOW_INGRESS_METRICS_PORT": str(free_port()),
+            "SHIFTFLOW_SCHEDULER_METRICS_PORT": str(free_port()),
             "SHIFTFLOW_METRICS_DIR": str(directory / "metrics"),
         }
         return tenant
