@@ -33,6 +33,7 @@ Every instant this module returns is an aware ``datetime`` in UTC.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import re
 from bisect import bisect_left
@@ -80,9 +81,12 @@ MACROS = {
 }
 #: Days in each month in the longest year (a leap year), to refuse specs that never fire.
 _MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-#: How far ahead ``next_fire`` searches. A valid spec always fires within 8 years
-#: (29 February skips 2100); beyond this the spec is treated as exhausted.
-HORIZON_YEARS = 10
+#: How far ahead ``next_fire`` searches, in years. The Gregorian calendar repeats every 400
+#: years (146,097 days, a whole number of weeks), so a day pattern that matches no date in
+#: 400 years matches none ever: such a spec never fires, and ``parse`` refuses it. Under
+#: AND (a day field starting with ``*``) slots can be decades apart: 29 February on a
+#: Sunday comes 40 years after the previous one across 2100.
+CYCLE_YEARS = 400
 #: Bound on candidates tried by one ``next_fire`` (only a repeated DST hour needs more than one).
 _MAX_CANDIDATES = 100_000
 _NUMBER = re.compile(r"^\d+$")
@@ -222,6 +226,9 @@ def parse(expression: str) -> CronSpec:
     ]
     dom_star, dow_star = parts[3].startswith("*"), parts[5].startswith("*")
     seconds, minutes, hours, days, months, weekdays = parsed
+    # The only spec that never fires: AND with no listed day in any listed month. Every date
+    # that exists meets every week day within CYCLE_YEARS, and a day-of-month starting with
+    # '*' holds the 1st; ``_next_naive`` gives up after CYCLE_YEARS exactly when this refuses.
     if dow_star and not any(day <= _MONTH_DAYS[m - 1] for day in days for m in months):
         raise ScheduleError(
             f"day-of-month: day {days[0]} never occurs in month(s) {', '.join(map(str, months))}"
@@ -289,50 +296,74 @@ def parse_time(text: str, tz: dt.tzinfo, name: str = "at") -> dt.datetime:
 # --------------------------------------------------------------------------- next fire
 
 
-def _day_matches(spec: CronSpec, t: dt.datetime) -> bool:
-    sets = spec._sets
-    dom = t.day in sets[3]
-    dow = (t.weekday() + 1) % 7 in sets[5]  # Python: Monday=0; cron: Sunday=0
-    if spec.dom_star or spec.dow_star:
-        return dom and dow
-    return dom or dow
+def _next_day(spec: CronSpec, year: int, month: int, day: int) -> int | None:
+    """The first day >= ``day`` of ``year``-``month`` that matches the day fields, or None."""
+    length = calendar.monthrange(year, month)[1]
+    # Cron week day of day 0 of the month (the day before the 1st): Sunday=0.
+    base = dt.date(year, month, 1).isoweekday() - 1
+    weekdays = spec._sets[5]
+    if spec.dow_star and not spec.dom_star:
+        # AND with day-of-month restricted: only its days are candidates.
+        for d in spec.days[bisect_left(spec.days, day) :]:
+            if d > length:
+                return None
+            if (base + d) % 7 in weekdays:
+                return d
+        return None
+    days = spec._sets[3]
+    both = spec.dom_star or spec.dow_star
+    for d in range(day, length + 1):
+        by_dom, by_dow = d in days, (base + d) % 7 in weekdays
+        if (by_dom and by_dow) if both else (by_dom or by_dow):
+            return d
+    return None
 
 
 def _next_naive(spec: CronSpec, t: dt.datetime) -> dt.datetime | None:
-    """The first wall-clock time >= ``t`` (naive, whole seconds) matching every field."""
+    """The first wall-clock time >= ``t`` (naive, whole seconds) matching every field.
+
+    None when no date within ``CYCLE_YEARS`` matches (the spec never fires) or the
+    match would lie beyond year 9999, the last one ``datetime`` holds.
+    """
     secs, mins, hours, _days, months, _dows = spec._sets
-    limit = t.year + HORIZON_YEARS
-    while t.year <= limit:
-        if t.month not in months:
-            i = bisect_left(spec.months, t.month)
-            t = (
-                dt.datetime(t.year, spec.months[i], 1)
-                if i < len(spec.months)
-                else dt.datetime(t.year + 1, spec.months[0], 1)
-            )
-            continue
-        if not _day_matches(spec, t):
-            t = dt.datetime(t.year, t.month, t.day) + _DAY
-            continue
-        if t.hour not in hours:
-            i = bisect_left(spec.hours, t.hour)
-            if i == len(spec.hours):
-                t = dt.datetime(t.year, t.month, t.day) + _DAY
+    limit = min(t.year + CYCLE_YEARS, dt.MAXYEAR)
+    try:
+        while t.year <= limit:
+            if t.month not in months:
+                i = bisect_left(spec.months, t.month)
+                t = (
+                    dt.datetime(t.year, spec.months[i], 1)
+                    if i < len(spec.months)
+                    else dt.datetime(t.year + 1, spec.months[0], 1)
+                )
                 continue
-            t = t.replace(hour=spec.hours[i], minute=0, second=0)
-        if t.minute not in mins:
-            i = bisect_left(spec.minutes, t.minute)
-            if i == len(spec.minutes):
-                t = t.replace(minute=0, second=0) + _HOUR
+            day = _next_day(spec, t.year, t.month, t.day)
+            if day is None:  # on to the 1st of the next month
+                t = dt.datetime(t.year + t.month // 12, t.month % 12 + 1, 1)
                 continue
-            t = t.replace(minute=spec.minutes[i], second=0)
-        if t.second not in secs:
-            i = bisect_left(spec.seconds, t.second)
-            if i == len(spec.seconds):
-                t = t.replace(second=0) + _MINUTE
-                continue
-            t = t.replace(second=spec.seconds[i])
-        return t
+            if day != t.day:
+                t = dt.datetime(t.year, t.month, day)
+            if t.hour not in hours:
+                i = bisect_left(spec.hours, t.hour)
+                if i == len(spec.hours):
+                    t = dt.datetime(t.year, t.month, t.day) + _DAY
+                    continue
+                t = t.replace(hour=spec.hours[i], minute=0, second=0)
+            if t.minute not in mins:
+                i = bisect_left(spec.minutes, t.minute)
+                if i == len(spec.minutes):
+                    t = t.replace(minute=0, second=0) + _HOUR
+                    continue
+                t = t.replace(minute=spec.minutes[i], second=0)
+            if t.second not in secs:
+                i = bisect_left(spec.seconds, t.second)
+                if i == len(spec.seconds):
+                    t = t.replace(second=0) + _MINUTE
+                    continue
+                t = t.replace(second=spec.seconds[i])
+            return t
+    except (OverflowError, ValueError):  # stepped past 9999-12-31
+        return None
     return None
 
 
@@ -368,16 +399,19 @@ def _resolve(wall: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
 
 
 def _next_cron(spec: CronSpec, after: dt.datetime, tz: dt.tzinfo) -> dt.datetime | None:
-    t = after.astimezone(tz).replace(tzinfo=None, microsecond=0) + _SECOND
-    for _ in range(_MAX_CANDIDATES):
-        wall = _next_naive(spec, t)
-        if wall is None:
-            return None
-        instant = _resolve(wall, tz)
-        if instant > after:
-            return instant
-        # Only a repeated DST hour gets here: this wall time already fired (first occurrence).
-        t = wall + _SECOND
+    try:
+        t = after.astimezone(tz).replace(tzinfo=None, microsecond=0) + _SECOND
+        for _ in range(_MAX_CANDIDATES):
+            wall = _next_naive(spec, t)
+            if wall is None:
+                return None
+            instant = _resolve(wall, tz)
+            if instant > after:
+                return instant
+            # Only a repeated DST hour gets here: this wall time already fired (first occurrence).
+            t = wall + _SECOND
+    except OverflowError:  # a slot at the very end of year 9999, beyond UTC's range
+        return None
     return None
 
 
@@ -392,7 +426,8 @@ def next_fire(spec: Spec, after: dt.datetime, tz: dt.tzinfo = UTC) -> dt.datetim
 
     Returns:
         An aware UTC datetime, or None when the spec has no fire time left
-        (a one-off time already past, or no cron match within ``HORIZON_YEARS``).
+        (a one-off time already past, a cron spec that never fires, or a slot
+        beyond year 9999).
 
     Raises:
         ValueError: ``after`` is naive.

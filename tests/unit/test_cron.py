@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -182,6 +183,69 @@ def test_seconds_field():
         utc(2024, 1, 1, 0, 1, 0),
         utc(2024, 1, 1, 0, 1, 20),
     ]
+
+
+# --------------------------------------------------------------------------- rare specs
+
+
+@pytest.mark.parametrize(
+    ("expression", "after", "expected"),
+    [
+        # One field starts with '*': the day fields combine with AND, so slots can be decades apart.
+        ("0 0 1 2 */7", utc(2043, 2, 2), utc(2054, 2, 1)),  # 1 February on a Sunday
+        ("0 0 29 2 */7", utc(2033, 1, 1), utc(2060, 2, 29)),  # 29 February on a Sunday
+        ("0 0 29 2 */7", utc(2089, 1, 1), utc(2128, 2, 29)),  # 40 years: 2100 is no leap year
+        ("0 0 29 2 */7", utc(2088, 2, 29, 12), utc(2128, 2, 29)),
+        ("0 0 */7 2 MON", utc(2024, 1, 1), utc(2027, 2, 1)),  # days 1, 8, 15, 22, 29 AND Monday
+    ],
+)
+def test_a_rare_spec_keeps_firing_however_far_away_its_next_slot_is(expression, after, expected):
+    assert next_fire(parse(expression), after) == expected
+    assert next_fire(parse(expression), after, NEW_YORK) == expected.replace(tzinfo=NEW_YORK).astimezone(UTC)
+
+
+def test_a_slot_beyond_the_last_representable_year_is_none_not_a_crash():
+    assert next_fire(parse("0 0 29 2 */7"), utc(9980, 1, 1)) is None  # no 29 February after 9980 is a Sunday
+    assert next_fire(parse("59 23 31 12 *"), utc(9999, 12, 31, 23, 59)) is None
+
+
+def _bypassing_parse(template: str, **fields: object) -> CronSpec:
+    """A spec ``parse`` would refuse, built by hand to see what the search makes of it."""
+    return replace(parse(template), **fields)
+
+
+@pytest.mark.parametrize("dom_star", [False, True])
+def test_parse_refuses_exactly_the_specs_the_search_finds_no_slot_for(dom_star):
+    # Every (month, day, weekday) under AND. The Gregorian calendar repeats every 400 years,
+    # a whole number of weeks, so a date that exists meets every week day within 400 years
+    # (29 February within 40); one that never exists (30 February) never fires.
+    starts = [utc(2024, 6, 1), utc(2089, 3, 1)]
+    for month in range(1, 13):
+        for day in range(1, 32):
+            try:
+                parse(f"0 0 {day} {month} *")
+                refused = False
+            except ScheduleError as exc:
+                assert str(exc).startswith("day-of-month: ")
+                refused = True
+            for weekday in range(7):
+                spec = _bypassing_parse(
+                    "0 0 1 1 *",
+                    days=(day,),
+                    months=(month,),
+                    weekdays=(weekday,),
+                    dom_star=dom_star,
+                    dow_star=True,
+                )
+                for start in starts:
+                    got = next_fire(spec, start)
+                    where = f"day {day} month {month} weekday {weekday} from {start:%Y}"
+                    if refused:
+                        assert got is None, where
+                    else:
+                        assert got is not None, where
+                        assert (got.day, got.month, got.isoweekday() % 7) == (day, month, weekday), where
+                        assert got.year - start.year <= 41, where
 
 
 # --------------------------------------------------------------------------- DST
