@@ -7,7 +7,11 @@ Cron expressions have 5 fields (``minute hour day-of-month month day-of-week``) 
 with ``second`` first. A field is ``*``, a number, a range ``a-b``, a step ``*/n``,
 ``a-b/n`` or ``a/n`` (``a`` to the end of the range), or a comma list of those.
 Months and week days also take English names (``JAN``, ``MON-FRI``); day-of-week 0 and
-7 are both Sunday. ``@yearly``, ``@annually``, ``@monthly``, ``@weekly``, ``@daily``,
+7 are both Sunday. An item that matches nothing is refused with its field named: the one
+such item is ``7/n`` in day-of-week, as ``a/n`` runs from ``a`` to Saturday (6). It is
+refused rather than read as Sunday because either reading (Sunday alone, or ``0/n``) is a
+guess, and Vixie cron has no ``a/n`` form to follow (it refuses ``a/n`` altogether);
+write ``0/n`` or ``SUN/n``. ``@yearly``, ``@annually``, ``@monthly``, ``@weekly``, ``@daily``,
 ``@midnight`` and ``@hourly`` stand for their usual expressions.
 
 Day-of-month and day-of-week combine like Vixie cron: when both are restricted a day
@@ -183,7 +187,14 @@ def _field(text: str, name: str, lo: int, hi: int, names: dict[str, int]) -> tup
         else:
             start = _value(span, name, lo, hi, names)
             end = top if slash else start
-        values.update(range(start, end + 1, step))
+        item = range(start, end + 1, step)
+        if not item:
+            # Only ``7/n`` in day-of-week gets here: ``a/n`` runs from a to Saturday (6).
+            raise ScheduleError(
+                f"{name}: {part!r} matches no day (a/n runs from a to 6, Saturday; "
+                f"for Sunday onwards write 0/{step} or SUN/{step})"
+            )
+        values.update(item)
     if name == "day-of-week" and 7 in values:  # 7 is Sunday too
         values.discard(7)
         values.add(0)

@@ -110,6 +110,9 @@ def test_macros(macro, same_as):
         ("* * * * * * *", "cron: expected 5 fields"),
         ("", "cron: expected 5 fields"),
         ("@reboot", "cron: unknown macro '@reboot'"),
+        ("0 0 * * 7/2", "day-of-week: '7/2' matches no day"),
+        ("0 0 1 * 7/2", "day-of-week: '7/2' matches no day"),  # OR would silently lose the week days
+        ("0 0 * * MON,7/1", "day-of-week: '7/1' matches no day"),
         ("0 0 30 2 *", "day-of-month: day 30 never occurs in month(s) 2"),
         ("0 0 31 4,6 *", "day-of-month: day 31 never occurs in month(s) 4, 6"),
     ],
@@ -118,6 +121,38 @@ def test_errors_name_the_field(expression, message):
     with pytest.raises(ScheduleError) as info:
         parse(expression)
     assert str(info.value).startswith(message)
+
+
+FIELD_LAYOUT = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+]
+
+
+@pytest.mark.parametrize(
+    ("index", "name", "lo", "hi"), [(i, *f) for i, f in enumerate([*FIELD_LAYOUT, ("day-of-week", 0, 7)])]
+)
+def test_every_item_of_every_field_matches_something_or_is_refused_with_the_field_named(index, name, lo, hi):
+    # Each form, with every start and end and steps up to past the range: an item that
+    # matches no value would make a field (or, under OR, a day field) silently lose it.
+    steps = (1, 2, 3, 7, hi - lo, hi - lo + 1, 100)
+    items = [str(a) for a in range(lo, hi + 1)]
+    items += [f"{a}/{n}" for a in range(lo, hi + 1) for n in steps]
+    items += [f"*/{n}" for n in steps]
+    items += [f"{a}-{b}/{n}" for a in range(lo, hi + 1) for b in range(a, hi + 1, 3) for n in (1, 2, 5, 100)]
+    for item in items:
+        fields = ["0", "0", "0", "*", "*", "*"]
+        fields[index] = item
+        try:
+            spec = parse(" ".join(fields))
+        except ScheduleError as exc:
+            assert str(exc).startswith(f"{name}: "), f"{item!r}: {exc}"
+            continue
+        values = (spec.seconds, spec.minutes, spec.hours, spec.days, spec.months, spec.weekdays)[index]
+        assert values, f"{name} {item!r} parsed to no value"
 
 
 def test_day_31_is_fine_when_a_listed_month_has_it_or_day_of_week_is_restricted():
