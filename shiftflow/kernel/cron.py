@@ -20,14 +20,23 @@ when one of them starts with ``*`` the day must match both (so ``*/2`` in day-of
 still combines with AND, as in Vixie cron).
 
 Daylight-saving rule. A cron expression is read as wall-clock time in the schedule's
-time zone, and every wall-clock slot fires at most once:
+time zone. What a clock change does depends on the hour field, the split Vixie cron makes
+between "wildcard" and "fixed-time" jobs:
 
-* a slot that does not exist (the clock jumps forward, e.g. 02:30 on the night summer
-  time starts in Europe/Berlin) fires once at the first instant after the gap (03:00
-  local time). Several slots inside one gap collapse into that single fire;
-* a slot that exists twice (the clock falls back, e.g. 02:30 on the night summer time
-  ends) fires once, at its first occurrence (still in summer time); the repeated hour
-  fires nothing a second time.
+* a *fixed hour* (``30 2 * * *``, ``*/15 1 * * *``) names a time of day, and every
+  wall-clock slot fires once that day. A slot that does not exist (the clock jumps
+  forward, e.g. 02:30 on the night summer time starts in Europe/Berlin) fires once at
+  the first instant after the gap (03:00 local time); several slots inside one gap
+  collapse into that single fire. A slot that exists twice (the clock falls back) fires
+  at its first occurrence only (still in summer time);
+* a *wildcard hour* (the hour field starts with ``*``: ``0 * * * *``, ``*/10 */2 * * *``)
+  reads the clock as it goes: it fires whenever the clock shows a matching time, so in a
+  repeated hour on both passes, and never for times a forward jump skips. An hourly job
+  thus runs once per real hour through both changes: ``0 * * * *`` in New York fires at
+  01:00 EDT and again at 01:00 EST an hour later, instead of 01:00 EDT then 02:00 EST two
+  hours apart; and ``10 * * * *`` in Berlin fires at 01:10 CET then 03:10 CEST, without
+  an extra fire at 03:00. Vixie cron also counts a minute starting with ``*`` as wildcard;
+  here the hour alone decides, since a fixed hour is a time of day the user named.
 
 Intervals are elapsed time, not wall-clock time: ``every 3600 s`` stays 3600 s apart
 across a DST change. Their slots are ``anchor + k * interval`` for every whole ``k``
@@ -105,7 +114,8 @@ class CronSpec:
     """A parsed cron expression: the allowed values of each field, sorted.
 
     ``weekdays`` uses cron numbering (0 = Sunday ... 6 = Saturday). ``dom_star`` and
-    ``dow_star`` record whether the day fields started with ``*`` (Vixie's AND/OR rule).
+    ``dow_star`` record whether the day fields started with ``*`` (Vixie's AND/OR rule),
+    ``hour_star`` whether the hour field did (the daylight-saving rule).
     """
 
     expression: str
@@ -118,6 +128,7 @@ class CronSpec:
     dom_star: bool
     dow_star: bool
     has_seconds: bool
+    hour_star: bool = False
     _sets: tuple[frozenset[int], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -245,7 +256,17 @@ def parse(expression: str) -> CronSpec:
             f"day-of-month: day {days[0]} never occurs in month(s) {', '.join(map(str, months))}"
         )
     return CronSpec(
-        expression.strip(), seconds, minutes, hours, days, months, weekdays, dom_star, dow_star, has_seconds
+        expression.strip(),
+        seconds,
+        minutes,
+        hours,
+        days,
+        months,
+        weekdays,
+        dom_star,
+        dow_star,
+        has_seconds,
+        hour_star=parts[2].startswith("*"),
     )
 
 
@@ -384,46 +405,91 @@ def _offset_at(instant: dt.datetime, tz: dt.tzinfo) -> dt.timedelta:
     return offset
 
 
-def _resolve(wall: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
-    """The instant (aware UTC) at which wall-clock time ``wall`` (naive) fires in ``tz``.
+def _offsets(wall: dt.datetime, tz: dt.tzinfo) -> tuple[dt.timedelta, dt.timedelta]:
+    """The offsets PEP 495 reads naive ``wall`` with: before a transition (fold=0) and after (fold=1).
 
-    Ambiguous (fall back): the first occurrence. Nonexistent (spring forward): the
-    first instant after the gap, i.e. the transition itself.
+    Equal: an ordinary time. First greater: a repeated time (fall back). First smaller: a
+    time in a gap (spring forward).
     """
-    before = wall.replace(tzinfo=tz, fold=0).utcoffset()
-    after = wall.replace(tzinfo=tz, fold=1).utcoffset()
-    assert before is not None and after is not None
-    if before >= after:
-        # Equal: an ordinary time. Greater: a repeated time; fold=0 is the first occurrence.
-        return (wall - before).replace(tzinfo=UTC)
-    # A gap. PEP 495 maps it with the offset from before (fold=0) and after (fold=1);
-    # the transition lies between those two readings. Transitions fall on whole seconds.
-    lo = int(((wall - after).replace(tzinfo=UTC) - EPOCH).total_seconds())  # offset still `before`
-    hi = int(((wall - before).replace(tzinfo=UTC) - EPOCH).total_seconds())  # offset already `after`
-    while hi - lo > 1:
+    early = wall.replace(tzinfo=tz, fold=0).utcoffset()
+    late = wall.replace(tzinfo=tz, fold=1).utcoffset()
+    assert early is not None and late is not None
+    return early, late
+
+
+def _transition(wall: dt.datetime, early: dt.timedelta, late: dt.timedelta, tz: dt.tzinfo) -> dt.datetime:
+    """The transition (aware UTC) next to ``wall``, a repeated or skipped time: the first
+    instant with offset ``late``. It lies between ``wall`` read with either offset;
+    transitions fall on whole seconds."""
+    lo, hi = sorted(
+        int(((wall - offset).replace(tzinfo=UTC) - EPOCH).total_seconds()) for offset in (early, late)
+    )
+    while hi - lo > 1:  # offset `early` at lo, `late` at hi
         mid = (lo + hi) // 2
-        if _offset_at(EPOCH + dt.timedelta(seconds=mid), tz) == after:
+        if _offset_at(EPOCH + dt.timedelta(seconds=mid), tz) == late:
             hi = mid
         else:
             lo = mid
     return EPOCH + dt.timedelta(seconds=hi)
 
 
+def _resolve(wall: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """The instant (aware UTC) at which wall-clock time ``wall`` (naive) happens in ``tz``.
+
+    Ambiguous (fall back): the first occurrence. Nonexistent (spring forward): the
+    first instant after the gap, i.e. the transition itself.
+    """
+    early, late = _offsets(wall, tz)
+    if early >= late:
+        return (wall - early).replace(tzinfo=UTC)
+    return _transition(wall, early, late, tz)
+
+
 def _next_cron(spec: CronSpec, after: dt.datetime, tz: dt.tzinfo) -> dt.datetime | None:
+    """The module docstring's DST rule: a fixed hour fires each wall-clock slot once (first
+    occurrence; a skipped slot at the end of its gap); a wildcard hour fires whenever the
+    clock shows a matching time (both passes of a repeated hour; never in a gap)."""
     try:
-        t = after.astimezone(tz).replace(tzinfo=None, microsecond=0) + _SECOND
+        here = after.astimezone(tz)
+        wall = here.replace(tzinfo=None, microsecond=0)
+        t = wall + _SECOND
+        second_pass: dt.datetime | None = None
+        # `after` lies in a repeated span of walls (on its first or second pass) when its wall
+        # reads with two offsets; one of them is the offset `after` has.
+        own, other = here.utcoffset(), wall.replace(tzinfo=tz, fold=1 - here.fold).utcoffset()
+        assert own is not None and other is not None
+        early, late = max(own, other), min(own, other)
+        if early > late:
+            start = (_transition(wall, early, late, tz) + late).replace(tzinfo=None)
+            end = start + (early - late)
+            if here.fold and not spec.hour_star:
+                t = max(t, end)  # the span's slots fired on its first pass
+            elif not here.fold and spec.hour_star:
+                # The span's slots fire again on its second pass, after every first-pass one.
+                again = _next_naive(spec, start)
+                if again is not None and again < end:
+                    second_pass = (again - late).replace(tzinfo=UTC)
         for _ in range(_MAX_CANDIDATES):
-            wall = _next_naive(spec, t)
-            if wall is None:
-                return None
-            instant = _resolve(wall, tz)
+            wall_next = _next_naive(spec, t)
+            if wall_next is None:
+                return second_pass
+            early, late = _offsets(wall_next, tz)
+            if early < late:  # a gap
+                transition = _transition(wall_next, early, late, tz)
+                if spec.hour_star:  # the clock never shows it: on to the end of the gap
+                    t = (transition + late).replace(tzinfo=None)
+                    continue
+                instant = transition
+            else:
+                instant = (wall_next - early).replace(tzinfo=UTC)
+                if instant <= after and spec.hour_star:
+                    instant = (wall_next - late).replace(tzinfo=UTC)  # its second pass
             if instant > after:
-                return instant
-            # Only a repeated DST hour gets here: this wall time already fired (first occurrence).
-            t = wall + _SECOND
+                return instant if second_pass is None else min(instant, second_pass)
+            t = wall_next + _SECOND
     except OverflowError:  # a slot at the very end of year 9999, beyond UTC's range
         return None
-    return None
+    return second_pass
 
 
 def next_fire(spec: Spec, after: dt.datetime, tz: dt.tzinfo = UTC) -> dt.datetime | None:

@@ -306,7 +306,7 @@ def test_berlin_spring_forward_gap_fires_once_at_the_end_of_the_gap():
     assert next_fire(quarter, utc(2024, 3, 31, 1, 0), BERLIN) == utc(2024, 3, 31, 1, 15)
 
 
-def test_berlin_fall_back_fires_the_first_occurrence_only():
+def test_berlin_fall_back_a_fixed_hour_fires_once_a_wildcard_hour_in_both_passes():
     # 2024-10-27: 03:00 CEST becomes 02:00 CET (01:00 UTC); 02:00-02:59 happen twice.
     daily = parse("30 2 * * *")
     assert walls(daily, utc(2024, 10, 25), utc(2024, 10, 29), BERLIN) == [
@@ -315,17 +315,56 @@ def test_berlin_fall_back_fires_the_first_occurrence_only():
         "10-27 02:30:00+0200",
         "10-28 02:30:00+0100",
     ]
-    half = parse("*/30 * * * *")
+    fixed = parse("*/30 2 * * *")  # a fixed hour: every slot once, at its first occurrence
+    assert walls(fixed, utc(2024, 10, 26, 23, 0), utc(2024, 10, 27, 2, 30), BERLIN) == [
+        "10-27 02:00:00+0200",
+        "10-27 02:30:00+0200",
+    ]
+    # Asked from inside the repeated hour (second pass), nothing fires until the next day.
+    inside = local(BERLIN, 2024, 10, 27, 2, 10, fold=1)
+    assert next_fire(fixed, inside, BERLIN) == local(BERLIN, 2024, 10, 28, 2, 0)
+    half = parse("*/30 * * * *")  # a wildcard hour reads the clock: the repeated hour fires again
     assert walls(half, utc(2024, 10, 26, 23, 0), utc(2024, 10, 27, 2, 30), BERLIN) == [
         "10-27 01:30:00+0200",
         "10-27 02:00:00+0200",
         "10-27 02:30:00+0200",
+        "10-27 02:00:00+0100",
+        "10-27 02:30:00+0100",
         "10-27 03:00:00+0100",
         "10-27 03:30:00+0100",
     ]
-    # Asked from inside the repeated hour (second pass), nothing fires until 03:00.
-    inside = local(BERLIN, 2024, 10, 27, 2, 10, fold=1)
-    assert next_fire(half, inside, BERLIN) == local(BERLIN, 2024, 10, 27, 3, 0)
+    # (Compared in UTC: PEP 495 makes a fold=1 time unequal to any time in another zone.)
+    assert next_fire(half, inside, BERLIN) == utc(2024, 10, 27, 1, 30)  # 02:30 CET
+    first_pass = local(BERLIN, 2024, 10, 27, 2, 40)  # the next slot is 02:00 again, second pass
+    assert next_fire(half, first_pass, BERLIN) == utc(2024, 10, 27, 1, 0)  # 02:00 CET
+
+
+def test_an_hourly_job_runs_once_per_real_hour_through_both_changes():
+    hourly = parse("0 * * * *")
+    # New York 2024-11-03: 01:00-01:59 happen twice; one run per real hour, 01:00 twice.
+    fires = fires_between(hourly, utc(2024, 11, 3, 3), utc(2024, 11, 3, 9), NEW_YORK)
+    assert [t.hour for t in fires] == [4, 5, 6, 7, 8, 9]
+    assert walls(hourly, utc(2024, 11, 3, 3), utc(2024, 11, 3, 8), NEW_YORK) == [
+        "11-03 00:00:00-0400",
+        "11-03 01:00:00-0400",
+        "11-03 01:00:00-0500",
+        "11-03 02:00:00-0500",
+        "11-03 03:00:00-0500",
+    ]
+    # Berlin 2024-03-31: 02:00-02:59 never happen; a wildcard hour skips them rather than
+    # adding a run at 03:00 (that would be two runs ten minutes apart).
+    ten_past = parse("10 * * * *")
+    assert walls(ten_past, utc(2024, 3, 30, 23), utc(2024, 3, 31, 3), BERLIN) == [
+        "03-31 00:10:00+0100",
+        "03-31 01:10:00+0100",
+        "03-31 03:10:00+0200",
+        "03-31 04:10:00+0200",
+    ]
+    # A fixed hour inside the gap still fires that day, at the end of the gap.
+    assert walls(parse("10 2 * * *"), utc(2024, 3, 30), utc(2024, 4, 1), BERLIN) == [
+        "03-30 02:10:00+0100",
+        "03-31 03:00:00+0200",
+    ]
 
 
 def test_new_york_spring_and_fall():
@@ -445,18 +484,19 @@ def _matches(wall: dt.datetime, sets: list[set[int]], dom_star: bool, dow_star: 
     return (by_dom and by_dow) if (dom_star or dow_star) else (by_dom or by_dow)
 
 
-def _brute_force(sets, dom_star, dow_star, start, end, tz, step):
-    """Fires in (start, end] by stepping UTC instants: a wall time fires at its first
-    occurrence, and wall times skipped by a forward jump fire at the instant after the jump."""
+def _brute_force(sets, dom_star, dow_star, start, end, tz, step, hour_star):
+    """Fires in (start, end] by stepping UTC instants. A wildcard hour fires whenever the
+    clock shows a matching time. A fixed hour fires a wall time at its first occurrence,
+    and wall times skipped by a forward jump at the instant after the jump."""
     out = []
     instant = start - dt.timedelta(seconds=start.timestamp() % step.total_seconds()) + step
     previous_wall = (instant - step).astimezone(tz).replace(tzinfo=None)
     while instant <= end:
         here = instant.astimezone(tz)
         wall = here.replace(tzinfo=None)
-        fire = here.fold == 0 and _matches(wall, sets, dom_star, dow_star)
+        fire = (here.fold == 0 or hour_star) and _matches(wall, sets, dom_star, dow_star)
         skipped = previous_wall + step
-        while not fire and skipped < wall:
+        while not fire and not hour_star and skipped < wall:
             fire = _matches(skipped, sets, dom_star, dow_star)
             skipped += step
         if fire:
@@ -492,7 +532,8 @@ def test_random_five_field_specs_match_minute_stepping_around_dst(seed):
             hours=rng.randint(1, 20), minutes=rng.randint(0, 59), seconds=rng.randint(0, 59)
         )
         end = start + dt.timedelta(hours=30)
-        expected = _brute_force(sets, dom_star, dow_star, start, end, tz, dt.timedelta(minutes=1))
+        hour_star = text.split()[-4].startswith("*")
+        expected = _brute_force(sets, dom_star, dow_star, start, end, tz, dt.timedelta(minutes=1), hour_star)
         spec = _parse_or_never(text, sets, dow_star)
         if spec is None:
             continue
@@ -511,7 +552,8 @@ def test_random_six_field_specs_match_second_stepping_around_dst(seed):
         tz, around = rng.choice(TRANSITIONS)
         start = around - dt.timedelta(minutes=rng.randint(0, 90), seconds=rng.randint(0, 59))
         end = start + dt.timedelta(hours=2)
-        expected = _brute_force(sets, dom_star, dow_star, start, end, tz, dt.timedelta(seconds=1))
+        hour_star = text.split()[-4].startswith("*")
+        expected = _brute_force(sets, dom_star, dow_star, start, end, tz, dt.timedelta(seconds=1), hour_star)
         spec = _parse_or_never(text, sets, dow_star)
         if spec is None:
             continue
