@@ -100,7 +100,7 @@ _MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 #: AND (a day field starting with ``*``) slots can be decades apart: 29 February on a
 #: Sunday comes 40 years after the previous one across 2100.
 CYCLE_YEARS = 400
-#: Bound on candidates tried by one ``next_fire`` (only a repeated DST hour needs more than one).
+#: Bound on candidates tried by one ``next_fire`` (one is the rule; a wildcard hour meeting a gap takes two).
 _MAX_CANDIDATES = 100_000
 _NUMBER = re.compile(r"^\d+$")
 _SECOND = dt.timedelta(seconds=1)
@@ -328,6 +328,15 @@ def parse_time(text: str, tz: dt.tzinfo, name: str = "at") -> dt.datetime:
 # --------------------------------------------------------------------------- next fire
 
 
+def _day_matches(spec: CronSpec, t: dt.datetime) -> bool:
+    sets = spec._sets
+    dom = t.day in sets[3]
+    dow = (t.weekday() + 1) % 7 in sets[5]  # Python: Monday=0; cron: Sunday=0
+    if spec.dom_star or spec.dow_star:
+        return dom and dow
+    return dom or dow
+
+
 def _next_day(spec: CronSpec, year: int, month: int, day: int) -> int | None:
     """The first day >= ``day`` of ``year``-``month`` that matches the day fields, or None."""
     length = calendar.monthrange(year, month)[1]
@@ -369,11 +378,11 @@ def _next_naive(spec: CronSpec, t: dt.datetime) -> dt.datetime | None:
                     else dt.datetime(t.year + 1, spec.months[0], 1)
                 )
                 continue
-            day = _next_day(spec, t.year, t.month, t.day)
-            if day is None:  # on to the 1st of the next month
-                t = dt.datetime(t.year + t.month // 12, t.month % 12 + 1, 1)
-                continue
-            if day != t.day:
+            if not _day_matches(spec, t):  # (the common case, today matches, stays cheap)
+                day = _next_day(spec, t.year, t.month, t.day + 1)
+                if day is None:  # on to the 1st of the next month
+                    t = dt.datetime(t.year + t.month // 12, t.month % 12 + 1, 1)
+                    continue
                 t = dt.datetime(t.year, t.month, day)
             if t.hour not in hours:
                 i = bisect_left(spec.hours, t.hour)
@@ -455,20 +464,22 @@ def _next_cron(spec: CronSpec, after: dt.datetime, tz: dt.tzinfo) -> dt.datetime
         t = wall + _SECOND
         second_pass: dt.datetime | None = None
         # `after` lies in a repeated span of walls (on its first or second pass) when its wall
-        # reads with two offsets; one of them is the offset `after` has.
-        own, other = here.utcoffset(), wall.replace(tzinfo=tz, fold=1 - here.fold).utcoffset()
-        assert own is not None and other is not None
-        early, late = max(own, other), min(own, other)
-        if early > late:
-            start = (_transition(wall, early, late, tz) + late).replace(tzinfo=None)
-            end = start + (early - late)
-            if here.fold and not spec.hour_star:
-                t = max(t, end)  # the span's slots fired on its first pass
-            elif not here.fold and spec.hour_star:
-                # The span's slots fire again on its second pass, after every first-pass one.
-                again = _next_naive(spec, start)
-                if again is not None and again < end:
-                    second_pass = (again - late).replace(tzinfo=UTC)
+        # reads with two offsets, one of them its own. Only two cases need to know: a second
+        # pass (fold=1 says so) and a wildcard hour's first pass (fixed offsets have neither).
+        if here.fold or (spec.hour_star and not isinstance(tz, dt.timezone)):
+            own, other = here.utcoffset(), here.replace(fold=1 - here.fold).utcoffset()
+            assert own is not None and other is not None
+            if own != other:
+                early, late = max(own, other), min(own, other)
+                start = (_transition(wall, early, late, tz) + late).replace(tzinfo=None)
+                end = start + (early - late)
+                if here.fold and not spec.hour_star:
+                    t = max(t, end)  # the span's slots fired on its first pass
+                elif not here.fold and spec.hour_star:
+                    # The span's slots fire again on its second pass, after every first-pass one.
+                    again = _next_naive(spec, start)
+                    if again is not None and again < end:
+                        second_pass = (again - late).replace(tzinfo=UTC)
         for _ in range(_MAX_CANDIDATES):
             wall_next = _next_naive(spec, t)
             if wall_next is None:
