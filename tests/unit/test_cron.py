@@ -142,7 +142,12 @@ def test_every_item_of_every_field_matches_something_or_is_refused_with_the_fiel
     items = [str(a) for a in range(lo, hi + 1)]
     items += [f"{a}/{n}" for a in range(lo, hi + 1) for n in steps]
     items += [f"*/{n}" for n in steps]
-    items += [f"{a}-{b}/{n}" for a in range(lo, hi + 1) for b in range(a, hi + 1, 3) for n in (1, 2, 5, 100)]
+    items += [
+        f"{a}-{b}/{n}"
+        for a in range(lo, hi + 1)
+        for b in sorted({*range(a, hi + 1, 3), hi})
+        for n in (1, 2, 5, 100)
+    ]
     for item in items:
         fields = ["0", "0", "0", "*", "*", "*"]
         fields[index] = item
