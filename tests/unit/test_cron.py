@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -109,6 +110,9 @@ def test_macros(macro, same_as):
         ("* * * * * * *", "cron: expected 5 fields"),
         ("", "cron: expected 5 fields"),
         ("@reboot", "cron: unknown macro '@reboot'"),
+        ("0 0 * * 7/2", "day-of-week: '7/2' matches no day"),
+        ("0 0 1 * 7/2", "day-of-week: '7/2' matches no day"),  # OR would silently lose the week days
+        ("0 0 * * MON,7/1", "day-of-week: '7/1' matches no day"),
         ("0 0 30 2 *", "day-of-month: day 30 never occurs in month(s) 2"),
         ("0 0 31 4,6 *", "day-of-month: day 31 never occurs in month(s) 4, 6"),
     ],
@@ -117,6 +121,43 @@ def test_errors_name_the_field(expression, message):
     with pytest.raises(ScheduleError) as info:
         parse(expression)
     assert str(info.value).startswith(message)
+
+
+FIELD_LAYOUT = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+]
+
+
+@pytest.mark.parametrize(
+    ("index", "name", "lo", "hi"), [(i, *f) for i, f in enumerate([*FIELD_LAYOUT, ("day-of-week", 0, 7)])]
+)
+def test_every_item_of_every_field_matches_something_or_is_refused_with_the_field_named(index, name, lo, hi):
+    # Each form, with every start and end and steps up to past the range: an item that
+    # matches no value would make a field (or, under OR, a day field) silently lose it.
+    steps = (1, 2, 3, 7, hi - lo, hi - lo + 1, 100)
+    items = [str(a) for a in range(lo, hi + 1)]
+    items += [f"{a}/{n}" for a in range(lo, hi + 1) for n in steps]
+    items += [f"*/{n}" for n in steps]
+    items += [
+        f"{a}-{b}/{n}"
+        for a in range(lo, hi + 1)
+        for b in sorted({*range(a, hi + 1, 3), hi})
+        for n in (1, 2, 5, 100)
+    ]
+    for item in items:
+        fields = ["0", "0", "0", "*", "*", "*"]
+        fields[index] = item
+        try:
+            spec = parse(" ".join(fields))
+        except ScheduleError as exc:
+            assert str(exc).startswith(f"{name}: "), f"{item!r}: {exc}"
+            continue
+        values = (spec.seconds, spec.minutes, spec.hours, spec.days, spec.months, spec.weekdays)[index]
+        assert values, f"{name} {item!r} parsed to no value"
 
 
 def test_day_31_is_fine_when_a_listed_month_has_it_or_day_of_week_is_restricted():
@@ -184,6 +225,69 @@ def test_seconds_field():
     ]
 
 
+# --------------------------------------------------------------------------- rare specs
+
+
+@pytest.mark.parametrize(
+    ("expression", "after", "expected"),
+    [
+        # One field starts with '*': the day fields combine with AND, so slots can be decades apart.
+        ("0 0 1 2 */7", utc(2043, 2, 2), utc(2054, 2, 1)),  # 1 February on a Sunday
+        ("0 0 29 2 */7", utc(2033, 1, 1), utc(2060, 2, 29)),  # 29 February on a Sunday
+        ("0 0 29 2 */7", utc(2089, 1, 1), utc(2128, 2, 29)),  # 40 years: 2100 is no leap year
+        ("0 0 29 2 */7", utc(2088, 2, 29, 12), utc(2128, 2, 29)),
+        ("0 0 */7 2 MON", utc(2024, 1, 1), utc(2027, 2, 1)),  # days 1, 8, 15, 22, 29 AND Monday
+    ],
+)
+def test_a_rare_spec_keeps_firing_however_far_away_its_next_slot_is(expression, after, expected):
+    assert next_fire(parse(expression), after) == expected
+    assert next_fire(parse(expression), after, NEW_YORK) == expected.replace(tzinfo=NEW_YORK).astimezone(UTC)
+
+
+def test_a_slot_beyond_the_last_representable_year_is_none_not_a_crash():
+    assert next_fire(parse("0 0 29 2 */7"), utc(9980, 1, 1)) is None  # no 29 February after 9980 is a Sunday
+    assert next_fire(parse("59 23 31 12 *"), utc(9999, 12, 31, 23, 59)) is None
+
+
+def _bypassing_parse(template: str, **fields: object) -> CronSpec:
+    """A spec ``parse`` would refuse, built by hand to see what the search makes of it."""
+    return replace(parse(template), **fields)
+
+
+@pytest.mark.parametrize("dom_star", [False, True])
+def test_parse_refuses_exactly_the_specs_the_search_finds_no_slot_for(dom_star):
+    # Every (month, day, weekday) under AND. The Gregorian calendar repeats every 400 years,
+    # a whole number of weeks, so a date that exists meets every week day within 400 years
+    # (29 February within 40); one that never exists (30 February) never fires.
+    starts = [utc(2024, 6, 1), utc(2089, 3, 1)]
+    for month in range(1, 13):
+        for day in range(1, 32):
+            try:
+                parse(f"0 0 {day} {month} *")
+                refused = False
+            except ScheduleError as exc:
+                assert str(exc).startswith("day-of-month: ")
+                refused = True
+            for weekday in range(7):
+                spec = _bypassing_parse(
+                    "0 0 1 1 *",
+                    days=(day,),
+                    months=(month,),
+                    weekdays=(weekday,),
+                    dom_star=dom_star,
+                    dow_star=True,
+                )
+                for start in starts:
+                    got = next_fire(spec, start)
+                    where = f"day {day} month {month} weekday {weekday} from {start:%Y}"
+                    if refused:
+                        assert got is None, where
+                    else:
+                        assert got is not None, where
+                        assert (got.day, got.month, got.isoweekday() % 7) == (day, month, weekday), where
+                        assert got.year - start.year <= 41, where
+
+
 # --------------------------------------------------------------------------- DST
 
 
@@ -207,7 +311,7 @@ def test_berlin_spring_forward_gap_fires_once_at_the_end_of_the_gap():
     assert next_fire(quarter, utc(2024, 3, 31, 1, 0), BERLIN) == utc(2024, 3, 31, 1, 15)
 
 
-def test_berlin_fall_back_fires_the_first_occurrence_only():
+def test_berlin_fall_back_a_fixed_hour_fires_once_a_wildcard_hour_in_both_passes():
     # 2024-10-27: 03:00 CEST becomes 02:00 CET (01:00 UTC); 02:00-02:59 happen twice.
     daily = parse("30 2 * * *")
     assert walls(daily, utc(2024, 10, 25), utc(2024, 10, 29), BERLIN) == [
@@ -216,17 +320,56 @@ def test_berlin_fall_back_fires_the_first_occurrence_only():
         "10-27 02:30:00+0200",
         "10-28 02:30:00+0100",
     ]
-    half = parse("*/30 * * * *")
+    fixed = parse("*/30 2 * * *")  # a fixed hour: every slot once, at its first occurrence
+    assert walls(fixed, utc(2024, 10, 26, 23, 0), utc(2024, 10, 27, 2, 30), BERLIN) == [
+        "10-27 02:00:00+0200",
+        "10-27 02:30:00+0200",
+    ]
+    # Asked from inside the repeated hour (second pass), nothing fires until the next day.
+    inside = local(BERLIN, 2024, 10, 27, 2, 10, fold=1)
+    assert next_fire(fixed, inside, BERLIN) == local(BERLIN, 2024, 10, 28, 2, 0)
+    half = parse("*/30 * * * *")  # a wildcard hour reads the clock: the repeated hour fires again
     assert walls(half, utc(2024, 10, 26, 23, 0), utc(2024, 10, 27, 2, 30), BERLIN) == [
         "10-27 01:30:00+0200",
         "10-27 02:00:00+0200",
         "10-27 02:30:00+0200",
+        "10-27 02:00:00+0100",
+        "10-27 02:30:00+0100",
         "10-27 03:00:00+0100",
         "10-27 03:30:00+0100",
     ]
-    # Asked from inside the repeated hour (second pass), nothing fires until 03:00.
-    inside = local(BERLIN, 2024, 10, 27, 2, 10, fold=1)
-    assert next_fire(half, inside, BERLIN) == local(BERLIN, 2024, 10, 27, 3, 0)
+    # (Compared in UTC: PEP 495 makes a fold=1 time unequal to any time in another zone.)
+    assert next_fire(half, inside, BERLIN) == utc(2024, 10, 27, 1, 30)  # 02:30 CET
+    first_pass = local(BERLIN, 2024, 10, 27, 2, 40)  # the next slot is 02:00 again, second pass
+    assert next_fire(half, first_pass, BERLIN) == utc(2024, 10, 27, 1, 0)  # 02:00 CET
+
+
+def test_an_hourly_job_runs_once_per_real_hour_through_both_changes():
+    hourly = parse("0 * * * *")
+    # New York 2024-11-03: 01:00-01:59 happen twice; one run per real hour, 01:00 twice.
+    fires = fires_between(hourly, utc(2024, 11, 3, 3), utc(2024, 11, 3, 9), NEW_YORK)
+    assert [t.hour for t in fires] == [4, 5, 6, 7, 8, 9]
+    assert walls(hourly, utc(2024, 11, 3, 3), utc(2024, 11, 3, 8), NEW_YORK) == [
+        "11-03 00:00:00-0400",
+        "11-03 01:00:00-0400",
+        "11-03 01:00:00-0500",
+        "11-03 02:00:00-0500",
+        "11-03 03:00:00-0500",
+    ]
+    # Berlin 2024-03-31: 02:00-02:59 never happen; a wildcard hour skips them rather than
+    # adding a run at 03:00 (that would be two runs ten minutes apart).
+    ten_past = parse("10 * * * *")
+    assert walls(ten_past, utc(2024, 3, 30, 23), utc(2024, 3, 31, 3), BERLIN) == [
+        "03-31 00:10:00+0100",
+        "03-31 01:10:00+0100",
+        "03-31 03:10:00+0200",
+        "03-31 04:10:00+0200",
+    ]
+    # A fixed hour inside the gap still fires that day, at the end of the gap.
+    assert walls(parse("10 2 * * *"), utc(2024, 3, 30), utc(2024, 4, 1), BERLIN) == [
+        "03-30 02:10:00+0100",
+        "03-31 03:00:00+0200",
+    ]
 
 
 def test_new_york_spring_and_fall():
@@ -346,18 +489,19 @@ def _matches(wall: dt.datetime, sets: list[set[int]], dom_star: bool, dow_star: 
     return (by_dom and by_dow) if (dom_star or dow_star) else (by_dom or by_dow)
 
 
-def _brute_force(sets, dom_star, dow_star, start, end, tz, step):
-    """Fires in (start, end] by stepping UTC instants: a wall time fires at its first
-    occurrence, and wall times skipped by a forward jump fire at the instant after the jump."""
+def _brute_force(sets, dom_star, dow_star, start, end, tz, step, hour_star):
+    """Fires in (start, end] by stepping UTC instants. A wildcard hour fires whenever the
+    clock shows a matching time. A fixed hour fires a wall time at its first occurrence,
+    and wall times skipped by a forward jump at the instant after the jump."""
     out = []
     instant = start - dt.timedelta(seconds=start.timestamp() % step.total_seconds()) + step
     previous_wall = (instant - step).astimezone(tz).replace(tzinfo=None)
     while instant <= end:
         here = instant.astimezone(tz)
         wall = here.replace(tzinfo=None)
-        fire = here.fold == 0 and _matches(wall, sets, dom_star, dow_star)
+        fire = (here.fold == 0 or hour_star) and _matches(wall, sets, dom_star, dow_star)
         skipped = previous_wall + step
-        while not fire and skipped < wall:
+        while not fire and not hour_star and skipped < wall:
             fire = _matches(skipped, sets, dom_star, dow_star)
             skipped += step
         if fire:
@@ -393,7 +537,8 @@ def test_random_five_field_specs_match_minute_stepping_around_dst(seed):
             hours=rng.randint(1, 20), minutes=rng.randint(0, 59), seconds=rng.randint(0, 59)
         )
         end = start + dt.timedelta(hours=30)
-        expected = _brute_force(sets, dom_star, dow_star, start, end, tz, dt.timedelta(minutes=1))
+        hour_star = text.split()[-4].startswith("*")
+        expected = _brute_force(sets, dom_star, dow_star, start, end, tz, dt.timedelta(minutes=1), hour_star)
         spec = _parse_or_never(text, sets, dow_star)
         if spec is None:
             continue
@@ -412,7 +557,8 @@ def test_random_six_field_specs_match_second_stepping_around_dst(seed):
         tz, around = rng.choice(TRANSITIONS)
         start = around - dt.timedelta(minutes=rng.randint(0, 90), seconds=rng.randint(0, 59))
         end = start + dt.timedelta(hours=2)
-        expected = _brute_force(sets, dom_star, dow_star, start, end, tz, dt.timedelta(seconds=1))
+        hour_star = text.split()[-4].startswith("*")
+        expected = _brute_force(sets, dom_star, dow_star, start, end, tz, dt.timedelta(seconds=1), hour_star)
         spec = _parse_or_never(text, sets, dow_star)
         if spec is None:
             continue
