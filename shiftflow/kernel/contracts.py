@@ -56,7 +56,8 @@ MAX_DEDUP_KEY = 255
 MAX_PRIORITY = 10
 
 #: Follow-on steps of running executions go ahead of first steps of new ones
-#: (DESIGN.md 3: a FIFO queue finishes a burst breadth-first). Added to the base priority.
+#: (a FIFO queue finishes a burst breadth-first: docs/architecture.md#messages-queues-and-pools).
+#: Added to the base priority.
 FOLLOW_ON_BOOST = 1
 
 

@@ -1,6 +1,6 @@
 """Enqueue by actor name: the one way producers and actors send messages.
 
-Producers never import actors (DESIGN.md 2); they name them. The queue comes from the
+Producers never import actors (docs/architecture.md#layers); they name them. The queue comes from the
 contract table, so a message always lands where its actor listens.
 """
 

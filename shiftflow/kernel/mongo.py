@@ -5,7 +5,7 @@ product analytics (analytics_events) and tool usage (integration_usage), with th
 collections and indexes of seed 003.
 
 Why batched: on the MongoDB-wire store used in tests and dev mode, log writes are the
-largest CPU user of a step-per-document workflow (DESIGN.md 6), and one ``insert_many``
+largest CPU user of a step-per-document workflow (docs/architecture.md#components), and one ``insert_many``
 per batch costs about as much as one ``insert_one``.
 
 Why per process: pymongo is not fork-safe, so the client is created lazily in the
@@ -69,7 +69,7 @@ class MongoSink:
     """A batching writer for log and analytics documents.
 
     Parameters:
-        url: the MongoDB URL (``retryWrites=false`` is forced: see DESIGN.md 6).
+        url: the MongoDB URL (``retryWrites=false`` is forced: see docs/architecture.md#components).
         db_name: the database holding the three collections.
         batch_size: the most documents sent in one ``insert_many``.
         flush_ms: the longest a document waits in memory before it is sent.
