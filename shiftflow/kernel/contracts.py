@@ -135,8 +135,9 @@ P = TypeVar("P")
 def encode(payload: Any) -> dict[str, Any]:
     """Turn a payload dataclass into the JSON-able kwargs of a message.
 
-    A shallow copy: ``dataclasses.asdict`` deep-copies the trigger data, which cost the
-    ingress 25-70 µs per webhook; the message is encoded at once, so sharing is safe.
+    A shallow copy: ``dataclasses.asdict`` deep-copies the trigger data, a large part of
+    the ingress's CPU per webhook (docs/benchmarks.md#ingress-cpu); the message is
+    encoded at once, so sharing is safe.
     """
     names = _FIELD_NAMES.get(type(payload))
     if names is None:

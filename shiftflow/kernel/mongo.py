@@ -40,8 +40,8 @@ EXECUTION_LOGS = "execution_logs"
 ANALYTICS_EVENTS = "analytics_events"
 INTEGRATION_USAGE = "integration_usage"
 
-#: Indexes of seed 003. Every index costs each insert (measured on the MongoDB-wire store
-#: of the tests: about 0.07 ms per document per index, more than the document itself), so
+#: Indexes of seed 003. Every index costs each insert, more than the document itself on
+#: the MongoDB-wire store of the tests (docs/benchmarks.md#mongodb-wire-store), so
 #: there is none that no query reads: tenant-filtered log queries lead with ``executionId``.
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     EXECUTION_LOGS: [
