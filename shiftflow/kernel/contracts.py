@@ -31,7 +31,7 @@ class Queue:
 
 
 class Priority(IntEnum):
-    """Execution priorities (seed 002) mapped onto RabbitMQ message priority."""
+    """Execution priorities mapped onto RabbitMQ message priority."""
 
     LOW = 1
     NORMAL = 3

@@ -2,7 +2,7 @@
 
 Postgres is the truth about an execution; MongoDB holds its story (execution_logs),
 product analytics (analytics_events) and tool usage (integration_usage), with the
-collections and indexes of seed 003.
+collections and indexes listed in docs/seed-mapping.md.
 
 Why batched: on the MongoDB-wire store used in tests and dev mode, log writes are the
 largest CPU user of a step-per-document workflow (docs/architecture.md#components), and one ``insert_many``
@@ -40,7 +40,7 @@ EXECUTION_LOGS = "execution_logs"
 ANALYTICS_EVENTS = "analytics_events"
 INTEGRATION_USAGE = "integration_usage"
 
-#: Indexes of seed 003. Every index costs each insert, more than the document itself on
+#: Indexes of the three collections. Every index costs each insert, more than the document itself on
 #: the MongoDB-wire store of the tests (docs/benchmarks.md#mongodb-wire-store), so
 #: there is none that no query reads: tenant-filtered log queries lead with ``executionId``.
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {

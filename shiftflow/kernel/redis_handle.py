@@ -1,4 +1,4 @@
-"""Redis: live execution updates (pub/sub), short locks and caches (seed 003).
+"""Redis: live execution updates (pub/sub), short locks and caches.
 
 Redis is never the truth: a lost update or an expired lock must be harmless, because
 PostgreSQL's unique keys and status checks are what make work happen once.
