@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Where citations live: code, tests, build files, deploy files and the docs themselves.
@@ -82,3 +84,8 @@ def test_every_cited_docs_page_and_heading_exists():
                if not page.is_file() or (anchor and page.suffix == ".md" and anchor not in anchors(page))]
     assert not missing, "\n".join(missing)
 
+
+
+@pytest.mark.parametrize("page", ["architecture.md", "benchmarks.md", "seed-mapping.md"])
+def test_the_readme_links_the_design_pages(page):
+    assert f"(docs/{page})" in _text(ROOT / "README.md")
