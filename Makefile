@@ -40,7 +40,7 @@ test: $(STAMP) services tools ## unit + integration tests against real services 
 test-unit: $(STAMP) tools ## unit tests only (no services)
 	$(PY) -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff, mypy and the import contracts (DESIGN.md section 2)
+lint: $(STAMP) ## ruff, mypy and the import contracts (docs/architecture.md#layers)
 	$(VENV)/bin/ruff check shiftflow tests bench scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports

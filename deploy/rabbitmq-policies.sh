@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Queue policies ShiftFlow expects on RabbitMQ older than 3.12 (run once per vhost, as an
 # administrator on the broker host): ShiftFlow's queues in lazy mode, so that a backlog
-# (workers down, a burst of webhooks) goes to disk instead of memory. Measured on the
-# project's machine with RabbitMQ 3.10: 100,000 unconsumed messages held in memory pushed
-# the ingress's publisher-confirm p99 from 23 ms to 227 ms; in lazy mode, 26 ms.
+# (workers down, a burst of webhooks) goes to disk instead of memory: a backlog held in
+# memory stalls the ingress's publisher confirms (docs/benchmarks.md#rabbitmq-queue-mode).
 # RabbitMQ >= 3.12 classic queues always behave this way and ignore the setting.
 # Queues keep the arguments Dramatiq declares them with: a policy changes no argument,
 # so workers, the ingress and the scheduler need no restart.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make PostgreSQL, Redis and RabbitMQ answer on loopback for the tests (DESIGN.md 6, 7).
+# Make PostgreSQL, Redis and RabbitMQ answer on loopback for the tests (docs/architecture.md#components).
 #
 # Idempotent, one progress line per service:
 #   answering             -> left alone

@@ -1,4 +1,4 @@
-"""Fixtures for tests against real servers (DESIGN.md sections 6 and 7).
+"""Fixtures for tests against real servers (docs/architecture.md#components and #testing).
 
 Unit tests use none of these. A test that needs servers is marked ``integration`` or
 ``acceptance`` (tests under ``tests/integration`` and ``tests/acceptance`` are marked

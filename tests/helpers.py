@@ -469,7 +469,7 @@ class SecantusProcess:
     """A ``secantusd-py`` server in its own process, on a free loopback port, in a temp dir.
 
     A process rather than the in-process ``SecantusDBServer``: SecantusDB is the largest
-    CPU user of a logging workflow (DESIGN.md 6) and must not share the test process's
+    CPU user of a logging workflow (docs/architecture.md#components) and must not share the test process's
     GIL, and a crash in its storage engine must not take pytest down with it. The child
     gets SIGTERM when pytest dies, so a killed session leaves no server behind.
     """

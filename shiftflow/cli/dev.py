@@ -88,7 +88,8 @@ def embedded_mongo(data_dir: str) -> Iterator[str]:
     server.start()
     host, port = server.address
     try:
-        # retryWrites=false: with it on, SecantusDB slows 20x after ~15k writes (DESIGN.md 6).
+        # retryWrites=false: with it on, SecantusDB slows down after some thousands of writes
+        # (docs/architecture.md#components).
         yield f"mongodb://{host}:{port}/?retryWrites=false&directConnection=true"
     finally:
         server.stop()

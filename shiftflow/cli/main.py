@@ -225,9 +225,9 @@ def cmd_ingress(args: argparse.Namespace) -> int:
 def calm_garbage_collector() -> None:
     """Keep Python's cyclic GC from pausing a long-running server for tens of milliseconds.
 
-    Measured in the ingress under load: every full (generation 2) collection walked the
-    ~90,000 objects of the imported modules and app, 40-60 ms each, about once a second,
-    which was most of its p99 latency. Objects alive after start-up live until exit, so
+    In the ingress under load, every full (generation 2) collection walked every object of
+    the imported modules and app, which was most of its p99 latency
+    (docs/benchmarks.md#ingress-cpu). Objects alive after start-up live until exit, so
     ``gc.freeze`` moves them out of every later collection; the higher first threshold
     makes the young collections rarer (requests in flight survive them anyway).
     """

@@ -26,8 +26,8 @@ def boot(settings: Settings) -> dramatiq.Broker:
     Returns:
         The installed broker.
     """
-    # Prefetch is read when the Worker is built, from this module global (DESIGN.md 3:
-    # 256 gave 5,600 msg/s where Dramatiq's default gave 3,400).
+    # Prefetch is read when the Worker is built, from this module global. Why above
+    # Dramatiq's default: docs/architecture.md#messages-queues-and-pools.
     dramatiq.worker.QUEUE_PREFETCH = settings.prefetch
     broker = install(build_broker(settings, extra=consumer_middleware(settings)))
     actors.declare(broker)

@@ -1,4 +1,4 @@
 """The kernel: settings, errors, contracts, pure workflow logic and infrastructure handles.
 
-It imports only the standard library and third-party packages (DESIGN.md section 2).
+It imports only the standard library and third-party packages (docs/architecture.md#layers).
 """

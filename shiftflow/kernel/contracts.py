@@ -31,7 +31,7 @@ class Queue:
 
 
 class Priority(IntEnum):
-    """Execution priorities (seed 002) mapped onto RabbitMQ message priority."""
+    """Execution priorities mapped onto RabbitMQ message priority."""
 
     LOW = 1
     NORMAL = 3
@@ -56,7 +56,8 @@ MAX_DEDUP_KEY = 255
 MAX_PRIORITY = 10
 
 #: Follow-on steps of running executions go ahead of first steps of new ones
-#: (DESIGN.md 3: a FIFO queue finishes a burst breadth-first). Added to the base priority.
+#: (a FIFO queue finishes a burst breadth-first: docs/architecture.md#messages-queues-and-pools).
+#: Added to the base priority.
 FOLLOW_ON_BOOST = 1
 
 
@@ -134,8 +135,9 @@ P = TypeVar("P")
 def encode(payload: Any) -> dict[str, Any]:
     """Turn a payload dataclass into the JSON-able kwargs of a message.
 
-    A shallow copy: ``dataclasses.asdict`` deep-copies the trigger data, which cost the
-    ingress 25-70 µs per webhook; the message is encoded at once, so sharing is safe.
+    A shallow copy: ``dataclasses.asdict`` deep-copies the trigger data, a large part of
+    the ingress's CPU per webhook (docs/benchmarks.md#ingress-cpu); the message is
+    encoded at once, so sharing is safe.
     """
     names = _FIELD_NAMES.get(type(payload))
     if names is None:

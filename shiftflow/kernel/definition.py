@@ -54,7 +54,7 @@ STEP_ACTORS: dict[str, str] = {
 SECRET_STEP_TYPES = frozenset({"http"})
 
 #: Step types whose work is pure and cheap: they may run inline, in the same message as
-#: the step before them, without a broker round trip (DESIGN.md 3).
+#: the step before them, without a broker round trip (docs/architecture.md#planning-inline-steps-and-queued-steps).
 INLINE_TYPES = frozenset({"condition", "switch", "transform", "stop", "fail"})
 
 TRIGGER_TYPES = ("webhook", "schedule", "polling", "manual", "event")

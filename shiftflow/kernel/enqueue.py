@@ -1,6 +1,6 @@
 """Enqueue by actor name: the one way producers and actors send messages.
 
-Producers never import actors (DESIGN.md 2); they name them. The queue comes from the
+Producers never import actors (docs/architecture.md#layers); they name them. The queue comes from the
 contract table, so a message always lands where its actor listens.
 """
 
@@ -84,7 +84,8 @@ _encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _uuid4() -> str:
-    """``str(uuid.uuid4())`` in a third of the time: 122 random bits, version 4, RFC 4122 variant."""
+    """``str(uuid.uuid4())``, made faster (docs/benchmarks.md#ingress-cpu): 122 random bits,
+    version 4, RFC 4122 variant."""
     raw = bytearray(os.urandom(16))
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80

@@ -9,9 +9,10 @@ rendered as text.
 
 References are found by a hand-written scanner, in time linear in the template's length:
 the regular expression it replaced (``\{\{\s*([^{}]*?)\s*\}\}``) backtracked cubically
-on ``{{`` followed by spaces (2,000 characters took 4.6 s), and a template is rendered
-inside the transaction that holds its execution's lock. A reference is ``{{``, then text
-without braces, then the first ``}}``; its path is that text without surrounding spaces.
+on ``{{`` followed by spaces (docs/benchmarks.md#template-scanning), and a template is
+rendered inside the transaction that holds its execution's lock. A reference is ``{{``,
+then text without braces, then the first ``}}``; its path is that text without
+surrounding spaces.
 """
 
 from __future__ import annotations

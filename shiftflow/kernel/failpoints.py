@@ -1,4 +1,4 @@
-"""Failpoints: env-gated hooks that crash a process at an exact point (reliability.md 2.3).
+"""Failpoints: env-gated hooks that crash a process at an exact point (docs/architecture.md#testing).
 
 Random kills rarely hit the narrow windows that matter (after an outside call, before
 the commit; after the commit, before the publish). Tests set ``SHIFTFLOW_FAILPOINTS`` in

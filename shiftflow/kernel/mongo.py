@@ -2,10 +2,10 @@
 
 Postgres is the truth about an execution; MongoDB holds its story (execution_logs),
 product analytics (analytics_events) and tool usage (integration_usage), with the
-collections and indexes of seed 003.
+collections and indexes listed in docs/seed-mapping.md.
 
 Why batched: on the MongoDB-wire store used in tests and dev mode, log writes are the
-largest CPU user of a step-per-document workflow (DESIGN.md 6), and one ``insert_many``
+largest CPU user of a step-per-document workflow (docs/architecture.md#components), and one ``insert_many``
 per batch costs about as much as one ``insert_one``.
 
 Why per process: pymongo is not fork-safe, so the client is created lazily in the
@@ -40,8 +40,8 @@ EXECUTION_LOGS = "execution_logs"
 ANALYTICS_EVENTS = "analytics_events"
 INTEGRATION_USAGE = "integration_usage"
 
-#: Indexes of seed 003. Every index costs each insert (measured on the MongoDB-wire store
-#: of the tests: about 0.07 ms per document per index, more than the document itself), so
+#: Indexes of the three collections. Every index costs each insert, more than the document itself on
+#: the MongoDB-wire store of the tests (docs/benchmarks.md#mongodb-wire-store), so
 #: there is none that no query reads: tenant-filtered log queries lead with ``executionId``.
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     EXECUTION_LOGS: [
@@ -69,7 +69,7 @@ class MongoSink:
     """A batching writer for log and analytics documents.
 
     Parameters:
-        url: the MongoDB URL (``retryWrites=false`` is forced: see DESIGN.md 6).
+        url: the MongoDB URL (``retryWrites=false`` is forced: see docs/architecture.md#components).
         db_name: the database holding the three collections.
         batch_size: the most documents sent in one ``insert_many``.
         flush_ms: the longest a document waits in memory before it is sent.

@@ -9,14 +9,15 @@ admitted request takes one. Over quota, the caller learns how long until the nex
   deployment draws from the same bucket;
 * in this process otherwise (``LocalBuckets``: dev mode, one process).
 
-The ingress cannot afford a Redis round trip per webhook (its whole budget is about 100 µs
-of CPU), so ``AsyncAdmission`` *leases* tokens: one round trip takes a few tokens for this
-process (about 50 ms of the bucket's rate, more while requests wait), the next requests
-spend them without leaving the event loop, and a refusal is remembered until the next
-token is due, so a flood over quota costs one round trip per token interval, not one per
-request. Leased tokens come out of the shared bucket, so all processes together never
-admit more than ``burst + rate x seconds``; a lease unused after ``LEASE_SECONDS`` is
-dropped (it is never handed back), which can only admit less.
+The ingress cannot afford a Redis round trip per webhook (it would cost more than the
+ingress's whole CPU budget per webhook: docs/benchmarks.md#ingress-cpu), so
+``AsyncAdmission`` *leases* tokens: one round trip takes a few tokens for this process
+(about 50 ms of the bucket's rate, more while requests wait), the next requests spend
+them without leaving the event loop, and a refusal is remembered until the next token is
+due, so a flood over quota costs one round trip per token interval, not one per request.
+Leased tokens come out of the shared bucket, so all processes together never admit more
+than ``burst + rate x seconds``; a lease unused after ``LEASE_SECONDS`` is dropped (it
+is never handed back), which can only admit less.
 
 Redis is never the truth here either: when it cannot be reached, admission falls back to
 this process's own buckets for ``FALLBACK_SECONDS`` (each process then enforces the whole

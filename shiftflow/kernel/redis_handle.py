@@ -1,4 +1,4 @@
-"""Redis: live execution updates (pub/sub), short locks and caches (seed 003).
+"""Redis: live execution updates (pub/sub), short locks and caches.
 
 Redis is never the truth: a lost update or an expired lock must be harmless, because
 PostgreSQL's unique keys and status checks are what make work happen once.
@@ -63,10 +63,10 @@ LINGER_SECONDS = 0.01
 class _LiveUpdates:
     """A per-process background sender: message threads queue, one thread publishes.
 
-    Publishing on the message thread cost a Redis round trip per transition (about a
-    tenth of a worker's CPU on the engine benchmark). Queued here, the transitions of
-    many messages go out in one pipeline, in the order they were queued, without the
-    message thread waiting for Redis. Live updates are best effort (Redis is not the
+    Publishing on the message thread cost a Redis round trip per transition, a visible
+    share of a worker's CPU (docs/benchmarks.md#the-trigger-path). Queued here, the
+    transitions of many messages go out in one pipeline, in the order they were queued,
+    without the message thread waiting for Redis. Live updates are best effort (Redis is not the
     truth): a full queue drops its oldest message, a failed send is logged and dropped.
     """
 

@@ -1,4 +1,5 @@
-"""Seed 000 (ShiftFlow crypto workflows): its ``conditions``/``actions`` arrays as a definition.
+"""Seed 000 (ShiftFlow crypto workflows, docs/seed-mapping.md): its ``conditions``/``actions``
+arrays as a definition.
 
 A seed workflow row looks like::
 

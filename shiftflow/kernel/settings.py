@@ -268,7 +268,7 @@ class Settings:
     webhook_max_body_bytes: int = 262_144
     #: SHIFTFLOW_PUBLISH_TIMEOUT_SECONDS: how long the ingress waits for a broker confirm
     publish_timeout_seconds: float = 5.0
-    #: SHIFTFLOW_PREFETCH: RabbitMQ prefetch per consumer (DESIGN.md 3: 256 beat the default)
+    #: SHIFTFLOW_PREFETCH: RabbitMQ prefetch per consumer (256 beat Dramatiq's default: docs/benchmarks.md#prefetch)
     prefetch: int = 256
     #: SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH: ready messages the ``triggers`` queue holds before
     #: RabbitMQ refuses publishes (``x-max-length`` + ``x-overflow: reject-publish``); 0 declares

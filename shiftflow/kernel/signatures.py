@@ -9,7 +9,7 @@ Every failure raises ``SignatureError`` with a reason a person can act on.
 Signatures are always compared with ``hmac.compare_digest`` on bytes, never ``==``,
 so the time taken does not leak how many leading bytes matched.
 
-References: reliability.md 1.5 (Stripe), 1.6 (GitHub), 1.7 (Standard Webhooks).
+The three schemes side by side: docs/architecture.md#webhook-signatures.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Who may do what: roles, permissions, API-key scopes, and the caller of a command.
 
 A request is allowed when the caller's *role* in the workspace grants the permission
-and the API key's *scopes* include it. Roles (seed 003 ``WorkspaceMember.role``):
+and the API key's *scopes* include it. Roles (``WorkspaceMember.role``):
 
 =======  ==================================================================
 OWNER    everything, including deleting the workspace and transferring ownership

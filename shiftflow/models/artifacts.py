@@ -1,4 +1,4 @@
-"""Artifacts (seed 004 ``TaskArtifact``): files a run produced (screenshots, PDFs, exports)."""
+"""Artifacts: files a run produced (screenshots, PDFs, exports)."""
 
 from __future__ import annotations
 

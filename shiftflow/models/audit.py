@@ -1,4 +1,4 @@
-"""The audit log (seed 003 ``AuditLog``): who did what to which object, append-only."""
+"""The audit log: who did what to which object, append-only."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class AuditLog(BaseModel):
 
     ``workspace_id``, ``user_id`` and ``api_key_id`` are plain UUID columns, not foreign
     keys, on purpose: the trail must outlive the objects it speaks about (a deleted
-    workspace, a removed member), as in seed 003. ``entity_id`` is text because some
+    workspace, a removed member). ``entity_id`` is text because some
     catalogue ids are slugs. Rows are only ever inserted.
     """
 

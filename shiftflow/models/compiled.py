@@ -2,11 +2,11 @@
 
 Peewee builds every query by walking a tree of nodes: on the trigger path (read the
 workflow, insert the execution, insert its step rows) that walk cost more CPU than
-PostgreSQL spent running the statements (the engine benchmark's profile: about 0.6 ms of
-a 1.9 ms execution). These helpers keep Peewee's meaning, field conversions included
-(``Field.db_value``/``python_value``, defaults for missing columns as ``Model.insert``
-fills them), but cache the SQL text per (model, columns, row count, database), so a
-repeated shape costs one dict lookup and the value conversions.
+PostgreSQL spent running the statements (docs/benchmarks.md#the-trigger-path). These
+helpers keep Peewee's meaning, field conversions included (``Field.db_value``/
+``python_value``, defaults for missing columns as ``Model.insert`` fills them), but
+cache the SQL text per (model, columns, row count, database), so a repeated shape costs
+one dict lookup and the value conversions.
 
 Use them only where a profile shows the query building; everywhere else Peewee's
 query builder is clearer.

@@ -1,6 +1,6 @@
 """The side-effect ledger: an intent row before an outside call, its result after it.
 
-DESIGN.md 4: a step whose effect must not repeat (a SideShift shift, an email, a
+docs/architecture.md#call-once-effects: a step whose effect must not repeat (a SideShift shift, an email, a
 payment-like call) commits PLANNED, then SENDING just before the call, then DONE or
 FAILED with the result. A redelivery that finds SENDING cannot know whether the call
 landed: it marks the row UNKNOWN and reconciles (looks the effect up by

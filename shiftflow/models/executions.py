@@ -21,18 +21,17 @@ from shiftflow.models.workflows import Workflow
 class Execution(BaseModel):
     """One run of one workflow version.
 
-    ``status``: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT (and PAUSED,
-    seed 004's paused task). The multi-phase fields of seed 001 (``phase``, ``progress``,
-    ``phases``, ``checkpoints``, ``parent`` for the retry chain) live here too.
+    ``status``: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT (and PAUSED, a
+    paused task). The multi-phase fields (``phase``, ``progress``, ``phases``,
+    ``checkpoints``, ``parent`` for the retry chain) live here too.
 
-    Every seed starts runs on behalf of a person (seed 000/002 ``userId``, seed 001
-    ``triggeredBy``, seed 004 task owner): ``triggered_by``. ``title`` is the display name
-    of a seed 004 task. LLM metrics of seed 002 are on ``LlmCall`` rows, one per call.
+    The person a run was started for is ``triggered_by``. ``title`` is the display name
+    of a task. LLM metrics are on ``LlmCall`` rows, one per call.
 
-    Database check (migration 0002, seed 002's status logic adapted): RUNNING needs
-    ``started_at``; PENDING/RUNNING/PAUSED have no ``completed_at``; a terminal status
-    has one. No "completed after started" check here: the two stamps come from different
-    worker hosts, and clock skew must not fail an execution (``LlmCall`` has that check).
+    Database check (migration 0002): RUNNING needs ``started_at``; PENDING/RUNNING/PAUSED
+    have no ``completed_at``; a terminal status has one. No "completed after started"
+    check here: the two stamps come from different worker hosts, and clock skew must not
+    fail an execution (``LlmCall`` has that check).
     """
 
     # Peewee's foreign-key id accessors, declared for the type checker.
@@ -53,7 +52,7 @@ class Execution(BaseModel):
     context = JSONField(default=dict)
     result = JSONField(null=True)
     error = peewee.TextField(null=True)
-    # Multi-phase executions (seed 001).
+    # Multi-phase executions.
     phase = peewee.CharField(max_length=20, null=True)
     progress = peewee.IntegerField(default=0)
     phases = JSONField(null=True)
@@ -99,7 +98,7 @@ class Execution(BaseModel):
             peewee.Check("progress BETWEEN 0 AND 100", name="chk_execution_progress"),
             peewee.Check("retry_count >= 0 AND max_retries >= 0", name="chk_execution_retries"),
             peewee.Check("duration_ms IS NULL OR duration_ms >= 0", name="chk_execution_duration"),
-            # Migration 0002 (seed 002 "chk_execution_status_logic", on our statuses).
+            # Added by migration 0002: which statuses have which times.
             peewee.Check(
                 "(status IN ('PENDING', 'RUNNING', 'PAUSED') AND completed_at IS NULL"
                 " AND (status <> 'RUNNING' OR started_at IS NOT NULL))"
@@ -163,7 +162,7 @@ class StepExecution(BaseModel):
         ]
 
 
-# Seed 002 (migration 0002): the dashboard's "my running and failed executions".
+# Migration 0002: the dashboard's "my running and failed executions".
 Execution.add_index(
     Execution.index(
         Execution.triggered_by,

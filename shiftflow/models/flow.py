@@ -27,7 +27,7 @@ def take_execution_slot(workflow: Workflow) -> bool:
     """Count one more execution against ``max_executions``; False when the limit is reached.
 
     The conditional update is atomic: two triggers racing for the last slot cannot both win.
-    A workflow that reached its limit is marked COMPLETED (seed 000).
+    A workflow that reached its limit is marked COMPLETED.
     """
     if workflow.max_executions is None:
         return True

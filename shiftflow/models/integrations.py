@@ -1,4 +1,4 @@
-"""Integrations (seed 003): the services catalogue, their trigger kinds, and a workspace's
+"""Integrations: the services catalogue, their trigger kinds, and a workspace's
 authenticated connections to them."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from shiftflow.models.tenancy import User, Workspace
 class Integration(TimestampedModel):
     """An outside service ShiftFlow can call or be triggered by (Gmail, Slack, SideShift...).
 
-    Global catalogue rows shipped with the project. Seed 003 used the slug (``gmail``) as
-    the primary key; here every table has a UUID key and the slug is the unique ``key``.
+    Global catalogue rows shipped with the project. Every table has a UUID key; the slug
+    (``gmail``) is the unique ``key``.
     """
 
     key = peewee.CharField(max_length=100, unique=True)
@@ -37,10 +37,10 @@ class Integration(TimestampedModel):
 
 
 class IntegrationTrigger(TimestampedModel):
-    """A kind of event an integration can start a workflow with (seed 003 ``Trigger``).
+    """A kind of event an integration can start a workflow with.
 
-    ``key`` is seed 003's id (``gmail.new_email``); ``config_schema`` is the JSON Schema of
-    the trigger's configuration in a workflow definition. Seed 003's ``Action`` catalogue
+    ``key`` is its slug (``gmail.new_email``); ``config_schema`` is the JSON Schema of
+    the trigger's configuration in a workflow definition. The catalogue of actions
     is the ``Tool`` table: an action is a tool that belongs to an integration.
     """
 
@@ -67,7 +67,7 @@ class IntegrationTrigger(TimestampedModel):
 
 
 class Connection(TimestampedModel):
-    """A workspace's authenticated account at an integration (seed 003 ``Connection``).
+    """A workspace's authenticated account at an integration.
 
     ``credentials`` is ciphertext only: the kernel encrypts the whole credential document
     (OAuth access and refresh tokens, API keys, passwords) before it is stored and
@@ -92,7 +92,7 @@ class Connection(TimestampedModel):
     last_error = peewee.TextField(null=True)
 
     class Meta:
-        # Seed 003 idx_connections_user_integration; also serves lookups by user alone.
+        # Connections by user and integration; also serves lookups by user alone.
         indexes = ((("user", "integration"), False),)
         constraints = [
             peewee.Check(

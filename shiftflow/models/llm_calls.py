@@ -1,9 +1,9 @@
-"""LLM calls: what one prompt run cost and returned (seed 002's execution metrics).
+"""LLM calls: what one prompt run cost and returned.
 
 Why a table of its own and not columns on ``Execution``: most executions make no LLM
 call (swaps, tool runs), and one execution may make several (two prompt steps, a
 retried call). A row per call attempt keeps cost and token accounting exact, and a
-seed 002 "execution" is an ``Execution`` plus its ``LlmCall``.
+prompt run is an ``Execution`` plus its ``LlmCall``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class LlmCall(BaseModel):
     prompt_version = peewee.ForeignKeyField(PromptVersion, null=True, backref="llm_calls")
     provider = peewee.CharField(max_length=50, null=True)
     model = peewee.CharField(max_length=100, null=True)
-    # Seed 002 edgeFunctionId: the provider-side id of the call.
+    # The provider-side id of the call.
     provider_call_id = peewee.CharField(max_length=200, null=True)
     status = peewee.CharField(max_length=10, default="PENDING")
     inputs = JSONField(default=dict)
@@ -69,7 +69,7 @@ class LlmCall(BaseModel):
                 name="chk_llm_call_validation_status",
             ),
             peewee.Check("attempt >= 1", name="chk_llm_call_attempt"),
-            # Migration 0002 (seed 002 chk_cost_positive, chk_latency_positive, chk_completion_order).
+            # Added by migration 0002: cost not negative, latency positive, completion after start.
             # One worker stamps both times of a call, so clock skew cannot break the order.
             peewee.Check("cost_usd IS NULL OR cost_usd >= 0", name="chk_llm_call_cost_positive"),
             peewee.Check("latency_ms IS NULL OR latency_ms > 0", name="chk_llm_call_latency_positive"),

@@ -1,8 +1,8 @@
 """The Mongo writer: execution logs and analytics events for every transition.
 
-Documents follow seed 003's collections. They go through the kernel's batching sink,
-after the Postgres transaction that decided the transition committed: the execution's
-truth is Postgres, the logs tell its story.
+Documents follow the collections of docs/seed-mapping.md. They go through the kernel's
+batching sink, after the Postgres transaction that decided the transition committed: the
+execution's truth is Postgres, the logs tell its story.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def execution_log(
     step_id: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Queue one ``execution_logs`` document (seed 003 shape) for ``execution``, and
+    """Queue one ``execution_logs`` document for ``execution``, and
     publish the transition on the execution's Redis channel for live watchers."""
     if _defer(execution_log, execution, message, level=level, step_id=step_id, metadata=metadata):
         return
@@ -105,7 +105,7 @@ def execution_log(
 
 
 def analytics_event(event: str, execution: Execution, properties: dict[str, Any]) -> None:
-    """Queue one ``analytics_events`` document (seed 003 shape)."""
+    """Queue one ``analytics_events`` document."""
     if _defer(analytics_event, event, execution, properties):
         return
     sink = get_sink()

@@ -1,4 +1,4 @@
-"""In-app notifications (seed 000 ``Notification``): a user's inbox of workflow events."""
+"""In-app notifications: a user's inbox of workflow events."""
 
 from __future__ import annotations
 

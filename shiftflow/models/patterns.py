@@ -1,10 +1,10 @@
-"""Pattern workspaces (seed 001): a trading pattern's hub, its test sessions, feedback, and
+"""Pattern workspaces: a trading pattern's hub, its test sessions, feedback, and
 the agent runs that implement it.
 
-A seed 001 ``ClaudeExecution`` is an ``Execution`` (status, phase, progress, phases,
+An agent run is an ``Execution`` (status, phase, progress, phases,
 checkpoints, retries with parent links) plus a ``PatternRun`` holding what only this
 product needs: which pattern, which feedback went in, what commit and deploy came out.
-Its timeline (``WorkspaceMessage``) is ``TimelineEvent``.
+Its timeline is ``TimelineEvent``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shiftflow.models.tenancy import User, Workspace
 class PatternWorkspace(TimestampedModel):
     """One pattern or indicator being built (``swings``, ``bos``, ``choch``...).
 
-    Named after seed 001; it is not a tenant: it belongs to a ``Workspace`` and is unique
+    It is not a tenant: it belongs to a ``Workspace`` and is unique
     per (workspace, pattern_type). ``status``: soon, implementing, beta, in_review,
     verified. ``version`` is the pattern's semantic version string.
     """
@@ -62,10 +62,9 @@ class PatternWorkspace(TimestampedModel):
 
 
 class PatternSession(TimestampedModel):
-    """A test session of a pattern (seed 001 ``PatternSession``, linked to its workspace).
+    """A test session of a pattern, linked to its workspace.
 
-    Seed 001 names this existing model without listing its fields; the product's own
-    attributes go to ``data``.
+    The product's own attributes go to ``data``.
     """
 
     workspace = peewee.ForeignKeyField(Workspace, backref="pattern_sessions", on_delete="CASCADE")
@@ -77,10 +76,10 @@ class PatternSession(TimestampedModel):
 
 
 class FeedbackItem(TimestampedModel):
-    """One correction a user made in a session, later sent to an agent run (seed 001).
+    """One correction a user made in a session, later sent to an agent run.
 
-    ``sent_at``/``execution`` record which run processed it (seed 001's
-    ``sentToClaudeAt``/``executionId``), so a batch is never sent twice.
+    ``sent_at``/``execution`` record which run processed it, so a batch is never sent
+    twice.
     """
 
     workspace = peewee.ForeignKeyField(Workspace, backref="feedback_items", on_delete="CASCADE")
@@ -96,7 +95,7 @@ class FeedbackItem(TimestampedModel):
 
 
 class PatternRun(BaseModel):
-    """The seed 001 part of an agent run on a pattern; 1:1 with its ``Execution``.
+    """The pattern-specific part of an agent run; 1:1 with its ``Execution``.
 
     ``deploy_status`` follows Vercel: queued, building, ready, error, canceled. Deploy
     logs go to MongoDB ``execution_logs`` like every other step's logs.
@@ -117,7 +116,7 @@ class PatternRun(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
 
     class Meta:
-        # Seed 001: a pattern's runs, newest first (ClaudeExecution [workspaceId, triggeredAt]).
+        # A pattern's runs, newest first.
         indexes = ((("pattern", "created_at"), False),)
         constraints = [
             peewee.Check(

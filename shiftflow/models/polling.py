@@ -12,7 +12,7 @@ from shiftflow.models.workflows import Workflow
 
 
 class PollingCursor(TimestampedModel):
-    """The position of a polling trigger (seed 003 POLLING triggers, e.g. ``gmail.new_email``).
+    """The position of a polling trigger (e.g. ``gmail.new_email``).
 
     ``cursor`` is opaque to the engine (last id, timestamp, etag: whatever the source
     pages by). ``seen_keys`` keeps the ids of the most recent items, bounded by the

@@ -1,4 +1,4 @@
-"""The price cache (seed 000 ``PriceCache``): last known prices for price-threshold conditions."""
+"""The price cache: last known prices for price-threshold conditions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prompt templates (seed 002): versioned prompts and the validations of their output."""
+"""Prompt templates: versioned prompts and the validations of their output."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ class Prompt(TimestampedModel):
     published_at = peewee.DateTimeField(null=True)
 
     class Meta:
-        # Seed 002 idx_prompts_user_status, per tenant.
+        # Prompts by status, per tenant.
         indexes = (
             (("workspace", "status"), False),
             (("created_at",), False),
         )
         constraints = [
             peewee.Check("status IN ('DRAFT', 'PUBLISHED', 'ARCHIVED')", name="chk_prompt_status"),
-            # Migration 0002 (seed 002 chk_version_positive, chk_published_timestamp).
+            # Added by migration 0002: positive versions, a publication time once published.
             peewee.Check("version >= 1", name="chk_prompt_version_positive"),
             peewee.Check(
                 "status <> 'PUBLISHED' OR published_at IS NOT NULL", name="chk_prompt_published_timestamp"
@@ -44,7 +44,7 @@ class Prompt(TimestampedModel):
         ]
 
 
-# Seed 002 (migration 0002): the catalogue of published prompts, newest first.
+# Migration 0002: the catalogue of published prompts, newest first.
 Prompt.add_index(
     Prompt.index(
         Prompt.status,
@@ -76,11 +76,11 @@ class PromptVersion(BaseModel):
 
 
 class PromptValidation(TimestampedModel):
-    """A check run on a prompt's output (seed 002 ``Validation``).
+    """A check run on a prompt's output.
 
     ``type``: SCHEMA (``config`` is a JSON Schema), REGEX (``config.pattern``), FUNCTION
     (``config.name`` of a validator registered in code; ShiftFlow never runs
-    user-supplied code, unlike seed 002's custom JavaScript functions).
+    user-supplied code).
     """
 
     workspace = peewee.ForeignKeyField(Workspace, backref="prompt_validations", on_delete="CASCADE")

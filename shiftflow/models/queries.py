@@ -232,7 +232,7 @@ def workflow_dict(row: Workflow) -> dict[str, Any]:
         "name": row.name,
         "description": row.description,
         "status": row.status,
-        # Stored upper-case (the seed's column); definitions and the API say ``manual``.
+        # Stored upper-case (docs/seed-mapping.md); definitions and the API say ``manual``.
         "trigger_type": row.trigger_type.lower(),
         "current_version": row.current_version,
         "max_executions": row.max_executions,
@@ -369,7 +369,7 @@ def template_dict(row: WorkflowTemplate) -> dict[str, Any]:
         "name": row.name,
         "description": row.description,
         "category": row.category,
-        # Stored upper-case (the seed's column); definitions and the API say ``manual``.
+        # Stored upper-case (docs/seed-mapping.md); definitions and the API say ``manual``.
         "trigger_type": row.trigger_type.lower(),
         "tags": list(row.tags or []),
         "required_integrations": list(row.required_integrations or []),

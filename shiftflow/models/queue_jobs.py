@@ -1,4 +1,4 @@
-"""Queue jobs (seed 004 ``QueueJob``): what happened to one broker message, for people."""
+"""Queue jobs: what happened to one broker message, for people."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from shiftflow.models.tenancy import Workspace
 
 
 class QueueJob(BaseModel):
-    """One Dramatiq message as a job a user can watch (seed 004 BullMQ job tracking).
+    """One Dramatiq message as a job a user can watch.
 
-    ``message_id`` is the Dramatiq message id (seed 004 ``jobId``), so a redelivery
+    ``message_id`` is the Dramatiq message id, so a redelivery
     updates the same row. Optional bookkeeping written by the job-tracking middleware;
     the execution's truth stays in ``Execution``/``StepExecution``, and the delivery
     counter that quarantines poison messages is ``StepExecution.attempts``.

@@ -6,8 +6,8 @@ transforms, stop, fail) run in memory first, and one short transaction writes th
 execution (already final if nothing else is left) and all its step rows. On PostgreSQL
 that is one statement (``compiled.insert_with_children``: the execution's INSERT ignoring a
 duplicate key, and the steps' INSERT only if it inserted), atomic without BEGIN/COMMIT.
-A duplicate delivery writes nothing. Measured on the 3-step benchmark workflow: 11
-statements became 4, then 2 (read the workflow, write everything).
+A duplicate delivery writes nothing. The trigger path is then two statements: read the
+workflow, write everything (docs/benchmarks.md#the-trigger-path).
 """
 
 from __future__ import annotations

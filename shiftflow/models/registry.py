@@ -63,7 +63,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     DeadLetter,
     TriggerDelivery,
     Artifact,
-    # Prompts and LLM calls (seed 002)
+    # Prompts and LLM calls
     Prompt,
     PromptVersion,
     PromptValidation,
@@ -72,7 +72,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Notification,
     WorkflowMetrics,
     AuditLog,
-    # Pattern workspaces and timelines (seed 001)
+    # Pattern workspaces and timelines
     PatternWorkspace,
     PatternSession,
     FeedbackItem,

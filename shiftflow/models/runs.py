@@ -2,7 +2,7 @@
 
 Every function here is safe to run twice for the same message: unique keys and status
 checks turn a redelivery into a no-op that only re-publishes what comes next. The
-callers (actors) commit first, publish second and ack last (DESIGN.md 1).
+callers (actors) commit first, publish second and ack last (docs/architecture.md#durability).
 
 ``advance`` is the heart: with the execution row locked it asks the pure planner what
 is ready, runs cheap steps (conditions, switches, transforms, stop, fail) inline in the

@@ -1,4 +1,4 @@
-"""SideShift orders (seed 000 ``SideShiftOrder``): swaps placed for a step, tracked to a final status.
+"""SideShift orders: swaps placed for a step, tracked to a final status.
 
 The row is written BEFORE ``POST /shifts/*`` with state PENDING_CREATE and a fresh
 ``external_id``; ``shift_id`` is filled from the 201 response. SideShift has no

@@ -1,4 +1,4 @@
-"""Workflow templates (seed 003): ready-made definitions a workspace copies into a workflow."""
+"""Workflow templates: ready-made definitions a workspace copies into a workflow."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from shiftflow.models.base import TimestampedModel
 class WorkflowTemplate(TimestampedModel):
     """A catalogue entry a user starts a workflow from.
 
-    Global, not tenant data: the project ships templates, as seed 003 seeds them.
-    ``definition`` has the same schema as ``WorkflowVersion.definition`` (seed 003's
-    ``triggerType``/``triggerConfig``/``steps`` all live in it); ``required_integrations``
+    Global, not tenant data: the project ships templates. ``definition`` has the same
+    schema as ``WorkflowVersion.definition`` (trigger and steps); ``required_integrations``
     lists ``Integration.key`` values a workspace must connect before using it.
     """
 

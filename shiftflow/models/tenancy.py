@@ -1,4 +1,4 @@
-"""Tenancy: users, workspaces, members with roles, API keys (seeds 000-004: one User table)."""
+"""Tenancy: users, workspaces, members with roles, API keys."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from shiftflow.models.base import BaseModel, TimestampedModel, utcnow
 
 
 class User(TimestampedModel):
-    """A person. One table for every seed (seed 000 wallet users, 003 password users...).
+    """A person: one table for every product (wallet users, password users...).
 
-    Product-specific profile data (seed 004 ``UserProfile``: travel preferences, social
-    accounts, resume links) lives in ``profile``: the engine never queries it, tools read it.
+    Product-specific profile data (travel preferences, social accounts, resume links)
+    lives in ``profile``: the engine never queries it, tools read it.
     """
 
     email = peewee.CharField(max_length=320, null=True, unique=True)
@@ -21,10 +21,10 @@ class User(TimestampedModel):
     wallet_address = peewee.CharField(max_length=128, null=True, unique=True)
     is_active = peewee.BooleanField(default=True)
     last_login_at = peewee.DateTimeField(null=True)
-    # Seeds 000/003 keep a verification flag or date; a date answers both.
+    # A verification date answers both "is it verified" and "since when".
     email_verified_at = peewee.DateTimeField(null=True)
     avatar_url = peewee.CharField(max_length=2048, null=True)
-    # IANA name; the default zone of the user's schedules (seed 004 UserProfile.timezone).
+    # IANA name; the default zone of the user's schedules.
     timezone = peewee.CharField(max_length=64, default="UTC")
     profile = JSONField(default=dict)
 
@@ -95,10 +95,10 @@ class ApiKey(BaseModel):
     created_via = peewee.CharField(max_length=10, null=True)
 
     class Meta:
-        # Seed 002: keys listed per user and state.
+        # Keys listed per user and state.
         indexes = ((("user", "is_active"), False),)
 
 
-# Seed 002/003 (migration 0002): the authentication lookup only ever wants active keys;
+# Migration 0002: the authentication lookup only ever wants active keys;
 # a partial index stays small however many revoked keys pile up.
 ApiKey.add_index(ApiKey.index(ApiKey.key_hash, where=peewee.SQL("is_active"), name="idx_api_keys_hash"))

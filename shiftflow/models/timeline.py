@@ -1,4 +1,4 @@
-"""Timelines: typed events shown as a chat-style history (seed 001 ``WorkspaceMessage``)."""
+"""Timelines: typed events shown as a chat-style history."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from shiftflow.models.tenancy import User, Workspace
 class TimelineEvent(BaseModel):
     """One typed event in a timeline: a pattern's history, an execution's progress, or both.
 
-    ``type`` is seed 001's message type (``pattern_created``, ``claude_phase_update``,
+    ``type`` is the event's type (``pattern_created``, ``claude_phase_update``,
     ``deploy_success``, ``status_changed``...); ``data`` its type-specific payload.
-    ``author_type`` is user, system or agent (seed 001 ``claude``). ``status`` and
+    ``author_type`` is user, system or agent. ``status`` and
     ``progress`` are set on progress events. Unlike MongoDB execution logs, these rows
     are product data users read and link to, so they live in PostgreSQL.
     """

@@ -1,8 +1,8 @@
 """Tools: the catalogue of callable operations and the record of each call.
 
-One catalogue serves seed 004's ``Tool`` registry and seed 003's ``Action`` catalogue:
-both are "an operation with a name and a JSON Schema for its input". An action of
-seed 003 is a tool whose ``integration`` is set.
+One catalogue serves the tool registry and the integrations' actions: both are "an
+operation with a name and a JSON Schema for its input". An action is a tool whose
+``integration`` is set.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ class Tool(TimestampedModel):
 
     ``parameters_schema`` (JSON Schema) validates a call's input before it is queued;
     ``queue`` names the queue whose pool runs it (``tools``, ``tools.browser``,
-    ``tools.media``, ``tools.email``: seed 004's per-kind queues). Global catalogue.
+    ``tools.media``, ``tools.email``: one queue per kind). Global catalogue.
     """
 
     name = peewee.CharField(max_length=150, unique=True)
     display_name = peewee.CharField(max_length=200)
     description = peewee.TextField(default="")
-    # Seed 004 categories (BROWSER, API, FILE, EMAIL, SOCIAL, TRAVEL, JOB, GENERAL); not a
+    # Categories (BROWSER, API, FILE, EMAIL, SOCIAL, TRAVEL, JOB, GENERAL); not a
     # CHECK, so adding a category is a code change, not a migration.
     category = peewee.CharField(max_length=20, default="GENERAL")
     integration = peewee.ForeignKeyField(Integration, null=True, backref="tools", on_delete="SET NULL")
@@ -47,7 +47,7 @@ class Tool(TimestampedModel):
 
 
 class ToolExecution(BaseModel):
-    """One attempt of one tool call (seed 004 ``ToolExecution``).
+    """One attempt of one tool call.
 
     Inside a workflow a call belongs to a step; ``execution``/``step_execution`` stay
     NULL for a call made outside one (a "test this tool" button). One row per attempt, so

@@ -1,4 +1,4 @@
-"""Per-workflow totals (seed 000 ``WorkflowMetrics``). Not Prometheus: these are business numbers
+"""Per-workflow totals. Not Prometheus: these are business numbers
 a user sees, kept in PostgreSQL; process metrics are exported by ``shiftflow.kernel.metrics``."""
 
 from __future__ import annotations

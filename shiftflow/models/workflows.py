@@ -15,7 +15,7 @@ from shiftflow.models.tenancy import User, Workspace
 class Workflow(TimestampedModel):
     """A workflow: its current definition lives in ``WorkflowVersion`` rows.
 
-    ``status`` is DRAFT, ACTIVE, PAUSED or ARCHIVED (seed 000 adds COMPLETED and FAILED
+    ``status`` is DRAFT, ACTIVE, PAUSED or ARCHIVED (plus COMPLETED and FAILED
     for workflows that reached ``max_executions`` or were stopped by an error).
 
     ``execution_count`` is the admission counter checked against ``max_executions`` when
@@ -40,7 +40,7 @@ class Workflow(TimestampedModel):
     failed_executions = peewee.IntegerField(default=0)
     last_executed_at = peewee.DateTimeField(null=True)
     tags = JSONField(default=list)
-    # Seed 003: UI folder, first publication, and the template a workflow was made from.
+    # UI folder, first publication, and the template a workflow was made from.
     folder = peewee.CharField(max_length=200, null=True)
     published_at = peewee.DateTimeField(null=True)
     template = peewee.ForeignKeyField(WorkflowTemplate, null=True, backref="workflows", on_delete="SET NULL")

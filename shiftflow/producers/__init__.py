@@ -3,5 +3,5 @@
 Webhook ingress, scheduler and manual/API triggers verify a request, give it a
 deduplication key, publish a trigger by actor name and answer once the broker
 confirmed. They import only ``shiftflow.kernel`` and ``shiftflow.models``, never
-actors or consumers (DESIGN.md section 2; import-linter enforces it).
+actors or consumers (docs/architecture.md#layers; import-linter enforces it).
 """

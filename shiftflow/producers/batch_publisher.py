@@ -1,9 +1,9 @@
 """Publish a batch of messages from a synchronous loop; return once RabbitMQ confirmed all.
 
-``kernel.enqueue.send`` waits for each confirm before the next publish: about 1,000
-messages/s here. A scheduler firing thousands of schedules in the same second needs
-the confirms pipelined: publish the whole batch, then wait once. Measured on the
-project's machine (2 cores): 12,000 confirmed messages/s with batches of 500 or more.
+``kernel.enqueue.send`` waits for each confirm before the next publish, which is slow.
+A scheduler firing thousands of schedules in the same second needs the confirms
+pipelined: publish the whole batch, then wait once (figures:
+docs/benchmarks.md#publishing-with-confirms).
 
 ``ConfirmedBatchPublisher`` keeps its own AMQP connection (one per scheduler loop) and
 builds the same Dramatiq messages as ``send`` does (``kernel.enqueue.build_message``; a

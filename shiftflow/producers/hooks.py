@@ -1,7 +1,7 @@
 """Webhook lookup for the ingress: token -> ``HookInfo``, with a small in-process TTL cache.
 
 The ingress must stay thin and keep accepting for known hooks while PostgreSQL blips
-(reliability.md 0.7): a found hook is cached for ``ttl`` seconds, and if the database
+(docs/architecture.md#the-webhook-ingress): a found hook is cached for ``ttl`` seconds, and if the database
 fails after that, the last known entry is served for up to ``stale_ttl`` more seconds
 before the ingress answers 503. Unknown tokens are cached briefly (``negative_ttl``) so
 that a sender hammering a deleted hook does not cost one query per request, but not

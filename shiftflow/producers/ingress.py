@@ -1,6 +1,6 @@
 """Webhook ingress: ``POST /hooks/{token}`` -> verified, deduplicated trigger on RabbitMQ.
 
-The ingress is thin (DESIGN.md 1): it checks the request (type, size, token, signature,
+The ingress is thin (docs/architecture.md#the-webhook-ingress): it checks the request (type, size, token, signature,
 JSON), builds a ``TriggerPayload`` whose dedup key is ``{scheme}:{delivery id}``,
 publishes it to ``triggers.start`` and answers 202 only after the publish returned,
 which with publisher confirms means RabbitMQ has the message on disk. It never answers

@@ -1,9 +1,9 @@
 """Confirm-pipelining publisher: many publishes in flight, each awaiting its own confirm.
 
-Dramatiq's RabbitMQ broker waits for each publisher confirm before the next publish
-(DESIGN.md 3 measured 12,000/s unconfirmed against 1,200/s confirmed one by one). The
-ingress must still answer 202 only once RabbitMQ has the message on disk, but nothing
-forces one message at a time: this publisher runs on the ASGI event loop (pika's asyncio
+Dramatiq's RabbitMQ broker waits for each publisher confirm before the next publish, and
+waiting for each confirm in turn is what makes confirmed publishing slow
+(docs/benchmarks.md#publishing-with-confirms). The ingress must still answer 202 only
+once RabbitMQ has the message on disk, but nothing forces one message at a time: this publisher runs on the ASGI event loop (pika's asyncio
 adapter), gives every request its own delivery tag and lets the request await a future
 that the broker's ``basic.ack`` resolves. RabbitMQ acks many tags with one frame
 (``multiple=True``) and writes them with one fsync, so concurrent requests share the

@@ -193,7 +193,7 @@ class Scheduler:
 
     def _claim(self, now: dt.datetime) -> list[Any]:
         # Plain named tuples, not model instances: building a Peewee model per row was
-        # a third of a 1,000-row tick.
+        # a large part of a tick (docs/benchmarks.md#scheduler-ticks).
         due = (
             Schedule.select(*CLAIMED)
             .where(Schedule.is_active & (Schedule.next_fire_at <= naive(now)))

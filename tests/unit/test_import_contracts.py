@@ -1,4 +1,4 @@
-"""The one-way import rule (DESIGN.md 2) is enforced by `make lint`, and can fail."""
+"""The one-way import rule (docs/architecture.md#layers) is enforced by `make lint`, and can fail."""
 
 from __future__ import annotations
 

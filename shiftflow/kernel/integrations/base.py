@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from shiftflow.kernel.integrations.oauth2 import OAuth2Client, TokenStore
     from shiftflow.kernel.settings import Settings
 
-#: The ``auth_type`` values of the integration table (seed 003).
+#: The ``auth_type`` values of the integration table.
 AUTH_TYPES = ("OAUTH2", "API_KEY", "BASIC", "NONE")
 #: Where a cool-down after an outside 429 applies: to the one connection that met it, or
 #: to every connection of the integration (a service that counts by our address).

@@ -134,7 +134,8 @@ def _finite(value: Any) -> bool:
 
 @functools.lru_cache(maxsize=512)
 def _schema_problem(schema_text: str) -> str | None:
-    # Checking a schema against its meta-schema costs about 2 ms: once per distinct schema.
+    # Checking a schema against its meta-schema is slow (docs/benchmarks.md#outside-calls):
+    # once per distinct schema.
     schema = json.loads(schema_text)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)

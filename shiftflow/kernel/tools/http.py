@@ -77,8 +77,8 @@ def _same(text: str) -> str:
 def tls_context() -> ssl.SSLContext:
     """The verifying TLS context of this process, shared by every outside call.
 
-    Building one loads the CA bundle: about 20 ms of CPU, which per request was most of
-    an HTTP step's cost (a client per call with httpx's default ``verify=True`` does
+    Building one loads the CA bundle, which per request was most of an HTTP step's cost
+    (docs/benchmarks.md#outside-calls) (a client per call with httpx's default ``verify=True`` does
     exactly that). A context is safe to share between threads; it honours
     ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as httpx does.
     """

@@ -85,8 +85,8 @@ def process(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
                 picture = ImageOps.exif_transpose(image)
             if size != picture.size:
                 # reducing_gap: shrink by whole factors first (cheap), then LANCZOS the rest,
-                # as Image.thumbnail does (measured here: a quarter less CPU than plain LANCZOS
-                # for 800x600 -> 200x150).
+                # as Image.thumbnail does: less CPU than plain LANCZOS
+                # (docs/benchmarks.md#outside-calls).
                 picture = picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
             if fmt == "jpeg" and picture.mode not in ("RGB", "L"):
                 rgba = picture.convert("RGBA")
