@@ -223,3 +223,11 @@ def test_dockerfile_runs_shiftflow_as_a_non_root_user():
     assert images == {"shiftflow:latest", "shiftflow-tools:latest"}
     k8s_images = {c["image"] for d in _by_kind("Deployment").values() for c in d["spec"]["template"]["spec"]["containers"]}
     assert k8s_images <= images
+
+
+def test_compose_mounts_files_that_exist():
+    for name, service in _compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
