@@ -8,7 +8,8 @@
 # fonts-liberation gives pages the metric-compatible fonts Chromium recommends, so
 # screenshots and PDFs have readable text on a minimal system. promtool (Debian's
 # `prometheus` package) checks the scrape configs and the alert rules in deploy/prometheus/
-# and runs their unit tests (tests/unit/test_prometheus_rules.py).
+# and runs their unit tests (tests/unit/test_prometheus_rules.py); its prometheus server
+# scrapes a running stack in tests/acceptance/test_prometheus_stack.py.
 #
 # Environment: SHIFTFLOW_CHROMIUM_PATH, SHIFTFLOW_FFMPEG_PATH, SHIFTFLOW_FFPROBE_PATH (the
 # same settings the tools read) and SHIFTFLOW_PROMTOOL_PATH (the tests') name binaries
@@ -68,6 +69,7 @@ ensure() {
 ensure Chromium "$CHROMIUM" /usr/bin/chromium chromium fonts-liberation
 ensure ffmpeg "$FFMPEG" /usr/bin/ffmpeg ffmpeg
 ensure ffprobe "$FFPROBE" /usr/bin/ffprobe ffmpeg
-# Only promtool is used: the package's Prometheus server is not started by the tests.
+# promtool checks rules and configs; tests/acceptance/test_prometheus_stack.py starts the
+# package's /usr/bin/prometheus itself (the package's own service is not used).
 ensure promtool "$PROMTOOL" /usr/bin/promtool prometheus
 log "all tools ready"
