@@ -24,12 +24,8 @@ import httpx
 import pytest
 import yaml
 
-from shiftflow.kernel.db import bind_database
-from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
 from tests.helpers import free_port, wait_until
-from tests.integration.api_support import SIMPLE
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
@@ -37,6 +33,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS = os.environ.get("SHIFTFLOW_PROMETHEUS_PATH", "/usr/bin/prometheus")
 PROMTOOL = os.environ.get("SHIFTFLOW_PROMTOOL_PATH", "/usr/bin/promtool")
+#: A workflow of two cheap steps, applied with the CLI as an operator would.
+WORKFLOW = {
+    "name": "prom",
+    "trigger": {"type": "webhook"},
+    "steps": [
+        {"id": "check", "type": "condition", "with": {"left": "{{ trigger.n }}", "op": ">=", "right": 0}},
+        {"id": "shape", "type": "transform", "with": {"output": {"n": "{{ trigger.n }}"}}},
+    ],
+}
 
 
 class Stack:
@@ -119,7 +124,7 @@ def _ready(ports: dict[str, int]) -> bool:
 
 
 @pytest.mark.timeout(240)
-def test_prometheus_scrapes_every_process_and_evaluates_the_rules(stack, real_env, pg_url):
+def test_prometheus_scrapes_every_process_and_evaluates_the_rules(stack, tmp_path):
     running, ports = stack
     wait_until(lambda: _ready(ports), timeout=60, message="Prometheus ready\n" + running.log("prometheus"))
 
@@ -138,13 +143,16 @@ def test_prometheus_scrapes_every_process_and_evaluates_the_rules(stack, real_en
         assert lint.returncode == 0, (port, lint.stdout + lint.stderr)
 
     # A webhook runs a workflow; its execution shows up in Prometheus, scraped from the pool.
-    configure(Settings.from_env(real_env))
-    bind_database(pg_url)
-    workflow = catalog.apply_definition(catalog.ensure_workspace("prom"), dict(SIMPLE, name="prom")).workflow
-    hook = catalog.create_webhook(workflow)
+    (tmp_path / "prom.yaml").write_text(yaml.safe_dump(WORKFLOW))
+    applied = subprocess.run([SHIFTFLOW, "apply", str(tmp_path / "prom.yaml"), "--workspace", "prom", "--webhook",
+                              "standard"], env=running.env, capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    lines = applied.stdout.splitlines()
+    secret = next(line.split(": ", 1)[1] for line in lines if line.startswith("webhook secret"))
+    path = next(line.split("/hooks/", 1)[1].split()[0] for line in lines if line.startswith("webhook URL"))
     body = b'{"n": 3}'
-    headers = signed_headers("standard", webhook_secrets.reveal(hook)[0], body, int(time.time()), "prom-1")
-    answer = httpx.post(f"http://127.0.0.1:{ports['ingress']}/hooks/{hook.token}", content=body, headers=headers,
+    headers = signed_headers("standard", secret, body, int(time.time()), "prom-1")
+    answer = httpx.post(f"http://127.0.0.1:{ports['ingress']}/hooks/{path}", content=body, headers=headers,
                         timeout=15)
     assert answer.status_code == 202, answer.text
 
