@@ -6,15 +6,20 @@
 # and installed from Debian's packages. Nothing is ever downloaded at run time (no
 # `playwright install`, no browser build of its own): the tools start these binaries.
 # fonts-liberation gives pages the metric-compatible fonts Chromium recommends, so
-# screenshots and PDFs have readable text on a minimal system.
+# screenshots and PDFs have readable text on a minimal system. promtool (Debian's
+# `prometheus` package) checks the scrape configs and the alert rules in deploy/prometheus/
+# and runs their unit tests (tests/unit/test_prometheus_rules.py); its prometheus server
+# scrapes a running stack in tests/acceptance/test_prometheus_stack.py.
 #
 # Environment: SHIFTFLOW_CHROMIUM_PATH, SHIFTFLOW_FFMPEG_PATH, SHIFTFLOW_FFPROBE_PATH (the
-# same settings the tools read) name binaries installed some other way; they are only checked.
+# same settings the tools read) and SHIFTFLOW_PROMTOOL_PATH (the tests') name binaries
+# installed some other way; they are only checked.
 set -euo pipefail
 
 CHROMIUM=${SHIFTFLOW_CHROMIUM_PATH:-/usr/bin/chromium}
 FFMPEG=${SHIFTFLOW_FFMPEG_PATH:-/usr/bin/ffmpeg}
 FFPROBE=${SHIFTFLOW_FFPROBE_PATH:-/usr/bin/ffprobe}
+PROMTOOL=${SHIFTFLOW_PROMTOOL_PATH:-/usr/bin/promtool}
 
 log() { printf 'ensure-tools: %s\n' "$*"; }
 die() { printf 'ensure-tools: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -64,4 +69,7 @@ ensure() {
 ensure Chromium "$CHROMIUM" /usr/bin/chromium chromium fonts-liberation
 ensure ffmpeg "$FFMPEG" /usr/bin/ffmpeg ffmpeg
 ensure ffprobe "$FFPROBE" /usr/bin/ffprobe ffmpeg
+# promtool checks rules and configs; tests/acceptance/test_prometheus_stack.py starts the
+# package's /usr/bin/prometheus itself (the package's own service is not used).
+ensure promtool "$PROMTOOL" /usr/bin/promtool prometheus
 log "all tools ready"

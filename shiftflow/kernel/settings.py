@@ -214,6 +214,39 @@ def _integration_settings(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+_WORKSPACE_DAYS = re.compile(r"^([a-z0-9][a-z0-9-]{0,99})=(\d{1,5})$")
+
+
+def _workspace_days(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """``acme=30,big-co=365``: a retention in days per workspace slug."""
+    raw = _get(env, "RETENTION_WORKSPACE_DAYS")
+    if raw is None:
+        return ()
+    found: dict[str, int] = {}
+    for item in (part.strip() for part in raw.split(",") if part.strip()):
+        match = _WORKSPACE_DAYS.match(item)
+        if not match:
+            raise SettingsError(
+                f"{PREFIX}RETENTION_WORKSPACE_DAYS item {item!r} is malformed: expected <workspace slug>=<days> "
+                "(e.g. acme=30,big-co=365; 0 = forever)"
+            )
+        found[match.group(1)] = int(match.group(2))
+    return tuple(found.items())
+
+
+def _retention_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """How long executions (PostgreSQL) and log documents (MongoDB TTL indexes) are kept."""
+    return {
+        "retention_days": _int(env, "RETENTION_DAYS", 90, 0, 36_500),
+        "retention_workspace_days": _workspace_days(env),
+        "dedup_window_hours": _int(env, "DEDUP_WINDOW_HOURS", 168, 1, 24 * 36_500),
+        "retention_batch_size": _int(env, "RETENTION_BATCH_SIZE", 500, 1, 100_000),
+        "log_retention_days": _int(env, "LOG_RETENTION_DAYS", 30, 0, 36_500),
+        "analytics_retention_days": _int(env, "ANALYTICS_RETENTION_DAYS", 365, 0, 36_500),
+        "usage_retention_days": _int(env, "USAGE_RETENTION_DAYS", 365, 0, 36_500),
+    }
+
+
 def _affiliate_id(env: Mapping[str, str]) -> str:
     raw = _str(env, "SIDESHIFT_AFFILIATE_ID", "")
     if raw and not (raw.isascii() and raw.isalnum() and len(raw) <= 64):
@@ -415,6 +448,23 @@ class Settings:
     #: SHIFTFLOW_OAUTH2_LOCK_SECONDS: the refresh lock's lifetime if its holder dies (at least
     #: the token timeout + 5 s); also the longest a worker waits for another's refresh
     oauth2_lock_seconds: float = 30.0
+    #: SHIFTFLOW_RETENTION_DAYS: finished executions (with their steps and tool executions)
+    #: older than this are deleted by ``shiftflow retention run``; 0 = kept forever
+    retention_days: int = 90
+    #: SHIFTFLOW_RETENTION_WORKSPACE_DAYS: per-workspace retention, ``acme=30,big-co=365``
+    #: (workspace slug = days; 0 = forever); other workspaces get RETENTION_DAYS
+    retention_workspace_days: tuple[tuple[str, int], ...] = ()
+    #: SHIFTFLOW_DEDUP_WINDOW_HOURS: how long an execution is kept at least, whatever the
+    #: retention, so that a repeated delivery of its trigger (same dedup key) is recognised; a
+    #: delivery repeated after the window starts a new execution
+    dedup_window_hours: int = 168
+    #: SHIFTFLOW_RETENTION_BATCH_SIZE: executions deleted per transaction (small: short locks)
+    retention_batch_size: int = 500
+    #: SHIFTFLOW_LOG_RETENTION_DAYS / _ANALYTICS_RETENTION_DAYS / _USAGE_RETENTION_DAYS: the
+    #: MongoDB TTL of execution_logs, analytics_events and integration_usage; 0 = kept forever
+    log_retention_days: int = 30
+    analytics_retention_days: int = 365
+    usage_retention_days: int = 365
 
     @property
     def dev(self) -> bool:
@@ -511,6 +561,7 @@ class Settings:
             llm_timeout_seconds=_float(env, "LLM_TIMEOUT_SECONDS", 120.0, 0.1, 3_600.0),
             llm_prices_file=_str(env, "LLM_PRICES_FILE", ""),
             **_integration_settings(env),
+            **_retention_settings(env),
         )
 
     def public_dict(self) -> dict[str, Any]:
