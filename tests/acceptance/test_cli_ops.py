@@ -117,6 +117,8 @@ def system(real_env, tmp_path):
         flaky.server_close()
 
 
+# About 25 CLI processes, each a Python start: minutes on a loaded two-core machine.
+@pytest.mark.timeout(360)
 def test_operator_cli_and_management_api(system, real_env):
     env, tmp = system["env"], system["tmp"]
     for command in (
