@@ -30,7 +30,8 @@ from shiftflow.models.runs import start_execution
 from shiftflow.models.schedules import Schedule
 from shiftflow.models.workflows import Workflow
 from shiftflow.producers.schedule_config import add_schedule, build_config
-from tests.helpers import free_port, wait_for_http, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

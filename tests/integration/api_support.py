@@ -17,7 +17,8 @@ from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models import apikeys, catalog
 from shiftflow.models.access import Principal
 from shiftflow.models.tenancy import User, Workspace, WorkspaceMember
-from tests.helpers import free_port, wait_for_http
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for_http
 
 #: A workflow that finishes on its own: a condition on the trigger, then a transform.
 SIMPLE = {

@@ -12,8 +12,8 @@ import pytest
 
 from shiftflow.kernel.settings import Settings
 from shiftflow.producers.app import create_app
-from tests.helpers import wait_until
 from tests.integration.api_support import seed_tenant, serve, worker
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from shiftflow.models.dead_letters import DeadLetter
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.problems import Conflict
 from shiftflow.models.workflows import Workflow, WorkflowVersion
-from tests.helpers import wait_until
 from tests.integration.api_support import SIMPLE, worker
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

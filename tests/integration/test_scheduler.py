@@ -35,7 +35,7 @@ from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
 from shiftflow.producers.polling import Poller
 from shiftflow.producers.schedule_config import add_schedule, build_config, sync_definition_schedules
 from shiftflow.producers.scheduler import Scheduler, dedup_key
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 UTC = dt.UTC

@@ -50,7 +50,7 @@ from shiftflow.models.sideshift import SideShiftOrder
 from shiftflow.models.tenancy import User
 from shiftflow.models.workflow_metrics import WorkflowMetrics
 from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

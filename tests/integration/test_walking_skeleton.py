@@ -24,7 +24,8 @@ from shiftflow.kernel.signatures import signed_headers
 from shiftflow.models import catalog, webhook_secrets
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.producers.ingress import create_app
-from tests.helpers import free_port, wait_for_http, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from shiftflow.producers.auth_throttle import (
     Throttled,
     from_settings,
 )
-from tests.helpers import free_port
+from tests.support.ports import free_port
 
 
 class Clock:

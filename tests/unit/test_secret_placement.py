@@ -35,7 +35,7 @@ from shiftflow.models import catalog, secrets
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.registry import ALL_MODELS, create_all
 from shiftflow.models.workflows import Workflow, WorkflowVersion
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 CANARY = "cAnArY-5f0c2e9b71d4a8"
 REF = "{{ secrets.crm.token }}"
