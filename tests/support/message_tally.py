@@ -9,7 +9,8 @@ starts, counts instead:
 * every message this process enqueued on the broker (``send`` from the test, from the
   actors, from a timer tick), by message id; a delayed message counts from the moment it is
   enqueued on its delay queue (a retry too), so it is awaited while it waits there;
-* every message the worker started, and finished (processed or skipped), by actor name.
+* every message the worker started, and finished (processed or skipped), by actor name
+  and by message id (``handled``: ``send`` returns the id).
 
 ``settled()`` is true once every message enqueued here has finished and nothing is being
 processed: a positive signal, read after the suspect messages were sent. Messages
@@ -37,6 +38,7 @@ class MessageTally(dramatiq.Middleware):
         self._delayed: collections.Counter[str] = collections.Counter()
         self._running: collections.Counter[str] = collections.Counter()
         self._finished: collections.Counter[str] = collections.Counter()
+        self._handled: set[str] = set()
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
         """Count a message enqueued here; a delayed one is awaited from its delay queue on."""
@@ -74,11 +76,17 @@ class MessageTally(dramatiq.Middleware):
             self._running[message.message_id] -= 1
             self._pending[message.message_id] -= 1  # below zero for a message from elsewhere
             self._finished[message.actor_name] += 1
+            self._handled.add(message.message_id)
 
     def finished(self, actor_name: str | None = None) -> int:
         """Messages finished so far, of ``actor_name`` (e.g. ``triggers.start``) or in all."""
         with self._lock:
             return self._finished[actor_name] if actor_name else sum(self._finished.values())
+
+    def handled(self, message_id: str) -> bool:
+        """True once the message with this id (``send`` returns it) was handled at least once."""
+        with self._lock:
+            return message_id in self._handled
 
     def settled(self) -> bool:
         """True when every message enqueued here has finished and none is being processed."""
