@@ -73,7 +73,8 @@ def run_beside_poison(
 ) -> tuple[list[str], Any]:
     """Publish 40 triggers of ``steady`` before, during and after one ``poison`` trigger
     (``poison_key``), with ``pool`` supervised, until ``quarantined()`` returns something
-    true; then wait for every steady execution and check that the pool stays up.
+    true; then wait for every steady execution and check that the pool stays up while it
+    runs 5 more (a marker batch: work the pool took after the quarantine had settled).
 
     Returns:
         The steady dedup keys and what ``quarantined()`` returned.
@@ -100,7 +101,9 @@ def run_beside_poison(
         wait_terminal(rig.pg_url, keys, pool)
         wait_until(pool.ready, timeout=30)
         settled = pool.deaths()
-        time.sleep(3)
+        marker = len(keys)
+        publish(40, 5, 0)
+        wait_terminal(rig.pg_url, keys[marker:], pool)
         assert pool.poll() is None, f"the pool died after the quarantine:\n{pool.log_tail()}"
         assert pool.deaths() == settled
     return keys, found
