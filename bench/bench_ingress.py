@@ -63,20 +63,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers import (  # noqa: E402 - after the path fix above
-    OWNER,
-    PG_ADMIN_URL,
-    VhostAdmin,
-    _die_with_parent,
-    drop_pg_database,
-    free_port,
-    leased_redis_db,
-    migrate,
-    pg_admin,
-    token,
-    wait_for_http,
-    with_database,
-)
+from tests.support.ownership import OWNER, token  # noqa: E402 - after the path fix above
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.postgres import PG_ADMIN_URL, drop_pg_database, migrate, pg_admin, with_database  # noqa: E402
+from tests.support.rabbitmq import VhostAdmin  # noqa: E402
+from tests.support.redis_db import leased_redis_db  # noqa: E402
+from tests.support.secantus import _die_with_parent  # noqa: E402
+from tests.support.waiting import wait_for_http  # noqa: E402
 
 PG_ADMIN = os.environ.get("SHIFTFLOW_TEST_PG_ADMIN_URL") or PG_ADMIN_URL
 HOST = "127.0.0.1"

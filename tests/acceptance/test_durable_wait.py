@@ -18,7 +18,7 @@ from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models import catalog
 from shiftflow.models.executions import Execution, StepExecution
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

@@ -43,8 +43,11 @@ from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models import secrets
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.sideshift import SideShiftOrder
-from tests.helpers import JsonService, VhostAdmin, free_port, wait_for_http, wait_until
 from tests.integration.api_support import seed_tenant
+from tests.support.http_services import JsonService
+from tests.support.ports import free_port
+from tests.support.rabbitmq import VhostAdmin
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

@@ -25,7 +25,7 @@ from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.sideshift import SideShiftOrder
 from shiftflow.models.tenancy import User
 from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 BTC = "bc1q" + "q" * 38
 ETH = "0x" + "12" * 20

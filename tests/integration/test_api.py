@@ -31,8 +31,8 @@ from shiftflow.models.tenancy import ApiKey, WorkspaceMember
 from shiftflow.models.workflows import Workflow
 from shiftflow.producers import api_spec
 from shiftflow.producers.app import create_app
-from tests.helpers import wait_until
 from tests.integration.api_support import SIMPLE, seed_tenant, serve, worker
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -31,8 +31,9 @@ from shiftflow.models.effects import SideEffect
 from shiftflow.models.effects_ledger import request_hash
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.producers.app import create_app
-from tests.helpers import JsonService, wait_until
 from tests.integration.api_support import seed_tenant, serve, worker
+from tests.support.http_services import JsonService
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -40,8 +40,8 @@ from shiftflow.kernel.signatures import MAX_DELIVERY_ID, signed_headers
 from shiftflow.models import catalog, replay, webhook_secrets
 from shiftflow.models.access import Principal
 from shiftflow.producers.ingress import create_app
-from tests.helpers import wait_until
 from tests.integration.api_support import serve, worker
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,9 @@ from shiftflow.producers import ingress
 from shiftflow.producers.hooks import HookInfo
 from shiftflow.producers.ingress import create_app
 from shiftflow.producers.publisher import ConfirmPublisher, Unroutable, queue_arguments, queue_declarations
-from tests.helpers import RABBIT_API, free_port, wait_for_http, wait_until
+from tests.support.ports import free_port
+from tests.support.rabbitmq import RABBIT_API
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 

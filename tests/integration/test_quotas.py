@@ -42,8 +42,10 @@ from shiftflow.producers import hooks
 from shiftflow.producers.app import create_app as create_full_app
 from shiftflow.producers.hooks import HookInfo
 from shiftflow.producers.ingress import create_app
-from tests.helpers import VhostAdmin, free_port, wait_for_http, wait_until
 from tests.integration.api_support import SIMPLE, seed_tenant, worker
+from tests.support.ports import free_port
+from tests.support.rabbitmq import VhostAdmin
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,9 @@ import pytest
 import redis
 
 from shiftflow.kernel.settings import Settings
-from tests.helpers import amqp_url_for, leased_redis_db, temp_pg_database
+from tests.support.postgres import temp_pg_database
+from tests.support.rabbitmq import amqp_url_for
+from tests.support.redis_db import leased_redis_db
 
 pytestmark = pytest.mark.integration
 

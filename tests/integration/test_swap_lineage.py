@@ -27,9 +27,9 @@ from shiftflow.models.executions import Execution
 from shiftflow.models.problems import Conflict
 from shiftflow.models.sideshift import SideShiftOrder
 from shiftflow.producers.app import create_app
-from tests.helpers import wait_until
 from tests.integration.api_support import seed_tenant, serve
 from tests.integration.swap_support import BTC, SwapRig, swap_inputs, swap_rig, swap_workflow
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

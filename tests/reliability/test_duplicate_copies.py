@@ -32,10 +32,12 @@ from shiftflow.kernel.enqueue import build_message
 from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.runs import start_execution
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
-from . import OutsideService, WorkerPool, create_workflow, http_step
+from .outside_service import OutsideService
 from .test_redelivery import Engine
+from .worker_pool import WorkerPool
+from .workflows import create_workflow, http_step
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

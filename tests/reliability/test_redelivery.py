@@ -27,10 +27,11 @@ from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.runs import claim_step, complete_step, start_execution
 from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
-from . import OutsideService, create_workflow, two_call_definition
 from .checker import check, install_recorder, load_history
+from .outside_service import OutsideService
+from .workflows import create_workflow, two_call_definition
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

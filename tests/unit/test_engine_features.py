@@ -22,7 +22,7 @@ from shiftflow.models.effects import SideEffect
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.registry import create_all
 from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until as _wait_until
+from tests.support.waiting import wait_until as _wait_until
 
 
 def wait_until(predicate, timeout=45.0, interval=0.05):

@@ -455,7 +455,7 @@ def test_metrics_exposes_counter_and_histogram() -> None:
     import httpx
 
     from shiftflow.kernel.metrics import serve_registry
-    from tests.helpers import free_port
+    from tests.support.ports import free_port
 
     c = client(FakePublish())
     post(c, "std", BODY)

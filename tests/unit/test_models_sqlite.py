@@ -124,7 +124,8 @@ def test_execution_is_unique_per_workflow_and_dedup_key(workflow):
     _execution(workflow, "delivery-1")
     with pytest.raises(peewee.IntegrityError):
         _execution(workflow, "delivery-1")
-    _execution(workflow, "delivery-2")
+    _execution(workflow, "delivery-2")  # another key of the same workflow is another execution
+    assert sorted(e.dedup_key for e in Execution.select()) == ["delivery-1", "delivery-2"]
 
 
 def test_step_is_unique_per_execution_step_and_iteration(workflow):
@@ -206,6 +207,11 @@ def test_check_constraints_accept_good_rows(workflow):
     Schedule.create(
         workspace=workflow.workspace_id, workflow=workflow, kind="CRON", cron_expression="0 9 * * *"
     )
+    # Stored as written, read back from the database.
+    assert Execution.get_by_id(done.id).status == "SUCCEEDED"
+    assert [c.execution_id for c in LlmCall.select()] == [done.id]
+    assert [(r.name, r.status) for r in Prompt.select()] == [("p", "PUBLISHED")]
+    assert [(s.kind, s.cron_expression) for s in Schedule.select()] == [("CRON", "0 9 * * *")]
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from shiftflow import actors
 from shiftflow.consumers.dead_letters import DeadLetters
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
-from shiftflow.kernel.db import bind_database
+from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.definition import validate
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import DefinitionError
@@ -35,10 +35,23 @@ from shiftflow.models import catalog, secrets
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.registry import ALL_MODELS, create_all
 from shiftflow.models.workflows import Workflow, WorkflowVersion
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 CANARY = "cAnArY-5f0c2e9b71d4a8"
 REF = "{{ secrets.crm.token }}"
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The database proxy on a fresh SQLite file with every table (dev mode's store)."""
+    saved = database.obj
+    db = bind_database(f"sqlite:///{tmp_path}/store.db")
+    create_all(db)
+    try:
+        yield db
+    finally:
+        db.close()
+        database.initialize(saved)
 
 
 @pytest.fixture
@@ -101,10 +114,14 @@ def test_secrets_in_a_concurrency_key_are_refused():
         check_runnable(definition)
 
 
-def test_secrets_in_what_an_http_step_sends_are_accepted():
-    check_runnable(validate({"name": "w", "steps": [{"id": "h", "type": "http", "with": {
-        "url": "https://api.example/x?key=" + REF, "headers": {"Authorization": "Bearer " + REF},
-        "params": {"k": REF}, "json": {"k": REF}}}]}))
+def test_secrets_in_what_an_http_step_sends_are_accepted(store):
+    sent = {"url": "https://api.example/x?key=" + REF, "headers": {"Authorization": "Bearer " + REF},
+            "params": {"k": REF}, "json": {"k": REF}}
+    definition = {"name": "w", "steps": [{"id": "h", "type": "http", "with": sent}]}
+    check_runnable(validate(definition))
+    applied = catalog.apply_definition(catalog.ensure_workspace("t"), definition)
+    stored = WorkflowVersion.get(WorkflowVersion.workflow == applied.workflow.id).definition
+    assert stored["steps"][0]["with"] == sent  # stored as references, resolved only when sent
 
 
 def _stored_everywhere() -> str:

@@ -25,7 +25,7 @@ from shiftflow.kernel.sizes import json_size
 from shiftflow.models import catalog
 from shiftflow.models.executions import Execution, StepExecution
 from shiftflow.models.registry import create_all
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 INPUT_CAP, OUTPUT_CAP = 262_144, 131_072
 

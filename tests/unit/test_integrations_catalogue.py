@@ -24,7 +24,7 @@ from shiftflow.kernel.integrations.catalogue import ENTRY_POINT_GROUP
 from shiftflow.kernel.integrations.secrets import scrubber_for, secret_values
 from shiftflow.kernel.redaction import MASK
 from shiftflow.kernel.tools.registry import builtin_tools
-from tests.unit.test_tool_registry import _install_metadata
+from tests.unit.test_tools_registry import _install_metadata
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "integration_plugin_example"
 
