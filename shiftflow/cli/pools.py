@@ -1,7 +1,8 @@
 """``shiftflow queues exporter`` and ``shiftflow pools plan``.
 
 The exporter serves per-queue depth, consumers, arrival and delivery counters and the
-oldest message's age (``consumers.queue_exporter``). The plan reads the same queue
+oldest message's age (``consumers.queue_exporter``), and state gauges from PostgreSQL
+(``consumers.state_metrics``: orders to reconcile, parked steps). The plan reads the same queue
 numbers straight from RabbitMQ's management API (two samples ``--window`` seconds apart:
 arrival rate, backlog, oldest age) and each pool's service time from its own metrics
 endpoint (``shiftflow_message_duration_seconds``, the pool's ``metrics_port``), then
@@ -36,9 +37,16 @@ def _sampler(settings: Settings, args: argparse.Namespace) -> QueueSampler:
 def _exporter(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
-    sampler = _sampler(Settings.from_env(), args)
+    settings = Settings.from_env()
+    sampler = _sampler(settings, args)
     registry = CollectorRegistry()
     registry.register(QueueCollector(sampler))
+    if not args.no_state:
+        from shiftflow.consumers.state_metrics import StateCollector
+        from shiftflow.kernel.db import bind_database
+
+        bind_database(settings.database_url)
+        registry.register(StateCollector())
     start_http_server(args.port, addr=args.host, registry=registry)
     print(f"queue exporter on http://{args.host}:{args.port}/metrics ({sampler.url})", flush=True)
     sampler.run(threading.Event())
@@ -121,6 +129,8 @@ def register(sub: Any) -> None:
     p.add_argument("--management-url", help="RabbitMQ management API (default: the AMQP host, port 15672, "
                    "the AMQP URL's user and vhost)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
+    p.add_argument("--no-state", action="store_true",
+                   help="leave out the state gauges read from PostgreSQL (orders to reconcile, parked steps)")
     p.set_defaults(func=_exporter)
 
     parser = sub.add_parser("pools", help="size the worker pools from the queues' load")

@@ -97,9 +97,11 @@ def test_the_oldest_message_age_is_the_time_it_has_waited(amqp_url: str) -> None
 @pytest.mark.timeout(120)
 def test_the_exporter_command_serves_metrics_promtool_accepts(real_env: dict[str, str]) -> None:
     connection, channel = _channel(real_env["SHIFTFLOW_AMQP_URL"])
+    env = {**os.environ, **real_env}
+    subprocess.run([SHIFTFLOW, "migrate"], env=env, check=True, capture_output=True, timeout=60)
     port = free_port()
     proc = subprocess.Popen([SHIFTFLOW, "queues", "exporter", "--port", str(port)],
-                            env={**os.environ, **real_env}, stdout=subprocess.PIPE,
+                            env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     try:
         _publish(channel, Queue.TOOLS, 3)
@@ -111,6 +113,10 @@ def test_the_exporter_command_serves_metrics_promtool_accepts(real_env: dict[str
         text = wait_until(scraped, timeout=30, interval=0.5)
         _promtool(text)
         assert "shiftflow_queue_exporter_up 1.0" in text
+        # The state gauges from PostgreSQL: the database answered, nothing to reconcile.
+        assert "shiftflow_state_up 1.0" in text
+        assert 'shiftflow_sideshift_orders{state="NEEDS_RECONCILIATION"} 0.0' in text
+        assert 'shiftflow_steps_parked{reason="timer"} 0.0' in text
     finally:
         proc.terminate()
         proc.wait(10)
