@@ -110,8 +110,10 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"pool {pool.name}: needs {plan.threads_needed:g} threads -> {plan.processes} process(es) x "
               f"{plan.threads} threads (has {pool.processes}: {plan.change}); KEDA queue length per replica "
               f"{plan.queue_length_per_replica}\n  {detail}")
-        if plan.change != "keep":
-            changes.append(f"  {pool.name}:\n    processes: {plan.processes}   # was {pool.processes}")
+        if plan.change != "keep" or plan.queue_length_per_replica != pool.queue_length_per_replica:
+            changes.append(f"  {pool.name}:\n    processes: {plan.processes}   # was {pool.processes}\n"
+                           f"    queue_length_per_replica: {plan.queue_length_per_replica}   # was "
+                           f"{pool.queue_length_per_replica or 'unset'} (KEDA, scripts/render_k8s_pools.py)")
     print("change in pools.yaml:" if changes else "pools.yaml: no change")
     for change in changes:
         print(change)

@@ -18,7 +18,8 @@ worker thread). For a pool consuming several queues the loads add up.
 A pool that consumes nothing (λ = 0 and B = 0) keeps one process: a queue with no
 consumer is an alert. The KEDA trigger of the pool (``scripts/render_k8s_pools.py``)
 adds a replica per ``queue_length_per_replica`` waiting messages: the messages one
-replica's threads take within T.
+replica (P processes x threads) takes within T, P x threads x T / S (S: the slowest of the
+pool's queues).
 """
 
 from __future__ import annotations
@@ -80,5 +81,6 @@ def plan_pool(pool: Pool, loads: Mapping[str, QueueLoad], target_age: float,
     needed = (busy + drain) / utilisation
     processes = max(1, math.ceil(needed / pool.threads - 1e-9))
     # Messages one replica's threads take within the target age: KEDA's queue length per replica.
-    per_replica = max(1, int(pool.threads * target_age / service_max)) if service_max > 0 else 100
+    concurrency = processes * pool.threads
+    per_replica = max(1, int(concurrency * target_age / service_max)) if service_max > 0 else concurrency
     return PoolPlan(pool.name, round(needed, 2), processes, pool.threads, pool.processes, per_replica, oldest)

@@ -15,7 +15,7 @@ def test_littles_law_plus_draining_the_backlog() -> None:
     # busy: 10*0.1 + 20*0.5 = 11 threads; drain: 600*0.5/60 = 5 threads; /0.5 = 32 threads
     assert plan.threads_needed == 32
     assert plan.processes == 4 and plan.change == "more"
-    assert plan.queue_length_per_replica == int(8 * 60 / 0.5)
+    assert plan.queue_length_per_replica == int(4 * 8 * 60 / 0.5)  # 4 processes x 8 threads, 60 s at 0.5 s
 
 
 def test_an_idle_pool_keeps_one_process() -> None:
