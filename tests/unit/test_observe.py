@@ -58,3 +58,23 @@ def test_a_settled_order_adds_volume_and_fees() -> None:
     assert _value("shiftflow_sideshift_volume_usd_total") - volume == 100.5
     assert _value("shiftflow_sideshift_fees_usd_total") - fees == 1.25
     assert _value("shiftflow_sideshift_orders_finished_total", state="SETTLED") - settled == 1
+
+
+def test_an_http_step_call_is_counted_by_tool_and_outcome() -> None:
+    """A refused call (a private address, not allowed here) counts as a permanent failure."""
+    import pytest
+
+    from shiftflow.kernel.definition import validate
+    from shiftflow.kernel.errors import PermanentError
+    from shiftflow.kernel.executors import call_tool
+    from shiftflow.kernel.settings import Settings
+
+    definition = validate({"name": "t", "trigger": {"type": "manual"},
+                           "steps": [{"id": "h", "type": "http", "with": {"url": "http://127.0.0.1:9/x"}}]})
+    step = definition.step("h")
+    before = _value("shiftflow_tool_calls_total", tool="http", outcome="permanent")
+    count = _value("shiftflow_tool_call_duration_seconds_count", tool="http")
+    with pytest.raises(PermanentError):
+        call_tool(step, {"url": "http://127.0.0.1:9/x", "method": "GET"}, Settings(http_allow_private=False))
+    assert _value("shiftflow_tool_calls_total", tool="http", outcome="permanent") - before == 1
+    assert _value("shiftflow_tool_call_duration_seconds_count", tool="http") - count == 1
