@@ -194,7 +194,10 @@ def sideshift() -> list[dict[str, Any]]:
             ("sum by (state) (increase(shiftflow_sideshift_orders_finished_total[1h]))", "{{state}}")], width=8),
         _panel("Settled volume and fees (USD per hour)", [
             ("sum (increase(shiftflow_sideshift_volume_usd_total[1h]))", "volume"),
-            ("sum (increase(shiftflow_sideshift_fees_usd_total[1h]))", "fees")], "currencyUSD", width=24),
+            ("sum (increase(shiftflow_sideshift_fees_usd_total[1h]))", "fees")], "currencyUSD"),
+        _panel("SideShift client-side rate limiter: waits and refusals/s", [
+            (_rate("shiftflow_sideshift_rate_limit_waits_total", "kind, result"), "{{kind}} {{result}}")], "ops",
+            description="SideShift allows 5 shifts and 20 quotes a minute per IP; refused calls retry later."),
         *_queue_panels('queue="sideshift"', "sideshift queue"),
     ]
 

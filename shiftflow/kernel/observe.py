@@ -147,6 +147,17 @@ SIDESHIFT_ORDERS = Counter(
     "SideShift orders that reached a final state (SETTLED, REFUNDED, EXPIRED, FAILED).",
     ["state"],
 )
+SIDESHIFT_LIMIT_WAITS = Counter(
+    "shiftflow_sideshift_rate_limit_waits_total",
+    "Calls SideShift's client-side limiter held: waited (for a free slot) or refused (none within "
+    "its max wait; the step retries later), by kind (shifts, quotes).",
+    ["kind", "result"],
+)
+SIDESHIFT_LIMIT_WAIT_SECONDS = Counter(
+    "shiftflow_sideshift_rate_limit_wait_seconds_total",
+    "Seconds SideShift's client-side limiter made callers wait, by kind.",
+    ["kind"],
+)
 SIDESHIFT_VOLUME = Counter("shiftflow_sideshift_volume_usd_total",
                            "USD value of settled SideShift orders (deposit side, last cached prices).")
 SIDESHIFT_FEES = Counter("shiftflow_sideshift_fees_usd_total", "USD fees of settled SideShift orders.")

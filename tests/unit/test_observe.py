@@ -78,3 +78,30 @@ def test_an_http_step_call_is_counted_by_tool_and_outcome() -> None:
         call_tool(step, {"url": "http://127.0.0.1:9/x", "method": "GET"}, Settings(http_allow_private=False))
     assert _value("shiftflow_tool_calls_total", tool="http", outcome="permanent") - before == 1
     assert _value("shiftflow_tool_call_duration_seconds_count", tool="http") - count == 1
+
+
+def test_sideshifts_limiter_counts_its_waits_and_refusals() -> None:
+    import pytest
+
+    from shiftflow.kernel.sideshift.errors import RateLimited
+    from shiftflow.kernel.sideshift.ratelimit import SHIFTS, InProcessBackend, Rate, RateLimiter
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(InProcessBackend(clock=lambda: now[0]), {SHIFTS: Rate(1, 10.0)}, max_wait=15,
+                          sleep=sleep, clock=lambda: now[0])
+    waited = _value("shiftflow_sideshift_rate_limit_waits_total", kind=SHIFTS, result="waited")
+    refused = _value("shiftflow_sideshift_rate_limit_waits_total", kind=SHIFTS, result="refused")
+    limiter.acquire(SHIFTS)
+    limiter.acquire(SHIFTS)  # waits 10 s for the slot
+    limiter.max_wait = 1
+    with pytest.raises(RateLimited):
+        limiter.acquire(SHIFTS)
+    assert slept == [10.0]
+    assert _value("shiftflow_sideshift_rate_limit_waits_total", kind=SHIFTS, result="waited") - waited == 1
+    assert _value("shiftflow_sideshift_rate_limit_waits_total", kind=SHIFTS, result="refused") - refused == 1
