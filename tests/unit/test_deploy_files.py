@@ -173,6 +173,8 @@ def test_every_deployment_has_probes_on_what_its_process_serves_and_requests():
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         elif container["args"][0] == "scheduler":
             assert _port_number(container, live["port"]) == 9192
+        elif container["args"][:2] == ["queues", "exporter"]:
+            assert _port_number(container, live["port"]) == 9199
         else:
             assert container["args"][0] == "workers", name
             pool = POOLS[container["args"][container["args"].index("--pool") + 1]]
