@@ -10,6 +10,8 @@ import dramatiq
 import peewee
 from dramatiq.middleware import Middleware
 
+from shiftflow.kernel import observe
+from shiftflow.kernel.contracts import Queue
 from shiftflow.kernel.db import database
 from shiftflow.models import dead_letters
 
@@ -46,6 +48,7 @@ class DeadLetters(Middleware):
 
     @staticmethod
     def _record(message_id: str, queue: str, actor: str, payload: dict[str, Any], error: str | None) -> None:
+        observe.DEAD_LETTERS.labels(queue if queue in Queue.ALL else observe.OTHER).inc()
         try:
             with database.connection_context():
                 dead_letters.record(message_id, queue, actor, payload, error)

@@ -28,6 +28,7 @@ import random
 from decimal import Decimal
 from typing import Any
 
+from shiftflow.kernel import observe
 from shiftflow.kernel.contracts import StepPayload
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.settings import get_settings
@@ -209,6 +210,7 @@ def finish(order: SideShiftOrder, step: StepExecution | None, shift: Shift | Non
         order.completed_at, order.next_poll_at, order.error = utcnow(), None, None
         order.save()
         set_effect(order, "DONE", external_ref=order.shift_id, result=summary(order))
+        observe.order_finished(order.state, *(money(order) if order.state == "SETTLED" else ()))
     # The step may be another execution's of the same lineage, which adopted the order.
     execution = lock_execution_of(order) if step is None else runs.lock_execution(step.execution_id)
     if execution is None:

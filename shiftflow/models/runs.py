@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from shiftflow.kernel import holders, metrics
+from shiftflow.kernel import holders, metrics, observe
 from shiftflow.kernel.contracts import (
     FOLLOW_ON_BOOST,
     Priority,
@@ -232,6 +232,7 @@ def _cancel_active(execution: Execution, reason: str) -> None:
 def announce_created(execution: Execution, payload: TriggerPayload) -> None:
     """Metrics and log documents of a new execution (both start paths)."""
     metrics.EXECUTIONS.labels("created").inc()
+    observe.execution_event(execution.workflow_id, "created")
     logs.execution_log(execution, "execution created", metadata={"source": payload.source,
                                                                   "dedupKey": payload.dedup_key})
     logs.analytics_event("workflow_triggered", execution, {"source": payload.source})
@@ -241,6 +242,7 @@ def announce_step(execution: Execution, step_id: str, step_type: str, status: st
                   metadata: dict[str, Any]) -> None:
     """Metrics and log document of a step's outcome (inline, fast start or message)."""
     metrics.STEPS.labels(step_type, status.lower()).inc()
+    observe.step_event(execution.workflow_id, step_type, status.lower(), metadata.get("durationMs"))
     logs.execution_log(execution, f"step {step_id} {status.lower()}", step_id=step_id,
                        level="info" if status == "SUCCEEDED" else "error", metadata=metadata)
 
@@ -252,6 +254,7 @@ def announce_finished(execution: Execution, step_count: int) -> None:
     if execution.received_at and execution.completed_at:
         metrics.TRIGGER_TO_DONE_SECONDS.labels(outcome).observe(
             max(0.0, (execution.completed_at - execution.received_at).total_seconds()))
+    observe.execution_event(execution.workflow_id, outcome, (execution.duration_ms or 0) / 1000)
     logs.execution_log(execution, f"execution {outcome}", level="info" if outcome == "succeeded" else "error",
                        metadata={"durationMs": execution.duration_ms, "error": execution.error})
     logs.analytics_event("workflow_executed", execution, {"status": outcome, "duration": execution.duration_ms,
@@ -325,7 +328,8 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
     if not updated:
         return pending_messages(execution, definition)
     announce_step(execution, step.step_id, step.step_type, status,
-                  {"iteration": step.iteration, "output": output, "error": error})
+                  {"iteration": step.iteration, "output": output, "error": error,
+                   "durationMs": fields["duration_ms"] or 0})
     if status in ("FAILED", "TIMED_OUT") and not execution.error:
         execution.error = f"step {step.step_id}: {error}"
     if step.iteration > 0:
@@ -533,6 +537,7 @@ def retry_later(claim: Claim, error: str, delay_seconds: float) -> None:
         StepExecution.update(status="PENDING", claimed_by=None, resume_at=resume, timeout_at=None, error=error,
                              retry_count=StepExecution.retry_count + 1).where(
             (StepExecution.id == claim.step.id) & (StepExecution.status == "RUNNING")).execute()
+        observe.STEP_RETRIES.labels(claim.step.step_type).inc()
         logs.execution_log(claim.execution, f"step {claim.step.step_id} will retry in {delay_seconds:.1f} s",
                            level="warn", step_id=claim.step.step_id, metadata={"error": error})
 

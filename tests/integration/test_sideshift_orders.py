@@ -205,6 +205,13 @@ def test_dca_example_runs_to_settled_and_respects_max_executions(rig: Rig) -> No
     definition.update(trigger={"type": "manual"}, max_executions=2)
     definition["vars"].update(settle_address=BTC, refund_address=ETH)
     workflow = rig.workflow(definition)
+    from prometheus_client import REGISTRY
+
+    def counted(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    volume_before = counted("shiftflow_sideshift_volume_usd_total")
+    settled_before = counted("shiftflow_sideshift_orders_finished_total", state="SETTLED")
     # A cached BTC price lets the fees be valued too (deposit value minus settlement value).
     pricing.get_price(pricing.PriceRequest.parse({"coin": "bitcoin"}), configure(Settings.from_env(rig.env)))
     rig.trigger(workflow, "dip-1")
@@ -245,6 +252,9 @@ def test_dca_example_runs_to_settled_and_respects_max_executions(rig: Rig) -> No
     )
     # Volume: 2 x 0.1 ETH at the cached 2500 USD. Fees: deposit value minus settlement value.
     assert metrics.total_volume_usd == Decimal("500")
+    # The same in Prometheus (the worker threads run in this process).
+    assert counted("shiftflow_sideshift_volume_usd_total") - volume_before == 500
+    assert counted("shiftflow_sideshift_orders_finished_total", state="SETTLED") - settled_before == 2
     settled_usd = sum(Decimal(o.settle_amount) for o in SideShiftOrder.select()) * Decimal("50000")
     assert metrics.total_fees_usd == (Decimal("500") - settled_usd).quantize(Decimal("0.000001"))
     notes = list(Notification.select().where(Notification.user == rig.user.id))

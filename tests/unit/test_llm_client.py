@@ -567,3 +567,22 @@ def test_the_guarded_path_answers_and_holds_the_deadline(served, fake, public_st
         assert time.monotonic() - started < 8
     assert public_stand_in == [PUBLIC] * 3  # one connection per call, each to the checked address
     assert fake.requests[0].headers["host"].startswith("api.example")
+
+
+def test_a_completion_counts_tokens_and_calls_by_the_model_that_answered(client, fake):
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    fake.model_aliases["fake-echo"] = "fake-metrics-2025-01-01"
+    before = (value("shiftflow_llm_tokens_total", model="fake-metrics-2025-01-01", direction="input"),
+              value("shiftflow_llm_calls_total", model="fake-metrics-2025-01-01", outcome="ok"))
+    out = client.complete(ask("one two three"))
+    after = (value("shiftflow_llm_tokens_total", model="fake-metrics-2025-01-01", direction="input"),
+             value("shiftflow_llm_calls_total", model="fake-metrics-2025-01-01", outcome="ok"))
+    assert (after[0] - before[0], after[1] - before[1]) == (out.tokens_in, 1)
+    failed = value("shiftflow_llm_calls_total", model="no-such-model", outcome="error")
+    with pytest.raises(PermanentError):
+        client.complete(ask("hi", temperature=99.0, model="no-such-model"))  # refused before sending
+    assert value("shiftflow_llm_calls_total", model="no-such-model", outcome="error") - failed == 1
