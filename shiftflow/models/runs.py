@@ -40,6 +40,7 @@ from shiftflow.kernel.steps import TERMINAL, StepState, plan
 from shiftflow.models import compiled, leases, logs, secrets
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.models.step_events import step_finished
 from shiftflow.models.workflows import Workflow, WorkflowVersion
 
 #: Step statuses that are neither finished nor merely planned.
@@ -218,7 +219,8 @@ def _run_inline(execution: Execution, definition: Definition, step_id: str,
         output, status, error = None, "FAILED", str(exc)
     row = _insert(execution, step_id, step.type, status, output=output, error=error, attempts=1,
                   started_at=started, duration_ms=ms_between(started, utcnow()))
-    announce_step(execution, step_id, step.type, status, {"inline": True, "output": output, "error": error})
+    announce_step(execution, step_id, step.type, status, {"inline": True, "output": output, "error": error,
+                                                         "durationMs": row.duration_ms})
     if status == "FAILED":
         execution.error = f"step {step_id}: {error}"
     return row
@@ -243,6 +245,7 @@ def announce_step(execution: Execution, step_id: str, step_type: str, status: st
     metrics.STEPS.labels(step_type, status.lower()).inc()
     logs.execution_log(execution, f"step {step_id} {status.lower()}", step_id=step_id,
                        level="info" if status == "SUCCEEDED" else "error", metadata=metadata)
+    step_finished(execution, step_id, step_type, status, metadata)
 
 
 def announce_finished(execution: Execution, step_count: int) -> None:
@@ -325,7 +328,8 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
     if not updated:
         return pending_messages(execution, definition)
     announce_step(execution, step.step_id, step.step_type, status,
-                  {"iteration": step.iteration, "output": output, "error": error})
+                  {"iteration": step.iteration, "output": output, "error": error,
+                   "durationMs": fields["duration_ms"]})
     if status in ("FAILED", "TIMED_OUT") and not execution.error:
         execution.error = f"step {step.step_id}: {error}"
     if step.iteration > 0:
