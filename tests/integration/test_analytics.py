@@ -221,6 +221,8 @@ def test_executions_run_by_a_worker_are_counted(rig: dict[str, Any]) -> None:
         assert steps[step_id]["runs"] == len(mine), step_id
         assert steps[step_id]["succeeded"] == sum(s.status == "SUCCEEDED" for s in mine), step_id
     assert steps["call"]["step_type"] == "http" and steps["call"]["failed"] == 1
+    # Every step has durations, inline ones too (those run while the execution is created).
+    assert all(s["duration_ms"]["p50"] is not None for s in steps.values()), steps
     (calls,) = analytics.integration_usage(actor, db, since=since)["items"]
     assert (calls["integration"], calls["action"], calls["calls"], calls["failed"]) == ("http", "POST", 4, 1)
 
