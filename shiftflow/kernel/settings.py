@@ -247,6 +247,15 @@ def _retention_settings(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _otlp_endpoint(env: Mapping[str, str]) -> str:
+    """SHIFTFLOW_OTLP_ENDPOINT: where spans go (OTLP over HTTP); empty = tracing off."""
+    raw = _str(env, "OTLP_ENDPOINT", "")
+    if raw and not re.match(r"^https?://[^\s/]+", raw):
+        raise SettingsError(f"{PREFIX}OTLP_ENDPOINT={raw[:100]!r} is malformed: expected an http(s) URL, "
+                            "e.g. http://127.0.0.1:4318/v1/traces")
+    return raw
+
+
 def _affiliate_id(env: Mapping[str, str]) -> str:
     raw = _str(env, "SIDESHIFT_AFFILIATE_ID", "")
     if raw and not (raw.isascii() and raw.isalnum() and len(raw) <= 64):
@@ -472,6 +481,9 @@ class Settings:
     log_retention_days: int = 30
     analytics_retention_days: int = 365
     usage_retention_days: int = 365
+    #: SHIFTFLOW_OTLP_ENDPOINT: the OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces);
+    #: empty = no spans are made (needs the ``tracing`` extra; docs/operations.md#tracing)
+    otlp_endpoint: str = ""
 
     @property
     def dev(self) -> bool:
@@ -571,6 +583,7 @@ class Settings:
             llm_prices_file=_str(env, "LLM_PRICES_FILE", ""),
             **_integration_settings(env),
             **_retention_settings(env),
+            otlp_endpoint=_otlp_endpoint(env),
         )
 
     def public_dict(self) -> dict[str, Any]:

@@ -52,6 +52,7 @@ PERMISSIONS: tuple[str, ...] = (
     "dead_letters:replay",
     "effects:settle",
     "audit:read",
+    "analytics:read",
     "templates:read",
 )
 

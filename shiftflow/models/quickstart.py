@@ -41,7 +41,7 @@ def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -
     states: dict[str, StepState] = {}
     rows: list[dict[str, Any]] = []
     ready_messages: list[str] = []
-    inline_logs: list[tuple[str, str, Any, str | None]] = []
+    inline_logs: list[tuple[str, str, Any, str | None, Any]] = []
     context_base = {"trigger": trigger, "vars": definition.raw.get("vars", {}),
                     "execution": {"id": str(execution_id), "workflow_id": str(workflow.id)},
                     "secrets": secrets.UNAVAILABLE}
@@ -70,7 +70,7 @@ def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -
             states[step_id] = StepState(status, output)
             rows.append(_row(execution_id, definition, step_id, status, now, output=output, error=error, attempts=1,
                              started_at=started, completed_at=done, duration_ms=runs.ms_between(started, done)))
-            inline_logs.append((step_id, status, output, error))
+            inline_logs.append((step_id, status, output, error, rows[-1]["duration_ms"]))
         if not ran_inline:
             break
     if decision.stopped:
@@ -105,9 +105,9 @@ def start(workflow: Workflow, definition: Definition, payload: TriggerPayload) -
         execution = Execution(**{k: v for k, v in values.items() if k not in ("workflow", "workspace")},
                               workflow=workflow.id, workspace=workflow.workspace_id)
         runs.announce_created(execution, payload)
-        for step_id, step_status, output, step_error in inline_logs:
+        for step_id, step_status, output, step_error, took in inline_logs:
             runs.announce_step(execution, step_id, definition.step(step_id).type, step_status,
-                               {"inline": True, "output": output, "error": step_error})
+                               {"inline": True, "output": output, "error": step_error, "durationMs": took})
         if finished:
             runs.announce_finished(execution, len(rows))
     messages = [runs.message_for(execution, definition, step_id, first=True) for step_id in ready_messages]

@@ -40,6 +40,7 @@ from shiftflow.kernel.steps import TERMINAL, StepState, plan
 from shiftflow.models import compiled, leases, logs, secrets
 from shiftflow.models.base import utcnow
 from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.models.step_events import step_finished
 from shiftflow.models.workflows import Workflow, WorkflowVersion
 
 #: Step statuses that are neither finished nor merely planned.
@@ -218,7 +219,8 @@ def _run_inline(execution: Execution, definition: Definition, step_id: str,
         output, status, error = None, "FAILED", str(exc)
     row = _insert(execution, step_id, step.type, status, output=output, error=error, attempts=1,
                   started_at=started, duration_ms=ms_between(started, utcnow()))
-    announce_step(execution, step_id, step.type, status, {"inline": True, "output": output, "error": error})
+    announce_step(execution, step_id, step.type, status, {"inline": True, "output": output, "error": error,
+                                                         "durationMs": row.duration_ms})
     if status == "FAILED":
         execution.error = f"step {step_id}: {error}"
     return row
@@ -245,6 +247,7 @@ def announce_step(execution: Execution, step_id: str, step_type: str, status: st
     observe.step_event(execution.workflow_id, step_type, status.lower(), metadata.get("durationMs"))
     logs.execution_log(execution, f"step {step_id} {status.lower()}", step_id=step_id,
                        level="info" if status == "SUCCEEDED" else "error", metadata=metadata)
+    step_finished(execution, step_id, step_type, status, metadata)
 
 
 def announce_finished(execution: Execution, step_count: int) -> None:

@@ -25,6 +25,7 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError, TransientError
 from shiftflow.kernel.executors import call_tool
 from shiftflow.kernel.settings import get_settings
+from shiftflow.kernel.usage import observed_call
 from shiftflow.models import effects_ledger, fanout, leases, waits
 from shiftflow.models.runs import (
     Claim,
@@ -99,10 +100,11 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
         # (the effect ledger's result included); the tool masks its own error messages
         # before it shortens them (a secret cut in two would escape a mask applied after).
         if step.effect == "once":
-            output = effects_ledger.call_once(claim, stored,
-                                              lambda: scrub(call_tool(step, inputs, settings, scrub)))
+            output = effects_ledger.call_once(claim, stored, lambda: scrub(observed_call(
+                step.type, step.id, inputs, claim.execution, lambda: call_tool(step, inputs, settings, scrub))))
         else:
-            output = scrub(call_tool(step, inputs, settings, scrub))
+            output = scrub(observed_call(step.type, step.id, inputs, claim.execution,
+                                         lambda: call_tool(step, inputs, settings, scrub)))
         holders.set_deadline(token, None)  # the answer is in: recording may take as long as it takes
     except effects_ledger.OutcomeUnknown as exc:
         effect_id = exc.effect_id

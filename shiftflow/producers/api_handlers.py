@@ -18,6 +18,7 @@ from shiftflow.models import apikeys, control, effect_ops, lifecycle, queries, r
 from shiftflow.models.access import Principal
 from shiftflow.models.paging import Page
 from shiftflow.models.quotas import RunAdmission
+from shiftflow.producers import api_analytics
 
 Send = Callable[..., str]
 
@@ -371,3 +372,4 @@ HANDLERS: dict[str, Callable[[Call], Result]] = {
     "listTemplates": _templates,
     "createFromTemplate": _from_template,
 }
+HANDLERS.update({op_id: api_analytics.answer(read, Result) for op_id, read in api_analytics.HANDLERS.items()})

@@ -15,6 +15,7 @@ from typing import Any
 from shiftflow.models.effects import EFFECT_STATES
 from shiftflow.models.paging import MAX_LIMIT
 from shiftflow.models.queries import EXECUTION_STATUSES, WORKFLOW_STATUSES
+from shiftflow.producers import api_analytics
 from shiftflow.producers.api_schemas import (
     ANY,
     ID,
@@ -596,13 +597,16 @@ PATHS: dict[str, Any] = {
     },
 }
 
+PATHS.update(api_analytics.paths(_op, _query, _ok, _errors))
+SCHEMAS.update(api_analytics.SCHEMAS)
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
         "title": "ShiftFlow management API",
         "version": VERSION,
-        "description": "Workspaces, members, API keys, workflows, executions, dead letters, templates and "
-        "the audit log. Authenticate with `Authorization: Bearer sfk_...`. Errors are "
+        "description": "Workspaces, members, API keys, workflows, executions, dead letters, templates, "
+        "analytics and the audit log. Authenticate with `Authorization: Bearer sfk_...`. Errors are "
         '`{"error": "..."}`. Lists are keyset pages, newest first. A path this document does not '
         "list answers 404 (no redirects: `/workflows/` is not `/workflows`); a method a listed path "
         "does not have answers 405 with an `Allow` header naming the ones it has.",

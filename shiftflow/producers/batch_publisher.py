@@ -33,6 +33,7 @@ import pika.exceptions
 import pika.spec
 from dramatiq.errors import BrokerConnectionError
 
+from shiftflow.kernel import tracing
 from shiftflow.kernel.broker import amqp_url_with_defaults
 from shiftflow.kernel.contracts import ACTORS
 from shiftflow.kernel.enqueue import Outgoing, send
@@ -55,7 +56,7 @@ def encode_message(out: Outgoing) -> tuple[str, bytes]:
         actor_name=spec.name,
         args=(),
         kwargs={"payload": payload},
-        options={"broker_priority": out.priority},
+        options=tracing.stamp({"broker_priority": out.priority}, out.actor, out.payload),
     )
     return spec.queue, message.encode()
 

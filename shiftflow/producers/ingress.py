@@ -56,7 +56,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shiftflow.kernel import readiness, storable
+from shiftflow.kernel import readiness, storable, tracing
 from shiftflow.kernel.broker import max_lengths
 from shiftflow.kernel.contracts import Priority, Queue, TriggerPayload, execution_id_for
 from shiftflow.kernel.db import database
@@ -386,6 +386,7 @@ def create_app(
     """
     if publish is not None and publish_async is not None:
         raise ValueError("give publish or publish_async, not both")
+    tracing.configure(settings)  # off unless SHIFTFLOW_OTLP_ENDPOINT is set
     publisher: ConfirmPublisher | None = None
     if publish is None and publish_async is None and not settings.dev:
         publisher = ConfirmPublisher(settings.amqp_url, queues=(Queue.TRIGGERS,), max_lengths=max_lengths(settings))

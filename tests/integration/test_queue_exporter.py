@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from shiftflow.consumers.queue_exporter import QueueCollector, QueueSampler, management_from_amqp
 from shiftflow.kernel.broker import queue_arguments
 from shiftflow.kernel.contracts import Queue
-from tests.helpers import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 PROMTOOL = os.environ.get("SHIFTFLOW_PROMTOOL_PATH", "/usr/bin/promtool")
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

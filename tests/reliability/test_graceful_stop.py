@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 from . import Rig, two_call_definition, wait_terminal
 from .checker import check
