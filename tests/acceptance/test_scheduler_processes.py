@@ -25,11 +25,11 @@ import pytest
 
 from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.db import bind_database
-from shiftflow.models.executions import Execution
-from shiftflow.models.runs import start_execution
-from shiftflow.models.schedules import Schedule
-from shiftflow.models.workflows import Workflow
-from shiftflow.producers.schedule_config import add_schedule, build_config
+from shiftflow.models.engine.runs import start_execution
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.schedules import Schedule
+from shiftflow.models.tables.workflows import Workflow
+from shiftflow.producers.scheduler.config import add_schedule, build_config
 from tests.helpers import free_port, wait_for_http, wait_until
 
 pytestmark = pytest.mark.acceptance

@@ -25,12 +25,13 @@ from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, runs
-from shiftflow.models.dead_letters import DeadLetter
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution
-from shiftflow.models.templates import WorkflowTemplate
-from shiftflow.models.tenancy import WorkspaceMember
+from shiftflow.models.engine import runs
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.dead_letters import DeadLetter
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.side_effects import SideEffect
+from shiftflow.models.tables.templates import WorkflowTemplate
+from shiftflow.models.tables.tenancy import WorkspaceMember
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import SIMPLE, fuzz, seed_tenant
 

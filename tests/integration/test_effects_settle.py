@@ -24,12 +24,13 @@ import pytest
 
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models import catalog, runs
-from shiftflow.models.audit import AuditLog
-from shiftflow.models.base import utcnow
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.effects_ledger import request_hash
-from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.models.engine import runs
+from shiftflow.models.engine.call_once import request_hash
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.audit_log import AuditLog
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.producers.app import create_app
 from tests.helpers import JsonService, wait_until
 from tests.integration.api_support import seed_tenant, serve, worker

@@ -21,11 +21,13 @@ import pytest
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.settings import get_settings
-from shiftflow.models import control, order_ops, orders, runs
-from shiftflow.models.access import Principal
-from shiftflow.models.executions import Execution
-from shiftflow.models.problems import Conflict
-from shiftflow.models.sideshift import SideShiftOrder
+from shiftflow.models.engine import runs
+from shiftflow.models.manage import control
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.problems import Conflict
+from shiftflow.models.swaps import order_ops, orders
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
 from shiftflow.producers.app import create_app
 from tests.helpers import wait_until
 from tests.integration.api_support import seed_tenant, serve

@@ -431,7 +431,7 @@ def wait_terminal(pg_url: str, keys: Sequence[str], pool: WorkerPool, stall: flo
 def create_workflow(pg_url: str, definition: dict[str, Any], workspace: str = "rel") -> str:
     """Store ``definition`` in the database at ``pg_url``; return the workflow id."""
     from shiftflow.kernel.db import bind_database
-    from shiftflow.models import catalog
+    from shiftflow.models.manage import catalog
 
     db = bind_database(pg_url)
     try:

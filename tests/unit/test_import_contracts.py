@@ -35,10 +35,10 @@ def test_the_tree_keeps_the_contracts(tree):
 @pytest.mark.parametrize(
     ("module", "line"),
     [
-        ("actors/triggers.py", "import shiftflow.producers.ingress  # noqa"),
-        ("kernel/settings.py", "import shiftflow.models.base  # noqa"),
-        ("producers/hooks.py", "import shiftflow.actors.steps  # noqa"),
-        ("consumers/pools.py", "import shiftflow.producers.hooks  # noqa"),
+        ("actors/triggers.py", "import shiftflow.producers.ingress.app  # noqa"),
+        ("kernel/settings.py", "import shiftflow.models.tables.base  # noqa"),
+        ("producers/ingress/hooks.py", "import shiftflow.actors.steps  # noqa"),
+        ("consumers/pools.py", "import shiftflow.producers.ingress.hooks  # noqa"),
     ],
 )
 def test_a_wrong_way_import_fails_lint(tree, module, line):

@@ -12,11 +12,13 @@ from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, control, runs, stepwork
-from shiftflow.models.access import Principal
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.registry import create_all
-from shiftflow.models.sideshift import SideShiftOrder, SideShiftSwap
+from shiftflow.models.engine import run_step as stepwork
+from shiftflow.models.engine import runs
+from shiftflow.models.manage import catalog, control
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.registry import create_all
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder, SideShiftSwap
 
 OPERATOR = Principal.operator()
 SWAP = {
