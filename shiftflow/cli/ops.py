@@ -105,7 +105,7 @@ def _follow(
 def _run(args: argparse.Namespace) -> int:
     from shiftflow.kernel.db import database
     from shiftflow.kernel.enqueue import send
-    from shiftflow.models.engine import runs
+    from shiftflow.models.engine.start import start_execution
     from shiftflow.models.manage import control, queries
 
     settings = connect(args)
@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         actor, workflow.id, data, priority=args.priority, idempotency_key=args.idempotency_key
     )
     if settings.dev:
-        _publish(settings, runs.start_execution(payload).outgoing)
+        _publish(settings, start_execution(payload).outgoing)
     else:
         _install_broker(settings)
         send("triggers.start", payload, priority=int(Priority.parse(payload.priority)))

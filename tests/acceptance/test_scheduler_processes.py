@@ -25,7 +25,7 @@ import pytest
 
 from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.db import bind_database
-from shiftflow.models.engine.runs import start_execution
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.schedules import Schedule
 from shiftflow.models.tables.workflows import Workflow

@@ -20,7 +20,7 @@ from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import send_all
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.engine import runs
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import catalog
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.sideshift_orders import SideShiftOrder
@@ -75,7 +75,7 @@ class SwapRig:
 
     def start(self, workflow: Workflow, key: str, data: dict[str, Any] | None = None) -> Execution:
         """Start an execution and publish its first steps (the worker runs them)."""
-        started = runs.start_execution(TriggerPayload(str(workflow.id), key, "manual", data or {}))
+        started = start_execution(TriggerPayload(str(workflow.id), key, "manual", data or {}))
         assert started.execution is not None
         send_all(started.outgoing)
         return started.execution

@@ -20,7 +20,7 @@ import pytest
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models.engine import runs
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import catalog
 from shiftflow.models.manage.access import MATRIX, ROLES
 from shiftflow.models.tables import webhook_secrets
@@ -98,7 +98,7 @@ def _example(op: dict) -> dict | None:
 
 def _execution_for(workflow_id, key: str, data: dict | None = None) -> Execution:
     """Start an execution without a broker (its messages are not needed)."""
-    started = runs.start_execution(
+    started = start_execution(
         TriggerPayload(workflow_id=str(workflow_id), dedup_key=key, source="manual", data=data or {"n": 1})
     )
     return started.execution

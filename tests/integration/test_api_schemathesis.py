@@ -25,7 +25,7 @@ from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.engine import runs
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import catalog
 from shiftflow.models.tables.dead_letters import DeadLetter
 from shiftflow.models.tables.executions import Execution
@@ -51,7 +51,7 @@ EXAMPLES = 12
 def _seed():
     tenant = seed_tenant("fuzz", roles=("OWNER", "ADMIN", "MEMBER"))
     workflow = catalog.apply_definition(tenant.workspace, SIMPLE).workflow
-    started = runs.start_execution(
+    started = start_execution(
         TriggerPayload(workflow_id=str(workflow.id), dedup_key="fuzz:1", source="manual", data={"n": 1})
     )
     failed = Execution.create(

@@ -1,7 +1,7 @@
 """The scheduler and the poller on real PostgreSQL and RabbitMQ.
 
 Published triggers are counted by reading the ``triggers`` queue of the test's own vhost
-with pika; executions are created from them with ``runs.start_execution`` where the
+with pika; executions are created from them with ``start.start_execution`` where the
 test needs to show that a re-published slot makes one execution.
 """
 
@@ -27,7 +27,7 @@ from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.errors import BrokerUnavailable
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.engine.runs import start_execution
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import catalog
 from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.polling_cursors import PollingCursor

@@ -29,7 +29,7 @@ from prometheus_client import REGISTRY
 from shiftflow.consumers.timers import tick
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import build_message
-from shiftflow.models.engine.runs import start_execution
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.side_effects import SideEffect
 from tests.helpers import wait_until

@@ -24,7 +24,8 @@ from shiftflow.kernel import holders
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.engine.runs import claim_step, complete_step, start_execution
+from shiftflow.models.engine.runs import claim_step, complete_step
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.workflows import Workflow
 from tests.helpers import wait_until

@@ -44,7 +44,7 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.enqueue import send_all
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.engine import runs
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import catalog
 from shiftflow.models.swaps import order_ops
 from shiftflow.models.tables.executions import Execution, StepExecution
@@ -216,7 +216,7 @@ def test_no_double_order_whatever_the_crash_window(
         workflow = catalog.apply_definition(catalog.ensure_workspace("rel"), DEFINITION).workflow
         ids, outgoing = [], []
         for n in range(RUNS):
-            run = runs.start_execution(TriggerPayload(str(workflow.id), f"{window}-{n}", "test", {}))
+            run = start_execution(TriggerPayload(str(workflow.id), f"{window}-{n}", "test", {}))
             assert run.execution is not None
             ids.append(run.execution.id)
             outgoing += run.outgoing

@@ -299,7 +299,7 @@ def test_effect_once_never_repeats_an_unknown_outcome(engine, url, service):
     # Simulate a crash after sending: the effect is SENDING and the step runs again.
     wf2 = _apply([{"id": "pay", "type": "http", "effect": "once",
                    "with": {"method": "POST", "url": url + "/pay", "json": {"amount": 6}}}], name="w2")
-    started = __import__("shiftflow.models.engine.runs", fromlist=["x"]).start_execution(
+    started = __import__("shiftflow.models.engine.start", fromlist=["x"]).start_execution(
         TriggerPayload(str(wf2.id), "crash", "test", {}))
     SideEffect.create(workspace=wf2.workspace_id, execution=started.execution.id, step_id="pay", iteration=0,
                       kind="http", state="SENDING", request_hash=__import__(

@@ -15,11 +15,9 @@ import peewee
 
 from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.definition import Definition
-from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.expressions import ExpressionError, render
-from shiftflow.models.engine import mongo_log
 from shiftflow.models.tables.base import utcnow
-from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.workflows import Workflow
 
 
@@ -93,67 +91,26 @@ def may_run_now(execution: Execution, definition: Definition) -> bool:
     return _running(execution) < spec[0]
 
 
-def after_finish(execution: Execution) -> list[Outgoing]:
-    """Start what waited for ``execution``: the next queued execution of its lane, and its
-    parent step if it was a sub-workflow. Runs in the finishing transaction."""
-    from shiftflow.models.engine import runs
-
-    outgoing: list[Outgoing] = []
-    if execution.concurrency_key is not None:
-        definition = runs.load_definition(execution.workflow_id, execution.workflow_version)
-        _lock_workflow(execution.workflow_id)
-        if definition.concurrency and _running(execution) < definition.concurrency[0]:
-            query = (
-                Execution.select()
-                .where(
-                    (Execution.workflow == execution.workflow_id)
-                    & (Execution.concurrency_key == execution.concurrency_key)
-                    & (Execution.status == "PENDING")
-                )
-                .order_by(Execution.created_at)
-                .limit(1)
-            )
-            if is_postgres():
-                query = query.for_update(skip_locked=True)
-            waiting = query.first()
-            if waiting is not None:
-                waiting_def = runs.load_definition(waiting.workflow_id, waiting.workflow_version)
-                mongo_log.execution_log(waiting, "execution dequeued: a concurrency slot freed up")
-                outgoing += runs.begin_running(waiting, waiting_def)
-    if execution.parent_id and execution.parent_step_id:
-        outgoing += _resume_parent(execution)
-    return outgoing
-
-
-def _resume_parent(child: Execution) -> list[Outgoing]:
-    from shiftflow.models.engine import runs
-
-    parent = runs.lock_execution(child.parent_id)
-    definition = runs.load_definition(parent.workflow_id, parent.workflow_version)
-    step = StepExecution.get_or_none(
-        (StepExecution.execution == parent.id)
-        & (StepExecution.step_id == child.parent_step_id)
-        & (StepExecution.iteration == (child.parent_iteration or 0))
-    )
-    if step is None:
-        return []
-    if child.status == "SUCCEEDED":
-        return runs.record_step(
-            parent,
-            definition,
-            step,
-            "SUCCEEDED",
-            from_status=("WAITING", "RUNNING"),  # RUNNING: a cheap child can finish before the parent parks
-            output={"execution_id": str(child.id), "result": child.result},
+def next_in_lane(execution: Execution, definition: Definition) -> Execution | None:
+    """The oldest execution queued PENDING in the lane ``execution`` just left, when the lane
+    now has room (``definition``: the finished execution's); None otherwise. Locks the
+    workflow, and the row it returns (skipping one another transaction holds)."""
+    _lock_workflow(execution.workflow_id)
+    if not (definition.concurrency and _running(execution) < definition.concurrency[0]):
+        return None
+    query = (
+        Execution.select()
+        .where(
+            (Execution.workflow == execution.workflow_id)
+            & (Execution.concurrency_key == execution.concurrency_key)
+            & (Execution.status == "PENDING")
         )
-    return runs.record_step(
-        parent,
-        definition,
-        step,
-        "FAILED",
-        from_status=("WAITING",),
-        error=f"sub-workflow execution {child.id} {child.status.lower()}: {child.error}",
+        .order_by(Execution.created_at)
+        .limit(1)
     )
+    if is_postgres():
+        query = query.for_update(skip_locked=True)
+    return query.first()
 
 
 def rollup_stats(since: dt.datetime) -> int:

@@ -5,13 +5,15 @@ The step's header row (iteration 0) expands into item rows (iterations 1..n): th
 promotes the next queued one. When every item succeeded the header succeeds with the
 list of item outputs, in order; the first failed item fails the header (and so the
 execution, which cancels the items still queued or pending).
+
+Expanding is here; settling a finished item is part of recording it (``runs.record_step``),
+so the step loop never calls back up into this module.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shiftflow.kernel.definition import Definition
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.expressions import render
@@ -68,27 +70,3 @@ def item_context(step: StepExecution) -> dict[str, Any]:
     """``item`` and ``index`` for rendering one item's inputs."""
     stored = step.input or {}
     return {"item": stored.get("item"), "index": step.iteration - 1}
-
-
-def item_finished(execution: Execution, definition: Definition, item: StepExecution) -> list[Outgoing]:
-    """After an item finished: promote the next queued item, or settle the header."""
-    header = StepExecution.get((StepExecution.execution == execution.id) & (StepExecution.step_id == item.step_id)
-                               & (StepExecution.iteration == 0))
-    siblings: list[StepExecution] = list(StepExecution.select().where(
-        (StepExecution.execution == execution.id) & (StepExecution.step_id == item.step_id)
-        & (StepExecution.iteration > 0)).order_by(StepExecution.iteration))
-    failed = [s for s in siblings if s.status in ("FAILED", "TIMED_OUT")]
-    if failed:
-        first = failed[0]
-        return runs.record_step(execution, definition, header, "FAILED", from_status=("WAITING",),
-                                error=f"item {first.iteration - 1} failed: {first.error}")
-    if all(s.status == "SUCCEEDED" for s in siblings):
-        return runs.record_step(execution, definition, header, "SUCCEEDED", from_status=("WAITING",),
-                                output=[s.output for s in siblings])
-    queued = [s for s in siblings if s.status == "QUEUED"]
-    if not queued:
-        return []
-    nxt = queued[0]
-    StepExecution.update(status="PENDING").where((StepExecution.id == nxt.id)
-                                                 & (StepExecution.status == "QUEUED")).execute()
-    return [runs.message_for(execution, definition, nxt.step_id, nxt.iteration)]

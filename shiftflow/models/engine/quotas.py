@@ -12,7 +12,7 @@ Three quotas keep one workspace from starving the others (README "Quotas"):
   re-run), answered 429 (``RunAdmission``);
 * **queued executions**: how many of a workspace's executions may wait PENDING for a
   concurrency slot. Enforced where an execution would be queued (``refuse_queueing``, in
-  ``runs.start_execution``: the execution ends FAILED with a reason naming the cap, so
+  ``start.start_execution``: the execution ends FAILED with a reason naming the cap, so
   nothing is lost and it can be re-run), and checked before the API starts one (429).
 
 Each has a deployment default (``SHIFTFLOW_QUOTA_*``) that a workspace may override

@@ -25,9 +25,7 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError, TransientError
 from shiftflow.kernel.executors import call_tool
 from shiftflow.kernel.settings import get_settings
-from shiftflow.models.engine import call_once as effects_ledger
-from shiftflow.models.engine import for_each as fanout
-from shiftflow.models.engine import leases, waits
+from shiftflow.models.engine import call_once, for_each, leases, waits
 from shiftflow.models.engine.runs import (
     Claim,
     claim_step,
@@ -82,9 +80,9 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
         return claim.outgoing
     step = claim.definition.step(claim.step.step_id)
     if step.for_each is not None and claim.step.iteration == 0:
-        return fanout.expand(claim)
+        return for_each.expand(claim)
     failpoints.hit("step.before_work", step.id)
-    extra = fanout.item_context(claim.step) if claim.step.iteration > 0 else None
+    extra = for_each.item_context(claim.step) if claim.step.iteration > 0 else None
     stored = None
     scrub: Any = str  # until the inputs are rendered, no secret was used
     try:
@@ -101,15 +99,15 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
         # (the effect ledger's result included); the tool masks its own error messages
         # before it shortens them (a secret cut in two would escape a mask applied after).
         if step.effect == "once":
-            output = effects_ledger.call_once(claim, stored,
+            output = call_once.call_once(claim, stored,
                                               lambda: scrub(call_tool(step, inputs, settings, scrub)))
         else:
             output = scrub(call_tool(step, inputs, settings, scrub))
         holders.set_deadline(token, None)  # the answer is in: recording may take as long as it takes
-    except effects_ledger.OutcomeUnknown as exc:
+    except call_once.OutcomeUnknown as exc:
         effect_id = exc.effect_id
         return leases.until_stored(f"step {step.id}: park for an operator",
-                                   lambda: effects_ledger.park_unknown(claim, effect_id, stored))
+                                   lambda: call_once.park_unknown(claim, effect_id, stored))
     except PermanentError as exc:
         reason = scrub(str(exc))
         return leases.until_stored(f"step {step.id}: record its failure",
@@ -123,7 +121,7 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
         leases.until_stored(f"step {step.id}: park its retry", lambda: retry_later(claim, error, delay))
         return []
     failpoints.hit("step.after_work", step.id)
-    complete = effects_ledger.complete if step.effect == "once" else complete_step
+    complete = call_once.complete if step.effect == "once" else complete_step
     outgoing = leases.until_stored(f"step {step.id}: record its output", lambda: complete(claim, output, stored))
     failpoints.hit("step.after_commit", step.id)
     return outgoing

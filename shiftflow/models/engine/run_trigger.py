@@ -1,7 +1,7 @@
 """Run one trigger message: start its execution, or quarantine a trigger that keeps killing
 its worker process.
 
-A first delivery goes straight to ``runs.start_execution``. A redelivery (RabbitMQ sets
+A first delivery goes straight to ``start.start_execution``. A redelivery (RabbitMQ sets
 the flag when the consumer that held the message died, or its channel closed) whose
 execution does not exist yet may be the reason its process died, so it is treated like a
 suspect step (``stepwork``):
@@ -31,7 +31,8 @@ from shiftflow.kernel import failpoints, isolation, metrics
 from shiftflow.kernel.contracts import ACTORS, TriggerPayload
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.settings import get_settings
-from shiftflow.models.engine import prepared_sql, runs
+from shiftflow.models.engine import prepared_sql
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.tables import dead_letters, trigger_deliveries
 from shiftflow.models.tables.executions import Execution
 
@@ -64,7 +65,7 @@ def run_trigger(payload: TriggerPayload) -> list[Outgoing]:
 
 def _start(payload: TriggerPayload) -> list[Outgoing]:
     failpoints.hit("trigger.before_start", payload.dedup_key)
-    return runs.start_execution(payload).outgoing
+    return start_execution(payload).outgoing
 
 
 def _existing(payload: TriggerPayload) -> Execution | None:

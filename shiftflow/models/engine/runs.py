@@ -1,4 +1,6 @@
-"""Execution commands: start an execution once, claim a step, record results, advance.
+"""The step loop: claim a step, record its result, advance the execution, finish it.
+
+(Starting an execution is ``start``; the plan → inline loop ``advance`` runs is ``inline``.)
 
 Every function here is safe to run twice for the same message: unique keys and status
 checks turn a redelivery into a no-op that only re-publishes what comes next. The
@@ -6,8 +8,10 @@ callers (actors) commit first, publish second and ack last (DESIGN.md 1).
 
 ``advance`` is the heart: with the execution row locked it asks the pure planner what
 is ready, runs cheap steps (conditions, switches, transforms, stop, fail) inline in the
-same transaction, creates PENDING rows (and messages) for the others, and finishes the
-execution when nothing is left. A chain of cheap steps therefore costs one transaction
+same transaction (``inline.unroll``), creates PENDING rows (and messages) for the others,
+and finishes the execution when nothing is left. Finishing starts what waited for it (the
+next execution of its concurrency lane, its parent's step), and recording a ``for_each``
+item settles its header: all here, so nothing below calls back into this module. A chain of cheap steps therefore costs one transaction
 and no broker round trip, yet still leaves one row per step.
 """
 
@@ -26,21 +30,20 @@ from shiftflow.kernel.contracts import (
     Priority,
     StepPayload,
     TriggerPayload,
-    execution_id_for,
 )
-from shiftflow.kernel.db import database, is_postgres
+from shiftflow.kernel.db import database
 from shiftflow.kernel.definition import Definition, validate
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import NotFound, PermanentError
-from shiftflow.kernel.executors import check_inputs, check_output, run_pure
+from shiftflow.kernel.errors import NotFound
+from shiftflow.kernel.executors import check_inputs, check_output
 from shiftflow.kernel.expressions import render
 from shiftflow.kernel.settings import get_settings
 from shiftflow.kernel.sizes import SizeLimitExceeded, json_size
-from shiftflow.kernel.steps import TERMINAL, StepState, plan
-from shiftflow.models.engine import connection_secrets, leases, mongo_log, prepared_sql
+from shiftflow.kernel.steps import TERMINAL, StepState
+from shiftflow.models.engine import connection_secrets, flow_control, inline, leases, mongo_log, prepared_sql
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
-from shiftflow.models.tables.workflows import Workflow, WorkflowVersion
+from shiftflow.models.tables.workflows import WorkflowVersion
 
 #: Step statuses that are neither finished nor merely planned.
 ACTIVE = ("PENDING", "RUNNING", "WAITING", "QUEUED")
@@ -179,21 +182,23 @@ def advance(execution: Execution, definition: Definition, *, first: bool = False
     if execution.status in TERMINAL:
         return outgoing
     rows = _rows(execution)
-    while True:
-        decision = plan(definition, {sid: StepState(r.status, r.output) for sid, r in rows.items()})
-        ran_inline = False
-        for step_id in decision.skipped:
-            rows[step_id] = _insert(execution, step_id, definition.step(step_id).type, "SKIPPED")
-        for step_id in decision.ready:
-            step = definition.step(step_id)
-            if step.inline:
-                rows[step_id] = _run_inline(execution, definition, step_id, rows)
-                ran_inline = True
-            else:
-                rows[step_id] = _insert(execution, step_id, step.type, "PENDING")
+    unrolled = inline.unroll(definition, {sid: StepState(r.status, r.output) for sid, r in rows.items()},
+                             context_for(execution, definition, {}))
+    for decided in unrolled.steps:
+        step_id, step_type = decided.step_id, definition.step(decided.step_id).type
+        if decided.inline:
+            rows[step_id] = _insert(execution, step_id, step_type, decided.status, output=decided.output,
+                                    error=decided.error, attempts=1, started_at=decided.started_at,
+                                    duration_ms=ms_between(decided.started_at, decided.completed_at or utcnow()))
+            announce_step(execution, step_id, step_type, decided.status,
+                          {"inline": True, "output": decided.output, "error": decided.error})
+            if decided.status == "FAILED":
+                execution.error = f"step {step_id}: {decided.error}"
+        else:
+            rows[step_id] = _insert(execution, step_id, step_type, decided.status)
+            if decided.status == "PENDING":
                 outgoing.append(message_for(execution, definition, step_id, first=first))
-        if not ran_inline:
-            break
+    decision = unrolled.decision
     if decision.stopped:
         _cancel_active(execution, "stopped by a stop step")
     if decision.finished:
@@ -205,23 +210,6 @@ def advance(execution: Execution, definition: Definition, *, first: bool = False
             execution.progress = progress
             execution.save(only=[Execution.progress])
     return outgoing
-
-
-def _run_inline(execution: Execution, definition: Definition, step_id: str,
-                rows: dict[str, StepExecution]) -> StepExecution:
-    step = definition.step(step_id)
-    started = utcnow()
-    try:
-        output: Any = run_pure(step, context_for(execution, definition, rows))
-        status, error = "SUCCEEDED", None
-    except PermanentError as exc:
-        output, status, error = None, "FAILED", str(exc)
-    row = _insert(execution, step_id, step.type, status, output=output, error=error, attempts=1,
-                  started_at=started, duration_ms=ms_between(started, utcnow()))
-    announce_step(execution, step_id, step.type, status, {"inline": True, "output": output, "error": error})
-    if status == "FAILED":
-        execution.error = f"step {step_id}: {error}"
-    return row
 
 
 def _cancel_active(execution: Execution, reason: str) -> None:
@@ -288,9 +276,53 @@ def finish_execution(execution: Execution, definition: Definition, status: str,
     # Workflow counters are rolled up by the timer loop (flow_control.rollup_stats): updating the
     # workflow row here would lock it until commit and serialise the workflow's executions.
     announce_finished(execution, len(rows))
-    from shiftflow.models.engine import flow_control
+    return _after_finish(execution)
 
-    return flow_control.after_finish(execution)
+
+def _after_finish(execution: Execution) -> list[Outgoing]:
+    """Start what waited for ``execution``: the next queued execution of its lane, and its
+    parent step if it was a sub-workflow. Runs in the finishing transaction."""
+    outgoing: list[Outgoing] = []
+    if execution.concurrency_key is not None:
+        definition = load_definition(execution.workflow_id, execution.workflow_version)
+        waiting = flow_control.next_in_lane(execution, definition)
+        if waiting is not None:
+            waiting_def = load_definition(waiting.workflow_id, waiting.workflow_version)
+            mongo_log.execution_log(waiting, "execution dequeued: a concurrency slot freed up")
+            outgoing += begin_running(waiting, waiting_def)
+    if execution.parent_id and execution.parent_step_id:
+        outgoing += _resume_parent(execution)
+    return outgoing
+
+
+def _resume_parent(child: Execution) -> list[Outgoing]:
+    """Record a finished sub-workflow execution as the outcome of its parent's step."""
+    parent = lock_execution(child.parent_id)
+    definition = load_definition(parent.workflow_id, parent.workflow_version)
+    step = StepExecution.get_or_none(
+        (StepExecution.execution == parent.id)
+        & (StepExecution.step_id == child.parent_step_id)
+        & (StepExecution.iteration == (child.parent_iteration or 0))
+    )
+    if step is None:
+        return []
+    if child.status == "SUCCEEDED":
+        return record_step(
+            parent,
+            definition,
+            step,
+            "SUCCEEDED",
+            from_status=("WAITING", "RUNNING"),  # RUNNING: a cheap child can finish before the parent parks
+            output={"execution_id": str(child.id), "result": child.result},
+        )
+    return record_step(
+        parent,
+        definition,
+        step,
+        "FAILED",
+        from_status=("WAITING",),
+        error=f"sub-workflow execution {child.id} {child.status.lower()}: {child.error}",
+    )
 
 
 def capped_result(result: dict[str, Any]) -> dict[str, Any]:
@@ -329,101 +361,33 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
     if status in ("FAILED", "TIMED_OUT") and not execution.error:
         execution.error = f"step {step.step_id}: {error}"
     if step.iteration > 0:
-        from shiftflow.models.engine import for_each
-
-        return for_each.item_finished(execution, definition, step)
+        return _item_finished(execution, definition, step)
     return advance(execution, definition)
 
 
-def start_execution(payload: TriggerPayload) -> Started:
-    """Create the execution for ``(workflow, dedup_key)`` once and start its first steps.
-
-    A second call with the same key creates nothing and re-publishes the steps still
-    pending (the first call may have committed and crashed before publishing). A
-    workflow at its ``max_executions`` starts nothing; one at its concurrency limit for
-    the execution's key queues the execution PENDING until another one finishes, unless
-    its workspace is at its cap of queued executions (``quotas.refuse_queueing``): then
-    the execution ends FAILED, its error naming the cap.
-
-    Raises:
-        NotFound: the workflow or its current version does not exist.
-    """
-    from shiftflow.models.engine import fast_start, flow_control, quotas
-
-    workflow = prepared_sql.get_by_id(Workflow, payload.workflow_id)
-    if workflow is None:
-        raise NotFound(f"workflow {payload.workflow_id} does not exist")
-    definition = load_definition(workflow.id, workflow.current_version)
-    if fast_start.eligible(workflow, definition, payload):
-        return fast_start.start(workflow, definition, payload)
-    with transaction():
-        if not flow_control.take_execution_slot(workflow):
-            return Started(None, False, [], f"workflow {workflow.name!r} reached max_executions")
-        now = utcnow()
-        received = (dt.datetime.fromtimestamp(payload.received_at, dt.UTC).replace(tzinfo=None)
-                    if payload.received_at else now)
-        key = flow_control.concurrency_key(definition, payload.data)
-        inserted = prepared_sql.insert_rows(Execution, [dict(
-            id=execution_id_for(workflow.id, payload.dedup_key), workflow=workflow.id,
-            workflow_version=workflow.current_version, workspace=workflow.workspace_id,
-            dedup_key=payload.dedup_key, source=payload.source, status="PENDING", priority=payload.priority,
-            trigger_data=payload.data, received_at=received, created_at=now, concurrency_key=key,
-            parent=payload.parent_execution_id or None, parent_step_id=payload.parent_step_id or None,
-            parent_iteration=payload.parent_iteration if payload.parent_step_id else None,
-            triggered_by=payload.triggered_by or None, lineage_root=child_lineage_root(payload),
-        )], ignore_conflicts=True)
-        execution = lock_execution_by_key(workflow.id, payload.dedup_key)
-        if not inserted:
-            flow_control.give_back_execution_slot(workflow)
-            return duplicate(execution)
-        announce_created(execution, payload)
-        if not flow_control.may_run_now(execution, definition):
-            refusal = quotas.refuse_queueing(execution, get_settings())
-            if refusal is not None:
-                # Over its workspace's cap: it ends FAILED with the reason (visible, re-runnable),
-                # rather than waiting in a line that one tenant could grow without bound.
-                metrics.EXECUTIONS.labels("refused").inc()
-                return Started(execution, True, finish_execution(execution, definition, "FAILED", error=refusal),
-                               "refused")
-            mongo_log.execution_log(execution, "execution queued: concurrency limit reached",
-                               metadata={"key": key})
-            return Started(execution, True, [], "queued")
-        outgoing = begin_running(execution, definition)
-    return Started(execution, True, outgoing)
-
-
-def child_lineage_root(payload: TriggerPayload) -> Any:
-    """The lineage root of a sub-workflow execution about to start: the first child that any
-    execution of its parent's re-run lineage started for the same step and iteration (None
-    for the first one, and for an execution that is not a sub-workflow). A parent's re-run
-    starts its failed sub-workflow step again; the new child then repeats the first one,
-    and its swaps are the same swaps (``swap_lineage``)."""
-    if not (payload.parent_execution_id and payload.parent_step_id):
-        return None
-    parent = Execution.get_or_none(Execution.id == payload.parent_execution_id)
-    if parent is None:
-        return None
-    root = parent.lineage_root or parent.id
-    lineage = Execution.select(Execution.id).where((Execution.id == root) | (Execution.lineage_root == root))
-    first = (
-        Execution.select(Execution.id, Execution.lineage_root)
-        .where(
-            Execution.parent.in_(lineage)
-            & (Execution.parent_step_id == payload.parent_step_id)
-            & (Execution.parent_iteration == payload.parent_iteration)
-        )
-        .order_by(Execution.created_at)
-        .first()
-    )
-    return None if first is None else first.lineage_root or first.id
-
-
-def lock_execution_by_key(workflow_id: Any, dedup_key: str) -> Execution:
-    """The execution of ``(workflow, dedup_key)``, row-locked on PostgreSQL."""
-    query = Execution.select().where((Execution.workflow == workflow_id) & (Execution.dedup_key == dedup_key))
-    if is_postgres():
-        query = query.for_update()
-    return query.get()
+def _item_finished(execution: Execution, definition: Definition, item: StepExecution) -> list[Outgoing]:
+    """After a ``for_each`` item finished: promote the next queued item, or settle the header
+    (``for_each``: the first failed item fails it; all succeeded, it succeeds with their outputs)."""
+    header = StepExecution.get((StepExecution.execution == execution.id) & (StepExecution.step_id == item.step_id)
+                               & (StepExecution.iteration == 0))
+    siblings: list[StepExecution] = list(StepExecution.select().where(
+        (StepExecution.execution == execution.id) & (StepExecution.step_id == item.step_id)
+        & (StepExecution.iteration > 0)).order_by(StepExecution.iteration))
+    failed = [s for s in siblings if s.status in ("FAILED", "TIMED_OUT")]
+    if failed:
+        first = failed[0]
+        return record_step(execution, definition, header, "FAILED", from_status=("WAITING",),
+                           error=f"item {first.iteration - 1} failed: {first.error}")
+    if all(s.status == "SUCCEEDED" for s in siblings):
+        return record_step(execution, definition, header, "SUCCEEDED", from_status=("WAITING",),
+                           output=[s.output for s in siblings])
+    queued = [s for s in siblings if s.status == "QUEUED"]
+    if not queued:
+        return []
+    nxt = queued[0]
+    StepExecution.update(status="PENDING").where((StepExecution.id == nxt.id)
+                                                 & (StepExecution.status == "QUEUED")).execute()
+    return [message_for(execution, definition, nxt.step_id, nxt.iteration)]
 
 
 def begin_running(execution: Execution, definition: Definition) -> list[Outgoing]:

@@ -17,6 +17,7 @@ from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound, PermanentError
 from shiftflow.models.engine import leases, mongo_log, runs
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.workflows import Workflow
@@ -104,7 +105,7 @@ def _start_child(claim: runs.Claim, inputs: dict[str, Any]) -> list[Outgoing]:
     if child is None:
         raise WaitError(f"sub-workflow {name!r} does not exist in this workspace")
     data = inputs.get("input", {})
-    started = runs.start_execution(TriggerPayload(
+    started = start_execution(TriggerPayload(
         workflow_id=str(child.id), dedup_key=f"sub:{claim.execution.id}:{claim.step.step_id}:{claim.step.iteration}",
         source="workflow", data=data if isinstance(data, dict) else {"value": data},
         priority=claim.execution.priority, parent_execution_id=str(claim.execution.id),

@@ -6,7 +6,7 @@ swap's identity across the whole re-run tree**, (root execution, step id, iterat
 ``control.rerun`` gives every re-run the ``lineage_root`` of the execution it repeats, so
 the failed execution, each re-run of it and each re-run of a re-run run the same swap; a
 sub-workflow that a parent's re-run starts again gets the first such child as its root
-(``runs.child_lineage_root``); a repeated manual trigger with the same key is the same
+(``start.child_lineage_root``); a repeated manual trigger with the same key is the same
 execution, and a replayed dead letter the same step.
 
 Before any order of a swap is planned, sent, adopted or reconciled, its ``SideShiftSwap``

@@ -83,7 +83,7 @@ class Execution(BaseModel):
     parent_iteration = peewee.IntegerField(null=True)
     #: For a re-run: the first execution of its re-run lineage (the one every re-run of it,
     #: and re-run of a re-run, repeats). For a sub-workflow started again by its parent's
-    #: re-run: the first child started for that parent step (``runs.child_lineage_root``).
+    #: re-run: the first child started for that parent step (``start.child_lineage_root``).
     #: NULL on an execution that is its own root. A plain id, not a foreign key: a swap's
     #: identity (``swap_lineage``) must outlive a deleted root.
     lineage_root = peewee.UUIDField(null=True)
