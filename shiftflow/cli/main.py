@@ -183,14 +183,15 @@ def cmd_executions(args: argparse.Namespace) -> int:
         print("shiftflow: executions show needs an execution id (or its first hex digits) or --latest",
               file=sys.stderr)
         return 2
+    from shiftflow.models.manage import queries
+
     if args.latest:
         row = catalog.latest_execution()
     else:
-        from shiftflow.models.manage import queries
         from shiftflow.models.manage.access import Principal
 
         row = queries.get_execution(Principal.operator(None), args.id)
-    detail = catalog.execution_detail(row)
+    detail = queries.detail_dict(row)
     if args.json:
         print(json.dumps(detail, indent=2, default=str))
     else:

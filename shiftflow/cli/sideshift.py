@@ -40,13 +40,14 @@ def _publish(settings: Any, outgoing: list[Any]) -> None:
 
 
 def _row(order: Any) -> dict[str, Any]:
-    from shiftflow.models.swaps.orders import fk_id, summary
+    from shiftflow.models.swaps.orders import summary
+    from shiftflow.models.tables.base import fk
 
     out = summary(order)
     out.update(
         {
             "created_at": order.created_at.isoformat(),
-            "execution_id": str(fk_id(order, "execution") or ""),
+            "execution_id": str(fk(order, "execution") or ""),
             "step_id": order.step_id,
             "creating": order.state == "PENDING_CREATE" and bool(order.create_sent_at),
             "error": order.error,

@@ -186,8 +186,8 @@ def test_approval_approve_and_reject(engine):
     a, r = _run(wf, key="a"), _run(wf, key="r")
     wait_until(lambda: StepExecution.select().where(StepExecution.status == "WAITING").count() == 2)
     ea, er = Execution.get(Execution.dedup_key == a), Execution.get(Execution.dedup_key == r)
-    send_all(waits.decide_approval(ea.id, "ok", approved=True, by="ada"))
-    send_all(waits.decide_approval(er.id, "ok", approved=False, by="bob", comment="too risky"))
+    send_all(waits.resume_approval(ea.id, "ok", approved=True, by="ada"))
+    send_all(waits.resume_approval(er.id, "ok", approved=False, by="bob", comment="too risky"))
     assert _done(a).status == "SUCCEEDED"
     rejected = _done(r)
     assert rejected.status == "FAILED" and "too risky" in rejected.error

@@ -165,8 +165,10 @@ def run_event_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing
     return outgoing
 
 
-def decide_approval(execution_id: Any, step_id: str, *, approved: bool, by: str, comment: str = "") -> list[Outgoing]:
-    """Approve or reject a waiting approval step. A rejection fails the step.
+def resume_approval(execution_id: Any, step_id: str, *, approved: bool, by: str, comment: str = "") -> list[Outgoing]:
+    """Resume a waiting approval step with a decision: approved, it succeeds; rejected, it fails.
+
+    The engine's part only: who may decide, and the audit entry, are ``signals.decide_approval``'s.
 
     Raises:
         NotFound: no approval of that execution and step is waiting.

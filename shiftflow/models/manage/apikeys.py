@@ -31,9 +31,9 @@ from shiftflow.kernel.db import database
 from shiftflow.kernel.errors import NotFound
 from shiftflow.models.manage import audit
 from shiftflow.models.manage.access import Principal, parse_scopes, role_at_most, scope_permissions
-from shiftflow.models.manage.plain import fk, parse_id, parse_time, stamp
+from shiftflow.models.manage.plain import parse_id, parse_time, stamp
 from shiftflow.models.manage.problems import Conflict, Forbidden, InvalidInput, Unauthenticated
-from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.base import fk, utcnow
 from shiftflow.models.tables.tenancy import ApiKey, User, WorkspaceMember
 
 KEY_PREFIX = "sfk_"

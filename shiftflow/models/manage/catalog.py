@@ -1,4 +1,8 @@
-"""Workspace and workflow commands: apply a definition as a new version, webhooks, reads."""
+"""Workspace and workflow commands: apply a definition as a new version, webhooks, reads.
+
+No access checks: the CLI operator, dev mode and tests call these directly; the management
+API goes through ``lifecycle`` (audited, per principal) and ``queries``.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +16,20 @@ from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.runnable import check_runnable
 from shiftflow.kernel.signatures import generate_secret
 from shiftflow.models.tables import webhook_secrets
-from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.tenancy import Workspace
 from shiftflow.models.tables.workflows import Webhook, Workflow, WorkflowVersion
 
 
 @dataclass(frozen=True)
 class Applied:
-    """The result of ``apply_definition``."""
+    """A definition applied (``apply_definition``, and through the API ``lifecycle.apply``):
+    the workflow, its version, whether anything changed and whether the workflow is new."""
 
     workflow: Workflow
     version: int
     changed: bool
+    created: bool = False
 
 
 def ensure_workspace(slug: str, name: str | None = None) -> Workspace:
@@ -53,7 +59,7 @@ def apply_definition(workspace: Workspace, data: dict[str, Any], *, activate: bo
                                        current_version=1, max_executions=data.get("max_executions"),
                                        status="ACTIVE" if activate else "DRAFT")
             WorkflowVersion.create(workflow=workflow.id, version=1, definition=definition.raw)
-            return Applied(workflow, 1, True)
+            return Applied(workflow, 1, True, True)
         current = WorkflowVersion.get(workflow=workflow.id, version=workflow.current_version)
         if current.definition == definition.raw:
             return Applied(workflow, workflow.current_version, False)
@@ -105,24 +111,6 @@ def latest_execution() -> Execution:
     if row is None:
         raise NotFound("there are no executions yet")
     return row
-
-
-def execution_detail(row: Execution) -> dict[str, Any]:
-    """An execution with its step timeline, as plain data for the CLI and API."""
-    steps = (StepExecution.select().where(StepExecution.execution == row.id)
-             .order_by(StepExecution.created_at, StepExecution.step_id))
-    return {
-        "id": str(row.id), "workflow_id": str(row.workflow_id), "workflow_version": row.workflow_version,
-        "status": row.status, "dedup_key": row.dedup_key, "source": row.source, "error": row.error,
-        "created_at": row.created_at.isoformat() if row.created_at else None,
-        "completed_at": row.completed_at.isoformat() if row.completed_at else None,
-        "duration_ms": row.duration_ms, "trigger": row.trigger_data,
-        "steps": [
-            {"step_id": s.step_id, "type": s.step_type, "status": s.status, "attempts": s.attempts,
-             "duration_ms": s.duration_ms, "output": s.output, "error": s.error}
-            for s in steps
-        ],
-    }
 
 
 def recent_executions(limit: int = 20) -> list[Execution]:

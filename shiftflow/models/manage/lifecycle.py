@@ -18,7 +18,6 @@ limit's back: apply a definition with a higher limit instead.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 from shiftflow.kernel.db import database
@@ -38,17 +37,6 @@ MOVES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Applied:
-    """A definition applied through the management API: the workflow, its version, whether
-    anything changed and whether the workflow is new."""
-
-    workflow: Workflow
-    version: int
-    changed: bool
-    created: bool
-
-
 def _workspace(actor: Principal) -> Workspace:
     row = Workspace.get_or_none(Workspace.id == actor.workspace_id)
     if row is None:
@@ -56,7 +44,7 @@ def _workspace(actor: Principal) -> Workspace:
     return row
 
 
-def apply(actor: Principal, definition: Any, *, activate: bool = True) -> Applied:
+def apply(actor: Principal, definition: Any, *, activate: bool = True) -> catalog.Applied:
     """Validate a definition and store it as the next version of the workflow of that name.
 
     Raises:
@@ -84,7 +72,7 @@ def apply(actor: Principal, definition: Any, *, activate: bool = True) -> Applie
                 before=before,
                 after={**queries.workflow_dict(result.workflow), "version": result.version},
             )
-    return Applied(result.workflow, result.version, result.changed, existing is None)
+    return result
 
 
 def move(actor: Principal, workflow_id: Any, command: str) -> Workflow:
@@ -119,7 +107,7 @@ def move(actor: Principal, workflow_id: Any, command: str) -> Workflow:
 
 def from_template(
     actor: Principal, template_key: Any, *, name: Any = None, activate: bool = False
-) -> Applied:
+) -> catalog.Applied:
     """Create a workflow in the caller's workspace from a catalogue template.
 
     Parameters:
@@ -161,4 +149,4 @@ def from_template(
             after={**queries.workflow_dict(result.workflow), "version": result.version},
             metadata={"template": template.key},
         )
-    return Applied(result.workflow, result.version, True, True)
+    return result

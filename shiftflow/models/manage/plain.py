@@ -77,9 +77,3 @@ def id_condition(field: Any, value: Any, what: str, *, postgres: bool) -> Any:
     # PostgreSQL prints a uuid with dashes; SQLite (dev mode) stores its 32 hex digits.
     prefix = text if postgres else text.replace("-", "")
     return field.cast("text").startswith(prefix)
-
-
-def fk(row: Any, name: str) -> Any:
-    """The id held by foreign key ``name`` of a model row, without loading the referenced row
-    (what Peewee's ``<name>_id`` accessor returns, for models that do not declare it)."""
-    return row.__data__.get(name)

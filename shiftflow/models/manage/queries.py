@@ -20,9 +20,10 @@ from shiftflow.kernel.errors import NotFound
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.audit import entry_dict
 from shiftflow.models.manage.paging import Page, choice, keyset, parse_limit, scoped, window
-from shiftflow.models.manage.plain import fk, id_condition, parse_id, stamp
+from shiftflow.models.manage.plain import id_condition, parse_id, stamp
 from shiftflow.models.manage.problems import InvalidInput
 from shiftflow.models.tables.audit_log import AuditLog
+from shiftflow.models.tables.base import fk
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.templates import WorkflowTemplate
 from shiftflow.models.tables.workflows import Workflow, WorkflowVersion
@@ -136,8 +137,14 @@ def list_executions(
 
 
 def execution_detail(actor: Principal, execution_id: Any) -> dict[str, Any]:
-    """An execution with its trigger data, result, step timeline and child executions."""
-    row = get_execution(actor, execution_id)
+    """An execution of the caller's workspace with its trigger data, result, step timeline
+    and child executions (``detail_dict``)."""
+    return detail_dict(get_execution(actor, execution_id))
+
+
+def detail_dict(row: Execution) -> dict[str, Any]:
+    """An execution with its trigger data, result, step timeline and child executions, as
+    plain data: what the API and ``shiftflow executions show`` print."""
     steps = (
         StepExecution.select()
         .where(StepExecution.execution == row.id)

@@ -80,7 +80,7 @@ def decide_approval(actor: Principal, execution_id: Any, step_id: Any, *, approv
         execution = runs.lock_execution(queries.get_execution(actor, execution_id).id)
         who = by or actor.who
         try:
-            outgoing = waits.decide_approval(execution.id, step_id, approved=approved, by=who, comment=comment)
+            outgoing = waits.resume_approval(execution.id, step_id, approved=approved, by=who, comment=comment)
         except NotFound:
             # The execution exists (checked above): it is the approval that is not waiting.
             raise Conflict(f"execution {execution.id} has no approval step {step_id!r} waiting") from None

@@ -16,9 +16,9 @@ from shiftflow.kernel.db import database, is_postgres
 from shiftflow.kernel.errors import NotFound
 from shiftflow.models.manage import audit
 from shiftflow.models.manage.access import Principal, parse_role
-from shiftflow.models.manage.plain import fk, parse_id, stamp
+from shiftflow.models.manage.plain import parse_id, stamp
 from shiftflow.models.manage.problems import Conflict, InvalidInput
-from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.base import fk, utcnow
 from shiftflow.models.tables.tenancy import ApiKey, User, Workspace, WorkspaceMember
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")

@@ -52,7 +52,6 @@ from shiftflow.models.swaps.orders import (
     clear_reconcile_error,
     crash_window,
     external_id,
-    fk_id,
     lock_order,
     log,
     notify,
@@ -62,7 +61,7 @@ from shiftflow.models.swaps.orders import (
     set_effect,
     summary,
 )
-from shiftflow.models.tables.base import new_id, utcnow
+from shiftflow.models.tables.base import fk, new_id, utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.sideshift_orders import SideShiftOrder, SideShiftSwap
@@ -102,7 +101,7 @@ def plan(claim: runs.Claim, spec: SwapSpec, swap: SideShiftSwap, generation: int
             state="PLANNED", request_hash=digest, external_ref=None, error=None, completed_at=None, updated_at=now
         ).where(SideEffect.id == effect.id).execute()
     user = (
-        fk_id(execution, "triggered_by")
+        fk(execution, "triggered_by")
         or Workflow.select(Workflow.created_by).where(Workflow.id == execution.workflow_id).scalar()
     )
     ext = external_id(swap.root_execution, step.step_id, step.iteration, generation)
@@ -217,7 +216,7 @@ def create(
             sent_at=locked.create_sent_at,
             attempts=SideEffect.attempts + 1,
             updated_at=utcnow(),
-        ).where(SideEffect.id == fk_id(locked, "side_effect")).execute()
+        ).where(SideEffect.id == fk(locked, "side_effect")).execute()
     execution_id = claim.execution.id
     crash_window("sideshift.before_create", execution_id)
     try:

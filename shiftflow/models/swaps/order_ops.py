@@ -34,7 +34,6 @@ from shiftflow.models.swaps.orders import (
     apply_shift,
     clear_reconcile_error,
     client_for,
-    fk_id,
     get_order,
     lock_execution_of,
     lock_order,
@@ -48,7 +47,7 @@ from shiftflow.models.swaps.orders import (
     step_row,
     summary,
 )
-from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.base import fk, utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.sideshift_orders import ORDER_STATES, SideShiftOrder, SideShiftSwap
@@ -78,13 +77,13 @@ def run_swap_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]
         order = lineage.current(found)
         if order is None:
             order = order_create.plan(claim, spec, swap, generation=len(found) + 1)
-        elif fk_id(order, "execution") != claim.execution.id:
+        elif fk(order, "execution") != claim.execution.id:
             adopted = _adopt(claim, spec, swap, order, len(found))
             if adopted is None:
                 return []  # parked: waiting for another step or for an operator
             order = adopted
     if order.state == "PENDING_CREATE" and order.create_sent_at is None:
-        recorded = SideEffect.get_or_none(SideEffect.id == fk_id(order, "side_effect"))
+        recorded = SideEffect.get_or_none(SideEffect.id == fk(order, "side_effect"))
         if recorded is not None and recorded.request_hash != request_hash(spec):
             raise PermanentError(
                 f"step {claim.step.step_id}: the swap request differs from the one recorded for "
@@ -115,8 +114,8 @@ def _adopt(
     """
     assert claim.step is not None
     step_id = claim.step.step_id
-    placed_by = fk_id(order, "execution")
-    recorded = SideEffect.get_or_none(SideEffect.id == fk_id(order, "side_effect"))
+    placed_by = fk(order, "execution")
+    recorded = SideEffect.get_or_none(SideEffect.id == fk(order, "side_effect"))
     if recorded is not None and recorded.request_hash != request_hash(spec):
         raise PermanentError(
             f"step {step_id}: execution {placed_by} of this re-run lineage placed SideShift order "
@@ -196,7 +195,7 @@ def _settle_left_behind(order: SideShiftOrder, step: StepExecution | None) -> No
     """An order left PENDING_CREATE by a step that ended without its handler (call with the
     order locked): never sent, it FAILS; maybe sent, it needs reconciliation (an alert)."""
     why = f"its step ended ({step.status.lower() if step else 'gone'}: {step.error if step else ''})"
-    execution = Execution.get_or_none(Execution.id == fk_id(order, "execution"))
+    execution = Execution.get_or_none(Execution.id == fk(order, "execution"))
     if order.create_sent_at is None:
         order.state, order.error, order.completed_at = "FAILED", f"never sent: {why}", utcnow()
         order.save()
@@ -401,7 +400,7 @@ def _wake_adopters(order: SideShiftOrder, now: Any) -> int:
     waiting = StepExecution.select().where(
         (StepExecution.wait_key == RECONCILE_WAIT + str(order.id))
         & (StepExecution.status == "WAITING")
-        & (StepExecution.execution != fk_id(order, "execution"))
+        & (StepExecution.execution != fk(order, "execution"))
     )
     woken = 0
     for step in waiting:

@@ -42,7 +42,6 @@ from shiftflow.models.swaps.orders import (
     FINAL_STATES,
     apply_shift,
     client_for,
-    fk_id,
     lock_execution_of,
     lock_order,
     log,
@@ -55,7 +54,7 @@ from shiftflow.models.swaps.orders import (
     summary,
 )
 from shiftflow.models.swaps.pricing import usd_price
-from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.base import fk, utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.sideshift_orders import SideShiftOrder
 from shiftflow.models.tables.workflow_metrics import WorkflowMetrics
@@ -158,7 +157,7 @@ def _apply(
     order.last_polled_at, order.next_poll_at = now, now + interval
     order.save()
     if changed:
-        execution = Execution.get_or_none(Execution.id == fk_id(order, "execution"))
+        execution = Execution.get_or_none(Execution.id == fk(order, "execution"))
         log(order, execution, f"SideShift shift {order.shift_id} is {order.sideshift_status}")
     if claimed and step is not None and park_polling(step, order.next_poll_at, summary(order)):
         return []
@@ -171,7 +170,7 @@ def _unknown_shift(order: SideShiftOrder, step: StepExecution | None, reason: st
     order.state, order.error = "NEEDS_RECONCILIATION", reason
     order.save()
     set_effect(order, "UNKNOWN", error=reason)
-    execution = Execution.get_or_none(Execution.id == fk_id(order, "execution"))
+    execution = Execution.get_or_none(Execution.id == fk(order, "execution"))
     text = f"SideShift order {order.id} needs reconciliation: {reason}; {operator_hint(order)}"
     log(order, execution, text, level="error")
     if step is not None:
@@ -181,7 +180,7 @@ def _unknown_shift(order: SideShiftOrder, step: StepExecution | None, reason: st
 
 def orphan_poll(order: SideShiftOrder) -> list[Outgoing]:
     """A delayed ``sideshift.poll`` for an open order that no active step follows."""
-    if fk_id(order, "execution") is None or not order.step_id:
+    if fk(order, "execution") is None or not order.step_id:
         return []  # only ``shiftflow sideshift poll --due`` reaches an order without an execution
     delay = 0.0 if order.next_poll_at is None else (order.next_poll_at - utcnow()).total_seconds()
     delay = min(MAX_ORPHAN_DELAY_SECONDS, max(0.0, delay))
@@ -189,7 +188,7 @@ def orphan_poll(order: SideShiftOrder) -> list[Outgoing]:
     return [
         Outgoing(
             "sideshift.poll",
-            StepPayload(str(fk_id(order, "execution")), order.step_id, iteration),
+            StepPayload(str(fk(order, "execution")), order.step_id, iteration),
             delay_ms=int(delay * 1000),
         )
     ]

@@ -44,8 +44,6 @@ import threading
 from decimal import Decimal
 from typing import Any
 
-import peewee
-
 from shiftflow.kernel import failpoints
 from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.errors import NotFound, PermanentError
@@ -64,7 +62,7 @@ from shiftflow.kernel.sideshift import (
     decimal_text,
 )
 from shiftflow.models.engine import mongo_log, runs
-from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.base import fk, utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.notifications import Notification
 from shiftflow.models.tables.side_effects import SideEffect
@@ -86,14 +84,9 @@ class ReconcileError(PermanentError):
 # -- identity and lookups ---------------------------------------------------------------
 
 
-def fk_id(row: peewee.Model, name: str) -> Any:
-    """The raw value of foreign key ``name`` on ``row`` (Peewee's ``<name>_id``) without a query."""
-    return row.__data__.get(name)
-
-
 def lock_execution_of(order: SideShiftOrder) -> Execution | None:
     """The order's execution, row-locked (after the order: the lock order), or None if gone."""
-    execution_id = fk_id(order, "execution")
+    execution_id = fk(order, "execution")
     return None if execution_id is None else runs.lock_execution(execution_id)
 
 
@@ -159,11 +152,11 @@ def lock_order(order_id: Any) -> SideShiftOrder:
 
 def step_row(order: SideShiftOrder) -> StepExecution | None:
     """The step iteration that placed ``order`` (None if its execution is gone)."""
-    if fk_id(order, "execution") is None or not order.step_id:
+    if fk(order, "execution") is None or not order.step_id:
         return None
     iteration = int(order.external_id.split("/")[0].rsplit(":", 1)[1])
     return StepExecution.get_or_none(
-        (StepExecution.execution == fk_id(order, "execution"))
+        (StepExecution.execution == fk(order, "execution"))
         & (StepExecution.step_id == order.step_id)
         & (StepExecution.iteration == iteration)
     )
@@ -276,13 +269,13 @@ def summary(order: SideShiftOrder) -> dict[str, Any]:
 
 def set_effect(order: SideShiftOrder, state: str, **fields: Any) -> None:
     """Move the order's ledger row (``SideEffect``) to ``state``."""
-    if fk_id(order, "side_effect") is None:
+    if fk(order, "side_effect") is None:
         return
     now = utcnow()
     values: dict[str, Any] = {"state": state, "updated_at": now, **fields}
     if state in ("DONE", "FAILED"):
         values.setdefault("completed_at", now)
-    SideEffect.update(values).where(SideEffect.id == fk_id(order, "side_effect")).execute()
+    SideEffect.update(values).where(SideEffect.id == fk(order, "side_effect")).execute()
 
 
 # -- step parking -----------------------------------------------------------------------------
@@ -345,7 +338,7 @@ def operator_hint(order: SideShiftOrder) -> str:
 def notify(execution: Execution, kind: str, title: str, message: str, data: dict[str, Any]) -> bool:
     """Write an inbox row for the execution's user (its trigger's user, else the workflow's
     creator). Returns False when nobody can be told (no user on either)."""
-    user_id = fk_id(execution, "triggered_by")
+    user_id = fk(execution, "triggered_by")
     if user_id is None:
         user_id = Workflow.select(Workflow.created_by).where(Workflow.id == execution.workflow_id).scalar()
     if user_id is None:
@@ -399,7 +392,6 @@ def clear_reconcile_error(execution: Execution) -> None:
 
 __all__ = [
     "FINAL_STATES",
-    "fk_id",
     "lock_execution_of",
     "KIND",
     "RECONCILE_WAIT",

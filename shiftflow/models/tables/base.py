@@ -21,6 +21,12 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
+def fk(row: Any, name: str) -> Any:
+    """The id held by foreign key ``name`` of a model row, without loading the referenced row
+    (what Peewee's ``<name>_id`` accessor returns, for models that do not declare it)."""
+    return row.__data__.get(name)
+
+
 class BaseModel(peewee.Model):
     """Every table: a UUID primary key, bound to the kernel's database proxy."""
 

@@ -14,7 +14,17 @@ from typing import Any
 
 from shiftflow.kernel.contracts import Priority, execution_id_for
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.models.manage import apikeys, control, effects, lifecycle, queries, replay, signals, workspaces
+from shiftflow.models.manage import (
+    apikeys,
+    catalog,
+    control,
+    effects,
+    lifecycle,
+    queries,
+    replay,
+    signals,
+    workspaces,
+)
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.paging import Page
 from shiftflow.models.manage.quotas import RunAdmission
@@ -126,7 +136,7 @@ def _workflows(call: Call) -> Result:
     )
 
 
-def _applied(applied: lifecycle.Applied) -> dict[str, Any]:
+def _applied(applied: catalog.Applied) -> dict[str, Any]:
     return {**queries.workflow_dict(applied.workflow), "version": applied.version, "changed": applied.changed}
 
 
