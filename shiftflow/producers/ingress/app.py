@@ -38,11 +38,9 @@ naming what is not (``kernel.readiness``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -56,7 +54,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shiftflow.kernel import readiness, storable
+from shiftflow.kernel import readiness
 from shiftflow.kernel.broker import max_lengths
 from shiftflow.kernel.confirm_publisher import ConfirmPublisher
 from shiftflow.kernel.contracts import Priority, Queue, TriggerPayload, execution_id_for
@@ -66,7 +64,7 @@ from shiftflow.kernel.errors import QueueFull, SignatureError, TransientError
 from shiftflow.kernel.quota import AsyncAdmission, AsyncRedisBuckets, Limit
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.signatures import verify
-from shiftflow.producers.ingress import hooks, spec
+from shiftflow.producers.ingress import checks, hooks, spec
 from shiftflow.producers.ingress.hooks import HookInfo
 
 log = logging.getLogger(__name__)
@@ -100,10 +98,6 @@ LATENCY = Histogram(
 WEBHOOKS_BY_OUTCOME = {outcome: WEBHOOKS.labels(outcome) for outcome in OUTCOMES}
 LATENCY_BY_OUTCOME = {outcome: LATENCY.labels(outcome) for outcome in OUTCOMES}
 
-#: Seconds a sender should wait before retrying after a 503.
-RETRY_AFTER_SECONDS = 5
-#: Deepest JSON nesting accepted in a body (``storable.MAX_JSON_DEPTH``).
-MAX_JSON_DEPTH = storable.MAX_JSON_DEPTH
 #: Threads that may publish at once. Separate from the default pool used by lookups, so
 #: publishes stuck on a hung broker (abandoned after the timeout) cannot starve lookups.
 PUBLISH_THREADS = 32
@@ -118,17 +112,6 @@ LOOKUP_MEMO_SIZE = 10_000
 
 Publish = Callable[[TriggerPayload], object]
 AsyncPublish = Callable[[TriggerPayload], Awaitable[object]]
-
-
-class _Rejected(Exception):
-    """Internal: stop handling a request with this status, outcome label and reason."""
-
-    def __init__(self, status: int, outcome: str, reason: str, headers: dict[str, str] | None = None):
-        super().__init__(reason)
-        self.status = status
-        self.outcome = outcome
-        self.reason = reason
-        self.headers = headers
 
 
 def publish_trigger(payload: TriggerPayload) -> None:
@@ -153,161 +136,6 @@ def trigger_sender(publisher: ConfirmPublisher) -> AsyncPublish:
     return send
 
 
-#: Renders error and 202 bodies exactly as Starlette's ``JSONResponse`` does.
-_render_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-
-
-def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status, headers=headers)
-
-
-async def _respond(
-    send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None
-) -> None:
-    """Send a JSON response (the same bytes and headers as ``JSONResponse``) at the ASGI level."""
-    body = _render_json(content).encode("utf-8")
-    raw = [(b"content-length", str(len(body)).encode("latin-1")), (b"content-type", b"application/json")]
-    if headers:
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-class _Headers(Mapping[str, str]):
-    """Request headers by case-insensitive name; the first of repeated headers wins (as Starlette's)."""
-
-    __slots__ = ("_by_name",)
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        by_name: dict[str, str] = {}
-        for name, value in raw:
-            key = name.decode("latin-1").lower()  # ASGI servers send lower case already
-            if key not in by_name:
-                by_name[key] = value.decode("latin-1")
-        self._by_name = by_name
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """``Mapping.get`` without raising and catching a KeyError per missing header."""
-        return self._by_name.get(key.lower(), default)
-
-    def __getitem__(self, key: str) -> str:
-        return self._by_name[key.lower()]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._by_name)
-
-    def __len__(self) -> int:
-        return len(self._by_name)
-
-
-def _check_content_type(headers: Mapping[str, str]) -> None:
-    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    ):
-        raise _Rejected(415, "unsupported_media_type", "content type must be application/json")
-    # Signatures cover the bytes as sent; a compressed body would also dodge the size cap.
-    encoding = headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise _Rejected(415, "unsupported_media_type", "compressed bodies are not accepted")
-
-
-async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
-    """The request body, refused (413) once it is known or seen to exceed ``limit`` bytes."""
-    declared = headers.get("content-length")
-    if declared is not None:
-        declared = declared.strip()
-        if not (declared.isascii() and declared.isdigit()):
-            raise _Rejected(400, "bad_request", "malformed Content-Length")
-        if int(declared) > limit:
-            raise _Rejected(413, "too_large", f"body larger than {limit} bytes")  # before reading a byte
-    # Chunked bodies declare no length: count while streaming and stop at the limit.
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        kind = message["type"]
-        if kind == "http.request":
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise _Rejected(413, "too_large", f"body larger than {limit} bytes")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        elif kind == "http.disconnect":
-            raise _Rejected(400, "bad_request", "client disconnected before the body was complete")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _reject_constant(name: str) -> Any:
-    # json accepts NaN/Infinity by default; PostgreSQL jsonb does not, so the trigger
-    # actor could never store such a body: refuse it here rather than 202 and lose it.
-    raise ValueError(f"{name} is not valid JSON")
-
-
-class _OutOfRange(ValueError):
-    """A number literal Python reads as infinity (``1e999``): valid JSON, not storable."""
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (math.inf, -math.inf):
-        raise _OutOfRange("body " + storable.number_problem(f"{text[:40]}: beyond the range of a double"))
-    return value
-
-
-#: ``json.loads(..., parse_constant=...)`` builds a decoder per call; this one is made once.
-#: Floats are checked as they are read (the C scanner calls ``parse_float`` per literal), so
-#: an overflowing number is caught even when the value walk below is skipped.
-_decode_json = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
-
-
-def _plainly_storable(body: bytes, encoding: str) -> bool:
-    """True when ``body`` cannot hold the text and nesting ``storable.unstorable`` looks for,
-    judged from its bytes (numbers are checked while parsing).
-
-    Valid JSON puts no raw control character (NUL included) inside a string, so a NUL or
-    a lone surrogate can only come from a ``\\u`` escape, or a surrogate from bytes that are
-    not strict UTF-8 (checked by the caller's strict decode); and every level of nesting
-    needs a ``{`` or ``[``. Most webhooks pass all three, and skip the walk over every
-    value, which was the largest cost of a small webhook's checks.
-    """
-    return (
-        encoding == "utf-8"
-        and b"\\u" not in body
-        and body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH
-    )
-
-
-def _parse_object(body: bytes) -> dict[str, Any]:
-    # As json.loads does for bytes: UTF-8, -16 or -32 by the first bytes.
-    encoding = json.detect_encoding(body)
-    plain = _plainly_storable(body, encoding)
-    try:
-        try:
-            text = body.decode(encoding, "strict" if plain else "surrogatepass")
-        except UnicodeDecodeError:
-            if not plain:
-                raise
-            plain = False  # encoded surrogates, say: decode as before and walk the values
-            text = body.decode(encoding, "surrogatepass")
-        data = _decode_json(text)
-    except _OutOfRange as exc:
-        raise _Rejected(422, "invalid", str(exc)) from None
-    except RecursionError:
-        raise _Rejected(422, "invalid", f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _Rejected(422, "invalid", f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise _Rejected(422, "invalid", "body must be a JSON object")
-    problem = None if plain else storable.unstorable(data)
-    if problem:
-        raise _Rejected(422, "invalid", f"body {problem}")
-    return data
-
-
 #: A ``/readyz`` check: a coroutine function returning None, or what is wrong.
 ReadyCheck = Callable[[], Awaitable[str | None]]
 #: Seconds a ``/readyz`` answer is reused: a flood of probes costs the database one query.
@@ -327,18 +155,256 @@ async def _database_check() -> str | None:
     return await anyio.to_thread.run_sync(readiness.database_problem, database, abandon_on_cancel=True)
 
 
-def _unavailable(reason: str, outcome: str = "unavailable") -> _Rejected:
-    return _Rejected(503, outcome, reason, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+class _HookMemo:
+    """Token -> webhook lookups, each reused for ``LOOKUP_MEMO_SECONDS`` (see there).
+
+    A lookup may query PostgreSQL, so it runs in a thread; requests arriving while a lookup
+    of their token runs wait for that one lookup. A failed lookup (store down) is not
+    remembered: the next request asks again.
+    """
+
+    def __init__(self, lookup: Callable[[str], HookInfo | None]) -> None:
+        self.lookup = lookup
+        # token -> (reuse until in monotonic seconds, the lookup)
+        self.memo: dict[str, tuple[float, asyncio.Task[HookInfo | None]]] = {}
+
+    def _forget_failed(self, token: str, task: asyncio.Task[HookInfo | None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            if self.memo.get(token, (0.0, None))[1] is task:
+                del self.memo[token]
+
+    async def find(self, token: str) -> HookInfo | None:
+        """The webhook of ``token``, or None; raises what ``lookup`` raises (``TransientError``)."""
+        now = time.monotonic()
+        remembered = self.memo.get(token)
+        if remembered is None or now >= remembered[0]:
+            # A task of its own, so that a caller who goes away does not cancel it for the others.
+            task = asyncio.ensure_future(anyio.to_thread.run_sync(self.lookup, token))
+            task.add_done_callback(lambda done: self._forget_failed(token, done))
+            if len(self.memo) >= LOOKUP_MEMO_SIZE:
+                self.memo.clear()
+            remembered = self.memo[token] = (now + LOOKUP_MEMO_SECONDS, task)
+        if remembered[1].done():
+            return remembered[1].result()  # the common case: no awaiting at all
+        return await asyncio.shield(remembered[1])
 
 
-def _over_quota(limit: Limit, wait: float) -> _Rejected:
-    return _Rejected(
-        429,
-        "over_quota",
-        f"webhook quota exceeded: this workspace may send {limit.describe('webhooks')}; "
-        "retry after Retry-After seconds",
-        {"Retry-After": str(max(1, math.ceil(wait)))},
-    )
+class WebhookReceiver:
+    """``POST /hooks/{token}`` as a raw ASGI app: check, build and publish one webhook.
+
+    The steps of ``accept``, in order: content type, body (size), the webhook of the token,
+    its signature, the JSON object, the workspace's quota, the publish. Each refusal is a
+    ``checks.Rejected`` with its status; ``__call__`` turns it into the response and counts it.
+    ``create_app`` documents the parameters.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publish: Publish,
+        publish_async: AsyncPublish | None,
+        lookup: Callable[[str], HookInfo | None],
+        clock: Callable[[], float],
+        admission: AsyncAdmission | None,
+        publisher: ConfirmPublisher | None,
+    ) -> None:
+        self.settings = settings
+        self.publish = publish
+        self.publish_async = publish_async
+        self.hooks = _HookMemo(lookup)
+        self.clock = clock
+        self.owns_admission = admission is None
+        self.quotas = admission if admission is not None else AsyncAdmission()
+        self.default_quota = Limit(settings.quota_webhooks_per_second, settings.quota_webhooks_burst)
+        self.publisher = publisher
+        self.limit = settings.webhook_max_body_bytes
+        self.timeout = settings.publish_timeout_seconds
+        self.tolerance = settings.webhook_tolerance_seconds
+        self.publish_limiter = anyio.CapacityLimiter(PUBLISH_THREADS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one webhook: 202 with the execution's key, or the refusal; count the outcome."""
+        started = time.perf_counter()
+        outcome = "error"
+        response_started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal response_started
+            response_started = True
+            await send(message)
+
+        try:
+            try:
+                content = await self.accept(scope, receive)
+            except checks.Rejected as rejected:
+                outcome = rejected.outcome
+                log.info("webhook rejected: %s %s", rejected.status, rejected.reason)
+                await checks.respond(send_tracked, rejected.status, {"error": rejected.reason}, rejected.headers)
+            else:
+                outcome = "accepted"
+                await checks.respond(send_tracked, 202, content)
+        except Exception:
+            # As Starlette's ServerErrorMiddleware: a JSON 500 if nothing was sent yet, and
+            # the exception goes on to the server, which logs it.
+            if not response_started:
+                await checks.respond(send, 500, {"error": "internal error"})
+            raise
+        finally:
+            WEBHOOKS_BY_OUTCOME[outcome].inc()
+            LATENCY_BY_OUTCOME[outcome].observe(time.perf_counter() - started)
+
+    async def accept(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        """Check, build and publish one webhook; the 202 body, or raise ``checks.Rejected``."""
+        headers = checks.Headers(scope["headers"])
+        checks.check_content_type(headers)
+        body = await checks.read_body(receive, headers, self.limit)
+        try:
+            hook = await self.hooks.find(scope["path_params"]["token"])
+        except TransientError as exc:
+            log.warning("webhook lookup failed: %s", exc)
+            raise checks.unavailable("webhook store unavailable, retry later") from None
+        if hook is None or not hook.active:
+            raise checks.Rejected(404, "not_found", "unknown webhook")
+        now = self.clock()
+        try:
+            delivery_id = verify(hook.scheme, hook.secrets, headers, body, now, self.tolerance)
+        except SignatureError as exc:
+            raise checks.Rejected(401, "unauthorized", str(exc)) from None
+        payload = TriggerPayload(
+            workflow_id=hook.workflow_id,
+            dedup_key=f"{hook.scheme}:{delivery_id}",
+            source="webhook",
+            data=checks.parse_object(body),
+            received_at=now,
+            priority=Priority.NORMAL.name,
+        )
+        await self.admit(hook)
+        await self.send(payload)
+        return {
+            "status": "accepted",
+            "execution_id": str(execution_id_for(hook.workflow_id, payload.dedup_key)),
+            "execution_key": payload.dedup_key,
+            "workflow_id": hook.workflow_id,
+        }
+
+    def quota_of(self, hook: HookInfo) -> Limit:
+        """The webhook quota of the hook's workspace: its own, else the deployment's default."""
+        if hook.quota_rate is None and hook.quota_burst is None:
+            return self.default_quota
+        return Limit(
+            self.settings.quota_webhooks_per_second if hook.quota_rate is None else hook.quota_rate,
+            self.settings.quota_webhooks_burst if hook.quota_burst is None else hook.quota_burst,
+        )
+
+    async def admit(self, hook: HookInfo) -> None:
+        """Spend one token of the workspace's webhook quota, or refuse (429)."""
+        quota = self.quota_of(hook)
+        if quota.unlimited:
+            return
+        key = "webhooks:" + hook.workspace_id
+        wait = self.quotas.try_admit(key, quota)
+        if wait is None:  # this process holds no token of the shared bucket: lease some
+            wait = await self.quotas.admit(key, quota)
+        if wait > 0:
+            raise checks.over_quota(quota, wait)
+
+    async def send(self, payload: TriggerPayload) -> None:
+        """Publish the trigger and return once it is durable, or refuse (503)."""
+        timeout = self.timeout
+        try:
+            # On timeout we answer 503 at once; the publish may still be confirmed later
+            # (the thread is abandoned, or the message stays unconfirmed in the publisher),
+            # which is safe because the sender's retry carries the same dedup key and the
+            # trigger actor creates the execution once.
+            if self.publish_async is not None:
+                # asyncio's own timeout: the publisher is asyncio-bound anyway, and an anyio
+                # cancel scope costs several times more per request.
+                async with asyncio.timeout(timeout):
+                    await self.publish_async(payload)
+            else:
+                with anyio.fail_after(timeout):
+                    await anyio.to_thread.run_sync(
+                        self.publish, payload, abandon_on_cancel=True, limiter=self.publish_limiter
+                    )
+        except TimeoutError:
+            log.warning("publish of %s timed out after %s s", payload.dedup_key, timeout)
+            raise checks.unavailable(f"broker did not confirm within {timeout:g} s, retry later") from None
+        except QueueFull:
+            # Nothing was queued (reject-publish): never a 202 for it. No warning per request
+            # (a full queue refuses thousands a second); shiftflow_webhooks_total counts them.
+            raise checks.unavailable("the trigger queue is full, retry later", "queue_full") from None
+        except TransientError as exc:
+            # The detail (hosts, broker errors) goes to the log, not to the caller.
+            log.warning("publish of %s failed: %s", payload.dedup_key, exc)
+            raise checks.unavailable("broker unavailable, retry later") from None
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """The app's lifespan: share the quota buckets through Redis when configured, and
+        connect the publisher now rather than on the first webhook."""
+        shared: AsyncRedisBuckets | None = None
+        if self.owns_admission and self.settings.redis_url:
+            import redis.asyncio
+
+            # Bound to this (the server's) event loop; connects on the first lease.
+            client = redis.asyncio.Redis.from_url(
+                self.settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+            )
+            shared = self.quotas.shared = AsyncRedisBuckets(client)
+        if self.publisher is not None:
+            await self.publisher.start()
+        try:
+            yield
+        finally:
+            if self.publisher is not None:
+                await self.publisher.close()
+            if shared is not None:
+                self.quotas.shared = None
+                await shared.close()
+
+
+class _Readiness:
+    """``GET /readyz``: every check's answer, reused for ``READY_MEMO_SECONDS``, so a flood of
+    probes costs the database one query; probes arriving together share one round."""
+
+    def __init__(self, probes: dict[str, ReadyCheck]) -> None:
+        self.probes = probes
+        self.last: tuple[float, tuple[int, dict[str, Any]]] | None = None  # (monotonic time, answer)
+        self.lock = asyncio.Lock()
+
+    async def readyz(self, request: Request) -> Response:
+        async with self.lock:
+            if self.last is None or time.monotonic() - self.last[0] >= READY_MEMO_SECONDS:
+                results: dict[str, str | None] = {}
+                for name, check in self.probes.items():
+                    try:
+                        async with asyncio.timeout(readiness.CHECK_TIMEOUT_SECONDS):
+                            results[name] = await check()
+                    except TimeoutError:
+                        results[name] = f"no answer within {readiness.CHECK_TIMEOUT_SECONDS:g} s"
+                self.last = (time.monotonic(), readiness.answer(results))
+        status, body = self.last[1]
+        headers = {"Retry-After": str(readiness.RETRY_AFTER_SECONDS)} if status == 503 else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _healthz(request: Request) -> Response:
+    # Liveness only: the process serves HTTP. What it depends on is /readyz's business.
+    return PlainTextResponse("ok")
+
+
+async def _openapi(request: Request) -> Response:
+    return JSONResponse(spec.DOCUMENT)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return checks.error_response(exc.status_code, exc.detail, dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return checks.error_response(500, "internal error")
 
 
 def create_app(
@@ -390,215 +456,33 @@ def create_app(
     if publish is None and publish_async is None and not settings.dev:
         publisher = ConfirmPublisher(settings.amqp_url, queues=(Queue.TRIGGERS,), max_lengths=max_lengths(settings))
         publish_async = trigger_sender(publisher)
-    owns_admission = admission is None
-    quotas = admission if admission is not None else AsyncAdmission()
-    default_quota = Limit(settings.quota_webhooks_per_second, settings.quota_webhooks_burst)
-    publish_fn: Publish = publish or publish_trigger
-    lookup_fn = lookup or hooks.lookup
-    limit = settings.webhook_max_body_bytes
-    timeout = settings.publish_timeout_seconds
-    publish_limiter = anyio.CapacityLimiter(PUBLISH_THREADS)
-    # token -> (reuse until in monotonic seconds, the lookup): see LOOKUP_MEMO_SECONDS.
-    memo: dict[str, tuple[float, asyncio.Task[HookInfo | None]]] = {}
-
-    def forget_failed(token: str, task: asyncio.Task[HookInfo | None]) -> None:
-        # A failed lookup (store down) is not remembered: the next request asks again.
-        if task.cancelled() or task.exception() is not None:
-            if memo.get(token, (0.0, None))[1] is task:
-                del memo[token]
-
-    async def find_hook(token: str) -> HookInfo | None:
-        now = time.monotonic()
-        remembered = memo.get(token)
-        if remembered is None or now >= remembered[0]:
-            # A lookup may query PostgreSQL: keep it off the event loop. A task of its own,
-            # so that a caller who goes away does not cancel it for the others waiting.
-            task = asyncio.ensure_future(anyio.to_thread.run_sync(lookup_fn, token))
-            task.add_done_callback(lambda done: forget_failed(token, done))
-            if len(memo) >= LOOKUP_MEMO_SIZE:
-                memo.clear()
-            remembered = memo[token] = (now + LOOKUP_MEMO_SECONDS, task)
-        if remembered[1].done():
-            return remembered[1].result()  # the common case: no awaiting at all
-        return await asyncio.shield(remembered[1])
-
-    tolerance = settings.webhook_tolerance_seconds
-
-    async def accept(scope: Scope, receive: Receive) -> dict[str, Any]:
-        """Check, build and publish one webhook; the 202 body, or raise ``_Rejected``."""
-        headers = _Headers(scope["headers"])
-        _check_content_type(headers)
-        body = await _read_body(receive, headers, limit)
-        token = scope["path_params"]["token"]
-        try:
-            hook = await find_hook(token)
-        except TransientError as exc:
-            log.warning("webhook lookup failed: %s", exc)
-            raise _unavailable("webhook store unavailable, retry later") from None
-        if hook is None or not hook.active:
-            raise _Rejected(404, "not_found", "unknown webhook")
-        now = clock()
-        try:
-            delivery_id = verify(hook.scheme, hook.secrets, headers, body, now, tolerance)
-        except SignatureError as exc:
-            raise _Rejected(401, "unauthorized", str(exc)) from None
-        payload = TriggerPayload(
-            workflow_id=hook.workflow_id,
-            dedup_key=f"{hook.scheme}:{delivery_id}",
-            source="webhook",
-            data=_parse_object(body),
-            received_at=now,
-            priority=Priority.NORMAL.name,
-        )
-        quota = (
-            default_quota
-            if hook.quota_rate is None and hook.quota_burst is None
-            else Limit(
-                settings.quota_webhooks_per_second if hook.quota_rate is None else hook.quota_rate,
-                settings.quota_webhooks_burst if hook.quota_burst is None else hook.quota_burst,
-            )
-        )
-        if not quota.unlimited:
-            key = "webhooks:" + hook.workspace_id
-            wait = quotas.try_admit(key, quota)
-            if wait is None:  # this process holds no token of the shared bucket: lease some
-                wait = await quotas.admit(key, quota)
-            if wait > 0:
-                raise _over_quota(quota, wait)
-        try:
-            # On timeout we answer 503 at once; the publish may still be confirmed later
-            # (the thread is abandoned, or the message stays unconfirmed in the publisher),
-            # which is safe because the sender's retry carries the same dedup key and the
-            # trigger actor creates the execution once.
-            if publish_async is not None:
-                # asyncio's own timeout: the publisher is asyncio-bound anyway, and an anyio
-                # cancel scope costs several times more per request.
-                async with asyncio.timeout(timeout):
-                    await publish_async(payload)
-            else:
-                with anyio.fail_after(timeout):
-                    await anyio.to_thread.run_sync(
-                        publish_fn, payload, abandon_on_cancel=True, limiter=publish_limiter
-                    )
-        except TimeoutError:
-            log.warning("publish of %s timed out after %s s", payload.dedup_key, timeout)
-            raise _unavailable(f"broker did not confirm within {timeout:g} s, retry later") from None
-        except QueueFull:
-            # Nothing was queued (reject-publish): never a 202 for it. No warning per request
-            # (a full queue refuses thousands a second); shiftflow_webhooks_total counts them.
-            raise _unavailable("the trigger queue is full, retry later", "queue_full") from None
-        except TransientError as exc:
-            # The detail (hosts, broker errors) goes to the log, not to the caller.
-            log.warning("publish of %s failed: %s", payload.dedup_key, exc)
-            raise _unavailable("broker unavailable, retry later") from None
-        return {
-            "status": "accepted",
-            "execution_id": str(execution_id_for(hook.workflow_id, payload.dedup_key)),
-            "execution_key": payload.dedup_key,
-            "workflow_id": hook.workflow_id,
-        }
-
-    async def receive_hook(scope: Scope, receive: Receive, send: Send) -> None:
-        """``POST /hooks/{token}`` as a raw ASGI app: no Request, no Response objects."""
-        started = time.perf_counter()
-        outcome = "error"
-        response_started = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal response_started
-            response_started = True
-            await send(message)
-
-        try:
-            try:
-                content = await accept(scope, receive)
-            except _Rejected as rejected:
-                outcome = rejected.outcome
-                log.info("webhook rejected: %s %s", rejected.status, rejected.reason)
-                await _respond(send_tracked, rejected.status, {"error": rejected.reason}, rejected.headers)
-            else:
-                outcome = "accepted"
-                await _respond(send_tracked, 202, content)
-        except Exception:
-            # As Starlette's ServerErrorMiddleware: a JSON 500 if nothing was sent yet, and
-            # the exception goes on to the server, which logs it.
-            if not response_started:
-                await _respond(send, 500, {"error": "internal error"})
-            raise
-        finally:
-            WEBHOOKS_BY_OUTCOME[outcome].inc()
-            LATENCY_BY_OUTCOME[outcome].observe(time.perf_counter() - started)
-
-    checks: dict[str, ReadyCheck] = {}
+    receiver = WebhookReceiver(
+        settings,
+        publish=publish or publish_trigger,
+        publish_async=publish_async,
+        lookup=lookup or hooks.lookup,
+        clock=clock,
+        admission=admission,
+        publisher=publisher,
+    )
+    probes: dict[str, ReadyCheck] = {}
     if publisher is not None:
-        checks["broker"] = _publisher_check(publisher)
+        probes["broker"] = _publisher_check(publisher)
     if lookup is None:  # webhooks are looked up in the database: the ingress needs it
-        checks["database"] = _database_check
-    checks.update(ready_checks or {})
-    last_ready: list[Any] = [0.0, None]  # [monotonic time, (status, body)]
-    ready_lock = asyncio.Lock()
-
-    async def healthz(request: Request) -> Response:
-        # Liveness only: the process serves HTTP. What it depends on is /readyz's business.
-        return PlainTextResponse("ok")
-
-    async def readyz(request: Request) -> Response:
-        async with ready_lock:  # probes arriving together share one round of checks
-            if last_ready[1] is None or time.monotonic() - last_ready[0] >= READY_MEMO_SECONDS:
-                results: dict[str, str | None] = {}
-                for name, check in checks.items():
-                    try:
-                        async with asyncio.timeout(readiness.CHECK_TIMEOUT_SECONDS):
-                            results[name] = await check()
-                    except TimeoutError:
-                        results[name] = f"no answer within {readiness.CHECK_TIMEOUT_SECONDS:g} s"
-                last_ready[:] = [time.monotonic(), readiness.answer(results)]
-        status, body = last_ready[1]
-        headers = {"Retry-After": str(readiness.RETRY_AFTER_SECONDS)} if status == 503 else None
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(spec.DOCUMENT)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, exc.detail, dict(exc.headers or {}))
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return _error(500, "internal error")
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        shared: AsyncRedisBuckets | None = None
-        if owns_admission and settings.redis_url:
-            import redis.asyncio
-
-            # Bound to this (the server's) event loop; connects on the first lease.
-            client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-            shared = quotas.shared = AsyncRedisBuckets(client)
-        if publisher is not None:
-            await publisher.start()  # connect now rather than on the first webhook
-        try:
-            yield
-        finally:
-            if publisher is not None:
-                await publisher.close()
-            if shared is not None:
-                quotas.shared = None
-                await shared.close()
-
+        probes["database"] = _database_check
+    probes.update(ready_checks or {})
     app = IngressApp(
-        receive_hook,
-        lifespan=lifespan,
+        receiver,
+        lifespan=receiver.lifespan,
         routes=[
             # Reached through routing only by what the fast path leaves (a root path, say);
             # kept so that other methods get Starlette's 405 with an Allow header.
-            Route("/hooks/{token}", _AsgiEndpoint(receive_hook), methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/hooks/{token}", _AsgiEndpoint(receiver), methods=["POST"]),
+            Route("/healthz", _healthz, methods=["GET"]),
+            Route("/readyz", _Readiness(probes).readyz, methods=["GET"]),
+            Route("/openapi.json", _openapi, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.router.redirect_slashes = False  # `/healthz/` is a 404, never an undocumented 307
     return app
