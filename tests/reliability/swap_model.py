@@ -5,8 +5,8 @@
   seen). The checker reads that, not ShiftFlow's opinion.
 * ``Driver``: the workers and the operators of one test. Messages the engine returns
   are queued in memory and delivered in an order the seeded RNG picks, by the functions
-  the actors call (``stepwork.run_step`` then ``order_ops.after_delivery``,
-  ``order_ops.poll_for_step``, ``triggerwork.run_trigger``); messages the management API
+  the actors call (``run_step.run_step`` then ``order_ops.after_delivery``,
+  ``order_ops.poll_for_step``, ``run_trigger.run_trigger``); messages the management API
   publishes go through the real RabbitMQ vhost and are taken from it (``basic_get``).
   A worker crash is a ``WorkerCrash`` raised at a real failpoint (``failpoints.hit``):
   nothing after that point runs, the transaction in progress rolls back, and the message

@@ -117,7 +117,7 @@ def _race(n: int, fn: Callable[[int], T]) -> list[T]:
 
 
 def _held_token() -> str:
-    """A holder token of a live thread (as ``stepwork.run_step`` holds one while it works)."""
+    """A holder token of a live thread (as ``run_step.run_step`` holds one while it works)."""
     token = holders.new_token()
     holders.hold(token)
     return token

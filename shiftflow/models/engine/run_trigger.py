@@ -4,7 +4,7 @@ its worker process.
 A first delivery goes straight to ``start.start_execution``. A redelivery (RabbitMQ sets
 the flag when the consumer that held the message died, or its channel closed) whose
 execution does not exist yet may be the reason its process died, so it is treated like a
-suspect step (``stepwork``):
+suspect step (``run_step``):
 
 1. it waits until it can run alone in its process (``kernel.isolation``), then its
    delivery is counted in PostgreSQL and committed before any work

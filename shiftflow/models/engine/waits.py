@@ -145,7 +145,7 @@ def deliver_event(workspace_id: Any, key: str, data: dict[str, Any]) -> tuple[in
 
 
 def run_event_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]:
-    """The ``event`` step (a ``stepwork`` handler): deliver ``with: {key, data}`` to the
+    """The ``event`` step (a ``run_step`` handler): deliver ``with: {key, data}`` to the
     steps of this workspace waiting for ``key``; the output says how many resumed.
 
     Delivery and the step's completion commit together, so a redelivery finds the step

@@ -1,7 +1,7 @@
 """What operators do with ``effect: once`` calls: list them, and settle an unknown outcome.
 
 A call whose outcome is unknown (an attempt sent it and died before recording the
-answer) parks its step WAITING (``effects_ledger``). Nobody but a person can tell what
+answer) parks its step WAITING (``call_once``). Nobody but a person can tell what
 happened on the other side, so a person settles it, as one of:
 
 * ``done`` with the result they found: the ledger records it, the step SUCCEEDS with it

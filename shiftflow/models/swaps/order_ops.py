@@ -58,7 +58,7 @@ LISTABLE_STATES = (*ORDER_STATES, "CREATING")
 
 
 def run_swap_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]:
-    """The ``sideshift_swap`` handler (``stepwork.register_handler``).
+    """The ``sideshift_swap`` handler (``run_step.register_handler``).
 
     Decides under the swap's lock (``swap_lineage``) what this run does with the orders
     of its swap, then does it outside the lock: create a new order, follow an order (its

@@ -213,7 +213,7 @@ def usd_price(symbol: str) -> Decimal | None:
 
 
 def run_price_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]:
-    """The ``price`` step handler (``stepwork.register_handler``): fetch or reuse, then record.
+    """The ``price`` step handler (``run_step.register_handler``): fetch or reuse, then record.
 
     Raises:
         PriceInputError, UnknownPrice: permanent; the engine fails the step.
