@@ -367,7 +367,7 @@ def baseline(amqp_url: str, bodies: list[bytes], seconds: float) -> float:
     """Messages/s of a bare loop with one synchronous confirm per publish."""
     import pika
 
-    from shiftflow.producers.publisher import queue_arguments
+    from shiftflow.kernel.confirm_publisher import queue_arguments
 
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
@@ -456,7 +456,7 @@ def broker_alone(amqp_url: str, bodies: list[bytes], rate: float, seconds: float
     The reference for the 70 % run: how long RabbitMQ takes to confirm at that rate on
     this machine, which is a floor under the ingress's own latency.
     """
-    from shiftflow.producers.publisher import ConfirmPublisher
+    from shiftflow.kernel.confirm_publisher import ConfirmPublisher
 
     async def run() -> list[float]:
         # The same queue arguments as the ingress declared (else PRECONDITION_FAILED).
@@ -498,7 +498,8 @@ def setup_database(url: str) -> tuple[str, str]:
     """Create the workflow and its webhook; return (token, secret)."""
     from shiftflow.kernel.db import bind_database
     from shiftflow.kernel.settings import Settings, configure
-    from shiftflow.models import catalog, webhook_secrets
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables import webhook_secrets
 
     configure(Settings(secret_keys=(SECRET_KEY,)))
     db = bind_database(url)

@@ -106,8 +106,8 @@ def _setup(
     from shiftflow.kernel.broker import build_broker
     from shiftflow.kernel.db import bind_database
     from shiftflow.kernel.settings import Settings
-    from shiftflow.models import catalog
-    from shiftflow.models.schedules import Schedule
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables.schedules import Schedule
 
     db = bind_database(pg_url)
     settings = Settings.from_env(

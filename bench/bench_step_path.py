@@ -68,8 +68,8 @@ def main() -> None:
     import shiftflow
     from shiftflow.kernel import enqueue, mongo
     from shiftflow.kernel.contracts import StepPayload, TriggerPayload
-    from shiftflow.models import runs
-    from shiftflow.models.executions import Execution
+    from shiftflow.models.engine import runs
+    from shiftflow.models.tables.executions import Execution
 
     sink = _ListSink()
     mongo.configure_sink(sink)  # type: ignore[arg-type]
@@ -97,7 +97,7 @@ def main() -> None:
         sink.docs.clear()
         print(f"{name:<34} {value:>9.0f} ns")
     try:
-        from shiftflow.models import step_events
+        from shiftflow.models.engine import step_events
     except ImportError:
         return
     _ab(runs, step_events, execution, metadata, sink)

@@ -317,7 +317,7 @@ def json_service() -> Iterator[Any]:
 def sqlite_models() -> Iterator[Any]:
     """Every model bound to a fresh in-memory SQLite database (dev mode's engine), for unit tests."""
     from shiftflow.kernel.db import make_database
-    from shiftflow.models.registry import ALL_MODELS, create_all
+    from shiftflow.models.tables.registry import ALL_MODELS, create_all
 
     database = make_database("sqlite:///:memory:")
     create_all(database)

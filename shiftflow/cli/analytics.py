@@ -1,6 +1,6 @@
 """``shiftflow analytics``: success rates, durations, usage and cost over a time range.
 
-The same readers as ``GET /api/v1/analytics/...`` (``models.analytics``), run as the
+The same readers as ``GET /api/v1/analytics/...`` (``models.manage.analytics``), run as the
 operator: on one workspace with ``--workspace``, else on every workspace. Exit codes: 0,
 1 (MongoDB unreachable), 2 bad usage (the message names the flag).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from shiftflow.cli.operator import connect, operator, print_json, usage_error, when
 from shiftflow.kernel.errors import SettingsError
-from shiftflow.models.problems import InvalidInput
+from shiftflow.models.manage.problems import InvalidInput
 
 #: Model field -> the flag a person typed.
 _FLAGS = {"since": "--since", "until": "--until", "workflow_id": "--workflow"}
@@ -49,7 +49,7 @@ def _ms(value: float | None) -> str:
 def _report(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from shiftflow.kernel.mongo import get_sink
-        from shiftflow.models import analytics
+        from shiftflow.models.manage import analytics
 
         try:
             connect(args)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from shiftflow.kernel import observe
-from shiftflow.models.tenancy import Workspace
-from shiftflow.models.workflows import Workflow
+from shiftflow.models.tables.tenancy import Workspace
+from shiftflow.models.tables.workflows import Workflow
 
 #: Longer names are cut: a label is for reading on a dashboard, not an identifier.
 MAX_LABEL_CHARS = 120

@@ -189,7 +189,7 @@ class ShiftflowRabbitmqBroker(RabbitmqBroker):
     * Some canonical queues are declared with a length limit. Dramatiq builds the same
       arguments for a queue and its delay queue; only the canonical queue
       (``_declare_queue``) gets the limit here, which is what
-      ``producers.publisher.queue_declarations`` declares too (a test compares both with
+      ``kernel.confirm_publisher.queue_declarations`` declares too (a test compares both with
       what RabbitMQ holds).
     * Its consumers report undecodable bodies (``_Consumer``).
 

@@ -18,7 +18,7 @@ What makes a trace:
   span ``trigger <source>``.
 * **Context in the message.** ``stamp`` puts the W3C ``traceparent`` into the Dramatiq
   message's ``options``: the envelope every ShiftFlow publisher writes (``enqueue``,
-  ``producers.publisher``, the scheduler's batch publisher), so it crosses RabbitMQ with
+  ``kernel.confirm_publisher``, the scheduler's batch publisher), so it crosses RabbitMQ with
   the message and every actor continues the trace (``TracingMiddleware``).
 * **Spans.** ``<actor>`` per message processed (consumer), ``step <id>`` per step outcome
   (inline, queued, each fan-out item; timed from the step's recorded duration), and

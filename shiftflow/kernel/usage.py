@@ -3,7 +3,7 @@
 The collection of docs/seed-mapping.md (``timestamp, integrationId, connectionId, action,
 workspaceId, success, duration, rateLimit``), plus ``workflowId`` and ``executionId``, and
 for a model call ``model``, ``tokensIn``, ``tokensOut`` and ``costUsd``: the analytics
-readers (``models.analytics``) sum usage per integration and cost per model from it.
+readers (``models.manage.analytics``) sum usage per integration and cost per model from it.
 
 Written through the process's batching sink (``kernel.mongo``) like every log document:
 never blocking, nothing written when MongoDB logging is off.

@@ -209,9 +209,9 @@ def test_operator_cli_and_management_api(system, real_env):
     from shiftflow.kernel.db import bind_database
     from shiftflow.kernel.enqueue import send
     from shiftflow.kernel.settings import Settings
-    from shiftflow.models.dead_letters import DeadLetter
-    from shiftflow.models.tenancy import Workspace
-    from shiftflow.models.workflows import Workflow, WorkflowVersion
+    from shiftflow.models.tables.dead_letters import DeadLetter
+    from shiftflow.models.tables.tenancy import Workspace
+    from shiftflow.models.tables.workflows import Workflow, WorkflowVersion
 
     settings = Settings.from_env(real_env)
     bind_database(settings.database_url)

@@ -28,7 +28,8 @@ import pytest
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import webhook_secrets
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import SIMPLE, serve
 from tests.own_rabbitmq import OwnRabbitMQ

@@ -26,11 +26,11 @@ import pytest
 from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.executions import Execution
-from shiftflow.models.runs import start_execution
-from shiftflow.models.schedules import Schedule
-from shiftflow.models.workflows import Workflow
-from shiftflow.producers.schedule_config import add_schedule, build_config
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.schedules import Schedule
+from shiftflow.models.tables.workflows import Workflow
+from shiftflow.producers.scheduler.config import add_schedule, build_config
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for_http, wait_until
 

@@ -14,9 +14,9 @@ import uvicorn
 
 from shiftflow.consumers.boot import boot
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import apikeys, catalog
-from shiftflow.models.access import Principal
-from shiftflow.models.tenancy import User, Workspace, WorkspaceMember
+from shiftflow.models.manage import apikeys, catalog
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.tables.tenancy import User, Workspace, WorkspaceMember
 from tests.support.message_tally import MessageTally
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for_http

@@ -20,11 +20,12 @@ from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import send_all
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, runs
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.sideshift import SideShiftOrder
-from shiftflow.models.tenancy import User
-from shiftflow.models.workflows import Workflow
+from shiftflow.models.engine import runs
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
+from shiftflow.models.tables.tenancy import User
+from shiftflow.models.tables.workflows import Workflow
 from tests.support.waiting import wait_until
 
 BTC = "bc1q" + "q" * 38

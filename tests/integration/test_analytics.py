@@ -22,10 +22,11 @@ from pymongo.errors import OperationFailure
 
 from shiftflow.kernel import usage
 from shiftflow.kernel.mongo import ANALYTICS_EVENTS, INTEGRATION_USAGE, get_sink
-from shiftflow.models import analytics, apikeys, catalog, runs
-from shiftflow.models.access import Principal
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.problems import Forbidden, InvalidInput
+from shiftflow.models.engine import runs
+from shiftflow.models.manage import analytics, apikeys, catalog
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.problems import Forbidden, InvalidInput
+from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import seed_tenant, serve, worker
 from tests.support.waiting import wait_until

@@ -1,7 +1,7 @@
 """Cancel, re-run and dead-letter replay on real services, with a worker on real RabbitMQ.
 
-The commands are the model functions the API and the CLI share (``models.control``,
-``models.replay``); the worker runs the real actors, so a cancelled step really is
+The commands are the model functions the API and the CLI share (``models.manage.control``,
+``models.manage.replay``); the worker runs the real actors, so a cancelled step really is
 running when it is cancelled and a replayed dead letter really was nacked by Dramatiq.
 """
 
@@ -19,14 +19,14 @@ import pytest
 from shiftflow.consumers import timers
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
-from shiftflow.models import catalog, control, replay
-from shiftflow.models.access import Principal
-from shiftflow.models.audit import AuditLog
-from shiftflow.models.base import utcnow
-from shiftflow.models.dead_letters import DeadLetter
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.problems import Conflict
-from shiftflow.models.workflows import Workflow, WorkflowVersion
+from shiftflow.models.manage import catalog, control, replay
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.problems import Conflict
+from shiftflow.models.tables.audit_log import AuditLog
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.dead_letters import DeadLetter
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.workflows import Workflow, WorkflowVersion
 from tests.integration.api_support import SIMPLE, worker
 from tests.support.message_tally import MessageTally
 from tests.support.waiting import wait_until

@@ -20,20 +20,20 @@ import pika
 import pytest
 
 from shiftflow.cli.main import main as cli
+from shiftflow.kernel.batch_publisher import ConfirmedBatchPublisher
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.errors import BrokerUnavailable
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog
-from shiftflow.models.executions import Execution
-from shiftflow.models.polling import PollingCursor
-from shiftflow.models.runs import start_execution
-from shiftflow.models.schedules import Schedule
-from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
-from shiftflow.producers.polling import Poller
-from shiftflow.producers.schedule_config import add_schedule, build_config, sync_definition_schedules
-from shiftflow.producers.scheduler import Scheduler, dedup_key
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.polling_cursors import PollingCursor
+from shiftflow.models.tables.schedules import Schedule
+from shiftflow.producers.poller.loop import Poller
+from shiftflow.producers.scheduler.config import add_schedule, build_config, sync_definition_schedules
+from shiftflow.producers.scheduler.loop import Scheduler, dedup_key
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration

@@ -42,7 +42,7 @@ def _database_exists(admin_url: str, name: str) -> bool:
 
 
 def test_pg_url_is_a_migrated_copy_of_the_template(pg_url, pg_template):
-    from shiftflow.models.migrations import available
+    from shiftflow.models.tables.migrations import available
 
     tables = _tables(pg_url)
     assert "schema_migrations" in tables

@@ -38,18 +38,19 @@ from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, control, order_ops, order_status, pricing
-from shiftflow.models.access import Principal
-from shiftflow.models.base import utcnow
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.notifications import Notification
-from shiftflow.models.orders import ReconcileError
-from shiftflow.models.prices import PriceCache
-from shiftflow.models.sideshift import SideShiftOrder
-from shiftflow.models.tenancy import User
-from shiftflow.models.workflow_metrics import WorkflowMetrics
-from shiftflow.models.workflows import Workflow
+from shiftflow.models.manage import catalog, control
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.swaps import order_ops, order_status, pricing
+from shiftflow.models.swaps.orders import ReconcileError
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.notifications import Notification
+from shiftflow.models.tables.price_cache import PriceCache
+from shiftflow.models.tables.side_effects import SideEffect
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
+from shiftflow.models.tables.tenancy import User
+from shiftflow.models.tables.workflow_metrics import WorkflowMetrics
+from shiftflow.models.tables.workflows import Workflow
 from tests.support.message_tally import MessageTally
 from tests.support.waiting import wait_until
 

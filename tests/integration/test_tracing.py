@@ -24,14 +24,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shiftflow.consumers.boot import boot
-from shiftflow.kernel import tracing
+from shiftflow.kernel import batch_publisher, tracing
 from shiftflow.kernel.contracts import TriggerPayload, execution_id_for
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.producers import batch_publisher
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import seed_tenant
 from tests.support.ports import free_port

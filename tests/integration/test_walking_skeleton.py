@@ -21,9 +21,10 @@ from shiftflow.kernel.broker import build_broker
 from shiftflow.kernel.mongo import EXECUTION_LOGS, get_sink
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.producers.ingress import create_app
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.producers.ingress.app import create_app
 from tests.support.message_tally import MessageTally
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for_http, wait_until

@@ -29,9 +29,9 @@ from prometheus_client import REGISTRY
 from shiftflow.consumers.timers import tick
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import build_message
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.runs import start_execution
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.side_effects import SideEffect
 from tests.support.waiting import wait_until
 
 from .outside_service import OutsideService
@@ -158,7 +158,7 @@ from shiftflow.kernel.settings import Settings, configure
 from shiftflow.consumers.boot import boot
 from shiftflow.kernel.contracts import StepPayload
 from shiftflow.kernel.db import database
-from shiftflow.models.stepwork import run_step
+from shiftflow.models.engine.run_step import run_step
 
 boot(configure(Settings.from_env()))
 with database.connection_context():

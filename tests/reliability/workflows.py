@@ -46,7 +46,7 @@ def http_step(step_id: str, n: str, **extra: Any) -> dict[str, Any]:
 def create_workflow(pg_url: str, definition: dict[str, Any], workspace: str = "rel") -> str:
     """Store ``definition`` in the database at ``pg_url``; return the workflow id."""
     from shiftflow.kernel.db import bind_database
-    from shiftflow.models import catalog
+    from shiftflow.models.manage import catalog
 
     db = bind_database(pg_url)
     try:

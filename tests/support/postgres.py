@@ -55,12 +55,12 @@ def reap_pg(admin_url: str) -> None:
 
 
 def migrate(url: str) -> list[str]:
-    """Bring the database at ``url`` to the current schema (``shiftflow.models.migrations.upgrade``).
+    """Bring the database at ``url`` to the current schema (``shiftflow.models.tables.migrations.upgrade``).
 
     Returns the names of the migrations applied. Closes every connection it opened.
     """
     from shiftflow.kernel.db import make_database
-    from shiftflow.models.migrations import upgrade
+    from shiftflow.models.tables.migrations import upgrade
 
     db = make_database(url)
     try:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from shiftflow.kernel.settings import Settings
-from shiftflow.producers.auth_throttle import (
+from shiftflow.producers.api.auth_throttle import (
     AuthThrottle,
     Limits,
     MemoryStore,
@@ -75,7 +75,7 @@ def test_an_unreachable_redis_falls_back_to_counting_in_memory():
 
 
 def test_the_memory_store_stays_bounded(monkeypatch):
-    from shiftflow.producers import auth_throttle
+    from shiftflow.producers.api import auth_throttle
 
     monkeypatch.setattr(auth_throttle, "MAX_COUNTERS", 10)
     store = MemoryStore(Clock())

@@ -16,9 +16,9 @@ from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.definition import validate
 from shiftflow.kernel.errors import DefinitionError
 from shiftflow.kernel.runnable import check_runnable, references
-from shiftflow.models import catalog
-from shiftflow.models.registry import create_all
-from shiftflow.models.workflows import Workflow
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.registry import create_all
+from shiftflow.models.tables.workflows import Workflow
 
 CLI = str(Path(sys.executable).with_name("shiftflow"))
 STEP = {"id": "t", "type": "transform", "with": {"output": {"ok": True}}}

@@ -31,10 +31,11 @@ from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import DefinitionError
 from shiftflow.kernel.runnable import check_runnable
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, secrets
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.registry import ALL_MODELS, create_all
-from shiftflow.models.workflows import Workflow, WorkflowVersion
+from shiftflow.models.engine import connection_secrets
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.registry import ALL_MODELS, create_all
+from shiftflow.models.tables.workflows import Workflow, WorkflowVersion
 from tests.support.waiting import wait_until
 
 CANARY = "cAnArY-5f0c2e9b71d4a8"
@@ -158,7 +159,7 @@ def _finish(workflow, key, *, or_waiting=False):
 @pytest.mark.parametrize("name", ["wait", "wait_event", "event", "workflow", "approval"])
 def test_a_stored_definition_with_a_misplaced_secret_stores_nothing_of_it(name, engine):
     workspace = catalog.ensure_workspace("t")
-    secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
+    connection_secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
     catalog.apply_definition(workspace, {"name": "child", "steps": [
         {"id": "c", "type": "transform", "with": {"output": "{{ trigger }}"}}]})
     waiting = catalog.apply_definition(workspace, {"name": "waiting", "steps": [
@@ -178,7 +179,7 @@ def test_a_4xx_echo_cut_inside_a_secret_is_masked_before_the_cut(engine, json_se
     # The service answers 400 with '{"received": {"p": "<pad><secret>"}...': the pad puts
     # the secret across the 200th character, where the error's excerpt is cut.
     workspace = catalog.ensure_workspace("t")
-    secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
+    connection_secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
     json_service.script = [400]
     pad = "p" * (200 - len('{"received": {"p": "') - 8)
     workflow = catalog.apply_definition(workspace, {"name": "h", "steps": [{"id": "h", "type": "http", "with": {
@@ -192,7 +193,7 @@ def test_a_4xx_echo_cut_inside_a_secret_is_masked_before_the_cut(engine, json_se
 
 def test_a_secret_in_a_query_string_reaches_no_log(engine, json_service, caplog):
     workspace = catalog.ensure_workspace("t")
-    secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
+    connection_secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
     workflow = catalog.apply_definition(workspace, {"name": "q", "steps": [{"id": "h", "type": "http", "with": {
         "url": json_service.url + "/q?key=" + REF}}]}).workflow
     with caplog.at_level(logging.DEBUG):
