@@ -22,7 +22,7 @@ from pymongo.errors import OperationFailure
 
 from shiftflow.kernel import usage
 from shiftflow.kernel.mongo import ANALYTICS_EVENTS, INTEGRATION_USAGE, get_sink
-from shiftflow.models.engine import runs
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import analytics, apikeys, catalog
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.problems import Forbidden, InvalidInput
@@ -64,7 +64,7 @@ def _start(workflow_id: Any, key: str, n: int) -> Execution:
     from shiftflow.kernel.contracts import TriggerPayload
     from shiftflow.kernel.enqueue import send_all
 
-    started = runs.start_execution(TriggerPayload(workflow_id=str(workflow_id), dedup_key=key, source="manual",
+    started = start_execution(TriggerPayload(workflow_id=str(workflow_id), dedup_key=key, source="manual",
                                                   data={"n": n}))
     send_all(started.outgoing)
     return started.execution

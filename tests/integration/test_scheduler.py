@@ -1,7 +1,7 @@
 """The scheduler and the poller on real PostgreSQL and RabbitMQ.
 
 Published triggers are counted by reading the ``triggers`` queue of the test's own vhost
-with pika; executions are created from them with ``runs.start_execution`` where the
+with pika; executions are created from them with ``start.start_execution`` where the
 test needs to show that a re-published slot makes one execution.
 """
 

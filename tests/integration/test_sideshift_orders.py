@@ -38,7 +38,7 @@ from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.manage import catalog, control
+from shiftflow.models.manage import catalog, control, queries
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.swaps import order_ops, order_status, pricing
 from shiftflow.models.swaps.orders import ReconcileError
@@ -106,7 +106,7 @@ class Rig:
         execution = Execution.get_or_none(Execution.dedup_key == key)
         if execution is None:
             return "no execution"
-        detail = catalog.execution_detail(execution)
+        detail = queries.detail_dict(execution)
         orders = [
             (o.state, o.error)
             for o in SideShiftOrder.select().where(SideShiftOrder.execution == execution.id)

@@ -186,8 +186,8 @@ def test_approval_approve_and_reject(engine):
     a, r = _run(wf, key="a"), _run(wf, key="r")
     wait_until(lambda: StepExecution.select().where(StepExecution.status == "WAITING").count() == 2)
     ea, er = Execution.get(Execution.dedup_key == a), Execution.get(Execution.dedup_key == r)
-    send_all(waits.decide_approval(ea.id, "ok", approved=True, by="ada"))
-    send_all(waits.decide_approval(er.id, "ok", approved=False, by="bob", comment="too risky"))
+    send_all(waits.resume_approval(ea.id, "ok", approved=True, by="ada"))
+    send_all(waits.resume_approval(er.id, "ok", approved=False, by="bob", comment="too risky"))
     assert _done(a).status == "SUCCEEDED"
     rejected = _done(r)
     assert rejected.status == "FAILED" and "too risky" in rejected.error
@@ -299,7 +299,7 @@ def test_effect_once_never_repeats_an_unknown_outcome(engine, url, service):
     # Simulate a crash after sending: the effect is SENDING and the step runs again.
     wf2 = _apply([{"id": "pay", "type": "http", "effect": "once",
                    "with": {"method": "POST", "url": url + "/pay", "json": {"amount": 6}}}], name="w2")
-    started = __import__("shiftflow.models.engine.runs", fromlist=["x"]).start_execution(
+    started = __import__("shiftflow.models.engine.start", fromlist=["x"]).start_execution(
         TriggerPayload(str(wf2.id), "crash", "test", {}))
     SideEffect.create(workspace=wf2.workspace_id, execution=started.execution.id, step_id="pay", iteration=0,
                       kind="http", state="SENDING", request_hash=__import__(
