@@ -1,5 +1,7 @@
-"""The models on SQLite (dev mode): every table builds, JSON round-trips, unique keys and
-CHECK constraints hold, and the registry lists every model in dependency order."""
+"""The ``models.tables`` package on SQLite (dev mode): every table builds, JSON round-trips,
+unique keys and CHECK constraints hold, the registry (``tables.registry``) lists every model in
+dependency order, and the migrations (``tables.migrations``) refuse SQLite. Named after the
+package, not one module: the constraints checked live in several of its table modules."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Dev mode (SQLite) keeps the one-order-per-swap rule: a re-run adopts the open order of
-the execution it repeats. The steps run by direct calls; the fake SideShift over HTTP."""
+"""``models.swaps.lineage`` on SQLite (dev mode): the one-order-per-swap rule holds, a re-run
+adopts the open order of the execution it repeats. The steps run by direct calls; the fake
+SideShift over HTTP. The PostgreSQL side is ``tests/integration/test_swap_lineage.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``flow.rollup_stats``: workflow counters recomputed for the workflows that ran recently."""
+"""``models.engine.flow_control.rollup_stats``: workflow counters recomputed for the workflows that ran recently."""
 
 from __future__ import annotations
 

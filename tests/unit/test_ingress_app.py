@@ -1,5 +1,8 @@
-"""The webhook ingress with a fake lookup and a fake publish: every status code, the
-order of checks, metrics, and the hook lookup cache. No broker, no server."""
+"""``producers.ingress.app``, the webhook ingress, with a fake lookup and a fake publish: every
+status code, the order of checks, metrics. No broker, no server.
+
+It also tests ``producers.ingress.hooks`` (the hook lookup cache and ``load_hook`` on SQLite),
+kept here rather than split out because those tests share this file's fakes and client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The failed-authentication throttle's counting: windows, limits, and Redis falling back."""
+"""``producers.api.auth_throttle``: the failed-authentication throttle's counting (windows,
+limits, and Redis falling back). Its end-to-end behaviour through the API is in
+``tests/integration/test_auth_throttle.py``."""
 
 from __future__ import annotations
 

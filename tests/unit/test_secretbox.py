@@ -1,5 +1,5 @@
-"""Keys from SHIFTFLOW_SECRET_KEYS: derived with a KDF, a key id that does not help guessing,
-ciphertexts of the old derivation still readable and rotated to the new one."""
+"""``kernel.secretbox``: keys from SHIFTFLOW_SECRET_KEYS derived with a KDF, a key id that does
+not help guessing, ciphertexts of the old derivation still readable and rotated to the new one."""
 
 from __future__ import annotations
 

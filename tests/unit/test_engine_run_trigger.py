@@ -1,4 +1,5 @@
-"""Trigger messages count their redeliveries and are quarantined past the delivery limit.
+"""``models.engine.run_trigger`` (with ``tables.trigger_deliveries``): trigger messages count
+their redeliveries and are quarantined past the delivery limit.
 
 Pure engine logic on SQLite: the current Dramatiq message is set by hand (as the
 ``CurrentMessage`` middleware would), with RabbitMQ's ``redelivered`` flag on or off.
