@@ -1,5 +1,4 @@
-"""Dead letters are recorded whatever the message holds (``models.tables.dead_letters.record``),
-and log documents BSON cannot encode do not stop the MongoDB writer (``kernel.mongo``)."""
+"""``models.tables.dead_letters.record``: dead letters are recorded whatever the message holds."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import json
 import math
 from typing import Any
 
-from shiftflow.kernel.bson_guard import ints_as_text
 from shiftflow.models.tables import dead_letters
 from shiftflow.models.tables.dead_letters import DeadLetter
 
@@ -46,9 +44,3 @@ def test_an_unstorable_message_is_kept_as_escaped_text(sqlite_models: Any) -> No
     # Recorded once per message id, as before.
     dead_letters.record("m-1", "triggers", "triggers.start", _message(data), "again")
     assert DeadLetter.select().count() == 1
-
-
-def test_integers_beyond_64_bits_become_text_for_bson() -> None:
-    document = {"a": [2**63, -(2**63) - 1, 2**63 - 1, True], "b": {"c": 10**40}, "d": 1.5}
-    assert ints_as_text(document) == {"a": [str(2**63), str(-(2**63) - 1), 2**63 - 1, True],
-                                    "b": {"c": str(10**40)}, "d": 1.5}
