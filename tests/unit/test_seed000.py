@@ -1,4 +1,4 @@
-"""Seed 000's crypto workflows as definitions, and the pure parts of price and swap steps."""
+"""``kernel.seed000``: seed 000's crypto workflows as definitions (and the dca example)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from shiftflow.kernel.definition import validate
 from shiftflow.kernel.errors import DefinitionError
 from shiftflow.kernel.seed000 import DEFAULT_CRON, active, convert
 from shiftflow.kernel.steps import StepState, plan
-from shiftflow.kernel.swap_spec import SwapInputError, SwapSpec, request_hash
-from shiftflow.models.swaps.orders import external_id
-from shiftflow.models.swaps.pricing import PriceInputError, PriceRequest, price_text
+from shiftflow.kernel.swap_spec import SwapSpec
 
 BTC = "bc1q" + "q" * 38
+
 SEED = {
     "name": "ETH dip buyer",
     "description": "Dollar cost averaging",
@@ -160,63 +159,3 @@ def test_the_dca_example_is_a_valid_definition():
         definition.step("swap").actor == "sideshift.order" and definition.step("price").actor == "tools.call"
     )
     assert data["max_executions"] == 10
-
-
-# -- swap inputs ----------------------------------------------------------------------------------------
-
-
-GOOD = {"deposit_coin": "ETH", "settle_coin": "btc", "amount": "0.1", "settle_address": BTC}
-
-
-def test_swap_inputs_parse_to_exact_decimals():
-    spec = SwapSpec.parse({**GOOD, "amount": 0.1, "deposit_network": "ethereum"})
-    assert spec.deposit_coin == "eth" and spec.deposit_amount == Decimal("0.1") and spec.shift_type == "fixed"
-    assert spec.canonical()["deposit_amount"] == "0.1"
-    assert SwapSpec.parse({**GOOD, "amount": None, "settle_amount": "0.005"}).settle_amount == Decimal(
-        "0.005"
-    )
-    variable = SwapSpec.parse({**GOOD, "type": "variable", "amount": None})
-    assert variable.deposit_amount is None and variable.shift_type == "variable"
-    assert request_hash(spec) == request_hash(SwapSpec.parse({**GOOD, "deposit_network": "ethereum"}))
-    assert request_hash(spec) != request_hash(SwapSpec.parse({**GOOD, "amount": "0.2"}))
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"settle_address": None}, "'settle_address' is required"),
-        ({"amount": "-1"}, "'amount' must be greater than zero"),
-        ({"amount": "lots"}, "'amount' must be a decimal amount"),
-        ({"amount": None}, "exactly one of 'amount'"),
-        ({"settle_amount": "1"}, "exactly one of 'amount'"),
-        ({"deposit_amount": "1"}, "not both"),
-        ({"type": "variable", "settle_amount": "1", "amount": None}, "takes no 'settle_amount'"),
-        ({"type": "limit"}, "'type' must be fixed or variable"),
-        ({"deposit_coin": "e t h"}, "'deposit_coin' must be a coin ticker"),
-        ({"settle_network": "Bit Coin"}, "'settle_network' must be a network id"),
-        ({"settle_address": "bc1q with space"}, "'settle_address' must be a string"),
-        ({"settle_adress": BTC}, "unknown input 'settle_adress'"),
-    ],
-)
-def test_bad_swap_inputs_name_the_field(change, message):
-    with pytest.raises(SwapInputError) as info:
-        SwapSpec.parse({**GOOD, **change})
-    assert message in str(info.value)
-
-
-def test_external_ids_are_stable_short_and_distinct_per_rerun():
-    assert external_id("e1", "swap", 0) == "e1:swap:0"
-    assert external_id("e1", "swap", 2, generation=2) == "e1:swap:2/r2"
-    long_step = "s" * 100
-    ident = external_id("0" * 36, long_step, 7)
-    assert len(ident) <= 100 and ident == external_id("0" * 36, long_step, 7) and ident.endswith(":7")
-
-
-def test_price_inputs_and_decimal_text():
-    assert PriceRequest.parse({"coin": " Ethereum ", "vs_currency": "USD"}) == PriceRequest("ethereum", "usd")
-    with pytest.raises(PriceInputError, match="unknown input 'coinId'"):
-        PriceRequest.parse({"coinId": "ethereum"})
-    with pytest.raises(PriceInputError, match="'max_age_seconds'"):
-        PriceRequest.parse({"coin": "ethereum", "max_age_seconds": -1})
-    assert price_text(Decimal("2999.50")) == "2999.5" and price_text(3e-05) == "0.00003"
-    assert price_text(Decimal("3000")) == "3000" and price_text(61234.5) == "61234.5"
