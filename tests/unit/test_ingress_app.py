@@ -7,6 +7,7 @@ kept here rather than split out because those tests share this file's fakes and 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import warnings
@@ -733,6 +734,8 @@ def _sealed(values: list[Any]) -> dict[str, Any]:
 
 
 def test_load_hook_reads_and_releases_the_connection(sqlite_db: peewee.Database, keyed: None) -> None:
+    from shiftflow.kernel.secretbox import vault_for
+    from shiftflow.models.tables import webhook_secrets
     from shiftflow.models.tables.tenancy import Workspace
     from shiftflow.models.tables.workflows import Webhook, Workflow
 
@@ -743,7 +746,17 @@ def test_load_hook_reads_and_releases_the_connection(sqlite_db: peewee.Database,
         Webhook.create(workflow=active, token="tok-a", scheme="github", **_sealed(["s1", "s2", 3, ""]))
         Webhook.create(workflow=active, token="tok-off", is_active=False, **_sealed(["s"]))
         Webhook.create(workflow=paused, token="tok-p", **_sealed(["s"]))
-        assert "s1" not in str(sqlite_db.execute_sql("SELECT * FROM webhook").fetchall())  # sealed at rest
+        rows = sqlite_db.execute_sql("SELECT * FROM webhook").fetchall()
+        [(sealed, key_id)] = sqlite_db.execute_sql(
+            "SELECT sealed_secrets, key_id FROM webhook WHERE token = 'tok-a'"
+        ).fetchall()
+    # Sealed at rest: no column holds a secret, or their list, in clear; the stored column is one
+    # whole token (URL-safe base64, which no JSON text matches) that the current key opens to the
+    # secrets. Not a substring test on the token: random base64 holds "s1" in about 1 run in 15.
+    assert not {"s1", "s2", json.dumps(["s1", "s2"])} & {value for row in rows for value in row}
+    assert re.fullmatch(r"[A-Za-z0-9_-]+=*", sealed), sealed
+    assert webhook_secrets.open_sealed(sealed) == ["s1", "s2"]
+    assert key_id == vault_for((HOOK_KEY,)).current_key_id
     assert load_hook("tok-a") == HookInfo("tok-a", "github", ("s1", "s2"), str(active.id), str(ws.id), True)
     assert sqlite_db.is_closed()  # no connection held after the lookup
     assert load_hook("tok-off").active is False  # type: ignore[union-attr]
