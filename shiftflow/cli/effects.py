@@ -49,10 +49,10 @@ def _line(item: dict[str, Any]) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from shiftflow.models.manage import effects as effect_ops
+    from shiftflow.models.manage import effects
 
     connect(args)
-    page = effect_ops.list_effects(operator(args), state=args.state, execution_id=args.execution, limit=args.limit)
+    page = effects.list_effects(operator(args), state=args.state, execution_id=args.execution, limit=args.limit)
     if args.json:
         print_json(page.as_dict())
         return 0
@@ -66,10 +66,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from shiftflow.models.manage import effects as effect_ops
+    from shiftflow.models.manage import effects
 
     connect(args)
-    detail = effect_ops.effect_detail(operator(args), args.effect)
+    detail = effects.effect_detail(operator(args), args.effect)
     if args.json:
         print_json(detail)
         return 0
@@ -82,7 +82,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _settle(args: argparse.Namespace) -> int:
-    from shiftflow.models.manage import effects as effect_ops
+    from shiftflow.models.manage import effects
 
     extra: dict[str, Any] = {}
     if args.result is not None:
@@ -92,7 +92,7 @@ def _settle(args: argparse.Namespace) -> int:
             raise InvalidInput("result", f"not valid JSON: {exc}") from None
     outcome = "done" if args.done else "failed" if args.failed else "retry"
     settings = connect(args)
-    effect, outgoing = effect_ops.settle(operator(args), args.effect, outcome, reason=args.reason, by=args.by,
+    effect, outgoing = effects.settle(operator(args), args.effect, outcome, reason=args.reason, by=args.by,
                                          **extra)
     _publish(settings, outgoing)
     then = {

@@ -21,9 +21,9 @@ from starlette.applications import Starlette
 
 from shiftflow.kernel.mongo import MongoSink, configure_sink, get_sink
 from shiftflow.kernel.settings import Settings
-from shiftflow.producers.api import app as api
+from shiftflow.producers.api import app as api_app
 from shiftflow.producers.api import spec
-from shiftflow.producers.ingress import app as ingress
+from shiftflow.producers.ingress import app as ingress_app
 
 
 def create_app(
@@ -33,15 +33,15 @@ def create_app(
 
     Parameters:
         settings: passed to both apps.
-        api_options: keyword arguments of ``api.create_api`` (``send``, ``mongo``).
-        ingress_options: keyword arguments of ``ingress.create_app`` (``publish``, ``lookup``...).
+        api_options: keyword arguments of ``api_app.create_api`` (``send``, ``mongo``).
+        ingress_options: keyword arguments of ``ingress_app.create_app`` (``publish``, ``lookup``...).
 
     Returns:
         One ASGI app; the ingress's lifespan (its publisher) runs as before, inside one
         that opens and closes the log sink.
     """
-    app = ingress.create_app(settings, **ingress_options)
-    app.mount(spec.PREFIX, api.create_api(settings, **(api_options or {})))
+    app = ingress_app.create_app(settings, **ingress_options)
+    app.mount(spec.PREFIX, api_app.create_api(settings, **(api_options or {})))
     inner = app.router.lifespan_context
 
     @asynccontextmanager

@@ -1,7 +1,7 @@
 """The management API's analytics paths: ``GET /analytics/{workflows,steps,integrations,costs}``.
 
 Their part of the OpenAPI document (paths and response schemas) and their handlers, kept
-apart from ``api_spec``/``api_handlers``, which merge them in. Each handler calls a reader
+apart from ``api.spec``/``api.handlers``, which merge them in. Each handler calls a reader
 of ``models.manage.analytics`` (the CLI's ``shiftflow analytics`` calls the same ones).
 """
 
@@ -65,7 +65,7 @@ _REPORTS = {
 
 def paths(op: Callable[..., dict[str, Any]], query: Callable[..., dict[str, Any]],
           ok: Callable[..., dict[str, Any]], errors: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """The analytics paths, built with ``api_spec``'s helpers (passed in: no import cycle)."""
+    """The analytics paths, built with ``api.spec``'s helpers (passed in: no import cycle)."""
     params = [
         query("since", TIME, "start of the window, with a UTC offset (default: seven days before `until`)"),
         query("until", TIME, "end of the window, with a UTC offset (default: now); at most "
@@ -92,10 +92,10 @@ def _handler(report: str) -> Callable[[Any], Any]:
     return handle
 
 
-#: operationId -> a function of the ``api_handlers.Call`` returning the 200 body.
+#: operationId -> a function of the ``api.handlers.Call`` returning the 200 body.
 HANDLERS: dict[str, Callable[[Any], Any]] = {op_id: _handler(report) for report, (op_id, _s, _m) in _REPORTS.items()}
 
 
 def answer(read: Callable[[Any], Any], result: Callable[[int, Any], Any]) -> Callable[[Any], Any]:
-    """``read`` as an operation handler: its body answered 200 (``result``: ``api_handlers.Result``)."""
+    """``read`` as an operation handler: its body answered 200 (``result``: ``api.handlers.Result``)."""
     return lambda call: result(200, read(call))

@@ -6,7 +6,7 @@ Everything the API does, the CLI does with the same functions (``models.manage.w
 * **Auth**: ``Authorization: Bearer sfk_...`` (``apikeys.authenticate``); the key's
   workspace scopes every query, so another workspace's ids answer 404.
 * **Input**: bodies, query parameters and headers are validated against the OpenAPI
-  document (``api_spec``), which is served at ``/api/v1/openapi.json``; text PostgreSQL
+  document (``producers.api.spec``), which is served at ``/api/v1/openapi.json``; text PostgreSQL
   cannot store (NUL, lone surrogates) is refused. Bad input is never a 5xx.
 * **Errors**: ``{"error": "..."}`` with 400 (body not JSON), 401, 403, 404, 409, 413,
   422 (a field, named), 429 (too many failed authentications from the address or for the
@@ -53,8 +53,7 @@ from shiftflow.models.manage import apikeys
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.problems import Conflict, Forbidden, InvalidInput, Unauthenticated
 from shiftflow.models.manage.quotas import RunAdmission
-from shiftflow.producers.api import auth_throttle
-from shiftflow.producers.api import spec as api_spec
+from shiftflow.producers.api import auth_throttle, spec
 from shiftflow.producers.api.auth_throttle import AuthThrottle, Throttled
 from shiftflow.producers.api.handlers import HANDLERS, Call, Result, Send
 
@@ -124,11 +123,11 @@ async def _read_body(request: Request) -> bytes:
 
 
 def _parse_body(raw: bytes, content_type: str, op: dict[str, Any]) -> dict[str, Any]:
-    spec = op.get("requestBody")
-    if spec is None:
+    body_spec = op.get("requestBody")
+    if body_spec is None:
         return {}
     if not raw.strip():
-        if spec.get("required"):
+        if body_spec.get("required"):
             raise _Reject(400, "a JSON body is required")
         return {}
     media = content_type.split(";", 1)[0].strip().lower()
@@ -140,7 +139,7 @@ def _parse_body(raw: bytes, content_type: str, op: dict[str, Any]) -> dict[str, 
         raise _Reject(400, "body nests too deeply") from None
     except ValueError as exc:
         raise _Reject(400, f"body is not valid JSON: {exc}") from None
-    _validate(data, spec["content"]["application/json"]["schema"], "body")
+    _validate(data, body_spec["content"]["application/json"]["schema"], "body")
     problem = unstorable(data)
     if problem:
         raise InvalidInput("body", problem)
@@ -325,7 +324,7 @@ def create_api(
             ``settings.redis_url`` is set, else this process's own.
 
     Returns:
-        A Starlette app serving every path of ``api_spec.DOCUMENT`` relative to its mount.
+        A Starlette app serving every path of ``spec.DOCUMENT`` relative to its mount.
     """
     if send is None:
         from shiftflow.kernel.enqueue import send as enqueue_send
@@ -393,7 +392,7 @@ def create_api(
         return handle
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(api_spec.DOCUMENT)
+        return JSONResponse(spec.DOCUMENT)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -411,7 +410,7 @@ def create_api(
 
     routes = [Route("/openapi.json", openapi, methods=["GET"])]
     grouped: dict[str, dict[str, Callable[[Request], Any]]] = {}
-    for method, path, op in api_spec.operations():
+    for method, path, op in spec.operations():
         if op["operationId"] in HANDLERS:
             grouped.setdefault(path, {})[method] = endpoint(op)
     # Literal paths before parameterised ones, so /dead-letters/replay is not an id. One
@@ -447,6 +446,6 @@ def missing_handlers() -> list[str]:
     """Operation ids of the document without a handler (a test keeps this empty)."""
     return [
         op["operationId"]
-        for _, _, op in api_spec.operations()
+        for _, _, op in spec.operations()
         if op["operationId"] not in HANDLERS and op["operationId"] != "getOpenApi"
     ]

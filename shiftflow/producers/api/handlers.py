@@ -1,4 +1,4 @@
-"""The management API's operations: one plain function per ``operationId`` of ``api_spec``.
+"""The management API's operations: one plain function per ``operationId`` of ``api.spec``.
 
 Each takes the authenticated ``Call`` (caller, path, validated parameters and body)
 and returns a ``Result``: the status, the body, and the messages to publish once the

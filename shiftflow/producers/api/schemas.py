@@ -1,6 +1,6 @@
 """The components of the management API's OpenAPI document: response schemas, shared pieces.
 
-Request schemas are inline in ``api_spec`` (the API validates bodies with them, so
+Request schemas are inline in ``api.spec`` (the API validates bodies with them, so
 they must stand alone); responses refer to these by ``$ref``.
 """
 
