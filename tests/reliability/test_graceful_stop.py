@@ -19,8 +19,10 @@ import pytest
 
 from tests.support.waiting import wait_until
 
-from . import Rig, two_call_definition, wait_terminal
 from .checker import check
+from .rig import Rig
+from .waiting import wait_terminal
+from .workflows import two_call_definition
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
 
