@@ -191,7 +191,8 @@ def test_the_process_limiter_uses_the_process_settings_and_redis(redis_url, monk
     try:
         connection = f"conn-{id(monkeypatch)}"
         assert ratelimit.acquire("smtp", connection) is None
-        assert ratelimit.acquire("smtp", connection) == pytest.approx(1.0, abs=0.05)
+        # The wait is 1 s less the time since the first acquire (a loaded machine may take a while).
+        assert 0.5 < (ratelimit.acquire("smtp", connection) or 0) <= 1.0
         assert ratelimit.cool_down("smtp", connection, 5) == pytest.approx(5)
         with redis.Redis.from_url(redis_url) as client:
             assert client.pttl(f"shiftflow:ratelimit:cooldown:smtp:{connection}") > 4000
