@@ -520,6 +520,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget", type=float, default=280.0, help="whole run limit in seconds (default 280)"
     )
+    parser.add_argument("--log-dir", default="", help="keep the workers' logs there (default: a temporary folder)")
     parser.add_argument("--profile", action="store_true", help="then profile ShiftFlow (py-spy + a trace)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -606,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             for system in systems:
                 system.setup(res, mongo_url)
                 stack.callback(system.close)
-            log_dir = Path(tmp)
+            log_dir = Path(args.log_dir or tmp)
             if args.workload == "wait":
                 for system in systems:
                     with running(system, log_dir, mongo_pids, args.warmup, budget) as workers:

@@ -139,14 +139,15 @@ def _at(samples: list[Sample], messages: float) -> Sample:
 
 def report(samples: list[Sample], roots: set[int], total: int, warmup: int) -> float:
     """Print the curve's points and the growth after warm-up; return the growth (0.05 = 5 %)."""
-    points = [("start", samples[0]), ("warm-up end", _at(samples, warmup)),
+    first = next((s for s in samples if s.messages > 0), samples[0])  # the pool has booted
+    points = [("start", first), ("warm-up end", _at(samples, warmup)),
               ("middle", _at(samples, (warmup + total) / 2)), ("end", samples[-1])]
     pids = sorted({pid for _, s in points for pid in s.rss})
     print()
     print(f"{'point':<12} {'messages':>9} {'seconds':>8} {'workers MB':>11}  " + " ".join(f"{p:>9}" for p in pids))
     for name, s in points:
         print(
-            f"{name:<12} {s.messages:>9,} {s.at - samples[0].at:>8.0f} {s.workers_kb(roots) / 1024:>11.1f}  "
+            f"{name:<12} {s.messages:>9,} {s.at - first.at:>8.0f} {s.workers_kb(roots) / 1024:>11.1f}  "
             + " ".join(f"{s.rss.get(p, 0) / 1024:>9.1f}" for p in pids)
         )
     print("(per-process columns: RSS in MB by pid; the supervisor, " + ", ".join(map(str, sorted(roots)))
@@ -158,6 +159,9 @@ def report(samples: list[Sample], roots: set[int], total: int, warmup: int) -> f
         if pid in roots or not base.rss.get(pid) or not end.rss.get(pid):
             continue
         per.append(f"{pid} {end.rss[pid] / base.rss[pid] - 1:+.1%}")
+    middle = _at(samples, (warmup + total) / 2)
+    print(f"second half ({middle.messages:,} -> {end.messages:,} messages): "
+          f"{end.workers_kb(roots) / max(1, middle.workers_kb(roots)) - 1:+.1%}")
     print(f"growth after warm-up ({base.messages:,} -> {end.messages:,} messages): {growth:+.1%} "
           f"(target <= {TARGET_GROWTH:.0%}: {'met' if growth <= TARGET_GROWTH else 'MISSED'}); per process: "
           + ", ".join(per))
