@@ -212,6 +212,7 @@ def _fresh_stats() -> dict[str, Any]:
         "hop_statements": collections.Counter(),
         "hop_sql": collections.Counter(),
         "hop_wall": collections.Counter(),
+        "hop_cpu": collections.Counter(),
         "hop_count": collections.Counter(),
         "doc_kinds": collections.Counter(),
         "live": 0,
@@ -321,7 +322,7 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
                         stats["actor"] = hop
                         if stats["record"] is not None:
                             stats["record"].append((hop, "-- message received"))
-                        hop_start = time.perf_counter()
+                        hop_start, hop_cpu = time.perf_counter(), time.thread_time()
                         database.connect(reuse_if_open=True)
                         current.before_process_message(stub, message)
                         try:
@@ -330,6 +331,10 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
                             current.after_process_message(stub, message)
                             database.close()
                         stats["hop_wall"][hop] += time.perf_counter() - hop_start
+                        # This thread's CPU: Python and the client libraries, not the waits
+                        # on PostgreSQL, Mongo or the echo service (the live-update and Mongo
+                        # sender threads run apart and are not in it).
+                        stats["hop_cpu"][hop] += time.thread_time() - hop_cpu
                         stats["hop_count"][hop] += 1
             wall += time.perf_counter() - start
     finally:
@@ -352,11 +357,12 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
         + f"); "
         f"{stats['messages'] / n:.1f} messages; {stats['docs'] / n:.1f} Mongo documents"
     )
-    print("  per hop (message): count per execution, statements, SQL ms and wall ms per message:")
+    print("  per hop (message): count per execution, statements, SQL ms, wall ms and this thread's CPU ms per message:")
     for hop, hops in sorted(stats["hop_count"].items()):
         print(
             f"    {hop:<22} x{hops / n:4.1f}  {stats['hop_statements'][hop] / hops:5.1f} statements  "
             f"SQL {stats['hop_sql'][hop] * 1000 / hops:6.2f} ms  wall {stats['hop_wall'][hop] * 1000 / hops:6.2f} ms"
+            f"  CPU {stats['hop_cpu'][hop] * 1000 / hops:5.2f} ms"
         )
     indexes = pg_indexes(sf.pg_url)
     if pg_done:
