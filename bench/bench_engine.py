@@ -351,6 +351,10 @@ def report(
     return missed
 
 
+#: Seconds for idle PostgreSQL backends' counters to land (they report after 10 s idle).
+SETTLE_S = 11.0
+
+
 @dataclass
 class IdleWindow:
     """CPU per second by component, and the system database's work per second, over a window."""
@@ -415,11 +419,14 @@ def run_wait(
        ``wake_at``), and the delay of each behind ``wake_at``.
     """
     out = WaitResult(parked=parked)
+    # An idle backend reports its counters only after 10 s (PGSTAT_IDLE_INTERVAL): the
+    # warm-up's, and later the parking's, must land before a window starts.
+    time.sleep(SETTLE_S)
     out.empty = idle_window(system, workers, mongo_pids, idle)
     size_before = _sf_parked_bytes(system) if system.key == "sf" else 0
     # Parking 1000 took ShiftFlow's workers about 13 s on a loaded 2-core box: leave room for
     # the parking and the loaded window before the wake-up time.
-    system.wake_at = time.time() + parked / 40.0 + idle + 8.0
+    system.wake_at = time.time() + parked / 40.0 + idle + SETTLE_S + 8.0
     system.begin_phase()
     start = time.monotonic()
     indices = list(range(parked))
@@ -431,7 +438,7 @@ def run_wait(
             "SELECT count(*) FROM step_execution WHERE status = 'WAITING'"
         )[0][0] < parked:
             time.sleep(0.2)
-    time.sleep(2.0)  # the last messages reach the workers holding them
+    time.sleep(SETTLE_S)  # the last messages reach the workers holding them; the counters land
     if system.key == "sf":
         out.bytes_per_row = (_sf_parked_bytes(system) - size_before) / parked
     left = system.wake_at - time.time() - 1.0
