@@ -139,7 +139,10 @@ def _pyspy_phase(sf: ShiftFlowSystem, workers: Workers, count: int, out: Path) -
         # The timer loop's fork boots seconds after the workers on a loaded box: its imports
         # are not the cost of a step, so sampling starts once it is ready.
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "timer_fork' is ready" not in workers.log_tail(0, 20_000):
+        while time.monotonic() < deadline:
+            log = workers.log_tail(0, 1_000_000)  # the log of every start: count the boots
+            if log.count("timer_fork' is ready") >= log.count("is booting up"):
+                break
             time.sleep(0.2)
         time.sleep(1.0)  # let py-spy attach to every process
         sampler.start()
