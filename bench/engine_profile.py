@@ -257,7 +257,7 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
         real_publish(updates)
 
     # Wherever it was imported by name (the models' layout may move: found, not named).
-    patched = [m for name, m in list(sys.modules.items())
+    patched: list[Any] = [m for name, m in list(sys.modules.items())
                if name.startswith("shiftflow") and getattr(m, "publish_updates", None) is real_publish]
     for module in patched:
         module.publish_updates = publish
