@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_engine.py                     # cheap steps, about 2-3 minutes
     .venv/bin/python bench/bench_engine.py --workload outside  # or fanout, wait, all
-    .venv/bin/python bench/bench_engine.py --workload all --quick   # each under ~3 minutes
+    .venv/bin/python bench/bench_engine.py --workload all --quick   # 2-3 minutes each, wait about 4
     .venv/bin/python bench/bench_engine.py --profile      # then where ShiftFlow's time goes
 
 Workloads (``--workload``; ``all`` runs each in a process of its own, one after the other):
