@@ -63,20 +63,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers import (  # noqa: E402 - after the path fix above
-    OWNER,
-    PG_ADMIN_URL,
-    VhostAdmin,
-    _die_with_parent,
-    drop_pg_database,
-    free_port,
-    leased_redis_db,
-    migrate,
-    pg_admin,
-    token,
-    wait_for_http,
-    with_database,
-)
+from tests.support.ownership import OWNER, token  # noqa: E402 - after the path fix above
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.postgres import PG_ADMIN_URL, drop_pg_database, migrate, pg_admin, with_database  # noqa: E402
+from tests.support.rabbitmq import VhostAdmin  # noqa: E402
+from tests.support.redis_db import leased_redis_db  # noqa: E402
+from tests.support.secantus import _die_with_parent  # noqa: E402
+from tests.support.waiting import wait_for_http  # noqa: E402
 
 PG_ADMIN = os.environ.get("SHIFTFLOW_TEST_PG_ADMIN_URL") or PG_ADMIN_URL
 HOST = "127.0.0.1"
@@ -374,7 +367,7 @@ def baseline(amqp_url: str, bodies: list[bytes], seconds: float) -> float:
     """Messages/s of a bare loop with one synchronous confirm per publish."""
     import pika
 
-    from shiftflow.producers.publisher import queue_arguments
+    from shiftflow.kernel.confirm_publisher import queue_arguments
 
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
@@ -463,7 +456,7 @@ def broker_alone(amqp_url: str, bodies: list[bytes], rate: float, seconds: float
     The reference for the 70 % run: how long RabbitMQ takes to confirm at that rate on
     this machine, which is a floor under the ingress's own latency.
     """
-    from shiftflow.producers.publisher import ConfirmPublisher
+    from shiftflow.kernel.confirm_publisher import ConfirmPublisher
 
     async def run() -> list[float]:
         # The same queue arguments as the ingress declared (else PRECONDITION_FAILED).
@@ -505,7 +498,8 @@ def setup_database(url: str) -> tuple[str, str]:
     """Create the workflow and its webhook; return (token, secret)."""
     from shiftflow.kernel.db import bind_database
     from shiftflow.kernel.settings import Settings, configure
-    from shiftflow.models import catalog, webhook_secrets
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables import webhook_secrets
 
     configure(Settings(secret_keys=(SECRET_KEY,)))
     db = bind_database(url)

@@ -49,17 +49,10 @@ if str(ROOT) not in sys.path:
 
 import pika  # noqa: E402
 
-from tests.helpers import (  # noqa: E402 - after the path fix above
-    OWNER,
-    PG_ADMIN_URL,
-    VhostAdmin,
-    drop_pg_database,
-    free_port,
-    migrate,
-    pg_admin,
-    token,
-    with_database,
-)
+from tests.support.ownership import OWNER, token  # noqa: E402 - after the path fix above
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.postgres import PG_ADMIN_URL, drop_pg_database, migrate, pg_admin, with_database  # noqa: E402
+from tests.support.rabbitmq import VhostAdmin  # noqa: E402
 
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
 PG_ADMIN = os.environ.get("SHIFTFLOW_TEST_PG_ADMIN_URL") or PG_ADMIN_URL
@@ -113,8 +106,8 @@ def _setup(
     from shiftflow.kernel.broker import build_broker
     from shiftflow.kernel.db import bind_database
     from shiftflow.kernel.settings import Settings
-    from shiftflow.models import catalog
-    from shiftflow.models.schedules import Schedule
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables.schedules import Schedule
 
     db = bind_database(pg_url)
     settings = Settings.from_env(
@@ -313,7 +306,7 @@ def main() -> int:
         migrate(pg_url)
         vhosts.create(name)
         stack.callback(vhosts.delete, name)
-        from tests.helpers import amqp_url_for
+        from tests.support.rabbitmq import amqp_url_for
 
         amqp_url = amqp_url_for(name)
         logs = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-logs"

@@ -1,7 +1,7 @@
 """Services and processes for ``bench_engine.py``: databases, vhosts, worker processes, CPU.
 
 Every name this module creates starts with ``sf_t_b`` and carries the owner mark of
-``tests.helpers`` (host and pid) in its comment or description, so a benchmark killed
+``tests.support.ownership`` (host and pid) in its comment or description, so a benchmark killed
 with SIGKILL leaves nothing that the next test session or benchmark does not reap.
 Everything created is registered on an ``ExitStack`` and removed when it unwinds,
 Ctrl-C included.
@@ -24,20 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers import (  # noqa: E402 - after the path fix above
-    OWNER,
-    PG_ADMIN_URL,
-    SecantusProcess,
-    VhostAdmin,
-    _die_with_parent,
-    amqp_url_for,
-    drop_pg_database,
-    leased_redis_db,
-    pg_admin,
-    reap_pg,
-    token,
-    with_database,
-)
+from tests.support.ownership import OWNER, token  # noqa: E402 - after the path fix above
+from tests.support.postgres import PG_ADMIN_URL, drop_pg_database, pg_admin, reap_pg, with_database  # noqa: E402
+from tests.support.rabbitmq import VhostAdmin, amqp_url_for  # noqa: E402
+from tests.support.redis_db import leased_redis_db  # noqa: E402
+from tests.support.secantus import SecantusProcess, _die_with_parent  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PG_ADMIN = os.environ.get("SHIFTFLOW_TEST_PG_ADMIN_URL") or PG_ADMIN_URL

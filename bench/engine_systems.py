@@ -4,7 +4,7 @@ Each system gets, per workload (``WORKLOADS``), its own PostgreSQL database, Rab
 vhost, Redis database and Mongo database on the same servers, and the same worker
 processes x threads:
 
-* ``ShiftFlowSystem``: the workflow applied with ``shiftflow.models.catalog``; workers are
+* ``ShiftFlowSystem``: the workflow applied with ``shiftflow.models.manage.catalog``; workers are
   ``dramatiq shiftflow.consumers.worker`` in production mode; triggers are ``triggers.start``
   messages published with ``kernel.enqueue.send`` (publisher confirms) with ``received_at``.
   Latency: ``execution.received_at`` → ``completed_at``.
@@ -197,8 +197,8 @@ class ShiftFlowSystem(System):
         from shiftflow.kernel.broker import build_broker
         from shiftflow.kernel.db import bind_database
         from shiftflow.kernel.settings import Settings
-        from shiftflow.models import catalog
-        from shiftflow.models.migrations import upgrade
+        from shiftflow.models.manage import catalog
+        from shiftflow.models.tables.migrations import upgrade
 
         self.pg_url = res.pg_database(f"sf_{self.workload}")
         self.mongo_db = f"{res.run}_sf_{self.workload}"
@@ -272,9 +272,9 @@ class ShiftFlowSystem(System):
         """Publish a burst the way ShiftFlow's producers do (the scheduler's batches, the
         ingress's concurrent requests): confirms pipelined, every message still confirmed
         before this returns. One publisher (AMQP connection) per producer thread."""
+        from shiftflow.kernel.batch_publisher import ConfirmedBatchPublisher
         from shiftflow.kernel.contracts import TriggerPayload
         from shiftflow.kernel.enqueue import Outgoing
-        from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
 
         publisher = getattr(self._local, "publisher", None)
         if publisher is None:

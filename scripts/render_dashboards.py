@@ -5,9 +5,9 @@
 
 Five dashboards: overview, queues and pools, workflows, SideShift, tools and LLM. Every
 query names metrics the processes export today (shiftflow_*) or RabbitMQ's Prometheus
-plugin serves per queue (rabbitmq_detailed_*, deploy/prometheus/compose.yml);
-tests/unit/test_prometheus_rules.py checks it. Where a panel needs a metric that does
-not exist yet (issue 17, item 1), a text panel says which.
+plugin serves per queue (rabbitmq_detailed_*, deploy/prometheus/compose.yml), or the
+queue exporter (`shiftflow queues exporter`: shiftflow_queue_*, shiftflow_sideshift_orders,
+shiftflow_steps_parked); tests/unit/test_prometheus_rules.py checks it.
 """
 
 from __future__ import annotations
@@ -109,6 +109,16 @@ def queues_and_pools() -> list[dict[str, Any]]:
             (f"sum by (queue) (rabbitmq_detailed_queue_messages_unacked{{{WORK}}})", "{{queue}}")]),
         _panel("Consumers per queue", [
             (f"sum by (queue) (rabbitmq_detailed_queue_consumers{{{WORK}}})", "{{queue}}")]),
+        _panel("Oldest waiting message's age", [
+            ("max by (queue) (shiftflow_queue_oldest_message_age_seconds)", "{{queue}}")], "s",
+            description="How long the oldest waiting message has waited (the queue exporter). The alert "
+                        "ShiftFlowQueueOldestMessageTooOld fires above 5 minutes; `shiftflow pools plan` sizes "
+                        "the pools to keep it under a target."),
+        _panel("Arrivals/s and deliveries/s by queue", [
+            ("sum by (queue) (rate(shiftflow_queue_published_total[5m]))", "in {{queue}}"),
+            ("sum by (queue) (rate(shiftflow_queue_delivered_total[5m]))", "out {{queue}}")], "ops",
+            description="Messages entering each queue and handed to consumers (the queue exporter): "
+                        "the arrival rate `shiftflow pools plan` reads."),
         _panel("Estimated wait of a new message (Little's law)", [
             (f"sum by (queue) (rabbitmq_detailed_queue_messages_ready{{{WORK}}}) / on (queue) "
              "clamp_min(sum by (queue) (rate(shiftflow_messages_total[5m])), 0.001)", "{{queue}}")], "s",
@@ -132,8 +142,23 @@ def queues_and_pools() -> list[dict[str, Any]]:
 
 def workflows() -> list[dict[str, Any]]:
     return [
-        _text("Per workflow", "The execution and step counters carry no workflow label yet (issue 17, item 1): "
-              "these panels cover every workflow together."),
+        _panel("Executions/s by workflow and outcome", [
+            (_rate("shiftflow_workflow_executions_total", "workflow, outcome"), "{{workflow}} {{outcome}}")], "ops",
+            description="workflow is workspace/workflow; past a process's bound (100 workflows) \"other\"."),
+        _panel("Failed share of finished executions by workflow", [
+            ('sum by (workflow) (rate(shiftflow_workflow_executions_total{outcome="failed"}[15m])) / '
+             'sum by (workflow) (rate(shiftflow_workflow_executions_total{outcome=~"succeeded|failed|cancelled"}'
+             '[15m]))', "{{workflow}}")], "percentunit"),
+        _panel("Execution run time p95 by workflow", [
+            (_quantile(0.95, "shiftflow_workflow_execution_seconds", "workflow"), "{{workflow}}")], "s"),
+        _panel("Step outcomes/s by workflow", [
+            (_rate("shiftflow_workflow_steps_total", "workflow, outcome"), "{{workflow}} {{outcome}}")], "ops"),
+        _panel("Step run time p95 by type", [
+            (_quantile(0.95, "shiftflow_step_duration_seconds", "step_type"), "{{step_type}}")], "s"),
+        _panel("Step retries/s by type, and parked steps", [
+            (_rate("shiftflow_step_retries_total", "step_type"), "retries {{step_type}}"),
+            ("max by (reason) (shiftflow_steps_parked)", "parked ({{reason}})")], "short"),
+        _panel("Dead letters/s by queue", [(_rate("shiftflow_dead_letters_total", "queue"), "{{queue}}")], "ops"),
         _panel("Executions/s by outcome", [(_rate("shiftflow_executions_total", "outcome"), "{{outcome}}")], "ops"),
         _panel("Failed share of finished executions", [
             ('sum (rate(shiftflow_executions_total{outcome="failed"}[15m])) / '
@@ -160,17 +185,37 @@ def workflows() -> list[dict[str, Any]]:
 
 def sideshift() -> list[dict[str, Any]]:
     return [
-        _text("Orders, volume and fees", "Orders by status, swapped volume and fees, and orders waiting for "
-              "reconciliation have no metric yet, nor the waits of SideShift's own rate limiter (issue 17, "
-              "item 1). Meanwhile: `shiftflow sideshift list`. Below: the `sideshift` queue and pool."),
+        _panel("Orders needing reconciliation", [
+            ('max (shiftflow_sideshift_orders{state="NEEDS_RECONCILIATION"})', "to reconcile")], kind="stat",
+            description="Orders that may exist at SideShift: `shiftflow sideshift reconcile`.", width=8),
+        _panel("Open orders (polled)", [('max (shiftflow_sideshift_orders{state="OPEN"})', "open")], kind="stat",
+               width=8),
+        _panel("Orders finished per hour by state", [
+            ("sum by (state) (increase(shiftflow_sideshift_orders_finished_total[1h]))", "{{state}}")], width=8),
+        _panel("Settled volume and fees (USD per hour)", [
+            ("sum (increase(shiftflow_sideshift_volume_usd_total[1h]))", "volume"),
+            ("sum (increase(shiftflow_sideshift_fees_usd_total[1h]))", "fees")], "currencyUSD"),
+        _panel("SideShift client-side rate limiter: waits and refusals/s", [
+            (_rate("shiftflow_sideshift_rate_limit_waits_total", "kind, result"), "{{kind}} {{result}}")], "ops",
+            description="SideShift allows 5 shifts and 20 quotes a minute per IP; refused calls retry later."),
         *_queue_panels('queue="sideshift"', "sideshift queue"),
     ]
 
 
 def tools_and_llm() -> list[dict[str, Any]]:
     return [
-        _text("Per tool and per model", "Tool calls by tool and outcome, and LLM tokens and cost by model, have "
-              "no metric yet (issue 17, item 1): the panels show the tool and llm queues."),
+        _panel("Tool calls/s by tool and outcome", [
+            (_rate("shiftflow_tool_calls_total", "tool, outcome"), "{{tool}} {{outcome}}")], "ops"),
+        _panel("Tool call duration p95 by tool", [
+            (_quantile(0.95, "shiftflow_tool_call_duration_seconds", "tool"), "{{tool}}")], "s"),
+        _panel("LLM tokens/s by model", [
+            (_rate("shiftflow_llm_tokens_total", "model, direction"), "{{model}} {{direction}}")], "short"),
+        _panel("LLM cost by model (USD per hour)", [
+            ("sum by (model) (increase(shiftflow_llm_cost_usd_total[1h]))", "{{model}}")], "currencyUSD"),
+        _panel("LLM calls/s by model and outcome", [
+            (_rate("shiftflow_llm_calls_total", "model, outcome"), "{{model}} {{outcome}}")], "ops"),
+        _panel("LLM budget checks/s (near_limit: above 80 % of the daily budget)", [
+            (_rate("shiftflow_llm_budget_checks_total", "result"), "{{result}}")], "ops"),
         *_queue_panels(TOOL_QUEUES, "tool queues"),
         *_queue_panels('queue="llm"', "llm queue"),
         _panel("Rate-limit waits/s by integration", [

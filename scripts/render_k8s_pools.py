@@ -14,8 +14,10 @@ that is, one replica may have one more round of its concurrency waiting behind t
 messages it is working on. By Little's law the wait of a message that arrives then is
 about target / throughput of one replica = one mean service time, whatever the service
 time is, so the target keeps the oldest message's age near one service time while KEDA
-keeps up. It is a starting point: `shiftflow pools plan` (issue 17, item 3) is to derive
-it from measured arrival rates and service times.
+keeps up. A pool with `queue_length_per_replica` in pools.yaml uses that instead: the
+value `shiftflow pools plan --target-age T` prints from measured service times, the
+messages one replica takes within T (processes x threads x T / service time), so KEDA
+adds a replica before the oldest message would wait longer than T.
 
 Resource requests: a worker process is ~100 MB of Python with ShiftFlow imported, plus
 its threads' work; a pool consuming tools.browser or tools.media reserves
@@ -62,7 +64,7 @@ HEADER = """\
 
 def target_per_replica(pool: Pool) -> int:
     """The ready messages per replica above which KEDA adds one (see the module docstring)."""
-    return pool.processes * pool.threads
+    return pool.queue_length_per_replica or pool.processes * pool.threads
 
 
 def memory_request_mib(pool: Pool) -> int:

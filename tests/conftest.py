@@ -18,7 +18,7 @@ Every server answers on loopback only. PostgreSQL is reached as role ``postgres`
 trust authentication on 127.0.0.1 (``scripts/ensure-services.sh`` makes sure of it);
 ``SHIFTFLOW_TEST_PG_ADMIN_URL`` overrides the admin URL. ``SHIFTFLOW_TEST_MONGO_URL``
 points the tests at a running MongoDB-wire server instead of starting SecantusDB.
-The machinery behind the fixtures lives in ``tests/helpers.py``, for tests that need
+The machinery behind the fixtures lives in ``tests/support/``, for tests that need
 two of something (``temp_pg_database``, ``VhostAdmin.temp_vhost``, ``leased_redis_db``).
 """
 
@@ -35,28 +35,22 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `from tests.helpers import ...` under the bare `pytest` script too
+if str(ROOT) not in sys.path:  # `from tests.support.x import ...` under the bare `pytest` script too
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers import (  # noqa: E402
-    AMQP_HOST,
-    AMQP_PORT,
+from tests.support.ownership import token  # noqa: E402
+from tests.support.postgres import (  # noqa: E402
     PG_ADMIN_URL,
-    REDIS_HOST,
-    REDIS_PORT,
     PgDatabaseSupply,
-    SecantusProcess,
-    VhostAdmin,
     check_pg,
-    check_rabbitmq,
-    check_redis,
     create_pg_template,
     drop_pg_database,
-    leased_redis_db,
     reap_pg,
-    token,
     with_database,
 )
+from tests.support.rabbitmq import AMQP_HOST, AMQP_PORT, VhostAdmin, check_rabbitmq  # noqa: E402
+from tests.support.redis_db import REDIS_HOST, REDIS_PORT, check_redis, leased_redis_db  # noqa: E402
+from tests.support.secantus import SecantusProcess  # noqa: E402
 
 #: Fixtures that need servers; a test using one must be marked integration or acceptance.
 SERVICE_FIXTURES = frozenset(
@@ -311,8 +305,8 @@ def real_env(pg_url: str, amqp_url: str, mongo_url: str, mongo_db: str, redis_ur
 
 @pytest.fixture
 def json_service() -> Iterator[Any]:
-    """A real loopback HTTP service that records requests (``tests.helpers.JsonService``)."""
-    from tests.helpers import JsonService
+    """A real loopback HTTP service that records requests (``tests.support.http_services.JsonService``)."""
+    from tests.support.http_services import JsonService
 
     service = JsonService()
     yield service
@@ -323,7 +317,7 @@ def json_service() -> Iterator[Any]:
 def sqlite_models() -> Iterator[Any]:
     """Every model bound to a fresh in-memory SQLite database (dev mode's engine), for unit tests."""
     from shiftflow.kernel.db import make_database
-    from shiftflow.models.registry import ALL_MODELS, create_all
+    from shiftflow.models.tables.registry import ALL_MODELS, create_all
 
     database = make_database("sqlite:///:memory:")
     create_all(database)

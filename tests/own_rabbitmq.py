@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.helpers import free_port, port_open, token
+from tests.support.ownership import token
+from tests.support.ports import free_port, port_open
 
 #: The server script itself: /usr/sbin/rabbitmq-server switches to the rabbitmq user.
 SERVER = next((p for p in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")) if p

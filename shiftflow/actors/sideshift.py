@@ -12,8 +12,8 @@ from typing import Any
 from shiftflow.actors import actor
 from shiftflow.kernel.contracts import StepPayload, decode
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models import order_ops, pricing
-from shiftflow.models.stepwork import register_handler, run_step
+from shiftflow.models.engine.run_step import register_handler, run_step
+from shiftflow.models.swaps import order_ops, pricing
 
 register_handler("price", pricing.run_price_step)
 register_handler("sideshift_swap", order_ops.run_swap_step)

@@ -7,8 +7,8 @@ from typing import Any
 from shiftflow.actors import actor
 from shiftflow.kernel.contracts import StepPayload, decode
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models import waits
-from shiftflow.models.stepwork import register_handler, run_step
+from shiftflow.models.engine import waits
+from shiftflow.models.engine.run_step import register_handler, run_step
 
 register_handler("event", waits.run_event_step)
 

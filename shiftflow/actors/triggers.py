@@ -7,7 +7,7 @@ from typing import Any
 from shiftflow.actors import actor
 from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models.triggerwork import run_trigger
+from shiftflow.models.engine.run_trigger import run_trigger
 
 
 @actor("triggers.start")

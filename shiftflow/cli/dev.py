@@ -33,12 +33,13 @@ from shiftflow.kernel.errors import SettingsError
 from shiftflow.kernel.metrics import serve_registry
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import apikeys, catalog, webhook_secrets
-from shiftflow.models.access import Principal
-from shiftflow.models.apikeys import hash_key
-from shiftflow.models.registry import create_all
-from shiftflow.models.tenancy import ApiKey, User, WorkspaceMember
-from shiftflow.models.workflows import Webhook
+from shiftflow.models.manage import apikeys, catalog
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.apikeys import hash_key
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.models.tables.registry import create_all
+from shiftflow.models.tables.tenancy import ApiKey, User, WorkspaceMember
+from shiftflow.models.tables.workflows import Webhook
 
 DEV_ENV_FILE = "dev.env"
 DEV_KEY_FILE = "dev.key"
@@ -176,9 +177,9 @@ def run(settings: Settings) -> None:
     """Start everything in this process and serve until interrupted."""
     import uvicorn
 
+    from shiftflow.kernel.batch_publisher import SendPublisher
     from shiftflow.producers.app import create_app
-    from shiftflow.producers.batch_publisher import SendPublisher
-    from shiftflow.producers.replica import run_replica
+    from shiftflow.producers.scheduler.replica import run_replica
 
     # Absolute paths in dev.env: `--dev-dir` works from any directory.
     data_dir = os.path.abspath(settings.data_dir)

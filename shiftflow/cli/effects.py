@@ -6,7 +6,7 @@ shiftflow effects settle ID --done --result JSON       # the call happened: this
 shiftflow effects settle ID --failed --reason TEXT     # it did not happen (or failed): fail the step
 shiftflow effects settle ID --retry                    # make the call once more, deliberately
 
-The same functions as the management API (``models.effect_ops``), as the operator, with
+The same functions as the management API (``models.manage.effects``), as the operator, with
 the same audit entries. Exit codes: 0 done, 1 the effect does not allow it (already
 settled, its step still running...), 2 bad usage (the message names the flag).
 """
@@ -21,14 +21,14 @@ from shiftflow.cli.operator import connect, guarded, operator, print_json
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import TransientError
 from shiftflow.kernel.settings import Settings
-from shiftflow.models.problems import InvalidInput
+from shiftflow.models.manage.problems import InvalidInput
 
 
 def _publish(settings: Settings, outgoing: list[Outgoing]) -> None:
     """Send the step messages after the commit, or hand them to the timer loop."""
     from shiftflow.kernel.broker import build_broker, install
     from shiftflow.kernel.enqueue import send_all
-    from shiftflow.models import control
+    from shiftflow.models.manage import control
 
     if not outgoing:
         return
@@ -49,7 +49,7 @@ def _line(item: dict[str, Any]) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from shiftflow.models import effect_ops
+    from shiftflow.models.manage import effects as effect_ops
 
     connect(args)
     page = effect_ops.list_effects(operator(args), state=args.state, execution_id=args.execution, limit=args.limit)
@@ -66,7 +66,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from shiftflow.models import effect_ops
+    from shiftflow.models.manage import effects as effect_ops
 
     connect(args)
     detail = effect_ops.effect_detail(operator(args), args.effect)
@@ -82,7 +82,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _settle(args: argparse.Namespace) -> int:
-    from shiftflow.models import effect_ops
+    from shiftflow.models.manage import effects as effect_ops
 
     extra: dict[str, Any] = {}
     if args.result is not None:
@@ -106,7 +106,7 @@ def _settle(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``shiftflow effects`` to the ``shiftflow`` parser."""
-    from shiftflow.models.effects import EFFECT_STATES
+    from shiftflow.models.tables.side_effects import EFFECT_STATES
 
     group = sub.add_parser("effects", help="outside calls marked `effect: once`: list them, settle an unknown outcome")
     cmds = group.add_subparsers(dest="effects_command", required=True, metavar="ACTION")

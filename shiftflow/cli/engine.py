@@ -45,9 +45,9 @@ def _broker(args: argparse.Namespace) -> Any:
 
 def _event(args: argparse.Namespace) -> int:
     from shiftflow.kernel.enqueue import send_all
-    from shiftflow.models import signals
-    from shiftflow.models.access import Principal
-    from shiftflow.models.tenancy import Workspace
+    from shiftflow.models.manage import signals
+    from shiftflow.models.manage.access import Principal
+    from shiftflow.models.tables.tenancy import Workspace
 
     _broker(args)
     try:
@@ -67,8 +67,8 @@ def _event(args: argparse.Namespace) -> int:
 
 def _approve(args: argparse.Namespace) -> int:
     from shiftflow.kernel.enqueue import send_all
-    from shiftflow.models import signals
-    from shiftflow.models.access import Principal
+    from shiftflow.models.manage import signals
+    from shiftflow.models.manage.access import Principal
 
     _broker(args)
     _, outgoing = signals.decide_approval(Principal.operator(), args.execution, args.step,

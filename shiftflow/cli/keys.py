@@ -1,7 +1,7 @@
 """Access commands: ``shiftflow workspaces``, ``shiftflow members`` and ``shiftflow keys``.
 
-They call the same functions as the management API (``models.workspaces``,
-``models.apikeys``), as the operator, and write the same audit entries. An API key is
+They call the same functions as the management API (``models.manage.workspaces``,
+``models.manage.apikeys``), as the operator, and write the same audit entries. An API key is
 printed once, at creation; only its hash is stored.
 """
 
@@ -13,14 +13,14 @@ from typing import Any
 
 from shiftflow.cli.operator import connect, guarded, operator, print_json
 from shiftflow.kernel.errors import NotFound
-from shiftflow.models.access import PERMISSIONS, ROLES
-from shiftflow.models.problems import InvalidInput
+from shiftflow.models.manage.access import PERMISSIONS, ROLES
+from shiftflow.models.manage.problems import InvalidInput
 
 _ROLE_CHOICES = [r.lower() for r in ROLES]
 
 
 def _workspaces_create(args: argparse.Namespace) -> int:
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     connect(args)
     row = workspaces.create_workspace(operator(args), args.slug, args.name, args.owner)
@@ -29,7 +29,7 @@ def _workspaces_create(args: argparse.Namespace) -> int:
 
 
 def _workspaces_list(args: argparse.Namespace) -> int:
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     connect(args)
     rows = [workspaces.workspace_dict(w) for w in workspaces.list_workspaces()]
@@ -42,7 +42,7 @@ def _workspaces_list(args: argparse.Namespace) -> int:
 
 
 def _member_id(actor: Any, email: str) -> str:
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     for member in workspaces.list_members(actor):
         if (member["email"] or "").lower() == email.strip().lower():
@@ -51,7 +51,7 @@ def _member_id(actor: Any, email: str) -> str:
 
 
 def _members_add(args: argparse.Namespace) -> int:
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     connect(args)
     member = workspaces.add_member(operator(args), args.email, args.role, args.name)
@@ -60,7 +60,7 @@ def _members_add(args: argparse.Namespace) -> int:
 
 
 def _members_list(args: argparse.Namespace) -> int:
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     connect(args)
     members = workspaces.list_members(operator(args))
@@ -73,7 +73,7 @@ def _members_list(args: argparse.Namespace) -> int:
 
 
 def _members_set_role(args: argparse.Namespace) -> int:
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     connect(args)
     actor = operator(args)
@@ -83,7 +83,7 @@ def _members_set_role(args: argparse.Namespace) -> int:
 
 
 def _members_remove(args: argparse.Namespace) -> int:
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     connect(args)
     actor = operator(args)
@@ -101,7 +101,7 @@ def _expiry(args: argparse.Namespace) -> str | None:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from shiftflow.models import apikeys
+    from shiftflow.models.manage import apikeys
 
     connect(args)
     actor = operator(args)
@@ -119,7 +119,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _user_id(actor: Any, email: str) -> str:
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     for member in workspaces.list_members(actor):
         if (member["email"] or "").lower() == email.strip().lower():
@@ -128,7 +128,7 @@ def _user_id(actor: Any, email: str) -> str:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    from shiftflow.models import apikeys
+    from shiftflow.models.manage import apikeys
 
     connect(args)
     keys = [apikeys.key_dict(k) for k in apikeys.list_keys(operator(args))]
@@ -146,7 +146,7 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    from shiftflow.models import apikeys
+    from shiftflow.models.manage import apikeys
 
     connect(args)
     row = apikeys.revoke_key(operator(args), args.key)

@@ -19,7 +19,7 @@ from typing import Any
 
 from shiftflow.kernel.errors import DefinitionError, SettingsError, ShiftFlowError
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.problems import InvalidInput
+from shiftflow.models.manage.problems import InvalidInput
 
 #: First-generation GC threshold of the serving processes (Python's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
@@ -27,6 +27,7 @@ GC_YOUNG_THRESHOLD = 10_000
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "engine", "scheduler", "sideshift", "keys", "ops", "secrets", "quotas", "effects", "fakes", "retention",
+    "pools", "analytics",
 )
 
 
@@ -96,14 +97,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     db = bind_database(settings.database_url)
     if is_postgres():
-        from shiftflow.models.migrations import pending, upgrade
+        from shiftflow.models.tables.migrations import pending, upgrade
 
         todo = pending(db)
         print(f"{len(todo)} migration(s) pending" + (": " + ", ".join(todo) if todo else ""))
         for name in upgrade(db):
             print(f"  applied {name}")
     else:
-        from shiftflow.models.registry import create_all
+        from shiftflow.models.tables.registry import create_all
 
         create_all(db)
         print("SQLite schema created from the models (dev mode)")
@@ -113,8 +114,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Validate a workflow definition and store it as a new version."""
     from shiftflow.kernel.definition import parse_file
-    from shiftflow.models import catalog, webhook_secrets
-    from shiftflow.models.workflows import Webhook
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables import webhook_secrets
+    from shiftflow.models.tables.workflows import Webhook
 
     settings = settings_from_args(args)
     data = parse_file(args.file)
@@ -170,7 +172,7 @@ def _logs_for(settings: Settings, execution_id: str) -> list[dict[str, Any]] | N
 
 def cmd_executions(args: argparse.Namespace) -> int:
     """List executions, or show one with its step timeline and log documents."""
-    from shiftflow.models import catalog
+    from shiftflow.models.manage import catalog
 
     settings = settings_from_args(args)
     bind(settings)
@@ -182,14 +184,15 @@ def cmd_executions(args: argparse.Namespace) -> int:
         print("shiftflow: executions show needs an execution id (or its first hex digits) or --latest",
               file=sys.stderr)
         return 2
+    from shiftflow.models.manage import queries
+
     if args.latest:
         row = catalog.latest_execution()
     else:
-        from shiftflow.models import queries
-        from shiftflow.models.access import Principal
+        from shiftflow.models.manage.access import Principal
 
         row = queries.get_execution(Principal.operator(None), args.id)
-    detail = catalog.execution_detail(row)
+    detail = queries.detail_dict(row)
     if args.json:
         print(json.dumps(detail, indent=2, default=str))
     else:

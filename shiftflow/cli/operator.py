@@ -21,8 +21,8 @@ from typing import Any
 
 from shiftflow.cli.main import bind, settings_from_args
 from shiftflow.kernel.settings import Settings
-from shiftflow.models.access import Principal
-from shiftflow.models.problems import InvalidInput
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.problems import InvalidInput
 
 #: Model field names -> the flag or argument a person typed.
 FLAGS = {
@@ -88,7 +88,7 @@ def connect(args: argparse.Namespace) -> Settings:
 
 def operator(args: argparse.Namespace) -> Principal:
     """The CLI caller: on ``--workspace`` when given (it must exist), else on every workspace."""
-    from shiftflow.models import workspaces
+    from shiftflow.models.manage import workspaces
 
     slug = getattr(args, "workspace", None)
     workspace_id = workspaces.by_slug(slug).id if slug else None

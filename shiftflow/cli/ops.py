@@ -1,6 +1,6 @@
 """Operating commands: ``run``, ``cancel``, ``rerun``, ``logs``, ``dead-letters``, ``workflows``.
 
-They call the same functions as the management API (``models.control``, ``replay``,
+They call the same functions as the management API (``models.manage.control``, ``replay``,
 ``lifecycle``, ``queries``) as the operator, write the same audit entries, and publish
 after the commit. With ``--wait`` they follow the execution step by step. Where the
 broker cannot be reached (or in dev mode, whose broker lives inside the dev process)
@@ -23,7 +23,7 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import SettingsError, TransientError
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.steps import TERMINAL
-from shiftflow.models.paging import MAX_LIMIT
+from shiftflow.models.manage.paging import MAX_LIMIT
 
 _PRIORITIES = [p.name for p in Priority]
 
@@ -37,7 +37,7 @@ def _install_broker(settings: Settings) -> None:
 def _publish(settings: Settings, outgoing: list[Outgoing]) -> None:
     """Send step messages after the commit, or hand them to the timer loop."""
     from shiftflow.kernel.enqueue import send_all
-    from shiftflow.models import control
+    from shiftflow.models.manage import control
 
     if not outgoing:
         return
@@ -60,7 +60,7 @@ def _follow(
 
     The execution is found by id, or (a trigger a worker has yet to pick up) by workflow and key.
     """
-    from shiftflow.models.executions import Execution, StepExecution
+    from shiftflow.models.tables.executions import Execution, StepExecution
 
     deadline = time.monotonic() + timeout
     seen: dict[tuple[str, int], str] = {}
@@ -105,7 +105,8 @@ def _follow(
 def _run(args: argparse.Namespace) -> int:
     from shiftflow.kernel.db import database
     from shiftflow.kernel.enqueue import send
-    from shiftflow.models import control, queries, runs
+    from shiftflow.models.engine.start import start_execution
+    from shiftflow.models.manage import control, queries
 
     settings = connect(args)
     actor = operator(args)
@@ -115,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         actor, workflow.id, data, priority=args.priority, idempotency_key=args.idempotency_key
     )
     if settings.dev:
-        _publish(settings, runs.start_execution(payload).outgoing)
+        _publish(settings, start_execution(payload).outgoing)
     else:
         _install_broker(settings)
         send("triggers.start", payload, priority=int(Priority.parse(payload.priority)))
@@ -128,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from shiftflow.models import control
+    from shiftflow.models.manage import control
 
     settings = connect(args)
     if not settings.dev:
@@ -140,7 +141,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _rerun(args: argparse.Namespace) -> int:
-    from shiftflow.models import control
+    from shiftflow.models.manage import control
 
     settings = connect(args)
     if not settings.dev:
@@ -167,7 +168,7 @@ def _rerun(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     from shiftflow.kernel.mongo import get_sink
-    from shiftflow.models import queries
+    from shiftflow.models.manage import queries
 
     connect(args)
     sink = get_sink()
@@ -199,7 +200,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _dead_letters_list(args: argparse.Namespace) -> int:
-    from shiftflow.models import replay
+    from shiftflow.models.manage import replay
 
     connect(args)
     replayed = {"yes": True, "no": False, "any": None}[args.replayed]
@@ -230,7 +231,7 @@ def _dead_letters_list(args: argparse.Namespace) -> int:
 
 def _dead_letters_replay(args: argparse.Namespace) -> int:
     from shiftflow.kernel.enqueue import send
-    from shiftflow.models import replay
+    from shiftflow.models.manage import replay
 
     settings = connect(args)
     if settings.dev and not args.dry_run:
@@ -270,7 +271,7 @@ def _dead_letters_replay(args: argparse.Namespace) -> int:
 
 
 def _workflows_list(args: argparse.Namespace) -> int:
-    from shiftflow.models import queries
+    from shiftflow.models.manage import queries
 
     connect(args)
     page = queries.list_workflows(operator(args), status=args.status, limit=args.limit)
@@ -283,7 +284,7 @@ def _workflows_list(args: argparse.Namespace) -> int:
 
 
 def _workflows_move(args: argparse.Namespace) -> int:
-    from shiftflow.models import lifecycle, queries
+    from shiftflow.models.manage import lifecycle, queries
 
     connect(args)
     actor = operator(args)

@@ -2,7 +2,7 @@
 
 A workspace's quotas default to the deployment's (``SHIFTFLOW_QUOTA_*``); ``set`` overrides
 some of them for one workspace, and ``default`` puts one back. The ingress and the API pick
-a change up within 30 s (their lookups' cache). See ``models.quotas``.
+a change up within 30 s (their lookups' cache). See ``models.manage.quotas``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ FLAGS: dict[str, tuple[str, bool]] = {
 
 
 def _show(args: argparse.Namespace) -> int:
-    from shiftflow.models import quotas, workspaces
+    from shiftflow.models.manage import quotas, workspaces
 
     settings = connect(args)
     data = quotas.quotas_dict(workspaces.by_slug(args.slug), settings)
@@ -55,7 +55,7 @@ def _print(data: dict[str, Any]) -> None:
 
 
 def _set(args: argparse.Namespace) -> int:
-    from shiftflow.models import quotas, workspaces
+    from shiftflow.models.manage import quotas, workspaces
 
     values: dict[str, Any] = {}
     for flag, (column, whole) in FLAGS.items():

@@ -2,7 +2,7 @@
 
 ``shiftflow retention run --dry-run`` prints, per workspace, what a run would delete and
 what it keeps because something unfinished needs it; without ``--dry-run`` it deletes in
-small batches (``models.retention``) and makes the MongoDB TTL indexes match the settings
+small batches (``models.manage.retention``) and makes the MongoDB TTL indexes match the settings
 (``kernel.mongo_ttl``). Run it from cron or a Kubernetes CronJob, e.g. daily.
 """
 
@@ -19,7 +19,7 @@ from shiftflow.kernel.errors import SettingsError
 
 def _run(args: argparse.Namespace) -> int:
     from shiftflow.kernel.db import is_postgres
-    from shiftflow.models import retention
+    from shiftflow.models.manage import retention
 
     settings = settings_from_args(args)
     bind(settings)

@@ -2,8 +2,8 @@
 
 Any number of ``scheduler run`` processes may run against one database and broker: they
 split the due schedules between them (``SELECT ... FOR UPDATE SKIP LOCKED``) and every
-slot fires once (``producers.scheduler``). Each process also polls the polling triggers
-(``producers.polling``) and keeps the schedules that definitions declare in step.
+slot fires once (``producers.scheduler.loop``). Each process also polls the polling triggers
+(``producers.poller.loop``) and keeps the schedules that definitions declare in step.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def _run(args: argparse.Namespace) -> int:
     """Run one scheduler replica until SIGTERM or SIGINT."""
     from prometheus_client import start_http_server
 
+    from shiftflow.kernel.batch_publisher import ConfirmedBatchPublisher
     from shiftflow.kernel.broker import build_broker, install
-    from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
-    from shiftflow.producers.replica import run_replica
+    from shiftflow.producers.scheduler.replica import run_replica
 
     settings = settings_from_args(args)
     if settings.dev:
@@ -132,8 +132,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _workflow(args: argparse.Namespace) -> Any:
-    from shiftflow.models.tenancy import Workspace
-    from shiftflow.models.workflows import Workflow
+    from shiftflow.models.tables.tenancy import Workspace
+    from shiftflow.models.tables.workflows import Workflow
 
     try:
         by_id = Workflow.get_or_none(Workflow.id == uuid.UUID(args.workflow))
@@ -153,7 +153,7 @@ def _workflow(args: argparse.Namespace) -> Any:
 
 
 def _schedule(args: argparse.Namespace) -> Any:
-    from shiftflow.models.schedules import Schedule
+    from shiftflow.models.tables.schedules import Schedule
 
     try:
         row = Schedule.get_or_none(Schedule.id == uuid.UUID(args.id))
@@ -191,7 +191,7 @@ def _describe(row: Any) -> dict[str, Any]:
 
 def _add(args: argparse.Namespace) -> int:
     """Add a schedule to a workflow."""
-    from shiftflow.producers.schedule_config import add_schedule, build_config
+    from shiftflow.producers.scheduler.config import add_schedule, build_config
 
     now = _now()
     config = build_config(
@@ -229,7 +229,7 @@ def _add(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     """List schedules (of one workflow with --workflow)."""
     from shiftflow.kernel.triggers import catch_up_text, overlap_text
-    from shiftflow.models.schedules import Schedule
+    from shiftflow.models.tables.schedules import Schedule
 
     bind(settings_from_args(args))
     query = Schedule.select().order_by(Schedule.next_fire_at.asc(nulls="LAST"), Schedule.id)
@@ -251,7 +251,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _set_active(active: bool) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        from shiftflow.producers.schedule_config import set_active
+        from shiftflow.producers.scheduler.config import set_active
 
         bind(settings_from_args(args))
         row = set_active(_schedule(args), active, now=_now())

@@ -16,7 +16,7 @@ from shiftflow.cli.operator import connect, guarded
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from shiftflow.models import secret_rotation
+    from shiftflow.models.manage import secret_rotation
 
     connect(args)
     report = secret_rotation.rotate_all(dry_run=args.dry_run, progress=print)

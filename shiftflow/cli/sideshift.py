@@ -40,13 +40,14 @@ def _publish(settings: Any, outgoing: list[Any]) -> None:
 
 
 def _row(order: Any) -> dict[str, Any]:
-    from shiftflow.models.orders import fk_id, summary
+    from shiftflow.models.swaps.orders import summary
+    from shiftflow.models.tables.base import fk
 
     out = summary(order)
     out.update(
         {
             "created_at": order.created_at.isoformat(),
-            "execution_id": str(fk_id(order, "execution") or ""),
+            "execution_id": str(fk(order, "execution") or ""),
             "step_id": order.step_id,
             "creating": order.state == "PENDING_CREATE" and bool(order.create_sent_at),
             "error": order.error,
@@ -56,7 +57,7 @@ def _row(order: Any) -> dict[str, Any]:
 
 
 def _orders(args: argparse.Namespace) -> int:
-    from shiftflow.models import order_ops
+    from shiftflow.models.swaps import order_ops
 
     _setup(args)
     rows = order_ops.list_orders(state=args.state, workspace=args.workspace, limit=args.limit)
@@ -77,7 +78,7 @@ def _orders(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    from shiftflow.models import order_ops
+    from shiftflow.models.swaps import order_ops
 
     settings = _setup(args)
     order, outgoing = order_ops.reconcile(args.order, shift_id=args.shift_id, none=args.none, by=args.by)
@@ -94,8 +95,8 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _poll(args: argparse.Namespace) -> int:
-    from shiftflow.models import order_ops, order_status
-    from shiftflow.models.orders import get_order
+    from shiftflow.models.swaps import order_ops, order_status
+    from shiftflow.models.swaps.orders import get_order
 
     settings = _setup(args)
     if not args.orders and not args.due:
@@ -128,9 +129,9 @@ def _import_seed000(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(definition, sort_keys=False), end="")
         return 0
-    from shiftflow.models import catalog
-    from shiftflow.models.tenancy import User
-    from shiftflow.models.workflows import Workflow
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables.tenancy import User
+    from shiftflow.models.tables.workflows import Workflow
 
     _setup(args)
     workspace = catalog.ensure_workspace(args.workspace)
@@ -198,7 +199,7 @@ def _fakes(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``shiftflow sideshift ...`` to the ``shiftflow`` parser."""
     from shiftflow.kernel.seed000 import DEFAULT_CRON
-    from shiftflow.models.order_ops import LISTABLE_STATES
+    from shiftflow.models.swaps.order_ops import LISTABLE_STATES
 
     group = sub.add_parser(
         "sideshift", help="SideShift orders: list, reconcile, poll; seed 000 import; fakes"

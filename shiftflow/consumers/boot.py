@@ -7,6 +7,7 @@ import dramatiq.worker
 from dramatiq.middleware import Middleware
 
 from shiftflow import actors
+from shiftflow.consumers import metric_labels
 from shiftflow.consumers.dead_letters import DeadLetters
 from shiftflow.consumers.timers import Timers
 from shiftflow.kernel.broker import build_broker, install
@@ -33,4 +34,5 @@ def boot(settings: Settings) -> dramatiq.Broker:
     actors.declare(broker)
     bind_database(settings.database_url)
     configure_redis(settings.redis_url)
+    metric_labels.install()
     return broker

@@ -10,8 +10,10 @@ import dramatiq
 import peewee
 from dramatiq.middleware import Middleware
 
+from shiftflow.kernel import observe
+from shiftflow.kernel.contracts import Queue
 from shiftflow.kernel.db import database
-from shiftflow.models import dead_letters
+from shiftflow.models.tables import dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,7 @@ class DeadLetters(Middleware):
 
     Runs in ``after_nack``; if Postgres is down the message still reaches ``.XQ`` and
     the failure is logged, so nothing is lost silently. A message PostgreSQL cannot store
-    as JSON is recorded as a stand-in with its text (``models.dead_letters.record``), and
+    as JSON is recorded as a stand-in with its text (``models.tables.dead_letters.record``), and
     a body that is not a Dramatiq message at all (``after_undecodable_message``, from the
     broker's consumer) with its bytes as text.
     """
@@ -46,6 +48,7 @@ class DeadLetters(Middleware):
 
     @staticmethod
     def _record(message_id: str, queue: str, actor: str, payload: dict[str, Any], error: str | None) -> None:
+        observe.DEAD_LETTERS.labels(queue if queue in Queue.ALL else observe.OTHER).inc()
         try:
             with database.connection_context():
                 dead_letters.record(message_id, queue, actor, payload, error)

@@ -32,10 +32,15 @@ class Pool:
     #: The port of the pool's metrics exporter (``metrics_port`` in the pools file); None:
     #: ``SHIFTFLOW_METRICS_PORT``. Two pools on one machine need two ports.
     metrics_port: int | None = None
+    #: Ready messages per replica above which KEDA adds a replica (``queue_length_per_replica``,
+    #: as ``shiftflow pools plan`` prints it); None: processes x threads
+    #: (``scripts/render_k8s_pools.py``).
+    queue_length_per_replica: int | None = None
 
 
 def load_pools(path: str | None) -> dict[str, Pool]:
-    """Read pools from a YAML file (``pools: {name: {queues, processes, threads, metrics_port}}``).
+    """Read pools from a YAML file (``pools: {name: {queues, processes, threads, metrics_port,
+    queue_length_per_replica}}``).
 
     Raises:
         SettingsError: the file is unreadable or a pool names an unknown queue.
@@ -56,5 +61,11 @@ def load_pools(path: str | None) -> dict[str, Pool]:
         port = spec.get("metrics_port")
         if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
             raise SettingsError(f"pool {name!r}: metrics_port must be a port number (0 = off), got {port!r}")
-        pools[name] = Pool(name, queues, int(spec.get("processes", 1)), int(spec.get("threads", 8)), port)
+        per_replica = spec.get("queue_length_per_replica")
+        if per_replica is not None and (isinstance(per_replica, bool) or not isinstance(per_replica, int)
+                                        or per_replica < 1):
+            raise SettingsError(f"pool {name!r}: queue_length_per_replica must be a whole number of at least 1, "
+                                f"got {per_replica!r}")
+        pools[name] = Pool(name, queues, int(spec.get("processes", 1)), int(spec.get("threads", 8)), port,
+                           per_replica)
     return pools

@@ -55,9 +55,13 @@ def die_with_parent(parent: int) -> None:
         raise SystemExit(0)  # orphaned between fork and prctl: nobody would stop this process
 
 
-def run_worker(queues: Sequence[str], threads: int, shutdown_timeout: float) -> int:
-    """Consume ``queues`` with ``threads`` threads until SIGTERM; returns the exit code."""
+def run_worker(queues: Sequence[str], threads: int, shutdown_timeout: float,
+               settings: Settings | None = None) -> int:
+    """Consume ``queues`` with ``threads`` threads until SIGTERM or recycling; returns the exit code
+    (0, or ``EXIT_RECYCLED`` after ``SHIFTFLOW_WORKER_MAX_MESSAGES`` / ``_MAX_MEMORY_MB``)."""
     import dramatiq
+
+    from shiftflow.consumers.recycle import EXIT_RECYCLED, Recycler
 
     stop = threading.Event()
 
@@ -72,6 +76,9 @@ def run_worker(queues: Sequence[str], threads: int, shutdown_timeout: float) -> 
 
     module = importlib.import_module("shiftflow.consumers.worker")  # settings, broker, actors, database
     broker = module.broker
+    recycler = Recycler(stop, settings.worker_max_messages, settings.worker_max_memory_mb) if settings else None
+    if recycler is not None and recycler.enabled:
+        broker.add_middleware(recycler)
     broker.emit_after("process_boot")
     worker = dramatiq.Worker(broker, queues=set(queues), worker_threads=threads)
     worker.start()
@@ -80,7 +87,7 @@ def run_worker(queues: Sequence[str], threads: int, shutdown_timeout: float) -> 
         pass
     worker.stop(timeout=int(shutdown_timeout * 1000))
     broker.close()
-    return 0
+    return EXIT_RECYCLED if recycler is not None and recycler.reason else 0
 
 
 def run_fork(path: str) -> int:
@@ -121,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     die_with_parent(args.parent)
     if args.role == "worker":
-        return run_worker(args.queues, args.threads, args.shutdown_timeout)
+        return run_worker(args.queues, args.threads, args.shutdown_timeout, settings)
     return run_fork(args.path)
 
 

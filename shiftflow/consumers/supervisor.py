@@ -17,6 +17,8 @@ when one exits on its own it starts a replacement of that one only:
   family that disappears);
 * a process that exits with code 2 (settings or usage: a restart cannot fix it) stops the
   pool with code 2.
+* a worker that exits with code 3 was recycled (``consumers.recycle``: N messages or its
+  memory ceiling, after finishing its running messages): a fresh one starts at once.
 
 SIGTERM, SIGINT or SIGHUP stop the pool: SIGTERM to every process, which let their
 running messages finish (up to the shutdown timeout), then exit 0. A second signal
@@ -37,6 +39,7 @@ from typing import Any
 
 from shiftflow.consumers.pools import Pool
 from shiftflow.consumers.process import EXIT_USAGE, SHUTDOWN_TIMEOUT_SECONDS
+from shiftflow.consumers.recycle import EXIT_RECYCLED
 from shiftflow.kernel import metrics
 from shiftflow.kernel.settings import Settings
 
@@ -169,6 +172,12 @@ class Supervisor:
             # Its live gauges (messages in progress) go; its counters stay in the sums.
             metrics.mark_process_dead(self.settings.metrics_dir, pid)
         ran = now - child.started
+        if code == EXIT_RECYCLED and child.worker:
+            # Asked for (N messages or the memory ceiling): a fresh process now, no backoff.
+            child.young, child.delay, child.due = 0, 0.0, now
+            child.replaced += 1
+            log.info("%s (pid %d) recycled after %.1f s; starting a fresh one", child.name, pid, ran)
+            return
         if code == EXIT_USAGE:
             log.critical("%s (pid %d) cannot run with these settings (exit code 2); stopping the pool",
                          child.name, pid)

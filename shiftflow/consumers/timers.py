@@ -20,11 +20,11 @@ from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.enqueue import send_all
 from shiftflow.kernel.settings import Settings
-from shiftflow.models import trigger_deliveries
-from shiftflow.models.base import utcnow
-from shiftflow.models.flow import rollup_stats
-from shiftflow.models.leases import UNREACHABLE
-from shiftflow.models.waits import resume_due
+from shiftflow.models.engine.flow_control import rollup_stats
+from shiftflow.models.engine.leases import UNREACHABLE
+from shiftflow.models.engine.waits import resume_due
+from shiftflow.models.tables import trigger_deliveries
+from shiftflow.models.tables.base import utcnow
 
 log = logging.getLogger(__name__)
 

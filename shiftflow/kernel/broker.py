@@ -31,6 +31,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from shiftflow.kernel import tracing
 from shiftflow.kernel.contracts import MAX_PRIORITY, Queue
 from shiftflow.kernel.errors import TransientError
 from shiftflow.kernel.middleware import DbConnections, Metrics, MongoLifecycle
@@ -65,6 +66,9 @@ def middleware_for(settings: Settings, *, extra: Sequence[Middleware] = (), work
     stack: list[Middleware] = []
     # 1. Infrastructure: lets actors read the message they run (redelivery flag, id).
     stack.append(CurrentMessage())
+    # A span per message, continuing the trace of its traceparent: only while tracing is on.
+    if tracing.enabled():
+        stack.append(tracing.TracingMiddleware())
     # 2. Resource lifecycle: Peewee connection per worker thread around each message;
     #    the pymongo client per process after boot (pymongo is not fork-safe).
     if worker:
@@ -126,6 +130,7 @@ def build_broker(settings: Settings, *, extra: Sequence[Middleware] = (), worker
         extra: models-aware middleware supplied by ``consumers``.
         worker: False for producers, which only publish (no DB/Mongo lifecycle).
     """
+    tracing.configure(settings)
     middleware = middleware_for(settings, extra=extra, worker=worker)
     broker: dramatiq.Broker
     if settings.dev:
@@ -184,7 +189,7 @@ class ShiftflowRabbitmqBroker(RabbitmqBroker):
     * Some canonical queues are declared with a length limit. Dramatiq builds the same
       arguments for a queue and its delay queue; only the canonical queue
       (``_declare_queue``) gets the limit here, which is what
-      ``producers.publisher.queue_declarations`` declares too (a test compares both with
+      ``kernel.confirm_publisher.queue_declarations`` declares too (a test compares both with
       what RabbitMQ holds).
     * Its consumers report undecodable bodies (``_Consumer``).
 

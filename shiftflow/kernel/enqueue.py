@@ -16,6 +16,7 @@ import dramatiq
 import pika.exceptions
 from dramatiq.errors import BrokerConnectionError as DramatiqConnectionError
 
+from shiftflow.kernel import tracing
 from shiftflow.kernel.contracts import ACTORS, Priority, encode
 from shiftflow.kernel.errors import BrokerUnavailable, QueueFull
 
@@ -42,7 +43,7 @@ def build_message(actor: str, payload: Any, *, priority: int = int(Priority.NORM
         actor_name=spec.name,
         args=(),
         kwargs={"payload": encode(payload)},
-        options={"broker_priority": priority},
+        options=tracing.stamp({"broker_priority": priority}, actor, payload),
     )
 
 
@@ -71,7 +72,7 @@ def encode_message(
         "actor_name": spec.name,
         "args": (),
         "kwargs": {"payload": encode(payload)},
-        "options": {"broker_priority": priority},
+        "options": tracing.stamp({"broker_priority": priority}, actor, payload),
         "message_id": message_id,
         "message_timestamp": int(time.time() * 1000),
     }

@@ -6,11 +6,13 @@ engine may run them inline inside the transaction that decided them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from shiftflow.kernel import observe
 from shiftflow.kernel.definition import Step
-from shiftflow.kernel.errors import PermanentError
+from shiftflow.kernel.errors import PermanentError, TransientError
 from shiftflow.kernel.expressions import render
 from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.kernel.sizes import check_size
@@ -90,8 +92,20 @@ def call_tool(step: Step, inputs: Mapping[str, Any], settings: Settings,
     """
     if step.type == "http":
         timeout = min(step.timeout or settings.http_timeout_seconds, settings.http_timeout_seconds * 6)
-        return http.call(inputs, timeout=timeout, allow_private=settings.http_allow_private,
-                         redact=redact or str)
+        started, outcome = time.perf_counter(), "error"
+        try:
+            answer = http.call(inputs, timeout=timeout, allow_private=settings.http_allow_private,
+                               redact=redact or str)
+            outcome = "ok"
+            return answer
+        except PermanentError:
+            outcome = "permanent"
+            raise
+        except TransientError:
+            outcome = "transient"
+            raise
+        finally:
+            observe.tool_call(step.type, outcome, time.perf_counter() - started)
     if step.type in PURE_TYPES:
         return pure(step, inputs)
     raise PermanentError(f"step {step.id!r}: unknown tool step type {step.type!r}")

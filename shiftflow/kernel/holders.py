@@ -7,7 +7,7 @@ threads hold in a local registry (``hold``/``let_go``), so it can tell:
 * a token of this process is alive exactly while it is registered (a thread runs it);
 * a token of another process on this host is gone when that pid no longer exists or
   belongs to a process started at another time (the pid was reused);
-* a token of another host cannot be judged here: its lease decides (``models.leases``).
+* a token of another host cannot be judged here: its lease decides (``models.engine.leases``).
 
 The pid namespace is part of the host, so containers that share a host name but not a
 pid namespace never judge each other's pids.

@@ -15,7 +15,7 @@ viewer of the execution, so such a reference is refused, naming the field and th
 
 Stored versions are not re-checked when they are loaded: a version applied before a
 check existed keeps running as it did (a misplaced secret reference in one fails its
-step at run time, ``models.secrets.UNAVAILABLE``, without decrypting anything).
+step at run time, ``models.engine.connection_secrets.UNAVAILABLE``, without decrypting anything).
 """
 
 from __future__ import annotations

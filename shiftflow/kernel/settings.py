@@ -247,6 +247,15 @@ def _retention_settings(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _otlp_endpoint(env: Mapping[str, str]) -> str:
+    """SHIFTFLOW_OTLP_ENDPOINT: where spans go (OTLP over HTTP); empty = tracing off."""
+    raw = _str(env, "OTLP_ENDPOINT", "")
+    if raw and not re.match(r"^https?://[^\s/]+", raw):
+        raise SettingsError(f"{PREFIX}OTLP_ENDPOINT={raw[:100]!r} is malformed: expected an http(s) URL, "
+                            "e.g. http://127.0.0.1:4318/v1/traces")
+    return raw
+
+
 def _affiliate_id(env: Mapping[str, str]) -> str:
     raw = _str(env, "SIDESHIFT_AFFILIATE_ID", "")
     if raw and not (raw.isascii() and raw.isalnum() and len(raw) <= 64):
@@ -303,6 +312,13 @@ class Settings:
     publish_timeout_seconds: float = 5.0
     #: SHIFTFLOW_PREFETCH: RabbitMQ prefetch per consumer (256 beat Dramatiq's default: docs/benchmarks.md#prefetch)
     prefetch: int = 256
+    #: SHIFTFLOW_WORKER_MAX_MESSAGES: a worker process that has processed this many messages
+    #: stops as on SIGTERM (running messages finish, the others return to RabbitMQ) and its
+    #: supervisor starts a fresh one; 0 = never
+    worker_max_messages: int = 0
+    #: SHIFTFLOW_WORKER_MAX_MEMORY_MB: the same, once the process's resident memory passes
+    #: this many MiB (checked after each message); 0 = no ceiling
+    worker_max_memory_mb: int = 0
     #: SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH: ready messages the ``triggers`` queue holds before
     #: RabbitMQ refuses publishes (``x-max-length`` + ``x-overflow: reject-publish``); 0 declares
     #: the queue without a bound, as before (bound it with a policy instead)
@@ -465,6 +481,9 @@ class Settings:
     log_retention_days: int = 30
     analytics_retention_days: int = 365
     usage_retention_days: int = 365
+    #: SHIFTFLOW_OTLP_ENDPOINT: the OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces);
+    #: empty = no spans are made (needs the ``tracing`` extra; docs/operations.md#tracing)
+    otlp_endpoint: str = ""
 
     @property
     def dev(self) -> bool:
@@ -522,6 +541,8 @@ class Settings:
             webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", 262_144, 1_024, 16 * 1024 * 1024),
             publish_timeout_seconds=_float(env, "PUBLISH_TIMEOUT_SECONDS", 5.0, 0.1, 120.0),
             prefetch=_int(env, "PREFETCH", 256, 1, 2_000),
+            worker_max_messages=_int(env, "WORKER_MAX_MESSAGES", 0, 0, 1_000_000_000),
+            worker_max_memory_mb=_int(env, "WORKER_MAX_MEMORY_MB", 0, 0, 1_000_000),
             trigger_queue_max_length=_int(env, "TRIGGER_QUEUE_MAX_LENGTH", 100_000, 0, 100_000_000),
             quota_webhooks_per_second=_float(env, "QUOTA_WEBHOOKS_PER_SECOND", 100.0, 0.0, 1_000_000.0),
             quota_webhooks_burst=_int(env, "QUOTA_WEBHOOKS_BURST", 200, 1, 10_000_000),
@@ -562,6 +583,7 @@ class Settings:
             llm_prices_file=_str(env, "LLM_PRICES_FILE", ""),
             **_integration_settings(env),
             **_retention_settings(env),
+            otlp_endpoint=_otlp_endpoint(env),
         )
 
     def public_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The HTTP process: the webhook ingress and the management API in one Starlette app.
 
 ``shiftflow ingress`` serves this: ``POST /hooks/{token}`` and ``/healthz`` from
-``producers.ingress``, and the management API under ``/api/v1`` (``producers.api``; its
+``producers.ingress.app``, and the management API under ``/api/v1`` (``producers.api.app``; its
 OpenAPI document at ``/api/v1/openapi.json``). One process, one public port: both are
 thin producers that verify, commit or publish, and answer. Its Prometheus ``/metrics``
 is on a listener of its own (``SHIFTFLOW_INGRESS_METRICS_PORT``), not on this port.
@@ -21,7 +21,9 @@ from starlette.applications import Starlette
 
 from shiftflow.kernel.mongo import MongoSink, configure_sink, get_sink
 from shiftflow.kernel.settings import Settings
-from shiftflow.producers import api, api_spec, ingress
+from shiftflow.producers.api import app as api
+from shiftflow.producers.api import spec
+from shiftflow.producers.ingress import app as ingress
 
 
 def create_app(
@@ -39,7 +41,7 @@ def create_app(
         that opens and closes the log sink.
     """
     app = ingress.create_app(settings, **ingress_options)
-    app.mount(api_spec.PREFIX, api.create_api(settings, **(api_options or {})))
+    app.mount(spec.PREFIX, api.create_api(settings, **(api_options or {})))
     inner = app.router.lifespan_context
 
     @asynccontextmanager

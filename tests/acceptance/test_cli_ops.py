@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import free_port, wait_for_http, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
@@ -117,6 +118,8 @@ def system(real_env, tmp_path):
         flaky.server_close()
 
 
+# About 25 CLI processes, each a Python start: minutes on a loaded two-core machine.
+@pytest.mark.timeout(360)
 def test_operator_cli_and_management_api(system, real_env):
     env, tmp = system["env"], system["tmp"]
     for command in (
@@ -206,9 +209,9 @@ def test_operator_cli_and_management_api(system, real_env):
     from shiftflow.kernel.db import bind_database
     from shiftflow.kernel.enqueue import send
     from shiftflow.kernel.settings import Settings
-    from shiftflow.models.dead_letters import DeadLetter
-    from shiftflow.models.tenancy import Workspace
-    from shiftflow.models.workflows import Workflow, WorkflowVersion
+    from shiftflow.models.tables.dead_letters import DeadLetter
+    from shiftflow.models.tables.tenancy import Workspace
+    from shiftflow.models.tables.workflows import Workflow, WorkflowVersion
 
     settings = Settings.from_env(real_env)
     bind_database(settings.database_url)

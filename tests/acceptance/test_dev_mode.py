@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

@@ -16,9 +16,9 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog
-from shiftflow.models.executions import Execution, StepExecution
-from tests.helpers import wait_until
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution, StepExecution
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

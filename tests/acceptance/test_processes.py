@@ -20,7 +20,8 @@ import pytest
 from pymongo import MongoClient
 
 from shiftflow.kernel.signatures import signed_headers
-from tests.helpers import free_port, wait_for_http, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))

@@ -2,7 +2,7 @@
 evaluates deploy/prometheus/alerts.yml.
 
 Real processes on the test's database, vhost, MongoDB database and Redis db: the ingress,
-the scheduler and a worker pool, each with its metrics listener. Prometheus scrapes them
+the scheduler, a worker pool and the queue exporter, each with its metrics listener. Prometheus scrapes them
 every second and evaluates the rules every second; the test sends a signed webhook and
 reads the executed workflow back from Prometheus, checks every rule evaluates without an
 error, and stops the scheduler to see ShiftFlowTargetDown go pending. Each endpoint's
@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from shiftflow.kernel.signatures import signed_headers
-from tests.helpers import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
@@ -79,7 +80,8 @@ def stack(real_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Stack, dic
     env = {**os.environ, **real_env, "SHIFTFLOW_TIMERS": "off"}
     env.pop("SHIFTFLOW_METRICS_DIR", None)
     subprocess.run([SHIFTFLOW, "migrate"], env=env, check=True, capture_output=True, timeout=60)
-    ports = {name: free_port() for name in ("ingress", "ingress_metrics", "scheduler", "pool", "prometheus")}
+    ports = {name: free_port() for name in ("ingress", "ingress_metrics", "scheduler", "pool", "queues",
+                                            "prometheus")}
     running = Stack(env, tmp_path)
     running.start("ingress", [SHIFTFLOW, "ingress"], {"SHIFTFLOW_INGRESS_PORT": str(ports["ingress"]),
                                                       "SHIFTFLOW_INGRESS_METRICS_PORT": str(ports["ingress_metrics"])})
@@ -87,12 +89,14 @@ def stack(real_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Stack, dic
                   {"SHIFTFLOW_SCHEDULER_METRICS_PORT": str(ports["scheduler"])})
     running.start("pool", [SHIFTFLOW, "workers", "--queues", "triggers", "steps", "--processes", "1", "--threads", "2",
                            "--metrics-port", str(ports["pool"])])
+    running.start("queues", [SHIFTFLOW, "queues", "exporter", "--port", str(ports["queues"])])
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
         "scrape_configs": [
             {"job_name": "shiftflow-ingress", "static_configs": [{"targets": [f"127.0.0.1:{ports['ingress_metrics']}"]}]},
             {"job_name": "shiftflow-scheduler", "static_configs": [{"targets": [f"127.0.0.1:{ports['scheduler']}"]}]},
+            {"job_name": "shiftflow-queues", "static_configs": [{"targets": [f"127.0.0.1:{ports['queues']}"]}]},
             {"job_name": "shiftflow-workers", "static_configs": [{"targets": [f"127.0.0.1:{ports['pool']}"],
                                                                   "labels": {"pool": "core"}}]},
         ],
@@ -131,13 +135,13 @@ def test_prometheus_scrapes_every_process_and_evaluates_the_rules(stack, tmp_pat
     # Every process scraped and up.
     def all_up() -> bool:
         targets = _api(ports, "targets")["activeTargets"]
-        return len(targets) == 3 and all(t["health"] == "up" for t in targets)
+        return len(targets) == 4 and all(t["health"] == "up" for t in targets)
 
     wait_until(all_up, timeout=90, interval=0.5,
                message=f"every target up: {_api(ports, 'targets')}\n{running.log('pool')}\n{running.log('scheduler')}")
 
     # Each endpoint's exposition is valid by Prometheus's own linter.
-    for port in (ports["ingress_metrics"], ports["scheduler"], ports["pool"]):
+    for port in (ports["ingress_metrics"], ports["scheduler"], ports["pool"], ports["queues"]):
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         lint = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
         assert lint.returncode == 0, (port, lint.stdout + lint.stderr)
@@ -162,7 +166,15 @@ def test_prometheus_scrapes_every_process_and_evaluates_the_rules(stack, tmp_pat
 
     wait_until(lambda: counted('sum(shiftflow_executions_total{outcome="succeeded"})') >= 1, timeout=60,
                interval=0.5, message="the succeeded execution in Prometheus\n" + running.log("pool"))
-    assert counted('sum(shiftflow_webhooks_total{outcome="accepted"})') >= 1
+    # Scraped every second, the ingress may be scraped last (the pool can finish within one interval).
+    wait_until(lambda: counted('sum(shiftflow_webhooks_total{outcome="accepted"})') >= 1, timeout=10, interval=0.5,
+               message="the accepted webhook in Prometheus")
+    # By workflow (workspace/workflow), and the queue exporter's series for every queue.
+    wait_until(lambda: counted('sum(shiftflow_workflow_executions_total{workflow="prom/prom",outcome="succeeded"})')
+               >= 1, timeout=30, interval=0.5, message="the execution by workflow")
+    assert counted('count(shiftflow_queue_oldest_message_age_seconds)') == 8
+    assert counted('max(shiftflow_queue_exporter_up)') == 1
+    assert counted('max(shiftflow_state_up)') == 1
 
     # Every rule of alerts.yml loaded and evaluated without an error.
     def evaluated() -> list[dict[str, Any]] | None:

@@ -28,11 +28,14 @@ import pytest
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import webhook_secrets
 from shiftflow.producers.app import create_app
-from tests.helpers import free_port, pg_admin, wait_until
 from tests.integration.api_support import SIMPLE, serve
 from tests.own_rabbitmq import OwnRabbitMQ
+from tests.support.ports import free_port
+from tests.support.postgres import pg_admin
+from tests.support.waiting import wait_until
 
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
 

@@ -16,21 +16,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+import peewee
 import pika
 import pytest
 
 from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.db import bind_database
-from shiftflow.models.executions import Execution
-from shiftflow.models.runs import start_execution
-from shiftflow.models.schedules import Schedule
-from shiftflow.models.workflows import Workflow
-from shiftflow.producers.schedule_config import add_schedule, build_config
-from tests.helpers import free_port, wait_for_http, wait_until
+from shiftflow.kernel.settings import Settings, configure
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.schedules import Schedule
+from shiftflow.models.tables.workflows import Workflow
+from shiftflow.producers.scheduler.config import add_schedule, build_config
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
@@ -136,6 +138,7 @@ def test_two_scheduler_processes_fire_each_slot_once(real_env, pg_url, amqp_url,
         config = build_config(cron="* * * * * *") if i % 2 else build_config(every="1")
         add_schedule(workflow, config, key=f"s{i}", now=now)
     count = Schedule.select().count()
+    keys = [f"s{i}" for i in range(40)]
 
     ports = [free_port(), free_port()]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
@@ -158,11 +161,15 @@ def test_two_scheduler_processes_fire_each_slot_once(real_env, pg_url, amqp_url,
         wait_until(
             lambda: all(_fired(url) > 20 for url in metrics), timeout=30, message="both replicas firing"
         )
-        time.sleep(3)
+        # A clean run of both: every schedule has committed three slots.
+        wait_until(lambda: _fired_at_least(keys, 3), timeout=30, interval=0.2, message="three slots each")
         clean = _drain(amqp_url)
         os.killpg(procs[0].pid, signal.SIGKILL)  # replica a dies mid-run, holding whatever it held
         procs[0].wait(10)
-        time.sleep(3)
+        killed_at = dt.datetime.now(UTC).replace(tzinfo=None)
+        # b took over: every schedule fired again, a second after a died, whatever a held.
+        wait_until(lambda: _fired_since(keys, killed_at + dt.timedelta(seconds=1)), timeout=30, interval=0.2,
+                   message="every schedule fired after the kill")
         before_stop = dt.datetime.now(UTC)
         os.killpg(procs[1].pid, signal.SIGTERM)
         assert procs[1].wait(30) == 0
@@ -191,8 +198,24 @@ def test_two_scheduler_processes_fire_each_slot_once(real_env, pg_url, amqp_url,
         assert all((b - a).total_seconds() == 1 for a, b in zip(ordered, ordered[1:], strict=False)), ordered
         assert ordered[0] <= started + dt.timedelta(seconds=2)
         assert ordered[-1] >= before_stop - dt.timedelta(seconds=2)  # b took over a's schedules
-    # A re-published slot still makes one execution.
+    # A re-published slot still makes one execution (the settings of this test's servers:
+    # run alone, no earlier test configured them).
+    configure(Settings.from_env(real_env))
     for payload in published:
         start_execution(payload)
     assert Execution.select().where(Execution.source == "schedule").count() == len(keys)
     db.close()
+
+
+def _fired_at_least(keys: list[str], slots: int) -> bool:
+    """Every schedule of ``keys`` has committed ``slots`` fires (read from its row)."""
+    least = Schedule.select(peewee.fn.MIN(Schedule.fire_count)).where(Schedule.key.in_(keys)).scalar()
+    return least is not None and least >= slots
+
+
+def _fired_since(keys: list[str], since: dt.datetime) -> bool:
+    """Every schedule of ``keys`` has committed a fire at or after ``since`` (naive UTC)."""
+    stale = Schedule.select().where(
+        Schedule.key.in_(keys) & (Schedule.last_fired_at.is_null() | (Schedule.last_fired_at < since))
+    )
+    return not stale.exists()

@@ -40,11 +40,14 @@ from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer
 from shiftflow.kernel.contracts import Queue
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import secrets
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.sideshift import SideShiftOrder
-from tests.helpers import JsonService, VhostAdmin, free_port, wait_for_http, wait_until
+from shiftflow.models.engine import connection_secrets
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
 from tests.integration.api_support import seed_tenant
+from tests.support.http_services import JsonService
+from tests.support.ports import free_port
+from tests.support.rabbitmq import VhostAdmin
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.acceptance
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
@@ -239,7 +242,7 @@ def stack(real_env, tmp_path, pg_url):
     configure(Settings.from_env(env))
     database = bind_database(pg_url)
     run.tenant = seed_tenant("canary", roles=("OWNER", "MEMBER", "VIEWER"))
-    secrets.store_connection(run.tenant.workspace.id, "crm", "crm", {"token": CANARY})
+    connection_secrets.store_connection(run.tenant.workspace.id, "crm", "crm", {"token": CANARY})
     run.fake, run.services, run.base = fake, services, f"http://127.0.0.1:{port}"
     try:
         run.start("ingress", "ingress", "--log-level", "info")

@@ -14,10 +14,12 @@ import uvicorn
 
 from shiftflow.consumers.boot import boot
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import apikeys, catalog
-from shiftflow.models.access import Principal
-from shiftflow.models.tenancy import User, Workspace, WorkspaceMember
-from tests.helpers import free_port, wait_for_http
+from shiftflow.models.manage import apikeys, catalog
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.tables.tenancy import User, Workspace, WorkspaceMember
+from tests.support.message_tally import MessageTally
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for_http
 
 #: A workflow that finishes on its own: a condition on the trigger, then a transform.
 SIMPLE = {
@@ -51,10 +53,16 @@ def serve(app: Any) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def worker(real_env: dict[str, str], threads: int = 2) -> Iterator[Settings]:
-    """Settings on the test's services, the database bound, a worker consuming every queue."""
+def worker(real_env: dict[str, str], threads: int = 2, tally: MessageTally | None = None) -> Iterator[Settings]:
+    """Settings on the test's services, the database bound, a worker consuming every queue.
+
+    ``tally`` is added to the worker's broker, for tests that wait until every message
+    they caused was handled.
+    """
     settings = configure(Settings.from_env(real_env))
     broker = boot(settings)
+    if tally is not None:
+        broker.add_middleware(tally)
     broker.emit_after("process_boot")
     running = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     running.start()

@@ -20,12 +20,13 @@ from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import send_all
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, runs
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.sideshift import SideShiftOrder
-from shiftflow.models.tenancy import User
-from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog, queries
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
+from shiftflow.models.tables.tenancy import User
+from shiftflow.models.tables.workflows import Workflow
+from tests.support.waiting import wait_until
 
 BTC = "bc1q" + "q" * 38
 ETH = "0x" + "12" * 20
@@ -74,7 +75,7 @@ class SwapRig:
 
     def start(self, workflow: Workflow, key: str, data: dict[str, Any] | None = None) -> Execution:
         """Start an execution and publish its first steps (the worker runs them)."""
-        started = runs.start_execution(TriggerPayload(str(workflow.id), key, "manual", data or {}))
+        started = start_execution(TriggerPayload(str(workflow.id), key, "manual", data or {}))
         assert started.execution is not None
         send_all(started.outgoing)
         return started.execution
@@ -110,7 +111,7 @@ class SwapRig:
         )
 
     def describe(self, execution_id: Any) -> str:
-        detail = catalog.execution_detail(Execution.get_by_id(execution_id))
+        detail = queries.detail_dict(Execution.get_by_id(execution_id))
         orders = [
             (o.state, o.error)
             for o in SideShiftOrder.select().where(SideShiftOrder.execution == execution_id)

@@ -20,19 +20,21 @@ import pytest
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, runs, webhook_secrets
-from shiftflow.models.access import MATRIX, ROLES
-from shiftflow.models.audit import AuditLog
-from shiftflow.models.dead_letters import DeadLetter
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution
-from shiftflow.models.templates import WorkflowTemplate
-from shiftflow.models.tenancy import ApiKey, WorkspaceMember
-from shiftflow.models.workflows import Workflow
-from shiftflow.producers import api_spec
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog
+from shiftflow.models.manage.access import MATRIX, ROLES
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.models.tables.audit_log import AuditLog
+from shiftflow.models.tables.dead_letters import DeadLetter
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.side_effects import SideEffect
+from shiftflow.models.tables.templates import WorkflowTemplate
+from shiftflow.models.tables.tenancy import ApiKey, WorkspaceMember
+from shiftflow.models.tables.workflows import Workflow
+from shiftflow.producers.api import spec
 from shiftflow.producers.app import create_app
-from tests.helpers import wait_until
 from tests.integration.api_support import SIMPLE, seed_tenant, serve, worker
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +98,7 @@ def _example(op: dict) -> dict | None:
 
 def _execution_for(workflow_id, key: str, data: dict | None = None) -> Execution:
     """Start an execution without a broker (its messages are not needed)."""
-    started = runs.start_execution(
+    started = start_execution(
         TriggerPayload(workflow_id=str(workflow_id), dedup_key=key, source="manual", data=data or {"n": 1})
     )
     return started.execution
@@ -148,7 +150,7 @@ def test_keys_are_shown_once_and_stored_as_hashes(api):
     # The new key works, with its scopes: read yes, write no.
     mine = {"Authorization": f"Bearer {key}"}
     assert c.get("/workflows", headers=mine).status_code == 200
-    refused = c.post("/workflows", json=_example(api_spec.PATHS["/workflows"]["post"]), headers=mine)
+    refused = c.post("/workflows", json=_example(spec.PATHS["/workflows"]["post"]), headers=mine)
     assert refused.status_code == 403 and "scopes" in refused.json()["error"]
     # A key cannot mint a key with more scopes than its own.
     assert c.post("/keys", json={"name": "x", "scopes": ["*"]}, headers=mine).status_code == 403
@@ -200,7 +202,7 @@ def test_role_matrix_over_every_operation(api):
     """Each role gets 403 exactly for the operations whose permission it lacks."""
     c, a = api["client"], api["a"]
     checked = 0
-    for method, path, op in api_spec.operations():
+    for method, path, op in spec.operations():
         permission = op["x-permission"]
         if permission is None or op["operationId"] in ("deleteWorkspace", "createKey", "revokeKey"):
             continue  # no permission needed; destructive or per-key: tested on their own below
@@ -268,7 +270,7 @@ def test_the_last_owner_cannot_leave(api):
 def test_every_mutation_writes_an_audit_entry(api):
     c, a = api["client"], api["a"]
     auth = a.auth("OWNER")
-    mutating = {op["operationId"] for method, _, op in api_spec.operations() if method != "GET"}
+    mutating = {op["operationId"] for method, _, op in spec.operations() if method != "GET"}
     assert mutating == set(AUDITED), "describe the audit action of every mutating operation"
 
     # Rename: before, after, who, from where.
@@ -370,7 +372,7 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
     }
 
     checked = []
-    for method, path, op in api_spec.operations():
+    for method, path, op in spec.operations():
         names = [p["name"] for p in op.get("parameters", ()) if p["in"] == "path"]
         if not names:
             continue
@@ -386,7 +388,7 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
 
     # Lists of A never show B's objects; filters and body references to B's objects find nothing.
     b_strings = [str(v) for v in b_ids.values() if not isinstance(v, int)] + [str(b_step_letter.id)]
-    for method, path, _op in api_spec.operations():
+    for method, path, _op in spec.operations():
         if method == "GET" and "{" not in path and path != "/openapi.json":
             text = c.get(path, headers=auth).text
             assert not any(s in text for s in b_strings), path

@@ -25,12 +25,13 @@ from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, runs
-from shiftflow.models.dead_letters import DeadLetter
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution
-from shiftflow.models.templates import WorkflowTemplate
-from shiftflow.models.tenancy import WorkspaceMember
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.dead_letters import DeadLetter
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.side_effects import SideEffect
+from shiftflow.models.tables.templates import WorkflowTemplate
+from shiftflow.models.tables.tenancy import WorkspaceMember
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import SIMPLE, fuzz, seed_tenant
 
@@ -50,7 +51,7 @@ EXAMPLES = 12
 def _seed():
     tenant = seed_tenant("fuzz", roles=("OWNER", "ADMIN", "MEMBER"))
     workflow = catalog.apply_definition(tenant.workspace, SIMPLE).workflow
-    started = runs.start_execution(
+    started = start_execution(
         TriggerPayload(workflow_id=str(workflow.id), dedup_key="fuzz:1", source="manual", data={"n": 1})
     )
     failed = Execution.create(

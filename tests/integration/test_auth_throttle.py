@@ -12,8 +12,8 @@ import pytest
 
 from shiftflow.kernel.settings import Settings
 from shiftflow.producers.app import create_app
-from tests.helpers import wait_until
 from tests.integration.api_support import seed_tenant, serve, worker
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -74,16 +74,19 @@ def test_a_throttled_key_works_again_once_the_window_has_passed(real_env):
         **real_env,
         "SHIFTFLOW_AUTH_FAILURES_PER_ADDRESS": "1000",
         "SHIFTFLOW_AUTH_FAILURES_PER_KEY": "3",
-        "SHIFTFLOW_AUTH_FAILURE_WINDOW_SECONDS": "2",
+        "SHIFTFLOW_AUTH_FAILURE_WINDOW_SECONDS": "8",
     }
     with worker(env) as settings:
         a = seed_tenant("alpha", roles=("OWNER",))
         prefix = a.keys["OWNER"][: len("sfk_") + 12]  # the secret may hold "_" too
         with serve(create_app(settings)) as base, _client(base) as c:
-            for guess in ("B", "C", "D", "E"):
-                c.get("/workspace", headers=_bad(f"{prefix}_{guess * 43}"))
-            # However slowly the guesses went, the window ends within 2 s of the last one.
-            wait_until(lambda: c.get("/workspace", headers=a.auth()).status_code == 200, timeout=10)
+            # Five loopback requests within the 8 s window that began at the first failure:
+            # the key is throttled first, so the wait below starts from a refusal.
+            guesses = [c.get("/workspace", headers=_bad(f"{prefix}_{g * 43}")).status_code for g in "BCDE"]
+            assert guesses == [401, 401, 401, 429]
+            assert c.get("/workspace", headers=a.auth()).status_code == 429
+            # However slowly the guesses went, the window ends within 8 s of the first one.
+            wait_until(lambda: c.get("/workspace", headers=a.auth()).status_code == 200, timeout=20)
 
 
 def test_without_redis_each_process_throttles_on_its_own(real_env):

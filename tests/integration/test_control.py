@@ -1,7 +1,7 @@
 """Cancel, re-run and dead-letter replay on real services, with a worker on real RabbitMQ.
 
-The commands are the model functions the API and the CLI share (``models.control``,
-``models.replay``); the worker runs the real actors, so a cancelled step really is
+The commands are the model functions the API and the CLI share (``models.manage.control``,
+``models.manage.replay``); the worker runs the real actors, so a cancelled step really is
 running when it is cancelled and a replayed dead letter really was nacked by Dramatiq.
 """
 
@@ -19,16 +19,17 @@ import pytest
 from shiftflow.consumers import timers
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
-from shiftflow.models import catalog, control, replay
-from shiftflow.models.access import Principal
-from shiftflow.models.audit import AuditLog
-from shiftflow.models.base import utcnow
-from shiftflow.models.dead_letters import DeadLetter
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.problems import Conflict
-from shiftflow.models.workflows import Workflow, WorkflowVersion
-from tests.helpers import wait_until
+from shiftflow.models.manage import catalog, control, replay
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.problems import Conflict
+from shiftflow.models.tables.audit_log import AuditLog
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.dead_letters import DeadLetter
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.workflows import Workflow, WorkflowVersion
 from tests.integration.api_support import SIMPLE, worker
+from tests.support.message_tally import MessageTally
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +71,14 @@ def service():
 
 
 @pytest.fixture
-def engine(real_env):
-    with worker(real_env, threads=4):
+def tally():
+    """Counts the worker's messages: the barrier before asserting that something did not happen."""
+    return MessageTally()
+
+
+@pytest.fixture
+def engine(real_env, tally):
+    with worker(real_env, threads=4, tally=tally):
         yield catalog.ensure_workspace("ops")
 
 
@@ -119,7 +126,7 @@ def _steps(execution) -> dict[str, StepExecution]:
 # --------------------------------------------------------------------------- cancel
 
 
-def test_cancel_refuses_the_result_of_a_running_step_and_plans_nothing_after(engine, service):
+def test_cancel_refuses_the_result_of_a_running_step_and_plans_nothing_after(engine, service, tally):
     _Service.delay = 1.5
     workflow = catalog.apply_definition(engine, _calling(service)).workflow
     _trigger(workflow, "slow")
@@ -131,7 +138,9 @@ def test_cancel_refuses_the_result_of_a_running_step_and_plans_nothing_after(eng
     cancelled, outgoing = control.cancel(OPERATOR, execution.id)
     assert cancelled.status == "CANCELLED" and outgoing == []
     wait_until(lambda: len(_Service.calls) == 1, timeout=10)
-    time.sleep(2.5)  # the call returns meanwhile; its result must be refused
+    # The barrier: the running step's message was handled (the call answered after 1.5 s and
+    # its result was refused) and nothing it could have sent is in flight.
+    wait_until(tally.settled, timeout=30, message="the cancelled step's message handled")
     steps = _steps(execution)
     assert steps["prep"].status == "SUCCEEDED" and steps["call"].status == "CANCELLED"
     assert "done" not in steps  # nothing was planned after the cancel
@@ -142,7 +151,7 @@ def test_cancel_refuses_the_result_of_a_running_step_and_plans_nothing_after(eng
     assert entry.changes["before"]["status"] == "RUNNING" and entry.metadata["via"] == "cli"
 
 
-def test_cancel_stops_a_durable_wait_and_frees_the_concurrency_lane(engine):
+def test_cancel_stops_a_durable_wait_and_frees_the_concurrency_lane(engine, tally):
     waiting = {
         "name": "lane",
         "trigger": {"type": "manual"},
@@ -158,15 +167,17 @@ def test_cancel_stops_a_durable_wait_and_frees_the_concurrency_lane(engine):
     wait_until(lambda: _steps(first).get("nap") and _steps(first)["nap"].status == "WAITING", timeout=30)
     _trigger(workflow, "second")
     second = _execution(workflow, "second")
-    time.sleep(0.5)
+    wait_until(tally.settled, timeout=30, message="the second trigger handled")  # its lane decided
     assert Execution.get_by_id(second.id).status == "PENDING"  # queued behind the first in its lane
+    due = _steps(first)["nap"].resume_at
 
     _, outgoing = control.cancel(OPERATOR, first.id)
     assert Execution.get_by_id(second.id).status == "RUNNING"  # the lane freed up in the same transaction
     send_all(outgoing)
     assert _steps(first)["nap"].status == "CANCELLED"
-    time.sleep(0.6)
+    wait_until(lambda: utcnow() >= due, timeout=10, message="the nap's timer due")
     timers.tick()  # the timer is due: it must not wake the cancelled execution's step
+    wait_until(tally.settled, timeout=30, message="what the tick published handled")
     assert set(_steps(first)) == {"nap"} and Execution.get_by_id(first.id).status == "CANCELLED"
 
     def second_done():
@@ -229,7 +240,7 @@ def test_rerun_defers_to_the_timer_loop_when_publishing_fails(engine, service):
 # --------------------------------------------------------------------------- dead letters
 
 
-def test_dead_letters_replay_by_filter_once_unless_forced(engine):
+def test_dead_letters_replay_by_filter_once_unless_forced(engine, tally):
     started = utcnow() - dt.timedelta(seconds=1)
     ids = [uuid.uuid4() for _ in range(3)]
     for n, wid in enumerate(ids):  # triggers for workflows that do not exist (yet): dead letters
@@ -276,9 +287,11 @@ def test_dead_letters_replay_by_filter_once_unless_forced(engine):
     assert step_letter.replayed_at is None  # not matched by the filter
 
     assert replay.replay_dead_letters(OPERATOR, send, queue="triggers").matched == 0  # once
+    handled = tally.finished("triggers.start")
     forced = replay.replay_dead_letters(OPERATOR, send, queue="triggers", force=True)
     assert len(forced.replayed) == 3
-    time.sleep(1.0)
+    wait_until(lambda: tally.finished("triggers.start") >= handled + 3 and tally.settled(), timeout=30,
+               message="the three forced replays handled")
     assert Execution.select().where(Execution.dedup_key.startswith("dl-")).count() == 3  # dedup held
     assert AuditLog.select().where(AuditLog.action == "dead_letter.replayed").count() == 6
 

@@ -24,15 +24,18 @@ import pytest
 
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models import catalog, runs
-from shiftflow.models.audit import AuditLog
-from shiftflow.models.base import utcnow
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.effects_ledger import request_hash
-from shiftflow.models.executions import Execution, StepExecution
+from shiftflow.models.engine import runs
+from shiftflow.models.engine.call_once import request_hash
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.audit_log import AuditLog
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.producers.app import create_app
-from tests.helpers import JsonService, wait_until
 from tests.integration.api_support import seed_tenant, serve, worker
+from tests.support.http_services import JsonService
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +75,7 @@ def api(real_env: dict[str, str], service: JsonService) -> Iterator[dict[str, An
 def unknown_outcome(workflow: Any, key: str, n: int = 5) -> tuple[str, str]:
     """An execution whose ``pay`` call an earlier attempt sent without recording the answer;
     returns (execution id, effect id) once the worker parked the step for an operator."""
-    started = runs.start_execution(TriggerPayload(str(workflow.id), key, "test", {"n": n}))
+    started = start_execution(TriggerPayload(str(workflow.id), key, "test", {"n": n}))
     assert started.execution is not None
     execution_id = started.execution.id
     url = runs.load_definition(workflow.id, workflow.current_version).step("pay").inputs["url"]

@@ -25,9 +25,10 @@ import httpx
 import pytest
 
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
-from shiftflow.models.dead_letters import DeadLetter
-from shiftflow.models.templates import WorkflowTemplate
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.models.tables.dead_letters import DeadLetter
+from shiftflow.models.tables.templates import WorkflowTemplate
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import seed_tenant, serve, worker
 

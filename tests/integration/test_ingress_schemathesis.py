@@ -27,8 +27,9 @@ from shiftflow.kernel.contracts import execution_id_for
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
-from shiftflow.producers.ingress import create_app
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.producers.ingress.app import create_app
 from tests.integration.api_support import SIMPLE, fuzz
 
 pytestmark = pytest.mark.integration

@@ -37,11 +37,12 @@ from hypothesis import strategies as st
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.signatures import MAX_DELIVERY_ID, signed_headers
-from shiftflow.models import catalog, replay, webhook_secrets
-from shiftflow.models.access import Principal
-from shiftflow.producers.ingress import create_app
-from tests.helpers import wait_until
+from shiftflow.models.manage import catalog, replay
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.producers.ingress.app import create_app
 from tests.integration.api_support import serve, worker
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -280,6 +281,6 @@ def test_a_trigger_postgres_cannot_store_becomes_a_visible_dead_letter(rig: tupl
 
 def hook_workspace(hook: Any) -> Any:
     """The workspace id of ``hook``'s workflow."""
-    from shiftflow.models.workflows import Workflow
+    from shiftflow.models.tables.workflows import Workflow
 
     return Workflow.get_by_id(hook.workflow_id).workspace_id

@@ -14,8 +14,8 @@ import datetime as dt
 import httpx
 import pytest
 
-from shiftflow.models.audit import AuditLog
-from shiftflow.models.tenancy import ApiKey, WorkspaceMember
+from shiftflow.models.tables.audit_log import AuditLog
+from shiftflow.models.tables.tenancy import ApiKey, WorkspaceMember
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import SIMPLE, seed_tenant, serve, worker
 

@@ -16,10 +16,10 @@ import psycopg2
 import pytest
 
 from shiftflow.kernel.db import make_database
-from shiftflow.models import migrations
-from shiftflow.models.migrations import MigrationError, introspect, scratch
-from shiftflow.models.prices import PriceCache
-from shiftflow.models.registry import ALL_MODELS, create_all
+from shiftflow.models.tables import migrations
+from shiftflow.models.tables.migrations import MigrationError, introspect, scratch
+from shiftflow.models.tables.price_cache import PriceCache
+from shiftflow.models.tables.registry import ALL_MODELS, create_all
 
 pytestmark = pytest.mark.integration
 

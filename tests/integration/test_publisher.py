@@ -25,15 +25,22 @@ import pytest
 import uvicorn
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from shiftflow.kernel.confirm_publisher import (
+    ConfirmPublisher,
+    Unroutable,
+    queue_arguments,
+    queue_declarations,
+)
 from shiftflow.kernel.contracts import MAX_PRIORITY, Priority, TriggerPayload
 from shiftflow.kernel.errors import BrokerUnavailable
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.producers import ingress
-from shiftflow.producers.hooks import HookInfo
-from shiftflow.producers.ingress import create_app
-from shiftflow.producers.publisher import ConfirmPublisher, Unroutable, queue_arguments, queue_declarations
-from tests.helpers import RABBIT_API, free_port, wait_for_http, wait_until
+from shiftflow.producers.ingress import app as ingress
+from shiftflow.producers.ingress.app import create_app
+from shiftflow.producers.ingress.hooks import HookInfo
+from tests.support.ports import free_port
+from tests.support.rabbitmq import RABBIT_API
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -36,14 +36,17 @@ from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
-from shiftflow.models.executions import Execution
-from shiftflow.producers import hooks
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.models.tables.executions import Execution
 from shiftflow.producers.app import create_app as create_full_app
-from shiftflow.producers.hooks import HookInfo
-from shiftflow.producers.ingress import create_app
-from tests.helpers import VhostAdmin, free_port, wait_for_http, wait_until
+from shiftflow.producers.ingress import hooks
+from shiftflow.producers.ingress.app import create_app
+from shiftflow.producers.ingress.hooks import HookInfo
 from tests.integration.api_support import SIMPLE, seed_tenant, worker
+from tests.support.ports import free_port
+from tests.support.rabbitmq import VhostAdmin
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -143,8 +146,8 @@ def test_two_ingress_processes_share_one_bucket_through_redis(real_env: dict[str
 def test_a_workspace_override_set_by_the_operator_applies_at_the_ingress(
     real_env: dict[str, str], pg_url: str
 ) -> None:
-    from shiftflow.models import quotas
-    from shiftflow.models.access import Principal
+    from shiftflow.models.manage import quotas
+    from shiftflow.models.manage.access import Principal
 
     bind_database(pg_url)
     settings = configure(Settings.from_env(_env(real_env, QUOTA_WEBHOOKS_PER_SECOND="0.01", QUOTA_WEBHOOKS_BURST="2")))
@@ -202,7 +205,7 @@ def test_a_full_trigger_queue_answers_503_and_never_a_lost_202(real_env: dict[st
 
 
 def test_the_workers_broker_and_the_publisher_declare_the_same_queues(real_env: dict[str, str]) -> None:
-    from shiftflow.producers.publisher import queue_declarations
+    from shiftflow.kernel.confirm_publisher import queue_declarations
 
     amqp_url = real_env["SHIFTFLOW_AMQP_URL"]
     settings = Settings.from_env(_env(real_env, TRIGGER_QUEUE_MAX_LENGTH="7"))
@@ -233,7 +236,7 @@ def test_an_existing_unbounded_queue_refuses_the_new_declare_and_a_policy_bounds
     assert "x-max-length" not in _queue_arguments(amqp_url)
 
     new = Settings.from_env(_env(real_env, TRIGGER_QUEUE_MAX_LENGTH="5", QUOTA_WEBHOOKS_PER_SECOND="0"))
-    with caplog.at_level(logging.ERROR, logger="shiftflow.producers.publisher"):
+    with caplog.at_level(logging.ERROR, logger="shiftflow.kernel.confirm_publisher"):
         with _serving(create_app(new, lookup=HOOKS.get)) as base:
             assert _post(base, "a", "x0").status_code == 503  # nothing is accepted, nothing lost
             wait_until(lambda: "SHIFTFLOW_TRIGGER_QUEUE_MAX_LENGTH" in caplog.text, timeout=10)

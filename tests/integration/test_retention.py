@@ -1,4 +1,4 @@
-"""Retention on real PostgreSQL (models.retention) and MongoDB-wire TTL indexes (kernel.mongo_ttl).
+"""Retention on real PostgreSQL (models.manage.retention) and MongoDB-wire TTL indexes (kernel.mongo_ttl).
 
 Each case builds its rows with SQL in a database of its own, runs retention at a fixed
 ``now``, and reads back what is left: what must go goes (with its steps and tool
@@ -20,7 +20,7 @@ import pytest
 
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.settings import Settings
-from shiftflow.models import retention
+from shiftflow.models.manage import retention
 
 pytestmark = pytest.mark.integration
 

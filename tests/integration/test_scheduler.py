@@ -1,7 +1,7 @@
 """The scheduler and the poller on real PostgreSQL and RabbitMQ.
 
 Published triggers are counted by reading the ``triggers`` queue of the test's own vhost
-with pika; executions are created from them with ``runs.start_execution`` where the
+with pika; executions are created from them with ``start.start_execution`` where the
 test needs to show that a re-published slot makes one execution.
 """
 
@@ -11,7 +11,6 @@ import collections
 import datetime as dt
 import json
 import threading
-import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,21 +20,21 @@ import pika
 import pytest
 
 from shiftflow.cli.main import main as cli
+from shiftflow.kernel.batch_publisher import ConfirmedBatchPublisher
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload, decode
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.errors import BrokerUnavailable
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog
-from shiftflow.models.executions import Execution
-from shiftflow.models.polling import PollingCursor
-from shiftflow.models.runs import start_execution
-from shiftflow.models.schedules import Schedule
-from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
-from shiftflow.producers.polling import Poller
-from shiftflow.producers.schedule_config import add_schedule, build_config, sync_definition_schedules
-from shiftflow.producers.scheduler import Scheduler, dedup_key
-from tests.helpers import wait_until
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.polling_cursors import PollingCursor
+from shiftflow.models.tables.schedules import Schedule
+from shiftflow.producers.poller.loop import Poller
+from shiftflow.producers.scheduler.config import add_schedule, build_config, sync_definition_schedules
+from shiftflow.producers.scheduler.loop import Scheduler, dedup_key
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 UTC = dt.UTC
@@ -131,7 +130,11 @@ def test_two_scheduler_loops_fire_every_slot_exactly_once(env):
     started = dt.datetime.now(UTC)
     for thread in threads:
         thread.start()
-    time.sleep(4)
+
+    def fired_three_each():  # committed rows: what both loops published and recorded
+        return Schedule.select(peewee.fn.MIN(Schedule.fire_count)).scalar() >= 3
+
+    wait_until(fired_three_each, timeout=30, interval=0.2, message="three slots of every schedule")
     stop.set()
     for thread in threads:
         thread.join(10)
@@ -487,7 +490,11 @@ def test_polling_triggers_once_per_new_item_across_two_pollers(env, source):
         wait_until(lambda: published.extend(drain(env["amqp_url"])) or len(published) >= 3, timeout=10)
         _Source.items = [{"id": 2, "v": "b"}, {"id": 3, "v": "c"}, {"id": 4, "v": "d"}, {"id": 5, "v": "e"}]
         wait_until(lambda: published.extend(drain(env["amqp_url"])) or len(published) >= 5, timeout=10)
-        time.sleep(2.5)  # more polls: nothing new may appear
+        # More polls, and nothing new may appear. Polls of one cursor never overlap (each
+        # claims it until it has published and committed), so once the source has seen
+        # two requests after this point, at least one whole poll of the same items is over.
+        polled = len(_Source.requests)
+        wait_until(lambda: len(_Source.requests) >= polled + 2, timeout=10, message="two more polls")
         published.extend(drain(env["amqp_url"]))
     finally:
         stop.set()

@@ -22,14 +22,16 @@ import pytest
 from cryptography.fernet import Fernet
 
 from shiftflow.kernel import settings as settings_module
-from shiftflow.kernel.crypto import Vault
 from shiftflow.kernel.db import bind_database, make_database
+from shiftflow.kernel.secretbox import Vault
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, migrations, secrets, webhook_secrets
-from shiftflow.models.integrations import Connection
-from shiftflow.models.migrations import MigrationError, scratch
-from shiftflow.models.workflows import Webhook
-from shiftflow.producers import hooks
+from shiftflow.models.engine import connection_secrets
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import migrations, webhook_secrets
+from shiftflow.models.tables.integrations import Connection
+from shiftflow.models.tables.migrations import MigrationError, scratch
+from shiftflow.models.tables.workflows import Webhook
+from shiftflow.producers.ingress import hooks
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +154,7 @@ def test_secrets_rotate_moves_every_stored_secret_to_the_newest_key(keyed):
         Webhook.id == old_hook.id).execute()
     # ... and one already under the new key, by this code.
     configure(Settings.from_env({**env, "SHIFTFLOW_SECRET_KEYS": NEW_KEY}))
-    current = secrets.store_connection(workspace.id, "mail", "mail", {"password": "mail-password-42"})
+    current = connection_secrets.store_connection(workspace.id, "mail", "mail", {"password": "mail-password-42"})
 
     # The new key first, the old one still there to read what it made.
     rotate_env = {**os.environ, **env, "SHIFTFLOW_SECRET_KEYS": f"{NEW_KEY},{OLD_KEY}"}
@@ -185,7 +187,7 @@ def test_secrets_rotate_names_what_no_configured_key_opens(keyed):
 
 
 def _integration():
-    from shiftflow.models.integrations import Integration
+    from shiftflow.models.tables.integrations import Integration
 
     row, _ = Integration.get_or_create(key="crm", defaults={"name": "crm", "category": "custom", "auth_type": "API_KEY"})
     return row.id

@@ -12,7 +12,9 @@ import pytest
 import redis
 
 from shiftflow.kernel.settings import Settings
-from tests.helpers import amqp_url_for, leased_redis_db, temp_pg_database
+from tests.support.postgres import temp_pg_database
+from tests.support.rabbitmq import amqp_url_for
+from tests.support.redis_db import leased_redis_db
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +42,7 @@ def _database_exists(admin_url: str, name: str) -> bool:
 
 
 def test_pg_url_is_a_migrated_copy_of_the_template(pg_url, pg_template):
-    from shiftflow.models.migrations import available
+    from shiftflow.models.tables.migrations import available
 
     tables = _tables(pg_url)
     assert "schema_migrations" in tables

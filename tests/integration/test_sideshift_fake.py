@@ -385,9 +385,10 @@ def test_fake_answers_429_per_ip_and_frees_with_fake_time(client, fake):
     with pytest.raises(RateLimited) as caught:
         btc_quote(client)
     assert not caught.value.local and caught.value.retry_after == 60 and fake.rate_limited["quotes"] == 1
-    btc_quote(client, user_ip="198.51.100.30")  # another end user, another budget
+    assert btc_quote(client, user_ip="198.51.100.30").id  # another end user, another budget
     fake.advance(60)
-    btc_quote(client)
+    assert btc_quote(client).id
+    assert fake.rate_limited["quotes"] == 1  # neither was refused
 
 
 def test_fake_counts_fixed_and_variable_shifts_together(client, fake):

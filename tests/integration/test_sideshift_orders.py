@@ -38,19 +38,21 @@ from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, control, order_ops, order_status, pricing
-from shiftflow.models.access import Principal
-from shiftflow.models.base import utcnow
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.notifications import Notification
-from shiftflow.models.orders import ReconcileError
-from shiftflow.models.prices import PriceCache
-from shiftflow.models.sideshift import SideShiftOrder
-from shiftflow.models.tenancy import User
-from shiftflow.models.workflow_metrics import WorkflowMetrics
-from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until
+from shiftflow.models.manage import catalog, control, queries
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.swaps import order_ops, order_status, pricing
+from shiftflow.models.swaps.orders import ReconcileError
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.notifications import Notification
+from shiftflow.models.tables.price_cache import PriceCache
+from shiftflow.models.tables.side_effects import SideEffect
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
+from shiftflow.models.tables.tenancy import User
+from shiftflow.models.tables.workflow_metrics import WorkflowMetrics
+from shiftflow.models.tables.workflows import Workflow
+from tests.support.message_tally import MessageTally
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
@@ -65,14 +67,16 @@ class Rig:
     prices: FakePriceServer
     env: dict[str, str]
     user: User
+    tally: MessageTally
 
     def workflow(self, definition: dict[str, Any]) -> Workflow:
         workflow = catalog.apply_definition(catalog.ensure_workspace("crypto"), definition).workflow
         Workflow.update(created_by=self.user.id).where(Workflow.id == workflow.id).execute()
         return workflow
 
-    def trigger(self, workflow: Workflow, key: str, data: dict[str, Any] | None = None) -> None:
-        send(
+    def trigger(self, workflow: Workflow, key: str, data: dict[str, Any] | None = None) -> str:
+        """Publish a manual trigger; return its message id (for ``tally.handled``)."""
+        return send(
             "triggers.start",
             TriggerPayload(str(workflow.id), key, "manual", data or {}, received_at=time.time()),
         )
@@ -102,7 +106,7 @@ class Rig:
         execution = Execution.get_or_none(Execution.dedup_key == key)
         if execution is None:
             return "no execution"
-        detail = catalog.execution_detail(execution)
+        detail = queries.detail_dict(execution)
         orders = [
             (o.state, o.error)
             for o in SideShiftOrder.select().where(SideShiftOrder.execution == execution.id)
@@ -145,6 +149,8 @@ def rig(real_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Ri
     }
     settings = configure(Settings.from_env(env))
     broker = boot(settings)
+    tally = MessageTally()
+    broker.add_middleware(tally)
     broker.emit_after("process_boot")
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
     worker.start()
@@ -153,7 +159,7 @@ def rig(real_env: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Ri
     loop.start()
     user = User.create(email="trader@example.com", name="Trader")
     try:
-        yield Rig(fake, prices, env, user)
+        yield Rig(fake, prices, env, user, tally)
     finally:
         stop.set()
         loop.join(5)
@@ -200,6 +206,13 @@ def test_dca_example_runs_to_settled_and_respects_max_executions(rig: Rig) -> No
     definition.update(trigger={"type": "manual"}, max_executions=2)
     definition["vars"].update(settle_address=BTC, refund_address=ETH)
     workflow = rig.workflow(definition)
+    from prometheus_client import REGISTRY
+
+    def counted(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    volume_before = counted("shiftflow_sideshift_volume_usd_total")
+    settled_before = counted("shiftflow_sideshift_orders_finished_total", state="SETTLED")
     # A cached BTC price lets the fees be valued too (deposit value minus settlement value).
     pricing.get_price(pricing.PriceRequest.parse({"coin": "bitcoin"}), configure(Settings.from_env(rig.env)))
     rig.trigger(workflow, "dip-1")
@@ -208,7 +221,7 @@ def test_dca_example_runs_to_settled_and_respects_max_executions(rig: Rig) -> No
     second = rig.order("dip-2", "OPEN")
     # Only now: triggers sent together race for the last slot (4 worker threads), and
     # max_executions admits whichever is created first.
-    rig.trigger(workflow, "dip-3")
+    third = rig.trigger(workflow, "dip-3")
     orders = [first, second]
     for order in orders:
         assert order.shift_type == "fixed" and order.quote_id and order.deposit_address
@@ -216,7 +229,7 @@ def test_dca_example_runs_to_settled_and_respects_max_executions(rig: Rig) -> No
         settle(rig, order)
     done = [rig.finished(key) for key in ("dip-1", "dip-2")]
     assert [e.status for e in done] == ["SUCCEEDED", "SUCCEEDED"], [e.error for e in done]
-    time.sleep(0.3)
+    wait_until(lambda: rig.tally.handled(third), timeout=30, message="the third trigger handled")
     assert Execution.get_or_none(Execution.dedup_key == "dip-3") is None  # max_executions
     assert Workflow.get_by_id(workflow.id).status == "COMPLETED"
     assert rig.fake.created_total == 2 and rig.fake.double_orders() == {}
@@ -240,6 +253,9 @@ def test_dca_example_runs_to_settled_and_respects_max_executions(rig: Rig) -> No
     )
     # Volume: 2 x 0.1 ETH at the cached 2500 USD. Fees: deposit value minus settlement value.
     assert metrics.total_volume_usd == Decimal("500")
+    # The same in Prometheus (the worker threads run in this process).
+    assert counted("shiftflow_sideshift_volume_usd_total") - volume_before == 500
+    assert counted("shiftflow_sideshift_orders_finished_total", state="SETTLED") - settled_before == 2
     settled_usd = sum(Decimal(o.settle_amount) for o in SideShiftOrder.select()) * Decimal("50000")
     assert metrics.total_fees_usd == (Decimal("500") - settled_usd).quantize(Decimal("0.000001"))
     notes = list(Notification.select().where(Notification.user == rig.user.id))
@@ -324,7 +340,8 @@ def test_lost_answer_waits_for_the_operator_who_attaches_the_shift(rig: Rig) -> 
     assert step.status == "WAITING" and "shiftflow sideshift reconcile" in step.error
     assert SideEffect.get(SideEffect.step_id == "swap").state == "UNKNOWN"
     assert Notification.get(Notification.execution == execution.id).type == "SYSTEM_ALERT"
-    time.sleep(0.5)
+    # Everything the engine had in motion (retries, re-published steps) has come to rest.
+    wait_until(rig.tally.settled, timeout=30, message="no message in flight")
     assert rig.fake.created_total == 1  # and it stays one: nothing re-posts
     listed = rig.cli("orders", "--state", "NEEDS_RECONCILIATION")
     assert listed.returncode == 0 and str(order.id) in listed.stdout, listed.stderr

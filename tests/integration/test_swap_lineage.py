@@ -21,15 +21,18 @@ import pytest
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.settings import get_settings
-from shiftflow.models import control, order_ops, orders, runs
-from shiftflow.models.access import Principal
-from shiftflow.models.executions import Execution
-from shiftflow.models.problems import Conflict
-from shiftflow.models.sideshift import SideShiftOrder
+from shiftflow.models.engine import runs
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import control
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.problems import Conflict
+from shiftflow.models.swaps import order_ops, orders
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
 from shiftflow.producers.app import create_app
-from tests.helpers import wait_until
 from tests.integration.api_support import seed_tenant, serve
 from tests.integration.swap_support import BTC, SwapRig, swap_inputs, swap_rig, swap_workflow
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
@@ -313,7 +316,7 @@ class _CancelDuringQuote:
 
 def test_a_cancel_during_the_quote_stops_the_create(rig: SwapRig, monkeypatch: pytest.MonkeyPatch) -> None:
     workflow = rig.workflow(swap_workflow("quoting"))
-    started = runs.start_execution(TriggerPayload(str(workflow.id), "quoting-1", "manual", {}))
+    started = start_execution(TriggerPayload(str(workflow.id), "quoting-1", "manual", {}))
     assert started.execution is not None
     (message,) = started.outgoing  # not published: this test runs the step itself
     claim = runs.claim_step(message.payload, delivery_limit=5)

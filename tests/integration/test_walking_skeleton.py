@@ -14,17 +14,20 @@ import dramatiq
 import httpx
 import pytest
 import uvicorn
-from prometheus_client import generate_latest
+from prometheus_client import REGISTRY, generate_latest
 
 from shiftflow.consumers.boot import boot
 from shiftflow.kernel.broker import build_broker
 from shiftflow.kernel.mongo import EXECUTION_LOGS, get_sink
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models import catalog, webhook_secrets
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.producers.ingress import create_app
-from tests.helpers import free_port, wait_for_http, wait_until
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables import webhook_secrets
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.producers.ingress.app import create_app
+from tests.support.message_tally import MessageTally
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +54,8 @@ def stack(real_env, tmp_path, json_service):
     """Workers (in-process, real RabbitMQ), ingress (real HTTP), an outside service."""
     settings = configure(Settings.from_env(real_env))
     broker = boot(settings)
+    tally = MessageTally()  # the barrier of the tests that show something did not happen
+    broker.add_middleware(tally)
     broker.emit_after("process_boot")  # what the dramatiq CLI does in each worker process
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
     worker.start()
@@ -63,7 +68,7 @@ def stack(real_env, tmp_path, json_service):
     workflow = catalog.apply_definition(catalog.ensure_workspace("acme"), data).workflow
     hook = catalog.create_webhook(workflow)
     yield {"settings": settings, "base": f"http://127.0.0.1:{port}", "hook": hook, "workflow": workflow,
-           "service": json_service}
+           "service": json_service, "tally": tally}
     server.should_exit = True
     thread.join(10)
     worker.stop()
@@ -120,12 +125,21 @@ def test_signed_webhook_runs_the_whole_flow(stack, mongo_url, real_env):
     assert httpx.get(f"{stack['base']}/metrics", timeout=5).status_code == 404  # not on the public port
 
 
+def _duplicates() -> float:
+    return REGISTRY.get_sample_value("shiftflow_executions_total", {"outcome": "duplicate"}) or 0.0
+
+
 def test_repeated_delivery_makes_one_execution(stack):
+    duplicates_before, tally = _duplicates(), stack["tally"]
     for _ in range(3):
         assert _post(stack["base"], stack["hook"], {"amount": 50, "who": "bob"}, "msg_dup").status_code == 202
-    wait_until(lambda: _finished("standard:msg_dup"), timeout=30)
-    time.sleep(0.5)  # let any duplicate trigger messages drain
-    assert Execution.select().where(Execution.dedup_key == "standard:msg_dup").count() == 1
+    # The barrier: the three trigger messages were handled, and so was every message they caused.
+    wait_until(lambda: tally.finished("triggers.start") >= 3 and tally.settled(), timeout=30,
+               message="the three copies and their steps handled")
+    assert [e.status for e in Execution.select().where(Execution.dedup_key.startswith("standard:msg_dup"))] == [
+        "SUCCEEDED"
+    ]
+    assert _duplicates() - duplicates_before == 2  # both later copies were recognised as duplicates
     assert len(stack["service"].calls) == 1
 
 
@@ -137,8 +151,13 @@ def test_bad_signature_is_refused_before_any_publish(stack):
     assert response.status_code == 401 and "error" in response.json()
     old = _post(stack["base"], stack["hook"], {"amount": 42}, "msg_old", now=time.time() - 3600)
     assert old.status_code == 401
-    time.sleep(0.5)
-    assert Execution.select().count() == 0
+    # A marker after them: once it ran (and nothing is left in flight), a refused delivery
+    # that had been published anyway would have been handled before it (one FIFO queue).
+    assert _post(stack["base"], stack["hook"], {"amount": 42}, "msg_marker").status_code == 202
+    tally = stack["tally"]
+    wait_until(lambda: _finished("standard:msg_marker") and tally.settled(), timeout=30, message="the marker")
+    assert [e.dedup_key for e in Execution.select()] == ["standard:msg_marker"]
+    assert tally.finished("triggers.start") == 1
 
 
 def test_unreachable_broker_gives_503_never_2xx(real_env, stack):

@@ -196,7 +196,7 @@ def read_snapshot(pg_url: str) -> Snapshot:
             executions = cur.fetchall()
             cur.execute("SELECT execution_id::text, step_id, status, error FROM step_execution")
             steps = cur.fetchall()
-            # updated_at is naive UTC (models.base.utcnow).
+            # updated_at is naive UTC (models.tables.base.utcnow).
             cur.execute(
                 "SELECT execution_id::text, step_id, state, "
                 "extract(epoch FROM sent_at AT TIME ZONE 'UTC')::float8, "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg2
 
-from tests.helpers import free_port
+from tests.support.ports import free_port
 
 
 def _bindir() -> Path:

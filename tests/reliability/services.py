@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port, port_open
+from tests.support.ports import free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 

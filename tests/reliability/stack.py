@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port, migrate, pg_admin, with_database
+from tests.support.ports import free_port
+from tests.support.postgres import migrate, pg_admin, with_database
 
 from .processes import SHIFTFLOW
 from .services import Binaries, OwnPostgres, OwnRabbitMQ, OwnRedis, OwnSecantus, OwnServer, find_binaries

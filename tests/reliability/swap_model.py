@@ -5,8 +5,8 @@
   seen). The checker reads that, not ShiftFlow's opinion.
 * ``Driver``: the workers and the operators of one test. Messages the engine returns
   are queued in memory and delivered in an order the seeded RNG picks, by the functions
-  the actors call (``stepwork.run_step`` then ``order_ops.after_delivery``,
-  ``order_ops.poll_for_step``, ``triggerwork.run_trigger``); messages the management API
+  the actors call (``run_step.run_step`` then ``order_ops.after_delivery``,
+  ``order_ops.poll_for_step``, ``run_trigger.run_trigger``); messages the management API
   publishes go through the real RabbitMQ vhost and are taken from it (``basic_get``).
   A worker crash is a ``WorkerCrash`` raised at a real failpoint (``failpoints.hit``):
   nothing after that point runs, the transaction in progress rolls back, and the message
@@ -42,23 +42,18 @@ from shiftflow.kernel.contracts import ACTORS, decode
 from shiftflow.kernel.db import database
 from shiftflow.kernel.enqueue import Outgoing, build_message
 from shiftflow.kernel.steps import TERMINAL
-from shiftflow.models import (
-    control,
-    dead_letters,
-    order_ops,
-    order_status,
-    replay,
-    runs,
-    stepwork,
-    waits,
-)
-from shiftflow.models.access import Principal
-from shiftflow.models.base import utcnow
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.orders import ReconcileError
-from shiftflow.models.problems import Conflict
-from shiftflow.models.sideshift import SideShiftOrder
-from shiftflow.models.triggerwork import run_trigger
+from shiftflow.models.engine import run_step as stepwork
+from shiftflow.models.engine import runs, waits
+from shiftflow.models.engine.run_trigger import run_trigger
+from shiftflow.models.manage import control, replay
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.problems import Conflict
+from shiftflow.models.swaps import order_ops, order_status
+from shiftflow.models.swaps.orders import ReconcileError
+from shiftflow.models.tables import dead_letters
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
 
 OPERATOR = Principal.operator()
 CREATE_ROUTES = ("shifts_fixed", "shifts_variable")
@@ -497,7 +492,7 @@ class Driver:
 
     def replay(self, everything: bool = False) -> int:
         """Replay this sequence's dead letters: through the API, or the model function."""
-        from shiftflow.models.dead_letters import DeadLetter
+        from shiftflow.models.tables.dead_letters import DeadLetter
 
         ids = [
             str(r.id)

@@ -21,10 +21,13 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.helpers import migrate
+from tests.support.postgres import migrate
 
-from . import OutsideService, Publisher, WorkerPool, create_workflow, http_step
+from .outside_service import OutsideService
 from .own_postgres import OwnPostgres
+from .trigger_publisher import Publisher
+from .worker_pool import WorkerPool
+from .workflows import create_workflow, http_step
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
 

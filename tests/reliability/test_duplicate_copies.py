@@ -29,13 +29,15 @@ from prometheus_client import REGISTRY
 from shiftflow.consumers.timers import tick
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import build_message
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.runs import start_execution
-from tests.helpers import wait_until
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.side_effects import SideEffect
+from tests.support.waiting import wait_until
 
-from . import OutsideService, WorkerPool, create_workflow, http_step
+from .outside_service import OutsideService
 from .test_redelivery import Engine
+from .worker_pool import WorkerPool
+from .workflows import create_workflow, http_step
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -156,7 +158,7 @@ from shiftflow.kernel.settings import Settings, configure
 from shiftflow.consumers.boot import boot
 from shiftflow.kernel.contracts import StepPayload
 from shiftflow.kernel.db import database
-from shiftflow.models.stepwork import run_step
+from shiftflow.models.engine.run_step import run_step
 
 boot(configure(Settings.from_env()))
 with database.connection_context():

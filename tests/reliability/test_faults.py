@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
 from .poison import poison_bodies
 from .scenarios import ScenarioRun

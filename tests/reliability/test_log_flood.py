@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
-from . import Rig
+from .rig import Rig
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
 

@@ -24,10 +24,12 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
-from . import Rig, http_step, run_beside_poison, wait_terminal
 from .checker import check
+from .rig import Rig, run_beside_poison
+from .waiting import wait_terminal
+from .workflows import http_step
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
 

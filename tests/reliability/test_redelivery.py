@@ -24,13 +24,15 @@ from shiftflow.kernel import holders
 from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.runs import claim_step, complete_step, start_execution
-from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until
+from shiftflow.models.engine.runs import claim_step, complete_step
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.workflows import Workflow
+from tests.support.waiting import wait_until
 
-from . import OutsideService, create_workflow, two_call_definition
 from .checker import check, install_recorder, load_history
+from .outside_service import OutsideService
+from .workflows import create_workflow, two_call_definition
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -116,7 +118,7 @@ def _race(n: int, fn: Callable[[int], T]) -> list[T]:
 
 
 def _held_token() -> str:
-    """A holder token of a live thread (as ``stepwork.run_step`` holds one while it works)."""
+    """A holder token of a live thread (as ``run_step.run_step`` holds one while it works)."""
     token = holders.new_token()
     holders.hold(token)
     return token

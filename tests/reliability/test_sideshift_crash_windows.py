@@ -1,6 +1,6 @@
 """Zero double orders: real worker processes crash in each window around the SideShift create.
 
-Windows (failpoints in ``shiftflow.models.order_create``):
+Windows (failpoints in ``shiftflow.models.swaps.order_create``):
 
 * ``before_create``: the order is committed as sent ("CREATING"), the POST has not left;
 * ``after_create``: SideShift created the shift and answered, the answer is not committed;
@@ -44,9 +44,11 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.enqueue import send_all
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, order_ops, runs
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.sideshift import SideShiftOrder
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog
+from shiftflow.models.swaps import order_ops
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
 
 pytestmark = [pytest.mark.acceptance]
 
@@ -214,7 +216,7 @@ def test_no_double_order_whatever_the_crash_window(
         workflow = catalog.apply_definition(catalog.ensure_workspace("rel"), DEFINITION).workflow
         ids, outgoing = [], []
         for n in range(RUNS):
-            run = runs.start_execution(TriggerPayload(str(workflow.id), f"{window}-{n}", "test", {}))
+            run = start_execution(TriggerPayload(str(workflow.id), f"{window}-{n}", "test", {}))
             assert run.execution is not None
             ids.append(run.execution.id)
             outgoing += run.outgoing

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from . import Rig, statuses, two_call_definition, wait_terminal
 from .checker import (
     ExecutionRow,
     History,
@@ -40,6 +39,9 @@ from .checker import (
     classify,
     load_history,
 )
+from .rig import Rig
+from .waiting import statuses, wait_terminal
+from .workflows import two_call_definition
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
 

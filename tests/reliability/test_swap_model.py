@@ -59,9 +59,10 @@ from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.mongo import MongoSink, configure_sink
 from shiftflow.kernel.redis_handle import configure_redis
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, orders
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.sideshift import SideShiftOrder, SideShiftSwap
+from shiftflow.models.manage import catalog
+from shiftflow.models.swaps import orders
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder, SideShiftSwap
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import seed_tenant, serve
 from tests.integration.swap_support import BTC, swap_inputs

@@ -5,7 +5,7 @@ The poison is a real process death before the execution exists: the failpoint
 ``trigger.before_start:poison-t=exit`` makes the worker ``os._exit(137)`` every time it
 starts the trigger with that dedup key. Steps count their deliveries on their row; a
 trigger has none yet, so it counts redeliveries in ``trigger_delivery``
-(``models.triggerwork``). Without that, the poison would kill its worker process forever.
+(``models.engine.run_trigger``). Without that, the poison would kill its worker process forever.
 
 ``test_poison_trigger_is_quarantined``: a worker process dies at most LIMIT times, then the
 trigger is stored as a dead letter with the reason and acknowledged; no execution exists
@@ -28,10 +28,11 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.helpers import wait_until
+from tests.support.waiting import wait_until
 
-from . import Rig, run_beside_poison, wait_terminal
 from .checker import check
+from .rig import Rig, run_beside_poison
+from .waiting import wait_terminal
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
 

@@ -29,10 +29,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
-from . import Rig, WorkerPool, two_call_definition, wait_terminal
 from .checker import check
+from .rig import Rig
+from .waiting import wait_terminal
+from .worker_pool import WorkerPool
+from .workflows import two_call_definition
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.reliability]
 

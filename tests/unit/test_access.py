@@ -9,11 +9,19 @@ import uuid
 import pytest
 
 from shiftflow.kernel.storable import unstorable
-from shiftflow.models import apikeys, paging
-from shiftflow.models.access import MATRIX, PERMISSIONS, READ, ROLES, Principal, parse_role, parse_scopes
-from shiftflow.models.plain import parse_time, stamp
-from shiftflow.models.problems import Forbidden, InvalidInput
-from shiftflow.producers import api, api_spec
+from shiftflow.models.manage import apikeys, paging
+from shiftflow.models.manage.access import (
+    MATRIX,
+    PERMISSIONS,
+    READ,
+    ROLES,
+    Principal,
+    parse_role,
+    parse_scopes,
+)
+from shiftflow.models.manage.plain import parse_time, stamp
+from shiftflow.models.manage.problems import Forbidden, InvalidInput
+from shiftflow.producers.api import app, spec
 
 WS = uuid.uuid4()
 
@@ -105,10 +113,10 @@ def test_timestamps_in_and_out():
 
 def test_the_openapi_document_is_complete():
     """Every operation has a handler, a permission that exists, a tenant marker and an example body."""
-    assert api.missing_handlers() == []
-    ids = [op["operationId"] for _, _, op in api_spec.operations()]
+    assert app.missing_handlers() == []
+    ids = [op["operationId"] for _, _, op in spec.operations()]
     assert len(ids) == len(set(ids))
-    for _method, path, op in api_spec.operations():
+    for _method, path, op in spec.operations():
         assert op["x-permission"] in (None, *PERMISSIONS), path
         assert op["x-tenant"] in ("workspace", "global"), path
         if "requestBody" in op:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from shiftflow.kernel.settings import Settings
-from shiftflow.producers.auth_throttle import (
+from shiftflow.producers.api.auth_throttle import (
     AuthThrottle,
     Limits,
     MemoryStore,
@@ -15,7 +15,7 @@ from shiftflow.producers.auth_throttle import (
     Throttled,
     from_settings,
 )
-from tests.helpers import free_port
+from tests.support.ports import free_port
 
 
 class Clock:
@@ -53,10 +53,12 @@ def test_a_key_prefix_is_refused_whatever_the_address():
 
 
 def test_zero_turns_a_limit_off():
-    throttle = AuthThrottle(MemoryStore(Clock()), Limits(per_address=0, per_key=0, window=60))
+    store = MemoryStore(Clock())
+    throttle = AuthThrottle(store, Limits(per_address=0, per_key=0, window=60))
     for _ in range(50):
         throttle.failed("10.0.0.1", "sfk_00000000000a")
-    throttle.check("10.0.0.1", "sfk_00000000000a")
+    throttle.check("10.0.0.1", "sfk_00000000000a")  # not refused after 50 failures,
+    assert store.count(["address:10.0.0.1", "key:sfk_00000000000a"]) == [(0, 0.0), (0, 0.0)]  # none counted
 
 
 def test_an_unreachable_redis_falls_back_to_counting_in_memory():
@@ -73,7 +75,7 @@ def test_an_unreachable_redis_falls_back_to_counting_in_memory():
 
 
 def test_the_memory_store_stays_bounded(monkeypatch):
-    from shiftflow.producers import auth_throttle
+    from shiftflow.producers.api import auth_throttle
 
     monkeypatch.setattr(auth_throttle, "MAX_COUNTERS", 10)
     store = MemoryStore(Clock())

@@ -1,12 +1,12 @@
-"""producers.batch_publisher: the bodies it publishes are the messages ``send`` would publish."""
+"""kernel.batch_publisher: the bodies it publishes are the messages ``send`` would publish."""
 
 from __future__ import annotations
 
 import json
 
+from shiftflow.kernel.batch_publisher import encode_message
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import Outgoing, build_message
-from shiftflow.producers.batch_publisher import encode_message
 
 
 def test_encoded_message_matches_build_message():

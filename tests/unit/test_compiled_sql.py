@@ -1,4 +1,4 @@
-"""``models.compiled``: the cached-SQL insert and lookup write and read exactly what Peewee does."""
+"""``models.engine.prepared_sql``: the cached-SQL insert and lookup write and read exactly what Peewee does."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import uuid
 
 import pytest
 
-from shiftflow.models import compiled
-from shiftflow.models.base import utcnow
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.tenancy import Workspace
-from shiftflow.models.workflows import Workflow
+from shiftflow.models.engine import prepared_sql
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.tenancy import Workspace
+from shiftflow.models.tables.workflows import Workflow
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def _values(workflow: Workflow, key: str) -> dict[str, object]:
 
 def test_insert_matches_peewee_including_defaults(workflow):
     mine, theirs = _values(workflow, "compiled"), _values(workflow, "peewee")
-    assert compiled.insert_rows(Execution, [mine]) == 1
+    assert prepared_sql.insert_rows(Execution, [mine]) == 1
     Execution.insert(theirs).execute()
     a, b = Execution.get_by_id(mine["id"]), Execution.get_by_id(theirs["id"])
     skip = {"id", "dedup_key", "created_at", "started_at"}
@@ -39,23 +39,23 @@ def test_insert_matches_peewee_including_defaults(workflow):
 
 def test_insert_ignoring_conflicts_reports_what_it_wrote(workflow):
     first = _values(workflow, "same")
-    assert compiled.insert_rows(Execution, [first], ignore_conflicts=True) == 1
+    assert prepared_sql.insert_rows(Execution, [first], ignore_conflicts=True) == 1
     again = dict(_values(workflow, "same"))  # new id, same (workflow, dedup_key)
-    assert compiled.insert_rows(Execution, [again], ignore_conflicts=True) == 0
+    assert prepared_sql.insert_rows(Execution, [again], ignore_conflicts=True) == 0
     assert Execution.select().where(Execution.dedup_key == "same").count() == 1
     with pytest.raises(Exception, match="(?i)unique"):
-        compiled.insert_rows(Execution, [_values(workflow, "same")])
+        prepared_sql.insert_rows(Execution, [_values(workflow, "same")])
 
 
 def test_multi_row_insert_with_rows_of_different_keys(workflow):
     execution_id = _values(workflow, "rows")["id"]
-    compiled.insert_rows(Execution, [dict(_values(workflow, "rows"), id=execution_id)])
+    prepared_sql.insert_rows(Execution, [dict(_values(workflow, "rows"), id=execution_id)])
     rows = [
         {"id": uuid.uuid4(), "execution": execution_id, "step_id": "a", "step_type": "transform",
          "status": "SUCCEEDED", "output": {"x": 1}, "attempts": 1, "completed_at": utcnow()},
         {"id": uuid.uuid4(), "execution": execution_id, "step_id": "b", "step_type": "http", "status": "PENDING"},
     ]
-    assert compiled.insert_rows(StepExecution, rows) == 2
+    assert prepared_sql.insert_rows(StepExecution, rows) == 2
     got = {s.step_id: s for s in StepExecution.select()}
     assert got["a"].output == {"x": 1} and got["a"].attempts == 1
     # A key only the first row has is NULL (or its default) in the second, not an error.
@@ -74,19 +74,19 @@ def _check_parent_with_children() -> None:
     """insert_with_children on whatever database the models are bound to."""
     workflow = Workflow.get(Workflow.name == "w")
     first = _values(workflow, "pair")
-    assert compiled.insert_with_children(Execution, first, StepExecution, _steps(first["id"])) is True
+    assert prepared_sql.insert_with_children(Execution, first, StepExecution, _steps(first["id"])) is True
     steps = {s.step_id: s for s in StepExecution.select().where(StepExecution.execution == first["id"])}
     assert steps["a"].output == {"x": [1, 2]} and steps["a"].duration_ms == 3 and steps["b"].attempts == 0
     # A duplicate (same workflow and dedup key, new ids) writes neither the execution nor its steps.
     second = _values(workflow, "pair")
-    assert compiled.insert_with_children(Execution, second, StepExecution, _steps(second["id"])) is False
+    assert prepared_sql.insert_with_children(Execution, second, StepExecution, _steps(second["id"])) is False
     assert Execution.select().where(Execution.dedup_key == "pair").count() == 1
     assert StepExecution.select().count() == 2
     # A failing child rolls the parent back too: nothing half-written.
     third = _values(workflow, "atomic")
     broken = _steps(third["id"]) + [dict(_steps(third["id"])[0])]  # duplicate (execution, step_id)
     with pytest.raises(Exception, match="(?i)unique|duplicate"):
-        compiled.insert_with_children(Execution, third, StepExecution, broken)
+        prepared_sql.insert_with_children(Execution, third, StepExecution, broken)
     assert not Execution.select().where(Execution.dedup_key == "atomic").exists()
 
 
@@ -96,32 +96,32 @@ def test_parent_with_children_sqlite(workflow):
 
 def test_unknown_field_is_named(workflow):
     with pytest.raises(ValueError, match="no field.*bogus"):
-        compiled.insert_rows(Execution, [dict(_values(workflow, "x"), bogus=1)])
+        prepared_sql.insert_rows(Execution, [dict(_values(workflow, "x"), bogus=1)])
 
 
 def test_get_by_id_is_peewees_instance(workflow):
-    found = compiled.get_by_id(Workflow, workflow.id)
+    found = prepared_sql.get_by_id(Workflow, workflow.id)
     assert found is not None and found.__data__ == Workflow.get_by_id(workflow.id).__data__
     assert found.max_executions == 7 and found.workspace_id == workflow.workspace_id
     assert not found.is_dirty()
-    assert compiled.get_by_id(Workflow, uuid.uuid4()) is None
+    assert prepared_sql.get_by_id(Workflow, uuid.uuid4()) is None
 
 
 @pytest.mark.integration
 def test_postgres_round_trip(pg_url):
     from shiftflow.kernel.db import bind_database
-    from shiftflow.models import catalog
+    from shiftflow.models.manage import catalog
 
     db = bind_database(pg_url)
     try:
         workspace = catalog.ensure_workspace("compiled")
         wf = Workflow.create(workspace=workspace, name="w")
         values = _values(wf, "pg")
-        assert compiled.insert_rows(Execution, [values], ignore_conflicts=True) == 1
-        assert compiled.insert_rows(Execution, [dict(values, id=uuid.uuid4())], ignore_conflicts=True) == 0
+        assert prepared_sql.insert_rows(Execution, [values], ignore_conflicts=True) == 1
+        assert prepared_sql.insert_rows(Execution, [dict(values, id=uuid.uuid4())], ignore_conflicts=True) == 0
         row = Execution.get_by_id(values["id"])
         assert row.trigger_data == {"n": [1, "two", None]} and row.context == {}
-        assert compiled.get_by_id(Workflow, wf.id).__data__ == Workflow.get_by_id(wf.id).__data__
+        assert prepared_sql.get_by_id(Workflow, wf.id).__data__ == Workflow.get_by_id(wf.id).__data__
         _check_parent_with_children()  # the one-statement form
     finally:
         db.close_all()  # type: ignore[attr-defined]

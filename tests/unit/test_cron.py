@@ -161,8 +161,15 @@ def test_every_item_of_every_field_matches_something_or_is_refused_with_the_fiel
 
 
 def test_day_31_is_fine_when_a_listed_month_has_it_or_day_of_week_is_restricted():
-    parse("0 0 31 4,5 *")
-    parse("0 0 31 4 MON")  # OR: fires on April Mondays
+    # April has no 31st, May has: it fires on May 31 only.
+    assert fires_between(parse("0 0 31 4,5 *"), utc(2024, 1, 1), utc(2025, 12, 31)) == [
+        utc(2024, 5, 31),
+        utc(2025, 5, 31),
+    ]
+    # OR: day 31 or a Monday, in April: every April Monday (there is no April 31).
+    assert fires_between(parse("0 0 31 4 MON"), utc(2024, 1, 1), utc(2024, 12, 31)) == [
+        utc(2024, 4, day) for day in (1, 8, 15, 22, 29)
+    ]
 
 
 def test_durations_times_and_zones():

@@ -1,4 +1,4 @@
-"""Dead letters are recorded whatever the message holds (``models.dead_letters.record``),
+"""Dead letters are recorded whatever the message holds (``models.tables.dead_letters.record``),
 and log documents BSON cannot encode do not stop the MongoDB writer (``kernel.mongo``)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 from typing import Any
 
 from shiftflow.kernel.bson_guard import ints_as_text
-from shiftflow.models import dead_letters
-from shiftflow.models.dead_letters import DeadLetter
+from shiftflow.models.tables import dead_letters
+from shiftflow.models.tables.dead_letters import DeadLetter
 
 
 def _message(data: Any) -> dict[str, Any]:

@@ -173,6 +173,8 @@ def test_every_deployment_has_probes_on_what_its_process_serves_and_requests():
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         elif container["args"][0] == "scheduler":
             assert _port_number(container, live["port"]) == 9192
+        elif container["args"][:2] == ["queues", "exporter"]:
+            assert _port_number(container, live["port"]) == 9199
         else:
             assert container["args"][0] == "workers", name
             pool = POOLS[container["args"][container["args"].index("--pool") + 1]]
@@ -195,9 +197,24 @@ def test_every_pool_has_a_deployment_and_a_scaler_on_each_of_its_queues():
         assert [t["metadata"]["queueName"] for t in triggers] == list(pool.queues), name
         for trigger in triggers:
             assert trigger["type"] == "rabbitmq" and trigger["metadata"]["mode"] == "QueueLength"
-            assert int(trigger["metadata"]["value"]) == pool.processes * pool.threads
+            assert int(trigger["metadata"]["value"]) == (pool.queue_length_per_replica
+                                                         or pool.processes * pool.threads)
             assert trigger["authenticationRef"]["name"] in auth
     assert len(scalers) == len(POOLS)
+
+
+def test_the_threshold_pools_plan_derives_replaces_the_default(tmp_path):
+    spec = importlib.util.spec_from_file_location("render_k8s_pools", ROOT / "scripts" / "render_k8s_pools.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from shiftflow.consumers.pools import load_pools
+
+    (tmp_path / "pools.yaml").write_text("pools:\n  core: {queues: [steps], processes: 2, threads: 8}\n"
+                                         "  llm: {queues: [llm], processes: 1, threads: 4, queue_length_per_replica: 240}\n")
+    pools = load_pools(str(tmp_path / "pools.yaml"))
+    assert module.target_per_replica(pools["core"]) == 16  # processes x threads
+    assert module.target_per_replica(pools["llm"]) == 240  # as `shiftflow pools plan` printed it
 
 
 def test_rendered_pool_manifests_are_current():

@@ -17,12 +17,13 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.enqueue import send, send_all
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, secrets, waits
-from shiftflow.models.effects import SideEffect
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.registry import create_all
-from shiftflow.models.workflows import Workflow
-from tests.helpers import wait_until as _wait_until
+from shiftflow.models.engine import connection_secrets, waits
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.registry import create_all
+from shiftflow.models.tables.side_effects import SideEffect
+from shiftflow.models.tables.workflows import Workflow
+from tests.support.waiting import wait_until as _wait_until
 
 
 def wait_until(predicate, timeout=45.0, interval=0.05):
@@ -185,8 +186,8 @@ def test_approval_approve_and_reject(engine):
     a, r = _run(wf, key="a"), _run(wf, key="r")
     wait_until(lambda: StepExecution.select().where(StepExecution.status == "WAITING").count() == 2)
     ea, er = Execution.get(Execution.dedup_key == a), Execution.get(Execution.dedup_key == r)
-    send_all(waits.decide_approval(ea.id, "ok", approved=True, by="ada"))
-    send_all(waits.decide_approval(er.id, "ok", approved=False, by="bob", comment="too risky"))
+    send_all(waits.resume_approval(ea.id, "ok", approved=True, by="ada"))
+    send_all(waits.resume_approval(er.id, "ok", approved=False, by="bob", comment="too risky"))
     assert _done(a).status == "SUCCEEDED"
     rejected = _done(r)
     assert rejected.status == "FAILED" and "too risky" in rejected.error
@@ -264,7 +265,7 @@ def test_secrets_reach_the_call_but_never_storage_or_logs(engine, url, service):
     wf = _apply([{"id": "h", "type": "http", "with": {"method": "POST", "url": url + "/s",
                   "headers": {"Authorization": "Bearer {{ secrets.crm.token }}"},
                   "json": {"a": 1, "note": "key={{ secrets.crm.token }};"}}}])
-    secrets.store_connection(wf.workspace_id, "crm", "crm", {"token": "s3cr3t-value"})
+    connection_secrets.store_connection(wf.workspace_id, "crm", "crm", {"token": "s3cr3t-value"})
     e = _done(_run(wf))
     assert e.status == "SUCCEEDED", e.error
     assert service.calls[0]["headers"]["Authorization"] == "Bearer s3cr3t-value"
@@ -280,7 +281,7 @@ def test_secrets_echoed_in_an_error_are_scrubbed(engine, url, service):
     service.script = [400]  # a 4xx: the error quotes the answer, which echoes the secret
     wf = _apply([{"id": "h", "type": "http", "with": {"method": "POST", "url": url + "/s",
                   "json": {"token": "{{ secrets.crm.token }}"}}}])
-    secrets.store_connection(wf.workspace_id, "crm", "crm", {"token": "s3cr3t-value"})
+    connection_secrets.store_connection(wf.workspace_id, "crm", "crm", {"token": "s3cr3t-value"})
     e = _done(_run(wf))
     assert e.status == "FAILED" and "answered 400" in e.error
     assert "s3cr3t" not in e.error and "***" in e.error
@@ -298,11 +299,11 @@ def test_effect_once_never_repeats_an_unknown_outcome(engine, url, service):
     # Simulate a crash after sending: the effect is SENDING and the step runs again.
     wf2 = _apply([{"id": "pay", "type": "http", "effect": "once",
                    "with": {"method": "POST", "url": url + "/pay", "json": {"amount": 6}}}], name="w2")
-    started = __import__("shiftflow.models.runs", fromlist=["x"]).start_execution(
+    started = __import__("shiftflow.models.engine.start", fromlist=["x"]).start_execution(
         TriggerPayload(str(wf2.id), "crash", "test", {}))
     SideEffect.create(workspace=wf2.workspace_id, execution=started.execution.id, step_id="pay", iteration=0,
                       kind="http", state="SENDING", request_hash=__import__(
-                          "shiftflow.models.effects_ledger", fromlist=["x"]).request_hash(
+                          "shiftflow.models.engine.call_once", fromlist=["x"]).request_hash(
                           {"method": "POST", "url": url + "/pay", "json": {"amount": 6}}),
                       sent_at=dt.datetime.now())
     send_all(started.outgoing)
@@ -316,7 +317,7 @@ def test_effect_once_never_repeats_an_unknown_outcome(engine, url, service):
 
 
 def test_a_manual_trigger_records_who_started_it(engine):
-    from shiftflow.models.tenancy import User
+    from shiftflow.models.tables.tenancy import User
 
     user = User.create(email="ada@example.com", name="Ada")
     wf = _apply([{"id": "a", "type": "transform", "with": {"output": 1}}])

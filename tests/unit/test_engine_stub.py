@@ -14,10 +14,11 @@ from shiftflow.kernel.contracts import StepPayload, TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.registry import create_all
-from shiftflow.models.runs import claim_step, start_execution
+from shiftflow.models.engine.runs import claim_step
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.registry import create_all
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ def _run(env):
     return subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=30)
 
 
-def test_unset_does_nothing(monkeypatch):
-    monkeypatch.delenv("SHIFTFLOW_FAILPOINTS", raising=False)
-    failpoints.hit("step.after_work", "call")
+def test_unset_does_nothing(tmp_path):
+    # The process goes on past the point, as it does where another point is configured.
+    for env in ({}, {"SHIFTFLOW_FAILPOINTS": "step.before_work:call=exit"}):
+        ran = _run({**env, "SHIFTFLOW_FAILPOINT_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        assert ran.returncode == 0 and ran.stdout.strip() == "survived", ran.stderr
 
 
 def test_raise_is_transient_and_keyed(monkeypatch):

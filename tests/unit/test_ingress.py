@@ -23,7 +23,7 @@ from shiftflow.kernel.db import database, make_database
 from shiftflow.kernel.errors import BrokerUnavailable
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.producers.hooks import HookInfo, HookStoreUnavailable, load_hook, make_lookup
+from shiftflow.producers.ingress.hooks import HookInfo, HookStoreUnavailable, load_hook, make_lookup
 
 with warnings.catch_warnings():
     # Third-party deprecations raised at import time, not ours to fix here: Starlette >= 1.x
@@ -32,7 +32,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-    from shiftflow.producers.ingress import create_app, publish_trigger
+    from shiftflow.producers.ingress.app import create_app, publish_trigger
 
 NOW = 1_700_000_000.0
 LIMIT = 8192
@@ -401,7 +401,7 @@ def test_metrics_are_not_served_on_the_public_port() -> None:
 
 def test_readyz_names_what_is_not_ready_while_healthz_stays_200(monkeypatch: pytest.MonkeyPatch) -> None:
     from shiftflow.kernel import readiness
-    from shiftflow.producers import ingress
+    from shiftflow.producers.ingress import app as ingress
 
     monkeypatch.setattr(ingress, "READY_MEMO_SECONDS", 0.0)
     monkeypatch.setattr(readiness, "CHECK_TIMEOUT_SECONDS", 0.2)
@@ -436,7 +436,7 @@ def test_readyz_names_what_is_not_ready_while_healthz_stays_200(monkeypatch: pyt
 
 
 def test_readyz_answers_a_burst_of_probes_with_one_round_of_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shiftflow.producers import ingress
+    from shiftflow.producers.ingress import app as ingress
 
     monkeypatch.setattr(ingress, "READY_MEMO_SECONDS", 60.0)  # the burst fits in it however slow the machine
     calls = []
@@ -455,7 +455,7 @@ def test_metrics_exposes_counter_and_histogram() -> None:
     import httpx
 
     from shiftflow.kernel.metrics import serve_registry
-    from tests.helpers import free_port
+    from tests.support.ports import free_port
 
     c = client(FakePublish())
     post(c, "std", BODY)
@@ -690,7 +690,7 @@ def test_cache_skips_impossible_tokens_and_is_bounded() -> None:
 
 @pytest.fixture
 def sqlite_db(tmp_path: Any) -> Iterator[peewee.Database]:
-    from shiftflow.models.workflows import Webhook
+    from shiftflow.models.tables.workflows import Webhook
 
     # Webhook and every table its foreign keys reach, whatever other models grow.
     tables: set[type[peewee.Model]] = set()
@@ -723,15 +723,15 @@ def keyed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _sealed(values: list[Any]) -> dict[str, Any]:
-    from shiftflow.models import webhook_secrets
+    from shiftflow.models.tables import webhook_secrets
 
     sealed, key_id = webhook_secrets.seal(values)
     return {"sealed_secrets": sealed, "key_id": key_id}
 
 
 def test_load_hook_reads_and_releases_the_connection(sqlite_db: peewee.Database, keyed: None) -> None:
-    from shiftflow.models.tenancy import Workspace
-    from shiftflow.models.workflows import Webhook, Workflow
+    from shiftflow.models.tables.tenancy import Workspace
+    from shiftflow.models.tables.workflows import Webhook, Workflow
 
     with sqlite_db.connection_context():
         ws = Workspace.create(name="w", slug="w")
@@ -754,8 +754,8 @@ def test_secrets_no_configured_key_opens_make_the_lookup_unavailable_not_unknown
 ) -> None:
     """Keys missing or wrong on the ingress: 503 (senders retry), never 401 or 404 (they give up)."""
     from shiftflow.kernel import settings as settings_module
-    from shiftflow.models.tenancy import Workspace
-    from shiftflow.models.workflows import Webhook, Workflow
+    from shiftflow.models.tables.tenancy import Workspace
+    from shiftflow.models.tables.workflows import Webhook, Workflow
 
     with sqlite_db.connection_context():
         ws = Workspace.create(name="w", slug="w")

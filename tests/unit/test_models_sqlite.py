@@ -13,16 +13,16 @@ import peewee
 import pytest
 
 import shiftflow.models
-from shiftflow.models.base import BaseModel, utcnow
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.llm_calls import LlmCall
-from shiftflow.models.migrations import MigrationError, upgrade
-from shiftflow.models.prompts import Prompt
-from shiftflow.models.registry import ALL_MODELS, create_all
-from shiftflow.models.schedules import Schedule
-from shiftflow.models.sideshift import SideShiftOrder
-from shiftflow.models.tenancy import Workspace
-from shiftflow.models.workflows import Workflow
+from shiftflow.models.tables.base import BaseModel, utcnow
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.llm_calls import LlmCall
+from shiftflow.models.tables.migrations import MigrationError, upgrade
+from shiftflow.models.tables.prompts import Prompt
+from shiftflow.models.tables.registry import ALL_MODELS, create_all
+from shiftflow.models.tables.schedules import Schedule
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder
+from shiftflow.models.tables.tenancy import Workspace
+from shiftflow.models.tables.workflows import Workflow
 
 #: Tables that are not tenant data: catalogues, market data, the tenants themselves,
 #: and children reached through a tenant-owned parent (see docs/seed-mapping.md).
@@ -74,7 +74,7 @@ def test_registry_lists_every_model_once_in_dependency_order():
         todo.extend(model.__subclasses__())
         if model.__module__.startswith("shiftflow.models.") and "_meta" in vars(model):
             found.add(model)
-    found.discard(shiftflow.models.base.TimestampedModel)
+    found.discard(shiftflow.models.tables.base.TimestampedModel)
     assert found == set(ALL_MODELS)
     assert len(ALL_MODELS) == len(set(ALL_MODELS))
     position = {model: i for i, model in enumerate(ALL_MODELS)}
@@ -124,7 +124,8 @@ def test_execution_is_unique_per_workflow_and_dedup_key(workflow):
     _execution(workflow, "delivery-1")
     with pytest.raises(peewee.IntegrityError):
         _execution(workflow, "delivery-1")
-    _execution(workflow, "delivery-2")
+    _execution(workflow, "delivery-2")  # another key of the same workflow is another execution
+    assert sorted(e.dedup_key for e in Execution.select()) == ["delivery-1", "delivery-2"]
 
 
 def test_step_is_unique_per_execution_step_and_iteration(workflow):
@@ -206,6 +207,11 @@ def test_check_constraints_accept_good_rows(workflow):
     Schedule.create(
         workspace=workflow.workspace_id, workflow=workflow, kind="CRON", cron_expression="0 9 * * *"
     )
+    # Stored as written, read back from the database.
+    assert Execution.get_by_id(done.id).status == "SUCCEEDED"
+    assert [c.execution_id for c in LlmCall.select()] == [done.id]
+    assert [(r.name, r.status) for r in Prompt.select()] == [("p", "PUBLISHED")]
+    assert [(s.kind, s.cron_expression) for s in Schedule.select()] == [("CRON", "0 9 * * *")]
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import pika.frame
 import pika.spec
 import pytest
 
+from shiftflow.kernel.confirm_publisher import publish_frames
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import build_message, encode_message
-from shiftflow.producers.publisher import publish_frames
 
 PAYLOAD = TriggerPayload(
     "wf-1", "standard:d-1", "webhook", {"amount": 125.5, "name": "Zoë", "tags": ["a", None]}, 1.7e9, "NORMAL"

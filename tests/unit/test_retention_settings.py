@@ -8,7 +8,7 @@ import pytest
 
 from shiftflow.kernel.errors import SettingsError
 from shiftflow.kernel.settings import Settings
-from shiftflow.models.retention import cutoff_for
+from shiftflow.models.manage.retention import cutoff_for
 
 DEV = {"SHIFTFLOW_MODE": "dev"}
 

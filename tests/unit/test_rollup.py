@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from shiftflow.models.base import utcnow
-from shiftflow.models.executions import Execution
-from shiftflow.models.flow import rollup_stats
-from shiftflow.models.tenancy import Workspace
-from shiftflow.models.workflows import Workflow
+from shiftflow.models.engine.flow_control import rollup_stats
+from shiftflow.models.tables.base import utcnow
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.tenancy import Workspace
+from shiftflow.models.tables.workflows import Workflow
 
 
 def _run(workflow: Workflow, status: str, created: dt.datetime) -> None:

@@ -5,20 +5,36 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.definition import validate
 from shiftflow.kernel.errors import DefinitionError
 from shiftflow.kernel.runnable import check_runnable, references
-from shiftflow.models import catalog
-from shiftflow.models.workflows import Workflow
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.registry import create_all
+from shiftflow.models.tables.workflows import Workflow
 
 CLI = str(Path(sys.executable).with_name("shiftflow"))
 STEP = {"id": "t", "type": "transform", "with": {"output": {"ok": True}}}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Any]:
+    """The database proxy on a fresh SQLite file with every table (dev mode's store)."""
+    saved = database.obj
+    db = bind_database(f"sqlite:///{tmp_path}/store.db")
+    create_all(db)
+    try:
+        yield db
+    finally:
+        db.close()
+        database.initialize(saved)
 
 
 def _schedule(**trigger: Any) -> dict[str, Any]:
@@ -92,8 +108,9 @@ def test_cli_validate_refuses_with_exit_2(tmp_path: Path, index: int) -> None:
     assert expected in result.stderr and "never.yaml" in result.stderr
 
 
-def test_runnable_definitions_pass() -> None:
-    for data in (
+def test_runnable_definitions_are_applied(store: Any) -> None:
+    workspace = catalog.ensure_workspace("acme")
+    for n, data in enumerate((
         _schedule(cron="*/5 * * * *", timezone="Europe/Berlin", catch_up="skip", overlap="buffer-one"),
         _schedule(every="30s"),
         _polling(every="5m", request={"url": "https://example.com/orders"}, items="data", id="id"),
@@ -104,8 +121,12 @@ def test_runnable_definitions_pass() -> None:
             {"id": "v", "type": "transform", "with": {"output": "{{ vars.threshold }} {{ steps.each.status }}"}},
             vars={"threshold": 1},
         ),
-    ):
-        check_runnable(validate(data))
+    )):
+        named = dict(data, name=f"runs-{n}")
+        applied = catalog.apply_definition(workspace, named)  # check_runnable is part of apply
+        assert (applied.workflow.name, applied.version, applied.changed) == (f"runs-{n}", 1, True)
+        assert applied.workflow.trigger_type == named["trigger"]["type"].upper()
+    assert Workflow.select().count() == 4
 
 
 def test_references_scan_is_linear_and_reads_like_the_renderer() -> None:

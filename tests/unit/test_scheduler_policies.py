@@ -1,4 +1,4 @@
-"""producers.firing: catch-up (skip, run once, catch up to N) and overlap (skip, buffer one, allow)."""
+"""producers.scheduler.firing: catch-up (skip, run once, catch up to N) and overlap (skip, buffer one, allow)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from shiftflow.kernel.cron import IntervalSpec, OnceSpec, parse
-from shiftflow.producers.firing import MAX_ON_TIME, Decision, Policy, decide
+from shiftflow.producers.scheduler.firing import MAX_ON_TIME, Decision, Policy, decide
 
 UTC = dt.UTC
 GRACE = dt.timedelta(seconds=60)

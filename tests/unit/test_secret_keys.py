@@ -9,7 +9,7 @@ import hashlib
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
-from shiftflow.kernel.crypto import DecryptionError, Vault, vault_for
+from shiftflow.kernel.secretbox import DecryptionError, Vault, vault_for
 
 OLD = "an-old-passphrase-of-more-than-32-characters"
 NEW = "a-new-passphrase-also-of-more-than-32-characters"

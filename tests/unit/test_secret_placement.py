@@ -25,20 +25,34 @@ from shiftflow import actors
 from shiftflow.consumers.dead_letters import DeadLetters
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
-from shiftflow.kernel.db import bind_database
+from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.definition import validate
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import DefinitionError
 from shiftflow.kernel.runnable import check_runnable
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, secrets
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.registry import ALL_MODELS, create_all
-from shiftflow.models.workflows import Workflow, WorkflowVersion
-from tests.helpers import wait_until
+from shiftflow.models.engine import connection_secrets
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.registry import ALL_MODELS, create_all
+from shiftflow.models.tables.workflows import Workflow, WorkflowVersion
+from tests.support.waiting import wait_until
 
 CANARY = "cAnArY-5f0c2e9b71d4a8"
 REF = "{{ secrets.crm.token }}"
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The database proxy on a fresh SQLite file with every table (dev mode's store)."""
+    saved = database.obj
+    db = bind_database(f"sqlite:///{tmp_path}/store.db")
+    create_all(db)
+    try:
+        yield db
+    finally:
+        db.close()
+        database.initialize(saved)
 
 
 @pytest.fixture
@@ -101,10 +115,14 @@ def test_secrets_in_a_concurrency_key_are_refused():
         check_runnable(definition)
 
 
-def test_secrets_in_what_an_http_step_sends_are_accepted():
-    check_runnable(validate({"name": "w", "steps": [{"id": "h", "type": "http", "with": {
-        "url": "https://api.example/x?key=" + REF, "headers": {"Authorization": "Bearer " + REF},
-        "params": {"k": REF}, "json": {"k": REF}}}]}))
+def test_secrets_in_what_an_http_step_sends_are_accepted(store):
+    sent = {"url": "https://api.example/x?key=" + REF, "headers": {"Authorization": "Bearer " + REF},
+            "params": {"k": REF}, "json": {"k": REF}}
+    definition = {"name": "w", "steps": [{"id": "h", "type": "http", "with": sent}]}
+    check_runnable(validate(definition))
+    applied = catalog.apply_definition(catalog.ensure_workspace("t"), definition)
+    stored = WorkflowVersion.get(WorkflowVersion.workflow == applied.workflow.id).definition
+    assert stored["steps"][0]["with"] == sent  # stored as references, resolved only when sent
 
 
 def _stored_everywhere() -> str:
@@ -141,7 +159,7 @@ def _finish(workflow, key, *, or_waiting=False):
 @pytest.mark.parametrize("name", ["wait", "wait_event", "event", "workflow", "approval"])
 def test_a_stored_definition_with_a_misplaced_secret_stores_nothing_of_it(name, engine):
     workspace = catalog.ensure_workspace("t")
-    secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
+    connection_secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
     catalog.apply_definition(workspace, {"name": "child", "steps": [
         {"id": "c", "type": "transform", "with": {"output": "{{ trigger }}"}}]})
     waiting = catalog.apply_definition(workspace, {"name": "waiting", "steps": [
@@ -161,7 +179,7 @@ def test_a_4xx_echo_cut_inside_a_secret_is_masked_before_the_cut(engine, json_se
     # The service answers 400 with '{"received": {"p": "<pad><secret>"}...': the pad puts
     # the secret across the 200th character, where the error's excerpt is cut.
     workspace = catalog.ensure_workspace("t")
-    secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
+    connection_secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
     json_service.script = [400]
     pad = "p" * (200 - len('{"received": {"p": "') - 8)
     workflow = catalog.apply_definition(workspace, {"name": "h", "steps": [{"id": "h", "type": "http", "with": {
@@ -175,7 +193,7 @@ def test_a_4xx_echo_cut_inside_a_secret_is_masked_before_the_cut(engine, json_se
 
 def test_a_secret_in_a_query_string_reaches_no_log(engine, json_service, caplog):
     workspace = catalog.ensure_workspace("t")
-    secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
+    connection_secrets.store_connection(workspace.id, "crm", "crm", {"token": CANARY})
     workflow = catalog.apply_definition(workspace, {"name": "q", "steps": [{"id": "h", "type": "http", "with": {
         "url": json_service.url + "/q?key=" + REF}}]}).workflow
     with caplog.at_level(logging.DEBUG):

@@ -13,8 +13,8 @@ from shiftflow.kernel.errors import DefinitionError
 from shiftflow.kernel.seed000 import DEFAULT_CRON, active, convert
 from shiftflow.kernel.steps import StepState, plan
 from shiftflow.kernel.swap_spec import SwapInputError, SwapSpec, request_hash
-from shiftflow.models.orders import external_id
-from shiftflow.models.pricing import PriceInputError, PriceRequest, price_text
+from shiftflow.models.swaps.orders import external_id
+from shiftflow.models.swaps.pricing import PriceInputError, PriceRequest, price_text
 
 BTC = "bc1q" + "q" * 38
 SEED = {

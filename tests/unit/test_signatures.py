@@ -273,7 +273,7 @@ def test_dispatcher_with_signed_headers(scheme: str, secret: str, expected: str)
 def test_every_accepted_delivery_id_fits_the_dedup_key_column(scheme: str, secret: str) -> None:
     """``<scheme>:<delivery id>`` is the execution's dedup key: one that does not fit its column
     would be answered 202 and then fail to insert."""
-    from shiftflow.models.executions import Execution
+    from shiftflow.models.tables.executions import Execution
 
     column = Execution.dedup_key.max_length
     for length in (MAX_DELIVERY_ID, MAX_DELIVERY_ID + 1, column):

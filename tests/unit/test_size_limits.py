@@ -22,10 +22,10 @@ from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.kernel.sizes import json_size
-from shiftflow.models import catalog
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.registry import create_all
-from tests.helpers import wait_until
+from shiftflow.models.manage import catalog
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.registry import create_all
+from tests.support.waiting import wait_until
 
 INPUT_CAP, OUTPUT_CAP = 262_144, 131_072
 

@@ -112,3 +112,19 @@ def test_a_dead_worker_leaves_its_counters_and_drops_its_live_gauges(made: tuple
         f"counter_{FakeProcess.started[0].pid}.db", f"histogram_{FakeProcess.started[0].pid}.db",
         f"gauge_livesum_{sup.children[1].proc.pid}.db",  # type: ignore[union-attr]
     ])
+
+
+def test_a_recycled_worker_is_replaced_at_once_however_young(made: tuple[Supervisor, Clock]) -> None:
+    from shiftflow.consumers.recycle import EXIT_RECYCLED
+
+    sup, clock = made
+    child = sup.children[0]
+    for _ in range(4):  # recycled every second: never a backoff, never counted as dying young
+        clock.now += 1
+        assert child.proc is not None
+        child.proc.code = EXIT_RECYCLED
+        sup.step()
+        assert (child.delay, child.young) == (0.0, 0)
+        sup.step()  # due now: started again
+        assert child.proc is not None and child.proc.code is None
+    assert child.replaced == 4 and sup.exit_code == 0

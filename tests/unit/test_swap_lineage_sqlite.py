@@ -12,11 +12,13 @@ from shiftflow.fakes.sideshift import FakeSideShift, FakeSideShiftServer
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog, control, runs, stepwork
-from shiftflow.models.access import Principal
-from shiftflow.models.executions import Execution, StepExecution
-from shiftflow.models.registry import create_all
-from shiftflow.models.sideshift import SideShiftOrder, SideShiftSwap
+from shiftflow.models.engine import run_step as stepwork
+from shiftflow.models.engine.start import start_execution
+from shiftflow.models.manage import catalog, control
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.registry import create_all
+from shiftflow.models.tables.sideshift_orders import SideShiftOrder, SideShiftSwap
 
 OPERATOR = Principal.operator()
 SWAP = {
@@ -73,7 +75,7 @@ def _run(outgoing: list[Any]) -> None:
 
 def test_a_rerun_adopts_the_open_order_of_the_execution_it_repeats(fake: FakeSideShift) -> None:
     workflow = catalog.apply_definition(catalog.ensure_workspace("dev"), SWAP).workflow
-    started = runs.start_execution(TriggerPayload(str(workflow.id), "dev-1", "manual", {}))
+    started = start_execution(TriggerPayload(str(workflow.id), "dev-1", "manual", {}))
     assert started.execution is not None
     _run(started.outgoing)
     order = SideShiftOrder.get()

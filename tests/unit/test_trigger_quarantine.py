@@ -18,14 +18,14 @@ from dramatiq.middleware import CurrentMessage
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models import catalog
-from shiftflow.models.access import Principal
-from shiftflow.models.dead_letters import DeadLetter
-from shiftflow.models.executions import Execution
-from shiftflow.models.registry import create_all
-from shiftflow.models.replay import replay_dead_letters
-from shiftflow.models.trigger_deliveries import TriggerDelivery, purge
-from shiftflow.models.triggerwork import run_trigger
+from shiftflow.models.engine.run_trigger import run_trigger
+from shiftflow.models.manage import catalog
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.manage.replay import replay_dead_letters
+from shiftflow.models.tables.dead_letters import DeadLetter
+from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.registry import create_all
+from shiftflow.models.tables.trigger_deliveries import TriggerDelivery, purge
 
 LIMIT = 3
 
@@ -135,7 +135,7 @@ def test_past_the_limit_the_trigger_is_a_dead_letter_and_a_replay_runs_it(workfl
 def test_old_counts_are_purged(workflow_id: str) -> None:
     import datetime as dt
 
-    from shiftflow.models.base import utcnow
+    from shiftflow.models.tables.base import utcnow
 
     TriggerDelivery.insert(message_id="old", workflow_id=workflow_id, dedup_key="o", deliveries=2,
                            last_at=utcnow() - dt.timedelta(days=8)).execute()

@@ -24,6 +24,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpcore
@@ -31,6 +32,7 @@ import httpx
 import jsonschema
 from jsonschema.exceptions import SchemaError, best_match
 
+from shiftflow.kernel import observe
 from shiftflow.kernel.errors import ToolError, ToolUnavailable
 from shiftflow.kernel.llm.credentials import Credentials
 from shiftflow.kernel.llm.errors import (
@@ -43,6 +45,7 @@ from shiftflow.kernel.llm.errors import (
     LlmTimeout,
     LlmUnavailable,
 )
+from shiftflow.kernel.llm.prices import price_table
 from shiftflow.kernel.llm.retry_hints import retry_after_from_headers
 from shiftflow.kernel.llm.types import ROLES, Completion, LlmRequest, ResponseFormat, Tool
 from shiftflow.kernel.tools.http import destination, tls_context
@@ -328,6 +331,27 @@ class ProviderClient(ABC):
             LlmUnavailable, LlmTimeout: may pass later (transient).
             LlmBadResponse: a success status with a body that is not an answer.
         """
+        try:
+            completion = self._complete(request)
+        except Exception:
+            observe.llm_failed(request.model)
+            raise
+        observe.llm_usage(completion.model or request.model, completion.tokens_in, completion.tokens_out,
+                          self._cost(request, completion))
+        return completion
+
+    @staticmethod
+    def _cost(request: LlmRequest, completion: Completion) -> Decimal | None:
+        """What the call cost by the price table; None when unknown (no usage, no price)."""
+        if not completion.usage_reported:
+            return None
+        try:
+            return price_table().cost(completion.model or request.model, completion.tokens_in,
+                                      completion.tokens_out, asked=request.model)
+        except Exception:  # noqa: BLE001 - no price or settings: the metric goes without, the call goes on
+            return None
+
+    def _complete(self, request: LlmRequest) -> Completion:
         check_request(request, provider=self.provider, max_temperature=self.max_temperature)
         names = ToolNames(request.tools)
         body = self.build_body(request, names)

@@ -14,6 +14,7 @@ import json
 import math
 from decimal import Decimal
 
+from shiftflow.kernel import observe
 from shiftflow.kernel.llm.errors import BudgetExceeded
 from shiftflow.kernel.llm.prices import MICRO, PriceTable
 from shiftflow.kernel.llm.types import LlmRequest
@@ -60,7 +61,9 @@ def check_budget(
     Raises:
         BudgetExceeded: naming the limit, what was spent today and the call's estimate.
     """
-    if budget_allows(spent_today, estimate, budget):
+    allowed = budget_allows(spent_today, estimate, budget)
+    observe.budget_check(Decimal(spent_today), Decimal(estimate), budget, allowed)
+    if allowed:
         return
     assert budget is not None
     who = f"of workspace {workspace!r} " if workspace else ""

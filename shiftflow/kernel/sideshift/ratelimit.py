@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shiftflow.kernel import observe
 from shiftflow.kernel.sideshift.errors import LimiterUnavailable, RateLimited
 
 #: The published per-IP limits (docs/sideshift.md section 8).
@@ -184,9 +185,12 @@ class RateLimiter:
             if wait <= 0:
                 return
             if self._clock() + wait > deadline:
+                observe.SIDESHIFT_LIMIT_WAITS.labels(kind, "refused").inc()
                 raise RateLimited(
                     f"local limit of {rate.limit} {kind} per {rate.window:g}s reached; retry in {wait:.2f}s",
                     retry_after=wait,
                     local=True,
                 )
+            observe.SIDESHIFT_LIMIT_WAITS.labels(kind, "waited").inc()
+            observe.SIDESHIFT_LIMIT_WAIT_SECONDS.labels(kind).inc(wait)
             self._sleep(wait)

@@ -15,6 +15,7 @@ may be reached. Nothing here touches the database or the broker.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-from shiftflow.kernel.errors import PermanentError, ToolError
+from shiftflow.kernel import observe
+from shiftflow.kernel.errors import PermanentError, ToolError, TransientError
 
 if TYPE_CHECKING:
     from shiftflow.kernel.artifacts import ArtifactStore
@@ -202,11 +204,25 @@ class Tool:
             ToolError: the tool returned a result its own schema refuses (a bug in the tool).
             PermanentError / TransientError: whatever the tool raised.
         """
-        result = self.run(self.validate(params), ctx)
-        problems = schema_problems(self._result, result, "result")  # type: ignore[attr-defined]
-        if problems:
-            raise ToolError(f"tool {self.name} returned a result its schema refuses: {'; '.join(problems)}")
-        return result
+        started, outcome = time.perf_counter(), "error"
+        try:
+            result = self.run(self.validate(params), ctx)
+            problems = schema_problems(self._result, result, "result")  # type: ignore[attr-defined]
+            if problems:
+                raise ToolError(f"tool {self.name} returned a result its schema refuses: {'; '.join(problems)}")
+            outcome = "ok"
+            return result
+        except InvalidParameters:
+            outcome = "invalid"
+            raise
+        except PermanentError:
+            outcome = "permanent"
+            raise
+        except TransientError:
+            outcome = "transient"
+            raise
+        finally:
+            observe.tool_call(self.name, outcome, time.perf_counter() - started)
 
     def describe(self) -> dict[str, Any]:
         """The declaration as JSON (for ``GET /tools`` and ``shiftflow tools show``)."""

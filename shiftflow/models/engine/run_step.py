@@ -1,0 +1,129 @@
+"""Run one step end to end: claim it, do its work, record the result.
+
+Commit first, publish second, ack last: this function commits the step's result and
+returns the messages to publish; the actor publishes them and Dramatiq acks after.
+Transient failures are parked with a durable timer (``retry_later``) instead of being
+re-raised, so a backoff never holds a message unacknowledged in RabbitMQ.
+
+The thread holds the step under a holder token (``kernel.holders``) whose lease its
+process renews (``models.engine.leases``): another copy of the step's message is dropped while
+the thread lives. Once it has claimed, the thread's writes wait out a database outage
+(``leases.until_stored``) instead of failing the step or leaving it half-recorded.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from dramatiq.middleware import CurrentMessage
+
+from shiftflow.kernel import failpoints, holders, isolation
+from shiftflow.kernel.contracts import StepPayload
+from shiftflow.kernel.enqueue import Outgoing
+from shiftflow.kernel.errors import PermanentError, TransientError
+from shiftflow.kernel.executors import call_tool
+from shiftflow.kernel.settings import get_settings
+from shiftflow.kernel.usage import observed_call
+from shiftflow.models.engine import call_once, for_each, leases, waits
+from shiftflow.models.engine.runs import (
+    Claim,
+    claim_step,
+    complete_step,
+    fail_step,
+    orphaned,
+    render_inputs,
+    retry_later,
+)
+
+#: Step types that park the step WAITING instead of producing an output at once.
+WAITING_TYPES = frozenset({"wait", "wait_event", "approval", "workflow"})
+
+#: Step types whose whole run is owned by a domain module (registered by name, so the
+#: engine does not import every domain): handler(claim, inputs, stored) -> messages.
+Handler = Callable[[Claim, Any, Any], list[Outgoing]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def register_handler(step_type: str, handler: Handler) -> None:
+    """Let a domain module run every step of ``step_type`` (e.g. SideShift swaps)."""
+    HANDLERS[step_type] = handler
+
+
+def run_step(payload: StepPayload) -> list[Outgoing]:
+    """Claim, run and record one step; return the messages for the steps that follow.
+
+    A redelivered message whose step was RUNNING under a holder that is gone is a suspect
+    and runs alone in this process (``kernel.isolation``), so a death can be pinned on it.
+    """
+    message = CurrentMessage.get_current_message()
+    suspect = bool(getattr(message, "redelivered", False)) and orphaned(payload)
+    with isolation.guard(suspect):
+        token = holders.new_token()
+        holders.hold(token)
+        leases.HEARTBEAT.ensure_running()
+        try:
+            return _run_step(payload, token)
+        except BaseException:
+            # The step may be left RUNNING under this token: hand it to the next copy.
+            holders.let_go(token)
+            leases.release(token)
+            raise
+        finally:
+            holders.let_go(token)
+
+
+def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
+    settings = get_settings()
+    claim = claim_step(payload, delivery_limit=settings.delivery_limit, token=token)
+    if claim.step is None:
+        return claim.outgoing
+    step = claim.definition.step(claim.step.step_id)
+    if step.for_each is not None and claim.step.iteration == 0:
+        return for_each.expand(claim)
+    failpoints.hit("step.before_work", step.id)
+    extra = for_each.item_context(claim.step) if claim.step.iteration > 0 else None
+    stored = None
+    scrub: Any = str  # until the inputs are rendered, no secret was used
+    try:
+        rendered = leases.until_stored(f"step {step.id}: read its inputs", lambda: render_inputs(claim, extra))
+        inputs, stored, scrub = rendered.call, rendered.stored, rendered.scrub
+        if step.type in WAITING_TYPES:
+            return waits.begin(claim, inputs, stored)
+        if step.type in HANDLERS:
+            return HANDLERS[step.type](claim, inputs, stored)
+        # The holder's own deadline for its call: past it (a call stuck beyond its timeout)
+        # the lease is no longer renewed and the step goes to whoever comes next.
+        holders.set_deadline(token, step.timeout + leases.lease_seconds() if step.timeout else None)
+        # An outside service may echo a secret it was sent: scrub before anything stores it
+        # (the effect ledger's result included); the tool masks its own error messages
+        # before it shortens them (a secret cut in two would escape a mask applied after).
+        if step.effect == "once":
+            output = call_once.call_once(claim, stored, lambda: scrub(observed_call(
+                step.type, step.id, inputs, claim.execution, lambda: call_tool(step, inputs, settings, scrub))))
+        else:
+            output = scrub(observed_call(step.type, step.id, inputs, claim.execution,
+                                         lambda: call_tool(step, inputs, settings, scrub)))
+        holders.set_deadline(token, None)  # the answer is in: recording may take as long as it takes
+    except call_once.OutcomeUnknown as exc:
+        effect_id = exc.effect_id
+        return leases.until_stored(f"step {step.id}: park for an operator",
+                                   lambda: call_once.park_unknown(claim, effect_id, stored))
+    except PermanentError as exc:
+        reason = scrub(str(exc))
+        return leases.until_stored(f"step {step.id}: record its failure",
+                                   lambda: fail_step(claim, reason, stored_input=stored))
+    except TransientError as exc:
+        if claim.step.retry_count >= step.retry.max:
+            reason = scrub(f"gave up after {step.retry.max} retries: {exc}")
+            return leases.until_stored(f"step {step.id}: record its failure",
+                                       lambda: fail_step(claim, reason, stored_input=stored))
+        error, delay = scrub(str(exc)), step.retry.delay(claim.step.retry_count + 1, random.random())
+        leases.until_stored(f"step {step.id}: park its retry", lambda: retry_later(claim, error, delay))
+        return []
+    failpoints.hit("step.after_work", step.id)
+    complete = call_once.complete if step.effect == "once" else complete_step
+    outgoing = leases.until_stored(f"step {step.id}: record its output", lambda: complete(claim, output, stored))
+    failpoints.hit("step.after_commit", step.id)
+    return outgoing

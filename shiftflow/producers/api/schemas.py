@@ -1,0 +1,407 @@
+"""The components of the management API's OpenAPI document: response schemas, shared pieces.
+
+Request schemas are inline in ``api_spec`` (the API validates bodies with them, so
+they must stand alone); responses refer to these by ``$ref``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shiftflow.kernel.contracts import EXECUTION_SOURCES, Priority
+from shiftflow.kernel.definition import TRIGGER_TYPES
+from shiftflow.models.manage.access import PERMISSIONS
+from shiftflow.models.manage.queries import EXECUTION_STATUSES, STEP_STATUSES, WORKFLOW_STATUSES
+from shiftflow.models.tables.side_effects import EFFECT_STATES
+
+NULL_TEXT = {"type": ["string", "null"]}
+TIME = {"type": "string", "format": "date-time"}
+NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
+ID = {"type": "string", "format": "uuid"}
+NULL_ID = {"type": ["string", "null"], "format": "uuid"}
+ANY: dict[str, Any] = {}
+#: Roles, spelled as the API returns them (a client generator makes one enum of them).
+ROLES = ["OWNER", "ADMIN", "MEMBER", "VIEWER"]
+ROLE_IN = {"type": "string", "enum": ROLES}
+PRIORITY = {"type": "string", "enum": [p.name for p in Priority]}
+TRIGGER_TYPE = {"type": "string", "enum": list(TRIGGER_TYPES)}
+STRINGS = {"type": "array", "items": {"type": "string"}}
+SCOPES = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 32,
+    "items": {"type": "string", "enum": ["*", "read", *PERMISSIONS]},
+}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def closed(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {**obj(required, **properties), "additionalProperties": False}
+
+
+def page(item: str) -> dict[str, Any]:
+    return obj(
+        ["items", "next_cursor"],
+        items={"type": "array", "items": ref(item)},
+        next_cursor={**NULL_TEXT, "description": "pass as `cursor` for the next page; null on the last"},
+    )
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": obj(["error"], error={"type": "string", "description": "what went wrong, naming the field"}),
+    "Workspace": obj(
+        ["id", "slug", "name", "plan", "created_at"],
+        id=ID,
+        slug={"type": "string"},
+        name={"type": "string"},
+        plan={"type": "string"},
+        created_at=TIME,
+    ),
+    "Member": obj(
+        ["id", "user_id", "email", "name", "role", "created_at"],
+        id=ID,
+        user_id=ID,
+        email=NULL_TEXT,
+        name=NULL_TEXT,
+        role=ROLE_IN,
+        created_at=TIME,
+    ),
+    "MemberList": obj(["items"], items={"type": "array", "items": ref("Member")}),
+    "ApiKey": obj(
+        [
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "user_id",
+            "active",
+            "created_at",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+            "created_by_user_id",
+            "created_by_key_id",
+            "created_via",
+        ],
+        id=ID,
+        name={"type": "string"},
+        prefix={"type": "string", "pattern": "^sfk_[0-9a-f]{12}$"},
+        scopes={"type": "array", "items": {"type": "string"}},
+        user_id=NULL_ID,
+        active={"type": "boolean"},
+        created_at=TIME,
+        expires_at=NULL_TIME,
+        last_used_at=NULL_TIME,
+        revoked_at=NULL_TIME,
+        created_by_user_id={**NULL_ID, "description": "the member who made the key (null: the CLI operator)"},
+        created_by_key_id={**NULL_ID, "description": "the key that made it"},
+        created_via={
+            "type": ["string", "null"],
+            "enum": ["api", "cli", None],
+            "description": "api or cli; null for keys made before this was recorded",
+        },
+    ),
+    "ApiKeyCreated": {
+        "allOf": [
+            ref("ApiKey"),
+            obj(["key"], key={"type": "string", "description": "the key itself: shown once, store it now"}),
+        ]
+    },
+    "ApiKeyList": obj(["items"], items={"type": "array", "items": ref("ApiKey")}),
+    "Workflow": obj(
+        [
+            "id",
+            "name",
+            "description",
+            "status",
+            "trigger_type",
+            "current_version",
+            "max_executions",
+            "execution_count",
+            "template_id",
+            "created_at",
+            "updated_at",
+        ],
+        id=ID,
+        name={"type": "string"},
+        description=NULL_TEXT,
+        status={"type": "string", "enum": list(WORKFLOW_STATUSES)},
+        trigger_type=TRIGGER_TYPE,
+        current_version={"type": "integer", "minimum": 1},
+        max_executions={"type": ["integer", "null"]},
+        execution_count={"type": "integer"},
+        template_id=NULL_ID,
+        created_at=TIME,
+        updated_at=TIME,
+    ),
+    "WorkflowPage": page("Workflow"),
+    "Applied": {
+        "allOf": [
+            ref("Workflow"),
+            obj(["version", "changed"], version={"type": "integer"}, changed={"type": "boolean"}),
+        ]
+    },
+    "Version": obj(
+        ["version", "created_at", "change_description"],
+        version={"type": "integer"},
+        created_at=TIME,
+        change_description=NULL_TEXT,
+    ),
+    "VersionList": obj(["items"], items={"type": "array", "items": ref("Version")}),
+    "VersionDetail": {"allOf": [ref("Version"), obj(["definition"], definition={"type": "object"})]},
+    "Execution": obj(
+        [
+            "id",
+            "workflow_id",
+            "workflow_version",
+            "status",
+            "source",
+            "dedup_key",
+            "priority",
+            "parent_id",
+            "error",
+            "progress",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "duration_ms",
+        ],
+        id=ID,
+        workflow_id=ID,
+        workflow_version={"type": "integer"},
+        status={"type": "string", "enum": list(EXECUTION_STATUSES)},
+        source={"type": "string", "enum": list(EXECUTION_SOURCES)},
+        dedup_key={"type": "string"},
+        priority=PRIORITY,
+        parent_id=NULL_ID,
+        error=NULL_TEXT,
+        progress={"type": "integer", "minimum": 0, "maximum": 100},
+        created_at=TIME,
+        started_at=NULL_TIME,
+        completed_at=NULL_TIME,
+        duration_ms={"type": ["integer", "null"]},
+    ),
+    "ExecutionPage": page("Execution"),
+    "Step": obj(
+        [
+            "step_id",
+            "iteration",
+            "type",
+            "status",
+            "attempts",
+            "retry_count",
+            "input",
+            "output",
+            "error",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "duration_ms",
+        ],
+        step_id={"type": "string"},
+        iteration={"type": "integer"},
+        type={"type": "string"},
+        status={"type": "string", "enum": list(STEP_STATUSES)},
+        attempts={"type": "integer"},
+        retry_count={"type": "integer"},
+        input=ANY,
+        output=ANY,
+        error=NULL_TEXT,
+        created_at=TIME,
+        started_at=NULL_TIME,
+        completed_at=NULL_TIME,
+        duration_ms={"type": ["integer", "null"]},
+    ),
+    "ExecutionDetail": {
+        "allOf": [
+            ref("Execution"),
+            obj(
+                ["trigger", "result", "steps", "children"],
+                trigger=ANY,
+                result=ANY,
+                steps={
+                    "type": "array",
+                    "items": ref("Step"),
+                    "description": "the step timeline, oldest first",
+                },
+                children={
+                    "type": "array",
+                    "items": ID,
+                    "description": "re-runs and sub-workflow executions",
+                },
+            ),
+        ]
+    },
+    "LogEntry": obj(
+        ["timestamp", "level", "message", "step_id", "metadata"],
+        timestamp=NULL_TIME,
+        level=NULL_TEXT,
+        message=NULL_TEXT,
+        step_id=NULL_TEXT,
+        metadata={"type": "object"},
+    ),
+    "LogPage": obj(
+        ["items", "next_cursor"],
+        items={"type": "array", "items": ref("LogEntry")},
+        next_cursor={
+            **NULL_TEXT,
+            "description": "pass as `cursor` for the next page; null on the last page",
+        },
+    ),
+    "Accepted": obj(
+        ["status", "execution_id", "execution_key", "workflow_id"],
+        status={"const": "accepted"},
+        execution_id={
+            **ID,
+            "description": "the id the execution has once a worker created it: poll "
+            "`GET /executions/{execution_id}` (404 until then); the same for a retry with the same "
+            "Idempotency-Key",
+        },
+        execution_key={
+            "type": "string",
+            "description": "the execution's dedup key "
+            "(`GET /executions?key=...` finds it once a worker created it)",
+        },
+        workflow_id=ID,
+    ),
+    "Rerun": obj(
+        ["execution", "parent_id", "published", "created"],
+        execution=ref("Execution"),
+        parent_id=ID,
+        published={
+            "type": "boolean",
+            "description": "false: the broker was unreachable and the timer loop publishes the first steps",
+        },
+        created={
+            "type": "boolean",
+            "description": "false: an earlier request with the same Idempotency-Key started this re-run",
+        },
+    ),
+    "Cancelled": obj(["execution"], execution=ref("Execution")),
+    "ApprovalDecision": obj(
+        ["execution_id", "step_id", "approved", "by", "comment"],
+        execution_id=ID,
+        step_id={"type": "string"},
+        approved={"type": "boolean"},
+        by={"type": "string", "description": "who decided: the key's user, or the key"},
+        comment={"type": "string"},
+    ),
+    "EventDelivered": obj(
+        ["key", "resumed"],
+        key={"type": "string"},
+        resumed={"type": "integer", "minimum": 0, "description": "steps resumed (0: none was waiting)"},
+    ),
+    "DeadLetter": obj(
+        ["id", "message_id", "queue", "actor", "execution_id", "error", "created_at", "replayed_at"],
+        id=ID,
+        message_id={"type": "string"},
+        queue={"type": "string"},
+        actor={"type": "string"},
+        execution_id=NULL_TEXT,
+        error=NULL_TEXT,
+        created_at=TIME,
+        replayed_at=NULL_TIME,
+    ),
+    "DeadLetterDetail": {"allOf": [ref("DeadLetter"), obj(["payload"], payload=ANY)]},
+    "DeadLetterPage": page("DeadLetter"),
+    "ReplayOutcome": obj(
+        ["id", "outcome"],
+        id=ID,
+        outcome={"type": "string", "enum": ["replayed", "would_replay", "skipped"]},
+        actor={"type": "string"},
+        queue={"type": "string"},
+        message_id={"type": "string"},
+        reason={"type": "string"},
+    ),
+    "Replay": obj(
+        ["matched", "replayed", "skipped", "dry_run"],
+        matched={"type": "integer"},
+        replayed={"type": "array", "items": ref("ReplayOutcome")},
+        skipped={"type": "array", "items": ref("ReplayOutcome")},
+        dry_run={"type": "boolean"},
+    ),
+    "Effect": obj(
+        ["id", "execution_id", "step_id", "iteration", "kind", "state", "attempts", "result", "error",
+         "step_status", "created_at", "updated_at"],
+        id=ID,
+        execution_id=ID,
+        step_id={"type": "string"},
+        iteration={"type": "integer", "minimum": 0},
+        kind={"type": "string", "description": "http, or sideshift.shift (settled with `shiftflow sideshift reconcile`)"},
+        state={"type": "string", "enum": list(EFFECT_STATES),
+               "description": "UNKNOWN: sent by an attempt that never recorded the answer; settle it"},
+        attempts={"type": "integer", "minimum": 0, "description": "how many times the call was sent"},
+        external_ref=NULL_TEXT,
+        result={**ANY, "description": "the call's result (DONE)"},
+        error=NULL_TEXT,
+        step_status={"type": ["string", "null"], "description": "WAITING: the step waits for this settlement"},
+        created_at=TIME,
+        updated_at=TIME,
+        sent_at=NULL_TIME,
+        completed_at=NULL_TIME,
+    ),
+    "EffectPage": page("Effect"),
+    "AuditEntry": obj(
+        [
+            "id",
+            "action",
+            "entity_type",
+            "entity_id",
+            "user_id",
+            "api_key_id",
+            "before",
+            "after",
+            "metadata",
+            "ip",
+            "user_agent",
+            "created_at",
+        ],
+        id=ID,
+        action={"type": "string"},
+        entity_type={"type": "string"},
+        entity_id=NULL_TEXT,
+        user_id=NULL_ID,
+        api_key_id=NULL_ID,
+        before=ANY,
+        after=ANY,
+        metadata={"type": "object"},
+        ip=NULL_TEXT,
+        user_agent=NULL_TEXT,
+        created_at=TIME,
+    ),
+    "AuditPage": page("AuditEntry"),
+    "Template": obj(
+        [
+            "id",
+            "key",
+            "name",
+            "description",
+            "category",
+            "trigger_type",
+            "tags",
+            "required_integrations",
+            "is_popular",
+            "usage_count",
+            "definition",
+        ],
+        id=ID,
+        key={"type": "string"},
+        name={"type": "string"},
+        description={"type": "string"},
+        category={"type": "string"},
+        trigger_type=TRIGGER_TYPE,
+        tags=STRINGS,
+        required_integrations=STRINGS,
+        is_popular={"type": "boolean"},
+        usage_count={"type": "integer"},
+        definition=ANY,
+    ),
+    "TemplateList": obj(["items"], items={"type": "array", "items": ref("Template")}),
+}

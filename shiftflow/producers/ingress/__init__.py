@@ -1,0 +1,2 @@
+"""The webhook ingress: ``POST /hooks/{token}`` -> verified, deduplicated trigger on RabbitMQ.
+"""
