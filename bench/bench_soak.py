@@ -51,7 +51,7 @@ class SoakSystem(ShiftFlowSystem):
         """Apply the outside-call workflow (``super``) and the cheap one."""
         super().setup(res, mongo_url)
         from shiftflow.kernel.db import bind_database
-        from shiftflow.models import catalog
+        from shiftflow.models.manage import catalog
 
         db = bind_database(self.pg_url)
         try:
@@ -63,9 +63,9 @@ class SoakSystem(ShiftFlowSystem):
 
     def publish(self, first: int, count: int) -> None:
         """Trigger executions ``first`` .. ``first + count - 1``: even ones cheap, odd ones outside."""
+        from shiftflow.kernel.batch_publisher import ConfirmedBatchPublisher
         from shiftflow.kernel.contracts import TriggerPayload
         from shiftflow.kernel.enqueue import Outgoing
-        from shiftflow.producers.batch_publisher import ConfirmedBatchPublisher
 
         if not self._publishers:
             self._publishers.append(ConfirmedBatchPublisher(self.env["SHIFTFLOW_AMQP_URL"], self.broker))
