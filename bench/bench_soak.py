@@ -1,6 +1,6 @@
 """Soak benchmark: worker memory over many messages of mixed cheap and outside-call steps.
 
-    .venv/bin/python bench/bench_soak.py                     # 200,000 messages (about an hour here)
+    .venv/bin/python bench/bench_soak.py                     # 200,000 messages (about 25 minutes on 2 cores)
     .venv/bin/python bench/bench_soak.py --messages 20000    # a shorter run
 
 One ShiftFlow worker pool (``--processes`` x ``--threads``, the timer loop on, as in
