@@ -9,6 +9,10 @@ Three views of the same workflow:
    a time against the same PostgreSQL database and Mongo sink, with a stub broker in place
    of RabbitMQ. It counts per execution SQL statements (by verb), transactions, messages
    and Mongo documents, and times SQL against the rest; cProfile names the Python costs.
+   Per hop (message, by actor): statements, SQL and wall time; the statements of one whole
+   execution in order; rows inserted and updated per table (``pg_stat_user_tables`` of
+   the system's database, HOT updates apart) with each table's index count; Mongo
+   documents by collection and by message; live-update publishes.
 3. The cost of one confirmed publish to RabbitMQ, which the trace leaves out.
 """
 
@@ -22,6 +26,7 @@ import pstats
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -131,6 +136,14 @@ def _pyspy_phase(sf: ShiftFlowSystem, workers: Workers, count: int, out: Path) -
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_waits, args=(sf, stop, waits), daemon=True)
     try:
+        # The timer loop's fork boots seconds after the workers on a loaded box: its imports
+        # are not the cost of a step, so sampling starts once it is ready.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            log = workers.log_tail(0, 1_000_000)  # the log of every start: count the boots
+            if log.count("timer_fork' is ready") >= log.count("is booting up"):
+                break
+            time.sleep(0.2)
         time.sleep(1.0)  # let py-spy attach to every process
         sampler.start()
         sf.begin_phase()
@@ -178,12 +191,37 @@ class _Counting:
             shape = " ".join(sql.split())[:90]
             self._stats["shapes"][shape] += spent
             self._stats["shape_counts"][shape] += 1
+            actor = self._stats.get("actor", "?")
+            self._stats["hop_statements"][actor] += 1
+            self._stats["hop_sql"][actor] += spent
+            if self._stats.get("record") is not None:
+                self._stats["record"].append((actor, f"{spent * 1000:5.2f} ms  " + " ".join(sql.split())[:150]))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)
 
     def __iter__(self) -> Any:
         return iter(self._cursor)
+
+
+def _fresh_stats() -> dict[str, Any]:
+    return {
+        "sql_seconds": 0.0,
+        "verbs": collections.Counter(),
+        "messages": 0,
+        "docs": 0,
+        "shapes": collections.Counter(),
+        "shape_counts": collections.Counter(),
+        "hop_statements": collections.Counter(),
+        "hop_sql": collections.Counter(),
+        "hop_wall": collections.Counter(),
+        "hop_cpu": collections.Counter(),
+        "hop_count": collections.Counter(),
+        "doc_kinds": collections.Counter(),
+        "live": 0,
+        "live_updates": 0,
+        "record": None,
+    }
 
 
 def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
@@ -193,7 +231,9 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
     from dramatiq.brokers.stub import StubBroker
     from dramatiq.middleware import CurrentMessage
 
+    from bench.engine_services import counter_delta, pg_counters, pg_indexes
     from shiftflow import actors
+    from shiftflow.kernel import redis_handle
     from shiftflow.kernel.contracts import TriggerPayload
     from shiftflow.kernel.db import bind_database, database
     from shiftflow.kernel.enqueue import build_message
@@ -207,19 +247,29 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
     dramatiq.set_broker(stub)
     sink = MongoSink(sf.settings.mongo_url, sf.mongo_db)
     configure_sink(sink)
-    stats: dict[str, Any] = {
-        "sql_seconds": 0.0,
-        "verbs": collections.Counter(),
-        "messages": 0,
-        "docs": 0,
-        "shapes": collections.Counter(),
-        "shape_counts": collections.Counter(),
-    }
+    stats = _fresh_stats()
     real_cursor, real_write = db.cursor, sink.write
+    real_publish = redis_handle.publish_updates
+
+    def publish(updates: Any) -> None:
+        stats["live"] += 1
+        stats["live_updates"] += len(updates)
+        real_publish(updates)
+
+    # Wherever it was imported by name (the models' layout may move: found, not named).
+    patched: list[Any] = [m for name, m in list(sys.modules.items())
+               if name.startswith("shiftflow") and getattr(m, "publish_updates", None) is real_publish]
+    for module in patched:
+        module.publish_updates = publish
     db.cursor = lambda *a, **k: _Counting(real_cursor(*a, **k), stats)  # type: ignore[method-assign]
 
     def write(collection: str, document: dict[str, Any]) -> None:
         stats["docs"] += 1
+        text = str(document.get("message") or document.get("event") or document.get("type") or "")
+        kind = " ".join(w if not any(c.isdigit() for c in w) else "#" for w in text.split()[:6])
+        stats["doc_kinds"][f"{collection}: {kind}"] += 1
+        if stats.get("record") is not None:
+            stats["record"].append((stats.get("actor", "?"), f"mongo {collection}: {text[:100]}"))
         real_write(collection, document)
 
     sink.write = write  # type: ignore[method-assign]
@@ -227,21 +277,25 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
     profiler = cProfile.Profile()
     wall = 0.0
     timed: tuple[float, dict[str, Any], int] = (0.0, stats, 1)
+    pg_before: dict[str, int] = {}
+    pg_done: dict[str, float] = {}
+    one: list[tuple[str, str]] = []
     try:
         for i in range(count + 5):
             if i == 5:  # the first executions warm caches and the pool: not counted
-                stats.update(
-                    sql_seconds=0.0,
-                    verbs=collections.Counter(),
-                    messages=0,
-                    docs=0,
-                    shapes=collections.Counter(),
-                    shape_counts=collections.Counter(),
-                )
+                stats.update(_fresh_stats())
                 wall = 0.0
+                db.close_all()  # type: ignore[attr-defined]  # its counters land (a backend reports on exit)
+                time.sleep(0.3)
+                pg_before = pg_counters(sf.pg_url)
+            stats["record"] = one if i == 6 else None
             if i == count // 2 + 5:
                 # Timings come from the first half (cProfile slows every Python call); the
                 # profile from the second half, so it names costs without distorting them.
+                db.close_all()  # type: ignore[attr-defined]
+                time.sleep(0.3)
+                pg_done = counter_delta(pg_before, pg_counters(sf.pg_url), i - 5)
+                pg_done["xact_commit"] = pg_done.get("xact_commit", 0) - 3 / max(1, i - 5)
                 timed = (
                     wall,
                     {k: v.copy() if isinstance(v, collections.Counter) else v for k, v in stats.items()},
@@ -265,6 +319,13 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
                         message = dramatiq.Message.decode(queue.get_nowait())
                         stats["messages"] += 1
                         busy = True
+                        hop = message.actor_name
+                        if hop == "tools.call" or hop == "steps.run":
+                            hop += " " + str(message.kwargs.get("payload", {}).get("step_id", "?"))
+                        stats["actor"] = hop
+                        if stats["record"] is not None:
+                            stats["record"].append((hop, "-- message received"))
+                        hop_start, hop_cpu = time.perf_counter(), time.thread_time()
                         database.connect(reuse_if_open=True)
                         current.before_process_message(stub, message)
                         try:
@@ -272,9 +333,17 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
                         finally:
                             current.after_process_message(stub, message)
                             database.close()
+                        stats["hop_wall"][hop] += time.perf_counter() - hop_start
+                        # This thread's CPU: Python and the client libraries, not the waits
+                        # on PostgreSQL, Mongo or the echo service (the live-update and Mongo
+                        # sender threads run apart and are not in it).
+                        stats["hop_cpu"][hop] += time.thread_time() - hop_cpu
+                        stats["hop_count"][hop] += 1
             wall += time.perf_counter() - start
     finally:
         profiler.disable()
+        for module in patched:
+            module.publish_updates = real_publish
         sink.close()
         configure_sink(None)
         db.cursor = real_cursor  # type: ignore[method-assign]
@@ -291,6 +360,35 @@ def trace(sf: ShiftFlowSystem, count: int = 100) -> None:
         + f"); "
         f"{stats['messages'] / n:.1f} messages; {stats['docs'] / n:.1f} Mongo documents"
     )
+    print("  per hop (message): count per execution, statements, SQL ms, wall ms and this thread's CPU ms per message:")
+    for hop, hops in sorted(stats["hop_count"].items()):
+        print(
+            f"    {hop:<22} x{hops / n:4.1f}  {stats['hop_statements'][hop] / hops:5.1f} statements  "
+            f"SQL {stats['hop_sql'][hop] * 1000 / hops:6.2f} ms  wall {stats['hop_wall'][hop] * 1000 / hops:6.2f} ms"
+            f"  CPU {stats['hop_cpu'][hop] * 1000 / hops:5.2f} ms"
+        )
+    indexes = pg_indexes(sf.pg_url)
+    if pg_done:
+        print(
+            f"  PostgreSQL per execution (pg_stat_database): {pg_done.get('xact_commit', 0):.1f} commits, "
+            f"{pg_done.get('tup_inserted', 0):.1f} rows inserted, {pg_done.get('tup_updated', 0):.1f} updated, "
+            f"{pg_done.get('tup_deleted', 0):.1f} deleted, {pg_done.get('blks_hit', 0):.0f} buffer hits"
+        )
+        print("  rows written per execution by table (index entries written = rows x indexes, HOT updates none):")
+        for table in sorted({k.rsplit(".", 1)[0] for k in pg_done if "." in k}):
+            ins, upd, hot = (pg_done.get(f"{table}.{x}", 0.0) for x in ("ins", "upd", "hot"))
+            idx = indexes.get(table, 0)
+            print(
+                f"    {table:<22} +{ins:4.1f} inserted  {upd:4.1f} updated ({hot:4.1f} HOT)  {idx} indexes"
+                f"  -> about {(ins + upd - hot) * idx:5.1f} index entries"
+            )
+    print(f"  live updates: {stats['live'] / n:.1f} publishes per execution ({stats['live_updates'] / n:.1f} updates)")
+    print("  Mongo documents per execution by collection and message:")
+    for kind, c in stats["doc_kinds"].most_common(14):
+        print(f"    x{c / n:4.1f}  {kind}")
+    print("  one whole execution, in order (statement time, statement):")
+    for hop, line in one:
+        print(f"    [{hop}] {line}")
     print("  SQL statements by time (ms per execution, count per execution):")
     for shape, spent in stats["shapes"].most_common(12):
         print(f"    {spent * 1000 / n:6.2f} ms  x{stats['shape_counts'][shape] / n:.1f}  {shape}")

@@ -65,6 +65,41 @@ class Resources:
         """A leased Redis database for this run (flushed and given back at exit)."""
         return str(self.stack.enter_context(leased_redis_db()))
 
+    def echo(self) -> tuple[str, int]:
+        """The loopback echo service (``bench/echo_server.py``) in its own process; returns its
+        URL and pid (stopped at exit)."""
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="sf-bench-echo-"))
+        port_file = folder / "port"
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "echo_server.py"), str(port_file)],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            with contextlib.suppress(OSError):
+                port_file.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+        self.stack.callback(stop)
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the echo service did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port_file.read_text().strip()}/echo", proc.pid
+
     def mongo(self) -> tuple[str, SecantusProcess]:
         """A SecantusDB server for this run (URL with ``retryWrites=false``), stopped at exit."""
         server = SecantusProcess()
@@ -193,21 +228,28 @@ def _descendants(table: dict[int, tuple[int, str, int]], roots: list[int]) -> se
     return found
 
 
+#: The echo service's pid (``Resources.echo``), a component of every snapshot once set.
+ECHO_PIDS: list[int] = []
+
+
 def cpu_snapshot(workers: list[int], mongo: list[int]) -> CpuSnapshot:
     """CPU ticks (user+system) of each component of the benchmark.
 
     Components: the system's workers, PostgreSQL (every ``postgres`` process: also counts
     other users of the shared server), RabbitMQ (``beam.smp`` and helpers), the
-    MongoDB-wire server, and this benchmark process (the producer and the poller).
+    MongoDB-wire server, this benchmark process (the producer and the poller), and the
+    echo service of the outside-call workloads (``ECHO_PIDS``).
     """
     table = _proc_table()
     groups: dict[str, Callable[[int, str], bool]] = {}
     worker_set, mongo_set = _descendants(table, workers), _descendants(table, mongo)
+    echo_set = set(ECHO_PIDS)
     groups["workers"] = lambda pid, comm: pid in worker_set
     groups["postgres"] = lambda pid, comm: comm == "postgres" or comm.startswith("postgres:")
     groups["rabbitmq"] = lambda pid, comm: comm in ("beam.smp", "erl_child_setup", "epmd", "inet_gethost")
     groups["mongo"] = lambda pid, comm: pid in mongo_set
     groups["bench"] = lambda pid, comm: pid == os.getpid()
+    groups["echo"] = lambda pid, comm: pid in echo_set
     out = dict.fromkeys(groups, 0)
     for pid, (_, comm, ticks) in table.items():
         for name, member in groups.items():
@@ -266,3 +308,54 @@ def versions() -> dict[str, Any]:
         ).stdout.strip()
         out["shiftflow"] = rev + ("+dirty" if dirty else "")
     return out
+
+
+# --------------------------------------------------------------------------- PostgreSQL work
+
+_DB_COUNTERS = "xact_commit, tup_returned, tup_fetched, tup_inserted, tup_updated, tup_deleted, blks_hit, blks_read"
+
+
+def pg_counters(url: str) -> dict[str, int]:
+    """The work counters of the database at ``url`` (``pg_stat_database``) and of its tables
+    (``pg_stat_user_tables``: ``<table>.ins``, ``.upd``, ``.hot``): deltas between two calls
+    say what a phase made PostgreSQL do in this database only, whoever else loads the server.
+
+    Backends report their counters when a transaction ends, at most once a second: wait a
+    second or two after the work before the second call.
+    """
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=5)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            cur.execute(f"SELECT {_DB_COUNTERS} FROM pg_stat_database WHERE datname = current_database()")
+            row = cur.fetchone()
+            out = dict(zip([c.strip() for c in _DB_COUNTERS.split(",")], map(int, row or ()), strict=False))
+            cur.execute("SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables")
+            for name, ins, upd, hot in cur.fetchall():
+                out[f"{name}.ins"], out[f"{name}.upd"], out[f"{name}.hot"] = int(ins), int(upd), int(hot)
+        return out
+    finally:
+        conn.close()
+
+
+def pg_indexes(url: str) -> dict[str, int]:
+    """Indexes per table of the database at ``url`` (each row insert writes every one of them,
+    and so does each update that is not HOT)."""
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT relname, count(*) FROM pg_stat_user_indexes GROUP BY relname")
+            return {name: int(n) for name, n in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def counter_delta(before: dict[str, int], after: dict[str, int], per: float) -> dict[str, float]:
+    """``(after - before) / per`` for every counter (missing before = 0), non-zero ones only."""
+    out = {k: (v - before.get(k, 0)) / max(per, 1e-9) for k, v in after.items()}
+    return {k: v for k, v in out.items() if v}

@@ -1,7 +1,8 @@
 """The three systems ``bench_engine.py`` compares, behind one small interface.
 
-Each system gets its own PostgreSQL database, RabbitMQ vhost and Mongo database on the
-same servers, and the same worker processes x threads:
+Each system gets, per workload (``WORKLOADS``), its own PostgreSQL database, RabbitMQ
+vhost, Redis database and Mongo database on the same servers, and the same worker
+processes x threads:
 
 * ``ShiftFlowSystem``: the workflow applied with ``shiftflow.models.manage.catalog``; workers are
   ``dramatiq shiftflow.consumers.worker`` in production mode; triggers are ``triggers.start``
@@ -53,15 +54,62 @@ DEFINITION: dict[str, Any] = {
 }
 
 
+#: The workloads: what each one's ShiftFlow workflow is (the baselines mirror it).
+WORKLOADS = ("cheap", "outside", "fanout", "wait")
+#: Items of the fan-out workload.
+FANOUT_ITEMS = 20
+
+
+def definition(workload: str, echo_url: str = "") -> dict[str, Any]:
+    """The ShiftFlow workflow of ``workload``.
+
+    * cheap: ``DEFINITION`` (transform → condition → transform, all inline);
+    * outside: three ``http`` steps, each a POST to the echo service;
+    * fanout: one ``http`` step with ``for_each`` over ``FANOUT_ITEMS`` items (all at once:
+      ``concurrency`` = items, as a group or chord sends them all), then a join (transform);
+    * wait: a ``wait`` step until the trigger's ``until``, then a transform.
+    """
+    if workload == "cheap":
+        return DEFINITION
+    post = {"method": "POST", "url": "{{ vars.echo_url }}"}
+    if workload == "outside":
+        steps = [
+            {"id": f"call{k}", "type": "http", "timeout": 10,
+             "with": {**post, "json": {"n": "{{ trigger.n }}", "step": k}}}
+            for k in (1, 2, 3)
+        ]
+    elif workload == "fanout":
+        steps = [
+            {"id": "calls", "type": "http", "timeout": 10, "for_each": list(range(FANOUT_ITEMS)),
+             "concurrency": FANOUT_ITEMS,
+             "with": {**post, "json": {"n": "{{ trigger.n }}", "step": 1, "item": "{{ item }}"}}},
+            {"id": "join", "type": "transform", "with": {"output": {"calls": "{{ steps.calls.status }}"}}},
+        ]
+    elif workload == "wait":
+        steps = [
+            {"id": "park", "type": "wait", "with": {"until": "{{ trigger.until }}"}},
+            {"id": "done", "type": "transform", "with": {"output": {"woke": "{{ trigger.n }}"}}},
+        ]
+    else:
+        raise ValueError(f"unknown workload {workload!r}")
+    return {"name": f"bench-{workload}", "trigger": {"type": "manual"}, "vars": {"echo_url": echo_url},
+            "steps": steps}
+
+
 class System:
     """One system under test: set up, worker commands, trigger, and read back timings."""
 
     key = ""
     label = ""
 
-    def __init__(self, processes: int, threads: int) -> None:
+    def __init__(self, processes: int, threads: int, workload: str = "cheap", echo_url: str = "") -> None:
         self.processes, self.threads = processes, threads
+        self.workload, self.echo_url = workload, echo_url
+        #: The wait workload's wake-up time (epoch seconds) for the next triggers.
+        self.wake_at = 0.0
         self.pg_url = ""
+        #: Statements ``query`` ran (the benchmark's polls, taken out of the commit counts).
+        self.queries = 0
         self.mongo_db = ""
         self._conn: Any = None
 
@@ -99,6 +147,7 @@ class System:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg2.connect(self.pg_url, connect_timeout=5)
             self._conn.autocommit = True
+        self.queries += 1
         with self._conn.cursor() as cur:
             cur.execute(sql, args)
             return list(cur.fetchall())
@@ -138,8 +187,8 @@ class ShiftFlowSystem(System):
 
     key, label = "sf", "ShiftFlow"
 
-    def __init__(self, processes: int, threads: int) -> None:
-        super().__init__(processes, threads)
+    def __init__(self, processes: int, threads: int, workload: str = "cheap", echo_url: str = "") -> None:
+        super().__init__(processes, threads, workload, echo_url)
         self._local = threading.local()
         self._publishers: list[Any] = []
         self._publishers_lock = threading.Lock()
@@ -151,11 +200,11 @@ class ShiftFlowSystem(System):
         from shiftflow.models.manage import catalog
         from shiftflow.models.tables.migrations import upgrade
 
-        self.pg_url = res.pg_database("sf")
-        self.mongo_db = f"{res.run}_sf"
+        self.pg_url = res.pg_database(f"sf_{self.workload}")
+        self.mongo_db = f"{res.run}_sf_{self.workload}"
         self.env = {
             "SHIFTFLOW_MODE": "production",
-            "SHIFTFLOW_AMQP_URL": res.vhost("sf"),
+            "SHIFTFLOW_AMQP_URL": res.vhost(f"sf_{self.workload}"),
             "SHIFTFLOW_DATABASE_URL": self.pg_url,
             "SHIFTFLOW_MONGO_URL": mongo_url,
             "SHIFTFLOW_MONGO_DB": self.mongo_db,
@@ -164,13 +213,15 @@ class ShiftFlowSystem(System):
             "SHIFTFLOW_REDIS_URL": res.redis(),
             "SHIFTFLOW_METRICS_PORT": "0",
             "SHIFTFLOW_LOG_LEVEL": "WARNING",
+            # The echo service is on loopback.
+            "SHIFTFLOW_HTTP_ALLOW_PRIVATE": "true",
         }
         self.settings = Settings.from_env(self.env)
         db = bind_database(self.pg_url)
         try:
             upgrade(db)
             workspace = catalog.ensure_workspace("bench")
-            self.workflow_id = str(catalog.apply_definition(workspace, DEFINITION).workflow.id)
+            self.workflow_id = str(catalog.apply_definition(workspace, definition(self.workload, self.echo_url)).workflow.id)
         finally:
             with contextlib.suppress(Exception):
                 db.close_all()  # type: ignore[attr-defined]
@@ -196,6 +247,12 @@ class ShiftFlowSystem(System):
 
         install(self.broker)
 
+    def _data(self, i: int) -> dict[str, Any]:
+        if self.workload != "wait":
+            return {"n": i}
+        until = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.wake_at)) + f"{self.wake_at % 1:.6f}"[1:] + "Z"
+        return {"n": i, "until": until}
+
     def trigger(self, phase: str, i: int) -> None:
         from shiftflow.kernel.contracts import TriggerPayload
         from shiftflow.kernel.enqueue import send
@@ -206,7 +263,7 @@ class ShiftFlowSystem(System):
                 workflow_id=self.workflow_id,
                 dedup_key=f"{phase}-{i}",
                 source="bench",
-                data={"n": i},
+                data=self._data(i),
                 received_at=time.time(),
             ),
         )
@@ -226,7 +283,7 @@ class ShiftFlowSystem(System):
                 self._publishers.append(publisher)
         publisher.publish_all([
             Outgoing("triggers.start", TriggerPayload(workflow_id=self.workflow_id, dedup_key=f"{phase}-{i}",
-                                                      source="bench", data={"n": i}, received_at=time.time()))
+                                                      source="bench", data=self._data(i), received_at=time.time()))
             for i in indices
         ])
 
@@ -272,28 +329,40 @@ class _Baseline(System):
     def setup(self, res: Resources, mongo_url: str) -> None:
         from bench.engine_baselines.common import SCHEMA
 
-        self.pg_url = res.pg_database(self.key)
-        self.mongo_db = f"{res.run}_{self.key}"
+        name = f"{self.key}_{self.workload}"
+        self.pg_url = res.pg_database(name)
+        self.mongo_db = f"{res.run}_{name}"
         self.env = {
             "BENCH_PG_URL": self.pg_url,
-            "BENCH_AMQP_URL": res.vhost(self.key),
+            "BENCH_AMQP_URL": res.vhost(name),
             "BENCH_MONGO_URL": mongo_url,
             "BENCH_MONGO_DB": self.mongo_db,
+            "BENCH_ECHO_URL": self.echo_url,
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
         }
+        if self.workload == "fanout":
+            self.env["BENCH_REDIS_URL"] = res.redis()
         self.query(SCHEMA + "; SELECT 1")
-        # The producer side of the app module reads its broker URL at import.
+        # The producer side of the app module reads its broker (and Redis) URL at import;
+        # one workload per run of a module (``bench_engine`` runs each workload in a process).
+        saved = {k: os.environ.get(k) for k in ("BENCH_AMQP_URL", "BENCH_REDIS_URL")}
         os.environ["BENCH_AMQP_URL"] = self.env["BENCH_AMQP_URL"]
+        if "BENCH_REDIS_URL" in self.env:
+            os.environ["BENCH_REDIS_URL"] = self.env["BENCH_REDIS_URL"]
         try:
             self.app = importlib.import_module(self.module)
         finally:
-            del os.environ["BENCH_AMQP_URL"]
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def worker_env(self) -> dict[str, str]:
         return dict(self.env)
 
     def trigger(self, phase: str, i: int) -> None:
-        self.app.trigger(f"{phase}-{i}", phase, time.time(), i)
+        self.app.trigger_for(self.workload, f"{phase}-{i}", phase, time.time(), i, self.wake_at)
 
     def finished(self, phase: str) -> int:
         return int(self.query("SELECT count(*) FROM bench_step WHERE phase = %s AND step = 3", phase)[0][0])

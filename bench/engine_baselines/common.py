@@ -8,12 +8,15 @@ One step of the benchmark workflow, for both baselines:
 3. one ``insert_one`` of a log document into the ``step_logs`` collection.
 
 The caller then hands the result to the next step (Dramatiq ``send`` or the next task of a
-Celery chain). Connections are the plainest too: one psycopg2 connection per thread,
+Celery chain). In the outside-call and fan-out workloads a step first makes one HTTP POST
+to the benchmark's loopback echo service (``call``: one ``httpx.Client`` per thread, kept
+alive, as ShiftFlow's HTTP step pools its connections) and records the answer. Connections are the plainest too: one psycopg2 connection per thread,
 opened on first use and kept; one ``MongoClient`` per process (pymongo is not fork-safe),
 opened on first use. No batching, no pooling library, no index beyond the primary key.
 
 Environment: ``BENCH_PG_URL``, ``BENCH_AMQP_URL``, ``BENCH_MONGO_URL`` (with
-``retryWrites=false``), ``BENCH_MONGO_DB``.
+``retryWrites=false``), ``BENCH_MONGO_DB``; ``BENCH_ECHO_URL`` for the outside calls,
+``BENCH_REDIS_URL`` for the fan-out's join (Dramatiq group callbacks, Celery chord).
 """
 
 from __future__ import annotations
@@ -79,6 +82,31 @@ def mongo_collection() -> Any:
             client: Any = pymongo.MongoClient(env("BENCH_MONGO_URL"), retryWrites=False)
             _mongo = (os.getpid(), client)
         return _mongo[1][env("BENCH_MONGO_DB")]["step_logs"]
+
+
+#: Items of the fan-out workload (ShiftFlow's ``for_each`` list has as many).
+FANOUT_ITEMS = 20
+#: ``bench_step.step`` of fan-out item ``k`` (the join is step 3, the end of an execution).
+ITEM_STEP = 100
+
+
+def call(step: int, n: int, item: int | None = None) -> dict[str, Any]:
+    """One outside call: POST the step's JSON to the echo service; returns status and answer.
+
+    Raises:
+        httpx.HTTPStatusError: the service did not answer 2xx (the step fails, as ShiftFlow's would).
+    """
+    import httpx
+
+    client = getattr(_local, "http", None)
+    if client is None:
+        client = _local.http = httpx.Client(timeout=10.0)
+    body: dict[str, Any] = {"n": n, "step": step}
+    if item is not None:
+        body["item"] = item
+    response = client.post(env("BENCH_ECHO_URL"), json=body)
+    response.raise_for_status()
+    return {"status": response.status_code, "json": response.json()}
 
 
 def work(step: int, state: dict[str, Any]) -> dict[str, Any]:
