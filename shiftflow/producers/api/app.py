@@ -39,7 +39,7 @@ from pymongo.errors import PyMongoError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from shiftflow.kernel.db import database
@@ -237,6 +237,7 @@ def _run_op(
     mongo: Callable[[], Any],
     throttle: AuthThrottle,
     runs: RunAdmission | None = None,
+    settings: Settings | None = None,
 ) -> Result:
     """Authenticate, validate and run one operation (in a worker thread, own DB connection)."""
     path = {k: str(v) for k, v in request.path_params.items()}
@@ -253,7 +254,7 @@ def _run_op(
         permission = op.get("x-permission")
         if permission and permission not in ("keys:self",):  # keys: decided per key (self or others)
             actor.require(permission)
-        return HANDLERS[op["operationId"]](Call(actor, path, params, body, send, mongo, runs))
+        return HANDLERS[op["operationId"]](Call(actor, path, params, body, send, mongo, runs, settings))
 
 
 def _after(result: Result) -> None:
@@ -370,7 +371,7 @@ def create_api(
             try:
                 raw = await _read_body(request) if "requestBody" in op else b""
                 result = await anyio.to_thread.run_sync(
-                    _run_op, op, request, raw, sender, mongo_fn, throttle, runs
+                    _run_op, op, request, raw, sender, mongo_fn, throttle, runs, settings
                 )
                 if result.publish:
                     await publish(result)
@@ -388,6 +389,10 @@ def create_api(
                 return _error(rejected.status, rejected.reason, rejected.headers)
             if result.status == 204:
                 return Response(status_code=204)
+            if result.stream is not None:
+                # A sync iterator: Starlette reads it in a worker thread, chunk by chunk.
+                return StreamingResponse(result.stream, status_code=result.status,
+                                         media_type=result.media_type, headers=result.headers)
             return JSONResponse(result.body, status_code=result.status)
 
         return handle
