@@ -16,6 +16,7 @@ import pytest
 
 from shiftflow.kernel.artifacts import make_store
 from shiftflow.kernel.contracts import TriggerPayload
+from shiftflow.kernel.db import bind_database
 from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import catalog
 from shiftflow.models.tables.artifacts import Artifact
@@ -251,3 +252,58 @@ def test_artifacts_are_listed_and_downloaded_within_their_workspace(api):
     assert c.get(f"/artifacts/{row.id}/content", headers=a.auth("OWNER")).status_code == 404
     Artifact.update(url="s3://elsewhere/key").where(Artifact.id == row.id).execute()
     assert c.get(f"/artifacts/{row.id}/content", headers=a.auth("OWNER")).status_code == 404
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_lists_tools_and_integrations_and_manages_connections(real_env, smtp, cert, tmp_path, monkeypatch,
+                                                                  capsys, caplog):
+    from shiftflow.cli.main import main
+
+    caplog.set_level(logging.DEBUG)
+    for name, value in real_env.items():
+        monkeypatch.setenv(name, value)
+    bind_database(real_env["SHIFTFLOW_DATABASE_URL"])
+    catalog.ensure_workspace("cli")
+    printed: list[str] = []
+
+    def run(*argv: str) -> int:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        printed.append(captured.out + captured.err)
+        return code
+
+    assert run("tools", "list", "--workspace", "cli") == 0 and "email.send" in printed[-1]
+    assert run("tools", "show", "email.send", "--workspace", "cli") == 0
+    assert json.loads(printed[-1])["params_schema"]["properties"]["to"]
+    assert run("tools", "disable", "browser.pdf", "--workspace", "cli") == 0
+    assert run("tools", "list", "--workspace", "cli", "--category", "browser") == 0
+    assert "DISABLED" in next(line for line in printed[-1].splitlines() if line.startswith("browser.pdf"))
+    assert run("integrations", "list") == 0 and "password*" in printed[-1]
+    assert run("integrations", "show", "smtp") == 0 and json.loads(printed[-1])["secret_fields"] == ["password"]
+
+    creds = tmp_path / "smtp.json"
+    creds.write_text(json.dumps({k: v for k, v in smtp.credentials(cert).items() if k != "password"}))
+    # The password is asked for without echo (getpass), never typed on the command line.
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": PLANTED)
+    assert run("connections", "create", "smtp", "mail", "--workspace", "cli", "--credentials-file", str(creds)) == 2
+    assert "credentials.password" in printed[-1]
+    assert run("connections", "create", "smtp", "mail", "--workspace", "cli", "--credentials-file", str(creds),
+               "--ask") == 0
+    assert "password: ***" in printed[-1]
+    assert run("connections", "test", "mail", "--workspace", "cli") == 0 and "passed" in printed[-1]
+    assert run("connections", "update", "mail", "--workspace", "cli", "--set", "port=" + str(free_port())) == 0
+    assert run("connections", "test", "mail", "--workspace", "cli") == 1 and "failed" in printed[-1]
+    assert run("connections", "list", "--workspace", "cli", "--json") == 0
+    assert [c["name"] for c in json.loads(printed[-1])] == ["mail"]
+    assert run("connections", "show", "mail", "--workspace", "cli") == 0
+    assert run("connections", "delete", "mail", "--workspace", "cli") == 0
+    assert run("connections", "show", "mail", "--workspace", "cli") == 1
+    actions = [e.action for e in AuditLog.select().where(AuditLog.entity_type == "connection")
+               .order_by(AuditLog.created_at)]
+    assert actions == ["connection.created", "connection.tested", "connection.updated", "connection.tested",
+                       "connection.deleted"]
+    assert all(e.metadata["via"] == "cli" for e in AuditLog.select())
+    audit_text = json.dumps([[e.changes, e.metadata] for e in AuditLog.select()], default=str)
+    assert PLANTED not in "".join(printed) + audit_text + caplog.text
