@@ -22,7 +22,8 @@ from shiftflow.models.manage import catalog
 from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.audit_log import AuditLog
 from shiftflow.models.tables.integrations import Connection
-from shiftflow.models.tables.tools import WorkspaceTool
+from shiftflow.models.tables.tools import Tool as ToolRow
+from shiftflow.models.tables.tools import ToolExecution, WorkspaceTool
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import SIMPLE, seed_tenant, serve, worker
 from tests.tool_servers import SelfSigned, SmtpServer, free_port, self_signed
@@ -94,6 +95,15 @@ def test_tools_list_with_schemas_and_are_enabled_per_workspace(api):
     assert c.put("/tools/no.such_tool", json={"enabled": False}, headers=a.auth("OWNER")).status_code == 404
     bad = c.put("/tools/email.send", json={"enabled": "no"}, headers=a.auth("OWNER"))
     assert bad.status_code == 422 and "enabled" in bad.json()["error"]
+
+    # Usage counts are the workspace's own calls.
+    row = ToolRow.create(name="email.send", display_name="email.send", queue="tools.email")
+    for _ in range(2):
+        ToolExecution.create(workspace=a.workspace.id, tool=row.id, status="SUCCEEDED")
+    assert c.get("/tools/email.send", headers=a.auth("VIEWER")).json()["usage_count"] == 2
+    assert c.get("/tools/email.send", headers=b.auth("VIEWER")).json()["usage_count"] == 0
+    listed_again = {t["name"]: t for t in c.get("/tools", headers=a.auth("VIEWER")).json()["items"]}
+    assert listed_again["email.send"]["usage_count"] == 2 and listed_again["http.request"]["usage_count"] == 0
 
 
 def test_integration_catalogue_gives_each_credential_schema(api):
