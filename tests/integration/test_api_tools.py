@@ -317,3 +317,15 @@ def test_cli_lists_tools_and_integrations_and_manages_connections(real_env, smtp
     assert all(e.metadata["via"] == "cli" for e in AuditLog.select())
     audit_text = json.dumps([[e.changes, e.metadata] for e in AuditLog.select()], default=str)
     assert PLANTED not in "".join(printed) + audit_text + caplog.text
+
+
+def test_without_secret_keys_a_connection_is_refused_with_the_reason(real_env, tmp_path):
+    env = {k: v for k, v in real_env.items() if k != "SHIFTFLOW_SECRET_KEYS"}
+    with worker(env) as settings:
+        tenant = seed_tenant("nokeys", roles=("OWNER",))
+        with serve(create_app(settings)) as base:
+            body = {"integration": "http", "name": "api",
+                    "credentials": {"auth": "bearer", "token": "t-1234567", "base_url": "https://api.example.com"}}
+            answer = httpx.post(base + "/api/v1/connections", json=body, headers=tenant.auth(), timeout=15)
+    assert answer.status_code == 503 and "SHIFTFLOW_SECRET_KEYS" in answer.json()["error"], answer.text
+    assert Connection.select().count() == 0

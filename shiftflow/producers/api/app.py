@@ -44,7 +44,14 @@ from starlette.routing import Route
 
 from shiftflow.kernel.db import database
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import DefinitionError, NotFound, QueueFull, ShiftFlowError, TransientError
+from shiftflow.kernel.errors import (
+    DefinitionError,
+    NotFound,
+    QueueFull,
+    SettingsError,
+    ShiftFlowError,
+    TransientError,
+)
 from shiftflow.kernel.quota import Admission, RedisBuckets
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.storable import unstorable
@@ -293,6 +300,9 @@ def _classify(exc: BaseException) -> _Reject | None:
         return _Reject(409, "a concurrent change conflicted with this one; retry")
     if isinstance(exc, peewee.DataError):
         return _Reject(422, "a value is out of range for its field")
+    if isinstance(exc, SettingsError):  # e.g. no SHIFTFLOW_SECRET_KEYS to seal a connection with
+        log.error("management API: %s", exc)
+        return _unavailable(f"this deployment is not configured for it: {exc}")
     if isinstance(exc, QueueFull):  # a replay publishing into a full queue, say
         return _unavailable("the trigger queue is full, retry later")
     if isinstance(

@@ -47,7 +47,8 @@ _ERRORS = {
     429: "too many failed authentications from this address or for this key, or the workspace is over "
     "a quota (its run quota, or its cap of queued executions; the message names it): retry after the "
     "Retry-After seconds",
-    503: "PostgreSQL, MongoDB or RabbitMQ is unreachable, or the trigger queue is full; retry later",
+    503: "PostgreSQL, MongoDB or RabbitMQ is unreachable, or the trigger queue is full; retry later. Also "
+    "when the deployment lacks a setting the operation needs (SHIFTFLOW_SECRET_KEYS to seal a connection)",
 }
 
 
