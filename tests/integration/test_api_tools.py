@@ -329,3 +329,28 @@ def test_without_secret_keys_a_connection_is_refused_with_the_reason(real_env, t
             answer = httpx.post(base + "/api/v1/connections", json=body, headers=tenant.auth(), timeout=15)
     assert answer.status_code == 503 and "SHIFTFLOW_SECRET_KEYS" in answer.json()["error"], answer.text
     assert Connection.select().count() == 0
+
+
+def test_a_connection_sealed_under_a_retired_key_is_listed_and_can_be_replaced(api):
+    from shiftflow.kernel.secretbox import vault_for
+
+    c, a = api["client"], api["a"]
+    admin = a.auth("ADMIN")
+    body = {"integration": "http", "name": "old",
+            "credentials": {"auth": "bearer", "token": "t-1234567", "base_url": "https://api.example.com"}}
+    made = c.post("/connections", json=body, headers=admin).json()
+    retired = vault_for(("a-retired-key-of-at-least-32-characters!",))
+    Connection.update(credentials=retired.encrypt(body["credentials"])).where(Connection.id == made["id"]).execute()
+
+    listed = c.get("/connections", headers=a.auth("VIEWER"))
+    assert listed.status_code == 200, listed.text
+    [item] = listed.json()["items"]
+    assert item["credentials"] == {} and item["credentials_readable"] is False
+    tested = c.post(f"/connections/{made['id']}/test", headers=admin)
+    assert tested.status_code == 200 and tested.json()["result"]["status"] == "failed"
+    assert "decrypted" in tested.json()["result"]["message"]
+    # New credentials replace what nobody can read any more.
+    fixed = c.patch(f"/connections/{made['id']}", json={"credentials": body["credentials"]}, headers=admin)
+    assert fixed.status_code == 200, fixed.text
+    assert fixed.json()["credentials_readable"] is True and fixed.json()["credentials"]["token"] == "***"
+    assert c.delete(f"/connections/{made['id']}", headers=admin).status_code == 204

@@ -31,7 +31,14 @@ import peewee
 
 from shiftflow.kernel.db import database
 from shiftflow.kernel.errors import NotFound
-from shiftflow.kernel.integrations.base import CheckContext, Integration, InvalidCredentials, check_connection
+from shiftflow.kernel.integrations.base import (
+    FAILED,
+    CheckContext,
+    CheckResult,
+    Integration,
+    InvalidCredentials,
+    check_connection,
+)
 from shiftflow.kernel.integrations.catalogue import (
     IntegrationCatalogue,
     UnknownIntegration,
@@ -39,7 +46,7 @@ from shiftflow.kernel.integrations.catalogue import (
 )
 from shiftflow.kernel.integrations.oauth2 import TokenSet, merge_tokens
 from shiftflow.kernel.integrations.secrets import mask
-from shiftflow.kernel.secretbox import vault_for
+from shiftflow.kernel.secretbox import DecryptionError, vault_for
 from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.models.manage import audit
 from shiftflow.models.manage.access import Principal
@@ -104,13 +111,23 @@ def _entry(catalogue: IntegrationCatalogue | None, key: str) -> Integration:
     return (catalogue or default_catalogue()).get(key)
 
 
-def _masked(row: Connection, integration: Integration | None, settings: Settings | None) -> dict[str, Any]:
-    credentials = _vault(settings).decrypt(row.credentials)
-    if not isinstance(credentials, Mapping):
-        return {}
+#: What a connection whose ciphertext no configured key opens says instead of its credentials.
+UNREADABLE = ("the stored credentials cannot be decrypted with the configured keys (SHIFTFLOW_SECRET_KEYS): "
+              "give them again (update), or configure the key they were sealed with")
+
+
+def _open(row: Connection, settings: Settings | None) -> dict[str, Any] | None:
+    """The decrypted credentials, or None when no configured key opens them (a retired key)."""
+    try:
+        value = _vault(settings).decrypt(row.credentials)
+    except DecryptionError:
+        return None
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _schema(integration: Integration | None) -> Mapping[str, Any]:
     # An integration the catalogue no longer has: every field counts as secret.
-    schema = integration.credentials_schema if integration is not None else {"type": "object"}
-    return mask(credentials, schema)
+    return integration.credentials_schema if integration is not None else {"type": "object"}
 
 
 def connection_dict(row: Connection, *, settings: Settings | None = None,
@@ -119,11 +136,13 @@ def connection_dict(row: Connection, *, settings: Settings | None = None,
     key = row.integration.key
     catalogue = catalogue or default_catalogue()
     integration = catalogue.get(key) if key in catalogue else None
+    credentials = _open(row, settings)
     return {
         "id": str(row.id),
         "name": row.name,
         "integration": key,
-        "credentials": _masked(row, integration, settings),
+        "credentials": {} if credentials is None else mask(credentials, _schema(integration)),
+        "credentials_readable": credentials is not None,
         "is_active": bool(row.is_active),
         "test_status": row.test_status,
         "last_tested_at": stamp(row.last_tested_at),
@@ -236,7 +255,8 @@ def update_connection(actor: Principal, connection_id: Any, *, name: str | None 
     with database.atomic():
         row = get_connection(actor, connection_id, lock=True)
         integration = _entry(catalogue, row.integration.key)
-        stored = vault.decrypt(row.credentials)
+        readable = _open(row, settings)
+        stored = readable or {}
         before = _summary(row, mask(stored, integration.credentials_schema))
         changed: list[str] = []
         if name is not None and name != row.name:
@@ -246,10 +266,11 @@ def update_connection(actor: Principal, connection_id: Any, *, name: str | None 
             row.name = name
             changed.append("name")
         if credentials is not None:
+            # Unreadable stored credentials (a retired key) are replaced, not merged.
             merged = {k: v for k, v in {**stored, **credentials}.items() if v is not None}
             clean = _validated(integration, merged)
             fields = sorted(k for k in set(clean) | set(stored) if clean.get(k) != stored.get(k))
-            if fields:
+            if fields or readable is None:
                 row.credentials, row.key_id = vault.encrypt(clean), vault.current_key_id
                 row.test_status, row.last_error = "PENDING", None
                 stored = clean
@@ -278,7 +299,7 @@ def delete_connection(actor: Principal, connection_id: Any, *, settings: Setting
         key = row.integration.key
         cat = catalogue or default_catalogue()
         schema = cat.get(key).credentials_schema if key in cat else {"type": "object"}
-        before = _summary(row, mask(_vault(settings).decrypt(row.credentials), schema))
+        before = _summary(row, mask(_open(row, settings) or {}, schema))
         row.delete_instance()
         audit.record(actor, "connection.deleted", "connection", connection_id, before=before)
 
@@ -325,12 +346,13 @@ def verify_connection(actor: Principal, connection_id: Any, *, settings: Setting
     settings = settings or get_settings()
     row = get_connection(actor, connection_id)
     integration = _entry(catalogue, row.integration.key)
-    credentials = _vault(settings).decrypt(row.credentials)
+    credentials = _open(row, settings)
     ctx = CheckContext(timeout=settings.http_timeout_seconds, allow_private=settings.http_allow_private,
                        settings=settings, connection_id=str(row.id),
                        tokens=ConnectionTokens(fk(row, "workspace"), settings))
     # No transaction is open during the outside call: it may take the whole timeout.
-    result = check_connection(integration, credentials, ctx)
+    result = (check_connection(integration, credentials, ctx) if credentials is not None
+              else CheckResult(FAILED, UNREADABLE))
     with database.atomic():
         row = get_connection(actor, connection_id, lock=True)
         before = {"test_status": row.test_status}

@@ -470,12 +470,14 @@ SCHEMAS.update({
     ),
     "IntegrationList": obj(["items"], items={"type": "array", "items": ref("Integration")}),
     "Connection": obj(
-        ["id", "name", "integration", "credentials", "is_active", "test_status", "last_tested_at", "last_error",
+        ["id", "name", "integration", "credentials", "credentials_readable", "is_active", "test_status", "last_tested_at", "last_error",
          "expires_at", "user_id", "created_at", "updated_at"],
         id=ID,
         name={"type": "string"},
         integration={"type": "string"},
         credentials={"type": "object", "description": "masked: every secret field as ***; never the values"},
+        credentials_readable={"type": "boolean", "description": "false: no configured key opens the stored "
+                              "credentials (sealed under a retired key); give them again"},
         is_active={"type": "boolean"},
         test_status={"type": "string", "enum": ["PENDING", "SUCCESS", "FAILED"]},
         last_tested_at=NULL_TIME,
