@@ -21,9 +21,10 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog
-from shiftflow.models.manage.access import MATRIX, ROLES
+from shiftflow.models.manage import catalog, connections
+from shiftflow.models.manage.access import MATRIX, ROLES, Principal
 from shiftflow.models.tables import webhook_secrets
+from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.audit_log import AuditLog
 from shiftflow.models.tables.dead_letters import DeadLetter
 from shiftflow.models.tables.executions import Execution
@@ -70,6 +71,11 @@ AUDITED = {
     "decideApproval": "execution.approval_decided",
     "sendEvent": "event.delivered",
     "settleEffect": "effect.settled",
+    "setToolEnabled": "tool.disabled",
+    "createConnection": "connection.created",
+    "updateConnection": "connection.updated",
+    "testConnection": "connection.tested",
+    "deleteConnection": "connection.deleted",
 }
 
 
@@ -219,9 +225,13 @@ def test_role_matrix_over_every_operation(api):
                 "effect_id",
                 "version",
                 "template_key",
+                "connection_id",
+                "artifact_id",
             )
         }
         values["step_id"] = "approve"
+        # Registry names are checked before the caller: give real ones, so the role decides.
+        values["tool_name"], values["integration_key"] = "http.request", "smtp"
         for role in ROLES:
             response = c.request(method, _url(path, values), json=_example(op), headers=a.auth(role))
             allowed = permission in MATRIX[role]
@@ -315,14 +325,21 @@ def test_every_mutation_writes_an_audit_entry(api):
         "key": "nobody-waits",
         "resumed": 0,
     }
+    assert c.put("/tools/http.request", json={"enabled": False}, headers=auth).status_code == 200
+    made = c.post("/connections", json={"integration": "http", "name": "api",
+                                        "credentials": {"auth": "bearer", "token": "t-123456", "base_url": "https://api.example.com"}}, headers=auth)
+    assert made.status_code == 201, made.text
+    assert c.patch(f"/connections/{made.json()['id']}", json={"name": "api2"}, headers=auth).status_code == 200
+    assert c.delete(f"/connections/{made.json()['id']}", headers=auth).status_code == 204
 
     actions = {e.action for e in AuditLog.select().where(AuditLog.workspace_id == a.workspace.id)}
-    # Deleting the workspace, deciding an approval and settling an effect are audited in
-    # their own tests (test_effects_settle for the last).
+    # Deleting the workspace, deciding an approval, settling an effect and testing a
+    # connection are audited in their own tests (test_effects_settle, test_api_tools).
     missing = {
         op: action
         for op, action in AUDITED.items()
-        if action not in actions and op not in ("deleteWorkspace", "decideApproval", "settleEffect")
+        if action not in actions
+        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection")
     }
     assert not missing, missing
     cancel = AuditLog.get(AuditLog.action == "execution.cancelled", AuditLog.entity_id == running["id"])
@@ -360,7 +377,13 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
     b_member = WorkspaceMember.get(workspace=b.workspace.id, user=b.users["VIEWER"].id)
     b_effect = SideEffect.create(workspace=b.workspace.id, execution=b_execution.id, step_id="first", iteration=0,
                                  kind="http", state="UNKNOWN", request_hash="0" * 64)
+    b_connection = connections.create_connection(Principal.operator(b.workspace.id), "http", "b-api",
+                                                 {"auth": "bearer", "token": "b-token-123456", "base_url": "https://api.example.com"})
+    b_artifact = Artifact.create(workspace=b.workspace.id, execution=b_execution.id, type="TEXT", name="b.txt",
+                                 url="local:2026/01/01/x/b.txt", size_bytes=1)
     b_ids = {
+        "connection_id": b_connection["id"],
+        "artifact_id": b_artifact.id,
         "workflow_id": b_workflow.id,
         "execution_id": b_execution.id,
         "member_id": b_member.id,
@@ -377,7 +400,9 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
         if not names:
             continue
         if op["x-tenant"] == "global":
-            assert path.startswith("/templates/"), f"{path} is not tenant data? only templates are global"
+            # Catalogues shared by every workspace: templates, the tool registry (a workspace's
+            # tool switch is its own row: test_api_tools), the integration catalogue.
+            assert path.startswith(("/templates/", "/tools/", "/integrations/")), f"{path} is not tenant data?"
             continue
         response = c.request(
             method, _url(path, {n: b_ids[n] for n in names}), json=_example(op), headers=auth
@@ -409,6 +434,7 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
     assert WorkspaceMember.get_or_none(WorkspaceMember.id == b_member.id) is not None
     assert DeadLetter.get_by_id(b_letter.id).replayed_at is None
     assert SideEffect.get_by_id(b_effect.id).state == "UNKNOWN"
+    assert connections.get_connection(Principal.operator(b.workspace.id), b_connection["id"]).name == "b-api"
     assert c.get(f"/executions/{b_execution.id}", headers=b.auth("VIEWER")).status_code == 200
 
 

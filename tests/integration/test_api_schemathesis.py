@@ -21,12 +21,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from shiftflow.kernel.artifacts import make_store
 from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog
+from shiftflow.models.manage import catalog, connections
+from shiftflow.models.manage.access import Principal
+from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.dead_letters import DeadLetter
 from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.side_effects import SideEffect
@@ -34,6 +37,7 @@ from shiftflow.models.tables.templates import WorkflowTemplate
 from shiftflow.models.tables.tenancy import WorkspaceMember
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import SIMPLE, fuzz, seed_tenant
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +52,7 @@ CHECKS = [
 EXAMPLES = 12
 
 
-def _seed():
+def _seed(settings: Settings):
     tenant = seed_tenant("fuzz", roles=("OWNER", "ADMIN", "MEMBER"))
     workflow = catalog.apply_definition(tenant.workspace, SIMPLE).workflow
     started = start_execution(
@@ -87,7 +91,17 @@ def _seed():
     effect = SideEffect.create(workspace=tenant.workspace.id, execution=failed.id, step_id="shape", iteration=0,
                                kind="http", state="UNKNOWN", request_hash="0" * 64)
     member = WorkspaceMember.get(workspace=tenant.workspace.id, user=tenant.users["MEMBER"].id)
+    # A mail server nobody listens on, and private addresses refused: its test fails at once.
+    connection = connections.create_connection(Principal.operator(tenant.workspace.id), "smtp", "fuzz-mail",
+                                               {"host": "127.0.0.1", "port": free_port()}, settings=settings)
+    ref = make_store(settings).put(b"fuzz bytes", "fuzz.txt", "text/plain")
+    artifact = Artifact.create(workspace=tenant.workspace.id, execution=failed.id, type="TEXT", name=ref.name,
+                               url=ref.location, size_bytes=ref.size, mime_type=ref.mime, sha256=ref.sha256)
     ids = {
+        "connection_id": connection["id"],
+        "artifact_id": str(artifact.id),
+        "tool_name": "media.image",
+        "integration_key": "smtp",
         "workflow_id": str(workflow.id),
         "version": 1,
         "execution_id": str(failed.id),
@@ -101,7 +115,7 @@ def _seed():
     return tenant, ids
 
 
-def test_openapi_document_holds_under_fuzzing(pg_url, amqp_url, mongo_url, mongo_db):
+def test_openapi_document_holds_under_fuzzing(pg_url, amqp_url, mongo_url, mongo_db, tmp_path):
     env = {
         "SHIFTFLOW_MODE": "production",
         "SHIFTFLOW_DATABASE_URL": pg_url,
@@ -113,11 +127,13 @@ def test_openapi_document_holds_under_fuzzing(pg_url, amqp_url, mongo_url, mongo
         # throttled, the rest of the run would only see 429 (tests/integration/test_auth_throttle.py).
         "SHIFTFLOW_AUTH_FAILURES_PER_ADDRESS": "0",
         "SHIFTFLOW_AUTH_FAILURES_PER_KEY": "0",
+        "SHIFTFLOW_SECRET_KEYS": "tests-secret-key-of-at-least-32-characters",
+        "SHIFTFLOW_ARTIFACT_DIR": str(tmp_path / "artifacts"),
     }
     app_settings = configure(Settings.from_env(env))
     bind_database(pg_url)
     broker = install(build_broker(app_settings, worker=False))
-    tenant, ids = _seed()
+    tenant, ids = _seed(app_settings)
     # An admin key: everything but deleting the workspace, which would end the run early.
     auth = {"Authorization": f"Bearer {tenant.keys['ADMIN']}"}
     app = create_app(app_settings, publish=lambda payload: None)

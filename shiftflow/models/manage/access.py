@@ -12,6 +12,12 @@ MEMBER   read everything but keys of others and the audit log; write workflows
 VIEWER   read only (no audit log, no API keys: listing even their own needs keys:self)
 =======  ==================================================================
 
+Connections (``connections:read``/``connections:write``): every role may list them, masked;
+only owners and admins create, change, test or delete them (a connection holds a
+workspace's secrets, and its test makes an outside call). Nobody reads the credentials back:
+no permission returns them. Enabling or disabling a tool for the workspace
+(``tools:write``) is for owners and admins too.
+
 Scopes are permission names, ``read`` (every ``*:read`` permission and ``templates:read``)
 or ``*`` (whatever the role grants). The role is looked up on every request, so demoting
 or removing a member takes effect on their keys at once.
@@ -54,6 +60,11 @@ PERMISSIONS: tuple[str, ...] = (
     "audit:read",
     "analytics:read",
     "templates:read",
+    "tools:read",
+    "tools:write",
+    "integrations:read",
+    "connections:read",
+    "connections:write",
 )
 
 #: What the ``read`` scope stands for.

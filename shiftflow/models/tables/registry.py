@@ -27,7 +27,7 @@ from shiftflow.models.tables.sideshift_orders import SideShiftOrder, SideShiftSw
 from shiftflow.models.tables.templates import WorkflowTemplate
 from shiftflow.models.tables.tenancy import ApiKey, User, Workspace, WorkspaceMember
 from shiftflow.models.tables.timeline import TimelineEvent
-from shiftflow.models.tables.tools import Tool, ToolExecution
+from shiftflow.models.tables.tools import Tool, ToolExecution, WorkspaceTool
 from shiftflow.models.tables.trigger_deliveries import TriggerDelivery
 from shiftflow.models.tables.workflow_metrics import WorkflowMetrics
 from shiftflow.models.tables.workflows import Webhook, Workflow, WorkflowVersion
@@ -56,6 +56,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Execution,
     StepExecution,
     ToolExecution,
+    WorkspaceTool,
     SideEffect,
     SideShiftSwap,
     SideShiftOrder,

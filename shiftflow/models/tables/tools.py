@@ -86,3 +86,26 @@ class ToolExecution(BaseModel):
             peewee.Check("attempt >= 1", name="chk_tool_execution_attempt"),
             peewee.Check("duration_ms IS NULL OR duration_ms >= 0", name="chk_tool_execution_duration"),
         ]
+
+
+class WorkspaceTool(BaseModel):
+    """A workspace's choice about one tool of the registry: enabled or not.
+
+    Tools come from the code (``kernel.tools.registry``), so this row holds only the
+    choice, keyed by the tool's name; no row means enabled. ``PUT /tools/{name}`` writes
+    it; a tool step of a disabled tool is refused.
+    """
+
+    workspace = peewee.ForeignKeyField(Workspace, backref="tool_settings", on_delete="CASCADE", index=False)
+    tool_name = peewee.CharField(max_length=150)
+    enabled = peewee.BooleanField(default=True)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("workspace", "tool_name"), True),)
+
+    @classmethod
+    def disabled(cls, workspace_id: object, tool_name: str) -> bool:
+        """True when the workspace has disabled the tool ``tool_name``."""
+        row = cls.get_or_none((cls.workspace == workspace_id) & (cls.tool_name == tool_name))
+        return row is not None and not row.enabled

@@ -39,12 +39,19 @@ from pymongo.errors import PyMongoError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from shiftflow.kernel.db import database
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import DefinitionError, NotFound, QueueFull, ShiftFlowError, TransientError
+from shiftflow.kernel.errors import (
+    DefinitionError,
+    NotFound,
+    QueueFull,
+    SettingsError,
+    ShiftFlowError,
+    TransientError,
+)
 from shiftflow.kernel.quota import Admission, RedisBuckets
 from shiftflow.kernel.settings import Settings
 from shiftflow.kernel.storable import unstorable
@@ -236,6 +243,7 @@ def _run_op(
     mongo: Callable[[], Any],
     throttle: AuthThrottle,
     runs: RunAdmission | None = None,
+    settings: Settings | None = None,
 ) -> Result:
     """Authenticate, validate and run one operation (in a worker thread, own DB connection)."""
     path = {k: str(v) for k, v in request.path_params.items()}
@@ -252,7 +260,7 @@ def _run_op(
         permission = op.get("x-permission")
         if permission and permission not in ("keys:self",):  # keys: decided per key (self or others)
             actor.require(permission)
-        return HANDLERS[op["operationId"]](Call(actor, path, params, body, send, mongo, runs))
+        return HANDLERS[op["operationId"]](Call(actor, path, params, body, send, mongo, runs, settings))
 
 
 def _after(result: Result) -> None:
@@ -291,6 +299,9 @@ def _classify(exc: BaseException) -> _Reject | None:
         return _Reject(409, "a concurrent change conflicted with this one; retry")
     if isinstance(exc, peewee.DataError):
         return _Reject(422, "a value is out of range for its field")
+    if isinstance(exc, SettingsError):  # e.g. no SHIFTFLOW_SECRET_KEYS to seal a connection with
+        log.error("management API: %s", exc)
+        return _unavailable(f"this deployment is not configured for it: {exc}")
     if isinstance(exc, QueueFull):  # a replay publishing into a full queue, say
         return _unavailable("the trigger queue is full, retry later")
     if isinstance(
@@ -369,7 +380,7 @@ def create_api(
             try:
                 raw = await _read_body(request) if "requestBody" in op else b""
                 result = await anyio.to_thread.run_sync(
-                    _run_op, op, request, raw, sender, mongo_fn, throttle, runs
+                    _run_op, op, request, raw, sender, mongo_fn, throttle, runs, settings
                 )
                 if result.publish:
                     await publish(result)
@@ -387,6 +398,10 @@ def create_api(
                 return _error(rejected.status, rejected.reason, rejected.headers)
             if result.status == 204:
                 return Response(status_code=204)
+            if result.stream is not None:
+                # A sync iterator: Starlette reads it in a worker thread, chunk by chunk.
+                return StreamingResponse(result.stream, status_code=result.status,
+                                         media_type=result.media_type, headers=result.headers)
             return JSONResponse(result.body, status_code=result.status)
 
         return handle

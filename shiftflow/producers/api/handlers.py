@@ -8,21 +8,25 @@ models' command and query functions, which the CLI calls too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from shiftflow.kernel.contracts import Priority, execution_id_for
 from shiftflow.kernel.enqueue import Outgoing
+from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.models.manage import (
     apikeys,
+    artifacts,
     catalog,
+    connections,
     control,
     effects,
     lifecycle,
     queries,
     replay,
     signals,
+    tools,
     workspaces,
 )
 from shiftflow.models.manage.access import Principal
@@ -45,6 +49,8 @@ class Call:
     mongo: Callable[[], Any]
     #: The workspace quotas of executions the API starts (None: not limited).
     runs: RunAdmission | None = None
+    #: The process settings (connection tests, the artifact store); None: ``get_settings()``.
+    settings: Settings | None = None
 
     def admit_run(self) -> None:
         """Count one more execution started by the caller against its workspace's quotas.
@@ -70,6 +76,10 @@ class Result:
     publish: list[Outgoing] = field(default_factory=list)
     fallback: Callable[[list[Outgoing]], Any] | None = None
     after: Callable[[], Any] | None = None
+    #: A body of bytes instead of JSON (an artifact's content): chunks, sent as they come.
+    stream: Iterator[bytes] | None = None
+    media_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _workspace(call: Call) -> Result:
@@ -345,6 +355,85 @@ def _from_template(call: Call) -> Result:
     return Result(201, _applied(applied))
 
 
+def _tools(call: Call) -> Result:
+    return Result(200, {"items": tools.list_tools(call.actor, category=call.params.get("category"))})
+
+
+def _tool(call: Call) -> Result:
+    return Result(200, tools.get_tool(call.actor, call.path["tool_name"]))
+
+
+def _set_tool(call: Call) -> Result:
+    return Result(200, tools.set_enabled(call.actor, call.path["tool_name"], call.body["enabled"]))
+
+
+def _integrations(call: Call) -> Result:
+    return Result(200, {"items": tools.list_integrations(call.actor, category=call.params.get("category"))})
+
+
+def _integration(call: Call) -> Result:
+    return Result(200, tools.get_integration(call.actor, call.path["integration_key"]))
+
+
+def _connections(call: Call) -> Result:
+    items = connections.list_connections(call.actor, integration=call.params.get("integration"),
+                                         settings=call.settings)
+    return Result(200, {"items": items})
+
+
+def _create_connection(call: Call) -> Result:
+    b = call.body
+    made = connections.create_connection(call.actor, b["integration"], b["name"], b["credentials"],
+                                         settings=call.settings)
+    return Result(201, made)
+
+
+def _connection(call: Call) -> Result:
+    row = connections.get_connection(call.actor, call.path["connection_id"])
+    return Result(200, connections.connection_dict(row, settings=call.settings))
+
+
+def _update_connection(call: Call) -> Result:
+    b = call.body
+    changed = connections.update_connection(call.actor, call.path["connection_id"], name=b.get("name"),
+                                            credentials=b.get("credentials"), is_active=b.get("is_active"),
+                                            settings=call.settings)
+    return Result(200, changed)
+
+
+def _test_connection(call: Call) -> Result:
+    return Result(200, connections.verify_connection(call.actor, call.path["connection_id"], settings=call.settings))
+
+
+def _delete_connection(call: Call) -> Result:
+    connections.delete_connection(call.actor, call.path["connection_id"], settings=call.settings)
+    return Result(204)
+
+
+def _artifacts(call: Call) -> Result:
+    return Result(200, {"items": artifacts.list_artifacts(call.actor, call.path["execution_id"])})
+
+
+def _artifact_content(call: Call) -> Result:
+    from shiftflow.kernel.artifacts import make_store
+
+    content = artifacts.open_content(call.actor, call.path["artifact_id"], make_store(call.settings or get_settings()))
+    row = content.row
+    headers = {"Content-Disposition": f'attachment; filename="{_ascii_name(row.name)}"',
+               "X-Content-Type-Options": "nosniff"}
+    if row.sha256:
+        headers["ETag"] = f'"{row.sha256}"'
+    # Always octet-stream, as the document says: served as its own type, an HTML or SVG
+    # artifact would run in the API's origin. Its MIME type is in the listing.
+    headers["X-Artifact-Mime-Type"] = _ascii_name(content.media_type)
+    return Result(200, stream=content.chunks, media_type="application/octet-stream", headers=headers)
+
+
+def _ascii_name(name: str) -> str:
+    """A file name safe inside a quoted header value."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)[:200] or "artifact"
+
+
 HANDLERS: dict[str, Callable[[Call], Result]] = {
     "getWorkspace": _workspace,
     "updateWorkspace": _rename,
@@ -381,5 +470,18 @@ HANDLERS: dict[str, Callable[[Call], Result]] = {
     "listAuditLog": _audit,
     "listTemplates": _templates,
     "createFromTemplate": _from_template,
+    "listTools": _tools,
+    "getTool": _tool,
+    "setToolEnabled": _set_tool,
+    "listIntegrations": _integrations,
+    "getIntegration": _integration,
+    "listConnections": _connections,
+    "createConnection": _create_connection,
+    "getConnection": _connection,
+    "updateConnection": _update_connection,
+    "testConnection": _test_connection,
+    "deleteConnection": _delete_connection,
+    "listArtifacts": _artifacts,
+    "getArtifactContent": _artifact_content,
 }
 HANDLERS.update({op_id: api_analytics.answer(read, Result) for op_id, read in api_analytics.HANDLERS.items()})

@@ -405,3 +405,113 @@ SCHEMAS: dict[str, Any] = {
     ),
     "TemplateList": obj(["items"], items={"type": "array", "items": ref("Template")}),
 }
+
+
+#: A tool's name (``email.send``), as the registry spells it.
+TOOL_NAME = {"type": "string", "pattern": r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$", "maxLength": 150}
+#: An integration's key (``smtp``), as the catalogue spells it.
+INTEGRATION_KEY = {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,62}$"}
+#: A connection's name, as steps refer to it.
+CONNECTION_NAME = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,99}$"}
+_LIMITS = {
+    "type": ["object", "null"],
+    "properties": {"per_second": {"type": "number"}, "per_minute": {"type": "number"}, "burst": {"type": "integer"}},
+}
+
+SCHEMAS.update({
+    "Tool": obj(
+        ["name", "description", "category", "queue", "effect", "integration", "params_schema", "result_schema",
+         "source", "enabled", "usage_count"],
+        name={"type": "string"},
+        description={"type": "string"},
+        category={"type": "string"},
+        queue={"type": "string", "description": "the per-kind queue its calls run on (tools, tools.email...)"},
+        effect={"type": "string", "enum": ["once", "repeatable"]},
+        integration={**NULL_TEXT, "description": "the integration whose connection it needs, if any"},
+        params_schema={"type": "object", "description": "JSON Schema of the step's `with`"},
+        result_schema={"type": "object", "description": "JSON Schema of its result"},
+        source={"type": "string", "description": "builtin, or the plugin's <distribution>:<entry point>"},
+        enabled={"type": "boolean", "description": "enabled for this workspace"},
+        usage_count={"type": "integer", "minimum": 0, "description": "calls made by this workspace"},
+    ),
+    "ToolList": obj(["items"], items={"type": "array", "items": ref("Tool")}),
+    # Built by hand: a property named "required" cannot be a keyword of obj().
+    "CredentialField": {
+        "type": "object",
+        "required": ["name", "required", "secret"],
+        "properties": {
+            "name": {"type": "string"},
+            "required": {"type": "boolean"},
+            "secret": {"type": "boolean", "description": "never shown again once stored (masked as ***)"},
+            "description": {"type": "string"},
+            "default": ANY,
+            "choices": {"type": "array", "items": ANY},
+        },
+    },
+    "Integration": obj(
+        ["key", "name", "description", "category", "auth_type", "credentials_schema", "secret_fields", "fields",
+         "tools", "limits", "shared_limits", "cooldown_scope", "base_url", "docs_url", "source"],
+        key={"type": "string"},
+        name={"type": "string"},
+        description={"type": "string"},
+        category={"type": "string"},
+        auth_type={"type": "string", "enum": ["OAUTH2", "API_KEY", "BASIC", "NONE"]},
+        credentials_schema={"type": "object", "description": "JSON Schema of a connection's credentials; "
+                            "secret fields carry x-secret: true"},
+        secret_fields=STRINGS,
+        fields={"type": "array", "items": ref("CredentialField")},
+        tools=STRINGS,
+        limits=_LIMITS,
+        shared_limits=_LIMITS,
+        cooldown_scope={"type": "string", "enum": ["connection", "integration"]},
+        base_url=NULL_TEXT,
+        docs_url=NULL_TEXT,
+        source={"type": "string"},
+    ),
+    "IntegrationList": obj(["items"], items={"type": "array", "items": ref("Integration")}),
+    "Connection": obj(
+        ["id", "name", "integration", "credentials", "credentials_readable", "is_active", "test_status", "last_tested_at", "last_error",
+         "expires_at", "user_id", "created_at", "updated_at"],
+        id=ID,
+        name={"type": "string"},
+        integration={"type": "string"},
+        credentials={"type": "object", "description": "masked: every secret field as ***; never the values"},
+        credentials_readable={"type": "boolean", "description": "false: no configured key opens the stored "
+                              "credentials (sealed under a retired key); give them again"},
+        is_active={"type": "boolean"},
+        test_status={"type": "string", "enum": ["PENDING", "SUCCESS", "FAILED"]},
+        last_tested_at=NULL_TIME,
+        last_error=NULL_TEXT,
+        expires_at=NULL_TIME,
+        user_id=NULL_ID,
+        created_at=TIME,
+        updated_at=TIME,
+    ),
+    "ConnectionList": obj(["items"], items={"type": "array", "items": ref("Connection")}),
+    "CheckResult": obj(
+        ["status", "test_status", "message", "retryable", "seconds", "details"],
+        status={"type": "string", "enum": ["passed", "failed", "unverified"],
+                "description": "unverified: nothing wrong found, but the service offers no harmless proof"},
+        test_status={"type": "string", "enum": ["PENDING", "SUCCESS", "FAILED"]},
+        message={"type": "string", "description": "for people; never holds a secret value"},
+        retryable={"type": "boolean", "description": "a failure that may pass later (timeout, 5xx)"},
+        seconds={"type": "number"},
+        details={"type": "object"},
+    ),
+    "ConnectionTest": obj(["connection", "result"], connection=ref("Connection"), result=ref("CheckResult")),
+    "Artifact": obj(
+        ["id", "execution_id", "step_execution_id", "type", "name", "description", "mime_type", "size_bytes",
+         "sha256", "created_at"],
+        id=ID,
+        execution_id=ID,
+        step_execution_id=NULL_ID,
+        type={"type": "string", "enum": ["SCREENSHOT", "PDF", "FILE", "IMAGE", "VIDEO", "JSON", "TEXT"]},
+        name={"type": "string"},
+        description=NULL_TEXT,
+        mime_type=NULL_TEXT,
+        size_bytes={"type": ["integer", "null"]},
+        sha256=NULL_TEXT,
+        created_at=TIME,
+    ),
+    "ArtifactList": obj(["items"], items={"type": "array", "items": ref("Artifact")}),
+})

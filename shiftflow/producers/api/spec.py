@@ -18,13 +18,16 @@ from shiftflow.models.tables.side_effects import EFFECT_STATES
 from shiftflow.producers.api import analytics as api_analytics
 from shiftflow.producers.api.schemas import (
     ANY,
+    CONNECTION_NAME,
     ID,
+    INTEGRATION_KEY,
     NULL_ID,
     NULL_TIME,
     ROLE_IN,
     SCHEMAS,
     SCOPES,
     TIME,
+    TOOL_NAME,
     closed,
     ref,
 )
@@ -44,7 +47,8 @@ _ERRORS = {
     429: "too many failed authentications from this address or for this key, or the workspace is over "
     "a quota (its run quota, or its cap of queued executions; the message names it): retry after the "
     "Retry-After seconds",
-    503: "PostgreSQL, MongoDB or RabbitMQ is unreachable, or the trigger queue is full; retry later",
+    503: "PostgreSQL, MongoDB or RabbitMQ is unreachable, or the trigger queue is full; retry later. Also "
+    "when the deployment lacks a setting the operation needs (SHIFTFLOW_SECRET_KEYS to seal a connection)",
 }
 
 
@@ -596,6 +600,156 @@ PATHS: dict[str, Any] = {
         ),
     },
 }
+
+_CREDENTIALS = {"type": "object", "description": "fields of the integration's credentials_schema "
+                "(GET /integrations/{integration_key}); secret ones are never returned"}
+
+PATHS.update({
+    "/tools": {
+        "get": _op(
+            "listTools",
+            "The tool registry (built-in and plugin tools) with their parameter and result schemas, and "
+            "whether each is enabled for this workspace",
+            "tools:read",
+            {**_ok(200, "ToolList", "tools, by name"), **_errors(422)},
+            tenant="global",
+            tags=("tools",),
+            params=[_query("category", {"type": "string", "maxLength": 100}, "only this category")],
+        ),
+    },
+    "/tools/{tool_name}": {
+        "get": _op(
+            "getTool",
+            "One tool",
+            "tools:read",
+            {**_ok(200, "Tool", "the tool"), **_errors(404)},
+            tenant="global",
+            tags=("tools",),
+            params=[_path("tool_name", TOOL_NAME)],
+        ),
+        "put": _op(
+            "setToolEnabled",
+            "Enable or disable a tool for this workspace (a disabled tool's steps are refused)",
+            "tools:write",
+            {**_ok(200, "Tool", "the tool, as the workspace now has it"), **_errors(404, *_BODY)},
+            tenant="global",
+            tags=("tools",),
+            example={"enabled": False},
+            params=[_path("tool_name", TOOL_NAME)],
+            body=closed(["enabled"], enabled={"type": "boolean"}),
+        ),
+    },
+    "/integrations": {
+        "get": _op(
+            "listIntegrations",
+            "The integration catalogue, each with the JSON Schema of the credentials a connection needs",
+            "integrations:read",
+            {**_ok(200, "IntegrationList", "integrations, by key"), **_errors(422)},
+            tenant="global",
+            tags=("integrations",),
+            params=[_query("category", {"type": "string", "maxLength": 100}, "only this category")],
+        ),
+    },
+    "/integrations/{integration_key}": {
+        "get": _op(
+            "getIntegration",
+            "One integration",
+            "integrations:read",
+            {**_ok(200, "Integration", "the integration"), **_errors(404)},
+            tenant="global",
+            tags=("integrations",),
+            params=[_path("integration_key", INTEGRATION_KEY)],
+        ),
+    },
+    "/connections": {
+        "get": _op(
+            "listConnections",
+            "The workspace's connections, by name; credentials masked",
+            "connections:read",
+            {**_ok(200, "ConnectionList", "connections"), **_errors(422)},
+            tags=("connections",),
+            params=[_query("integration", INTEGRATION_KEY, "only this integration's")],
+        ),
+        "post": _op(
+            "createConnection",
+            "Store credentials for an integration: validated against its schema (422 names the field), "
+            "encrypted at rest, never returned",
+            "connections:write",
+            {**_ok(201, "Connection", "created (credentials masked)"), **_errors(409, *_BODY)},
+            tags=("connections",),
+            example={"integration": "smtp", "name": "smtp-main",
+                     "credentials": {"host": "smtp.example.com", "username": "robot", "password": "…"}},
+            body=closed(["integration", "name", "credentials"], integration=INTEGRATION_KEY, name=CONNECTION_NAME,
+                        credentials=_CREDENTIALS),
+        ),
+    },
+    "/connections/{connection_id}": {
+        "get": _op(
+            "getConnection",
+            "One connection; credentials masked",
+            "connections:read",
+            {**_ok(200, "Connection", "the connection"), **_errors(404)},
+            tags=("connections",),
+            params=[_path("connection_id")],
+        ),
+        "patch": _op(
+            "updateConnection",
+            "Rename, (de)activate, or change credentials (merged field by field over the stored ones; "
+            "null removes a field; the result is validated again)",
+            "connections:write",
+            {**_ok(200, "Connection", "changed (credentials masked)"), **_errors(404, 409, *_BODY)},
+            tags=("connections",),
+            example={"credentials": {"password": "…"}},
+            params=[_path("connection_id")],
+            body=closed([], name=CONNECTION_NAME, credentials=_CREDENTIALS, is_active={"type": "boolean"}),
+        ),
+        "delete": _op(
+            "deleteConnection",
+            "Delete a connection; steps naming it fail from then on",
+            "connections:write",
+            {**_ok(204, None, "deleted"), **_errors(404)},
+            tags=("connections",),
+            params=[_path("connection_id")],
+        ),
+    },
+    "/connections/{connection_id}/test": {
+        "post": _op(
+            "testConnection",
+            "Prove the stored credentials with one harmless call (an SMTP login, a token request...); a "
+            "refusal is a 200 with result.status failed",
+            "connections:write",
+            {**_ok(200, "ConnectionTest", "the outcome, also stored on the connection"), **_errors(404)},
+            tags=("connections",),
+            params=[_path("connection_id")],
+        ),
+    },
+    "/executions/{execution_id}/artifacts": {
+        "get": _op(
+            "listArtifacts",
+            "The files an execution's tools made, oldest first",
+            "executions:read",
+            {**_ok(200, "ArtifactList", "artifacts"), **_errors(404)},
+            tags=("artifacts",),
+            params=[_path("execution_id")],
+        ),
+    },
+    "/artifacts/{artifact_id}/content": {
+        "get": _op(
+            "getArtifactContent",
+            "Download an artifact's bytes (read through the artifact store; its MIME type is in the listing)",
+            "executions:read",
+            {
+                "200": {
+                    "description": "the content, as an attachment",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **_errors(404),
+            },
+            tags=("artifacts",),
+            params=[_path("artifact_id")],
+        ),
+    },
+})
 
 PATHS.update(api_analytics.paths(_op, _query, _ok, _errors))
 SCHEMAS.update(api_analytics.SCHEMAS)
