@@ -6,6 +6,7 @@ bad input fails the step naming the field, with nothing sent."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -44,11 +45,10 @@ def smtp(cert: SelfSigned) -> Iterator[SmtpServer]:
     server.stop()
 
 
-@pytest.fixture
-def engine(real_env: dict[str, str], tmp_path: Any) -> Iterator[Any]:
+@contextlib.contextmanager
+def _engine(env: dict[str, str]) -> Iterator[Any]:
     """A worker consuming every queue (tools.email included) and the timer loop (a thread:
     in a pool it is a Dramatiq fork, which an in-process worker does not start)."""
-    env = {**real_env, "SHIFTFLOW_ARTIFACT_DIR": str(tmp_path / "artifacts")}
     with worker(env, threads=4):
         stop = threading.Event()
         loop = threading.Thread(target=timers.run_loop, args=(stop, 0.05), daemon=True)
@@ -58,6 +58,12 @@ def engine(real_env: dict[str, str], tmp_path: Any) -> Iterator[Any]:
         finally:
             stop.set()
             loop.join(10)
+
+
+@pytest.fixture
+def engine(real_env: dict[str, str], tmp_path: Any) -> Iterator[Any]:
+    with _engine({**real_env, "SHIFTFLOW_ARTIFACT_DIR": str(tmp_path / "artifacts")}) as workspace:
+        yield workspace
 
 
 def _workflow(workspace: Any, name: str, *steps: dict[str, Any]) -> Any:
@@ -197,3 +203,34 @@ def test_bad_definitions_are_refused_when_applied(engine):
         _workflow(engine, "typo", {**MAIL, "tool": "email.sendd"})
     with pytest.raises(DefinitionError, match=r"steps\[0\]\.with\.to: 'x' is not an email"):
         _workflow(engine, "static", {**MAIL, "with": {**MAIL["with"], "to": "x"}})
+
+
+def test_the_integrations_shared_rate_limit_parks_calls_over_it(real_env, tmp_path):
+    """Slack limited to one call a second (burst 1) for the deployment: three notifications
+    started together are spread out by parks, none refused, none sent at once."""
+    times: list[float] = []
+
+    def hook(handler: Any) -> tuple[int, dict[str, str], bytes]:
+        times.append(time.monotonic())
+        return 200, {"Content-Type": "text/plain"}, b"ok"
+
+    chat = PageServer({"/hook": hook})
+    env = {**real_env, "SHIFTFLOW_ARTIFACT_DIR": str(tmp_path / "a"), "SHIFTFLOW_INTEGRATION_LIMITS": "slack=1/s:1"}
+    waits = REGISTRY.get_sample_value("shiftflow_rate_limit_waits_total", {"integration": "slack"}) or 0.0
+    try:
+        with _engine(env) as workspace:
+            store_connection(workspace.id, "slack", "team-chat", {"webhook_url": chat.url + "/hook"})
+            workflow = _workflow(workspace, "chat", {"id": "note", "type": "tool", "tool": "notify.chat",
+                                                     "connection": "team-chat", "with": {"text": "hi"}})
+            for n in range(3):
+                send("triggers.start", TriggerPayload(workflow_id=str(workflow.id), dedup_key=f"k{n}",
+                                                      source="manual", data={}))
+            executions = [_run(workflow, f"k{n}", {}) for n in range(3)]
+    finally:
+        chat.close()
+
+    assert [e.status for e in executions] == ["SUCCEEDED"] * 3
+    assert len(times) == 3 and times[2] - times[0] >= 1.5, times  # one a second, not all at once
+    assert (REGISTRY.get_sample_value("shiftflow_rate_limit_waits_total", {"integration": "slack"}) or 0) > waits
+    parked = [_step(e, "note") for e in executions if _step(e, "note").retry_count > 0]
+    assert parked and all("slack rate limit is reached (not called)" in _calls(s)[0].error for s in parked)

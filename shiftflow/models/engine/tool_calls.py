@@ -6,7 +6,10 @@ the input with secrets masked) and the message's queue job (RUNNING); a worker k
 during the call leaves both RUNNING, so what it was doing stays visible. ``ToolCall.run``
 checks the rendered parameters against the tool's schema (``steps[3].with.to: ...``),
 hands the tool the decrypted credentials of the step's ``connection`` (only that one, only
-in this worker, of the execution's own workspace) and calls it.
+in this worker, of the execution's own workspace) and calls it. A connection of a catalogue
+integration is held to its rate limits (``kernel.integrations.ratelimit``): a limit
+reached, or a 429 that starts a cool-down, is ``RateLimited`` with the seconds to wait,
+which the step loop turns into a durable park.
 
 The outcome (status, output or error, duration; the job's status and timings) is written
 by ``ToolCall.finished`` *inside* the transaction that records the step's result, so the
@@ -32,7 +35,8 @@ from dramatiq.middleware import CurrentMessage
 from shiftflow.kernel.artifacts import ArtifactStore, make_store
 from shiftflow.kernel.contracts import Queue
 from shiftflow.kernel.definition import Step
-from shiftflow.kernel.errors import ToolError
+from shiftflow.kernel.errors import RateLimited, ToolError
+from shiftflow.kernel.integrations import ratelimit
 from shiftflow.kernel.integrations.catalogue import default_catalogue
 from shiftflow.kernel.integrations.connections import tool_credentials
 from shiftflow.kernel.integrations.oauth2 import OAuth2Client, TokenSet, merge_tokens
@@ -111,7 +115,17 @@ def _oauth2(timeout: float, allow_private: bool) -> OAuth2Client:
     return OAuth2Client(timeout=timeout, allow_private=allow_private)
 
 
-def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: Settings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Resolved:
+    """A step's connection, ready for its tool: the credentials, and the catalogue
+    integration and connection id its rate limits are kept under (None: no limits apply)."""
+
+    credentials: dict[str, Any]
+    integration: str | None = None
+    connection_id: str | None = None
+
+
+def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: Settings) -> Resolved:
     """The decrypted credentials of the workspace connection ``name``, shaped for ``tool``.
 
     Raises:
@@ -119,7 +133,7 @@ def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: S
             integration the tool does not take (``connection: ...``, never a value).
     """
     if not name:
-        return {}
+        return Resolved({})
     row = Connection.get_or_none((Connection.workspace == workspace_id) & (Connection.name == name)
                                  & (Connection.is_active == True))  # noqa: E712 - peewee expression
     if row is None:
@@ -129,11 +143,12 @@ def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: S
     catalogue = default_catalogue()
     if key not in catalogue:
         # A custom integration (``store_connection``): its credentials pass as they are.
-        return dict(credentials)
+        return Resolved(dict(credentials))
     integration = catalogue.check_tool(tool.name, key)
-    return tool_credentials(integration, tool.name, str(row.id), credentials,
-                            oauth2=_oauth2(settings.http_timeout_seconds, settings.http_allow_private),
-                            store=_ConnectionTokens(settings))
+    shaped = tool_credentials(integration, tool.name, str(row.id), credentials,
+                              oauth2=_oauth2(settings.http_timeout_seconds, settings.http_allow_private),
+                              store=_ConnectionTokens(settings))
+    return Resolved(shaped, key, str(row.id))
 
 
 def _current_message() -> Any:
@@ -168,16 +183,31 @@ class ToolCall:
         self.tool.validate(params, where=self.where)
         execution, step_row = self.claim.execution, self.claim.step
         assert step_row is not None
+        connection = credentials_for(execution.workspace_id, self.step.connection, self.tool, self.settings)
+        if connection.integration is not None and connection.connection_id is not None:
+            # The integration's rate limits, shared by every worker (docs/integrations.md).
+            wait = ratelimit.acquire(connection.integration, connection.connection_id)
+            if wait:
+                raise RateLimited(f"connection {self.step.connection!r}: the {connection.integration} rate limit "
+                                  f"is reached (not called)", retry_after=wait)
         ctx = ToolContext(
             artifacts=artifact_store(self.settings),
-            credentials=credentials_for(execution.workspace_id, self.step.connection, self.tool, self.settings),
+            credentials=connection.credentials,
             limits=ToolLimits.from_settings(self.settings),
             allow_private=self.settings.http_allow_private,
             # Stable across retries of this step (an email's Message-ID lets the far side de-duplicate).
             idempotency_key=f"{execution.id}.{step_row.step_id}.{step_row.iteration}",
             settings=self.settings,
         )
-        result: dict[str, Any] = scrub(self.tool.call(params, ctx))
+        try:
+            answer = self.tool.call(params, ctx)
+        except RateLimited as exc:
+            if connection.integration is None or connection.connection_id is None:
+                raise
+            # Every worker's next call on this connection (or integration) waits out the cool-down.
+            wait = ratelimit.cool_down(connection.integration, connection.connection_id, exc)
+            raise RateLimited(str(exc), retry_after=wait) from None
+        result: dict[str, Any] = scrub(answer)
         return result
 
     def finished(self, status: str, *, output: Any = None, error: str | None = None, retrying: bool = False) -> None:
