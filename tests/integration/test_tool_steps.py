@@ -234,3 +234,35 @@ def test_the_integrations_shared_rate_limit_parks_calls_over_it(real_env, tmp_pa
     assert (REGISTRY.get_sample_value("shiftflow_rate_limit_waits_total", {"integration": "slack"}) or 0) > waits
     parked = [_step(e, "note") for e in executions if _step(e, "note").retry_count > 0]
     assert parked and all("slack rate limit is reached (not called)" in _calls(s)[0].error for s in parked)
+
+
+def test_the_http_step_and_the_http_request_tool_park_on_a_503_with_retry_after(engine):
+    """The old ``http`` step (kept) and the same call as a ``tool`` step: a 503 asking for a
+    second is waited out with a durable timer, then the call succeeds."""
+    times: dict[str, list[float]] = {"/a": [], "/b": []}
+
+    def route(handler: Any) -> tuple[int, dict[str, str], bytes]:
+        seen = times[handler.path]
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            return 503, {"Retry-After": "1", "Content-Type": "text/plain"}, b"busy"
+        return 200, {"Content-Type": "application/json"}, b'{"ok": true}'
+
+    service = PageServer({"/a": route, "/b": route})
+    try:
+        workflow = _workflow(engine, "http", {"id": "old", "type": "http", "with": {"url": service.url + "/a"}},
+                             {"id": "new", "type": "tool", "tool": "http.request",
+                              "with": {"url": service.url + "/b", "method": "POST", "json": {"n": 1}}})
+        execution = _run(workflow, "h1", {})
+    finally:
+        service.close()
+
+    assert execution.status == "SUCCEEDED", execution.error
+    for path in ("/a", "/b"):
+        assert len(times[path]) == 2 and times[path][1] - times[path][0] >= 1.0, times
+    assert _step(execution, "old").output == {"status": 200, "json": {"ok": True}}
+    assert _step(execution, "old").retry_count == 1
+    new = _step(execution, "new")
+    assert new.output == {"status": 200, "json": {"ok": True}} and new.retry_count == 1
+    assert [c.status for c in _calls(new)] == ["FAILED", "SUCCEEDED"]
+    assert _calls(_step(execution, "old")) == []  # the http step keeps its old records only

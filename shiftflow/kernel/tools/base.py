@@ -111,8 +111,8 @@ class ToolContext:
         credentials: the connection's secrets, decrypted, as a plain dict (empty: no connection).
         limits: timeouts and size limits.
         allow_private: let outside calls reach loopback/private addresses (dev mode, tests).
-        idempotency_key: stable across retries of one call (the engine passes the tool
-            execution's id); tools with ``effect: once`` put it where the far side can
+        idempotency_key: stable across retries of one call (the engine passes
+            ``<execution id>.<step id>.<iteration>``); tools with ``effect: once`` put it where the far side can
             de-duplicate (an email's Message-ID).
         settings: the process settings, for tools that need a path (chromium, ffmpeg); None
             means the tool's defaults.
