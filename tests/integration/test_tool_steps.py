@@ -266,3 +266,45 @@ def test_the_http_step_and_the_http_request_tool_park_on_a_503_with_retry_after(
     assert new.output == {"status": 200, "json": {"ok": True}} and new.retry_count == 1
     assert [c.status for c in _calls(new)] == ["FAILED", "SUCCEEDED"]
     assert _calls(_step(execution, "old")) == []  # the http step keeps its old records only
+
+
+def test_screenshot_thumbnail_email_and_chat_each_run_on_their_own_queue(engine, smtp, cert):
+    """A local page screenshotted in headless Chromium (``tools.browser``), the screenshot
+    thumbnailed (``tools.media``), emailed as an attachment (``tools.email``) and announced
+    in a chat (``tools``): every tool kind through its own actor, the artifacts passed on."""
+    page = PageServer({"/page": (200, {"Content-Type": "text/html"},
+                                 b"<html><body style='background:#0a0'><h1>Hello</h1></body></html>"),
+                       "/hook": (200, {"Content-Type": "text/plain"}, b"ok")})
+    try:
+        store_connection(engine.id, "smtp", "smtp-main", smtp.credentials(cert))
+        store_connection(engine.id, "slack", "team-chat", {"webhook_url": page.url + "/hook"})
+        workflow = _workflow(
+            engine, "pipeline",
+            {"id": "shot", "type": "tool", "tool": "browser.screenshot",
+             "with": {"url": page.url + "/page", "width": 640, "height": 480}},
+            {"id": "thumb", "type": "tool", "tool": "media.image",
+             "with": {"input": "{{ steps.shot.output.artifact }}", "operation": "thumbnail", "width": 160,
+                      "height": 160, "format": "png", "name": "thumb.png"}},
+            {"id": "mail", "type": "tool", "tool": "email.send", "connection": "smtp-main",
+             "with": {"to": "ann@example.com", "subject": "Your screenshot", "text": "Attached.",
+                      "attachments": [{"artifact": "{{ steps.thumb.output.artifact }}"}]}},
+            {"id": "note", "type": "tool", "tool": "notify.chat", "connection": "team-chat",
+             "with": {"text": "sent {{ steps.mail.output.message_id }}"}})
+        execution = _run(workflow, "p1", {}, timeout=90)
+    finally:
+        page.close()
+
+    assert execution.status == "SUCCEEDED", execution.error
+    assert _step(execution, "thumb").output["width"] <= 160
+    [(_, message)] = smtp.handler.messages
+    [attachment] = list(message.iter_attachments())
+    assert attachment.get_content_type() == "image/png" and attachment.get_content()[:4] == b"\x89PNG"
+    assert page.hits.count("/hook") == 1
+    queues = {job.data["step_id"]: (job.queue, job.actor, job.status) for job in _jobs(execution)}
+    assert queues == {"shot": ("tools.browser", "tools.browser", "SUCCEEDED"),
+                      "thumb": ("tools.media", "tools.media", "SUCCEEDED"),
+                      "mail": ("tools.email", "tools.email", "SUCCEEDED"),
+                      "note": ("tools", "tools.call", "SUCCEEDED")}
+    calls = ToolExecution.select().where(ToolExecution.execution == execution.id)
+    assert sorted(c.queue for c in calls) == ["tools", "tools.browser", "tools.email", "tools.media"]
+    assert all(c.status == "SUCCEEDED" for c in calls)

@@ -54,6 +54,9 @@ from shiftflow.models.tables.tools import ToolExecution
 #: Longest error text kept on a tool execution or a job row.
 MAX_ERROR_CHARS = 4000
 
+#: The error of a tool execution whose worker died during the call.
+ABANDONED = "abandoned: the worker died during the call (the step was taken over)"
+
 #: Catalogue categories of the ``tool`` table by registry category (the rest: GENERAL).
 _CATEGORIES = {"email": "EMAIL", "browser": "BROWSER", "media": "FILE", "http": "API", "notify": "SOCIAL"}
 
@@ -239,6 +242,10 @@ def prepare(claim: runs.Claim, step: Step, stored_input: Any, settings: Settings
     with runs.transaction():
         row = catalogue_row(tool)
         step_row, execution, now = claim.step, claim.execution, utcnow()
+        # A RUNNING row of this step is an attempt whose worker died mid-call (this claim
+        # took the step over from a holder that is gone): it ended, without an answer.
+        ToolExecution.update(status="FAILED", error=ABANDONED, completed_at=now).where(
+            (ToolExecution.step_execution == step_row.id) & (ToolExecution.status == "RUNNING")).execute()
         attempt = ToolExecution.select().where(ToolExecution.step_execution == step_row.id).count() + 1
         record = ToolExecution.create(workspace=execution.workspace_id, tool=row.id, execution=execution.id,
                                       step_execution=step_row.id, attempt=attempt, queue=tool.queue,
