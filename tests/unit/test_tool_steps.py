@@ -77,3 +77,49 @@ def test_the_http_step_keeps_working():
     definition = validate(_definition({"id": "h", "type": "http", "with": {"url": "http://x"}}))
     check_runnable(definition)
     assert definition.step("h").actor == "tools.call" and definition.step("h").effect == "repeatable"
+
+
+@pytest.fixture
+def dev_engine(tmp_path: Any) -> Any:
+    """Dev mode: SQLite and the in-process broker (no worker: the test drives the steps)."""
+    from shiftflow.kernel.db import bind_database
+    from shiftflow.kernel.settings import Settings, configure
+    from shiftflow.models.tables.registry import create_all
+
+    settings = configure(Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_DATA_DIR": str(tmp_path),
+                                            "SHIFTFLOW_HTTP_ALLOW_PRIVATE": "true"}))
+    db = bind_database(settings.database_url)
+    create_all(db)
+    yield settings
+    db.close()
+
+
+def test_an_attempt_left_running_by_a_dead_worker_is_closed_when_the_step_is_taken_over(dev_engine, json_service):
+    from shiftflow.kernel.contracts import StepPayload, TriggerPayload
+    from shiftflow.models.engine import tool_calls
+    from shiftflow.models.engine.run_step import run_step
+    from shiftflow.models.engine.runs import claim_step
+    from shiftflow.models.engine.start import start_execution
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables.executions import StepExecution
+    from shiftflow.models.tables.tools import ToolExecution
+
+    workflow = catalog.apply_definition(catalog.ensure_workspace("t"), {"name": "w", "steps": [
+        {"id": "post", "type": "tool", "tool": "http.request",
+         "with": {"method": "POST", "url": json_service.url + "/echo", "json": {"n": "{{ trigger.n }}"}}}]}).workflow
+    started = start_execution(TriggerPayload(str(workflow.id), "k", "test", {"n": 7}))
+    assert started.execution is not None
+    payload = StepPayload(str(started.execution.id), "post")
+    # A delivery that claimed the step, wrote its RUNNING attempt, and died mid-call.
+    claim = claim_step(payload, delivery_limit=5)
+    assert claim.step is not None
+    tool_calls.prepare(claim, claim.definition.step("post"), {"method": "POST"}, dev_engine)
+
+    run_step(payload)  # the next delivery takes the step over (its holder is gone)
+
+    step = StepExecution.get(StepExecution.step_id == "post")
+    assert step.status == "SUCCEEDED", step.error
+    first, second = ToolExecution.select().order_by(ToolExecution.attempt)
+    assert (first.attempt, first.status, first.error) == (1, "FAILED", tool_calls.ABANDONED)
+    assert (second.attempt, second.status, second.input) == (2, "SUCCEEDED", {"method": "POST", "url": json_service.url + "/echo", "json": {"n": 7}})
+    assert second.output["status"] == 200
