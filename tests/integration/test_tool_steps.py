@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pymongo
 import pytest
 from prometheus_client import REGISTRY
 
@@ -19,9 +20,11 @@ from shiftflow.consumers import timers
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.enqueue import send
 from shiftflow.kernel.errors import DefinitionError
+from shiftflow.kernel.mongo import INTEGRATION_USAGE
 from shiftflow.models.engine.connection_secrets import store_connection
 from shiftflow.models.manage import catalog
 from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.integrations import Connection
 from shiftflow.models.tables.queue_jobs import QueueJob
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.tools import Tool as ToolRow
@@ -234,6 +237,14 @@ def test_the_integrations_shared_rate_limit_parks_calls_over_it(real_env, tmp_pa
     assert (REGISTRY.get_sample_value("shiftflow_rate_limit_waits_total", {"integration": "slack"}) or 0) > waits
     parked = [_step(e, "note") for e in executions if _step(e, "note").retry_count > 0]
     assert parked and all("slack rate limit is reached (not called)" in _calls(s)[0].error for s in parked)
+    # One integration_usage document per call (the worker flushed them when it stopped),
+    # under the integration and the connection.
+    with pymongo.MongoClient(real_env["SHIFTFLOW_MONGO_URL"]) as client:
+        usage = list(client[real_env["SHIFTFLOW_MONGO_DB"]][INTEGRATION_USAGE].find({"integrationId": "slack"}))
+    connection = str(Connection.get(Connection.name == "team-chat").id)
+    assert {u["connectionId"] for u in usage} == {connection} and {u["action"] for u in usage} == {"notify.chat"}
+    assert sum(u["success"] for u in usage) == 3
+    assert sum(u["rateLimit"] for u in usage) == len(usage) - 3 == sum(s.retry_count for s in parked)
 
 
 def test_the_http_step_and_the_http_request_tool_park_on_a_503_with_retry_after(engine):

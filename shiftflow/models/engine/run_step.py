@@ -109,17 +109,18 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
         # the lease is no longer renewed and the step goes to whoever comes next.
         holders.set_deadline(token, step.timeout + leases.lease_seconds() if step.timeout else None)
         # A tool step's call is recorded as a tool execution and a queue job (``tool_calls``).
-        name = step.type
+        name, integration, connection_id = step.type, None, None
         if step.type == "tool":
             tool_call = tool_calls.prepare(claim, step, stored, settings)
-            name = tool_call.tool.name
+            name, integration, connection_id = tool_call.tool.name, tool_call.integration, tool_call.connection_id
             work: Callable[[], Any] = lambda: tool_call.run(inputs, scrub)  # noqa: E731
         else:
             work = lambda: call_tool(step, inputs, settings, scrub)  # noqa: E731
         # An outside service may echo a secret it was sent: scrub before anything stores it
         # (the effect ledger's result included); the tool masks its own error messages
         # before it shortens them (a secret cut in two would escape a mask applied after).
-        call = lambda: scrub(observed_call(name, step.id, inputs, claim.execution, work))  # noqa: E731
+        call = lambda: scrub(observed_call(name, step.id, inputs, claim.execution, work,  # noqa: E731
+                                           integration=integration, connection_id=connection_id))
         output = call_once.call_once(claim, stored, call, kind=name) if step.effect == "once" else call()
         holders.set_deadline(token, None)  # the answer is in: recording may take as long as it takes
     except call_once.OutcomeUnknown as exc:

@@ -137,8 +137,7 @@ def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: S
     """
     if not name:
         return Resolved({})
-    row = Connection.get_or_none((Connection.workspace == workspace_id) & (Connection.name == name)
-                                 & (Connection.is_active == True))  # noqa: E712 - peewee expression
+    row = _connection_row(workspace_id, name)
     if row is None:
         raise ToolError(f"connection: no active connection {name!r} in this workspace")
     key = row.integration.key
@@ -168,6 +167,9 @@ class ToolCall:
     record_id: Any
     settings: Settings
     job_id: str | None = None
+    #: The step's connection: its id and its integration's key (None: no connection).
+    connection_id: str | None = None
+    integration: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -252,7 +254,19 @@ def prepare(claim: runs.Claim, step: Step, stored_input: Any, settings: Settings
                                       status="RUNNING", input=runs.masked(stored_input), created_at=now,
                                       started_at=now)
         job_id = _job_started(message, claim, step, tool, now)
-    return ToolCall(claim, step, tool, record.id, settings, job_id)
+    found = _connection_row(execution.workspace_id, step.connection)
+    connection_id, integration = (str(found.id), found.integration.key) if found is not None else (None, None)
+    return ToolCall(claim, step, tool, record.id, settings, job_id, connection_id=connection_id,
+                    integration=integration)
+
+
+def _connection_row(workspace_id: Any, name: str | None) -> Connection | None:
+    if not name:
+        return None
+    row: Connection | None = Connection.get_or_none(
+        (Connection.workspace == workspace_id) & (Connection.name == name)
+        & (Connection.is_active == True))  # noqa: E712 - peewee expression
+    return row
 
 
 def _job_started(message: Any, claim: runs.Claim, step: Step, tool: Tool, now: Any) -> str | None:
