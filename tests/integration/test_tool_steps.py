@@ -184,7 +184,9 @@ def test_rendered_parameters_failing_the_schema_fail_the_step_naming_the_field(e
     assert smtp.handler.messages == []
 
 
-def test_a_missing_connection_fails_the_step_naming_it(engine, smtp):
+def test_a_missing_or_foreign_connection_fails_the_step_naming_it(engine, smtp, cert):
+    # Another workspace's connection of that name is not this workspace's.
+    store_connection(catalog.ensure_workspace("other").id, "smtp", "nope", smtp.credentials(cert))
     workflow = _workflow(engine, "no-conn", {**MAIL, "connection": "nope"})
     execution = _run(workflow, "n1", {"to": "ann@example.com", "order": "1", "who": "x"})
 
@@ -319,3 +321,16 @@ def test_screenshot_thumbnail_email_and_chat_each_run_on_their_own_queue(engine,
     calls = ToolExecution.select().where(ToolExecution.execution == execution.id)
     assert sorted(c.queue for c in calls) == ["tools", "tools.browser", "tools.email", "tools.media"]
     assert all(c.status == "SUCCEEDED" for c in calls)
+
+
+def test_a_disabled_tool_fails_its_step_and_calls_nothing(engine, smtp, cert):
+    store_connection(engine.id, "smtp", "smtp-main", smtp.credentials(cert))
+    workflow = _workflow(engine, "off", MAIL)
+    assert _run(workflow, "on", {"to": "ann@example.com", "order": "1", "who": "x"}).status == "SUCCEEDED"
+    ToolRow.update(enabled=False).where(ToolRow.name == "email.send").execute()
+
+    execution = _run(workflow, "off", {"to": "ann@example.com", "order": "2", "who": "x"})
+
+    assert execution.status == "FAILED"
+    assert _step(execution, "mail").error == "tool: email.send is disabled (enable it in the tool catalogue)"
+    assert _calls(_step(execution, "mail")) == [] and len(smtp.handler.messages) == 1

@@ -237,12 +237,15 @@ def prepare(claim: runs.Claim, step: Step, stored_input: Any, settings: Settings
 
     Raises:
         UnknownTool: the tool is not registered here.
+        ToolError: the tool is disabled in the catalogue (``tool.enabled``); nothing written.
     """
     assert claim.step is not None
     tool = tool_of(step)
     message = _current_message()
     with runs.transaction():
         row = catalogue_row(tool)
+        if not row.enabled:
+            raise ToolError(f"tool: {tool.name} is disabled (enable it in the tool catalogue)")
         step_row, execution, now = claim.step, claim.execution, utcnow()
         # A RUNNING row of this step is an attempt whose worker died mid-call (this claim
         # took the step over from a holder that is gone): it ended, without an answer.
