@@ -1,4 +1,6 @@
-"""Step actors: cheap steps on ``steps``, outside calls on ``tools``; both run one step."""
+"""Step actors: cheap steps on ``steps``, outside calls on ``tools`` and the per-kind tool
+queues (``tools.email``, ``tools.browser``, ``tools.media``: a tool step goes to the queue
+its tool declares), model calls on ``llm``. Each runs one step."""
 
 from __future__ import annotations
 
@@ -22,4 +24,29 @@ def run(payload: dict[str, Any]) -> None:
 @actor("tools.call")
 def call(payload: dict[str, Any]) -> None:
     """Run a step that calls an outside tool, then publish the steps that became ready."""
+    send_all(run_step(decode(StepPayload, payload)))
+
+
+@actor("tools.email")
+def email(payload: dict[str, Any]) -> None:
+    """Run a tool step whose tool sends email (its own pool: SMTP servers are slow)."""
+    send_all(run_step(decode(StepPayload, payload)))
+
+
+@actor("tools.browser")
+def browser(payload: dict[str, Any]) -> None:
+    """Run a tool step whose tool drives the headless browser (a memory-hungry pool)."""
+    send_all(run_step(decode(StepPayload, payload)))
+
+
+@actor("tools.media")
+def media(payload: dict[str, Any]) -> None:
+    """Run a tool step whose tool converts images, audio or video."""
+    send_all(run_step(decode(StepPayload, payload)))
+
+
+@actor("llm.call")
+def llm(payload: dict[str, Any]) -> None:
+    """Run a model-call step. No step type routes here yet: a message that does reach it
+    runs its step like any other, which fails naming the step type it cannot run."""
     send_all(run_step(decode(StepPayload, payload)))

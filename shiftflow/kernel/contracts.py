@@ -29,6 +29,10 @@ class Queue:
 
     ALL = (TRIGGERS, STEPS, TOOLS, TOOLS_BROWSER, TOOLS_MEDIA, TOOLS_EMAIL, LLM, SIDESHIFT)
 
+    #: The actor that runs a tool step on each per-kind queue (a tool declares its queue).
+    TOOL_ACTORS = {TOOLS: "tools.call", TOOLS_EMAIL: "tools.email", TOOLS_BROWSER: "tools.browser",
+                   TOOLS_MEDIA: "tools.media"}
+
 
 class Priority(IntEnum):
     """Execution priorities mapped onto RabbitMQ message priority."""
@@ -100,7 +104,7 @@ class TriggerPayload:
 
 @dataclass(frozen=True)
 class StepPayload:
-    """``steps.run`` and ``tools.call``: run one step of one execution (idempotent)."""
+    """``steps.run``, ``tools.*`` and ``llm.call``: run one step of one execution (idempotent)."""
 
     execution_id: str
     step_id: str
@@ -122,7 +126,12 @@ ACTORS: dict[str, ActorSpec] = {
     for spec in (
         ActorSpec("triggers.start", Queue.TRIGGERS, TriggerPayload, "create the execution once, enqueue first steps"),
         ActorSpec("steps.run", Queue.STEPS, StepPayload, "run a cheap step (condition, transform)"),
-        ActorSpec("tools.call", Queue.TOOLS, StepPayload, "run a step that calls an outside tool (HTTP)"),
+        ActorSpec("tools.call", Queue.TOOLS, StepPayload, "run a step that calls an outside tool (HTTP, chat)"),
+        ActorSpec("tools.email", Queue.TOOLS_EMAIL, StepPayload, "run a tool step whose tool sends email (SMTP)"),
+        ActorSpec("tools.browser", Queue.TOOLS_BROWSER, StepPayload,
+                  "run a tool step whose tool drives the headless browser"),
+        ActorSpec("tools.media", Queue.TOOLS_MEDIA, StepPayload, "run a tool step whose tool converts media"),
+        ActorSpec("llm.call", Queue.LLM, StepPayload, "run a model-call step (none exists yet: such a step fails)"),
         ActorSpec("sideshift.order", Queue.SIDESHIFT, StepPayload,
                   "run a SideShift swap step: place its order once, or poll it when its timer fires"),
         ActorSpec("sideshift.poll", Queue.SIDESHIFT, StepPayload, "poll an order that no active step follows"),

@@ -14,7 +14,9 @@ failed. ``wait`` is a durable timer, ``wait_event`` and ``approval`` wait for an
 signal (with a ``timeout``), ``event`` sends one (to the ``wait_event`` steps of the
 workspace waiting for its key: a webhook-triggered workflow with one ``event`` step is how
 a signed webhook resumes a waiting execution), ``workflow`` runs a sub-workflow and waits
-for its result.
+for its result. A ``tool`` step calls a registered tool (``tool: email.send``) with
+``with`` as its parameters and, when it names one, the credentials of a workspace
+``connection``; it runs on the queue its tool declares (``tools.email``...).
 
 Errors name the path and the problem, e.g. ``steps[2].retry.max: must be >= 0``.
 """
@@ -45,12 +47,16 @@ STEP_ACTORS: dict[str, str] = {
     "event": "steps.run",
     "workflow": "steps.run",
     "http": "tools.call",
+    # The actor of a tool step follows its tool's queue (``Step.actor``); this is the fallback.
+    "tool": "tools.call",
     "price": "tools.call",
     "sideshift_swap": "sideshift.order",
 }
 
 #: Step types whose inputs may reference ``secrets.*``: they send them and store them masked
 #: (``kernel.runnable`` refuses a reference anywhere else; the engine gives it no value).
+#: A ``tool`` step is not one: its credentials come from its ``connection``, handed to the
+#: tool alone, never rendered into parameters that are stored and may be echoed.
 SECRET_STEP_TYPES = frozenset({"http"})
 
 #: Step types whose work is pure and cheap: they may run inline, in the same message as
@@ -99,6 +105,8 @@ SCHEMA: dict[str, Any] = {
                     "id": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,99}$"},
                     "type": {"enum": sorted(STEP_ACTORS)},
                     "name": {"type": "string"},
+                    "tool": {"type": "string", "minLength": 1, "maxLength": 150},
+                    "connection": {"type": "string", "minLength": 1, "maxLength": 200},
                     "with": {"type": "object"},
                     "needs": _IDS,
                     "join": {"enum": ["all", "any"]},
@@ -162,10 +170,15 @@ class Step:
     concurrency: int = 10
     on_timeout: str = "fail"
     effect: str = "repeatable"
+    #: A ``tool`` step's tool name and the workspace connection it uses (if any).
+    tool: str | None = None
+    connection: str | None = None
 
     @property
     def actor(self) -> str:
-        """The actor that runs this step."""
+        """The actor that runs this step: a tool step's follows its tool's queue."""
+        if self.type == "tool" and self.tool:
+            return _tool_actor(self.tool)
         return STEP_ACTORS[self.type]
 
     @property
@@ -210,6 +223,24 @@ class Definition:
         """(limit, key template) when the workflow limits concurrent executions."""
         spec = self.raw.get("concurrency")
         return (int(spec["limit"]), str(spec.get("key", ""))) if spec else None
+
+
+def _tool_actor(name: str) -> str:
+    """The actor of the queue tool ``name`` runs on; ``tools.call`` for an unknown tool
+    (a plugin uninstalled since the version was applied), where its step fails by name."""
+    from shiftflow.kernel.contracts import Queue
+    from shiftflow.kernel.tools.registry import default_registry
+
+    registry = default_registry()
+    return Queue.TOOL_ACTORS.get(registry.get(name).queue, "tools.call") if name in registry else "tools.call"
+
+
+def _tool_effect(name: str) -> str:
+    """The effect tool ``name`` declares (``email.send``: once), the default of its steps."""
+    from shiftflow.kernel.tools.registry import default_registry
+
+    registry = default_registry()
+    return registry.get(name).effect if name in registry else "repeatable"
 
 
 def _path(error: jsonschema.ValidationError) -> str:
@@ -305,6 +336,11 @@ def validate(data: Mapping[str, Any]) -> Definition:
                 raise DefinitionError(
                     f"steps[{index}].needs: unknown step {need!r} (a step may only need steps listed before it)"
                 )
+        if item["type"] == "tool" and not item.get("tool"):
+            raise DefinitionError(f"steps[{index}].tool: a tool step names its tool (tool: email.send)")
+        for key in ("tool", "connection"):
+            if key in item and item["type"] != "tool":
+                raise DefinitionError(f"steps[{index}].{key}: only tool steps have a {key}")
         retry = item.get("retry", {})
         steps.append(
             Step(
@@ -323,7 +359,9 @@ def validate(data: Mapping[str, Any]) -> Definition:
                 for_each=item.get("for_each"),
                 concurrency=item.get("concurrency", 10),
                 on_timeout=item.get("on_timeout", "fail"),
-                effect=item.get("effect", "repeatable"),
+                effect=item.get("effect") or (_tool_effect(item["tool"]) if item["type"] == "tool" else "repeatable"),
+                tool=item.get("tool"),
+                connection=item.get("connection"),
             )
         )
     trigger_type = raw.get("trigger", {}).get("type", "manual")

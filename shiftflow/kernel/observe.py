@@ -121,6 +121,16 @@ TOOL_SECONDS = Histogram(
     ["tool"],
     buckets=_DURATION_BUCKETS,
 )
+RATE_LIMIT_PARKS = Counter(
+    "shiftflow_rate_limit_parks_total",
+    "Steps parked with a durable timer because the other side answered 429/503 with Retry-After, by tool (bounded).",
+    ["tool"],
+)
+RATE_LIMIT_PARK_SECONDS = Counter(
+    "shiftflow_rate_limit_park_seconds_total",
+    "Seconds of those parks (what the other sides asked for, bounded per park), by tool (bounded).",
+    ["tool"],
+)
 LLM_CALLS = Counter(
     "shiftflow_llm_calls_total",
     "LLM calls by the model asked for or that answered (bounded) and outcome (ok, error).",
@@ -188,6 +198,13 @@ def tool_call(tool: str, outcome: str, seconds: float) -> None:
     label = TOOLS.label(tool)
     TOOL_CALLS.labels(label, outcome).inc()
     TOOL_SECONDS.labels(label).observe(max(0.0, seconds))
+
+
+def rate_limit_park(tool: str, seconds: float) -> None:
+    """Count one step parked for ``seconds`` because ``tool``'s service asked us to wait."""
+    label = TOOLS.label(tool)
+    RATE_LIMIT_PARKS.labels(label).inc()
+    RATE_LIMIT_PARK_SECONDS.labels(label).inc(max(0.0, seconds))
 
 
 def llm_usage(model: str, tokens_in: int, tokens_out: int, cost: Decimal | None) -> None:

@@ -7,8 +7,11 @@ poller and the reference resolver would refuse those at run time, over and over;
 the same functions (``kernel.triggers``) and the resolver's own rules refuse them when a
 person applies or validates the definition, naming the field.
 
+A ``tool`` step names a registered tool, and its ``with`` as written must not already fail
+the tool's parameter schema (``steps[3].with.to: 'x' is not an email``).
+
 Secrets (``{{ secrets.<connection>.<field> }}``) may appear only in what an ``http`` step
-sends (its ``with``): that is the one place a value goes out without being stored. In any
+sends (its ``with``; a ``tool`` step gets its credentials through its ``connection``): that is the one place a value goes out without being stored. In any
 other step the rendered value is stored (a wait's inputs, an event's data, a
 sub-workflow's trigger data and result, a transform's output...) and shown to every
 viewer of the execution, so such a reference is refused, naming the field and the step.
@@ -27,6 +30,7 @@ from shiftflow.kernel import expressions
 from shiftflow.kernel.cron import ScheduleError
 from shiftflow.kernel.definition import SECRET_STEP_TYPES, Definition
 from shiftflow.kernel.errors import DefinitionError
+from shiftflow.kernel.tools.registry import UnknownTool, default_registry
 from shiftflow.kernel.triggers import definition_config, poll_config
 
 #: The names a reference may start with (``kernel.expressions`` resolves nothing else).
@@ -43,6 +47,29 @@ def check_runnable(definition: Definition) -> None:
     _check_trigger(definition.raw.get("trigger") or {})
     _check_references(definition)
     _check_secret_placement(definition)
+    _check_tools(definition)
+
+
+def _check_tools(definition: Definition) -> None:
+    """Refuse a ``tool`` step whose tool is not registered, or whose ``with`` as written
+    already fails the tool's parameter schema (values with references are checked again,
+    rendered, before the call).
+
+    Raises:
+        DefinitionError: ``steps[3].tool: unknown tool 'x'; known tools: ...`` or
+            ``steps[3].with.to: 'x' is not an email`` (every problem of the step, in field order).
+    """
+    registry = default_registry()
+    for index, item in enumerate(definition.raw.get("steps", [])):
+        if item["type"] != "tool":
+            continue
+        try:
+            tool = registry.get(item["tool"])
+        except UnknownTool as exc:
+            raise DefinitionError(f"steps[{index}].tool: {exc}") from None
+        problems = tool.static_problems(item.get("with", {}), where=f"steps[{index}].with")
+        if problems:
+            raise DefinitionError(f"{'; '.join(problems)} (step {item['id']!r}, tool {tool.name})")
 
 
 def _check_trigger(trigger: dict[str, Any]) -> None:

@@ -66,12 +66,16 @@ def _action(step_type: str, inputs: Mapping[str, Any]) -> str:
 
 
 def observed_call(step_type: str, step_id: str, inputs: Mapping[str, Any], execution: Any,
-                  call: Callable[[], T]) -> T:
+                  call: Callable[[], T], *, integration: str | None = None, connection_id: Any = None) -> T:
     """Run one outside call of a step: inside its ``tool`` span, and recorded as usage.
 
     Parameters:
+        step_type: the step type, or the tool a ``tool`` step calls (``email.send``).
         execution: the execution row (``id``, ``workspace_id``, ``workflow_id``).
         call: the call itself; its result is returned and its error re-raised.
+        integration / connection_id: the catalogue integration and the connection the call
+            used (a tool step's ``connection``); without them the usage is counted under
+            ``step_type``.
     """
     started = time.perf_counter()
     success, limited = False, False
@@ -84,6 +88,7 @@ def observed_call(step_type: str, step_id: str, inputs: Mapping[str, Any], execu
         limited = True
         raise
     finally:
-        record(workspace_id=execution.workspace_id, integration=step_type, action=_action(step_type, inputs),
-               success=success, duration_ms=(time.perf_counter() - started) * 1000.0,
-               workflow_id=execution.workflow_id, execution_id=execution.id, rate_limited=limited)
+        record(workspace_id=execution.workspace_id, integration=integration or step_type,
+               action=_action(step_type, inputs), success=success,
+               duration_ms=(time.perf_counter() - started) * 1000.0, workflow_id=execution.workflow_id,
+               execution_id=execution.id, connection_id=connection_id, rate_limited=limited)

@@ -35,3 +35,23 @@ def test_priorities_are_ordered_and_parsed():
     assert Priority.LOW < Priority.NORMAL < Priority.HIGH < Priority.CRITICAL
     assert Priority.parse("critical") is Priority.CRITICAL
     assert Priority.parse(None) is Priority.NORMAL
+
+
+def test_every_queue_of_every_pool_has_an_actor_consuming_it():
+    """A pool whose queue nothing consumes would sit idle while its messages pile up."""
+    from pathlib import Path
+
+    import yaml
+
+    pools = yaml.safe_load((Path(__file__).parents[2] / "deploy" / "pools.yaml").read_text())["pools"]
+    consumed = {spec.queue for spec in ACTORS.values()}
+    idle = {f"{name}:{queue}" for name, pool in pools.items() for queue in pool["queues"] if queue not in consumed}
+    assert not idle, f"queues in deploy/pools.yaml that no actor consumes: {sorted(idle)}"
+    assert set(Queue.ALL) <= consumed
+
+
+def test_each_tool_queue_kind_has_its_actor():
+    from shiftflow.kernel.tools.base import QUEUE_KINDS
+
+    for kind in QUEUE_KINDS:
+        assert ACTORS[Queue.TOOL_ACTORS[kind]].queue == kind

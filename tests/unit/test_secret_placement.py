@@ -85,6 +85,7 @@ MISPLACED = {
     "fail": ({"type": "fail", "with": {"message": REF}}, "with.message"),
     "price": ({"type": "price", "with": {"coin": REF, "vs_currency": "usd"}}, "with.coin"),
     "sideshift_swap": ({"type": "sideshift_swap", "with": {"settle_address": REF}}, "with.settle_address"),
+    "tool": ({"type": "tool", "tool": "notify.chat", "with": {"text": REF}}, "with.text"),
     "for_each": ({"type": "http", "for_each": "{{ secrets.crm.list }}", "with": {"url": "http://x"}}, "for_each"),
 }
 

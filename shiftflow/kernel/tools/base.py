@@ -111,8 +111,8 @@ class ToolContext:
         credentials: the connection's secrets, decrypted, as a plain dict (empty: no connection).
         limits: timeouts and size limits.
         allow_private: let outside calls reach loopback/private addresses (dev mode, tests).
-        idempotency_key: stable across retries of one call (the engine passes the tool
-            execution's id); tools with ``effect: once`` put it where the far side can
+        idempotency_key: stable across retries of one call (the engine passes
+            ``<execution id>.<step id>.<iteration>``); tools with ``effect: once`` put it where the far side can
             de-duplicate (an email's Message-ID).
         settings: the process settings, for tools that need a path (chromium, ffmpeg); None
             means the tool's defaults.
@@ -196,6 +196,21 @@ class Tool:
             raise InvalidParameters(problems)
         return dict(params)
 
+    def static_problems(self, params: Any, *, where: str = "with") -> list[str]:
+        """The problems of a step's ``with`` as written, before rendering: a value holding a
+        ``{{ reference }}`` is known only at run time, so what its schema says of it (a
+        format, a type) is left to the check of the rendered parameters; a missing required
+        field or an unknown one is a problem already.
+
+        Returns:
+            ``path: reason`` lines in field order (empty: nothing wrong yet).
+        """
+        validator: Draft202012Validator = self._params  # type: ignore[attr-defined]
+        errors = sorted(validator.iter_errors(params), key=lambda e: [str(p) for p in e.absolute_path])
+        kept = [e for e in errors if e.validator in ("required", "additionalProperties")
+                or not _templated(e.instance)]
+        return [f"{field_path(where, e.absolute_path)}: {_reason(e)}" for e in kept]
+
     def call(self, params: Any, ctx: ToolContext) -> dict[str, Any]:
         """Validate ``params``, run the tool, and check its result against the result schema.
 
@@ -236,6 +251,17 @@ class Tool:
             "params_schema": self.params_schema,
             "result_schema": self.result_schema,
         }
+
+
+def _templated(value: Any) -> bool:
+    """True when ``value`` holds a ``{{ reference }}`` anywhere (rendered at run time)."""
+    if isinstance(value, str):
+        return "{{" in value
+    if isinstance(value, dict):
+        return any(_templated(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_templated(v) for v in value)
+    return False
 
 
 def field_path(where: str, path: Any) -> str:

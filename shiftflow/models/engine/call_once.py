@@ -7,7 +7,8 @@ result. One that finds SENDING (its holder died after sending: a claim never tak
 step over from a live holder, ``models.engine.leases``) cannot know whether the call landed:
 it marks the effect UNKNOWN and parks the step WAITING for an operator, who settles it
 (``shiftflow effects settle``: done with a result, failed, or call again); the call is
-never repeated blindly.
+never repeated blindly. A refusal that says nothing was done (``RateLimited``: a 429, or a
+503 asking us to wait) puts the effect back to PLANNED, so the attempt after the wait sends.
 
 The ledger records the holder's answer whenever it arrives: a holder whose answer comes
 after its effect was marked UNKNOWN still records DONE and completes the parked step.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import PermanentError
+from shiftflow.kernel.errors import PermanentError, RateLimited
 from shiftflow.models.engine import leases, mongo_log, runs
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
@@ -120,6 +121,12 @@ def call_once(claim: runs.Claim, request: Any, call: Callable[[], Any], *, kind:
         leases.until_stored(f"step {step_id}: record the call's failure",
                             lambda: _record(intent, "FAILED", error=reason))
         raise
+    except RateLimited as exc:
+        # Refused before anything was done (429, or 503 asking us to wait): the effect did
+        # not happen, so it goes back to PLANNED and the attempt after the wait sends it.
+        refused = str(exc)
+        leases.until_stored(f"step {step_id}: record the refusal", lambda: _release(intent, refused))
+        raise
     except Exception:
         # A transient failure may or may not have reached the other side: leave SENDING,
         # so the retry finds it and reconciles instead of repeating.
@@ -136,6 +143,13 @@ def _record(intent: _Intent, state: str, *, result: Any = None, error: str | Non
     return int(SideEffect.update(state=state, result=result, error=error, completed_at=now, updated_at=now).where(
         (SideEffect.id == intent.effect_id) & (SideEffect.attempts == intent.attempt)
         & SideEffect.state.in_(("SENDING", "UNKNOWN"))).execute())
+
+
+def _release(intent: _Intent, error: str) -> int:
+    """Put this holder's SENDING back to PLANNED: the other side refused before acting."""
+    return int(SideEffect.update(state="PLANNED", error=error, updated_at=utcnow()).where(
+        (SideEffect.id == intent.effect_id) & (SideEffect.attempts == intent.attempt)
+        & (SideEffect.state == "SENDING")).execute())
 
 
 def unknown_text(step_id: str, effect_id: Any) -> str:

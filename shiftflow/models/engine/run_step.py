@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from dramatiq.middleware import CurrentMessage
 
-from shiftflow.kernel import failpoints, holders, isolation
+from shiftflow.kernel import failpoints, holders, isolation, observe
 from shiftflow.kernel.contracts import StepPayload
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import PermanentError, TransientError
+from shiftflow.kernel.errors import PermanentError, RateLimited, TransientError
 from shiftflow.kernel.executors import call_tool
 from shiftflow.kernel.settings import get_settings
 from shiftflow.kernel.usage import observed_call
-from shiftflow.models.engine import call_once, for_each, leases, waits
+from shiftflow.models.engine import call_once, for_each, leases, tool_calls, waits
 from shiftflow.models.engine.runs import (
     Claim,
     claim_step,
@@ -35,10 +35,21 @@ from shiftflow.models.engine.runs import (
     orphaned,
     render_inputs,
     retry_later,
+    transaction,
 )
 
 #: Step types that park the step WAITING instead of producing an output at once.
 WAITING_TYPES = frozenset({"wait", "wait_event", "approval", "workflow"})
+
+#: Bounds of the park a ``Retry-After`` asks for: at least a second (``Retry-After: 0`` must
+#: not spin the timer loop), at most a day (the execution's own timeout still applies).
+MIN_RATE_LIMIT_PARK = 1.0
+MAX_RATE_LIMIT_PARK = 86_400.0
+#: Rate-limit parks a step may take in all: the other side decides the pace, not the
+#: step's retry budget, but a service that never lets up must not hold a step for ever.
+MAX_RATE_LIMIT_PARKS = 50
+
+T = TypeVar("T")
 
 #: Step types whose whole run is owned by a domain module (registered by name, so the
 #: engine does not import every domain): handler(claim, inputs, stored) -> messages.
@@ -85,6 +96,7 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
     failpoints.hit("step.before_work", step.id)
     extra = for_each.item_context(claim.step) if claim.step.iteration > 0 else None
     stored = None
+    tool_call: tool_calls.ToolCall | None = None
     scrub: Any = str  # until the inputs are rendered, no secret was used
     try:
         rendered = leases.until_stored(f"step {step.id}: read its inputs", lambda: render_inputs(claim, extra))
@@ -96,34 +108,78 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
         # The holder's own deadline for its call: past it (a call stuck beyond its timeout)
         # the lease is no longer renewed and the step goes to whoever comes next.
         holders.set_deadline(token, step.timeout + leases.lease_seconds() if step.timeout else None)
+        # A tool step's call is recorded as a tool execution and a queue job (``tool_calls``).
+        name, integration, connection_id = step.type, None, None
+        if step.type == "tool":
+            tool_call = tool_calls.prepare(claim, step, stored, settings)
+            name, integration, connection_id = tool_call.tool.name, tool_call.integration, tool_call.connection_id
+            work: Callable[[], Any] = lambda: tool_call.run(inputs, scrub)  # noqa: E731
+        else:
+            work = lambda: call_tool(step, inputs, settings, scrub)  # noqa: E731
         # An outside service may echo a secret it was sent: scrub before anything stores it
         # (the effect ledger's result included); the tool masks its own error messages
         # before it shortens them (a secret cut in two would escape a mask applied after).
-        if step.effect == "once":
-            output = call_once.call_once(claim, stored, lambda: scrub(observed_call(
-                step.type, step.id, inputs, claim.execution, lambda: call_tool(step, inputs, settings, scrub))))
-        else:
-            output = scrub(observed_call(step.type, step.id, inputs, claim.execution,
-                                         lambda: call_tool(step, inputs, settings, scrub)))
+        call = lambda: scrub(observed_call(name, step.id, inputs, claim.execution, work,  # noqa: E731
+                                           integration=integration, connection_id=connection_id))
+        output = call_once.call_once(claim, stored, call, kind=name) if step.effect == "once" else call()
         holders.set_deadline(token, None)  # the answer is in: recording may take as long as it takes
     except call_once.OutcomeUnknown as exc:
-        effect_id = exc.effect_id
-        return leases.until_stored(f"step {step.id}: park for an operator",
-                                   lambda: call_once.park_unknown(claim, effect_id, stored))
+        effect_id, unsent = exc.effect_id, f"not sent: {exc}"
+        return leases.until_stored(f"step {step.id}: park for an operator", lambda: _recorded(
+            tool_call, lambda t: t.finished("FAILED", error=unsent),
+            lambda: call_once.park_unknown(claim, effect_id, stored)))
     except PermanentError as exc:
         reason = scrub(str(exc))
-        return leases.until_stored(f"step {step.id}: record its failure",
-                                   lambda: fail_step(claim, reason, stored_input=stored))
+        return leases.until_stored(f"step {step.id}: record its failure", lambda: _recorded(
+            tool_call, lambda t: t.finished("FAILED", error=reason),
+            lambda: fail_step(claim, reason, stored_input=stored)))
     except TransientError as exc:
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            return _park_rate_limited(claim, step, tool_call, exc, exc.retry_after, scrub, stored)
         if claim.step.retry_count >= step.retry.max:
             reason = scrub(f"gave up after {step.retry.max} retries: {exc}")
-            return leases.until_stored(f"step {step.id}: record its failure",
-                                       lambda: fail_step(claim, reason, stored_input=stored))
+            return leases.until_stored(f"step {step.id}: record its failure", lambda: _recorded(
+                tool_call, lambda t: t.finished("FAILED", error=reason),
+                lambda: fail_step(claim, reason, stored_input=stored)))
         error, delay = scrub(str(exc)), step.retry.delay(claim.step.retry_count + 1, random.random())
-        leases.until_stored(f"step {step.id}: park its retry", lambda: retry_later(claim, error, delay))
+        leases.until_stored(f"step {step.id}: park its retry", lambda: _recorded(
+            tool_call, lambda t: t.finished("FAILED", error=error, retrying=True),
+            lambda: retry_later(claim, error, delay)))
         return []
     failpoints.hit("step.after_work", step.id)
     complete = call_once.complete if step.effect == "once" else complete_step
-    outgoing = leases.until_stored(f"step {step.id}: record its output", lambda: complete(claim, output, stored))
+    outgoing = leases.until_stored(f"step {step.id}: record its output", lambda: _recorded(
+        tool_call, lambda t: t.finished("SUCCEEDED", output=output), lambda: complete(claim, output, stored)))
     failpoints.hit("step.after_commit", step.id)
     return outgoing
+
+
+def _recorded(tool_call: tool_calls.ToolCall | None, record: Callable[[tool_calls.ToolCall], None],
+              outcome: Callable[[], T]) -> T:
+    """Record a tool call's outcome and the step's in one transaction (a step without a
+    tool call records only its own)."""
+    if tool_call is None:
+        return outcome()
+    with transaction():
+        record(tool_call)
+        return outcome()
+
+
+def _park_rate_limited(claim: Claim, step: Any, tool_call: tool_calls.ToolCall | None, exc: RateLimited,
+                       asked: float, scrub: Any, stored: Any) -> list[Outgoing]:
+    """Park the step with a durable timer for as long as the other side asked (``Retry-After``):
+    no blind retry, no message held. Counted in ``shiftflow_rate_limit_parks_total``."""
+    assert claim.step is not None
+    name = tool_call.tool.name if tool_call is not None else step.type
+    if claim.step.retry_count >= max(step.retry.max, MAX_RATE_LIMIT_PARKS):
+        reason = scrub(f"gave up after {claim.step.retry_count} waits: still rate limited: {exc}")
+        return leases.until_stored(f"step {step.id}: record its failure", lambda: _recorded(
+            tool_call, lambda t: t.finished("FAILED", error=reason),
+            lambda: fail_step(claim, reason, stored_input=stored)))
+    delay = min(max(asked, MIN_RATE_LIMIT_PARK), MAX_RATE_LIMIT_PARK)
+    error = scrub(f"rate limited, waiting {delay:g} s as asked: {exc}")
+    leases.until_stored(f"step {step.id}: park until the rate limit lifts", lambda: _recorded(
+        tool_call, lambda t: t.finished("FAILED", error=error, retrying=True),
+        lambda: retry_later(claim, error, delay)))
+    observe.rate_limit_park(name, delay)
+    return []
