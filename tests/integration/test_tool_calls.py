@@ -334,3 +334,19 @@ def test_a_disabled_tool_fails_its_step_and_calls_nothing(engine, smtp, cert):
     assert execution.status == "FAILED"
     assert _step(execution, "mail").error == "tool: email.send is disabled (enable it in the tool catalogue)"
     assert _calls(_step(execution, "mail")) == [] and len(smtp.handler.messages) == 1
+
+
+def test_a_tool_its_workspace_disabled_fails_its_step_and_calls_nothing(engine, smtp, cert):
+    from shiftflow.models.tables.tools import WorkspaceTool
+
+    store_connection(engine.id, "smtp", "smtp-main", smtp.credentials(cert))
+    workflow = _workflow(engine, "ws-off", MAIL)
+    assert _run(workflow, "on", {"to": "ann@example.com", "order": "1", "who": "x"}).status == "SUCCEEDED"
+    # As `PUT /api/v1/tools/email.send {"enabled": false}` leaves it for this workspace.
+    WorkspaceTool.create(workspace=engine.id, tool_name="email.send", enabled=False)
+
+    execution = _run(workflow, "off", {"to": "ann@example.com", "order": "2", "who": "x"})
+
+    assert execution.status == "FAILED"
+    assert _step(execution, "mail").error == "tool: email.send is disabled in this workspace (shiftflow tools enable)"
+    assert _calls(_step(execution, "mail")) == [] and len(smtp.handler.messages) == 1

@@ -49,7 +49,7 @@ from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.integrations import Connection
 from shiftflow.models.tables.queue_jobs import QueueJob
 from shiftflow.models.tables.tools import Tool as ToolRow
-from shiftflow.models.tables.tools import ToolExecution
+from shiftflow.models.tables.tools import ToolExecution, WorkspaceTool
 
 #: Longest error text kept on a tool execution or a job row.
 MAX_ERROR_CHARS = 4000
@@ -237,7 +237,8 @@ def prepare(claim: runs.Claim, step: Step, stored_input: Any, settings: Settings
 
     Raises:
         UnknownTool: the tool is not registered here.
-        ToolError: the tool is disabled in the catalogue (``tool.enabled``); nothing written.
+        ToolError: the tool is disabled in the catalogue (``tool.enabled``) or by the
+            execution's workspace (``WorkspaceTool``); nothing written.
     """
     assert claim.step is not None
     tool = tool_of(step)
@@ -246,6 +247,8 @@ def prepare(claim: runs.Claim, step: Step, stored_input: Any, settings: Settings
         row = catalogue_row(tool)
         if not row.enabled:
             raise ToolError(f"tool: {tool.name} is disabled (enable it in the tool catalogue)")
+        if WorkspaceTool.disabled(claim.execution.workspace_id, tool.name):
+            raise ToolError(f"tool: {tool.name} is disabled in this workspace (shiftflow tools enable)")
         step_row, execution, now = claim.step, claim.execution, utcnow()
         # A RUNNING row of this step is an attempt whose worker died mid-call (this claim
         # took the step over from a holder that is gone): it ended, without an answer.
