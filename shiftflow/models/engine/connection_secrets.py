@@ -9,11 +9,10 @@ of the values of every connection the step used before it is stored or logged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
 
+from shiftflow.kernel import redaction
 from shiftflow.kernel.definition import SECRET_STEP_TYPES
 from shiftflow.kernel.expressions import Masked, Unavailable
 from shiftflow.kernel.secretbox import vault_for
@@ -91,47 +90,12 @@ class _WorkspaceSecrets(Mapping[str, Any]):
         return len(self._cache)
 
 
-#: Shorter secret values are not scrubbed from outputs: masking every "1" or "yes" in an
-#: answer would destroy it, and such a value protects nothing.
-MIN_SCRUBBED_LENGTH = 6
-
-
 def scrubber(used: Mapping[str, Any]) -> Callable[[Any], Any]:
     """A function that replaces, in any string of a value (recursively), every secret value
-    of the connections in ``used`` (``for_workspace``'s mapping after rendering) by ``***``.
-
-    The identity when no connection was used: the common step pays nothing.
+    of the connections in ``used`` (``for_workspace``'s mapping after rendering) by ``***``
+    (``kernel.redaction.scrubber``; the identity when no connection was used).
     """
-    values = used.used_values() if isinstance(used, _WorkspaceSecrets) else []
-    needles = sorted({form for v in values if len(v) >= MIN_SCRUBBED_LENGTH for form in encodings(v)},
-                     key=len, reverse=True)
-    if not needles:
-        return _identity
-
-    def scrub(value: Any) -> Any:
-        if isinstance(value, str):
-            for needle in needles:
-                if needle in value:
-                    value = value.replace(needle, Masked.TEXT)
-            return value
-        if isinstance(value, dict):
-            return {scrub(k): scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [scrub(v) for v in value]
-        return value
-
-    return scrub
-
-
-def encodings(value: str) -> set[str]:
-    """``value`` and the forms an echo of it may take: percent-encoded (a URL's query, a
-    form body), JSON-escaped (quoted inside a JSON answer)."""
-    return {value, quote(value, safe=""), quote(value), quote_plus(value), json.dumps(value)[1:-1],
-            json.dumps(value, ensure_ascii=False)[1:-1]}
-
-
-def _identity(value: Any) -> Any:
-    return value
+    return redaction.scrubber(used.used_values() if isinstance(used, _WorkspaceSecrets) else [])
 
 
 def for_workspace(workspace_id: Any) -> Mapping[str, Any]:
