@@ -2,7 +2,7 @@
 
 A key rotation: put the new key first in ``SHIFTFLOW_SECRET_KEYS`` (keeping the old one
 after it) on every process, run ``shiftflow secrets rotate``, then remove the old key.
-The same command moves ciphertexts of the key derivation before issue 11 to the current
+The same command moves ciphertexts of the key derivation of the first releases to the current
 one. It exits 1 when some stored secret opens with none of the configured keys.
 """
 

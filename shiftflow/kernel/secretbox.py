@@ -14,7 +14,7 @@ ciphertext (``key_id``, ``v2:`` and 16 hex digits) to tell which rows still need
 rotation; it is derived from the stretched key, so it is no cheaper to test a guess
 against than the ciphertext itself. Derivations are made once per process and key.
 
-Before issue 11 the Fernet key was one SHA-256 of the passphrase and the key id a
+In the first releases the Fernet key was one SHA-256 of the passphrase and the key id a
 SHA-256 of it too: an offline guess cost one hash. Ciphertexts of that derivation stay
 readable (decryption also tries it), are never produced any more, and ``rotate`` moves
 them to the new one; ``needs_rotation`` finds them.
@@ -63,7 +63,7 @@ def _derive(passphrase: str) -> tuple[bytes, str]:
 
 
 def _legacy_fernet(passphrase: str) -> Fernet:
-    """The derivation before issue 11 (one SHA-256): read only, never used to encrypt."""
+    """The first releases' derivation (one SHA-256): read only, never used to encrypt."""
     return Fernet(base64.urlsafe_b64encode(hashlib.sha256(passphrase.encode()).digest()))
 
 

@@ -3,7 +3,7 @@
 Stored secrets are connection credentials (``Connection.credentials``) and webhook
 signing secrets (``Webhook.sealed_secrets``). A row needs rotating when the newest key
 of ``SHIFTFLOW_SECRET_KEYS`` does not open it: it was made by an older key, or by the
-derivation before issue 11 (``kernel.secretbox``). Each row is rewritten on its own with a
+derivation of the first releases (``kernel.secretbox``). Each row is rewritten on its own with a
 compare-and-set on its old ciphertext, so a secret replaced meanwhile is never
 overwritten with a stale one, and a run stopped half-way is finished by running again.
 A row no configured key opens is reported and left as it is.
