@@ -17,12 +17,14 @@ receiving system can recognise a duplicate even across an operator's manual retr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import smtplib
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, make_msgid
@@ -146,6 +148,52 @@ def _endpoint(credentials: Mapping[str, Any]) -> tuple[str, int, str]:
     return str(host), int(credentials.get("port") or (465 if security == "tls" else 587)), security
 
 
+@dataclass
+class _Session:
+    """An open SMTP session, and whether the message body has gone out on it."""
+
+    smtp: smtplib.SMTP
+    body_sent: bool = False
+
+
+@contextlib.contextmanager
+def _session(host: str, port: int, security: str, timeout: float,
+             credentials: Mapping[str, Any]) -> Iterator[_Session]:
+    """Open, greet and log in (AUTH when a username is given); QUIT on exit. smtplib and
+    socket errors become step errors: 5xx, AUTH and TLS refusals permanent, the rest
+    transient, unless the body was sent (``ToolOutcomeUnknown``: it may have been delivered).
+    """
+    session: _Session | None = None
+    try:
+        session = _Session(_open(host, port, security, timeout, credentials))
+        try:
+            session.smtp.ehlo_or_helo_if_needed()
+            if credentials.get("username"):
+                session.smtp.login(str(credentials["username"]), str(credentials.get("password") or ""))
+            yield session
+        finally:
+            try:
+                session.smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                session.smtp.close()
+    except smtplib.SMTPAuthenticationError as exc:
+        raise ToolError(f"SMTP authentication refused: {exc.smtp_code} {_text(exc.smtp_error)}") from None
+    except smtplib.SMTPNotSupportedError as exc:
+        raise ToolError(f"SMTP server {host}:{port}: {exc}") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise ToolError(f"SMTP server {host}:{port}: TLS certificate refused: {exc.verify_message}") from None
+    except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
+        if isinstance(exc, smtplib.SMTPResponseException) and 500 <= exc.smtp_code < 600:
+            raise ToolError(f"SMTP server {host}:{port}: {exc.smtp_code} {_text(exc.smtp_error)}") from None
+        if session is not None and session.body_sent:
+            raise ToolOutcomeUnknown(
+                f"SMTP server {host}:{port} took the message and then failed ({type(exc).__name__}: {exc}); "
+                "it may have been delivered, so it is not sent again"
+            ) from None
+        reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else f"{type(exc).__name__}: {exc}"
+        raise ToolUnavailable(f"SMTP server {host}:{port} unavailable: {reason}") from None
+
+
 def verify_login(credentials: Mapping[str, Any], *, timeout: float, allow_private: bool) -> dict[str, Any]:
     """Prove a connection's SMTP settings without sending anything: connect, EHLO,
     STARTTLS or TLS as configured, AUTH when a username is given, QUIT.
@@ -159,30 +207,9 @@ def verify_login(credentials: Mapping[str, Any], *, timeout: float, allow_privat
     """
     host, port, security = _endpoint(credentials)
     _check_host(host, port, allow_private)
+    with _session(host, port, security, timeout, credentials) as session:
+        extensions = sorted(session.smtp.esmtp_features)
     username = credentials.get("username")
-    try:
-        smtp = _open(host, port, security, timeout, credentials)
-        try:
-            smtp.ehlo_or_helo_if_needed()
-            if username:
-                smtp.login(str(username), str(credentials.get("password") or ""))
-            extensions = sorted(smtp.esmtp_features)
-        finally:
-            try:
-                smtp.quit()
-            except (smtplib.SMTPException, OSError):
-                smtp.close()
-    except smtplib.SMTPAuthenticationError as exc:
-        raise ToolError(f"SMTP authentication refused: {exc.smtp_code} {_text(exc.smtp_error)}") from None
-    except smtplib.SMTPNotSupportedError as exc:
-        raise ToolError(f"SMTP server {host}:{port}: {exc}") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise ToolError(f"SMTP server {host}:{port}: TLS certificate refused: {exc.verify_message}") from None
-    except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
-        if isinstance(exc, smtplib.SMTPResponseException) and 500 <= exc.smtp_code < 600:
-            raise ToolError(f"SMTP server {host}:{port}: {exc.smtp_code} {_text(exc.smtp_error)}") from None
-        reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else f"{type(exc).__name__}: {exc}"
-        raise ToolUnavailable(f"SMTP server {host}:{port} unavailable: {reason}") from None
     return {"host": host, "port": port, "security": security, "authenticated": bool(username),
             "extensions": extensions}
 
@@ -207,57 +234,30 @@ def send(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     body = _message(params, ctx, sender).as_bytes()
     _check_host(host, port, ctx.allow_private)
     timeout = ctx.limits.smtp_timeout
-    body_sent = False
-    try:
-        smtp = _open(host, port, security, timeout, ctx.credentials)
-        try:
-            smtp.ehlo_or_helo_if_needed()
-            if ctx.credentials.get("username"):
-                smtp.login(str(ctx.credentials["username"]), str(ctx.credentials.get("password") or ""))
-            options = [f"SIZE={len(body)}"] if smtp.has_extn("size") else []
-            code, reply = smtp.mail(sender, options)
-            if code != 250:
-                raise _refusal(code, reply, f"sender {sender} refused")
-            refused: dict[str, tuple[int, bytes]] = {}
-            for recipient in recipients:
-                code, reply = smtp.rcpt(recipient)
-                if code not in (250, 251):
-                    refused[recipient] = (code, reply)
-            if refused:
-                smtp.rset()
-                shown = ", ".join(f"{r} ({c} {m.decode('utf-8', 'replace')})" for r, (c, m) in refused.items())
-                if all(400 <= c < 500 for c, _ in refused.values()):
-                    raise ToolUnavailable(f"SMTP recipients deferred, nothing sent: {shown}")
-                raise ToolError(f"SMTP recipients refused, nothing sent: {shown}")
-            code, reply = smtp.docmd("DATA")
-            if code != 354:
-                raise _refusal(code, reply, "DATA refused")
-            body_sent = True
-            smtp.send(_dot_stuffed(body))
-            code, reply = smtp.getreply()
-            if code != 250:
-                raise _refusal(code, reply, "message refused")
-        finally:
-            try:
-                smtp.quit()
-            except (smtplib.SMTPException, OSError):
-                smtp.close()
-    except smtplib.SMTPAuthenticationError as exc:
-        raise ToolError(f"SMTP authentication refused: {exc.smtp_code} {_text(exc.smtp_error)}") from None
-    except smtplib.SMTPNotSupportedError as exc:
-        raise ToolError(f"SMTP server {host}:{port}: {exc}") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise ToolError(f"SMTP server {host}:{port}: TLS certificate refused: {exc.verify_message}") from None
-    except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
-        if isinstance(exc, smtplib.SMTPResponseException) and 500 <= exc.smtp_code < 600:
-            raise ToolError(f"SMTP server {host}:{port}: {exc.smtp_code} {_text(exc.smtp_error)}") from None
-        if body_sent:
-            raise ToolOutcomeUnknown(
-                f"SMTP server {host}:{port} took the message and then failed ({type(exc).__name__}: {exc}); "
-                "it may have been delivered, so it is not sent again"
-            ) from None
-        reason = "timed out" if isinstance(exc, (socket.timeout, TimeoutError)) else f"{type(exc).__name__}: {exc}"
-        raise ToolUnavailable(f"SMTP server {host}:{port} unavailable: {reason}") from None
+    with _session(host, port, security, timeout, ctx.credentials) as session:
+        options = [f"SIZE={len(body)}"] if session.smtp.has_extn("size") else []
+        code, reply = session.smtp.mail(sender, options)
+        if code != 250:
+            raise _refusal(code, reply, f"sender {sender} refused")
+        refused: dict[str, tuple[int, bytes]] = {}
+        for recipient in recipients:
+            code, reply = session.smtp.rcpt(recipient)
+            if code not in (250, 251):
+                refused[recipient] = (code, reply)
+        if refused:
+            session.smtp.rset()
+            shown = ", ".join(f"{r} ({c} {m.decode('utf-8', 'replace')})" for r, (c, m) in refused.items())
+            if all(400 <= c < 500 for c, _ in refused.values()):
+                raise ToolUnavailable(f"SMTP recipients deferred, nothing sent: {shown}")
+            raise ToolError(f"SMTP recipients refused, nothing sent: {shown}")
+        code, reply = session.smtp.docmd("DATA")
+        if code != 354:
+            raise _refusal(code, reply, "DATA refused")
+        session.body_sent = True
+        session.smtp.send(_dot_stuffed(body))
+        code, reply = session.smtp.getreply()
+        if code != 250:
+            raise _refusal(code, reply, "message refused")
     return {"message_id": str(_message_id(body)), "accepted": recipients, "size": len(body)}
 
 
