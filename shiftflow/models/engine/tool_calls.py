@@ -23,6 +23,7 @@ message and so a new job; the step's row ties them together.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import threading
 import time
@@ -34,6 +35,7 @@ from dramatiq.middleware import CurrentMessage
 
 from shiftflow.kernel.artifacts import ArtifactStore, make_store
 from shiftflow.kernel.contracts import Queue
+from shiftflow.kernel.db import database
 from shiftflow.kernel.definition import Step
 from shiftflow.kernel.errors import RateLimited, ToolError
 from shiftflow.kernel.integrations import ratelimit
@@ -41,7 +43,7 @@ from shiftflow.kernel.integrations.catalogue import default_catalogue
 from shiftflow.kernel.integrations.connections import tool_credentials
 from shiftflow.kernel.integrations.oauth2 import OAuth2Client, TokenSet, merge_tokens
 from shiftflow.kernel.secretbox import vault_for
-from shiftflow.kernel.settings import Settings
+from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.kernel.tools.base import Tool, ToolContext, ToolLimits
 from shiftflow.kernel.tools.registry import default_registry
 from shiftflow.models.engine import runs
@@ -95,22 +97,35 @@ def catalogue_row(tool: Tool) -> ToolRow:
     return row
 
 
-class _ConnectionTokens:
-    """The OAuth2 token store over one connection row (``oauth2.TokenStore``)."""
+class ConnectionTokens:
+    """``oauth2.TokenStore`` over the connection table, scoped to one workspace: a refresh
+    may rotate the refresh token, which is stored (locked, encrypted) before anything else.
+    Used by tool steps and by the connection test of ``manage.connections``."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.vault = vault_for(settings.secret_keys)
+    def __init__(self, workspace_id: Any, settings: Settings | None = None) -> None:
+        self.workspace_id, self.settings = workspace_id, settings
+
+    def _vault(self) -> Any:
+        return vault_for((self.settings or get_settings()).secret_keys)
 
     def load(self, connection_id: str) -> Mapping[str, Any] | None:
-        row = Connection.get_or_none(Connection.id == connection_id)
-        return None if row is None else self.vault.decrypt(row.credentials)
+        """The connection's credentials, decrypted; None once it is deleted."""
+        row = Connection.get_or_none((Connection.id == connection_id) & (Connection.workspace == self.workspace_id))
+        return None if row is None else self._vault().decrypt(row.credentials)
 
     def save(self, connection_id: str, tokens: TokenSet) -> None:
-        with runs.transaction():
-            row = Connection.get_by_id(connection_id)
-            merged = merge_tokens(self.vault.decrypt(row.credentials), tokens)
-            Connection.update(credentials=self.vault.encrypt(merged), key_id=self.vault.current_key_id,
-                              updated_at=utcnow()).where(Connection.id == connection_id).execute()
+        """Merge ``tokens`` into the credentials, encrypt and write (``expires_at`` in clear)."""
+        vault = self._vault()
+        with database.atomic():
+            row = Connection.select().where((Connection.id == connection_id)
+                                            & (Connection.workspace == self.workspace_id)).for_update().first()
+            if row is None:
+                return
+            row.credentials = vault.encrypt(merge_tokens(vault.decrypt(row.credentials), tokens))
+            row.key_id = vault.current_key_id
+            row.expires_at = (dt.datetime.fromtimestamp(tokens.expires_at, dt.UTC).replace(tzinfo=None)
+                              if tokens.expires_at else None)
+            row.save()
 
 
 @functools.cache
@@ -149,7 +164,7 @@ def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: S
     integration = catalogue.check_tool(tool.name, key)
     shaped = tool_credentials(integration, tool.name, str(row.id), credentials,
                               oauth2=_oauth2(settings.http_timeout_seconds, settings.http_allow_private),
-                              store=_ConnectionTokens(settings))
+                              store=ConnectionTokens(workspace_id, settings))
     return Resolved(shaped, key, str(row.id))
 
 

@@ -22,7 +22,6 @@ outcome (``test_status``, ``last_tested_at``, ``last_error``).
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -44,10 +43,10 @@ from shiftflow.kernel.integrations.catalogue import (
     UnknownIntegration,
     default_catalogue,
 )
-from shiftflow.kernel.integrations.oauth2 import TokenSet, merge_tokens
 from shiftflow.kernel.integrations.secrets import mask
 from shiftflow.kernel.secretbox import DecryptionError, vault_for
 from shiftflow.kernel.settings import Settings, get_settings
+from shiftflow.models.engine.tool_calls import ConnectionTokens
 from shiftflow.models.manage import audit
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.plain import parse_id, stamp
@@ -302,36 +301,6 @@ def delete_connection(actor: Principal, connection_id: Any, *, settings: Setting
         before = _summary(row, mask(_open(row, settings) or {}, schema))
         row.delete_instance()
         audit.record(actor, "connection.deleted", "connection", connection_id, before=before)
-
-
-class ConnectionTokens:
-    """``oauth2.TokenStore`` over the connection table, for a test of an OAuth2 connection
-    (a refresh may rotate the refresh token, which must be stored before anything else)."""
-
-    def __init__(self, workspace_id: Any, settings: Settings | None = None) -> None:
-        self.workspace_id, self.settings = workspace_id, settings
-
-    def _row(self, connection_id: str) -> Connection | None:
-        return Connection.get_or_none((Connection.id == connection_id) & (Connection.workspace == self.workspace_id))
-
-    def load(self, connection_id: str) -> Mapping[str, Any] | None:
-        """The connection's credentials, decrypted; None once it is deleted."""
-        row = self._row(connection_id)
-        return None if row is None else _vault(self.settings).decrypt(row.credentials)
-
-    def save(self, connection_id: str, tokens: TokenSet) -> None:
-        """Merge ``tokens`` into the credentials, encrypt and write (``expires_at`` in clear)."""
-        vault = _vault(self.settings)
-        with database.atomic():
-            row = Connection.select().where((Connection.id == connection_id)
-                                            & (Connection.workspace == self.workspace_id)).for_update().first()
-            if row is None:
-                return
-            row.credentials = vault.encrypt(merge_tokens(vault.decrypt(row.credentials), tokens))
-            row.key_id = vault.current_key_id
-            row.expires_at = (dt.datetime.fromtimestamp(tokens.expires_at, dt.UTC).replace(tzinfo=None)
-                              if tokens.expires_at else None)
-            row.save()
 
 
 def verify_connection(actor: Principal, connection_id: Any, *, settings: Settings | None = None,
