@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from shiftflow.cli import tool_runs
 from shiftflow.cli.operator import connect, guarded, json_object, operator, print_json
 from shiftflow.models.manage.problems import InvalidInput
 
@@ -215,6 +216,7 @@ def register(sub: Any) -> None:
         p.add_argument("name")
         p.add_argument("--workspace", required=True, help="workspace slug")
         p.set_defaults(func=guarded(_tools_switch(enabled)))
+    tool_runs.add_actions(t_sub)  # `tools executions`, `tools jobs`
 
     integ = sub.add_parser("integrations", help="the integration catalogue and the credentials each needs")
     i_sub = integ.add_subparsers(dest="action", required=True, metavar="ACTION")
