@@ -28,9 +28,12 @@ from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.audit_log import AuditLog
 from shiftflow.models.tables.dead_letters import DeadLetter
 from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.queue_jobs import QueueJob
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.templates import WorkflowTemplate
 from shiftflow.models.tables.tenancy import ApiKey, WorkspaceMember
+from shiftflow.models.tables.tools import Tool as ToolRow
+from shiftflow.models.tables.tools import ToolExecution
 from shiftflow.models.tables.workflows import Workflow
 from shiftflow.producers.api import spec
 from shiftflow.producers.app import create_app
@@ -227,6 +230,8 @@ def test_role_matrix_over_every_operation(api):
                 "template_key",
                 "connection_id",
                 "artifact_id",
+                "tool_execution_id",
+                "queue_job_id",
             )
         }
         values["step_id"] = "approve"
@@ -381,7 +386,14 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
                                                  {"auth": "bearer", "token": "b-token-123456", "base_url": "https://api.example.com"})
     b_artifact = Artifact.create(workspace=b.workspace.id, execution=b_execution.id, type="TEXT", name="b.txt",
                                  url="local:2026/01/01/x/b.txt", size_bytes=1)
+    b_tool = ToolRow.get_or_create(name="notify.chat", defaults={"display_name": "notify.chat"})[0]
+    b_call = ToolExecution.create(workspace=b.workspace.id, tool=b_tool.id, execution=b_execution.id,
+                                  status="SUCCEEDED", input={"text": "b"})
+    b_job = QueueJob.create(workspace=b.workspace.id, message_id="b-job", queue="tools", actor="tools.call",
+                            execution=b_execution.id, status="SUCCEEDED", data={"step_id": "first"})
     b_ids = {
+        "tool_execution_id": b_call.id,
+        "queue_job_id": b_job.id,
         "connection_id": b_connection["id"],
         "artifact_id": b_artifact.id,
         "workflow_id": b_workflow.id,

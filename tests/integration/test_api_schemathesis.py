@@ -31,10 +31,13 @@ from shiftflow.models.manage import catalog, connections
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.dead_letters import DeadLetter
-from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.queue_jobs import QueueJob
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.templates import WorkflowTemplate
 from shiftflow.models.tables.tenancy import WorkspaceMember
+from shiftflow.models.tables.tools import Tool as ToolRow
+from shiftflow.models.tables.tools import ToolExecution
 from shiftflow.producers.app import create_app
 from tests.integration.api_support import SIMPLE, fuzz, seed_tenant
 from tests.support.ports import free_port
@@ -97,7 +100,16 @@ def _seed(settings: Settings):
     ref = make_store(settings).put(b"fuzz bytes", "fuzz.txt", "text/plain")
     artifact = Artifact.create(workspace=tenant.workspace.id, execution=failed.id, type="TEXT", name=ref.name,
                                url=ref.location, size_bytes=ref.size, mime_type=ref.mime, sha256=ref.sha256)
+    tool_row = ToolRow.get_or_create(name="media.image", defaults={"display_name": "media.image"})[0]
+    step = StepExecution.create(execution=failed.id, step_id="shape", step_type="tool", status="FAILED")
+    call = ToolExecution.create(workspace=tenant.workspace.id, tool=tool_row.id, execution=failed.id,
+                                step_execution=step.id, status="FAILED", input={"input": "x"}, error="boom")
+    job = QueueJob.create(workspace=tenant.workspace.id, message_id="fuzz-job", queue="tools.media",
+                          actor="tools.media", execution=failed.id, status="FAILED",
+                          data={"step_id": "shape", "iteration": 0, "tool": "media.image"})
     ids = {
+        "tool_execution_id": str(call.id),
+        "queue_job_id": str(job.id),
         "connection_id": connection["id"],
         "artifact_id": str(artifact.id),
         "tool_name": "media.image",

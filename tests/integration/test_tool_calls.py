@@ -185,9 +185,13 @@ def test_rendered_parameters_failing_the_schema_fail_the_step_naming_the_field(e
 
 
 def test_a_missing_or_foreign_connection_fails_the_step_naming_it(engine, smtp, cert):
-    # Another workspace's connection of that name is not this workspace's.
+    # Another workspace's connection of that name is not this workspace's. A missing one is
+    # refused when applied (tests/integration/test_api_tool_steps_refused.py); here this
+    # workspace's own goes away after the workflow was applied.
     store_connection(catalog.ensure_workspace("other").id, "smtp", "nope", smtp.credentials(cert))
+    store_connection(engine.id, "smtp", "nope", smtp.credentials(cert))
     workflow = _workflow(engine, "no-conn", {**MAIL, "connection": "nope"})
+    Connection.update(is_active=False).where((Connection.workspace == engine.id) & (Connection.name == "nope")).execute()
     execution = _run(workflow, "n1", {"to": "ann@example.com", "order": "1", "who": "x"})
 
     assert execution.status == "FAILED"

@@ -15,6 +15,7 @@ from shiftflow.kernel.definition import validate
 from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.runnable import check_runnable
 from shiftflow.kernel.signatures import generate_secret
+from shiftflow.models.manage.tool_checks import check_tool_steps
 from shiftflow.models.tables import webhook_secrets
 from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.tenancy import Workspace
@@ -46,11 +47,13 @@ def apply_definition(workspace: Workspace, data: dict[str, Any], *, activate: bo
 
     Raises:
         DefinitionError: the definition does not validate, or can never run (a schedule
-            or polling trigger its process would refuse, a reference that names nothing);
-            the message names the path.
+            or polling trigger its process would refuse, a reference that names nothing,
+            a tool the workspace disabled, a connection it does not have); the message
+            names the path.
     """
     definition = validate(data)
     check_runnable(definition)  # what the scheduler, poller and resolver would refuse at run time
+    check_tool_steps(workspace.id, definition)  # disabled tools, connections the workspace lacks
     with database.atomic():
         workflow = Workflow.get_or_none((Workflow.workspace == workspace.id) & (Workflow.name == definition.name))
         if workflow is None:
