@@ -25,6 +25,7 @@ import dramatiq
 import yaml
 
 from shiftflow import actors
+from shiftflow.cli import dev_digest
 from shiftflow.consumers import timers
 from shiftflow.consumers.dead_letters import DeadLetters
 from shiftflow.kernel.broker import build_broker, install
@@ -216,6 +217,9 @@ def run(settings: Settings) -> None:
         echo = ThreadingHTTPServer(("127.0.0.1", echo_port), _Echo)
         threading.Thread(target=echo.serve_forever, name="dev-echo", daemon=True).start()
         echo_url = f"http://127.0.0.1:{echo_port}/echo"
+        # The page-digest example (when Chromium is here) first: `hello-order`, the one the
+        # banner starts with, stays the newest workflow in the lists.
+        digest = dev_digest.load(settings)
         hook = _load_example(settings, echo_url)
         key = _dev_key(settings.data_dir)
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
@@ -229,6 +233,7 @@ def run(settings: Settings) -> None:
                                 '{"amount": 42, "customer": "ada"}'),
             "\nThen show the finished execution, its steps and their log documents:\n",
             f"  {cli} executions show --latest\n",
+            *dev_digest.banner(digest, base, curl_command),
             f"Workspace: dev (slug `dev`). A local echo service answers POSTs at {echo_url}",
             "(HTTP steps in dev mode can reach it; the scheduler and timers run in this process too).",
             f"Management API: {base}/api/v1 (OpenAPI at {base}/api/v1/openapi.json)",
@@ -255,6 +260,8 @@ def run(settings: Settings) -> None:
             scheduler.join(timeout=10)
             worker.stop()
             echo.shutdown()
+            if digest is not None:
+                digest.close()
             metrics.shutdown()
             sink = get_sink()
             if sink is not None:

@@ -126,3 +126,20 @@ def test_help_answers() -> None:
         body = shown.stdout.split("options:")[0]
         # A description beyond the usage line.
         assert shown.returncode == 0 and len(body.strip().splitlines()) >= 3, (command, shown.stdout)
+
+
+def test_the_page_digest_example_in_dev_mode(dev: dict[str, Any]) -> None:
+    """Dev mode loads examples/page_digest (Chromium is installed here): the second signed
+    curl it printed makes a digest, mailed to the data directory and printed as a chat line."""
+    banner = dev["banner"]
+    assert "NOT LOADED" not in banner and "'page-digest'" in banner
+    curls = [line.strip() for line in banner.splitlines() if line.strip().startswith("BODY=")]
+    assert len(curls) == 2 and "dev-page-digest" in curls[1]
+    answer = subprocess.run(["bash", "-c", curls[1]], capture_output=True, text=True, timeout=30)
+    assert '"status":"accepted"' in answer.stdout.replace(" ", ""), answer.stdout + answer.stderr
+    mailed = wait_until(lambda: list((dev["data"] / "mail").glob("*.eml")), timeout=60,
+                        message="the page digest was not mailed")
+    mail = mailed[0].read_bytes()
+    assert b"Subject: Page digest: ShiftFlow dev page" in mail and b"thumbnail.png" in mail
+    wait_until(lambda: "[dev chat] Digest of ShiftFlow dev page" in dev["log"].read_text(), timeout=20,
+               message="the chat message was not printed")

@@ -202,7 +202,7 @@ def queue_job_dict(row: QueueJob, *, settings: Settings | None = None, ctx: _Con
     execution: Execution | None = row.execution if fk(row, "execution") else None
     connection = ctx.connection_name(execution, data.get("step_id"))
     scrub = ctx.scrub(fk(row, "workspace"), connection)
-    out = {
+    out: dict[str, Any] = {
         "id": str(row.id),
         "message_id": row.message_id,
         "queue": row.queue,
@@ -223,8 +223,8 @@ def queue_job_dict(row: QueueJob, *, settings: Settings | None = None, ctx: _Con
     }
     if detail:
         calls = _job_tool_executions(row)
-        out["tool_execution_ids"] = [str(c.id) for c in calls]
-        out["tool_execution_id"] = out["tool_execution_ids"][-1] if calls else None
+        ids = [str(c.id) for c in calls]
+        out["tool_execution_ids"], out["tool_execution_id"] = ids, (ids[-1] if ids else None)
     return out
 
 
