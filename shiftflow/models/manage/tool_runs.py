@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import peewee
+
 from shiftflow.kernel.errors import NotFound, ShiftFlowError
 from shiftflow.kernel.integrations.catalogue import default_catalogue
 from shiftflow.kernel.integrations.secrets import SECRET, secret_values
@@ -72,17 +74,20 @@ class _Context:
         self.settings = settings
         self._steps: dict[Any, dict[str, str | None]] = {}
         self._scrub: dict[tuple[Any, str], Mask] = {}
-        self._schemas: dict[Any, Mapping[str, Any]] = {}
+        self._tools: dict[Any, ToolRow] = {}
 
-    def connection_name(self, execution: Execution | None, step_id: str | None) -> str | None:
-        if execution is None or not step_id:
+    def connection_name(self, execution_id: Any, step_id: str | None) -> str | None:
+        """The ``connection`` the step ``step_id`` names in the execution's pinned definition."""
+        if execution_id is None or not step_id:
             return None
-        if execution.id not in self._steps:
-            version = WorkflowVersion.get_or_none((WorkflowVersion.workflow == fk(execution, "workflow"))
-                                                  & (WorkflowVersion.version == execution.workflow_version))
+        if execution_id not in self._steps:
+            version = (WorkflowVersion.select(WorkflowVersion.definition)
+                       .join(Execution, on=((Execution.workflow == WorkflowVersion.workflow)
+                                            & (Execution.workflow_version == WorkflowVersion.version)))
+                       .where(Execution.id == execution_id).first())
             steps = (version.definition or {}).get("steps", []) if version is not None else []
-            self._steps[execution.id] = {str(s.get("id")): s.get("connection") for s in steps if isinstance(s, dict)}
-        return self._steps[execution.id].get(step_id)
+            self._steps[execution_id] = {str(s.get("id")): s.get("connection") for s in steps if isinstance(s, dict)}
+        return self._steps[execution_id].get(step_id)
 
     def scrub(self, workspace_id: Any, name: str | None) -> Mask:
         """A function hiding the secret values of the workspace's connection ``name``."""
@@ -106,10 +111,11 @@ class _Context:
         schema = catalogue.get(key).credentials_schema if key in catalogue else None
         return secret_values(credentials, schema)
 
-    def params_schema(self, tool: ToolRow) -> Mapping[str, Any]:
-        if tool.id not in self._schemas:
-            self._schemas[tool.id] = tool.parameters_schema or {}
-        return self._schemas[tool.id]
+    def tool(self, tool_id: Any) -> ToolRow:
+        """The catalogue row of a tool (read once per reader call)."""
+        if tool_id not in self._tools:
+            self._tools[tool_id] = ToolRow.get_by_id(tool_id)
+        return self._tools[tool_id]
 
 
 def _masker(ctx: _Context, workspace_id: Any, connection: str | None, schema: Mapping[str, Any] | None) -> Mask:
@@ -121,12 +127,11 @@ def tool_execution_dict(row: ToolExecution, *, settings: Settings | None = None,
                         ctx: _Context | None = None) -> dict[str, Any]:
     """A tool execution as the API and the CLI show it (secrets masked, see the module)."""
     ctx = ctx or _Context(settings)
-    tool: ToolRow = row.tool
-    execution: Execution | None = row.execution if fk(row, "execution") else None
+    tool = ctx.tool(fk(row, "tool"))
     step: StepExecution | None = row.step_execution if fk(row, "step_execution") else None
     step_id = step.step_id if step is not None else None
-    connection = ctx.connection_name(execution, step_id)
-    mask = _masker(ctx, fk(row, "workspace"), connection, ctx.params_schema(tool))
+    connection = ctx.connection_name(fk(row, "execution"), step_id)
+    mask = _masker(ctx, fk(row, "workspace"), connection, tool.parameters_schema or {})
     return {
         "id": str(row.id),
         "execution_id": str(fk(row, "execution")) if fk(row, "execution") else None,
@@ -157,7 +162,9 @@ def list_tool_executions(actor: Principal, execution_id: Any, *,
         NotFound: no such execution in the workspace.
     """
     execution = get_execution(actor, execution_id)
-    rows = (ToolExecution.select().where(ToolExecution.execution == execution.id)
+    rows = (ToolExecution.select(ToolExecution, StepExecution)
+            .join(StepExecution, peewee.JOIN.LEFT_OUTER, on=(ToolExecution.step_execution == StepExecution.id))
+            .where(ToolExecution.execution == execution.id)
             .order_by(ToolExecution.created_at, ToolExecution.id))
     ctx = _Context(settings)
     return [tool_execution_dict(r, ctx=ctx) for r in rows]
@@ -199,8 +206,7 @@ def queue_job_dict(row: QueueJob, *, settings: Settings | None = None, ctx: _Con
     executions its deliveries made."""
     ctx = ctx or _Context(settings)
     data = row.data or {}
-    execution: Execution | None = row.execution if fk(row, "execution") else None
-    connection = ctx.connection_name(execution, data.get("step_id"))
+    connection = ctx.connection_name(fk(row, "execution"), data.get("step_id"))
     scrub = ctx.scrub(fk(row, "workspace"), connection)
     out: dict[str, Any] = {
         "id": str(row.id),
