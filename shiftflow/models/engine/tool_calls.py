@@ -46,7 +46,7 @@ from shiftflow.kernel.secretbox import vault_for
 from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.kernel.tools.base import Tool, ToolContext, ToolLimits
 from shiftflow.kernel.tools.registry import default_registry
-from shiftflow.models.engine import runs
+from shiftflow.models.engine import runs, step_artifacts
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.integrations import Connection
 from shiftflow.models.tables.queue_jobs import QueueJob
@@ -141,6 +141,8 @@ class Resolved:
     credentials: dict[str, Any]
     integration: str | None = None
     connection_id: str | None = None
+    #: The connection's own rate limits (``connection.rate_limits``; None: the integration's).
+    rate_limits: dict[str, Any] | None = None
 
 
 def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: Settings) -> Resolved:
@@ -165,7 +167,7 @@ def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: S
     shaped = tool_credentials(integration, tool.name, str(row.id), credentials,
                               oauth2=_oauth2(settings.http_timeout_seconds, settings.http_allow_private),
                               store=ConnectionTokens(workspace_id, settings))
-    return Resolved(shaped, key, str(row.id))
+    return Resolved(shaped, key, str(row.id), dict(row.rate_limits) if row.rate_limits else None)
 
 
 def _current_message() -> Any:
@@ -186,6 +188,8 @@ class ToolCall:
     connection_id: str | None = None
     integration: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    #: The files the call stored (rows written by ``finished`` when it succeeded).
+    artifacts: step_artifacts.StepArtifacts | None = None
 
     @property
     def where(self) -> str:
@@ -203,15 +207,20 @@ class ToolCall:
         self.tool.validate(params, where=self.where)
         execution, step_row = self.claim.execution, self.claim.step
         assert step_row is not None
+        # Only artifacts of this workspace may be read (``steps[2].with.input: ...`` otherwise).
+        inputs = step_artifacts.allowed_inputs(self.tool, params, execution.workspace_id, self.where)
         connection = credentials_for(execution.workspace_id, self.step.connection, self.tool, self.settings)
         if connection.integration is not None and connection.connection_id is not None:
-            # The integration's rate limits, shared by every worker (docs/integrations.md).
-            wait = ratelimit.acquire(connection.integration, connection.connection_id)
+            # The integration's rate limits, shared by every worker (docs/integrations.md),
+            # with the connection's own limits when it has some.
+            wait = ratelimit.acquire(connection.integration, connection.connection_id,
+                                     override=connection.rate_limits)
             if wait:
                 raise RateLimited(f"connection {self.step.connection!r}: the {connection.integration} rate limit "
                                   f"is reached (not called)", retry_after=wait)
+        self.artifacts = step_artifacts.StepArtifacts(artifact_store(self.settings), inputs)
         ctx = ToolContext(
-            artifacts=artifact_store(self.settings),
+            artifacts=self.artifacts,
             credentials=connection.credentials,
             limits=ToolLimits.from_settings(self.settings),
             allow_private=self.settings.http_allow_private,
@@ -220,15 +229,24 @@ class ToolCall:
             settings=self.settings,
         )
         try:
-            answer = self.tool.call(params, ctx)
+            answer = self._call(params, ctx, connection)
+        except BaseException:
+            # A failed call keeps none of its files (an oversize second file, a timeout
+            # after the first): nothing half-written.
+            self.artifacts.discard()
+            raise
+        result: dict[str, Any] = scrub(answer)
+        return result
+
+    def _call(self, params: Any, ctx: ToolContext, connection: Resolved) -> Any:
+        try:
+            return self.tool.call(params, ctx)
         except RateLimited as exc:
             if connection.integration is None or connection.connection_id is None:
                 raise
             # Every worker's next call on this connection (or integration) waits out the cool-down.
             wait = ratelimit.cool_down(connection.integration, connection.connection_id, exc)
             raise RateLimited(str(exc), retry_after=wait) from None
-        result: dict[str, Any] = scrub(answer)
-        return result
 
     def finished(self, status: str, *, output: Any = None, error: str | None = None, retrying: bool = False) -> None:
         """Record the outcome on the tool execution and the job (call inside the step's transaction)."""
@@ -245,6 +263,13 @@ class ToolCall:
                 QueueJob.message_id == self.job_id).execute()
         if status == "SUCCEEDED":
             ToolRow.update(usage_count=ToolRow.usage_count + 1).where(ToolRow.name == self.tool.name).execute()
+            if self.artifacts is not None and self.claim.step is not None:
+                # In the step's transaction: a completed step always has its rows, a row its step.
+                step_artifacts.record(self.artifacts.made, tool=self.tool.name,
+                                      workspace_id=self.claim.execution.workspace_id,
+                                      execution_id=self.claim.execution.id, step_execution_id=self.claim.step.id)
+        elif self.artifacts is not None:
+            self.artifacts.discard()  # the call answered but its step did not complete
 
 
 def prepare(claim: runs.Claim, step: Step, stored_input: Any, settings: Settings) -> ToolCall:

@@ -18,6 +18,7 @@ from shiftflow.models.tables.side_effects import EFFECT_STATES
 from shiftflow.producers.api import analytics as api_analytics
 from shiftflow.producers.api.schemas import (
     ANY,
+    CONNECTION_LIMITS,
     CONNECTION_NAME,
     ID,
     INTEGRATION_KEY,
@@ -680,7 +681,7 @@ PATHS.update({
             example={"integration": "smtp", "name": "smtp-main",
                      "credentials": {"host": "smtp.example.com", "username": "robot", "password": "…"}},
             body=closed(["integration", "name", "credentials"], integration=INTEGRATION_KEY, name=CONNECTION_NAME,
-                        credentials=_CREDENTIALS),
+                        credentials=_CREDENTIALS, rate_limits=CONNECTION_LIMITS),
         ),
     },
     "/connections/{connection_id}": {
@@ -701,7 +702,8 @@ PATHS.update({
             tags=("connections",),
             example={"credentials": {"password": "…"}},
             params=[_path("connection_id")],
-            body=closed([], name=CONNECTION_NAME, credentials=_CREDENTIALS, is_active={"type": "boolean"}),
+            body=closed([], name=CONNECTION_NAME, credentials=_CREDENTIALS, is_active={"type": "boolean"},
+                        rate_limits=CONNECTION_LIMITS),
         ),
         "delete": _op(
             "deleteConnection",
