@@ -24,7 +24,7 @@ message and so a new job; the step's row ties them together.
 from __future__ import annotations
 
 import datetime as dt
-import functools
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -42,6 +42,7 @@ from shiftflow.kernel.integrations import ratelimit
 from shiftflow.kernel.integrations.catalogue import default_catalogue
 from shiftflow.kernel.integrations.connections import tool_credentials
 from shiftflow.kernel.integrations.oauth2 import OAuth2Client, TokenSet, merge_tokens
+from shiftflow.kernel.redis_handle import get_redis
 from shiftflow.kernel.secretbox import vault_for
 from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.kernel.tools.base import Tool, ToolContext, ToolLimits
@@ -128,9 +129,21 @@ class ConnectionTokens:
             row.save()
 
 
-@functools.cache
-def _oauth2(timeout: float, allow_private: bool) -> OAuth2Client:
-    return OAuth2Client(timeout=timeout, allow_private=allow_private)
+_oauth2_clients: dict[tuple[int, int, int], OAuth2Client] = {}
+_oauth2_lock = threading.Lock()
+
+
+def _oauth2(settings: Settings) -> OAuth2Client:
+    """The process's token client for ``settings``: ``SHIFTFLOW_OAUTH2_*``, and its refresh
+    lock in Redis when Redis is configured, so that two worker *processes* meeting an
+    expired token refresh once (a per-process lock let both refresh, and with rotation the
+    second presented a used-up refresh token: ``invalid_grant``)."""
+    client = get_redis()
+    key = (os.getpid(), id(settings), id(client))
+    with _oauth2_lock:
+        if key not in _oauth2_clients:
+            _oauth2_clients[key] = OAuth2Client.from_settings(settings, redis_client=client)
+        return _oauth2_clients[key]
 
 
 @dataclass(frozen=True)
@@ -165,7 +178,7 @@ def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: S
         return Resolved(dict(credentials))
     integration = catalogue.check_tool(tool.name, key)
     shaped = tool_credentials(integration, tool.name, str(row.id), credentials,
-                              oauth2=_oauth2(settings.http_timeout_seconds, settings.http_allow_private),
+                              oauth2=_oauth2(settings),
                               store=ConnectionTokens(workspace_id, settings))
     return Resolved(shaped, key, str(row.id), dict(row.rate_limits) if row.rate_limits else None)
 
