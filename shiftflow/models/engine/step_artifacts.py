@@ -149,10 +149,12 @@ class StepArtifacts(ArtifactStore):
         self._check(location)
         return self.inner.exists(location)
 
-    def local_path(self, location: str, suffix: str = "") -> contextlib.AbstractContextManager[Path]:
+    @contextlib.contextmanager
+    def local_path(self, location: str, suffix: str = "") -> Iterator[Path]:
         """The inner store's file of an allowed artifact."""
         self._check(location)
-        return self.inner.local_path(location, suffix)
+        with self.inner.local_path(location, suffix) as path:
+            yield path
 
     def discard(self) -> None:
         """Delete every file this call stored (it failed: none of them gets a row)."""
