@@ -65,6 +65,8 @@ def test_the_api_sets_shows_validates_and_clears_a_connections_own_limits(api):
 
     bad = c.patch(f"/connections/{conn['id']}", json={"rate_limits": {"per_minute": "lots"}}, headers=a.auth("ADMIN"))
     assert bad.status_code == 422 and "rate_limits.per_minute" in bad.json()["error"]
+    whole = c.patch(f"/connections/{conn['id']}", json={"rate_limits": {"burst": 2.0}}, headers=a.auth("ADMIN"))
+    assert whole.status_code == 200 and whole.json()["rate_limits"] == {"burst": 2}, whole.text  # 2.0 is whole
     changed = c.patch(f"/connections/{conn['id']}", json={"rate_limits": {"per_second": 1}}, headers=a.auth("ADMIN"))
     assert changed.status_code == 200 and changed.json()["rate_limits"] == {"per_second": 1}
     renamed = c.patch(f"/connections/{conn['id']}", json={"name": "crm2"}, headers=a.auth("ADMIN")).json()
@@ -73,7 +75,7 @@ def test_the_api_sets_shows_validates_and_clears_a_connections_own_limits(api):
     assert cleared["rate_limits"] is None and Connection.get().rate_limits is None
     updates = [e.metadata["changed"] for e in AuditLog.select().where(AuditLog.action == "connection.updated")
                .order_by(AuditLog.created_at)]
-    assert updates == [["rate_limits"], ["name"], ["rate_limits"]]
+    assert updates == [["rate_limits"], ["rate_limits"], ["name"], ["rate_limits"]]
 
 
 def test_the_cli_sets_shows_and_clears_a_connections_own_limits(real_env, monkeypatch, capsys):

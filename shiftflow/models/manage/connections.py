@@ -29,7 +29,7 @@ from typing import Any
 import peewee
 
 from shiftflow.kernel.db import database
-from shiftflow.kernel.errors import NotFound
+from shiftflow.kernel.errors import NotFound, PermanentError
 from shiftflow.kernel.integrations.base import (
     FAILED,
     CheckContext,
@@ -109,9 +109,15 @@ def check_rate_limits(value: Any) -> dict[str, Any] | None:
         raise InvalidInput("rate_limits", "expected an object with per_second, per_minute and/or burst, or null")
     try:
         clean = parse_overrides(value)
-        RateLimits(**{"per_second": 0.0, "per_minute": 0.0, "burst": 1, **clean})
     except InvalidCredentials as exc:
         raise _invalid(exc) from None
+    if isinstance(clean.get("burst"), float):
+        # JSON Schema counts 2.0 as an integer; the token bucket wants a whole number.
+        clean["burst"] = int(clean["burst"])
+    try:
+        RateLimits(**{"per_second": 0.0, "per_minute": 0.0, "burst": 1, **clean})
+    except PermanentError as exc:
+        raise InvalidInput("rate_limits", str(exc)) from None
     return clean or None
 
 
