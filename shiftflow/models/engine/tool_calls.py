@@ -133,7 +133,7 @@ _oauth2_clients: dict[tuple[int, int, int], OAuth2Client] = {}
 _oauth2_lock = threading.Lock()
 
 
-def _oauth2(settings: Settings) -> OAuth2Client:
+def oauth2_client(settings: Settings) -> OAuth2Client:
     """The process's token client for ``settings``: ``SHIFTFLOW_OAUTH2_*``, and its refresh
     lock in Redis when Redis is configured, so that two worker *processes* meeting an
     expired token refresh once (a per-process lock let both refresh, and with rotation the
@@ -178,7 +178,7 @@ def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: S
         return Resolved(dict(credentials))
     integration = catalogue.check_tool(tool.name, key)
     shaped = tool_credentials(integration, tool.name, str(row.id), credentials,
-                              oauth2=_oauth2(settings),
+                              oauth2=oauth2_client(settings),
                               store=ConnectionTokens(workspace_id, settings))
     return Resolved(shaped, key, str(row.id), dict(row.rate_limits) if row.rate_limits else None)
 

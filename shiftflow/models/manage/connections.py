@@ -48,7 +48,7 @@ from shiftflow.kernel.integrations.catalogue import (
 from shiftflow.kernel.integrations.secrets import mask
 from shiftflow.kernel.secretbox import DecryptionError, vault_for
 from shiftflow.kernel.settings import Settings, get_settings
-from shiftflow.models.engine.tool_calls import ConnectionTokens
+from shiftflow.models.engine.tool_calls import ConnectionTokens, oauth2_client
 from shiftflow.models.manage import audit
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.plain import parse_id, stamp
@@ -369,7 +369,9 @@ def verify_connection(actor: Principal, connection_id: Any, *, settings: Setting
     credentials = _open(row, settings)
     ctx = CheckContext(timeout=settings.http_timeout_seconds, allow_private=settings.http_allow_private,
                        settings=settings, connection_id=str(row.id),
-                       tokens=ConnectionTokens(fk(row, "workspace"), settings))
+                       tokens=ConnectionTokens(fk(row, "workspace"), settings),
+                       # The engine's client: a refresh here takes the same Redis lock as a step's.
+                       oauth2=oauth2_client(settings))
     # No transaction is open during the outside call: it may take the whole timeout.
     result = (check_connection(integration, credentials, ctx) if credentials is not None
               else CheckResult(FAILED, UNREADABLE))
