@@ -39,8 +39,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {item.workspace}: kept forever (retention 0)")
             continue
         print(f"  {item.workspace}: finished before {item.cutoff:%Y-%m-%d %H:%M} (retention {item.retention_days} d): "
-              f"{verb} {item.executions} executions, {item.steps} steps, {item.tool_executions} tool executions; "
+              f"{verb} {item.executions} executions, {item.steps} steps, {item.tool_executions} tool executions, "
+              f"{item.artifacts} artifacts; "
               f"{item.held} kept for unfinished executions, pending orders or unsettled calls")
+    orphans = report.orphans
+    print(f"  artifact files without a row, older than {settings.artifact_orphan_grace_hours} h: {verb} "
+          f"{orphans.orphans} of {orphans.checked}" + (f" ({orphans.failed} failed)" if orphans.failed else ""))
     for collection, done in ttl.items():
         print(f"  MongoDB {collection}: TTL index {done}")
     return 0
@@ -61,7 +65,7 @@ def _ensure_ttl(settings: Any) -> dict[str, str]:
 
 def register(sub: Any) -> None:
     """Add ``retention`` to the ``shiftflow`` parser."""
-    parser = sub.add_parser("retention", help="delete old finished executions; set MongoDB's TTL indexes")
+    parser = sub.add_parser("retention", help="delete old finished executions and artifacts; set MongoDB's TTL indexes")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = actions.add_parser(
         "run",

@@ -106,6 +106,28 @@ def _credentials(args: argparse.Namespace, integration_key: str | None) -> dict[
     return out
 
 
+def _limits(args: argparse.Namespace) -> Any:
+    """The connection's own rate limits from ``--limit FIELD=VALUE`` (``...``: none given;
+    None: ``--no-limits``, back to the integration's)."""
+    if getattr(args, "no_limits", False):
+        return None
+    if not args.limit:
+        return ...
+    out: dict[str, Any] = {}
+    for item in args.limit:
+        field, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--limit {item!r}: expected FIELD=VALUE (per_second, per_minute, burst)")
+        out[field.strip()] = _value(text)
+    return out
+
+
+def _describe_limits(limits: dict[str, Any] | None) -> str:
+    if not limits:
+        return "none"
+    return ", ".join(f"{k} {limits[k]:g}" for k in ("per_second", "per_minute", "burst") if k in limits)
+
+
 def _show_connection(row: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(row)
@@ -114,6 +136,9 @@ def _show_connection(row: dict[str, Any], as_json: bool) -> None:
           + ("" if row["is_active"] else ", inactive"))
     for name, value in row["credentials"].items():
         print(f"  {name}: {value}")
+    own = row.get("rate_limits")
+    print(f"  rate limits: {_describe_limits(row.get('effective_limits'))}"
+          + (f" (own: {_describe_limits(own)})" if own else " (the integration's)"))
     if row["last_error"]:
         print(f"  last error: {row['last_error']}")
 
@@ -123,7 +148,9 @@ def _connections_create(args: argparse.Namespace) -> int:
 
     settings = connect(args)
     creds = _credentials(args, args.integration) or {}
-    row = connections.create_connection(operator(args), args.integration, args.name, creds, settings=settings)
+    limits = _limits(args)
+    row = connections.create_connection(operator(args), args.integration, args.name, creds,
+                                        rate_limits=None if limits is ... else limits, settings=settings)
     _show_connection(row, args.json)
     return 0
 
@@ -137,8 +164,9 @@ def _connections_list(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     for r in rows:
+        own = f"  limits: {_describe_limits(r['rate_limits'])}" if r.get("rate_limits") else ""
         print(f"{r['name']:<24} {r['integration']:<12} {r['test_status']:<8} {r['id']}"
-              + ("" if r["is_active"] else "  inactive"))
+              + ("" if r["is_active"] else "  inactive") + own)
     return 0
 
 
@@ -161,7 +189,7 @@ def _connections_update(args: argparse.Namespace) -> int:
     active = None if args.active is None else args.active == "yes"
     changed = connections.update_connection(actor, row.id, name=args.name,
                                             credentials=_credentials(args, row.integration.key),
-                                            is_active=active, settings=settings)
+                                            is_active=active, rate_limits=_limits(args), settings=settings)
     _show_connection(changed, args.json)
     return 0
 
@@ -196,6 +224,12 @@ def _credential_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--credentials-file", metavar="PATH", help="a JSON object of credentials ('-': stdin)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="one credential field (repeatable)")
     p.add_argument("--ask", action="store_true", help="prompt for the secret fields without echo")
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", action="append", metavar="FIELD=VALUE",
+                   help="the connection's own rate limit over its integration's: per_second=2, per_minute=30, "
+                        "burst=3 (repeatable; 0: no limit on that scale); every worker holds to it")
 
 
 def register(sub: Any) -> None:
@@ -235,6 +269,7 @@ def register(sub: Any) -> None:
     p.add_argument("name", help="how steps name it (connection: NAME)")
     p.add_argument("--workspace", required=True, help="workspace slug")
     _credential_flags(p)
+    _limit_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=guarded(_connections_create))
     p = c_sub.add_parser("list", help="list connections (credentials masked)")
@@ -258,5 +293,7 @@ def register(sub: Any) -> None:
     p.add_argument("--name", help="a new name")
     p.add_argument("--active", choices=["yes", "no"], help="activate or deactivate")
     _credential_flags(p)
+    _limit_flags(p)
+    p.add_argument("--no-limits", action="store_true", help="drop the connection's own rate limits")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=guarded(_connections_update))

@@ -147,6 +147,7 @@ def _tool_settings(env: Mapping[str, str], data_dir: str) -> dict[str, Any]:
         "artifact_backend": backend,
         "artifact_dir": _str(env, "ARTIFACT_DIR", f"{data_dir}/artifacts"),
         "artifact_max_bytes": _int(env, "ARTIFACT_MAX_BYTES", 52_428_800, 1, 5 * 1024**3),
+        "artifact_orphan_grace_hours": _int(env, "ARTIFACT_ORPHAN_GRACE_HOURS", 24, 1, 24 * 365),
         "s3_endpoint_url": _url(env, "S3_ENDPOINT_URL", ("https", "http"), "") if _get(env, "S3_ENDPOINT_URL") else "",
         "s3_bucket": bucket,
         "s3_prefix": _str(env, "S3_PREFIX", "").strip("/"),
@@ -404,6 +405,9 @@ class Settings:
     artifact_dir: str = ".shiftflow-dev/artifacts"
     #: SHIFTFLOW_ARTIFACT_MAX_BYTES: the largest artifact either backend accepts
     artifact_max_bytes: int = 52_428_800
+    #: SHIFTFLOW_ARTIFACT_ORPHAN_GRACE_HOURS: a stored file without an artifact row (its step never
+    #: completed) is removed by retention once it is this old (longer than any step runs)
+    artifact_orphan_grace_hours: int = 24
     #: SHIFTFLOW_S3_ENDPOINT_URL: an S3-compatible endpoint ("" = AWS's own for the region)
     s3_endpoint_url: str = ""
     #: SHIFTFLOW_S3_BUCKET / SHIFTFLOW_S3_PREFIX / SHIFTFLOW_S3_REGION: where the s3 backend writes

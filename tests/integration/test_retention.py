@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from shiftflow.kernel.artifacts import ArtifactStore, LocalArtifactStore
 from shiftflow.kernel.db import bind_database, database
 from shiftflow.kernel.settings import Settings
 from shiftflow.models.manage import retention
@@ -116,7 +119,9 @@ def rows(pg_url: str) -> Iterator[Rows]:
 
 
 def _settings(**changes: Any) -> Settings:
-    base = Settings(retention_days=7, dedup_window_hours=48, retention_batch_size=500)
+    # An artifact directory of its own: the orphan sweep must never walk a shared one.
+    base = Settings(retention_days=7, dedup_window_hours=48, retention_batch_size=500,
+                    artifact_dir=tempfile.mkdtemp(prefix="retention-artifacts-"))
     return dataclasses.replace(base, **changes)
 
 
@@ -219,6 +224,107 @@ def test_each_workspace_has_its_own_retention(rows):
     assert rows.exists("execution", keeper_old) and not rows.exists("execution", keeper_older)
     assert rows.exists("execution", archived)
     assert {w.workspace: w.cutoff for w in report.workspaces}["archive"] is None
+
+
+# ------------------------------------------------------------------ artifacts
+
+
+def _artifact(rows: Rows, store: ArtifactStore, execution: str, created_ago: dt.timedelta, name: str,
+              workspace: str | None = None) -> tuple[str, str]:
+    """A stored file and its row (created ``created_ago`` before NOW); (row id, location)."""
+    ref = store.put(name.encode() * 10, name)
+    row = rows._insert("artifact", {"workspace_id": workspace or rows.workspace, "execution_id": execution,
+                                    "type": "FILE", "name": ref.name, "url": ref.location, "size_bytes": ref.size,
+                                    "mime_type": ref.mime, "sha256": ref.sha256, "created_at": NOW - created_ago})
+    return row, ref.location
+
+
+def _orphan(store: LocalArtifactStore, name: str, age: dt.timedelta, *, partial: bool = False) -> str:
+    """A file without a row, last modified ``age`` before NOW (a step that never completed,
+    or with ``partial`` a write that was interrupted)."""
+    ref = store.put(b"orphan", name)
+    path = store.root / ref.location.removeprefix("local:")
+    if partial:
+        path = path.rename(path.with_name(".partial-" + name))
+    stamp = (NOW - age).replace(tzinfo=dt.UTC).timestamp()
+    os.utime(path, (stamp, stamp))
+    return "local:" + path.relative_to(store.root).as_posix()
+
+
+def test_old_artifacts_go_with_their_bytes_and_old_orphan_files_are_swept(rows, tmp_path):
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    settings = _settings(artifact_dir=str(store.root))
+    gone_execution = rows.execution(finished_ago=10 * DAY)  # deleted by retention: its rows cascade
+    _, with_execution = _artifact(rows, store, gone_execution, 10 * DAY, "gone.txt")
+    held_parent = rows.execution("RUNNING", finished_ago=None)
+    held = rows.execution(finished_ago=10 * DAY, parent_id=held_parent)  # kept: its parent runs
+    old_row, old_of_held = _artifact(rows, store, held, 9 * DAY, "old.txt")
+    recent_row, recent = _artifact(rows, store, held, 2 * DAY, "recent.txt")
+    running = rows.execution("RUNNING", finished_ago=None, created_ago=60 * DAY)
+    running_row, of_running = _artifact(rows, store, running, 59 * DAY, "running.txt")  # a later step may read it
+    orphan = _orphan(store, "crashed.png", 2 * DAY)
+    partial = _orphan(store, "half.bin", 3 * DAY, partial=True)
+    young = _orphan(store, "in-flight.pdf", dt.timedelta(hours=1))  # a call may still be running
+    for location in (recent, of_running):  # files are as old as their rows
+        stamp = (NOW - 2 * DAY).replace(tzinfo=dt.UTC).timestamp()
+        os.utime(store.root / location.removeprefix("local:"), (stamp, stamp))
+
+    dry = retention.run(settings, dry_run=True, now=NOW)
+    assert dry.workspaces[0].artifacts == 2 and dry.orphans.orphans == 2
+    assert all(store.exists(x) for x in (with_execution, old_of_held, recent, of_running, orphan, partial, young))
+    assert rows.count("artifact") == 4
+
+    report = retention.run(settings, dry_run=False, now=NOW)
+
+    assert report.workspaces[0].artifacts == 2 and report.workspaces[0].executions == 1
+    assert not store.exists(with_execution) and not store.exists(old_of_held)
+    assert not rows.exists("artifact", old_row) and rows.count("artifact") == 2
+    assert store.exists(recent) and rows.exists("artifact", recent_row)
+    assert store.exists(of_running) and rows.exists("artifact", running_row)
+    assert not store.exists(orphan) and not store.exists(partial) and store.exists(young)
+    assert (report.orphans.orphans, report.orphans.failed) == (2, 0)
+    # Bytes of rows that went with their execution another way (a crash between the row's
+    # delete and the file's) are orphans the next run removes once they are old.
+    rows.conn.cursor().execute("DELETE FROM artifact WHERE id = %s", (recent_row,))
+    later = retention.run(settings, dry_run=False, now=NOW + 3 * DAY)
+    assert not store.exists(recent) and later.orphans.orphans == 2  # recent.txt and in-flight.pdf
+    assert store.exists(of_running)
+
+
+def test_artifact_retention_on_an_s3_compatible_server(rows):
+    from shiftflow.kernel.artifacts.s3 import S3ArtifactStore
+    from tests.tool_servers import MotoServer
+
+    moto = MotoServer()
+    try:
+        settings = Settings.from_env({
+            "SHIFTFLOW_MODE": "dev", "SHIFTFLOW_ARTIFACT_BACKEND": "s3", "SHIFTFLOW_S3_ENDPOINT_URL": moto.url,
+            "SHIFTFLOW_S3_BUCKET": "retention", "SHIFTFLOW_S3_PREFIX": "runs", "SHIFTFLOW_S3_ACCESS_KEY_ID": "testing",
+            "SHIFTFLOW_S3_SECRET_ACCESS_KEY": "testing", "SHIFTFLOW_S3_TIMEOUT_SECONDS": "5"})
+        settings = dataclasses.replace(settings, retention_days=7, dedup_window_hours=48)
+        store = S3ArtifactStore.from_settings(settings)
+        store.client.create_bucket(Bucket="retention")
+        store.client.put_object(Bucket="retention", Key="elsewhere/not-ours.txt", Body=b"x")  # outside the prefix
+        # Real time: the server stamps objects now; retention looks from two days on.
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None) + 2 * DAY
+        old = rows.execution(finished_ago=None, status="RUNNING")
+        rows.conn.cursor().execute("UPDATE execution SET status = 'SUCCEEDED', completed_at = %s WHERE id = %s",
+                                   (now - 10 * DAY, old))
+        expired_row, expired = _artifact(rows, store, old, 9 * DAY, "expired.txt")
+        rows.conn.cursor().execute("UPDATE artifact SET created_at = %s WHERE id = %s", (now - 9 * DAY, expired_row))
+        running = rows.execution("RUNNING", finished_ago=None)
+        kept_row, kept = _artifact(rows, store, running, dt.timedelta(0), "kept.txt")
+        rows.conn.cursor().execute("UPDATE artifact SET created_at = %s WHERE id = %s", (now - DAY, kept_row))
+        orphan = store.put(b"no row", "orphan.txt").location
+
+        report = retention.run(settings, dry_run=False, now=now, store=store)
+
+        assert report.workspaces[0].artifacts == 1 and report.orphans.orphans == 1
+        assert not store.exists(expired) and not store.exists(orphan)
+        assert store.exists(kept) and rows.exists("artifact", kept_row)
+        assert store.client.head_object(Bucket="retention", Key="elsewhere/not-ours.txt")
+    finally:
+        moto.stop()
 
 
 # ------------------------------------------------------------------ MongoDB TTL

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -113,3 +114,13 @@ def test_an_unreachable_s3_server_is_transient():
     store = make_store(_s3_settings(f"http://127.0.0.1:{free_port()}", SHIFTFLOW_S3_TIMEOUT_SECONDS="1"))
     with pytest.raises(ArtifactStoreUnavailable):
         store.put(b"x", "x.txt")
+
+
+def test_stored_lists_every_artifact_with_its_modification_time(store: ArtifactStore):
+    before = time.time() - 60
+    refs = [store.put(b"x" * n, f"f{n}.bin") for n in (1, 2, 3)]
+    listed = dict(store.stored())
+    assert set(listed) == {r.location for r in refs}
+    assert all(before < t < time.time() + 60 for t in listed.values())
+    store.delete(refs[0].location)
+    assert set(dict(store.stored())) == {r.location for r in refs[1:]}

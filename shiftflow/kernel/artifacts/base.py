@@ -138,6 +138,11 @@ class ArtifactStore(ABC):
     def exists(self, location: str) -> bool:
         """True when something is stored at ``location``."""
 
+    def stored(self) -> Iterator[tuple[str, float]]:
+        """Every (location, last modified as Unix seconds) in the store, for retention's
+        orphan sweep. Backends that cannot list raise ``ToolError``."""
+        raise ToolError(f"{type(self).__name__} cannot list its artifacts")
+
     def get(self, location: str) -> bytes:
         """The artifact's whole content (use ``open`` for large ones)."""
         with self.open(location) as stream:

@@ -91,6 +91,20 @@ class LocalArtifactStore(ArtifactStore):
         """True when the file is there."""
         return self._path(location).is_file()
 
+    def stored(self) -> Iterator[tuple[str, float]]:
+        """Every file under the root with its modification time, ``.partial-`` files of an
+        interrupted ``put`` included (they are garbage once old)."""
+        if not self.root.is_dir():
+            return
+        for directory, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(directory) / name
+                try:
+                    modified = path.stat().st_mtime
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                yield SCHEME + path.relative_to(self.root).as_posix(), modified
+
     @contextlib.contextmanager
     def local_path(self, location: str, suffix: str = "") -> Iterator[Path]:
         """The artifact's own file: no copy (the caller must not modify it)."""

@@ -163,3 +163,11 @@ class S3ArtifactStore(ArtifactStore):
         except ArtifactNotFound:
             return False
         return True
+
+    def stored(self) -> Iterator[tuple[str, float]]:
+        """Every object under the store's prefix with its ``LastModified`` (paged listing)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self._errors("list"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else ""):
+                for item in page.get("Contents", ()):
+                    yield f"s3://{self.bucket}/{item['Key']}", item["LastModified"].timestamp()

@@ -24,7 +24,7 @@ message and so a new job; the step's row ties them together.
 from __future__ import annotations
 
 import datetime as dt
-import functools
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -42,11 +42,12 @@ from shiftflow.kernel.integrations import ratelimit
 from shiftflow.kernel.integrations.catalogue import default_catalogue
 from shiftflow.kernel.integrations.connections import tool_credentials
 from shiftflow.kernel.integrations.oauth2 import OAuth2Client, TokenSet, merge_tokens
+from shiftflow.kernel.redis_handle import get_redis
 from shiftflow.kernel.secretbox import vault_for
 from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.kernel.tools.base import Tool, ToolContext, ToolLimits
 from shiftflow.kernel.tools.registry import default_registry
-from shiftflow.models.engine import runs
+from shiftflow.models.engine import runs, step_artifacts
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.integrations import Connection
 from shiftflow.models.tables.queue_jobs import QueueJob
@@ -128,9 +129,21 @@ class ConnectionTokens:
             row.save()
 
 
-@functools.cache
-def _oauth2(timeout: float, allow_private: bool) -> OAuth2Client:
-    return OAuth2Client(timeout=timeout, allow_private=allow_private)
+_oauth2_clients: dict[tuple[int, int, int], OAuth2Client] = {}
+_oauth2_lock = threading.Lock()
+
+
+def oauth2_client(settings: Settings) -> OAuth2Client:
+    """The process's token client for ``settings``: ``SHIFTFLOW_OAUTH2_*``, and its refresh
+    lock in Redis when Redis is configured, so that two worker *processes* meeting an
+    expired token refresh once (a per-process lock let both refresh, and with rotation the
+    second presented a used-up refresh token: ``invalid_grant``)."""
+    client = get_redis()
+    key = (os.getpid(), id(settings), id(client))
+    with _oauth2_lock:
+        if key not in _oauth2_clients:
+            _oauth2_clients[key] = OAuth2Client.from_settings(settings, redis_client=client)
+        return _oauth2_clients[key]
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,8 @@ class Resolved:
     credentials: dict[str, Any]
     integration: str | None = None
     connection_id: str | None = None
+    #: The connection's own rate limits (``connection.rate_limits``; None: the integration's).
+    rate_limits: dict[str, Any] | None = None
 
 
 def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: Settings) -> Resolved:
@@ -163,9 +178,9 @@ def credentials_for(workspace_id: Any, name: str | None, tool: Tool, settings: S
         return Resolved(dict(credentials))
     integration = catalogue.check_tool(tool.name, key)
     shaped = tool_credentials(integration, tool.name, str(row.id), credentials,
-                              oauth2=_oauth2(settings.http_timeout_seconds, settings.http_allow_private),
+                              oauth2=oauth2_client(settings),
                               store=ConnectionTokens(workspace_id, settings))
-    return Resolved(shaped, key, str(row.id))
+    return Resolved(shaped, key, str(row.id), dict(row.rate_limits) if row.rate_limits else None)
 
 
 def _current_message() -> Any:
@@ -186,6 +201,8 @@ class ToolCall:
     connection_id: str | None = None
     integration: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    #: The files the call stored (rows written by ``finished`` when it succeeded).
+    artifacts: step_artifacts.StepArtifacts | None = None
 
     @property
     def where(self) -> str:
@@ -203,15 +220,20 @@ class ToolCall:
         self.tool.validate(params, where=self.where)
         execution, step_row = self.claim.execution, self.claim.step
         assert step_row is not None
+        # Only artifacts of this workspace may be read (``steps[2].with.input: ...`` otherwise).
+        inputs = step_artifacts.allowed_inputs(self.tool, params, execution.workspace_id, self.where)
         connection = credentials_for(execution.workspace_id, self.step.connection, self.tool, self.settings)
         if connection.integration is not None and connection.connection_id is not None:
-            # The integration's rate limits, shared by every worker (docs/integrations.md).
-            wait = ratelimit.acquire(connection.integration, connection.connection_id)
+            # The integration's rate limits, shared by every worker (docs/integrations.md),
+            # with the connection's own limits when it has some.
+            wait = ratelimit.acquire(connection.integration, connection.connection_id,
+                                     override=connection.rate_limits)
             if wait:
                 raise RateLimited(f"connection {self.step.connection!r}: the {connection.integration} rate limit "
                                   f"is reached (not called)", retry_after=wait)
+        self.artifacts = step_artifacts.StepArtifacts(artifact_store(self.settings), inputs)
         ctx = ToolContext(
-            artifacts=artifact_store(self.settings),
+            artifacts=self.artifacts,
             credentials=connection.credentials,
             limits=ToolLimits.from_settings(self.settings),
             allow_private=self.settings.http_allow_private,
@@ -220,15 +242,24 @@ class ToolCall:
             settings=self.settings,
         )
         try:
-            answer = self.tool.call(params, ctx)
+            answer = self._call(params, ctx, connection)
+        except BaseException:
+            # A failed call keeps none of its files (an oversize second file, a timeout
+            # after the first): nothing half-written.
+            self.artifacts.discard()
+            raise
+        result: dict[str, Any] = scrub(answer)
+        return result
+
+    def _call(self, params: Any, ctx: ToolContext, connection: Resolved) -> Any:
+        try:
+            return self.tool.call(params, ctx)
         except RateLimited as exc:
             if connection.integration is None or connection.connection_id is None:
                 raise
             # Every worker's next call on this connection (or integration) waits out the cool-down.
             wait = ratelimit.cool_down(connection.integration, connection.connection_id, exc)
             raise RateLimited(str(exc), retry_after=wait) from None
-        result: dict[str, Any] = scrub(answer)
-        return result
 
     def finished(self, status: str, *, output: Any = None, error: str | None = None, retrying: bool = False) -> None:
         """Record the outcome on the tool execution and the job (call inside the step's transaction)."""
@@ -245,6 +276,13 @@ class ToolCall:
                 QueueJob.message_id == self.job_id).execute()
         if status == "SUCCEEDED":
             ToolRow.update(usage_count=ToolRow.usage_count + 1).where(ToolRow.name == self.tool.name).execute()
+            if self.artifacts is not None and self.claim.step is not None:
+                # In the step's transaction: a completed step always has its rows, a row its step.
+                step_artifacts.record(self.artifacts.made, tool=self.tool.name,
+                                      workspace_id=self.claim.execution.workspace_id,
+                                      execution_id=self.claim.execution.id, step_execution_id=self.claim.step.id)
+        elif self.artifacts is not None:
+            self.artifacts.discard()  # the call answered but its step did not complete
 
 
 def prepare(claim: runs.Claim, step: Step, stored_input: Any, settings: Settings) -> ToolCall:

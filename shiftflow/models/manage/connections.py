@@ -29,14 +29,16 @@ from typing import Any
 import peewee
 
 from shiftflow.kernel.db import database
-from shiftflow.kernel.errors import NotFound
+from shiftflow.kernel.errors import NotFound, PermanentError
 from shiftflow.kernel.integrations.base import (
     FAILED,
     CheckContext,
     CheckResult,
     Integration,
     InvalidCredentials,
+    RateLimits,
     check_connection,
+    parse_overrides,
 )
 from shiftflow.kernel.integrations.catalogue import (
     IntegrationCatalogue,
@@ -46,7 +48,7 @@ from shiftflow.kernel.integrations.catalogue import (
 from shiftflow.kernel.integrations.secrets import mask
 from shiftflow.kernel.secretbox import DecryptionError, vault_for
 from shiftflow.kernel.settings import Settings, get_settings
-from shiftflow.models.engine.tool_calls import ConnectionTokens
+from shiftflow.models.engine.tool_calls import ConnectionTokens, oauth2_client
 from shiftflow.models.manage import audit
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.plain import parse_id, stamp
@@ -90,6 +92,44 @@ def _validated(integration: Integration, credentials: Any) -> dict[str, Any]:
         return integration.validate(credentials)
     except InvalidCredentials as exc:
         raise _invalid(exc) from None
+
+
+def check_rate_limits(value: Any) -> dict[str, Any] | None:
+    """A connection's own rate limits, checked (``rate_limits.per_second: ...`` names the field).
+
+    ``{per_second, per_minute, burst}``, any subset (the rest come from the integration; a
+    rate of 0 means no limit on that scale); None or ``{}``: the integration's limits.
+
+    Raises:
+        InvalidInput: not an object, an unknown field, or a value out of range.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidInput("rate_limits", "expected an object with per_second, per_minute and/or burst, or null")
+    try:
+        clean = parse_overrides(value)
+    except InvalidCredentials as exc:
+        raise _invalid(exc) from None
+    if isinstance(clean.get("burst"), float):
+        # JSON Schema counts 2.0 as an integer; the token bucket wants a whole number.
+        clean["burst"] = int(clean["burst"])
+    try:
+        RateLimits(**{"per_second": 0.0, "per_minute": 0.0, "burst": 1, **clean})
+    except PermanentError as exc:
+        raise InvalidInput("rate_limits", str(exc)) from None
+    return clean or None
+
+
+def effective_limits(row: Connection, catalogue: IntegrationCatalogue | None = None) -> dict[str, Any] | None:
+    """The limits a connection's calls are held to: its own over its integration's (for display)."""
+    from shiftflow.kernel.integrations.ratelimit import IntegrationLimiter
+
+    try:
+        own, _ = IntegrationLimiter(catalogue or default_catalogue()).limits(row.integration.key, row.rate_limits)
+    except Exception:  # noqa: BLE001 - a display helper never fails a listing
+        return None
+    return own.to_dict()
 
 
 def _integration_row(integration: Integration) -> IntegrationRow:
@@ -147,6 +187,8 @@ def connection_dict(row: Connection, *, settings: Settings | None = None,
         "last_tested_at": stamp(row.last_tested_at),
         "last_error": row.last_error,
         "expires_at": stamp(row.expires_at),
+        "rate_limits": dict(row.rate_limits) if row.rate_limits else None,
+        "effective_limits": effective_limits(row, catalogue),
         "user_id": str(fk(row, "user")) if fk(row, "user") else None,
         "created_at": stamp(row.created_at),
         "updated_at": stamp(row.updated_at),
@@ -156,7 +198,7 @@ def connection_dict(row: Connection, *, settings: Settings | None = None,
 def _summary(row: Connection, masked: dict[str, Any]) -> dict[str, Any]:
     """What an audit entry keeps of a connection (credentials masked)."""
     return {"name": row.name, "integration": row.integration.key, "is_active": bool(row.is_active),
-            "credentials": masked}
+            "credentials": masked, "rate_limits": dict(row.rate_limits) if row.rate_limits else None}
 
 
 def get_connection(actor: Principal, connection_id: Any, *, lock: bool = False) -> Connection:
@@ -203,13 +245,14 @@ def list_connections(actor: Principal, *, integration: str | None = None,
 
 
 def create_connection(actor: Principal, integration_key: str, name: str, credentials: Any, *,
-                      settings: Settings | None = None,
+                      rate_limits: Any = None, settings: Settings | None = None,
                       catalogue: IntegrationCatalogue | None = None) -> dict[str, Any]:
     """Store a new connection, its credentials validated and sealed (``connection.created``).
 
     Raises:
         UnknownIntegration: no such integration (404).
-        InvalidInput: the name, or a credential field (named), is invalid (422).
+        InvalidInput: the name, a credential field, or a rate limit field (named) is
+            invalid (422).
         Conflict: the workspace has a connection of that name (409).
     """
     actor.require("connections:write")
@@ -219,6 +262,7 @@ def create_connection(actor: Principal, integration_key: str, name: str, credent
     except UnknownIntegration as exc:
         raise InvalidInput("integration", str(exc)) from None
     _check_name(name)
+    limits = check_rate_limits(rate_limits)
     clean = _validated(integration, credentials)
     vault = _vault(settings)
     with database.atomic():
@@ -226,16 +270,19 @@ def create_connection(actor: Principal, integration_key: str, name: str, credent
             raise Conflict(f"a connection named {name!r} already exists in this workspace")
         row = Connection.create(workspace=workspace, user=actor.user_id, integration=_integration_row(integration).id,
                                 name=name, credentials=vault.encrypt(clean), key_id=vault.current_key_id,
-                                test_status="PENDING")
+                                test_status="PENDING", rate_limits=limits)
         audit.record(actor, "connection.created", "connection", row.id, after=_summary(row, mask(clean, integration.credentials_schema)))
     return connection_dict(row, settings=settings, catalogue=catalogue)
 
 
 def update_connection(actor: Principal, connection_id: Any, *, name: str | None = None,
                       credentials: Mapping[str, Any] | None = None, is_active: bool | None = None,
-                      settings: Settings | None = None,
+                      rate_limits: Any = ..., settings: Settings | None = None,
                       catalogue: IntegrationCatalogue | None = None) -> dict[str, Any]:
-    """Rename, re-credential or (de)activate a connection (``connection.updated``).
+    """Rename, re-credential, (de)activate or re-limit a connection (``connection.updated``).
+
+    ``rate_limits`` replaces the connection's own limits (None: back to the integration's;
+    left out, ``...``: unchanged).
 
     ``credentials`` are merged over the stored ones field by field (a ``null`` removes a
     field), then the whole document is validated again, so changing a password does not
@@ -250,6 +297,7 @@ def update_connection(actor: Principal, connection_id: Any, *, name: str | None 
         _check_name(name)
     if credentials is not None and not isinstance(credentials, Mapping):
         raise InvalidInput("credentials", "expected an object")
+    limits = check_rate_limits(rate_limits) if rate_limits is not ... else ...
     vault = _vault(settings)
     with database.atomic():
         row = get_connection(actor, connection_id, lock=True)
@@ -277,6 +325,9 @@ def update_connection(actor: Principal, connection_id: Any, *, name: str | None 
         if is_active is not None and bool(is_active) != bool(row.is_active):
             row.is_active = bool(is_active)
             changed.append("is_active")
+        if limits is not ... and limits != (dict(row.rate_limits) if row.rate_limits else None):
+            row.rate_limits = limits
+            changed.append("rate_limits")
         if changed:
             row.updated_at = utcnow()
             row.save()
@@ -318,7 +369,9 @@ def verify_connection(actor: Principal, connection_id: Any, *, settings: Setting
     credentials = _open(row, settings)
     ctx = CheckContext(timeout=settings.http_timeout_seconds, allow_private=settings.http_allow_private,
                        settings=settings, connection_id=str(row.id),
-                       tokens=ConnectionTokens(fk(row, "workspace"), settings))
+                       tokens=ConnectionTokens(fk(row, "workspace"), settings),
+                       # The engine's client: a refresh here takes the same Redis lock as a step's.
+                       oauth2=oauth2_client(settings))
     # No transaction is open during the outside call: it may take the whole timeout.
     result = (check_connection(integration, credentials, ctx) if credentials is not None
               else CheckResult(FAILED, UNREADABLE))

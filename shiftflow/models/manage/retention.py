@@ -16,6 +16,11 @@ notifications keep their rows with ``execution_id`` NULL) when all of these hold
   outside call of it is unsettled (a side effect PLANNED, SENDING or UNKNOWN): the
   reconciliation needs the execution.
 
+Artifacts go too (``models.manage.artifact_retention``): the rows and stored bytes of
+artifacts older than the cutoff whose execution is finished, then every stored file older
+than ``SHIFTFLOW_ARTIFACT_ORPHAN_GRACE_HOURS`` that no row names (a step that never
+completed, an execution deleted above).
+
 Deletion goes in batches of ``SHIFTFLOW_RETENTION_BATCH_SIZE`` executions, one transaction
 each, rows locked with SKIP LOCKED, so that workers are never held up for long and two
 retention runs do not wait on each other. PostgreSQL only (dev mode's SQLite keeps all).
@@ -27,8 +32,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from shiftflow.kernel.artifacts import ArtifactStore, make_store
 from shiftflow.kernel.db import database
 from shiftflow.kernel.settings import Settings
+from shiftflow.models.manage import artifact_retention
 
 #: Execution statuses that are final.
 FINISHED = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -69,6 +76,8 @@ class WorkspaceReport:
     executions: int = 0
     steps: int = 0
     tool_executions: int = 0
+    #: Artifacts (rows and bytes) older than the cutoff.
+    artifacts: int = 0
     #: Old finished executions kept because something unfinished still needs them.
     held: int = 0
 
@@ -80,6 +89,8 @@ class RetentionReport:
     dry_run: bool
     dedup_window_hours: int
     workspaces: list[WorkspaceReport] = field(default_factory=list)
+    #: Stored files no artifact row names, older than the grace period.
+    orphans: artifact_retention.OrphanReport = field(default_factory=artifact_retention.OrphanReport)
 
     @property
     def executions(self) -> int:
@@ -141,15 +152,19 @@ def _delete(report: WorkspaceReport, workspace_id: Any, cutoff: dt.datetime, win
     report.held = old
 
 
-def run(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None) -> RetentionReport:
-    """Delete (or with ``dry_run`` count) what retention removes, workspace by workspace.
+def run(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None,
+        store: ArtifactStore | None = None) -> RetentionReport:
+    """Delete (or with ``dry_run`` count) what retention removes, workspace by workspace,
+    then the orphan artifact files.
 
     Parameters:
         settings: retention, dedup window and batch size.
         dry_run: count only; nothing is deleted.
         now: the current time (naive UTC, as the schema stores it); tests pass one.
+        store: the artifact store; ``make_store(settings)`` when None.
     """
     now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    store = store if store is not None else make_store(settings)
     report = RetentionReport(dry_run=dry_run, dedup_window_hours=settings.dedup_window_hours)
     window = now - dt.timedelta(hours=settings.dedup_window_hours)
     for workspace_id, slug in _rows("SELECT id, slug FROM workspace ORDER BY slug", ()):
@@ -159,8 +174,12 @@ def run(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None) ->
         report.workspaces.append(item)
         if cutoff is None:
             continue
+        item.artifacts = artifact_retention.expire(store, workspace_id, cutoff, dry_run=dry_run,
+                                                   batch_size=settings.retention_batch_size)
         if dry_run:
             _dry(item, workspace_id, cutoff, window)
         else:
             _delete(item, workspace_id, cutoff, window, settings.retention_batch_size)
+    report.orphans = artifact_retention.sweep_orphans(store, now, settings.artifact_orphan_grace_hours,
+                                                      dry_run=dry_run)
     return report

@@ -24,7 +24,8 @@ class Artifact(BaseModel):
     type = peewee.CharField(max_length=10)
     name = peewee.CharField(max_length=300)
     description = peewee.TextField(null=True)
-    url = peewee.CharField(max_length=2048)
+    # Indexed: a step checks its input artifacts by location, retention finds rows by it.
+    url = peewee.CharField(max_length=2048, index=True)
     size_bytes = peewee.BigIntegerField(null=True)
     mime_type = peewee.CharField(max_length=200, null=True)
     sha256 = peewee.CharField(max_length=64, null=True)

@@ -90,6 +90,9 @@ class Connection(TimestampedModel):
     last_tested_at = peewee.DateTimeField(null=True)
     test_status = peewee.CharField(max_length=8, default="PENDING")
     last_error = peewee.TextField(null=True)
+    #: The connection's own rate limits (``{per_second, per_minute, burst}``, any subset), over
+    #: the integration's; None: the integration's (docs/integrations.md#rate-limits-and-cool-downs).
+    rate_limits = JSONField(null=True)
 
     class Meta:
         # Connections by user and integration; also serves lookups by user alone.

@@ -385,7 +385,7 @@ def _connections(call: Call) -> Result:
 def _create_connection(call: Call) -> Result:
     b = call.body
     made = connections.create_connection(call.actor, b["integration"], b["name"], b["credentials"],
-                                         settings=call.settings)
+                                         rate_limits=b.get("rate_limits"), settings=call.settings)
     return Result(201, made)
 
 
@@ -398,6 +398,7 @@ def _update_connection(call: Call) -> Result:
     b = call.body
     changed = connections.update_connection(call.actor, call.path["connection_id"], name=b.get("name"),
                                             credentials=b.get("credentials"), is_active=b.get("is_active"),
+                                            rate_limits=b["rate_limits"] if "rate_limits" in b else ...,
                                             settings=call.settings)
     return Result(200, changed)
 

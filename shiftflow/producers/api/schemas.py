@@ -10,6 +10,7 @@ from typing import Any
 
 from shiftflow.kernel.contracts import EXECUTION_SOURCES, Priority
 from shiftflow.kernel.definition import TRIGGER_TYPES
+from shiftflow.kernel.integrations.base import RATE_LIMITS_SCHEMA
 from shiftflow.models.manage.access import PERMISSIONS
 from shiftflow.models.manage.queries import EXECUTION_STATUSES, STEP_STATUSES, WORKFLOW_STATUSES
 from shiftflow.models.tables.side_effects import EFFECT_STATES
@@ -417,6 +418,14 @@ _LIMITS = {
     "type": ["object", "null"],
     "properties": {"per_second": {"type": "number"}, "per_minute": {"type": "number"}, "burst": {"type": "integer"}},
 }
+#: A connection's own rate limits in a request: any of the fields (0: no limit on that
+#: scale), over the integration's; null: back to the integration's.
+CONNECTION_LIMITS = {
+    **RATE_LIMITS_SCHEMA,
+    "type": ["object", "null"],
+    "description": "the connection's own rate limits over its integration's (per_second, per_minute, burst); "
+                   "null: the integration's",
+}
 
 SCHEMAS.update({
     "Tool": obj(
@@ -471,7 +480,7 @@ SCHEMAS.update({
     "IntegrationList": obj(["items"], items={"type": "array", "items": ref("Integration")}),
     "Connection": obj(
         ["id", "name", "integration", "credentials", "credentials_readable", "is_active", "test_status", "last_tested_at", "last_error",
-         "expires_at", "user_id", "created_at", "updated_at"],
+         "expires_at", "rate_limits", "effective_limits", "user_id", "created_at", "updated_at"],
         id=ID,
         name={"type": "string"},
         integration={"type": "string"},
@@ -483,6 +492,9 @@ SCHEMAS.update({
         last_tested_at=NULL_TIME,
         last_error=NULL_TEXT,
         expires_at=NULL_TIME,
+        rate_limits={**_LIMITS, "description": "the connection's own limits (null: its integration's)"},
+        effective_limits={**_LIMITS, "description": "the limits its calls are held to: its own over the "
+                          "integration's and the deployment's"},
         user_id=NULL_ID,
         created_at=TIME,
         updated_at=TIME,

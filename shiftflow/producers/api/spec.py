@@ -19,6 +19,7 @@ from shiftflow.producers.api import analytics as api_analytics
 from shiftflow.producers.api import tool_runs as api_tool_runs
 from shiftflow.producers.api.schemas import (
     ANY,
+    CONNECTION_LIMITS,
     CONNECTION_NAME,
     ID,
     INTEGRATION_KEY,
@@ -681,7 +682,7 @@ PATHS.update({
             example={"integration": "smtp", "name": "smtp-main",
                      "credentials": {"host": "smtp.example.com", "username": "robot", "password": "…"}},
             body=closed(["integration", "name", "credentials"], integration=INTEGRATION_KEY, name=CONNECTION_NAME,
-                        credentials=_CREDENTIALS),
+                        credentials=_CREDENTIALS, rate_limits=CONNECTION_LIMITS),
         ),
     },
     "/connections/{connection_id}": {
@@ -702,7 +703,8 @@ PATHS.update({
             tags=("connections",),
             example={"credentials": {"password": "…"}},
             params=[_path("connection_id")],
-            body=closed([], name=CONNECTION_NAME, credentials=_CREDENTIALS, is_active={"type": "boolean"}),
+            body=closed([], name=CONNECTION_NAME, credentials=_CREDENTIALS, is_active={"type": "boolean"},
+                        rate_limits=CONNECTION_LIMITS),
         ),
         "delete": _op(
             "deleteConnection",
