@@ -10,9 +10,8 @@ Slack-compatible receiver.
 
 The test reads the email and its attachment from the SMTP server, the artifacts' bytes
 from the store, the tool executions and queue jobs from the API, and the
-`integration_usage` documents from MongoDB (SecantusDB). Artifact *rows* (`GET
-/executions/{id}/artifacts`) are asserted in their own test function, skipped until tool
-steps write them.
+`integration_usage` documents from MongoDB (SecantusDB), and the artifact rows through
+`GET /executions/{id}/artifacts` and their download endpoint.
 """
 
 from __future__ import annotations
@@ -214,7 +213,6 @@ def test_the_page_digest_example_runs_end_to_end(digest: dict[str, Any], mongo_u
                             ("slack", "notify.chat", True)])
 
 
-@pytest.mark.skip(reason="tool steps do not write Artifact rows yet; enable once they do")
 def test_the_page_digest_artifacts_are_listed_by_the_api(digest: dict[str, Any]) -> None:
     """The screenshot and the thumbnail as `GET /executions/{id}/artifacts` lists them, and
     their bytes through `GET /artifacts/{id}/content`."""
