@@ -51,13 +51,17 @@ STEP_ACTORS: dict[str, str] = {
     "tool": "tools.call",
     "price": "tools.call",
     "sideshift_swap": "sideshift.order",
+    # A registered Python function that reports phases, progress and checkpoints.
+    "task": "tools.call",
+    # Starts a deployment and polls it between durable timers.
+    "deploy": "tools.call",
 }
 
 #: Step types whose inputs may reference ``secrets.*``: they send them and store them masked
 #: (``kernel.runnable`` refuses a reference anywhere else; the engine gives it no value).
 #: A ``tool`` step is not one: its credentials come from its ``connection``, handed to the
 #: tool alone, never rendered into parameters that are stored and may be echoed.
-SECRET_STEP_TYPES = frozenset({"http"})
+SECRET_STEP_TYPES = frozenset({"http", "deploy"})
 
 #: Step types whose work is pure and cheap: they may run inline, in the same message as
 #: the step before them, without a broker round trip (docs/architecture.md#planning-inline-steps-and-queued-steps).
@@ -87,6 +91,16 @@ SCHEMA: dict[str, Any] = {
         "priority": {"enum": ["LOW", "NORMAL", "HIGH", "CRITICAL"]},
         "max_executions": {"type": "integer", "minimum": 1},
         "timeout": _DURATION,
+        "retries": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "retry a failed execution as a linked child execution, with exponential backoff",
+            "properties": {
+                "max": {"type": "integer", "minimum": 0, "maximum": 100},
+                "backoff": {"type": "number", "minimum": 0, "maximum": 86_400},
+                "max_backoff": {"type": "number", "minimum": 0, "maximum": 604_800},
+            },
+        },
         "concurrency": {
             "type": "object",
             "required": ["limit"],

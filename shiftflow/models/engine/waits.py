@@ -16,11 +16,15 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound, PermanentError
-from shiftflow.models.engine import leases, mongo_log, runs
+from shiftflow.models.engine import leases, mongo_log, retries, runs
 from shiftflow.models.engine.start import start_execution
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.workflows import Workflow
+
+#: Imported for its finish hook (timeline, automatic retries): every process that finishes
+#: executions imports this module.
+_FINISH_HOOK = retries.after_finish
 
 #: The longest a wait step may sleep.
 MAX_WAIT_SECONDS = 366 * 86_400
