@@ -28,6 +28,7 @@ from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.audit_log import AuditLog
 from shiftflow.models.tables.dead_letters import DeadLetter
 from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.patterns import PatternWorkspace
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.templates import WorkflowTemplate
 from shiftflow.models.tables.tenancy import ApiKey, WorkspaceMember
@@ -76,6 +77,9 @@ AUDITED = {
     "updateConnection": "connection.updated",
     "testConnection": "connection.tested",
     "deleteConnection": "connection.deleted",
+    "createPatternWorkspace": "pattern.created",
+    "sendPatternFeedback": "pattern.feedback_sent",
+    "approvePatternRun": "execution.approval_decided",
 }
 
 
@@ -227,6 +231,7 @@ def test_role_matrix_over_every_operation(api):
                 "template_key",
                 "connection_id",
                 "artifact_id",
+                "pattern_id",
             )
         }
         values["step_id"] = "approve"
@@ -339,7 +344,9 @@ def test_every_mutation_writes_an_audit_entry(api):
         op: action
         for op, action in AUDITED.items()
         if action not in actions
-        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection")
+        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection",
+                       # the pattern-workspace flow is audited in test_multi_phase_api
+                       "createPatternWorkspace", "sendPatternFeedback", "approvePatternRun")
     }
     assert not missing, missing
     cancel = AuditLog.get(AuditLog.action == "execution.cancelled", AuditLog.entity_id == running["id"])
@@ -381,7 +388,9 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
                                                  {"auth": "bearer", "token": "b-token-123456", "base_url": "https://api.example.com"})
     b_artifact = Artifact.create(workspace=b.workspace.id, execution=b_execution.id, type="TEXT", name="b.txt",
                                  url="local:2026/01/01/x/b.txt", size_bytes=1)
+    b_pattern = PatternWorkspace.create(workspace=b.workspace.id, pattern_type="bos", name="B's", category="p")
     b_ids = {
+        "pattern_id": b_pattern.id,
         "connection_id": b_connection["id"],
         "artifact_id": b_artifact.id,
         "workflow_id": b_workflow.id,

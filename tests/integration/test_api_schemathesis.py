@@ -32,6 +32,7 @@ from shiftflow.models.manage.access import Principal
 from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.dead_letters import DeadLetter
 from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.patterns import PatternWorkspace
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.templates import WorkflowTemplate
 from shiftflow.models.tables.tenancy import WorkspaceMember
@@ -97,7 +98,10 @@ def _seed(settings: Settings):
     ref = make_store(settings).put(b"fuzz bytes", "fuzz.txt", "text/plain")
     artifact = Artifact.create(workspace=tenant.workspace.id, execution=failed.id, type="TEXT", name=ref.name,
                                url=ref.location, size_bytes=ref.size, mime_type=ref.mime, sha256=ref.sha256)
+    pattern = PatternWorkspace.create(workspace=tenant.workspace.id, pattern_type="swings", name="Swings",
+                                      category="pattern")
     ids = {
+        "pattern_id": str(pattern.id),
         "connection_id": connection["id"],
         "artifact_id": str(artifact.id),
         "tool_name": "media.image",

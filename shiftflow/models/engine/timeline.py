@@ -23,7 +23,7 @@ from typing import Any
 from shiftflow.kernel.mongo import TIMELINE_EVENTS, get_sink
 from shiftflow.kernel.redis_handle import publish_updates
 from shiftflow.kernel.timeline_types import AUTHORS, check_event
-from shiftflow.models.engine import mongo_log
+from shiftflow.models.engine import mongo_log, runs
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.patterns import PatternRun
@@ -109,6 +109,27 @@ def emit_for_pattern(workspace_id: Any, pattern_id: Any, event_type: str, data: 
     }
     mongo_log.after_commit(_write, event)
     return public(event)
+
+
+def approval_requested(execution: Execution, step_id: str, inputs: Any) -> None:
+    """``approval_requested`` (or ``verification_requested`` for ``with: {kind: verification}``)."""
+    inputs = inputs if isinstance(inputs, dict) else {}
+    kind = "verification" if inputs.get("kind") == "verification" else "approval"
+    data: dict[str, Any] = {"step_id": step_id}
+    if isinstance(inputs.get("role"), str):
+        data["role"] = inputs["role"][:50]
+    emit(execution, f"{kind}_requested", data)
+
+
+def approval_decided(execution: Execution, step_id: str, *, approved: bool, by: str, comment: str) -> None:
+    """``approval_decided`` (or ``verification_decided``) for a decision on an approval step."""
+    definition = runs.load_definition(execution.workflow_id, execution.workflow_version)
+    inputs = definition.step(step_id).inputs
+    kind = "verification" if inputs.get("kind") == "verification" else "approval"
+    data: dict[str, Any] = {"step_id": step_id, "approved": approved, "by": by[:2000], "comment": comment[:2000]}
+    if isinstance(inputs.get("role"), str):
+        data["role"] = inputs["role"][:50]
+    emit(execution, f"{kind}_decided", data, author_type="user")
 
 
 def _write(event: dict[str, Any]) -> None:
