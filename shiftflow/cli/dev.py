@@ -217,6 +217,9 @@ def run(settings: Settings) -> None:
         threading.Thread(target=echo.serve_forever, name="dev-echo", daemon=True).start()
         echo_url = f"http://127.0.0.1:{echo_port}/echo"
         hook = _load_example(settings, echo_url)
+        from shiftflow.cli import dev_multi_phase  # the fake deploy service and the multi-phase examples
+
+        deploy, multi_phase_lines = dev_multi_phase.start(catalog.ensure_workspace("dev", "Dev workspace"))
         key = _dev_key(settings.data_dir)
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
         cli = f".venv/bin/shiftflow --dev-dir {settings.data_dir}"
@@ -234,6 +237,7 @@ def run(settings: Settings) -> None:
             f"Management API: {base}/api/v1 (OpenAPI at {base}/api/v1/openapi.json)",
             f"  API key of the dev owner: {key}  (kept in {os.path.join(settings.data_dir, DEV_KEY_FILE)})",
             f"  curl -H 'Authorization: Bearer {key}' {base}/api/v1/workflows",
+            *multi_phase_lines,
             f"Metrics: http://127.0.0.1:{metrics_port}/metrics    Stop: Ctrl-C\n",
         ])
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.ingress_host,
@@ -255,6 +259,7 @@ def run(settings: Settings) -> None:
             scheduler.join(timeout=10)
             worker.stop()
             echo.shutdown()
+            deploy.stop()
             metrics.shutdown()
             sink = get_sink()
             if sink is not None:

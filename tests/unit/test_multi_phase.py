@@ -114,3 +114,22 @@ def test_a_step_reporting_bad_values_writes_nothing(dev_engine):
     assert (row.phase, row.progress) == ("planning", 10)
     assert row.checkpoints["a"]["number"] == 2 and row.checkpoints["a"]["phase"] == "implementing"
     assert ctx.last_checkpoint() == {"done": ["planning", "implementing"]}
+
+
+def test_the_packaged_example_is_the_one_in_examples():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert (root / "shiftflow" / "examples" / "multi_phase.yaml").read_text() == (
+        root / "examples" / "multi_phase" / "workflow.yaml").read_text()
+    validate(__import__("yaml").safe_load((root / "examples" / "multi_phase" / "workflow.yaml").read_text()))
+
+
+def test_the_shipped_pattern_flow_is_a_valid_runnable_definition():
+    from shiftflow.kernel.runnable import check_runnable
+    from shiftflow.models.patterns import flow
+
+    definition = validate(flow.definition(deploy_url="https://deploy.example/v1"))
+    check_runnable(definition)
+    roles = {s.id: s.inputs.get("role") for s in definition.steps if s.type == "approval"}
+    assert roles == {"user_approval": "member", "admin_verification": "admin"}
