@@ -85,7 +85,11 @@ def paths(op: Callable[..., dict[str, Any]], query: Callable[..., dict[str, Any]
                   "the most events returned")
     stream_ok = {"200": {"description": "Server-Sent Events: `id: <seq>`, `event: <type>`, `data: <event JSON>`; "
                                         "a last `event: end`",
-                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+                         "content": {"text/event-stream": {"schema": {
+                             "type": "object", "description": "one event: `data` is a TimelineEvent as JSON "
+                                                              "(`{\"ended\": bool}` for the last, `end`)",
+                             "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                                            "id": {"type": "string"}}}}}}}
     return {
         "/executions/{execution_id}/timeline": {"get": op(
             "getExecutionTimeline", "The typed timeline of an execution and its retry chain, oldest first",
