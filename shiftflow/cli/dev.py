@@ -216,10 +216,11 @@ def run(settings: Settings) -> None:
         echo = ThreadingHTTPServer(("127.0.0.1", echo_port), _Echo)
         threading.Thread(target=echo.serve_forever, name="dev-echo", daemon=True).start()
         echo_url = f"http://127.0.0.1:{echo_port}/echo"
-        hook = _load_example(settings, echo_url)
         from shiftflow.cli import dev_multi_phase  # the fake deploy service and the multi-phase examples
 
+        # Before the hello example, which stays the newest workflow (the first one listed).
         deploy, multi_phase_lines = dev_multi_phase.start(catalog.ensure_workspace("dev", "Dev workspace"))
+        hook = _load_example(settings, echo_url)
         key = _dev_key(settings.data_dir)
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
         cli = f".venv/bin/shiftflow --dev-dir {settings.data_dir}"
