@@ -133,7 +133,7 @@ def test_example_multi_phase_retry_chain_and_deploy(real_env):
         # The retry resumed after the checkpointed planning phase.
         assert [e["data"]["phase"] for e in events if e["type"] == "phase_update"
                 and e["execution_id"] == str(child.id)] == ["implementing", "testing", "refining", "deploying"]
-        for kind in ("commit", "deploy_started", "deploy_building", "deploy_success", "status_changed"):
+        for kind in ("commit", "completed", "deploy_started", "deploy_building", "deploy_success", "status_changed"):
             assert kind in second, (kind, second)
         assert events[-1]["type"] == "status_changed" and events[-1]["data"]["status"] == "SUCCEEDED"
 

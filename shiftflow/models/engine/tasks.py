@@ -15,7 +15,7 @@ from typing import Any
 
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError
-from shiftflow.models.engine import runs
+from shiftflow.models.engine import runs, timeline
 from shiftflow.models.engine.checkpoints import StepContext
 
 Task = Callable[[StepContext, dict[str, Any]], Any]
@@ -39,6 +39,7 @@ def run_task_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]
     Raises:
         TaskError: no ``task`` input, or an unknown task name.
     """
+    assert claim.step is not None
     name = inputs.get("task") if isinstance(inputs, dict) else None
     if not isinstance(name, str) or not name:
         raise TaskError("with.task: a task step names the task it runs")
@@ -47,4 +48,6 @@ def run_task_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]
         raise TaskError(f"with.task: {name!r} is not a registered task (known: {', '.join(sorted(TASKS)) or 'none'})")
     params = {k: v for k, v in inputs.items() if k != "task"}
     output = fn(StepContext(claim), params)
-    return runs.complete_step(claim, output, stored)
+    with runs.transaction():  # the event is written only if the output is recorded
+        timeline.emit(claim.execution, "completed", {"step_id": claim.step.step_id, "summary": f"task {name} done"})
+        return runs.complete_step(claim, output, stored)
