@@ -61,7 +61,7 @@ STEP_ACTORS: dict[str, str] = {
 #: (``kernel.runnable`` refuses a reference anywhere else; the engine gives it no value).
 #: A ``tool`` step is not one: its credentials come from its ``connection``, handed to the
 #: tool alone, never rendered into parameters that are stored and may be echoed.
-SECRET_STEP_TYPES = frozenset({"http", "deploy"})
+SECRET_STEP_TYPES = frozenset({"http"})
 
 #: Step types whose work is pure and cheap: they may run inline, in the same message as
 #: the step before them, without a broker round trip (docs/architecture.md#planning-inline-steps-and-queued-steps).

@@ -21,7 +21,8 @@ def dev_engine(tmp_path: Any) -> Any:
     from shiftflow.kernel.settings import Settings, configure
     from shiftflow.models.tables.registry import create_all
 
-    settings = configure(Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_DATA_DIR": str(tmp_path)}))
+    settings = configure(Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_DATA_DIR": str(tmp_path),
+                                            "SHIFTFLOW_SECRET_KEYS": "tests-secret-key-of-at-least-32-characters"}))
     db = bind_database(settings.database_url)
     create_all(db)
     yield settings
@@ -108,3 +109,28 @@ def test_bad_inputs_fail_the_step_naming_the_field(dev_engine, fake, inputs, fie
     step = _deliver(payload)
     assert step.status == "FAILED" and field in step.error
     assert fake.fake.deployments == {}
+
+
+def test_the_token_comes_from_a_connection_and_is_stored_nowhere(dev_engine):
+    import json
+
+    from shiftflow.models.engine.connection_secrets import store_connection
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables.executions import Execution, StepExecution
+
+    clock = FakeClock()
+    token = "deploy-token-0123456789"
+    with FakeDeployServer(FakeDeploy(clock=clock, timings=Timings(queued=0, building=0), token=token)) as server:
+        workspace = catalog.ensure_workspace("t")
+        store_connection(workspace.id, "vercel", "vercel", {"token": token, "base_url": server.base_url})
+        payload = _run(server, "auth", url="", connection="vercel")
+        clock.advance(1)
+        step = _deliver(payload)
+        assert step.status == "SUCCEEDED", step.error
+        [request] = [r for r in server.fake.requests if r.method == "POST"]
+        assert request.status == 201  # the fake refuses a call without the bearer token
+        stored = json.dumps([list(StepExecution.select().dicts()), list(Execution.select().dicts())], default=str)
+        assert token not in stored
+        missing = _run(server, "nope", url="", connection="nope")
+        failed = _deliver(missing)
+        assert failed.status == "FAILED" and "with.connection" in failed.error

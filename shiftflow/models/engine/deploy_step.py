@@ -1,8 +1,10 @@
 """The ``deploy`` step: start a deployment, then poll it between durable timers.
 
-``with: {url, project, ref, environment?, metadata?, token?, poll_seconds?, max_polls?}``:
-``url`` is the deploy API's root (``{{ vars.deploy_url }}``); ``token`` may be a connection's
-secret (``{{ secrets.vercel.token }}``: deploy steps may send secrets, stored masked).
+``with: {url?, project, ref, environment?, metadata?, connection?, poll_seconds?, max_polls?}``:
+``url`` is the deploy API's root (``{{ vars.deploy_url }}``). ``connection`` names a workspace
+connection whose credentials hold the bearer ``token`` (or ``api_key``) and may hold the
+``base_url`` used when ``url`` is not given: the token reaches only the request header, never
+the step's stored inputs, output or timeline.
 
 First delivery: start the deployment with ``Idempotency-Key: <execution>:<step>:<iteration>``
 (a crash before the checkpoint repeats the start, and the service answers with the same
@@ -21,7 +23,7 @@ from typing import Any
 from shiftflow.kernel import deploy_client
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError, TransientError
-from shiftflow.models.engine import mongo_log, runs
+from shiftflow.models.engine import connection_secrets, mongo_log, runs
 from shiftflow.models.engine.checkpoints import StepContext
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import StepExecution
@@ -36,9 +38,27 @@ class DeployError(PermanentError):
     """Raised when a deploy step's inputs are wrong, or the deployment ended in error."""
 
 
-def _inputs(inputs: Any) -> dict[str, Any]:
+def _credentials(workspace_id: Any, inputs: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(token, base_url) of the connection the step names, or (None, None) without one."""
+    name = inputs.get("connection")
+    if name is None:
+        return None, None
+    if not isinstance(name, str) or not name:
+        raise DeployError("with.connection: expected the name of a workspace connection")
+    try:
+        creds = connection_secrets.for_workspace(workspace_id)[name]
+    except KeyError:
+        raise DeployError(f"with.connection: no active connection {name!r} in this workspace") from None
+    token = creds.get("token") or creds.get("api_key") if isinstance(creds, dict) else None
+    base = creds.get("base_url") if isinstance(creds, dict) else None
+    return (token if isinstance(token, str) else None), (base if isinstance(base, str) else None)
+
+
+def _inputs(inputs: Any, base_url: str | None) -> dict[str, Any]:
     if not isinstance(inputs, dict):
         raise DeployError("with: a deploy step needs url, project and ref")
+    if base_url and not inputs.get("url"):
+        inputs = {**inputs, "url": base_url}
     for name in ("url", "project", "ref"):
         if not isinstance(inputs.get(name), str) or not inputs[name].strip():
             raise DeployError(f"with.{name}: required, a non-empty string")
@@ -78,10 +98,10 @@ def run_deploy_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoin
         TransientError: the deploy API is unreachable or failing (the step's retry policy applies).
     """
     assert claim.step is not None
-    spec = _inputs(inputs)
+    token, base_url = _credentials(claim.execution.workspace_id, inputs if isinstance(inputs, dict) else {})
+    spec = _inputs(inputs, base_url)
     ctx = StepContext(claim)
     state = ctx.last_checkpoint() or {}
-    token = spec.get("token") if isinstance(spec.get("token"), str) else None
     try:
         if not state.get("deployment_id"):
             ctx.report(phase="deploying")
