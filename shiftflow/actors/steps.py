@@ -9,10 +9,14 @@ from typing import Any
 from shiftflow.actors import actor
 from shiftflow.kernel.contracts import StepPayload, decode
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models.engine import waits
+from shiftflow.models.engine import deploy_step, tasks, waits
 from shiftflow.models.engine.run_step import register_handler, run_step
+from shiftflow.models.patterns import agent
 
 register_handler("event", waits.run_event_step)
+register_handler("task", tasks.run_task_step)
+register_handler("deploy", deploy_step.run_deploy_step)
+assert agent.NAME in tasks.TASKS  # the shipped agent task registers itself on import
 
 
 @actor("steps.run")

@@ -220,6 +220,10 @@ def run(settings: Settings) -> None:
         # The page-digest example (when Chromium is here) first: `hello-order`, the one the
         # banner starts with, stays the newest workflow in the lists.
         digest = dev_digest.load(settings)
+        from shiftflow.cli import dev_multi_phase  # the fake deploy service and the multi-phase examples
+
+        # Before the hello example, which stays the newest workflow (the first one listed).
+        deploy, multi_phase_lines = dev_multi_phase.start(catalog.ensure_workspace("dev", "Dev workspace"))
         hook = _load_example(settings, echo_url)
         key = _dev_key(settings.data_dir)
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
@@ -239,6 +243,7 @@ def run(settings: Settings) -> None:
             f"Management API: {base}/api/v1 (OpenAPI at {base}/api/v1/openapi.json)",
             f"  API key of the dev owner: {key}  (kept in {os.path.join(settings.data_dir, DEV_KEY_FILE)})",
             f"  curl -H 'Authorization: Bearer {key}' {base}/api/v1/workflows",
+            *multi_phase_lines,
             f"Metrics: http://127.0.0.1:{metrics_port}/metrics    Stop: Ctrl-C\n",
         ])
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.ingress_host,
@@ -262,6 +267,7 @@ def run(settings: Settings) -> None:
             echo.shutdown()
             if digest is not None:
                 digest.close()
+            deploy.stop()
             metrics.shutdown()
             sink = get_sink()
             if sink is not None:

@@ -51,6 +51,10 @@ STEP_ACTORS: dict[str, str] = {
     "tool": "tools.call",
     "price": "tools.call",
     "sideshift_swap": "sideshift.order",
+    # A registered Python function that reports phases, progress and checkpoints.
+    "task": "tools.call",
+    # Starts a deployment and polls it between durable timers.
+    "deploy": "tools.call",
 }
 
 #: Step types whose inputs may reference ``secrets.*``: they send them and store them masked
@@ -87,6 +91,16 @@ SCHEMA: dict[str, Any] = {
         "priority": {"enum": ["LOW", "NORMAL", "HIGH", "CRITICAL"]},
         "max_executions": {"type": "integer", "minimum": 1},
         "timeout": _DURATION,
+        "retries": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "retry a failed execution as a linked child execution, with exponential backoff",
+            "properties": {
+                "max": {"type": "integer", "minimum": 0, "maximum": 100},
+                "backoff": {"type": "number", "minimum": 0, "maximum": 86_400},
+                "max_backoff": {"type": "number", "minimum": 0, "maximum": 604_800},
+            },
+        },
         "concurrency": {
             "type": "object",
             "required": ["limit"],

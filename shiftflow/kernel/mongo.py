@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 EXECUTION_LOGS = "execution_logs"
 ANALYTICS_EVENTS = "analytics_events"
 INTEGRATION_USAGE = "integration_usage"
+#: Typed timeline events of long executions and pattern workspaces (``kernel.timeline_types``).
+TIMELINE_EVENTS = "timeline_events"
 
 #: Indexes of the three collections. Every index costs each insert, more than the document itself on
 #: the MongoDB-wire store of the tests (docs/benchmarks.md#mongodb-wire-store), so
@@ -55,6 +57,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     INTEGRATION_USAGE: [
         [("integrationId", ASCENDING), ("timestamp", DESCENDING)],
         [("workspaceId", ASCENDING), ("timestamp", DESCENDING)],
+    ],
+    TIMELINE_EVENTS: [
+        [("executionId", ASCENDING), ("seq", ASCENDING)],
+        [("patternId", ASCENDING), ("seq", ASCENDING)],
     ],
 }
 

@@ -28,6 +28,7 @@ from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.audit_log import AuditLog
 from shiftflow.models.tables.dead_letters import DeadLetter
 from shiftflow.models.tables.executions import Execution
+from shiftflow.models.tables.patterns import PatternWorkspace
 from shiftflow.models.tables.queue_jobs import QueueJob
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.templates import WorkflowTemplate
@@ -79,6 +80,9 @@ AUDITED = {
     "updateConnection": "connection.updated",
     "testConnection": "connection.tested",
     "deleteConnection": "connection.deleted",
+    "createPatternWorkspace": "pattern.created",
+    "sendPatternFeedback": "pattern.feedback_sent",
+    "approvePatternRun": "execution.approval_decided",
 }
 
 
@@ -232,6 +236,7 @@ def test_role_matrix_over_every_operation(api):
                 "artifact_id",
                 "tool_execution_id",
                 "queue_job_id",
+                "pattern_id",
             )
         }
         values["step_id"] = "approve"
@@ -344,7 +349,9 @@ def test_every_mutation_writes_an_audit_entry(api):
         op: action
         for op, action in AUDITED.items()
         if action not in actions
-        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection")
+        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection",
+                       # the pattern-workspace flow is audited in test_multi_phase_api
+                       "createPatternWorkspace", "sendPatternFeedback", "approvePatternRun")
     }
     assert not missing, missing
     cancel = AuditLog.get(AuditLog.action == "execution.cancelled", AuditLog.entity_id == running["id"])
@@ -391,9 +398,11 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
                                   status="SUCCEEDED", input={"text": "b"})
     b_job = QueueJob.create(workspace=b.workspace.id, message_id="b-job", queue="tools", actor="tools.call",
                             execution=b_execution.id, status="SUCCEEDED", data={"step_id": "first"})
+    b_pattern = PatternWorkspace.create(workspace=b.workspace.id, pattern_type="bos", name="B's", category="p")
     b_ids = {
         "tool_execution_id": b_call.id,
         "queue_job_id": b_job.id,
+        "pattern_id": b_pattern.id,
         "connection_id": b_connection["id"],
         "artifact_id": b_artifact.id,
         "workflow_id": b_workflow.id,

@@ -32,6 +32,7 @@ from shiftflow.models.manage.access import Principal
 from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.dead_letters import DeadLetter
 from shiftflow.models.tables.executions import Execution, StepExecution
+from shiftflow.models.tables.patterns import PatternWorkspace
 from shiftflow.models.tables.queue_jobs import QueueJob
 from shiftflow.models.tables.side_effects import SideEffect
 from shiftflow.models.tables.templates import WorkflowTemplate
@@ -107,9 +108,12 @@ def _seed(settings: Settings):
     job = QueueJob.create(workspace=tenant.workspace.id, message_id="fuzz-job", queue="tools.media",
                           actor="tools.media", execution=failed.id, status="FAILED",
                           data={"step_id": "shape", "iteration": 0, "tool": "media.image"})
+    pattern = PatternWorkspace.create(workspace=tenant.workspace.id, pattern_type="swings", name="Swings",
+                                      category="pattern")
     ids = {
         "tool_execution_id": str(call.id),
         "queue_job_id": str(job.id),
+        "pattern_id": str(pattern.id),
         "connection_id": connection["id"],
         "artifact_id": str(artifact.id),
         "tool_name": "media.image",

@@ -68,6 +68,13 @@ def _defer(fn: Any, *args: Any, **kwargs: Any) -> bool:
     return True
 
 
+def after_commit(fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Call ``fn(*args, **kwargs)`` once the enclosing ``deferred()`` block committed (at
+    once outside one): for other documents that must describe committed transitions only."""
+    if not _defer(fn, *args, **kwargs):
+        fn(*args, **kwargs)
+
+
 def execution_log(
     execution: Execution,
     message: str,

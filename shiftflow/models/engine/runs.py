@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,11 @@ from shiftflow.models.tables.workflows import WorkflowVersion
 
 #: Step statuses that are neither finished nor merely planned.
 ACTIVE = ("PENDING", "RUNNING", "WAITING", "QUEUED")
+
+#: Called by ``finish_execution`` in its transaction, the execution locked: (execution,
+#: definition) -> messages. Modules above the step loop register here (``retries``: the
+#: timeline's status change and automatic retries), so this module imports none of them.
+ON_FINISH: list[Callable[[Execution, Definition], list[Outgoing]]] = []
 
 
 @dataclass
@@ -282,7 +287,10 @@ def finish_execution(execution: Execution, definition: Definition, status: str,
     # Workflow counters are rolled up by the timer loop (flow_control.rollup_stats): updating the
     # workflow row here would lock it until commit and serialise the workflow's executions.
     announce_finished(execution, len(rows))
-    return _after_finish(execution)
+    outgoing = _after_finish(execution)
+    for hook in ON_FINISH:
+        outgoing += hook(execution, definition)
+    return outgoing
 
 
 def _after_finish(execution: Execution) -> list[Outgoing]:

@@ -16,11 +16,15 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound, PermanentError
-from shiftflow.models.engine import leases, mongo_log, runs
+from shiftflow.models.engine import leases, mongo_log, retries, runs, timeline
 from shiftflow.models.engine.start import start_execution
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.workflows import Workflow
+
+#: Imported for its finish hook (timeline, automatic retries): every process that finishes
+#: executions imports this module.
+_FINISH_HOOK = retries.after_finish
 
 #: The longest a wait step may sleep.
 MAX_WAIT_SECONDS = 366 * 86_400
@@ -93,6 +97,8 @@ def begin(claim: runs.Claim, inputs: dict[str, Any], stored: Any = None) -> list
             (StepExecution.id == claim.step.id) & (StepExecution.status == "RUNNING")).execute()
         mongo_log.execution_log(claim.execution, f"step {step.id} waiting", step_id=step.id,
                            metadata={"for": key.split(":")[0], "resumeAt": resume_at})
+        if step.type == "approval":
+            timeline.approval_requested(claim.execution, step.id, inputs)
     return outgoing
 
 
@@ -178,6 +184,8 @@ def resume_approval(execution_id: Any, step_id: str, *, approved: bool, by: str,
     if step is None:
         raise NotFound(f"execution {execution_id} has no approval step {step_id!r} waiting")
     decision = {"approved": approved, "by": by, "comment": comment, "at": utcnow().isoformat()}
+    timeline.approval_decided(Execution.get_by_id(step.execution_id), step_id, approved=approved, by=by,
+                              comment=comment)
     if approved:
         return _resume(step, "SUCCEEDED", output=decision)
     return _resume(step, "FAILED", output=decision, error=f"rejected by {by}: {comment}".strip())

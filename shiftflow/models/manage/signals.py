@@ -15,7 +15,7 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.storable import unstorable
 from shiftflow.models.engine import runs, waits
-from shiftflow.models.manage import audit, queries
+from shiftflow.models.manage import approval_roles, audit, queries
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.problems import Conflict, InvalidInput
 
@@ -78,6 +78,7 @@ def decide_approval(actor: Principal, execution_id: Any, step_id: Any, *, approv
     with runs.transaction():
         # Locked: of two decisions at once, the second finds the step decided (409).
         execution = runs.lock_execution(queries.get_execution(actor, execution_id).id)
+        approval_roles.check(actor, execution, step_id)  # the step's ``role``, when it names one
         who = by or actor.who
         try:
             outgoing = waits.resume_approval(execution.id, step_id, approved=approved, by=who, comment=comment)

@@ -38,6 +38,7 @@ class Execution(BaseModel):
     workflow_id: Any
     workspace_id: Any
     parent_id: Any
+    triggered_by_id: Any
 
     # Foreign keys without their own single-column index where a composite index leads with
     # the same column (every index costs each insert and each non-HOT status update).

@@ -9,6 +9,8 @@ Its timeline is ``TimelineEvent``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.kernel.db import JSONField
@@ -24,6 +26,9 @@ class PatternWorkspace(TimestampedModel):
     per (workspace, pattern_type). ``status``: soon, implementing, beta, in_review,
     verified. ``version`` is the pattern's semantic version string.
     """
+
+    # Peewee's foreign-key id accessor, declared for the type checker.
+    workspace_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="patterns", on_delete="CASCADE", index=False)
     pattern_type = peewee.CharField(max_length=50)
@@ -100,6 +105,10 @@ class PatternRun(BaseModel):
     ``deploy_status`` follows Vercel: queued, building, ready, error, canceled. Deploy
     logs go to MongoDB ``execution_logs`` like every other step's logs.
     """
+
+    # Peewee's foreign-key id accessors, declared for the type checker.
+    workspace_id: Any
+    pattern_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="pattern_runs", on_delete="CASCADE")
     pattern = peewee.ForeignKeyField(PatternWorkspace, backref="runs", on_delete="CASCADE", index=False)

@@ -33,6 +33,7 @@ from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.paging import Page
 from shiftflow.models.manage.quotas import RunAdmission
 from shiftflow.producers.api import analytics as api_analytics
+from shiftflow.producers.api import multi_phase as api_multi_phase
 from shiftflow.producers.api import tool_runs as api_tool_runs
 
 Send = Callable[..., str]
@@ -488,3 +489,4 @@ HANDLERS: dict[str, Callable[[Call], Result]] = {
 }
 HANDLERS.update({op_id: api_analytics.answer(read, Result) for op_id, read in api_analytics.HANDLERS.items()})
 HANDLERS.update({op_id: api_analytics.answer(read, Result) for op_id, read in api_tool_runs.HANDLERS.items()})
+HANDLERS.update(api_multi_phase.handlers(Result))

@@ -16,6 +16,7 @@ from shiftflow.models.manage.paging import MAX_LIMIT
 from shiftflow.models.manage.queries import EXECUTION_STATUSES, WORKFLOW_STATUSES
 from shiftflow.models.tables.side_effects import EFFECT_STATES
 from shiftflow.producers.api import analytics as api_analytics
+from shiftflow.producers.api import multi_phase as api_multi_phase
 from shiftflow.producers.api import tool_runs as api_tool_runs
 from shiftflow.producers.api.schemas import (
     ANY,
@@ -758,6 +759,8 @@ PATHS.update(api_analytics.paths(_op, _query, _ok, _errors))
 SCHEMAS.update(api_analytics.SCHEMAS)
 PATHS.update(api_tool_runs.paths(_op, _query, _path, _ok, _errors))
 SCHEMAS.update(api_tool_runs.SCHEMAS)
+PATHS.update(api_multi_phase.paths(_op, _query, _path, _ok, _errors))
+SCHEMAS.update(api_multi_phase.SCHEMAS)
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

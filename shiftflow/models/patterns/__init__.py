@@ -1,0 +1,1 @@
+"""The pattern-workspace product: feedback batches run as multi-phase agent executions."""
