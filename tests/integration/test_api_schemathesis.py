@@ -8,8 +8,6 @@ runs in-process (ASGI) on a real PostgreSQL database and a real RabbitMQ vhost.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import schemathesis
 from schemathesis.checks import not_a_server_error
@@ -154,11 +152,9 @@ def test_openapi_document_holds_under_fuzzing(pg_url, amqp_url, mongo_url, mongo
     auth = {"Authorization": f"Bearer {tenant.keys['ADMIN']}"}
     app = create_app(app_settings, publish=lambda payload: None)
     schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", app)
-    started = time.monotonic()
     try:
         ran, calls = fuzz(schema, CHECKS, EXAMPLES, ids, headers=auth)
     finally:
         broker.close()
     assert ran >= 60, ran  # every operation, positive and (where anything can be negated) negative
     assert calls >= 500, calls  # every operation, both modes
-    assert time.monotonic() - started < 120
