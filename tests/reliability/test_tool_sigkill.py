@@ -92,7 +92,7 @@ def _params(kind: str, base_url: str) -> dict[str, Any]:
         "chat": {"text": run},
         "screenshot": {"url": base_url + "/page?" + run, "width": 320, "height": 240},
         # A big picture, so the conversion takes long enough for a kill to land in it.
-        "image": {"input": "{{ trigger.image }}", "operation": "resize", "width": 1800, "height": 1800,
+        "image": {"input": "{{ trigger.image }}", "operation": "resize", "width": 1300, "height": 1300,
                   "format": "webp", "quality": 90, "name": "{{ execution.id }}.webp"},
     }[kind]
 
@@ -110,15 +110,16 @@ def _definition(kind: str, base_url: str) -> dict[str, Any]:
 
 
 def _source_image(artifact_dir: Path) -> dict[str, Any]:
-    """A 3000x3000 picture in the pool's artifact store; its reference."""
+    """A 2200x2200 picture in the pool's artifact store (seconds to convert on a busy
+    machine); its reference."""
     import io
 
     from PIL import Image
 
     from shiftflow.kernel.artifacts.local import LocalArtifactStore
 
-    gradient = Image.linear_gradient("L").resize((3000, 3000))
-    noise = Image.effect_noise((3000, 3000), 60)
+    gradient = Image.linear_gradient("L").resize((2200, 2200))
+    noise = Image.effect_noise((2200, 2200), 60)
     picture = Image.merge("RGB", (gradient, noise, gradient.transpose(Image.Transpose.ROTATE_90)))
     out = io.BytesIO()
     picture.save(out, "PNG", compress_level=1)
@@ -254,7 +255,7 @@ def run_kind(kind: str, rig: Rig, tmp_path: Path, batch: int, kills: int) -> Non
             in_flight = lambda: _running_calls(rig.pg_url, spec.tool)  # noqa: E731
         workflow = rig.workflow(_definition(kind, web.url))
 
-        pool = rig.pool(env, queues=("triggers", "steps", spec.queue), processes=2, threads=2)
+        pool = rig.pool(env, queues=("triggers", "steps", spec.queue), processes=1, threads=3)
         pool.start()
         pool.wait_ready(60)
         for n in range(batch):
