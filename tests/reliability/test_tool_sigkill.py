@@ -272,6 +272,7 @@ def run_kind(kind: str, rig: Rig, tmp_path: Path, batch: int, kills: int) -> Non
             pool.kill()
             pool.start()
             pool.wait_ready(60)
+        fault_end = time.monotonic()  # the drain is counted from the last restart
 
         _wait_settled(rig.pg_url, keys)
         seen_before = arrivals.per_execution()
@@ -288,7 +289,7 @@ def run_kind(kind: str, rig: Rig, tmp_path: Path, batch: int, kills: int) -> Non
                 _settle(env, effect_id, "--retry")
                 retried += 1
         wait_terminal(rig.pg_url, keys, pool, stall=60)
-        drained = time.monotonic() - started
+        drained = time.monotonic() - fault_end
 
         calls = arrivals.per_execution()
         report = check(rig.pg_url, keys, arrivals.outside_calls("call"))
