@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 if process.poll() is None:
                     process.terminate()
                     process.wait(timeout=10)
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
