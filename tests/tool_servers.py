@@ -113,8 +113,8 @@ class SmtpServer:
 
     USER, PASSWORD = "mailer", "s3cret"
 
-    def __init__(self, cert: SelfSigned) -> None:
-        self.handler = SmtpHandler()
+    def __init__(self, cert: SelfSigned, handler: SmtpHandler | None = None) -> None:
+        self.handler = handler or SmtpHandler()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert.cert_path, cert.key_path)
         self.port = free_port()
