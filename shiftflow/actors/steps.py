@@ -9,10 +9,11 @@ from typing import Any
 from shiftflow.actors import actor
 from shiftflow.kernel.contracts import StepPayload, decode
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models.engine import waits
+from shiftflow.models.engine import task_planner, waits
 from shiftflow.models.engine.run_step import register_handler, run_step
 
 register_handler("event", waits.run_event_step)
+register_handler("agent_plan", task_planner.run_plan_step)
 
 
 @actor("steps.run")
@@ -47,6 +48,5 @@ def media(payload: dict[str, Any]) -> None:
 
 @actor("llm.call")
 def llm(payload: dict[str, Any]) -> None:
-    """Run a model-call step. No step type routes here yet: a message that does reach it
-    runs its step like any other, which fails naming the step type it cannot run."""
+    """Run a model-call step: an agent task's planner (``agent_plan``)."""
     send_all(run_step(decode(StepPayload, payload)))

@@ -51,6 +51,8 @@ STEP_ACTORS: dict[str, str] = {
     "tool": "tools.call",
     "price": "tools.call",
     "sideshift_swap": "sideshift.order",
+    # An agent task's planner: one model call (and its re-plans) on the ``llm`` queue.
+    "agent_plan": "llm.call",
 }
 
 #: Step types whose inputs may reference ``secrets.*``: they send them and store them masked

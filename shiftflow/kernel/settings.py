@@ -444,6 +444,11 @@ class Settings:
     llm_timeout_seconds: float = 120.0
     #: SHIFTFLOW_LLM_PRICES_FILE: a YAML price table laid over the shipped one (docs/llm.md); "" = shipped only
     llm_prices_file: str = ""
+    #: SHIFTFLOW_TASK_MODEL: the model an agent task's planner asks unless the task names one
+    task_model: str = "gpt-4o-mini"
+    #: SHIFTFLOW_TASK_MAX_REPLANS: how many times a refused plan is sent back to the model
+    #: with its errors before the task fails naming them
+    task_max_replans: int = 2
     #: SHIFTFLOW_INTEGRATION_RATE_PER_SECOND / SHIFTFLOW_INTEGRATION_RATE_BURST: the limit per
     #: connection of integrations whose catalogue entry declares none (http, oauth2, plugins); 0 = none
     integration_rate_per_second: float = 10.0
@@ -581,6 +586,8 @@ class Settings:
             **_tool_settings(env, data_dir),
             llm_timeout_seconds=_float(env, "LLM_TIMEOUT_SECONDS", 120.0, 0.1, 3_600.0),
             llm_prices_file=_str(env, "LLM_PRICES_FILE", ""),
+            task_model=_str(env, "TASK_MODEL", "gpt-4o-mini"),
+            task_max_replans=_int(env, "TASK_MAX_REPLANS", 2, 0, 10),
             **_integration_settings(env),
             **_retention_settings(env),
             otlp_endpoint=_otlp_endpoint(env),

@@ -46,7 +46,7 @@ from shiftflow.kernel.secretbox import vault_for
 from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.kernel.tools.base import Tool, ToolContext, ToolLimits
 from shiftflow.kernel.tools.registry import default_registry
-from shiftflow.models.engine import runs
+from shiftflow.models.engine import artifact_rows, runs
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.integrations import Connection
 from shiftflow.models.tables.queue_jobs import QueueJob
@@ -245,6 +245,10 @@ class ToolCall:
                 QueueJob.message_id == self.job_id).execute()
         if status == "SUCCEEDED":
             ToolRow.update(usage_count=ToolRow.usage_count + 1).where(ToolRow.name == self.tool.name).execute()
+            step_row = self.claim.step
+            if step_row is not None:  # the files it made become artifact rows of the run
+                artifact_rows.record(self.claim.execution.workspace_id, self.claim.execution.id, step_row.id,
+                                     self.tool.name, output)
 
 
 def prepare(claim: runs.Claim, step: Step, stored_input: Any, settings: Settings) -> ToolCall:
