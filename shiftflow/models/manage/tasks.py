@@ -297,20 +297,19 @@ def task_story(actor: Principal, task_id: Any) -> dict[str, Any]:
     execution (attempts included), the artifacts, the step timeline, the cost."""
     execution = get_task(actor, task_id)
     calls = LlmCall.select().where(LlmCall.execution == execution.id).order_by(LlmCall.attempt, LlmCall.created_at)
-    tools = (ToolExecution.select(ToolExecution, ToolRow.name, StepExecution.step_id)
-             .join(ToolRow, on=(ToolExecution.tool == ToolRow.id))
-             .switch(ToolExecution).join(StepExecution, on=(ToolExecution.step_execution == StepExecution.id))
+    tools = (ToolExecution.select(ToolExecution, ToolRow.name).join(ToolRow, on=(ToolExecution.tool == ToolRow.id))
              .where(ToolExecution.execution == execution.id)
              .order_by(ToolExecution.created_at, ToolExecution.attempt))
     artifacts = (Artifact.select().where(Artifact.execution == execution.id)
                  .order_by(Artifact.created_at, Artifact.id))
-    steps = (StepExecution.select().where(StepExecution.execution == execution.id)
-             .order_by(StepExecution.created_at, StepExecution.step_id, StepExecution.iteration))
+    steps = list(StepExecution.select().where(StepExecution.execution == execution.id)
+                 .order_by(StepExecution.created_at, StepExecution.step_id, StepExecution.iteration))
+    step_ids = {str(s.id): s.step_id for s in steps}
     return {
         **task_dict(execution),
         "plan": (execution.context or {}).get("plan"),
         "llm_calls": [_llm_call_dict(c) for c in calls],
-        "tool_executions": [_tool_execution_dict(t) for t in tools],
+        "tool_executions": [_tool_execution_dict(t, step_ids) for t in tools],
         "artifacts": [artifact_dict(a) for a in artifacts],
         "steps": [queries.step_dict(s) for s in steps],
     }
@@ -333,9 +332,9 @@ def _llm_call_dict(row: LlmCall) -> dict[str, Any]:
     }
 
 
-def _tool_execution_dict(row: ToolExecution) -> dict[str, Any]:
-    step = row.step_execution if fk(row, "step_execution") else None
-    step_id = step.step_id if step is not None else None
+def _tool_execution_dict(row: ToolExecution, step_ids: dict[str, str]) -> dict[str, Any]:
+    step_row = fk(row, "step_execution")
+    step_id = step_ids.get(str(step_row)) if step_row else None
     return {
         "id": str(row.id),
         "step_id": step_id,
