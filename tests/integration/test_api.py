@@ -21,7 +21,8 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog, connections
+from shiftflow.models.engine.connection_secrets import store_connection
+from shiftflow.models.manage import catalog, connections, tasks
 from shiftflow.models.manage.access import MATRIX, ROLES, Principal
 from shiftflow.models.tables import webhook_secrets
 from shiftflow.models.tables.artifacts import Artifact
@@ -76,7 +77,14 @@ AUDITED = {
     "updateConnection": "connection.updated",
     "testConnection": "connection.tested",
     "deleteConnection": "connection.deleted",
+    "createTask": "task.created",
+    "approveTask": "execution.approval_decided",
+    "pauseTask": "task.paused",
+    "resumeTask": "task.resumed",
+    "cancelTask": "execution.cancelled",
 }
+#: Agent-task operations: audited in tests/integration/test_tasks.py (they need an LLM connection).
+TASK_OPS = ("createTask", "approveTask", "pauseTask", "resumeTask", "cancelTask")
 
 
 @pytest.fixture
@@ -227,6 +235,7 @@ def test_role_matrix_over_every_operation(api):
                 "template_key",
                 "connection_id",
                 "artifact_id",
+                "task_id",
             )
         }
         values["step_id"] = "approve"
@@ -339,7 +348,7 @@ def test_every_mutation_writes_an_audit_entry(api):
         op: action
         for op, action in AUDITED.items()
         if action not in actions
-        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection")
+        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection", *TASK_OPS)
     }
     assert not missing, missing
     cancel = AuditLog.get(AuditLog.action == "execution.cancelled", AuditLog.entity_id == running["id"])
@@ -381,7 +390,10 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
                                                  {"auth": "bearer", "token": "b-token-123456", "base_url": "https://api.example.com"})
     b_artifact = Artifact.create(workspace=b.workspace.id, execution=b_execution.id, type="TEXT", name="b.txt",
                                  url="local:2026/01/01/x/b.txt", size_bytes=1)
+    store_connection(b.workspace.id, "openai", "b-llm", {"api_key": "sk-b", "base_url": "http://127.0.0.1:9/v1"})
+    b_task, _unsent = tasks.create_task(Principal.operator(b.workspace.id), "b's task", approve_required=True)
     b_ids = {
+        "task_id": b_task["id"],
         "connection_id": b_connection["id"],
         "artifact_id": b_artifact.id,
         "workflow_id": b_workflow.id,

@@ -27,7 +27,8 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog, connections
+from shiftflow.models.engine.connection_secrets import store_connection
+from shiftflow.models.manage import catalog, connections, tasks
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.dead_letters import DeadLetter
@@ -97,7 +98,11 @@ def _seed(settings: Settings):
     ref = make_store(settings).put(b"fuzz bytes", "fuzz.txt", "text/plain")
     artifact = Artifact.create(workspace=tenant.workspace.id, execution=failed.id, type="TEXT", name=ref.name,
                                url=ref.location, size_bytes=ref.size, mime_type=ref.mime, sha256=ref.sha256)
+    # An LLM connection nobody listens on: tasks can be created (their planner is never published here).
+    store_connection(tenant.workspace.id, "openai", "planner", {"api_key": "sk-fuzz", "base_url": "http://127.0.0.1:9/v1"})
+    task, _unsent = tasks.create_task(Principal.operator(tenant.workspace.id), "fuzzed task", approve_required=True)
     ids = {
+        "task_id": task["id"],
         "connection_id": connection["id"],
         "artifact_id": str(artifact.id),
         "tool_name": "media.image",

@@ -15,6 +15,7 @@ import pytest
 
 from shiftflow.fakes.llm import FakeLlm, FakeLlmServer
 from shiftflow.models.engine.connection_secrets import store_connection
+from shiftflow.models.tables.audit_log import AuditLog
 from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.llm_calls import LlmCall
 from shiftflow.models.tables.tools import ToolExecution
@@ -168,6 +169,9 @@ def test_pause_holds_the_next_step_and_resume_runs_it(api, json_service):
     assert story["status"] == "SUCCEEDED" and len(json_service.calls) == 2
     assert c.post(f"/tasks/{task['id']}/resume", headers=a.auth("MEMBER")).status_code == 409
     assert c.post(f"/tasks/{task['id']}/cancel", headers=a.auth("MEMBER")).status_code == 409
+    audited = [e.action for e in AuditLog.select().where(AuditLog.entity_id == task["id"])
+               .order_by(AuditLog.created_at)]
+    assert audited == ["task.created", "task.paused", "execution.approval_decided", "task.resumed"]
 
 
 def test_bad_input_is_refused_with_nothing_written(api, json_service):
