@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any

@@ -20,8 +20,8 @@ import pytest
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
-from shiftflow.models.engine.start import start_execution
 from shiftflow.models.engine.connection_secrets import store_connection
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import catalog, connections, tasks
 from shiftflow.models.manage.access import MATRIX, ROLES, Principal
 from shiftflow.models.tables import webhook_secrets

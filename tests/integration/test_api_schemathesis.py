@@ -26,8 +26,8 @@ from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
-from shiftflow.models.engine.start import start_execution
 from shiftflow.models.engine.connection_secrets import store_connection
+from shiftflow.models.engine.start import start_execution
 from shiftflow.models.manage import catalog, connections, tasks
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.tables.artifacts import Artifact

@@ -4,7 +4,13 @@ definition the engine accepts."""
 
 from __future__ import annotations
 
-from shiftflow.kernel.agent_plan import PLANNING_DEFINITION, catalogue_text, check, parse_answer, to_definition
+from shiftflow.kernel.agent_plan import (
+    PLANNING_DEFINITION,
+    catalogue_text,
+    check,
+    parse_answer,
+    to_definition,
+)
 from shiftflow.kernel.definition import validate
 from shiftflow.kernel.runnable import check_runnable
 from shiftflow.kernel.tools.registry import default_registry
