@@ -28,6 +28,7 @@ from shiftflow.kernel.agent_plan import (
     refusal_text,
     to_definition,
 )
+from shiftflow.kernel import failpoints
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.llm import LlmRequest, Message, ResponseFormat
@@ -92,6 +93,8 @@ def run_plan_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]
             request = LlmRequest(model=model, system=system, messages=tuple(messages), max_tokens=PLAN_MAX_TOKENS,
                                  response_format=ResponseFormat.json_schema(PLAN_SCHEMA, name="plan"))
             answer = task_llm.complete(claim, round_no, request, client, provider, settings)
+            # The answer is recorded, the plan not yet stored: a crash here must not pay twice.
+            failpoints.hit("task.after_plan_call", str(round_no))
             plan, problems = parse_answer(answer.text, answer.parsed if answer.json_error is None else None)
             if not problems:
                 checked = check(plan, tools, connections)
