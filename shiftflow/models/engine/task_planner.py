@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shiftflow.kernel import failpoints
 from shiftflow.kernel.agent_plan import (
     PLAN_SCHEMA,
     PLAN_STEP,
@@ -28,7 +29,6 @@ from shiftflow.kernel.agent_plan import (
     refusal_text,
     to_definition,
 )
-from shiftflow.kernel import failpoints
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.llm import LlmRequest, Message, ResponseFormat
