@@ -53,6 +53,14 @@ class LlmCall(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
     started_at = peewee.DateTimeField(null=True)
     completed_at = peewee.DateTimeField(null=True)
+    # Migration 0014. ``call_key`` names the call within its step (a redelivered step finds
+    # the answer it already paid for under the same key); ``cost_estimate_usd`` is the most
+    # the call may cost, reserved against the daily budget until the real cost is known
+    # (and kept counted when it never is: a timeout, a worker that died mid-call);
+    # ``response`` is the whole answer (tool calls, parsed JSON, stop reason, ids).
+    call_key = peewee.CharField(max_length=100, null=True)
+    cost_estimate_usd = peewee.DecimalField(max_digits=10, decimal_places=6, null=True)
+    response = JSONField(null=True)
 
     class Meta:
         indexes = (
@@ -72,6 +80,7 @@ class LlmCall(BaseModel):
             # Added by migration 0002: cost not negative, latency positive, completion after start.
             # One worker stamps both times of a call, so clock skew cannot break the order.
             peewee.Check("cost_usd IS NULL OR cost_usd >= 0", name="chk_llm_call_cost_positive"),
+            peewee.Check("cost_estimate_usd IS NULL OR cost_estimate_usd >= 0", name="chk_llm_call_estimate_positive"),
             peewee.Check("latency_ms IS NULL OR latency_ms > 0", name="chk_llm_call_latency_positive"),
             peewee.Check(
                 "completed_at IS NULL OR started_at IS NULL OR completed_at >= started_at",
