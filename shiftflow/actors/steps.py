@@ -47,6 +47,6 @@ def media(payload: dict[str, Any]) -> None:
 
 @actor("llm.call")
 def llm(payload: dict[str, Any]) -> None:
-    """Run a model-call step. No step type routes here yet: a message that does reach it
-    runs its step like any other, which fails naming the step type it cannot run."""
+    """Run an ``llm`` step: one model call (or a few, when its output fails validation)
+    through the step's connection, recorded as ``llm_call`` rows."""
     send_all(run_step(decode(StepPayload, payload)))

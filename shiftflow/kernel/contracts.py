@@ -131,7 +131,7 @@ ACTORS: dict[str, ActorSpec] = {
         ActorSpec("tools.browser", Queue.TOOLS_BROWSER, StepPayload,
                   "run a tool step whose tool drives the headless browser"),
         ActorSpec("tools.media", Queue.TOOLS_MEDIA, StepPayload, "run a tool step whose tool converts media"),
-        ActorSpec("llm.call", Queue.LLM, StepPayload, "run a model-call step (none exists yet: such a step fails)"),
+        ActorSpec("llm.call", Queue.LLM, StepPayload, "run an llm step (a model call through a connection)"),
         ActorSpec("sideshift.order", Queue.SIDESHIFT, StepPayload,
                   "run a SideShift swap step: place its order once, or poll it when its timer fires"),
         ActorSpec("sideshift.poll", Queue.SIDESHIFT, StepPayload, "poll an order that no active step follows"),

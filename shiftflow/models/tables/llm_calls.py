@@ -8,6 +8,8 @@ prompt run is an ``Execution`` plus its ``LlmCall``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.kernel.db import JSONField
@@ -26,6 +28,13 @@ class LlmCall(BaseModel):
     is ``{"input": n, "output": n, "total": n, "model": ...}``. ``cost_usd`` is NUMERIC(10,6).
     Status and priority of the run as a whole are the execution's.
     """
+
+    # Foreign-key ids peewee adds (declared for the type checker).
+    workspace_id: Any
+    execution_id: Any
+    step_execution_id: Any
+    prompt_id: Any
+    prompt_version_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="llm_calls", on_delete="CASCADE", index=False)
     execution = peewee.ForeignKeyField(Execution, backref="llm_calls", on_delete="CASCADE")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.kernel.db import JSONField
@@ -16,6 +18,10 @@ class Prompt(TimestampedModel):
     version's; every change also writes a ``PromptVersion`` row and bumps ``version``.
     ``status``: DRAFT, PUBLISHED, ARCHIVED; a published prompt has ``published_at``.
     """
+
+    # Foreign-key ids peewee adds (declared for the type checker).
+    workspace_id: Any
+    created_by_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="prompts", on_delete="CASCADE", index=False)
     created_by = peewee.ForeignKeyField(User, null=True, backref="prompts", on_delete="SET NULL")
@@ -64,6 +70,11 @@ class PromptVersion(BaseModel):
     temperature, max_tokens, response_format, tools). Template, variables and config never
     change after the version is created; only the status columns move.
     """
+
+    workspace_id: Any
+    prompt_id: Any
+    created_by_id: Any
+    published_by_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="prompt_versions", on_delete="CASCADE")
     prompt = peewee.ForeignKeyField(Prompt, backref="versions", on_delete="CASCADE", index=False)

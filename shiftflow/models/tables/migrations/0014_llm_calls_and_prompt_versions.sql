@@ -26,3 +26,19 @@ ALTER TABLE "prompt_version" ADD CONSTRAINT "chk_prompt_version_status"
     CHECK (status IN ('DRAFT', 'PUBLISHED', 'ARCHIVED'));
 ALTER TABLE "prompt_version" ADD CONSTRAINT "chk_prompt_version_published_at"
     CHECK (status <> 'PUBLISHED' OR published_at IS NOT NULL);
+
+-- A version's content never changes once created (runs pin the version they ran): only its
+-- status columns may move. Refused here too, not only by the code that writes versions.
+CREATE FUNCTION "prompt_version_immutable"() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.template IS DISTINCT FROM OLD.template OR NEW.variables IS DISTINCT FROM OLD.variables
+            OR NEW.config IS DISTINCT FROM OLD.config OR NEW.version IS DISTINCT FROM OLD.version
+            OR NEW.prompt_id IS DISTINCT FROM OLD.prompt_id THEN
+        RAISE EXCEPTION 'prompt version % is immutable: add a new version instead', OLD.version
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER "prompt_version_immutable" BEFORE UPDATE ON "prompt_version"
+    FOR EACH ROW EXECUTE FUNCTION "prompt_version_immutable"();
