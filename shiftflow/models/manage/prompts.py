@@ -313,6 +313,45 @@ def remove_validation(actor: Principal, ref: Any, validation_id: Any) -> None:
                      workspace_id=prompt.workspace_id)
 
 
+def create_from_definition(actor: Principal, data: Any, *, workspace: Any = None) -> Prompt:
+    """Create a prompt from a definition (a YAML/JSON file's content): ``name``,
+    ``description``, ``tags``, ``template``, ``variables``, ``config``, ``validations``
+    (a list of ``{name, type, config}``), and ``publish: true`` to publish version 1.
+    All in one transaction: a bad validation leaves no prompt behind.
+
+    Raises:
+        InvalidInput: a missing or malformed field (named); Conflict: the name is taken.
+    """
+    if not isinstance(data, dict):
+        raise InvalidInput("(root)", "a prompt definition is a mapping with name, template, variables, config")
+    known = {"name", "description", "tags", "template", "variables", "config", "validations", "publish",
+             "change_log"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidInput(unknown[0], f"unknown field; expected {', '.join(sorted(known))}")
+    checks = data.get("validations") or []
+    if not isinstance(checks, list):
+        raise InvalidInput("validations", "expected a list of {name, type, config}")
+    with database.atomic():
+        prompt = create_prompt(actor, name=data.get("name"), template=data.get("template"),
+                               variables=data.get("variables"), config=data.get("config"),
+                               description=data.get("description"), tags=data.get("tags"),
+                               change_log=data.get("change_log"), workspace=workspace)
+        scoped = actor if actor.workspace_id is not None else Principal.operator(
+            prompt.workspace_id, user_agent=actor.user_agent or "shiftflow-cli")
+        for n, item in enumerate(checks):
+            if not isinstance(item, dict):
+                raise InvalidInput(f"validations[{n}]", "expected {name, type, config}")
+            try:
+                add_validation(scoped, prompt.id, name=item.get("name"), type=item.get("type"),
+                               config=item.get("config"))
+            except InvalidInput as exc:
+                raise InvalidInput(f"validations[{n}].{exc.field.removeprefix('validation.')}", exc.reason) from None
+        if data.get("publish"):
+            publish(scoped, prompt.id, 1)
+    return Prompt.get_by_id(prompt.id)
+
+
 # --------------------------------------------------------------------------- reading
 
 
