@@ -48,5 +48,6 @@ def media(payload: dict[str, Any]) -> None:
 
 @actor("llm.call")
 def llm(payload: dict[str, Any]) -> None:
-    """Run a model-call step: an agent task's planner (``agent_plan``)."""
+    """Run a model-call step: an ``llm`` step (one model call, or a few when its output fails
+    validation, recorded as ``llm_call`` rows) or an agent task's planner (``agent_plan``)."""
     send_all(run_step(decode(StepPayload, payload)))

@@ -72,7 +72,7 @@ def run_plan_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]
 
     Raises:
         PlanRefused: still no acceptable plan after the re-plans (the step fails with it).
-        MissingLlmConnection, LlmError: the model could not be asked.
+        LlmConnectionError, BudgetExceeded, LlmError: the model could not be asked.
     """
     settings = get_settings()
     execution = claim.execution
@@ -81,31 +81,29 @@ def run_plan_step(claim: runs.Claim, inputs: Any, stored: Any) -> list[Outgoing]
     if not intent:
         raise PermanentError("intent: the task has no intent to plan")
     model = str(data.get("model") or settings.task_model)
-    client, provider = task_llm.client_for(execution.workspace_id, str(data.get("connection") or ""), settings)
+    connection = str(data.get("connection") or "")
     tools = enabled_tools(execution.workspace_id)
     connections = workspace_connections(execution.workspace_id)
     messages: list[Message] = [Message.user(f"Intent: {intent}")]
     system = catalogue_text(tools.values(), connections)
     rounds = settings.task_max_replans + 1
     problems: list[str] = []
-    try:
-        for round_no in range(1, rounds + 1):
-            request = LlmRequest(model=model, system=system, messages=tuple(messages), max_tokens=PLAN_MAX_TOKENS,
-                                 response_format=ResponseFormat.json_schema(PLAN_SCHEMA, name="plan"))
-            answer = task_llm.complete(claim, round_no, request, client, provider, settings)
-            # The answer is recorded, the plan not yet stored: a crash here must not pay twice.
-            failpoints.hit("task.after_plan_call", str(round_no))
-            plan, problems = parse_answer(answer.text, answer.parsed if answer.json_error is None else None)
+    for round_no in range(1, rounds + 1):
+        request = LlmRequest(model=model, system=system, messages=tuple(messages), max_tokens=PLAN_MAX_TOKENS,
+                             response_format=ResponseFormat.json_schema(PLAN_SCHEMA, name="plan"))
+        answer = task_llm.complete(claim, connection, round_no, request, settings)
+        # The answer is recorded, the plan not yet stored: a crash here must not pay twice.
+        failpoints.hit("task.after_plan_call", str(round_no))
+        plan, problems = parse_answer(answer.text, answer.parsed if answer.json_error is None else None)
+        if not problems:
+            checked = check(plan, tools, connections)
+            problems = checked.problems
             if not problems:
-                checked = check(plan, tools, connections)
-                problems = checked.problems
-                if not problems:
-                    return _accept(claim, checked.calls, bool(data.get("approve_required")), round_no)
+                return _accept(claim, checked.calls, bool(data.get("approve_required")), round_no)
+        if not answer.reused:
             mongo_log.execution_log(execution, f"plan {round_no} refused: {'; '.join(problems)}"[:2000],
                                     level="warn", step_id=PLAN_STEP, metadata={"round": round_no})
-            messages += [Message.assistant(answer.text or "{}"), Message.user(refusal_text(problems))]
-    finally:
-        client.close()
+        messages += [Message.assistant(answer.text or "{}"), Message.user(refusal_text(problems))]
     raise PlanRefused(f"no acceptable plan after {rounds} attempt(s): {'; '.join(problems)}")
 
 

@@ -33,6 +33,7 @@ from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.paging import Page
 from shiftflow.models.manage.quotas import RunAdmission
 from shiftflow.producers.api import analytics as api_analytics
+from shiftflow.producers.api import prompts as api_prompts
 from shiftflow.producers.api import tasks as api_tasks
 
 Send = Callable[..., str]
@@ -487,3 +488,4 @@ HANDLERS: dict[str, Callable[[Call], Result]] = {
 }
 HANDLERS.update({op_id: api_analytics.answer(read, Result) for op_id, read in api_analytics.HANDLERS.items()})
 HANDLERS.update(api_tasks.handlers(Result, control.defer_to_timers))
+HANDLERS.update(api_prompts.handlers(Result))

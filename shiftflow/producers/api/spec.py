@@ -16,6 +16,7 @@ from shiftflow.models.manage.paging import MAX_LIMIT
 from shiftflow.models.manage.queries import EXECUTION_STATUSES, WORKFLOW_STATUSES
 from shiftflow.models.tables.side_effects import EFFECT_STATES
 from shiftflow.producers.api import analytics as api_analytics
+from shiftflow.producers.api import prompts as api_prompts
 from shiftflow.producers.api import tasks as api_tasks
 from shiftflow.producers.api.schemas import (
     ANY,
@@ -756,6 +757,8 @@ PATHS.update(api_analytics.paths(_op, _query, _ok, _errors))
 SCHEMAS.update(api_analytics.SCHEMAS)
 PATHS.update(api_tasks.paths(_op, _query, _ok, _errors))
 SCHEMAS.update(api_tasks.SCHEMAS)
+PATHS.update(api_prompts.paths(_op, _query, _ok, _errors, _path))
+SCHEMAS.update(api_prompts.SCHEMAS)
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
