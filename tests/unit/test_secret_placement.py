@@ -86,6 +86,7 @@ MISPLACED = {
     "price": ({"type": "price", "with": {"coin": REF, "vs_currency": "usd"}}, "with.coin"),
     "sideshift_swap": ({"type": "sideshift_swap", "with": {"settle_address": REF}}, "with.settle_address"),
     "tool": ({"type": "tool", "tool": "notify.chat", "with": {"text": REF}}, "with.text"),
+    "agent_plan": ({"type": "agent_plan", "with": {"note": REF}}, "with.note"),
     "for_each": ({"type": "http", "for_each": "{{ secrets.crm.list }}", "with": {"url": "http://x"}}, "for_each"),
 }
 
