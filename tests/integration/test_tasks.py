@@ -223,3 +223,22 @@ def test_a_task_whose_llm_connection_vanished_fails_naming_it(api):
     story = _settled(c, a.auth("VIEWER"), str(started.execution.id), "failed", "succeeded")
     assert story["status"] == "FAILED" and "connection 'gone'" in story["error"], story
     assert story["llm_calls"] == []
+
+
+def test_a_task_cancelled_while_its_plan_is_asked_keeps_no_plan(api, json_service):
+    c, a, fake = api["client"], api["a"], api["fake"]
+    fake.script("[[slow-plan]]", json=_two_calls(json_service.url))
+    fake.slow_next(3)
+    task = c.post("/tasks", json={"intent": "x [[slow-plan]]"}, headers=a.auth("MEMBER")).json()
+    wait_until(lambda: LlmCall.get_or_none(LlmCall.status == "RUNNING"), timeout=20)
+    cancelled = c.post(f"/tasks/{task['id']}/cancel", headers=a.auth("MEMBER"))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
+    wait_until(lambda: LlmCall.get_or_none(LlmCall.status == "SUCCEEDED"), timeout=20)
+    import time
+
+    time.sleep(1)  # the planner records what it can once the answer is in
+    execution = Execution.get_by_id(task["id"])
+    assert execution.status == "CANCELLED" and execution.workflow_version == 1
+    assert not (execution.context or {}).get("plan")
+    assert WorkflowVersion.select().where(WorkflowVersion.workflow == execution.workflow_id).count() == 1
+    assert json_service.calls == []

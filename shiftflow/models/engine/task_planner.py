@@ -33,6 +33,7 @@ from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.llm import LlmRequest, Message, ResponseFormat
 from shiftflow.kernel.settings import get_settings
+from shiftflow.kernel.steps import TERMINAL
 from shiftflow.kernel.tools.base import Tool
 from shiftflow.kernel.tools.registry import default_registry
 from shiftflow.models.engine import mongo_log, runs, task_llm
@@ -114,6 +115,9 @@ def _accept(claim: runs.Claim, calls: list[PlannedCall], approval: bool, round_n
     definition = to_definition(calls, approval=approval)
     with runs.transaction():
         execution = runs.lock_execution(claim.execution.id)
+        if execution.status in TERMINAL:
+            # Cancelled (or timed out) while the model answered: the plan is not kept.
+            return []
         if execution.workflow_version != claim.execution.workflow_version:
             # Another delivery planned it already (this one was a stale copy): keep that plan.
             return runs.pending_messages(execution, runs.load_definition(execution.workflow_id,
