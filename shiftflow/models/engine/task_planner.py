@@ -29,6 +29,7 @@ from shiftflow.kernel.agent_plan import (
     refusal_text,
     to_definition,
 )
+from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import PermanentError
 from shiftflow.kernel.llm import LlmRequest, Message, ResponseFormat
@@ -123,7 +124,8 @@ def _accept(claim: runs.Claim, calls: list[PlannedCall], approval: bool, round_n
             return runs.pending_messages(execution, runs.load_definition(execution.workflow_id,
                                                                          execution.workflow_version))
         # The workflow row is locked to number the version: tasks of one workspace plan at once.
-        Workflow.select(Workflow.id).where(Workflow.id == execution.workflow_id).for_update().get()
+        if is_postgres():  # SQLite (dev mode) has no row locks: its writers take turns anyway
+            Workflow.select(Workflow.id).where(Workflow.id == execution.workflow_id).for_update().get()
         latest = (WorkflowVersion.select(WorkflowVersion.version).where(
             WorkflowVersion.workflow == execution.workflow_id).order_by(WorkflowVersion.version.desc()).first())
         version = (latest.version if latest else 0) + 1

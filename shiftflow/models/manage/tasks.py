@@ -20,6 +20,7 @@ from typing import Any
 
 from shiftflow.kernel.agent_plan import APPROVAL_STEP, PLANNING_DEFINITION, TASK_WORKFLOW, step_number
 from shiftflow.kernel.contracts import Priority, TriggerPayload
+from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.steps import TERMINAL
@@ -52,7 +53,8 @@ TASK_STATUSES = queries.EXECUTION_STATUSES
 def _task_workflow(workspace_id: Any) -> Workflow:
     """The workspace's task workflow, created on first use (the workspace row is locked so
     two first tasks at once make one)."""
-    Workspace.select(Workspace.id).where(Workspace.id == workspace_id).for_update().get()
+    if is_postgres():  # SQLite (dev mode) has no row locks: its writers take turns anyway
+        Workspace.select(Workspace.id).where(Workspace.id == workspace_id).for_update().get()
     found: Workflow | None = Workflow.get_or_none((Workflow.workspace == workspace_id)
                                                   & (Workflow.name == TASK_WORKFLOW))
     if found is not None:
