@@ -9,7 +9,7 @@ from typing import Any
 from shiftflow.actors import actor
 from shiftflow.kernel.contracts import StepPayload, decode
 from shiftflow.kernel.enqueue import send_all
-from shiftflow.models.engine import deploy_step, tasks, waits
+from shiftflow.models.engine import deploy_step, task_planner, tasks, waits
 from shiftflow.models.engine.run_step import register_handler, run_step
 from shiftflow.models.patterns import agent
 
@@ -17,6 +17,7 @@ register_handler("event", waits.run_event_step)
 register_handler("task", tasks.run_task_step)
 register_handler("deploy", deploy_step.run_deploy_step)
 assert agent.NAME in tasks.TASKS  # the shipped agent task registers itself on import
+register_handler("agent_plan", task_planner.run_plan_step)
 
 
 @actor("steps.run")
@@ -51,6 +52,6 @@ def media(payload: dict[str, Any]) -> None:
 
 @actor("llm.call")
 def llm(payload: dict[str, Any]) -> None:
-    """Run a model-call step. No step type routes here yet: a message that does reach it
-    runs its step like any other, which fails naming the step type it cannot run."""
+    """Run a model-call step: an ``llm`` step (one model call, or a few when its output fails
+    validation, recorded as ``llm_call`` rows) or an agent task's planner (``agent_plan``)."""
     send_all(run_step(decode(StepPayload, payload)))

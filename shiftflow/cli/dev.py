@@ -1,8 +1,9 @@
 """Dev mode: the whole flow in one process on embedded defaults.
 
 SQLite file, Dramatiq's in-process broker with worker threads, an embedded
-MongoDB-wire store (SecantusDB, an optional extra), the webhook ingress, and a local
-echo service for the example workflow's HTTP step. Nothing has to be installed.
+MongoDB-wire store (SecantusDB, an optional extra), the webhook ingress, a local
+echo service for the example workflow's HTTP step, and a local fake LLM provider with the
+prompt example (``examples/prompt_ops``) loaded against it. Nothing has to be installed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -124,6 +126,31 @@ def _load_example(settings: Settings, echo_url: str) -> Webhook:
     return hook
 
 
+#: The prompt example (a repository file: dev mode runs from a checkout, ``make run``).
+PROMPT_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "prompt_ops" / "prompt.yaml"
+#: The API key the dev fake LLM provider takes (it is not a secret: the fake is local).
+FAKE_LLM_KEY = "sk-dev-fake-llm"
+
+
+def _load_prompt_example(llm_base_url: str) -> str | None:
+    """Point the dev workspace's ``openai-main`` connection at the fake provider and create
+    the example prompt (published) unless it exists; its id, or None without the example."""
+    from shiftflow.models.engine.connection_secrets import store_connection
+    from shiftflow.models.manage import prompts
+    from shiftflow.models.tables.prompts import Prompt
+
+    workspace = catalog.ensure_workspace("dev", "Dev workspace")
+    store_connection(workspace.id, "openai", "openai-main", {"api_key": FAKE_LLM_KEY, "base_url": llm_base_url})
+    if not PROMPT_EXAMPLE.exists():
+        return None
+    data = yaml.safe_load(PROMPT_EXAMPLE.read_text(encoding="utf-8"))
+    found = Prompt.get_or_none((Prompt.workspace == workspace.id) & (Prompt.name == data["name"]))
+    if found is None:
+        found = prompts.create_from_definition(Principal.operator(workspace.id), data)
+        print(f"  prompt {found.name!r} created and published from {PROMPT_EXAMPLE}")
+    return str(found.id)
+
+
 def _dev_key(data_dir: str) -> str:
     """The dev workspace owner's API key: made on the first start, kept in ``dev.key``.
 
@@ -225,6 +252,12 @@ def run(settings: Settings) -> None:
         # Before the hello example, which stays the newest workflow (the first one listed).
         deploy, multi_phase_lines = dev_multi_phase.start(catalog.ensure_workspace("dev", "Dev workspace"))
         hook = _load_example(settings, echo_url)
+        from shiftflow.fakes.llm import FakeLlm, FakeLlmServer
+
+        fake_llm = FakeLlmServer(FakeLlm(api_key=FAKE_LLM_KEY)).start()
+        print(f"  fake LLM provider at {fake_llm.openai_base_url} (OpenAI) and {fake_llm.anthropic_base_url} "
+              "(Anthropic)")
+        prompt_id = _load_prompt_example(fake_llm.openai_base_url)
         key = _dev_key(settings.data_dir)
         base = settings.public_url or f"http://{settings.ingress_host}:{settings.ingress_port}"
         cli = f".venv/bin/shiftflow --dev-dir {settings.data_dir}"
@@ -244,6 +277,14 @@ def run(settings: Settings) -> None:
             f"  API key of the dev owner: {key}  (kept in {os.path.join(settings.data_dir, DEV_KEY_FILE)})",
             f"  curl -H 'Authorization: Bearer {key}' {base}/api/v1/workflows",
             *multi_phase_lines,
+            *([
+                "\nRun the example prompt (examples/prompt_ops) against the local fake LLM, then read its runs:\n",
+                f"  curl -s -X POST -H 'Authorization: Bearer {key}' -H 'content-type: application/json' "
+                f"{base}/api/v1/prompts/{prompt_id}/run -d '{{\"variables\": {{\"ticket\": \"I was charged "
+                f"twice\"}}, \"priority\": \"HIGH\"}}'; echo",
+                f"  curl -s -H 'Authorization: Bearer {key}' {base}/api/v1/prompts/{prompt_id}/runs; echo",
+                f"  {cli} prompts stats ticket-triage --workspace dev\n",
+            ] if prompt_id else []),
             f"Metrics: http://127.0.0.1:{metrics_port}/metrics    Stop: Ctrl-C\n",
         ])
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.ingress_host,
@@ -268,6 +309,7 @@ def run(settings: Settings) -> None:
             if digest is not None:
                 digest.close()
             deploy.stop()
+            fake_llm.stop()
             metrics.shutdown()
             sink = get_sink()
             if sink is not None:

@@ -27,7 +27,7 @@ GC_YOUNG_THRESHOLD = 10_000
 #: Modules of ``shiftflow.cli`` that add subcommands; each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "engine", "scheduler", "sideshift", "keys", "ops", "secrets", "quotas", "effects", "fakes", "retention",
-    "pools", "analytics", "tools", "timeline",
+    "pools", "analytics", "tools", "timeline", "prompts", "tasks",
 )
 
 

@@ -16,7 +16,11 @@ workspace waiting for its key: a webhook-triggered workflow with one ``event`` s
 a signed webhook resumes a waiting execution), ``workflow`` runs a sub-workflow and waits
 for its result. A ``tool`` step calls a registered tool (``tool: email.send``) with
 ``with`` as its parameters and, when it names one, the credentials of a workspace
-``connection``; it runs on the queue its tool declares (``tools.email``...).
+``connection``; it runs on the queue its tool declares (``tools.email``...). An ``llm``
+step calls a model through a workspace ``connection`` (``openai`` or ``anthropic``), on
+the ``llm`` queue: inline (``model``, ``system``, ``messages`` or ``prompt`` text,
+``temperature``, ``max_tokens``, ``response_format``, ``tools``) or a stored prompt
+(``prompt: <name>``, ``version``, ``variables``; no ``model``: the version holds it).
 
 Errors name the path and the problem, e.g. ``steps[2].retry.max: must be >= 0``.
 """
@@ -55,7 +59,21 @@ STEP_ACTORS: dict[str, str] = {
     "task": "tools.call",
     # Starts a deployment and polls it between durable timers.
     "deploy": "tools.call",
+    # An agent task's planner: one model call (and its re-plans) on the ``llm`` queue.
+    "agent_plan": "llm.call",
+    "llm": "llm.call",
 }
+
+#: The fields of an ``llm`` step (at the step's top level; they become its inputs, so they
+#: may hold ``{{ references }}``). Inline: ``model`` and ``messages`` or ``prompt`` text.
+#: A stored prompt: ``prompt`` (its name or id) without ``model``, ``version``, ``variables``.
+LLM_FIELDS = ("model", "system", "messages", "prompt", "temperature", "max_tokens", "response_format",
+              "tools", "tool_choice", "version", "variables")
+#: What only the inline form sets (a stored prompt's version holds them).
+LLM_INLINE_ONLY = ("system", "messages", "temperature", "max_tokens", "response_format", "tools", "tool_choice")
+#: What only the stored-prompt form sets.
+LLM_STORED_ONLY = ("version", "variables")
+_REF = {"type": "string", "pattern": "^\\s*\\{\\{.*\\}\\}\\s*$"}
 
 #: Step types whose inputs may reference ``secrets.*``: they send them and store them masked
 #: (``kernel.runnable`` refuses a reference anywhere else; the engine gives it no value).
@@ -122,6 +140,25 @@ SCHEMA: dict[str, Any] = {
                     "tool": {"type": "string", "minLength": 1, "maxLength": 150},
                     "connection": {"type": "string", "minLength": 1, "maxLength": 200},
                     "with": {"type": "object"},
+                    "model": {"type": "string", "minLength": 1, "maxLength": 100},
+                    "system": {"type": "string"},
+                    "messages": {"anyOf": [_REF, {"type": "array", "minItems": 1, "maxItems": 1000, "items": {
+                        "type": "object", "required": ["role", "content"], "additionalProperties": False,
+                        "properties": {"role": {"enum": ["user", "assistant"]}, "content": {"type": "string"}}}}]},
+                    "prompt": {"type": "string", "minLength": 1},
+                    "temperature": {"anyOf": [_REF, {"type": "number", "minimum": 0, "maximum": 2}]},
+                    "max_tokens": {"anyOf": [_REF, {"type": "integer", "minimum": 1, "maximum": 1_000_000}]},
+                    "response_format": {"anyOf": [{"enum": ["json", "text"]}, {
+                        "type": "object", "required": ["json_schema"], "additionalProperties": False,
+                        "properties": {"json_schema": {"type": "object"}, "name": {"type": "string"},
+                                       "strict": {"type": "boolean"}}}]},
+                    "tools": {"type": "array", "maxItems": 128, "items": {
+                        "type": "object", "required": ["name"], "additionalProperties": False,
+                        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64},
+                                       "description": {"type": "string"}, "parameters": {"type": "object"}}}},
+                    "tool_choice": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "version": {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "published"}, _REF]},
+                    "variables": {"anyOf": [{"type": "object"}, _REF]},
                     "needs": _IDS,
                     "join": {"enum": ["all", "any"]},
                     "then": _IDS,
@@ -265,6 +302,11 @@ def _path(error: jsonschema.ValidationError) -> str:
 
 
 def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "anyOf" and error.context:
+        # Say what the likeliest alternative wanted, not "valid under none of the schemas".
+        # An alternative that had the right type and failed a bound says most.
+        telling = [e for e in error.context if e.validator not in ("type", "pattern", "const", "enum")]
+        return _message(telling[0] if telling else jsonschema.exceptions.best_match(error.context))
     if error.validator == "minimum":
         return f"must be >= {error.validator_value}"
     if error.validator == "maximum":
@@ -311,6 +353,31 @@ def _branch_targets(item: dict[str, Any]) -> list[str]:
     return targets
 
 
+def _llm_inputs(item: dict[str, Any], index: int) -> dict[str, Any]:
+    """An ``llm`` step's fields, checked for one form or the other, as its inputs."""
+    where = f"steps[{index}]"
+    if "with" in item:
+        raise DefinitionError(f"{where}.with: an llm step sets its fields on the step itself (model, prompt...)")
+    if "model" in item:
+        if "messages" not in item and "prompt" not in item:
+            raise DefinitionError(f"{where}.messages: an llm step with a model needs messages or prompt text")
+        if "messages" in item and "prompt" in item:
+            raise DefinitionError(f"{where}.prompt: give messages or prompt text, not both")
+        for key in LLM_STORED_ONLY:
+            if key in item:
+                raise DefinitionError(f"{where}.{key}: only a stored prompt (prompt: <name>, no model) has {key}")
+        if "connection" not in item:
+            raise DefinitionError(f"{where}.connection: an llm step names its connection (connection: openai-main)")
+    else:
+        if "prompt" not in item:
+            raise DefinitionError(f"{where}.model: an llm step names a model, or a stored prompt (prompt: <name>)")
+        for key in LLM_INLINE_ONLY:
+            if key in item:
+                raise DefinitionError(f"{where}.{key}: a stored prompt's version sets {key} (or give a model "
+                                      "for an inline call)")
+    return {key: item[key] for key in LLM_FIELDS if key in item}
+
+
 def validate(data: Mapping[str, Any]) -> Definition:
     """Validate a definition and return it with every step's ``needs`` explicit.
 
@@ -352,16 +419,24 @@ def validate(data: Mapping[str, Any]) -> Definition:
                 )
         if item["type"] == "tool" and not item.get("tool"):
             raise DefinitionError(f"steps[{index}].tool: a tool step names its tool (tool: email.send)")
-        for key in ("tool", "connection"):
-            if key in item and item["type"] != "tool":
-                raise DefinitionError(f"steps[{index}].{key}: only tool steps have a {key}")
+        if "tool" in item and item["type"] != "tool":
+            raise DefinitionError(f"steps[{index}].tool: only tool steps have a tool")
+        if "connection" in item and item["type"] not in ("tool", "llm"):
+            raise DefinitionError(f"steps[{index}].connection: only tool and llm steps have a connection")
+        inputs = item.get("with", {})
+        if item["type"] == "llm":
+            inputs = _llm_inputs(item, index)
+        else:
+            for key in LLM_FIELDS:
+                if key in item:
+                    raise DefinitionError(f"steps[{index}].{key}: only llm steps have a {key}")
         retry = item.get("retry", {})
         steps.append(
             Step(
                 id=item["id"],
                 type=item["type"],
                 needs=tuple(needs),
-                inputs=item.get("with", {}),
+                inputs=inputs,
                 timeout=item.get("timeout"),
                 retry=Retry(max=retry.get("max", 3), backoff=retry.get("backoff", 1.0),
                             max_backoff=retry.get("max_backoff", 300.0), jitter=retry.get("jitter", True)),

@@ -48,6 +48,35 @@ def check_runnable(definition: Definition) -> None:
     _check_references(definition)
     _check_secret_placement(definition)
     _check_tools(definition)
+    _check_llm(definition)
+
+
+def _check_llm(definition: Definition) -> None:
+    """Refuse an ``llm`` step whose answer schema or tool schemas are not JSON Schemas, or
+    whose tools share a name (the provider would refuse the call, every time)."""
+    import jsonschema
+
+    for index, item in enumerate(definition.raw.get("steps", [])):
+        if item["type"] != "llm":
+            continue
+        where = f"steps[{index}]"
+        fmt = item.get("response_format")
+        schemas = [(f"{where}.response_format.json_schema", fmt["json_schema"])] if isinstance(fmt, dict) else []
+        names: set[str] = set()
+        for n, tool in enumerate(item.get("tools") or ()):
+            if tool["name"] in names:
+                raise DefinitionError(f"{where}.tools[{n}].name: {tool['name']!r} is offered twice")
+            names.add(tool["name"])
+            if "parameters" in tool:
+                schemas.append((f"{where}.tools[{n}].parameters", tool["parameters"]))
+        choice = item.get("tool_choice")
+        if choice not in (None, "auto", "required", "none") and choice not in names:
+            raise DefinitionError(f"{where}.tool_choice: {choice!r} names no tool of the step")
+        for path, schema in schemas:
+            try:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise DefinitionError(f"{path}: not a valid JSON Schema: {exc.message}") from None
 
 
 def _check_tools(definition: Definition) -> None:
@@ -104,7 +133,8 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
 def _check_references(definition: Definition) -> None:
     ids = {step.id for step in definition.steps}
     variables = definition.raw.get("vars") or {}
-    fields = ("with", "for_each")
+    fields = ("with", "for_each", "system", "messages", "prompt", "temperature", "max_tokens", "version",
+              "variables")
     for index, item in enumerate(definition.raw.get("steps", [])):
         for name in fields:
             if name not in item:

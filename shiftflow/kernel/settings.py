@@ -137,6 +137,21 @@ def _commission_rate(env: Mapping[str, str]) -> str:
     return format(value, "f")
 
 
+def _usd(env: Mapping[str, str], name: str) -> str:
+    """An amount of USD of at least 0 with at most six decimal places, or "" (none set)."""
+    raw = _get(env, name)
+    if raw is None or not raw.strip():
+        return ""
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value < 0 or value != value.quantize(Decimal("0.000001")):
+        raise SettingsError(f"{PREFIX}{name}={raw!r} is malformed: expected an amount of USD such as 25 or 2.50 "
+                            "(at least 0, at most six decimal places)")
+    return format(value, "f")
+
+
 def _tool_settings(env: Mapping[str, str], data_dir: str) -> dict[str, Any]:
     """The settings of the tool layer: artifact store, SMTP, browser and media limits."""
     backend = _choice(env, "ARTIFACT_BACKEND", "local", ("local", "s3"))
@@ -448,6 +463,17 @@ class Settings:
     llm_timeout_seconds: float = 120.0
     #: SHIFTFLOW_LLM_PRICES_FILE: a YAML price table laid over the shipped one (docs/llm.md); "" = shipped only
     llm_prices_file: str = ""
+    #: SHIFTFLOW_TASK_MODEL: the model an agent task's planner asks unless the task names one
+    task_model: str = "gpt-4o-mini"
+    #: SHIFTFLOW_TASK_MAX_REPLANS: how many times a refused plan is sent back to the model
+    #: with its errors before the task fails naming them
+    task_max_replans: int = 2
+    #: SHIFTFLOW_LLM_DAILY_BUDGET_USD: what one workspace's LLM calls may cost per UTC day unless
+    #: the workspace sets its own (``workspace.llm_daily_budget_usd``); "" = no limit
+    llm_daily_budget_usd: str = ""
+    #: SHIFTFLOW_LLM_VALIDATION_RETRIES: calls made again, with the validation error fed back,
+    #: when a prompt run's output fails its validations (then the run fails, naming the reasons)
+    llm_validation_retries: int = 2
     #: SHIFTFLOW_INTEGRATION_RATE_PER_SECOND / SHIFTFLOW_INTEGRATION_RATE_BURST: the limit per
     #: connection of integrations whose catalogue entry declares none (http, oauth2, plugins); 0 = none
     integration_rate_per_second: float = 10.0
@@ -585,6 +611,10 @@ class Settings:
             **_tool_settings(env, data_dir),
             llm_timeout_seconds=_float(env, "LLM_TIMEOUT_SECONDS", 120.0, 0.1, 3_600.0),
             llm_prices_file=_str(env, "LLM_PRICES_FILE", ""),
+            task_model=_str(env, "TASK_MODEL", "gpt-4o-mini"),
+            task_max_replans=_int(env, "TASK_MAX_REPLANS", 2, 0, 10),
+            llm_daily_budget_usd=_usd(env, "LLM_DAILY_BUDGET_USD"),
+            llm_validation_retries=_int(env, "LLM_VALIDATION_RETRIES", 2, 0, 10),
             **_integration_settings(env),
             **_retention_settings(env),
             otlp_endpoint=_otlp_endpoint(env),

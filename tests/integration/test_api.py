@@ -20,8 +20,9 @@ import pytest
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
+from shiftflow.models.engine.connection_secrets import store_connection
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog, connections
+from shiftflow.models.manage import catalog, connections, tasks
 from shiftflow.models.manage.access import MATRIX, ROLES, Principal
 from shiftflow.models.tables import webhook_secrets
 from shiftflow.models.tables.artifacts import Artifact
@@ -83,7 +84,14 @@ AUDITED = {
     "createPatternWorkspace": "pattern.created",
     "sendPatternFeedback": "pattern.feedback_sent",
     "approvePatternRun": "execution.approval_decided",
+    "createTask": "task.created",
+    "approveTask": "execution.approval_decided",
+    "pauseTask": "task.paused",
+    "resumeTask": "task.resumed",
+    "cancelTask": "execution.cancelled",
 }
+#: Agent-task operations: audited in tests/integration/test_tasks.py (they need an LLM connection).
+TASK_OPS = ("createTask", "approveTask", "pauseTask", "resumeTask", "cancelTask")
 
 
 @pytest.fixture
@@ -237,6 +245,7 @@ def test_role_matrix_over_every_operation(api):
                 "tool_execution_id",
                 "queue_job_id",
                 "pattern_id",
+                "task_id",
             )
         }
         values["step_id"] = "approve"
@@ -349,7 +358,7 @@ def test_every_mutation_writes_an_audit_entry(api):
         op: action
         for op, action in AUDITED.items()
         if action not in actions
-        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection",
+        and op not in ("deleteWorkspace", "decideApproval", "settleEffect", "testConnection", *TASK_OPS,
                        # the pattern-workspace flow is audited in test_multi_phase_api
                        "createPatternWorkspace", "sendPatternFeedback", "approvePatternRun")
     }
@@ -399,10 +408,13 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
     b_job = QueueJob.create(workspace=b.workspace.id, message_id="b-job", queue="tools", actor="tools.call",
                             execution=b_execution.id, status="SUCCEEDED", data={"step_id": "first"})
     b_pattern = PatternWorkspace.create(workspace=b.workspace.id, pattern_type="bos", name="B's", category="p")
+    store_connection(b.workspace.id, "openai", "b-llm", {"api_key": "sk-b", "base_url": "http://127.0.0.1:9/v1"})
+    b_task, _unsent = tasks.create_task(Principal.operator(b.workspace.id), "b's task", approve_required=True)
     b_ids = {
         "tool_execution_id": b_call.id,
         "queue_job_id": b_job.id,
         "pattern_id": b_pattern.id,
+        "task_id": b_task["id"],
         "connection_id": b_connection["id"],
         "artifact_id": b_artifact.id,
         "workflow_id": b_workflow.id,

@@ -24,8 +24,9 @@ from shiftflow.kernel.broker import build_broker, install
 from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
+from shiftflow.models.engine.connection_secrets import store_connection
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog, connections
+from shiftflow.models.manage import catalog, connections, tasks
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.dead_letters import DeadLetter
@@ -108,10 +109,14 @@ def _seed(settings: Settings):
                           data={"step_id": "shape", "iteration": 0, "tool": "media.image"})
     pattern = PatternWorkspace.create(workspace=tenant.workspace.id, pattern_type="swings", name="Swings",
                                       category="pattern")
+    # An LLM connection nobody listens on: tasks can be created (their planner is never published here).
+    store_connection(tenant.workspace.id, "openai", "planner", {"api_key": "sk-fuzz", "base_url": "http://127.0.0.1:9/v1"})
+    task, _unsent = tasks.create_task(Principal.operator(tenant.workspace.id), "fuzzed task", approve_required=True)
     ids = {
         "tool_execution_id": str(call.id),
         "queue_job_id": str(job.id),
         "pattern_id": str(pattern.id),
+        "task_id": task["id"],
         "connection_id": connection["id"],
         "artifact_id": str(artifact.id),
         "tool_name": "media.image",

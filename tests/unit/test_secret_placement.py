@@ -88,6 +88,7 @@ MISPLACED = {
     "tool": ({"type": "tool", "tool": "notify.chat", "with": {"text": REF}}, "with.text"),
     "deploy": ({"type": "deploy", "with": {"project": "p", "ref": REF}}, "with.ref"),
     "task": ({"type": "task", "with": {"task": "agent.phased", "feedback": REF}}, "with.feedback"),
+    "agent_plan": ({"type": "agent_plan", "with": {"note": REF}}, "with.note"),
     "for_each": ({"type": "http", "for_each": "{{ secrets.crm.list }}", "with": {"url": "http://x"}}, "for_each"),
 }
 

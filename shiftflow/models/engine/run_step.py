@@ -26,7 +26,7 @@ from shiftflow.kernel.errors import PermanentError, RateLimited, TransientError
 from shiftflow.kernel.executors import call_tool
 from shiftflow.kernel.settings import get_settings
 from shiftflow.kernel.usage import observed_call
-from shiftflow.models.engine import call_once, for_each, leases, tool_calls, waits
+from shiftflow.models.engine import call_once, for_each, leases, llm_steps, tool_calls, waits
 from shiftflow.models.engine.runs import (
     Claim,
     claim_step,
@@ -114,6 +114,10 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
             tool_call = tool_calls.prepare(claim, step, stored, settings)
             name, integration, connection_id = tool_call.tool.name, tool_call.integration, tool_call.connection_id
             work: Callable[[], Any] = lambda: tool_call.run(inputs, scrub)  # noqa: E731
+        elif step.type == "llm":
+            # Its calls are recorded as llm_call rows keyed by step and attempt, so a redelivered
+            # step reuses the answers it paid for (``llm_calls``), not the effect ledger.
+            work = lambda: llm_steps.run(claim, step, inputs, settings)  # noqa: E731
         else:
             work = lambda: call_tool(step, inputs, settings, scrub)  # noqa: E731
         # An outside service may echo a secret it was sent: scrub before anything stores it

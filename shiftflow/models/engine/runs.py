@@ -451,6 +451,9 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, token: str | None =
             step.status, step.completed_at = "CANCELLED", now
             step.save()
             return Claim(None, execution, definition, [], f"execution is {execution.status}")
+        if execution.status == "PAUSED":
+            # Nothing of a paused execution runs: the step stays as it is; resuming re-publishes it.
+            return Claim(None, execution, definition, [], "execution is PAUSED")
         step.attempts += 1
         # Deliveries that ended without a recorded outcome (a crash, a kill) are the
         # attempts not explained by recorded retries.

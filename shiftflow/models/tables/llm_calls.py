@@ -8,6 +8,8 @@ prompt run is an ``Execution`` plus its ``LlmCall``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.kernel.db import JSONField
@@ -26,6 +28,13 @@ class LlmCall(BaseModel):
     is ``{"input": n, "output": n, "total": n, "model": ...}``. ``cost_usd`` is NUMERIC(10,6).
     Status and priority of the run as a whole are the execution's.
     """
+
+    # Foreign-key ids peewee adds (declared for the type checker).
+    workspace_id: Any
+    execution_id: Any
+    step_execution_id: Any
+    prompt_id: Any
+    prompt_version_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="llm_calls", on_delete="CASCADE", index=False)
     execution = peewee.ForeignKeyField(Execution, backref="llm_calls", on_delete="CASCADE")
@@ -53,6 +62,14 @@ class LlmCall(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
     started_at = peewee.DateTimeField(null=True)
     completed_at = peewee.DateTimeField(null=True)
+    # Migration 0014. ``call_key`` names the call within its step (a redelivered step finds
+    # the answer it already paid for under the same key); ``cost_estimate_usd`` is the most
+    # the call may cost, reserved against the daily budget until the real cost is known
+    # (and kept counted when it never is: a timeout, a worker that died mid-call);
+    # ``response`` is the whole answer (tool calls, parsed JSON, stop reason, ids).
+    call_key = peewee.CharField(max_length=100, null=True)
+    cost_estimate_usd = peewee.DecimalField(max_digits=10, decimal_places=6, null=True)
+    response = JSONField(null=True)
 
     class Meta:
         indexes = (
@@ -72,6 +89,7 @@ class LlmCall(BaseModel):
             # Added by migration 0002: cost not negative, latency positive, completion after start.
             # One worker stamps both times of a call, so clock skew cannot break the order.
             peewee.Check("cost_usd IS NULL OR cost_usd >= 0", name="chk_llm_call_cost_positive"),
+            peewee.Check("cost_estimate_usd IS NULL OR cost_estimate_usd >= 0", name="chk_llm_call_estimate_positive"),
             peewee.Check("latency_ms IS NULL OR latency_ms > 0", name="chk_llm_call_latency_positive"),
             peewee.Check(
                 "completed_at IS NULL OR started_at IS NULL OR completed_at >= started_at",

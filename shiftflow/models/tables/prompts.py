@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 from shiftflow.kernel.db import JSONField
@@ -16,6 +18,10 @@ class Prompt(TimestampedModel):
     version's; every change also writes a ``PromptVersion`` row and bumps ``version``.
     ``status``: DRAFT, PUBLISHED, ARCHIVED; a published prompt has ``published_at``.
     """
+
+    # Foreign-key ids peewee adds (declared for the type checker).
+    workspace_id: Any
+    created_by_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="prompts", on_delete="CASCADE", index=False)
     created_by = peewee.ForeignKeyField(User, null=True, backref="prompts", on_delete="SET NULL")
@@ -56,7 +62,19 @@ Prompt.add_index(
 
 
 class PromptVersion(BaseModel):
-    """An immutable snapshot of a prompt's template; LLM calls pin the one they ran."""
+    """An immutable snapshot of a prompt's template; LLM calls pin the one they ran.
+
+    Migration 0014 gives each version its own life cycle and model settings: ``status``
+    DRAFT -> PUBLISHED -> ARCHIVED (only a published version runs in production; who
+    published it and when are kept), and ``config`` (connection, model, system text,
+    temperature, max_tokens, response_format, tools). Template, variables and config never
+    change after the version is created; only the status columns move.
+    """
+
+    workspace_id: Any
+    prompt_id: Any
+    created_by_id: Any
+    published_by_id: Any
 
     workspace = peewee.ForeignKeyField(Workspace, backref="prompt_versions", on_delete="CASCADE")
     prompt = peewee.ForeignKeyField(Prompt, backref="versions", on_delete="CASCADE", index=False)
@@ -66,13 +84,24 @@ class PromptVersion(BaseModel):
     change_log = peewee.TextField(null=True)
     created_by = peewee.ForeignKeyField(User, null=True, backref="prompt_versions", on_delete="SET NULL")
     created_at = peewee.DateTimeField(default=utcnow)
+    config = JSONField(default=dict)
+    status = peewee.CharField(max_length=10, default="DRAFT")
+    published_at = peewee.DateTimeField(null=True)
+    published_by = peewee.ForeignKeyField(User, null=True, backref="published_prompt_versions",
+                                          on_delete="SET NULL", index=False)
+    archived_at = peewee.DateTimeField(null=True)
 
     class Meta:
         indexes = (
             (("prompt", "version"), True),
             (("prompt", "created_at"), False),
         )
-        constraints = [peewee.Check("version >= 1", name="chk_prompt_version_version_positive")]
+        constraints = [
+            peewee.Check("version >= 1", name="chk_prompt_version_version_positive"),
+            peewee.Check("status IN ('DRAFT', 'PUBLISHED', 'ARCHIVED')", name="chk_prompt_version_status"),
+            peewee.Check("status <> 'PUBLISHED' OR published_at IS NOT NULL",
+                         name="chk_prompt_version_published_at"),
+        ]
 
 
 class PromptValidation(TimestampedModel):

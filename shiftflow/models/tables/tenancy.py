@@ -44,6 +44,9 @@ class Workspace(TimestampedModel):
     quota_runs_per_second = peewee.FloatField(null=True)
     quota_runs_burst = peewee.IntegerField(null=True)
     quota_max_queued_executions = peewee.IntegerField(null=True)
+    # The most this workspace's LLM calls may cost per UTC day, USD (migration 0014). NULL
+    # takes the deployment's SHIFTFLOW_LLM_DAILY_BUDGET_USD ("" there: no limit).
+    llm_daily_budget_usd = peewee.DecimalField(max_digits=12, decimal_places=6, null=True)
 
     class Meta:
         constraints = [
@@ -56,6 +59,8 @@ class Workspace(TimestampedModel):
                 " AND (quota_max_queued_executions IS NULL OR quota_max_queued_executions >= 0)",
                 name="chk_workspace_quotas",
             ),
+            peewee.Check("llm_daily_budget_usd IS NULL OR llm_daily_budget_usd >= 0",
+                         name="chk_workspace_llm_budget"),
         ]
 
 

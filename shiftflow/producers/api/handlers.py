@@ -34,6 +34,8 @@ from shiftflow.models.manage.paging import Page
 from shiftflow.models.manage.quotas import RunAdmission
 from shiftflow.producers.api import analytics as api_analytics
 from shiftflow.producers.api import multi_phase as api_multi_phase
+from shiftflow.producers.api import prompts as api_prompts
+from shiftflow.producers.api import tasks as api_tasks
 from shiftflow.producers.api import tool_runs as api_tool_runs
 
 Send = Callable[..., str]
@@ -490,3 +492,5 @@ HANDLERS: dict[str, Callable[[Call], Result]] = {
 HANDLERS.update({op_id: api_analytics.answer(read, Result) for op_id, read in api_analytics.HANDLERS.items()})
 HANDLERS.update({op_id: api_analytics.answer(read, Result) for op_id, read in api_tool_runs.HANDLERS.items()})
 HANDLERS.update(api_multi_phase.handlers(Result))
+HANDLERS.update(api_tasks.handlers(Result, control.defer_to_timers))
+HANDLERS.update(api_prompts.handlers(Result))

@@ -17,6 +17,8 @@ from shiftflow.models.manage.queries import EXECUTION_STATUSES, WORKFLOW_STATUSE
 from shiftflow.models.tables.side_effects import EFFECT_STATES
 from shiftflow.producers.api import analytics as api_analytics
 from shiftflow.producers.api import multi_phase as api_multi_phase
+from shiftflow.producers.api import prompts as api_prompts
+from shiftflow.producers.api import tasks as api_tasks
 from shiftflow.producers.api import tool_runs as api_tool_runs
 from shiftflow.producers.api.schemas import (
     ANY,
@@ -761,6 +763,10 @@ PATHS.update(api_tool_runs.paths(_op, _query, _path, _ok, _errors))
 SCHEMAS.update(api_tool_runs.SCHEMAS)
 PATHS.update(api_multi_phase.paths(_op, _query, _path, _ok, _errors))
 SCHEMAS.update(api_multi_phase.SCHEMAS)
+PATHS.update(api_tasks.paths(_op, _query, _ok, _errors))
+SCHEMAS.update(api_tasks.SCHEMAS)
+PATHS.update(api_prompts.paths(_op, _query, _ok, _errors, _path))
+SCHEMAS.update(api_prompts.SCHEMAS)
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
