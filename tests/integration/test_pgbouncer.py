@@ -7,7 +7,8 @@ the machine's PostgreSQL. Every ShiftFlow connection goes through it:
 * a worker pool of 2 processes x 16 threads (32 threads, each with its own Peewee
   connection) runs ``EXECUTIONS`` three-step executions;
 * two scheduler loops claim due schedules with ``FOR UPDATE SKIP LOCKED`` meanwhile;
-* the management API answers and starts a run;
+* the ingress accepts ``WEBHOOKS`` signed webhooks (endpoint lookup through the pooler);
+* the management API answers;
 * migrations run through ``shiftflow migrate`` on SHIFTFLOW_DATABASE_DIRECT_URL.
 
 A sampler reads ``SHOW POOLS`` and ``pg_stat_activity`` all along: the server
@@ -42,6 +43,7 @@ POOL = 6
 APPLICATION_NAME = "sf-pgbouncer"
 EXECUTIONS = 120
 SCHEDULES = 40
+WEBHOOKS = 20
 TICKER = {"name": "ticker", "trigger": {"type": "manual"},
           "steps": [{"id": "noop", "type": "transform", "with": {"output": {"ok": True}}}]}
 
@@ -172,6 +174,7 @@ def test_engine_scheduler_api_and_migrations_through_transaction_pooling(
             assert rig.publisher.trigger(workflow, key, {"n": n})
             keys.append(key)
         api = _api_through_the_pooler(pooled)
+        keys += _webhooks_through_the_pooler(pooled, workflow)
         statuses = wait_terminal(pg_url, keys, pool, stall=90)
         stop.set()
         scheduled = fired()
@@ -182,14 +185,15 @@ def test_engine_scheduler_api_and_migrations_through_transaction_pooling(
         report = check(pg_url, keys + ticks, rig.service.recorded())
 
     print(
-        f"\n{EXECUTIONS} executions on 32 worker threads + 2 scheduler loops ({scheduled} schedule firings) "
+        f"\n{EXECUTIONS} executions + {WEBHOOKS} webhooks on 32 worker threads + 2 scheduler loops ({scheduled} schedule firings) "
         f"+ API ({api}) through a pool of {POOL}: max server connections {sampler.max_servers}, "
         f"max backends on the database {sampler.max_backends}, max clients waiting {sampler.max_waiting} "
         f"({sampler.samples} samples)\n{report.summary()}"
     )
     assert set(statuses.values()) == {"SUCCEEDED"}
     assert len(ticks) == scheduled  # each scheduled slot fired once, into one execution
-    assert report.counts == {"completed_once": EXECUTIONS + len(ticks), "lost": 0, "duplicated": 0, "unexpected": 0}, (
+    assert report.counts == {
+        "completed_once": EXECUTIONS + WEBHOOKS + len(ticks), "lost": 0, "duplicated": 0, "unexpected": 0}, (
         report.problems()
     )
     assert sampler.samples > 10
@@ -261,3 +265,34 @@ def _api_through_the_pooler(env: dict[str, str]) -> str:
         listed = httpx.get(f"{base}/api/v1/workflows", headers=tenant.auth(), timeout=30)
         assert listed.status_code == 200, listed.text
         return f"GET /api/v1/workflows {listed.status_code}"
+
+
+def _webhooks_through_the_pooler(env: dict[str, str], workflow_id: str) -> list[str]:
+    """POST ``WEBHOOKS`` signed webhooks to an ingress on the pooled URL (its endpoint
+    lookup and quota reads go through PgBouncer); return their dedup keys."""
+    import json
+    import time
+
+    from shiftflow.kernel.db import database
+    from shiftflow.kernel.settings import Settings, configure
+    from shiftflow.kernel.signatures import signed_headers
+    from shiftflow.models.manage import catalog
+    from shiftflow.models.tables import webhook_secrets
+    from shiftflow.models.tables.workflows import Workflow
+    from shiftflow.producers.ingress.app import create_app
+    from tests.integration.api_support import serve
+
+    settings = configure(Settings.from_env(env))
+    with database.connection_context():
+        hook = catalog.create_webhook(Workflow.get_by_id(workflow_id))
+        secret = webhook_secrets.reveal(hook)[0]
+    keys = []
+    with serve(create_app(settings)) as base:
+        for i in range(WEBHOOKS):
+            raw = json.dumps({"n": 1000 + i}).encode()
+            headers = signed_headers("standard", secret, raw, int(time.time()), f"msg_pooled_{i}")
+            headers["content-type"] = "application/json"
+            answer = httpx.post(f"{base}/hooks/{hook.token}", content=raw, headers=headers, timeout=30)
+            assert answer.status_code == 202, answer.text
+            keys.append(f"standard:msg_pooled_{i}")
+    return keys
