@@ -92,7 +92,7 @@ class Machines:
             return proc.wait(10)
 
     def stop_all(self) -> None:
-        for name, proc in self.procs.items():
+        for proc in self.procs.values():
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
@@ -182,9 +182,9 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
                                   "SHIFTFLOW_SCHEDULER_METRICS_PORT": str(port),
                                   "SHIFTFLOW_SCHEDULER_TICK_MS": "100", "SHIFTFLOW_SCHEDULER_BATCH_SIZE": "1"},
                            "scheduler", "run", "--replica-name", name, "--no-polling")
-        for port, metrics_port in ingress.values():
+        for port, _metrics_port in ingress.values():
             wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
-        for name, port in pool_ports.items():
+        for port in pool_ports.values():
             wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
         for port in schedulers.values():
             wait_for_http(f"http://127.0.0.1:{port}/metrics", timeout=60)
@@ -283,7 +283,7 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
     # Spread: every pool claimed some steps (front pools the `tell` steps, call pools the calls).
     per_pool: dict[str, collections.Counter[str]] = {name: collections.Counter() for name in POOLS}
     per_pool_executions: dict[str, set[str]] = {name: set() for name in POOLS}
-    for source, key, step_id, holder in claims:
+    for _source, key, step_id, holder in claims:
         pool = pool_of_pid[_holder_pid(holder)]
         assert pool in POOLS, f"step {step_id} of {key} claimed by a process of no pool: {holder}"
         per_pool[pool][step_id] += 1
