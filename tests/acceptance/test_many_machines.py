@@ -164,6 +164,7 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
     # Eight processes, as on eight machines; each lists the broker's nodes in its own order.
     urls = iter(_rotations(broker_nodes, 8))
     machines = Machines(logs)
+    phases = {"begin": time.monotonic()}
     ingress = {name: (free_port(), free_port()) for name in ("ingress-a", "ingress-b")}
     schedulers = {name: free_port() for name in ("scheduler-a", "scheduler-b")}
     scheduler_fires: dict[str, float] = {}
@@ -194,7 +195,7 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
                  "--key", f"tick-{i}", "--overlap", "allow", "--catch-up", "skip")
 
         # Webhooks alternately through both ingresses while the schedules fire.
-        started = time.monotonic()
+        started = phases["ready"] = time.monotonic()
         accepted: dict[str, str] = {}  # execution key -> ingress
         refused: list[tuple[str, int, str]] = []
         names = list(ingress)
@@ -227,7 +228,9 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
             return open_ == 0 and hooks >= expected
 
         try:
+            phases["driven"] = time.monotonic()
             wait_until(finished, timeout=90, interval=0.3, message="every execution finished")
+            phases["drained"] = time.monotonic()
         except TimeoutError:
             raise AssertionError("\n".join(machines.tail(n) for n in POOLS)) from None
 
@@ -318,7 +321,9 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
     for name in schedulers:
         print(f"{name:<12} {scheduler_fires.get(name, 0):>10g} {'':>7}  schedule fires")
     print(f"{len(accepted)} webhooks accepted ({len(refused)} refused), {len(json_service.calls)} outside calls, "
-          f"{len(scheduled)} scheduled executions of {SCHEDULES} schedules, broker nodes: {len(broker_nodes)}")
+          f"{len(scheduled)} scheduled executions of {SCHEDULES} schedules, broker nodes: {len(broker_nodes)}; "
+          f"seconds to start {phases['ready'] - phases['begin']:.0f}, drive {phases['driven'] - phases['ready']:.0f}, "
+          f"finish {phases['drained'] - phases['driven']:.0f}")
     assert by_ingress == {name: sum(1 for v in accepted.values() if v == name) for name in ingress}
     for name in ingress:
         assert ingress_accepted.get(name) == by_ingress[name], ingress_accepted
