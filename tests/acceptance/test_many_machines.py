@@ -201,25 +201,34 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
         names = list(ingress)
         with httpx.Client(timeout=10) as client:
             for n in range(1, WEBHOOKS + 1):
-                name = names[n % 2]
                 body = json.dumps({"n": n}).encode()
-                headers = signed_headers("standard", secret, body, int(time.time()), f"mm-{n}")
-                headers["content-type"] = "application/json"
-                answer = client.post(f"http://127.0.0.1:{ingress[name][0]}/hooks/{token}", content=body,
-                                     headers=headers)
-                if answer.status_code == 202:
-                    accepted[answer.json()["execution_key"]] = name
-                else:
+                # As a sender does: a refusal (503) is sent again with the same delivery id,
+                # here to the other ingress; the dedup key makes it one execution either way.
+                for attempt in range(3):
+                    name = names[(n + attempt) % 2]
+                    headers = signed_headers("standard", secret, body, int(time.time()), f"mm-{n}")
+                    headers["content-type"] = "application/json"
+                    answer = client.post(f"http://127.0.0.1:{ingress[name][0]}/hooks/{token}", content=body,
+                                         headers=headers)
+                    if answer.status_code == 202:
+                        accepted[answer.json()["execution_key"]] = name
+                        break
                     refused.append((name, answer.status_code, answer.text[:200]))
+                    time.sleep(0.5)
                 time.sleep(SCHEDULE_SECONDS / WEBHOOKS / 2)
         time.sleep(max(0.0, SCHEDULE_SECONDS - (time.monotonic() - started)))
-        for name, port in schedulers.items():  # their fire counters, then stop them
+        # Pause the schedules (the update waits for a tick holding them), let the counters
+        # settle, read them, then stop the replicas.
+        with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
+            cur.execute("update schedule set is_active = false")
+        time.sleep(1.5)
+        for name, port in schedulers.items():
             scheduler_fires[name] = _metric(f"http://127.0.0.1:{port}/metrics",
                                             'shiftflow_schedule_fires_total{outcome="fired"}')
             assert machines.stop(name) == 0, machines.tail(name)
 
         expected = len(accepted)
-        assert expected >= WEBHOOKS * 0.9, refused  # a refusal is allowed (503), not a loss
+        assert expected == WEBHOOKS, refused
 
         def finished() -> bool:
             (open_,) = _rows(pg_url, "select count(*) from execution where status not in "
@@ -324,7 +333,7 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
           f"{len(scheduled)} scheduled executions of {SCHEDULES} schedules, broker nodes: {len(broker_nodes)}; "
           f"seconds to start {phases['ready'] - phases['begin']:.0f}, drive {phases['driven'] - phases['ready']:.0f}, "
           f"finish {phases['drained'] - phases['driven']:.0f}")
-    assert by_ingress == {name: sum(1 for v in accepted.values() if v == name) for name in ingress}
-    for name in ingress:
+    for name in ingress:  # both took their share, and each counted what it accepted
+        assert by_ingress[name] >= WEBHOOKS // 2 - len(refused), by_ingress
         assert ingress_accepted.get(name) == by_ingress[name], ingress_accepted
 
