@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import pytest
 from pymongo import MongoClient
 
 from shiftflow.kernel.signatures import signed_headers
+from tests.own_rabbitmq_cluster import OwnRabbitMQCluster
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for_http, wait_until
 
@@ -45,7 +47,7 @@ SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
 #: Webhooks sent (half to each ingress) and how long the schedules fire.
 WEBHOOKS = 60
 SCHEDULES = 3
-SCHEDULE_SECONDS = 15.0
+SCHEDULE_SECONDS = 12.0
 
 #: The four worker pools: name -> queues (one process of 4 threads each, to fit 2 cores).
 POOLS = {
@@ -120,16 +122,31 @@ def _rows(pg_url: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, 
 
 
 @pytest.fixture
-def broker_nodes(amqp_url: str) -> list[str]:
-    """The broker's node URLs (this test's vhost): one node for now."""
-    return [amqp_url]
+def cluster() -> Iterator[OwnRabbitMQCluster]:
+    """A RabbitMQ cluster of this test's own (three nodes, their own names, ports and
+    data), started; its nodes are stopped by pid after."""
+    own = OwnRabbitMQCluster()
+    try:
+        own.start()
+        yield own
+    finally:
+        own.close()
 
 
-@pytest.mark.timeout(240)
-def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json_service, tmp_path):
+def _connections_per_node(cluster: OwnRabbitMQCluster) -> dict[str, int]:
+    """AMQP connections by the node they were opened to (each node listens on its own port)."""
+    node_of_port = {node.port: node.node for node in cluster.nodes}
+    listed = json.loads(cluster.nodes[0].ctl("list_connections", "port", "--formatter", "json"))
+    found = collections.Counter(node_of_port.get(row["port"], "?") for row in listed)
+    return {node.node: found[node.node] for node in cluster.nodes}
+
+
+@pytest.mark.timeout(300)
+def test_many_machines(real_env, cluster, pg_url, mongo_url, mongo_db, json_service, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    base_env = {**os.environ, **real_env, "SHIFTFLOW_QUEUE_TYPE": "quorum"}
+    broker_nodes = cluster.urls
+    base_env = {**os.environ, **real_env, "SHIFTFLOW_QUEUE_TYPE": "quorum", "SHIFTFLOW_AMQP_URL": broker_nodes[0]}
 
     # Workflows: a webhook one (an outside call made once, then a claimed step on `steps`)
     # and a scheduled one (the same claimed step).
@@ -217,6 +234,10 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
                     time.sleep(0.5)
                 time.sleep(SCHEDULE_SECONDS / WEBHOOKS / 2)
         time.sleep(max(0.0, SCHEDULE_SECONDS - (time.monotonic() - started)))
+        # Every process is connected to the first node of its list: all three nodes serve some.
+        per_node = _connections_per_node(cluster)
+        assert all(count > 0 for count in per_node.values()), per_node
+
         # Pause the schedules (the update waits for a tick holding them), let the counters
         # settle, read them, then stop the replicas.
         with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
@@ -330,7 +351,8 @@ def test_many_machines(real_env, broker_nodes, pg_url, mongo_url, mongo_db, json
     for name in schedulers:
         print(f"{name:<12} {scheduler_fires.get(name, 0):>10g} {'':>7}  schedule fires")
     print(f"{len(accepted)} webhooks accepted ({len(refused)} refused), {len(json_service.calls)} outside calls, "
-          f"{len(scheduled)} scheduled executions of {SCHEDULES} schedules, broker nodes: {len(broker_nodes)}; "
+          f"{len(scheduled)} scheduled executions of {SCHEDULES} schedules, AMQP connections per broker node: "
+          f"{sorted(per_node.values())}; "
           f"seconds to start {phases['ready'] - phases['begin']:.0f}, drive {phases['driven'] - phases['ready']:.0f}, "
           f"finish {phases['drained'] - phases['driven']:.0f}")
     for name in ingress:  # both took their share, and each counted what it accepted
