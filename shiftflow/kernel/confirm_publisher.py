@@ -25,7 +25,8 @@ What it keeps from the one-at-a-time path:
   failed, publishes fail at once instead of waiting for their timeout.
 * **The same queue shape as Dramatiq**: the queues it publishes to are declared on every
   connection exactly as the workers' broker (``kernel.broker.ShiftflowRabbitmqBroker``)
-  declares them (durable, dead-lettering to ``<queue>.XQ``, ``x-max-priority``, and the
+  declares them (durable, dead-lettering to ``<queue>.XQ``, of the same type: classic with
+  ``x-max-priority`` or quorum with ``x-delivery-limit``, and the
   length limit of ``triggers``), with their ``.DQ`` and ``.XQ`` companions, so workers and
   publisher agree whichever starts first. Bodies are Dramatiq messages
   (``kernel.enqueue.build_message``), persistent (delivery mode 2), with their priority.
