@@ -3,9 +3,10 @@
 Two ``shiftflow ingress`` processes on two ports, two ``shiftflow scheduler run``
 replicas and four worker pools (``shiftflow workers --pools FILE --pool NAME``: two
 front pools on ``triggers`` and ``steps``, two call pools on ``tools``), all on quorum
-queues (``SHIFTFLOW_QUEUE_TYPE=quorum``), each process given the broker's addresses in
-``SHIFTFLOW_AMQP_URL`` in its own order. They share only PostgreSQL, RabbitMQ, Redis and
-the MongoDB-wire server, as machines would.
+queues (``SHIFTFLOW_QUEUE_TYPE=quorum``) of a three-node RabbitMQ cluster of the test's
+own (``tests/own_rabbitmq_cluster.py``), each process given the nodes in
+``SHIFTFLOW_AMQP_URL`` starting at another one. They share only PostgreSQL, RabbitMQ,
+Redis and the MongoDB-wire server, as machines would.
 
 Driven from outside: signed webhooks sent alternately to the two ingresses start a
 workflow that calls a loopback HTTP service once (``effect: once``), then runs an
@@ -14,7 +15,11 @@ replicas meanwhile. Checked from the rows, the log documents, the HTTP service a
 processes' metrics: every accepted webhook is one execution that finished once, each
 outside call was made once, every pool claimed some steps (a step's ``claimed_by`` names
 the worker process; its session is the pool's), and each scheduled slot is one
-execution, none fired twice across the replicas.
+execution, none fired twice across the replicas; every broker node held connections.
+
+It starts a cluster and eight processes on a 2-core machine (about 110 s), so
+``tests/conftest.py`` puts it in the group of heavy tests: it runs in ``make test``, one
+at a time with the fault scenarios, never beside them.
 """
 
 from __future__ import annotations
