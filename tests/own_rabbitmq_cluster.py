@@ -21,7 +21,6 @@ from pathlib import Path
 from tests.own_rabbitmq import OwnRabbitMQ
 from tests.support.ports import free_port
 
-
 CTL = next((p for p in ("/usr/lib/rabbitmq/bin/rabbitmqctl", shutil.which("rabbitmqctl")) if p and os.path.exists(p)),
            "rabbitmqctl")
 
