@@ -3,7 +3,9 @@
 # administrator on the broker host): ShiftFlow's queues in lazy mode, so that a backlog
 # (workers down, a burst of webhooks) goes to disk instead of memory: a backlog held in
 # memory stalls the ingress's publisher confirms (docs/benchmarks.md#rabbitmq-queue-mode).
-# RabbitMQ >= 3.12 classic queues always behave this way and ignore the setting.
+# RabbitMQ >= 3.12 classic queues always behave this way and ignore the setting, and
+# quorum queues (SHIFTFLOW_QUEUE_TYPE=quorum) keep their messages on disk anyway: the
+# policy does nothing to them, and a deployment of quorum queues can skip this script.
 # Queues keep the arguments Dramatiq declares them with: a policy changes no argument,
 # so workers, the ingress and the scheduler need no restart.
 #

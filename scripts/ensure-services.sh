@@ -242,9 +242,21 @@ ensure_rabbitmq_management() {
   fi
 }
 
+# ---------------------------------------------------------------------------- PgBouncer
+
+# Only the program: tests/integration/test_pgbouncer.py starts a PgBouncer of its own on
+# its own port (the package's init script is kept from starting one, as above).
+ensure_pgbouncer() {
+  if command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; then
+    return 0
+  fi
+  apt_install PgBouncer pgbouncer
+}
+
 # ---------------------------------------------------------------------------- main
 
 ensure_postgres
 ensure_redis
 ensure_rabbitmq
+ensure_pgbouncer
 log "all services ready"

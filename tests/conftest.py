@@ -62,6 +62,11 @@ SERVICE_FIXTURES = frozenset(
 # --------------------------------------------------------------------------- markers
 
 
+#: Acceptance files that start many processes (a deployment of several machines on one):
+#: run in the one group of heavy tests, never beside a fault scenario or each other.
+HEAVY = frozenset({"acceptance/test_many_machines.py"})
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests by directory, so ``-m "not integration and not acceptance"`` is the unit run.
@@ -70,7 +75,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     test`` runs): a file's tests stay in one process, so module fixtures start once, and
     every test under ``tests/reliability`` shares one group: those kill processes, start
     servers of their own and time recoveries, and two of them at once on a two-core machine
-    would measure each other rather than ShiftFlow.
+    would measure each other rather than ShiftFlow. Acceptance tests that run a whole
+    deployment's processes at once (``HEAVY``) join that group for the same reason: next to
+    a fault scenario they would slow its recovery, and two of them would each take the cores.
     """
     tests_dir = Path(__file__).resolve().parent
     for item in items:
@@ -82,7 +89,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if suite in ("integration", "acceptance"):
             item.add_marker(getattr(pytest.mark, suite))
         if config.pluginmanager.hasplugin("xdist"):
-            group = "reliability" if suite == "reliability" else relative.as_posix()
+            group = "reliability" if suite == "reliability" or relative.as_posix() in HEAVY else relative.as_posix()
             item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -95,7 +95,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from shiftflow.kernel.db import bind_database, is_postgres
 
-    db = bind_database(settings.database_url)
+    # SHIFTFLOW_DATABASE_DIRECT_URL when set: long DDL should not hold a pooler's server
+    # connection (docs/scaling.md); the migration lock itself is transaction-scoped.
+    db = bind_database(settings.migration_database_url)
     if is_postgres():
         from shiftflow.models.tables.migrations import pending, upgrade
 

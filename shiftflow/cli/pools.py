@@ -122,7 +122,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add ``queues`` and ``pools`` to the ``shiftflow`` parser."""
-    parser = sub.add_parser("queues", help="the queue exporter (depth, consumers, oldest message age)")
+    parser = sub.add_parser("queues", help="the queue exporter (depth, consumers, oldest message age); "
+                            "migrating the queues to another type")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = actions.add_parser("exporter", help="serve per-queue metrics read from RabbitMQ's management API",
                            description=__doc__)
@@ -134,6 +135,9 @@ def register(sub: Any) -> None:
     p.add_argument("--no-state", action="store_true",
                    help="leave out the state gauges read from PostgreSQL (orders to reconcile, parked steps)")
     p.set_defaults(func=_exporter)
+    from shiftflow.cli import queue_migrate
+
+    queue_migrate.add_to(actions)
 
     parser = sub.add_parser("pools", help="size the worker pools from the queues' load")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -120,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     run_replica(
         settings,
-        lambda: ConfirmedBatchPublisher(settings.amqp_url, broker, timeout=timeout),
+        lambda: ConfirmedBatchPublisher(settings.amqp_urls, broker, timeout=timeout),
         stop,
         polling=not args.no_polling,
     )

@@ -107,14 +107,16 @@ class ConfirmedBatchPublisher:
     """Pipelined publisher confirms on one AMQP channel.
 
     Parameters:
-        amqp_url: the RabbitMQ URL (heartbeat and timeouts added as for the broker).
+        amqp_url: the RabbitMQ URL, or several tried in order (heartbeat and timeouts added
+            as for the broker).
         broker: the installed Dramatiq broker, used once per queue to declare it with
             the arguments Dramatiq consumers expect (priority, dead-letter queue).
         timeout: seconds to wait for the confirms of one batch.
     """
 
-    def __init__(self, amqp_url: str, broker: dramatiq.Broker, *, timeout: float = 10.0) -> None:
-        self._url = amqp_url_with_defaults(amqp_url)
+    def __init__(self, amqp_url: str | Sequence[str], broker: dramatiq.Broker, *, timeout: float = 10.0) -> None:
+        urls = [amqp_url] if isinstance(amqp_url, str) else list(amqp_url)
+        self._urls = [amqp_url_with_defaults(url) for url in urls]
         self._broker = broker
         self._timeout = timeout
         self._connection: pika.BlockingConnection | None = None
@@ -131,7 +133,8 @@ class ConfirmedBatchPublisher:
     # ------------------------------------------------------------------ connection
 
     def _connect(self) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(self._url))
+        # pika tries the addresses in order (a cluster's nodes) and keeps the first that opens.
+        connection = pika.BlockingConnection([pika.URLParameters(url) for url in self._urls])
         channel = connection.channel()
         impl = channel._impl
         ready: list[bool] = []
@@ -273,7 +276,7 @@ class ConfirmedBatchPublisher:
         self._reset()
 
 
-def publisher_for(dev: bool, amqp_url: str, *, timeout: float = 10.0) -> Publisher:
+def publisher_for(dev: bool, amqp_url: str | Sequence[str], *, timeout: float = 10.0) -> Publisher:
     """The publisher for this process: pipelined confirms on RabbitMQ, ``send`` in dev mode.
 
     Call after ``kernel.broker.install``.

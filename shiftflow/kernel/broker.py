@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import dramatiq
 import peewee
 from dramatiq.brokers.rabbitmq import (
+    DEAD_MESSAGE_TTL,
     RabbitmqBroker,
     _RabbitmqConsumer,  # subclassed: see _Consumer
 )
@@ -91,9 +92,26 @@ def middleware_for(settings: Settings, *, extra: Sequence[Middleware] = (), work
     return stack
 
 
-def queue_arguments(queue: str, max_length: int = 0) -> dict[str, Any]:
-    """The arguments of ``queue``: Dramatiq's (``RabbitmqBroker(max_priority=MAX_PRIORITY)``),
-    plus a length limit with reject-publish when ``max_length`` > 0.
+#: Queue types ``SHIFTFLOW_QUEUE_TYPE`` accepts.
+CLASSIC, QUORUM = "classic", "quorum"
+
+#: ``x-delivery-limit`` of quorum queues: above the highest ``SHIFTFLOW_DELIVERY_LIMIT``
+#: (1,000) plus the delivery that quarantines, so a message that kills its worker is always
+#: quarantined by ShiftFlow (a FAILED step with its reason in PostgreSQL) and never
+#: dead-lettered by RabbitMQ first (RabbitMQ 4 would otherwise stop at 20 by default).
+#: A constant, not derived from the setting: every process must declare identical arguments.
+QUORUM_DELIVERY_LIMIT = 1_100
+
+
+def queue_arguments(queue: str, max_length: int = 0, queue_type: str = CLASSIC) -> dict[str, Any]:
+    """The arguments of ``queue`` (and of its ``.DQ``): Dramatiq's, plus a length limit with
+    reject-publish when ``max_length`` > 0.
+
+    ``classic``: ``x-max-priority`` (``RabbitmqBroker(max_priority=MAX_PRIORITY)``).
+    ``quorum``: ``x-queue-type: quorum`` and ``x-delivery-limit``, without
+    ``x-max-priority``: RabbitMQ before 4.0 refuses it on a quorum queue (its quorum queues
+    are FIFO), and from 4.0 every quorum queue has two priority levels without an argument
+    (a message of priority above 4, ShiftFlow's HIGH and CRITICAL, goes first).
 
     Every process that declares a queue must use the same arguments: RabbitMQ refuses
     (PRECONDITION_FAILED) a second declare with different ones.
@@ -101,13 +119,25 @@ def queue_arguments(queue: str, max_length: int = 0) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": xq_name(queue),
-        "x-max-priority": MAX_PRIORITY,
     }
+    if queue_type == QUORUM:
+        arguments["x-queue-type"] = QUORUM
+        arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
+    else:
+        arguments["x-max-priority"] = MAX_PRIORITY
     if max_length > 0:
         # reject-publish: a full queue nacks the publish (the producer answers 503 and the
         # sender retries) instead of dropping its oldest message, which was accepted.
         arguments["x-max-length"] = max_length
         arguments["x-overflow"] = "reject-publish"
+    return arguments
+
+
+def dead_letter_arguments(queue_type: str = CLASSIC) -> dict[str, Any]:
+    """The arguments of a ``.XQ`` queue: Dramatiq's fixed message TTL (a week), and the type."""
+    arguments: dict[str, Any] = {"x-message-ttl": DEAD_MESSAGE_TTL}
+    if queue_type == QUORUM:
+        arguments["x-queue-type"] = QUORUM
     return arguments
 
 
@@ -138,11 +168,12 @@ def build_broker(settings: Settings, *, extra: Sequence[Middleware] = (), worker
         broker.emit_after("process_boot")
     else:
         broker = ShiftflowRabbitmqBroker(
-            url=amqp_url_with_defaults(settings.amqp_url),
+            url=[amqp_url_with_defaults(url) for url in settings.amqp_urls],
             confirm_delivery=True,
             max_priority=MAX_PRIORITY,
             middleware=middleware,
             max_lengths=max_lengths(settings),
+            queue_type=settings.queue_type,
         )
     return broker
 
@@ -184,7 +215,10 @@ class _Consumer(_RabbitmqConsumer):
 
 
 class ShiftflowRabbitmqBroker(RabbitmqBroker):
-    """Dramatiq's RabbitMQ broker, with two changes.
+    """Dramatiq's RabbitMQ broker, with three changes.
+
+    * Every queue, with its ``.DQ`` and ``.XQ``, is of ``queue_type`` (``queue_arguments``,
+      ``dead_letter_arguments``): classic with priorities, or quorum.
 
     * Some canonical queues are declared with a length limit. Dramatiq builds the same
       arguments for a queue and its delay queue; only the canonical queue
@@ -195,19 +229,31 @@ class ShiftflowRabbitmqBroker(RabbitmqBroker):
 
     Parameters:
         max_lengths: queue -> ``x-max-length`` (``max_lengths(settings)``).
-        **kwargs: as ``RabbitmqBroker``.
+        queue_type: ``classic`` or ``quorum`` (``SHIFTFLOW_QUEUE_TYPE``).
+        **kwargs: as ``RabbitmqBroker``; ``url`` may be a list, tried in order.
     """
 
-    def __init__(self, *, max_lengths: Mapping[str, int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, max_lengths: Mapping[str, int] | None = None, queue_type: str = CLASSIC, **kwargs: Any
+    ) -> None:
+        if queue_type not in (CLASSIC, QUORUM):
+            raise ValueError(f"queue_type must be {CLASSIC!r} or {QUORUM!r}, not {queue_type!r}")
         super().__init__(**kwargs)
         self.max_lengths = dict(max_lengths or {})
+        self.queue_type = queue_type
+
+    def _build_queue_arguments(self, queue_name: str) -> dict[str, Any]:
+        # Dramatiq's own builder also serves the delay queue (``_declare_dq_queue``).
+        return queue_arguments(queue_name, 0, self.queue_type)
 
     def _declare_queue(self, queue_name: str) -> Any:
-        arguments = self._build_queue_arguments(queue_name)
-        limit = self.max_lengths.get(queue_name, 0)
-        if limit:
-            arguments = {**arguments, **queue_arguments(queue_name, limit)}
+        arguments = queue_arguments(queue_name, self.max_lengths.get(queue_name, 0), self.queue_type)
         return self.channel.queue_declare(queue=queue_name, durable=True, arguments=arguments)
+
+    def _declare_xq_queue(self, queue_name: str) -> Any:
+        return self.channel.queue_declare(
+            queue=xq_name(queue_name), durable=True, arguments=dead_letter_arguments(self.queue_type)
+        )
 
     @property
     def consumer_class(self) -> type[_RabbitmqConsumer]:

@@ -25,7 +25,8 @@ What it keeps from the one-at-a-time path:
   failed, publishes fail at once instead of waiting for their timeout.
 * **The same queue shape as Dramatiq**: the queues it publishes to are declared on every
   connection exactly as the workers' broker (``kernel.broker.ShiftflowRabbitmqBroker``)
-  declares them (durable, dead-lettering to ``<queue>.XQ``, ``x-max-priority``, and the
+  declares them (durable, dead-lettering to ``<queue>.XQ``, of the same type: classic with
+  ``x-max-priority`` or quorum with ``x-delivery-limit``, and the
   length limit of ``triggers``), with their ``.DQ`` and ``.XQ`` companions, so workers and
   publisher agree whichever starts first. Bodies are Dramatiq messages
   (``kernel.enqueue.build_message``), persistent (delivery mode 2), with their priority.
@@ -49,13 +50,12 @@ import pika
 import pika.exceptions
 import pika.frame
 import pika.spec
-from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from dramatiq.common import dq_name, xq_name
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 from prometheus_client import Counter, Gauge
 
-from shiftflow.kernel.broker import amqp_url_with_defaults
+from shiftflow.kernel.broker import CLASSIC, amqp_url_with_defaults, dead_letter_arguments
 from shiftflow.kernel.broker import queue_arguments as broker_queue_arguments
 from shiftflow.kernel.contracts import Priority, Queue
 from shiftflow.kernel.enqueue import encode_message
@@ -163,23 +163,25 @@ class Unroutable(BrokerUnavailable):
     """Raised when RabbitMQ returned a mandatory message: no queue took it (queue missing)."""
 
 
-def queue_arguments(queue: str, max_length: int = 0) -> dict[str, Any]:
+def queue_arguments(queue: str, max_length: int = 0, queue_type: str = CLASSIC) -> dict[str, Any]:
     """The arguments ``queue`` is declared with: Dramatiq's, plus a length limit when
     ``max_length`` > 0 (``kernel.broker.queue_arguments``, which the workers' broker uses).
 
     Must match the workers' declare exactly: RabbitMQ refuses (PRECONDITION_FAILED) a
     second declare of a queue with different arguments.
     """
-    return broker_queue_arguments(queue, max_length)
+    return broker_queue_arguments(queue, max_length, queue_type)
 
 
-def queue_declarations(queue: str, max_length: int = 0) -> list[tuple[str, dict[str, Any]]]:
+def queue_declarations(
+    queue: str, max_length: int = 0, queue_type: str = CLASSIC
+) -> list[tuple[str, dict[str, Any]]]:
     """(name, arguments) of ``queue`` and its delay and dead-letter queues, as the workers'
-    broker declares them (only ``queue`` itself carries ``max_length``)."""
+    broker declares them (only ``queue`` itself carries ``max_length``), all of ``queue_type``."""
     return [
-        (queue, queue_arguments(queue, max_length)),
-        (dq_name(queue), queue_arguments(queue)),
-        (xq_name(queue), {"x-message-ttl": DEAD_MESSAGE_TTL}),
+        (queue, queue_arguments(queue, max_length, queue_type)),
+        (dq_name(queue), queue_arguments(queue, 0, queue_type)),
+        (xq_name(queue), dead_letter_arguments(queue_type)),
     ]
 
 
@@ -190,35 +192,45 @@ class ConfirmPublisher:
     loop and must then be used from that loop only. ``close`` it at shutdown.
 
     Parameters:
-        url: the AMQP URL (heartbeat and blocked-connection timeout are added unless set).
+        url: the AMQP URL, or several (a cluster's nodes): each connection attempt tries
+            them in order and keeps the first that opens. Heartbeat and blocked-connection
+            timeout are added unless set.
         queues: queues declared (Dramatiq-identically) on every connection.
         max_lengths: queue -> ``x-max-length`` (``kernel.broker.max_lengths(settings)``):
             the same limits the workers' broker declares. A publish to a full queue
             raises ``QueueFull``.
         max_unconfirmed: cap on published, unconfirmed messages.
-        connect_timeout: seconds one connection attempt (open, confirm mode, declares) may take.
-        backoff: (first, longest) delay in seconds between failed connection attempts.
+        connect_timeout: seconds one connection attempt (open, confirm mode, declares) to
+            one address may take.
+        backoff: (first, longest) delay in seconds between failed rounds of attempts.
+        queue_type: ``classic`` or ``quorum``, as the workers' broker (``SHIFTFLOW_QUEUE_TYPE``).
     """
 
     _CONNECTING, _UP, _DOWN, _CLOSED = "connecting", "up", "down", "closed"
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         queues: Sequence[str] = (Queue.TRIGGERS,),
         max_lengths: Mapping[str, int] | None = None,
         max_unconfirmed: int = MAX_UNCONFIRMED,
         connect_timeout: float = 5.0,
         backoff: tuple[float, float] = (0.2, 10.0),
+        queue_type: str = CLASSIC,
     ) -> None:
         if max_unconfirmed < 1:
             raise ValueError("max_unconfirmed must be at least 1")
-        self._params = pika.URLParameters(amqp_url_with_defaults(url))
-        # One attempt per round: the backoff loop below retries, and a refused connection
-        # must turn into a fast 503 rather than pika's own retries with sleeps.
-        self._params.connection_attempts = 1
-        self._params.socket_timeout = connect_timeout
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("at least one broker URL is needed")
+        self._addresses = [pika.URLParameters(amqp_url_with_defaults(u)) for u in urls]
+        for params in self._addresses:
+            # One attempt per address and round: the backoff loop below retries, and a refused
+            # connection must turn into a fast 503 rather than pika's own retries with sleeps.
+            params.connection_attempts = 1
+            params.socket_timeout = connect_timeout
+        self._queue_type = queue_type
         self._queues = tuple(queues)
         self._max_lengths = dict(max_lengths or {})
         self.max_unconfirmed = max_unconfirmed
@@ -374,7 +386,7 @@ class ConfirmPublisher:
         while self._state != self._CLOSED:
             self._set_state(self._CONNECTING)
             try:
-                await asyncio.wait_for(self._connect(), self._connect_timeout)
+                await self._connect_any()
             except (pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
                 CONNECTS.labels("failed").inc()
                 self._drop_connection(f"connect failed: {exc!r}")
@@ -396,7 +408,26 @@ class ConfirmPublisher:
             self._drop_connection("connection lost before the broker confirmed")
             log.warning("RabbitMQ connection lost; reconnecting")
 
-    async def _connect(self) -> None:
+    async def _connect_any(self) -> None:
+        """Connect to the first address that answers, in the order given.
+
+        Raises:
+            the last address's error when none answered.
+        """
+        error: BaseException | None = None
+        for index, params in enumerate(self._addresses):
+            try:
+                await asyncio.wait_for(self._connect(params), self._connect_timeout)
+                if index:
+                    log.warning("publisher connected to broker address %d of %d", index + 1, len(self._addresses))
+                return
+            except (pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
+                self._drop_connection(f"connect failed: {exc!r}")
+                error = exc
+        assert error is not None
+        raise error
+
+    async def _connect(self, params: pika.URLParameters) -> None:
         """Open a connection and a confirm-mode channel, and declare the queues."""
         loop = asyncio.get_running_loop()
         assert self._lost is not None
@@ -423,7 +454,7 @@ class ConfirmPublisher:
                 self._mark_lost()
 
         connection = self._connection = _CoalescingConnection(
-            self._params,
+            params,
             on_open_callback=on_open,
             on_open_error_callback=on_open_error,
             on_close_callback=on_close,
@@ -435,7 +466,7 @@ class ConfirmPublisher:
         channel.add_on_return_callback(self._on_return)
         await self._call(lambda cb: channel.confirm_delivery(self._on_confirm, callback=cb))
         for queue in self._queues:
-            for name, arguments in queue_declarations(queue, self._max_lengths.get(queue, 0)):
+            for name, arguments in queue_declarations(queue, self._max_lengths.get(queue, 0), self._queue_type):
                 await self._call(
                     lambda cb, n=name, a=arguments: channel.queue_declare(
                         n, durable=True, arguments=a, callback=cb
@@ -544,7 +575,7 @@ class ConfirmPublisher:
             and current.is_open
         ):
             for name, arguments in queue_declarations(
-                method.routing_key, self._max_lengths.get(method.routing_key, 0)
+                method.routing_key, self._max_lengths.get(method.routing_key, 0), self._queue_type
             ):
                 current.queue_declare(name, durable=True, arguments=arguments)
 

@@ -69,7 +69,7 @@ def pool_exporter() -> None:
 
     def ready() -> tuple[int, dict[str, Any]]:
         return readiness.answer(readiness.run_checks({
-            "broker": lambda: readiness.broker_problem(settings.amqp_url),
+            "broker": lambda: readiness.broker_problem(settings.amqp_urls),
             "database": lambda: readiness.database_problem(database),
         }))
 

@@ -13,7 +13,7 @@ loop run them in a thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 #: Longest a single readiness check may take before it counts as failed.
@@ -43,19 +43,23 @@ def database_problem(database: Any) -> str | None:
     return None
 
 
-def broker_problem(url: str) -> str | None:
-    """Why an AMQP connection to ``url`` cannot be opened now, or None (opens and closes one)."""
+def broker_problem(url: str | Sequence[str]) -> str | None:
+    """Why no AMQP connection to ``url`` (or to any of several, tried in order) can be opened
+    now, or None (opens and closes one)."""
     import pika
     import pika.exceptions
 
     from shiftflow.kernel.broker import amqp_url_with_defaults
 
-    params = pika.URLParameters(amqp_url_with_defaults(url))
-    params.connection_attempts = 1
-    params.socket_timeout = CHECK_TIMEOUT_SECONDS
-    params.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
+    addresses = []
+    for one in [url] if isinstance(url, str) else url:
+        params = pika.URLParameters(amqp_url_with_defaults(one))
+        params.connection_attempts = 1
+        params.socket_timeout = CHECK_TIMEOUT_SECONDS
+        params.blocked_connection_timeout = CHECK_TIMEOUT_SECONDS
+        addresses.append(params)
     try:
-        connection = pika.BlockingConnection(params)
+        connection = pika.BlockingConnection(addresses)
     except (pika.exceptions.AMQPError, OSError) as exc:
         return _reason(exc) if str(exc).strip() else f"{type(exc).__name__}: cannot connect"
     try:

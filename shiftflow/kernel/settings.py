@@ -53,6 +53,18 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: s
     return raw
 
 
+def _url_list(env: Mapping[str, str], name: str, schemes: tuple[str, ...], default: str | None) -> tuple[str, ...]:
+    """One URL or several, comma-separated (a cluster's nodes, tried in order); each checked
+    as ``_url`` checks one. An empty item (``a,,b``) is refused: it is a typo, not a node."""
+    raw = _get(env, name)
+    if raw is None or "," not in raw:
+        return (_url(env, name, schemes, default),)
+    items = [item.strip() for item in raw.split(",")]
+    if any(not item for item in items):
+        raise SettingsError(f"{PREFIX}{name} has an empty entry: expected URLs separated by single commas")
+    return tuple(_url({PREFIX + name: item}, name, schemes, None) for item in items)
+
+
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
     raw = _get(env, name)
     if raw is None:
@@ -287,10 +299,22 @@ class Settings:
     """
 
     mode: str = "production"
-    #: SHIFTFLOW_AMQP_URL: RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2F
+    #: SHIFTFLOW_AMQP_URL: RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2F; several
+    #: comma-separated URLs (a cluster's nodes) are tried in order on every (re)connect.
+    #: ``amqp_url`` is the first; ``amqp_urls`` all of them.
     amqp_url: str = ""
-    #: SHIFTFLOW_DATABASE_URL: postgresql://... or sqlite:///path (dev)
+    #: the further URLs of SHIFTFLOW_AMQP_URL, after the first
+    amqp_fallback_urls: tuple[str, ...] = ()
+    #: SHIFTFLOW_QUEUE_TYPE: classic (priorities; the default, for development) or quorum
+    #: (replicated; production). Every process of a deployment must use the same: a queue
+    #: keeps the type it was created with (docs/scaling.md: migrating to quorum queues)
+    queue_type: str = "classic"
+    #: SHIFTFLOW_DATABASE_URL: postgresql://... or sqlite:///path (dev); may point at a
+    #: transaction-pooling PgBouncer (docs/scaling.md)
     database_url: str = ""
+    #: SHIFTFLOW_DATABASE_DIRECT_URL: PostgreSQL itself, bypassing a pooler, for migrations
+    #: only (their advisory lock is held by a session); empty = DATABASE_URL
+    database_direct_url: str = ""
     #: SHIFTFLOW_MONGO_URL: mongodb://... (logs and analytics)
     mongo_url: str = ""
     #: SHIFTFLOW_MONGO_DB: database name inside MongoDB
@@ -545,7 +569,13 @@ class Settings:
         allow_private = _choice(env, "HTTP_ALLOW_PRIVATE", "true" if dev else "false", ("true", "false"))
         return cls(
             mode=mode,
-            amqp_url=_url(env, "AMQP_URL", ("amqp", "amqps"), "" if dev else None),
+            amqp_url=(amqp := _url_list(env, "AMQP_URL", ("amqp", "amqps"), "" if dev else None))[0],
+            amqp_fallback_urls=amqp[1:],
+            queue_type=_choice(env, "QUEUE_TYPE", "classic", ("classic", "quorum")),
+            database_direct_url=(
+                _url(env, "DATABASE_DIRECT_URL", ("postgresql", "postgres"), "")
+                if _get(env, "DATABASE_DIRECT_URL") else ""
+            ),
             database_url=_url(
                 env,
                 "DATABASE_URL",
@@ -631,8 +661,20 @@ class Settings:
                 value = "***" if value else ""
             elif isinstance(value, str) and "://" in value:
                 value = _redact(value)
+            elif isinstance(value, tuple) and any(isinstance(v, str) and "://" in v for v in value):
+                value = tuple(_redact(v) for v in value)
             out[f.name] = value
         return out
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """Every RabbitMQ URL of SHIFTFLOW_AMQP_URL, in the order connections try them."""
+        return (self.amqp_url, *self.amqp_fallback_urls)
+
+    @property
+    def migration_database_url(self) -> str:
+        """Where migrations connect: DATABASE_DIRECT_URL, else DATABASE_URL."""
+        return self.database_direct_url or self.database_url
 
 
 #: Stand-ins for missing required URLs while ``env_problems`` looks for further problems.

@@ -15,6 +15,7 @@ The settings come from environment mappings (``Settings.from_env``), as in produ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -45,7 +46,7 @@ from shiftflow.producers.ingress.app import create_app
 from shiftflow.producers.ingress.hooks import HookInfo
 from tests.integration.api_support import SIMPLE, seed_tenant, worker
 from tests.support.ports import free_port
-from tests.support.rabbitmq import VhostAdmin
+from tests.support.rabbitmq import VhostAdmin, queue_info
 from tests.support.waiting import wait_for_http, wait_until
 
 pytestmark = pytest.mark.integration
@@ -114,8 +115,11 @@ def _take(url: str, count: int, queue: str = "triggers") -> None:
 
 
 def _queue_arguments(amqp_url: str, queue: str = "triggers") -> dict[str, Any]:
-    vhost = quote(unquote(amqp_url.rsplit("/", 1)[1]), safe="")
-    return dict(VhostAdmin._request("GET", f"/queues/{vhost}/{quote(queue, safe='')}")[1]["arguments"])
+    return dict(queue_info(amqp_url, queue)["arguments"])
+
+
+def _queue_type(amqp_url: str, queue: str) -> str:
+    return str(queue_info(amqp_url, queue)["type"])
 
 
 # --------------------------------------------------------------------------- webhook quotas
@@ -204,22 +208,45 @@ def test_a_full_trigger_queue_answers_503_and_never_a_lost_202(real_env: dict[st
         broker.close()
 
 
-def test_the_workers_broker_and_the_publisher_declare_the_same_queues(real_env: dict[str, str]) -> None:
-    from shiftflow.kernel.confirm_publisher import queue_declarations
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_the_workers_broker_and_the_publisher_declare_the_same_queues(
+    real_env: dict[str, str], queue_type: str
+) -> None:
+    from shiftflow.kernel.confirm_publisher import ConfirmPublisher, queue_declarations
 
     amqp_url = real_env["SHIFTFLOW_AMQP_URL"]
-    settings = Settings.from_env(_env(real_env, TRIGGER_QUEUE_MAX_LENGTH="7"))
+    settings = Settings.from_env(_env(real_env, TRIGGER_QUEUE_MAX_LENGTH="7", QUEUE_TYPE=queue_type))
     broker = build_broker(settings)  # a worker declares first here
     try:
         broker.declare_queue("triggers", ensure=True)
         broker.declare_queue("steps", ensure=True)
     finally:
         broker.close()
-    for name, arguments in queue_declarations("triggers", 7):
+    for name, arguments in queue_declarations("triggers", 7, queue_type):
         assert _queue_arguments(amqp_url, name) == arguments, name
-    for name, arguments in queue_declarations("steps"):
+        assert _queue_type(amqp_url, name) == queue_type, name  # the .DQ and .XQ too
+    for name, arguments in queue_declarations("steps", 0, queue_type):
         assert _queue_arguments(amqp_url, name) == arguments, name  # only triggers is bounded
+        assert _queue_type(amqp_url, name) == queue_type, name
     assert "x-max-length" not in _queue_arguments(amqp_url, "triggers.DQ")
+    if queue_type == "quorum":
+        # No x-max-priority (RabbitMQ < 4 refuses it on quorum queues), and a broker delivery
+        # limit that leaves quarantining to ShiftFlow (test_quarantine's quorum case).
+        assert "x-max-priority" not in _queue_arguments(amqp_url, "triggers")
+        assert _queue_arguments(amqp_url, "steps")["x-delivery-limit"] > 1_000 + 1
+
+    async def publish() -> None:  # the ingress declares the same queues after the worker
+        publisher = ConfirmPublisher(settings.amqp_urls, max_lengths={"triggers": 7}, queue_type=queue_type)
+        try:
+            await publisher.send("triggers.start", TriggerPayload(
+                workflow_id="00000000-0000-0000-0000-000000000001", dedup_key="standard:q1", source="webhook",
+                data={}, received_at=1_700_000_000.0,
+            ))
+        finally:
+            await publisher.close()
+
+    asyncio.run(publish())
+    assert _depth(amqp_url) == 1
 
 
 def test_an_existing_unbounded_queue_refuses_the_new_declare_and_a_policy_bounds_it_instead(

@@ -164,3 +164,61 @@ def test_poison_does_not_quarantine_its_neighbours(
     assert slow["execution_status"] == "SUCCEEDED", (
         f"the innocent step was quarantined with the poison: {slow}"
     )
+
+
+@pytest.mark.timeout(240)
+def test_poison_on_a_quorum_queue_is_quarantined_by_shiftflow_not_dropped_by_the_broker(
+    real_env: dict[str, str], pg_url: str, tmp_path: Path
+) -> None:
+    """Quorum queues count deliveries themselves (``x-delivery-limit``) and dead-letter a
+    message past the limit. ShiftFlow's queues set it above SHIFTFLOW_DELIVERY_LIMIT, so
+    the poison is still quarantined by ShiftFlow (a FAILED step saying why) and never sits
+    forgotten in ``steps.XQ``: with a broker limit at or below LIMIT this test fails."""
+    from shiftflow.kernel.broker import QUORUM_DELIVERY_LIMIT
+
+    extra = {
+        "SHIFTFLOW_DELIVERY_LIMIT": str(LIMIT),
+        "SHIFTFLOW_FAILPOINTS": "step.before_work:boom=exit",
+        "SHIFTFLOW_QUEUE_TYPE": "quorum",
+    }
+    with Rig(real_env, pg_url, tmp_path / "logs", extra_env=extra) as rig:
+        poison = rig.workflow(_poison(rig.service.url))
+        steady = rig.workflow(_steady(rig.service.url))
+        pool = rig.pool(processes=2, threads=1)
+        pool.start()
+        pool.wait_ready()
+        keys, quarantined = run_beside_poison(
+            rig, pool, steady, poison, "poison-q",
+            lambda: (r := _step(rig.pg_url, "poison-q", "boom")) and r["status"] == "FAILED" and r or {},
+        )
+        report = check(rig.pg_url, [*keys, "poison-q"], rig.service.recorded())
+        amqp_url = real_env["SHIFTFLOW_AMQP_URL"]
+        steps = _broker_queue(amqp_url, "steps")
+        dead = _broker_queue(amqp_url, "steps.XQ")
+        dead_letters = _depth(amqp_url, "steps.XQ")
+    print(f"\nprocess deaths={pool.deaths()} quarantined={quarantined}\n{report.summary()}")
+
+    assert steps["type"] == "quorum" and dead["type"] == "quorum"
+    assert steps["arguments"]["x-delivery-limit"] == QUORUM_DELIVERY_LIMIT > LIMIT + 1
+    assert quarantined["attempts"] == LIMIT + 1
+    assert "quarantined" in quarantined["error"] and f"limit {LIMIT}" in quarantined["error"]
+    assert dead_letters == 0  # nothing dead-lettered by the broker
+    assert report.counts == {"completed_once": len(keys) + 1, "lost": 0, "duplicated": 0, "unexpected": 0}, (
+        report.problems()
+    )
+
+
+def _broker_queue(amqp_url: str, name: str) -> dict[str, Any]:
+    from tests.support.rabbitmq import queue_info
+
+    return queue_info(amqp_url, name)
+
+
+def _depth(amqp_url: str, name: str) -> int:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        return int(connection.channel().queue_declare(name, passive=True).method.message_count)
+    finally:
+        connection.close()

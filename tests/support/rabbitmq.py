@@ -109,3 +109,35 @@ class VhostAdmin:
         finally:
             self.delete(name)
 
+
+
+def queue_info(amqp_url: str, name: str) -> dict[str, Any]:
+    """``name``'s type, arguments and message count on the vhost of ``amqp_url`` (a local
+    broker's): from the management API when it runs, else from ``rabbitmqctl list_queues``."""
+    from urllib.parse import unquote, urlsplit
+
+    vhost = unquote(urlsplit(amqp_url).path[1:]) or "/"
+    admin = VhostAdmin()
+    if admin.api:
+        queue = admin._request("GET", f"/queues/{quote(vhost, safe='')}/{quote(name, safe='')}")[1]
+        return {"type": queue["type"], "arguments": dict(queue["arguments"]), "messages": queue.get("messages", 0)}
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type", "arguments", "messages",
+         "--formatter", "json"],
+        check=True, capture_output=True, timeout=60, text=True,
+    )
+    for queue in json.loads(listed.stdout):
+        if queue["name"] == name:
+            arguments = {key: value for key, _type, value in queue["arguments"]}
+            return {"type": queue["type"], "arguments": arguments, "messages": queue["messages"]}
+    raise KeyError(f"no queue {name} on vhost {vhost}")
+
+
+def queue_names(amqp_url: str) -> list[str]:
+    """The queue names on the vhost of ``amqp_url`` (``rabbitmqctl``: works without the API)."""
+    from urllib.parse import unquote, urlsplit
+
+    vhost = unquote(urlsplit(amqp_url).path[1:]) or "/"
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "--formatter", "json"],
+                            check=True, capture_output=True, timeout=60, text=True)
+    return [queue["name"] for queue in json.loads(listed.stdout)]

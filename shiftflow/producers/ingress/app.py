@@ -455,7 +455,10 @@ def create_app(
     tracing.configure(settings)  # off unless SHIFTFLOW_OTLP_ENDPOINT is set
     publisher: ConfirmPublisher | None = None
     if publish is None and publish_async is None and not settings.dev:
-        publisher = ConfirmPublisher(settings.amqp_url, queues=(Queue.TRIGGERS,), max_lengths=max_lengths(settings))
+        publisher = ConfirmPublisher(
+            settings.amqp_urls, queues=(Queue.TRIGGERS,), max_lengths=max_lengths(settings),
+            queue_type=settings.queue_type,
+        )
         publish_async = trigger_sender(publisher)
     receiver = WebhookReceiver(
         settings,
