@@ -55,7 +55,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.channel import Channel
 from prometheus_client import Counter, Gauge
 
-from shiftflow.kernel.broker import CLASSIC, amqp_url_with_defaults, dead_letter_arguments
+from shiftflow.kernel.broker import CLASSIC, QUORUM, amqp_url_with_defaults, dead_letter_arguments
 from shiftflow.kernel.broker import queue_arguments as broker_queue_arguments
 from shiftflow.kernel.contracts import Priority, Queue
 from shiftflow.kernel.enqueue import encode_message
@@ -553,6 +553,12 @@ class ConfirmPublisher:
                 self._settle(tag, error)
         else:
             self._settle(method.delivery_tag, error)
+        if error is not None and self._queue_type == QUORUM:
+            # A channel that published to a quorum queue while its leader was being elected
+            # again can go on being nacked after the new leader is up (seen on RabbitMQ
+            # 3.10: every publish nacked for minutes). A fresh connection and channel find
+            # the new leader; a queue that is really full refuses the next publish again.
+            self._mark_lost()
 
     def _on_return(self, channel: Channel, method: Any, properties: Any, body: bytes) -> None:
         # RabbitMQ sends basic.return before the basic.ack of the same message: fail the
