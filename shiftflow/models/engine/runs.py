@@ -364,7 +364,8 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
         return pending_messages(execution, definition)
     announce_step(execution, step.step_id, step.step_type, status,
                   {"iteration": step.iteration, "output": output, "error": error,
-                   "durationMs": fields["duration_ms"] or 0})
+                   "durationMs": fields["duration_ms"] or 0, "attempt": step.attempts,
+                   "startedAt": step.started_at.isoformat() if step.started_at else None})
     if status in ("FAILED", "TIMED_OUT") and not execution.error:
         execution.error = f"step {step.step_id}: {error}"
     if step.iteration > 0:
@@ -461,8 +462,8 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, token: str | None =
         prepared_sql.update_where(StepExecution, {"status": step.status, "claimed_by": step.claimed_by,
                                               "lease_until": step.lease_until, "started_at": step.started_at,
                                               "timeout_at": None, "attempts": step.attempts}, id=step.id)
-        mongo_log.execution_log(execution, f"step {step.step_id} started", step_id=step.step_id,
-                           metadata={"attempt": step.attempts, "iteration": step.iteration})
+        # No "step started" document: the outcome's document carries the attempt and the
+        # start (one document per step outcome; the row says RUNNING meanwhile).
     return Claim(step, execution, definition, token=token)
 
 
@@ -529,7 +530,9 @@ def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> Rendered
     """
     assert claim.step is not None
     step = claim.definition.step(claim.step.step_id)
-    context = context_for(claim.execution, claim.definition, _rows(claim.execution), extra)
+    # The other steps' outputs are read only when the inputs may refer to them.
+    rows = _rows(claim.execution) if reads_steps(step.inputs) else {}
+    context = context_for(claim.execution, claim.definition, rows, extra)
     settings = get_settings()
     if not (connection_secrets.allowed(step.type) and connection_secrets.referenced(step.inputs)):
         inputs = render(step.inputs, context)
@@ -540,6 +543,18 @@ def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> Rendered
     check_inputs(real, settings)
     stored = render(step.inputs, {**context, "secrets": connection_secrets.MASKED})
     return Rendered(real, stored, connection_secrets.scrubber(used))
+
+
+def reads_steps(inputs: Any) -> bool:
+    """True when ``inputs`` may refer to other steps' outputs (``steps`` appears anywhere in
+    them: a reference, or text that merely looks like one; either way they are read)."""
+    if isinstance(inputs, str):
+        return "steps" in inputs
+    if isinstance(inputs, dict):
+        return any(reads_steps(k) or reads_steps(v) for k, v in inputs.items())
+    if isinstance(inputs, list | tuple):
+        return any(reads_steps(v) for v in inputs)
+    return False
 
 
 def masked(inputs: Any) -> Any:
