@@ -256,3 +256,21 @@ def test_a_chain_stops_at_a_cancelled_execution(engine, service, monkeypatch):
     assert service.bodies == [{"n": 0}]
     steps = {s.step_id: s.status for s in StepExecution.select().where(StepExecution.execution == execution.id)}
     assert steps == {"call0": "SUCCEEDED", "call1": "CANCELLED"}
+
+
+def test_progress_of_a_running_execution_is_derived_from_its_steps(engine, service):
+    """No execution-row update per step: the API's progress comes from the step rows."""
+    from shiftflow.models.manage.queries import execution_dict
+
+    workflow = _chain(service.url + "/echo")
+    _trigger(workflow, "p-1", 1)
+    engine.join("triggers")
+    engine.join("tools")
+    execution = Execution.get(Execution.dedup_key == "p-1")
+    assert execution.status == "SUCCEEDED" and execution_dict(execution)["progress"] == 100
+    # Back to the moment after the second step: two of three steps final, the row untouched.
+    StepExecution.delete().where((StepExecution.execution == execution.id)
+                                 & (StepExecution.step_id == "call2")).execute()
+    Execution.update(status="RUNNING", progress=0, completed_at=None, result=None, duration_ms=None).where(
+        Execution.id == execution.id).execute()
+    assert execution_dict(Execution.get_by_id(execution.id))["progress"] == 66

@@ -377,7 +377,7 @@ from shiftflow.kernel.tools import pinned  # noqa: E402
 class _KeepAlive(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep the connection open between requests
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server hook's name
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.requests += 1  # type: ignore[attr-defined]
         body = b'{"ok": true}'

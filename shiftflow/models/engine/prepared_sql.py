@@ -43,6 +43,11 @@ def _quote(db: peewee.Database, name: str) -> str:
     return f"{db.quote[0]}{name}{db.quote[1]}"
 
 
+#: Public names for other hot-path statement modules (``claim_sql``).
+bound = _bound
+quote = _quote
+
+
 def _columns(model: type[peewee.Model], rows: Sequence[Mapping[str, Any]]) -> list[peewee.Field]:
     """The fields an insert of ``rows`` writes: every key of any row, then defaulted fields."""
     fields = model._meta.fields

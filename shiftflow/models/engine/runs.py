@@ -40,7 +40,15 @@ from shiftflow.kernel.expressions import render
 from shiftflow.kernel.settings import get_settings
 from shiftflow.kernel.sizes import SizeLimitExceeded, json_size
 from shiftflow.kernel.steps import TERMINAL, StepState
-from shiftflow.models.engine import connection_secrets, flow_control, inline, leases, mongo_log, prepared_sql
+from shiftflow.models.engine import (
+    claim_sql,
+    connection_secrets,
+    flow_control,
+    inline,
+    leases,
+    mongo_log,
+    prepared_sql,
+)
 from shiftflow.models.engine.step_events import step_finished
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
@@ -205,13 +213,24 @@ def advance(execution: Execution, definition: Definition, *, first: bool = False
         _cancel_active(execution, "stopped by a stop step")
     if decision.finished:
         outgoing += finish_execution(execution, definition, "FAILED" if decision.failed else "SUCCEEDED", rows)
-    else:
-        done = sum(1 for r in rows.values() if r.status in TERMINAL)
-        progress = min(99, int(100 * done / max(1, len(definition.steps))))
-        if progress != execution.progress:
-            execution.progress = progress
-            execution.save(only=[Execution.progress])
+    # A running execution's progress is not written per step (one row version and one
+    # statement less per step): ``progress_of`` derives it from the step rows when read.
     return outgoing
+
+
+def progress_of(execution: Execution) -> int:
+    """An execution's progress in percent: the stored figure once it is final (100 when it
+    succeeded) or before it runs; while it runs, the share of its steps that are final
+    (at most 99), from the step rows (the engine does not write it per step)."""
+    if execution.status != "RUNNING":
+        return int(execution.progress or 0)
+    try:
+        steps = len(load_definition(execution.workflow_id, execution.workflow_version).steps)
+    except NotFound:
+        return int(execution.progress or 0)
+    done = StepExecution.select().where((StepExecution.execution == execution.id) & (StepExecution.iteration == 0)
+                                        & StepExecution.status.in_(sorted(TERMINAL))).count()
+    return max(int(execution.progress or 0), min(99, int(100 * done / max(1, steps))))
 
 
 def _cancel_active(execution: Execution, reason: str) -> None:
@@ -421,6 +440,14 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, token: str | None =
     its thread died at once).
     """
     token = token or holders.new_token()
+    now = utcnow()
+    # The plain case (PENDING, due, within the delivery limit, execution live) in one
+    # statement without the execution lock (``claim_sql``); every other case below.
+    claimed = claim_sql.claim_pending(payload.execution_id, payload.step_id, payload.iteration, token=token,
+                                      lease_until=leases.lease_from(now), now=now, delivery_limit=delivery_limit)
+    if claimed is not None:
+        return Claim(claimed[0], claimed[1],
+                     load_definition(claimed[1].workflow_id, claimed[1].workflow_version), token=token)
     with transaction():
         execution = lock_execution(payload.execution_id)
         definition = load_definition(execution.workflow_id, execution.workflow_version)
