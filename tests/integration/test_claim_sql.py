@@ -73,3 +73,27 @@ def test_every_other_case_is_left_to_the_general_claim(db: None, case: str) -> N
     assert _claim(step, limit=2) is None
     after = StepExecution.get_by_id(step.id)
     assert (after.status, after.attempts, after.claimed_by) == (before.status, before.attempts, before.claimed_by)
+
+
+def test_lock_with_headers_reads_the_execution_and_its_header_rows(db: None) -> None:
+    from shiftflow.kernel.errors import NotFound
+    from shiftflow.models.engine import lock_sql
+    from shiftflow.models.tables.base import database
+
+    step = _step("SUCCEEDED", output={"a": 1})
+    StepExecution.create(execution=step.execution_id, step_id="call", iteration=1, step_type="http",
+                         status="SUCCEEDED")
+    StepExecution.create(execution=step.execution_id, step_id="next", iteration=0, step_type="http",
+                         status="PENDING")
+    with database.atomic():
+        execution, headers = lock_sql.lock_with_headers(str(step.execution_id))
+    assert execution.id == step.execution_id and execution.trigger_data == {"n": 1}
+    assert {k: (v.status, v.iteration) for k, v in headers.items()} == {"call": ("SUCCEEDED", 0),
+                                                                         "next": ("PENDING", 0)}
+    assert headers["call"].output == {"a": 1}
+    bare = _step()
+    StepExecution.delete().where(StepExecution.id == bare.id).execute()
+    with database.atomic():
+        assert lock_sql.lock_with_headers(str(bare.execution_id))[1] == {}
+        with pytest.raises(NotFound):
+            lock_sql.lock_with_headers(str(uuid.uuid4()))

@@ -28,7 +28,7 @@ from typing import Any
 import peewee
 
 from shiftflow.kernel.steps import TERMINAL
-from shiftflow.models.engine.prepared_sql import bound, quote
+from shiftflow.models.engine.prepared_sql import bound, instance_from, quote
 from shiftflow.models.tables.executions import Execution, StepExecution
 
 _sql: dict[int, tuple[str, list[peewee.Field], list[peewee.Field]]] = {}
@@ -65,15 +65,6 @@ def _statement(db: peewee.Database) -> tuple[str, list[peewee.Field], list[peewe
     return cached
 
 
-def _instance(model: type[peewee.Model], fields: list[peewee.Field], values: tuple[Any, ...]) -> Any:
-    instance: Any = model(__no_default__=True)
-    data = instance.__data__
-    for field, value in zip(fields, values, strict=True):
-        data[field.name] = None if value is None else field.python_value(value)
-    instance._dirty.clear()
-    return instance
-
-
 def claim_pending(execution_id: Any, step_id: str, iteration: int, *, token: str, lease_until: dt.datetime,
                   now: dt.datetime, delivery_limit: int) -> tuple[StepExecution, Execution] | None:
     """Claim a PENDING, due step of a live execution for ``token`` in one statement.
@@ -93,4 +84,4 @@ def claim_pending(execution_id: Any, step_id: str, iteration: int, *, token: str
     row = db.execute_sql(sql, params).fetchone()
     if row is None:
         return None
-    return _instance(StepExecution, steps, row[:len(steps)]), _instance(Execution, executions, row[len(steps):])
+    return instance_from(StepExecution, steps, row[:len(steps)]), instance_from(Execution, executions, row[len(steps):])

@@ -46,6 +46,7 @@ from shiftflow.models.engine import (
     flow_control,
     inline,
     leases,
+    lock_sql,
     mongo_log,
     prepared_sql,
 )
@@ -181,16 +182,18 @@ def _insert(execution: Execution, step_id: str, step_type: str, status: str, ite
     return row
 
 
-def advance(execution: Execution, definition: Definition, *, first: bool = False) -> list[Outgoing]:
+def advance(execution: Execution, definition: Definition, *, first: bool = False,
+            rows: dict[str, StepExecution] | None = None) -> list[Outgoing]:
     """Plan and start what is ready; run cheap steps inline; finish when done.
 
     Call inside ``transaction()`` with ``execution`` locked. ``first`` marks the first
-    steps of a new execution (no follow-on priority boost).
+    steps of a new execution (no follow-on priority boost). ``rows``: the header rows as
+    they are now, when the caller has them (``lock_sql``); else they are read.
     """
     outgoing: list[Outgoing] = []
     if execution.status in TERMINAL:
         return outgoing
-    rows = _rows(execution)
+    rows = _rows(execution) if rows is None else rows
     unrolled = inline.unroll(definition, {sid: StepState(r.status, r.output) for sid, r in rows.items()},
                              context_for(execution, definition, {}))
     for decided in unrolled.steps:
@@ -363,10 +366,11 @@ def capped_result(result: dict[str, Any]) -> dict[str, Any]:
 
 def record_step(execution: Execution, definition: Definition, step: StepExecution, status: str, *,
                 output: Any = None, error: str | None = None, from_status: tuple[str, ...] = ("RUNNING",),
-                stored_input: Any = None) -> list[Outgoing]:
+                stored_input: Any = None, headers: dict[str, StepExecution] | None = None) -> list[Outgoing]:
     """Record a step's outcome and advance the execution. Call in ``transaction()`` with
     ``execution`` locked. A step no longer in ``from_status`` (a duplicate finished first,
-    the execution was cancelled) is left alone."""
+    the execution was cancelled) is left alone. ``headers``: the header rows read with the
+    lock (``lock_sql.lock_with_headers``), so planning does not read them again."""
     now = utcnow()
     if status == "SUCCEEDED" and output is not None:
         try:
@@ -389,7 +393,14 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
         execution.error = f"step {step.step_id}: {error}"
     if step.iteration > 0:
         return _item_finished(execution, definition, step)
-    return advance(execution, definition)
+    if headers is not None:
+        # The row as just written: the planner must see this step final.
+        row = headers.get(step.step_id) or step
+        for name, value in fields.items():
+            setattr(row, name, value)
+        row._dirty.clear()  # type: ignore[attr-defined]  # Peewee's private dirty set: the row is saved
+        headers[step.step_id] = row
+    return advance(execution, definition, rows=headers)
 
 
 def _item_finished(execution: Execution, definition: Definition, item: StepExecution) -> list[Outgoing]:
@@ -507,17 +518,18 @@ def complete_step(claim: Claim, output: Any, stored_input: Any = None) -> list[O
     return the messages to publish."""
     assert claim.step is not None
     with transaction():
-        execution = lock_execution(claim.execution.id)
+        execution, headers = lock_sql.lock_with_headers(claim.execution.id)
         return record_step(execution, claim.definition, claim.step, "SUCCEEDED", output=output,
-                           stored_input=stored_input)
+                           stored_input=stored_input, headers=headers)
 
 
 def fail_step(claim: Claim, error: str, *, status: str = "FAILED", stored_input: Any = None) -> list[Outgoing]:
     """Record a permanent failure of a step; the execution fails with it."""
     assert claim.step is not None
     with transaction():
-        execution = lock_execution(claim.execution.id)
-        return record_step(execution, claim.definition, claim.step, status, error=error, stored_input=stored_input)
+        execution, headers = lock_sql.lock_with_headers(claim.execution.id)
+        return record_step(execution, claim.definition, claim.step, status, error=error, stored_input=stored_input,
+                           headers=headers)
 
 
 def retry_later(claim: Claim, error: str, delay_seconds: float) -> None:
