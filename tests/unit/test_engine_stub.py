@@ -274,3 +274,28 @@ def test_progress_of_a_running_execution_is_derived_from_its_steps(engine, servi
     Execution.update(status="RUNNING", progress=0, completed_at=None, result=None, duration_ms=None).where(
         Execution.id == execution.id).execute()
     assert execution_dict(Execution.get_by_id(execution.id))["progress"] == 66
+
+
+def test_a_continued_step_that_raises_is_published_as_its_own_message(engine, service, monkeypatch):
+    """The step before it stays done; the failing step gets its own message, which runs it."""
+    from shiftflow.models.engine import run_step as run_step_module
+
+    published = _count_published(engine, monkeypatch)
+    real, raised = run_step_module.run_step, []
+
+    def fail_once_when_continued(payload, *, continued=False):
+        if continued and not raised:
+            raised.append(payload.step_id)
+            raise RuntimeError("boom in a chain")
+        return real(payload, continued=continued)
+
+    monkeypatch.setattr(run_step_module, "run_step", fail_once_when_continued)
+    workflow = _chain(service.url + "/echo")
+    _trigger(workflow, "r-1", 1)
+    engine.join("triggers")
+    engine.join("tools")
+    execution = Execution.get(Execution.dedup_key == "r-1")
+    assert execution.status == "SUCCEEDED", execution.error
+    assert raised == ["call1"]
+    assert published == ["triggers.start", "tools.call", "tools.call"]
+    assert service.bodies == [{"n": 0}, {"n": 1}, {"n": 2}]

@@ -13,6 +13,7 @@ the thread lives. Once it has claimed, the thread's writes wait out a database o
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ MAX_RATE_LIMIT_PARK = 86_400.0
 #: Rate-limit parks a step may take in all: the other side decides the pace, not the
 #: step's retry budget, but a service that never lets up must not hold a step for ever.
 MAX_RATE_LIMIT_PARKS = 50
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -90,9 +93,18 @@ def run_chain(payload: StepPayload, actor: str) -> list[Outgoing]:
     while (len(outgoing) == 1 and outgoing[0].actor == actor and outgoing[0].delay_ms is None
            and outgoing[0].priority >= priority and steps < settings.chain_max_steps
            and time.monotonic() - started < settings.chain_max_seconds):
-        failpoints.hit("step.before_continue", outgoing[0].payload.step_id)
+        nxt = outgoing[0]
+        failpoints.hit("step.before_continue", nxt.payload.step_id)
         steps += 1
-        outgoing = run_step(outgoing[0].payload, continued=True)
+        try:
+            outgoing = run_step(nxt.payload, continued=True)
+        except Exception:
+            # A continued step that raises fails as its own message would have: its message
+            # is published, so its retries, delivery limit and dead letter stay its own
+            # (``run_step`` released its claim), and the step before it stays done.
+            log.exception("step %s of execution %s failed in a chain; publishing its message",
+                          nxt.payload.step_id, nxt.payload.execution_id)
+            return [nxt]
     return outgoing
 
 
