@@ -381,6 +381,11 @@ class Settings:
     #: over, and the timer loop re-publishes it, only once the lease ran out or the holder's
     #: process is provably gone
     claim_lease_seconds: float = 30.0
+    #: SHIFTFLOW_CHAIN_MAX_STEPS / _SECONDS: a worker thread that finished a step whose only
+    #: next step runs on the same actor runs it at once, without a broker round trip, up to
+    #: this many steps (0 = never) and this long per message, then publishes as usual
+    chain_max_steps: int = 20
+    chain_max_seconds: float = 10.0
     #: SHIFTFLOW_STORE_RETRY_SECONDS: how long a worker that holds a step keeps retrying a
     #: write PostgreSQL refused because it was unreachable (an outage is waited out, not failed)
     store_retry_seconds: float = 600.0
@@ -611,6 +616,8 @@ class Settings:
             quota_max_queued_executions=_int(env, "QUOTA_MAX_QUEUED_EXECUTIONS", 1000, 0, 100_000_000),
             delivery_limit=_int(env, "DELIVERY_LIMIT", 5, 1, 1_000),
             claim_lease_seconds=_float(env, "CLAIM_LEASE_SECONDS", 30.0, 1.0, 3_600.0),
+            chain_max_steps=_int(env, "CHAIN_MAX_STEPS", 20, 0, 1_000),
+            chain_max_seconds=_float(env, "CHAIN_MAX_SECONDS", 10.0, 0.0, 600.0),
             store_retry_seconds=_float(env, "STORE_RETRY_SECONDS", 600.0, 0.0, 86_400.0),
             http_timeout_seconds=_float(env, "HTTP_TIMEOUT_SECONDS", 10.0, 0.1, 600.0),
             http_allow_private=allow_private == "true",

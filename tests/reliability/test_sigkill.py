@@ -172,6 +172,43 @@ def test_failpoint_windows(rig: Rig, tmp_path: Path) -> None:
     assert len(rig.service.recorded()) == 2 * total + 2
 
 
+
+@pytest.mark.timeout(300)
+def test_kill_between_chained_steps(rig: Rig, tmp_path: Path) -> None:
+    """A worker runs the next step of the same queue itself (no message of its own); killed
+    after the first step committed and before the next one is claimed, the first step's
+    message comes back, finds its step done and re-publishes the next one: every execution
+    still completes once, with no outside call repeated and no delivery lost."""
+    marks = tmp_path / "failpoints"
+    marks.mkdir()
+    env = {
+        **rig.env,
+        "SHIFTFLOW_FAILPOINTS": "step.before_continue:confirm=exit-once",
+        "SHIFTFLOW_FAILPOINT_DIR": str(marks),
+    }
+    total = 8
+    workflow = rig.workflow(two_call_definition("chained", rig.service.url))
+    pool = rig.pool(env, processes=2, threads=1)
+    pool.start()
+    pool.wait_ready()
+    with pool.supervised():
+        for n in range(total):
+            assert rig.publisher.trigger(workflow, f"c-{n:03d}", {"n": n})
+        wait_terminal(rig.pg_url, rig.publisher.accepted, pool, stall=60)
+    report = check(rig.pg_url, rig.publisher.accepted, rig.service.recorded())
+    print(f"\nprocess deaths={pool.deaths()} {report.summary()}")
+    assert [p.name for p in marks.iterdir()] == ["failpoint-step.before_continue_confirm"]
+    assert pool.deaths() and all(code == 137 for code in pool.deaths()), pool.deaths()
+    assert report.counts == {"completed_once": total, "lost": 0, "duplicated": 0, "unexpected": 0}, (
+        report.problems()
+    )
+    assert report.statuses == {"SUCCEEDED": total}
+    assert report.late_calls == []
+    assert report.redeliveries == 0  # the next step was never claimed before the kill
+    assert report.at_least_once_calls == 0
+    assert len(rig.service.recorded()) == 2 * total
+
+
 # --------------------------------------------------------------------------- the checker can fail
 
 T0 = dt.datetime(2025, 1, 1, 12, 0, 0)

@@ -177,3 +177,125 @@ def test_mongo_sink_runs_one_writer_thread(tmp_path):
         sink._buffer.clear()
         sink._cond.notify_all()
     writers[0].join(5)
+
+
+def _chain(url, steps=3, **extra):
+    workspace = catalog.ensure_workspace("t")
+    return catalog.apply_definition(workspace, {
+        "name": "chain",
+        "vars": {"url": url},
+        "steps": [{"id": f"call{n}", "type": "http", **extra,
+                   "with": {"method": "POST", "url": "{{ vars.url }}", "json": {"n": n}}} for n in range(steps)],
+    }).workflow
+
+
+def _count_published(broker, monkeypatch):
+    published: list[str] = []
+    enqueue = broker.enqueue
+
+    def counting(message, *, delay=None):
+        published.append(message.actor_name)
+        return enqueue(message, delay=delay)
+
+    monkeypatch.setattr(broker, "enqueue", counting)
+    return published
+
+
+def test_a_same_queue_chain_runs_on_one_step_message(engine, service, monkeypatch):
+    """Three outside calls in a row on ``tools.call``: the first step's message runs all three."""
+    published = _count_published(engine, monkeypatch)
+    workflow = _chain(service.url + "/echo")
+    _trigger(workflow, "c-1", 1)
+    engine.join("triggers")
+    engine.join("tools")
+    execution = Execution.get(Execution.dedup_key == "c-1")
+    assert execution.status == "SUCCEEDED", execution.error
+    assert published == ["triggers.start", "tools.call"]
+    assert service.bodies == [{"n": 0}, {"n": 1}, {"n": 2}]
+    steps = StepExecution.select().where(StepExecution.execution == execution.id)
+    assert sorted((s.step_id, s.status, s.attempts) for s in steps) == [
+        ("call0", "SUCCEEDED", 1), ("call1", "SUCCEEDED", 1), ("call2", "SUCCEEDED", 1)]
+
+
+def test_a_chain_is_bounded_per_message(tmp_path, engine, service, monkeypatch):
+    """Past SHIFTFLOW_CHAIN_MAX_STEPS the next step goes back through the broker."""
+    configure(Settings.from_env({"SHIFTFLOW_MODE": "dev", "SHIFTFLOW_DATA_DIR": str(tmp_path),
+                                 "SHIFTFLOW_DELIVERY_LIMIT": "2", "SHIFTFLOW_CHAIN_MAX_STEPS": "2"}))
+    published = _count_published(engine, monkeypatch)
+    workflow = _chain(service.url + "/echo", steps=5)
+    _trigger(workflow, "c-2", 1)
+    engine.join("triggers")
+    engine.join("tools")
+    execution = Execution.get(Execution.dedup_key == "c-2")
+    assert execution.status == "SUCCEEDED", execution.error
+    assert published == ["triggers.start", "tools.call", "tools.call", "tools.call"]
+
+
+def test_a_chain_stops_at_a_cancelled_execution(engine, service, monkeypatch):
+    """The continued step is claimed like any other: a cancelled execution runs no more calls."""
+    from shiftflow.models.engine import run_step as run_step_module
+    from shiftflow.models.engine import runs
+
+    workflow = _chain(service.url + "/echo")
+    real = run_step_module.run_step
+
+    def cancel_after_first(payload, *, continued=False):
+        if continued:  # cancelled between the first step's commit and the next claim
+            with runs.transaction():
+                locked = runs.lock_execution(payload.execution_id)
+                definition = runs.load_definition(locked.workflow_id, locked.workflow_version)
+                runs.finish_execution(locked, definition, "CANCELLED", error="cancelled by the test")
+        return real(payload, continued=continued)
+
+    monkeypatch.setattr(run_step_module, "run_step", cancel_after_first)
+    _trigger(workflow, "c-3", 1)
+    engine.join("triggers")
+    engine.join("tools")
+    execution = Execution.get(Execution.dedup_key == "c-3")
+    assert execution.status == "CANCELLED"
+    assert service.bodies == [{"n": 0}]
+    steps = {s.step_id: s.status for s in StepExecution.select().where(StepExecution.execution == execution.id)}
+    assert steps == {"call0": "SUCCEEDED", "call1": "CANCELLED"}
+
+
+def test_progress_of_a_running_execution_is_derived_from_its_steps(engine, service):
+    """No execution-row update per step: the API's progress comes from the step rows."""
+    from shiftflow.models.manage.queries import execution_dict
+
+    workflow = _chain(service.url + "/echo")
+    _trigger(workflow, "p-1", 1)
+    engine.join("triggers")
+    engine.join("tools")
+    execution = Execution.get(Execution.dedup_key == "p-1")
+    assert execution.status == "SUCCEEDED" and execution_dict(execution)["progress"] == 100
+    # Back to the moment after the second step: two of three steps final, the row untouched.
+    StepExecution.delete().where((StepExecution.execution == execution.id)
+                                 & (StepExecution.step_id == "call2")).execute()
+    Execution.update(status="RUNNING", progress=0, completed_at=None, result=None, duration_ms=None).where(
+        Execution.id == execution.id).execute()
+    assert execution_dict(Execution.get_by_id(execution.id))["progress"] == 66
+
+
+def test_a_continued_step_that_raises_is_published_as_its_own_message(engine, service, monkeypatch):
+    """The step before it stays done; the failing step gets its own message, which runs it."""
+    from shiftflow.models.engine import run_step as run_step_module
+
+    published = _count_published(engine, monkeypatch)
+    real, raised = run_step_module.run_step, []
+
+    def fail_once_when_continued(payload, *, continued=False):
+        if continued and not raised:
+            raised.append(payload.step_id)
+            raise RuntimeError("boom in a chain")
+        return real(payload, continued=continued)
+
+    monkeypatch.setattr(run_step_module, "run_step", fail_once_when_continued)
+    workflow = _chain(service.url + "/echo")
+    _trigger(workflow, "r-1", 1)
+    engine.join("triggers")
+    engine.join("tools")
+    execution = Execution.get(Execution.dedup_key == "r-1")
+    assert execution.status == "SUCCEEDED", execution.error
+    assert raised == ["call1"]
+    assert published == ["triggers.start", "tools.call", "tools.call"]
+    assert service.bodies == [{"n": 0}, {"n": 1}, {"n": 2}]

@@ -367,3 +367,87 @@ def test_a_503_without_retry_after_is_a_plain_transient_error(limited_server):
     with pytest.raises(ToolUnavailable) as caught:
         http.call({"url": f"{limited_server}/503"}, timeout=5, allow_private=True)
     assert not isinstance(caught.value, RateLimited)
+
+
+# --- keep-alive: one connection per checked address, per thread ----------------------------
+
+from shiftflow.kernel.tools import pinned  # noqa: E402
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep the connection open between requests
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests += 1  # type: ignore[attr-defined]
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _CountingServer(ThreadingHTTPServer):
+    """Counts accepted TCP connections and requests."""
+
+    daemon_threads = True
+
+    def __init__(self, address) -> None:
+        super().__init__(address, _KeepAlive)
+        self.accepts = 0
+        self.requests = 0
+
+    def get_request(self):
+        accepted = super().get_request()
+        self.accepts += 1
+        return accepted
+
+
+@contextlib.contextmanager
+def _counting_server(address: str, port: int = 0) -> Iterator[_CountingServer]:
+    server = _CountingServer((address, port))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_connections() -> Iterator[None]:
+    pinned.close_pooled()
+    yield
+    pinned.close_pooled()
+
+
+def test_calls_to_one_checked_address_reuse_one_connection():
+    with _counting_server("127.0.0.1") as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/echo"
+        for n in range(3):
+            out = http.call({"url": url, "method": "POST", "json": {"n": n}}, timeout=5, allow_private=True)
+            assert out["status"] == 200
+        assert (server.accepts, server.requests) == (1, 3)
+
+
+def test_a_kept_connection_is_never_used_for_another_checked_address(monkeypatch):
+    """The same name, checked again, now resolves to another address: a new connection to
+    that one; the kept connection to the first address carries nothing more."""
+    with _counting_server("127.0.0.1") as first:
+        port = first.server_address[1]
+        with _counting_server("127.0.0.2", port) as second:
+            resolver = Resolver({"svc.example": ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"]})
+            monkeypatch.setattr(socket, "getaddrinfo", resolver)
+            url = f"http://svc.example:{port}/echo"
+            for n in range(4):
+                assert http.call({"url": url, "method": "POST", "json": {"n": n}}, timeout=5,
+                                 allow_private=True)["status"] == 200
+            assert resolver.asked["svc.example"] == 4  # every call is checked anew
+            assert (first.accepts, first.requests) == (1, 2)
+            assert (second.accepts, second.requests) == (1, 2)
+

@@ -47,7 +47,7 @@ from shiftflow.kernel.errors import RateLimited, ShiftFlowError, ToolError, Tool
 from shiftflow.kernel.retry_after import parse_retry_after
 from shiftflow.kernel.tools import http_auth
 from shiftflow.kernel.tools.base import Tool, ToolContext
-from shiftflow.kernel.tools.pinned import PinnedBackend, PinnedTransport
+from shiftflow.kernel.tools.pinned import pooled
 
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -292,19 +292,20 @@ def exchange(inputs: Mapping[str, Any], *, timeout: float, allow_private: bool,
         addresses = destination(request.url, allow_private=allow_private)
     except (ToolError, ToolUnavailable) as exc:
         fail(type(exc), str(exc))
-    backend = PinnedBackend(request.url.raw_host.decode("ascii"), addresses, deadline)
+    # This thread's kept connection to exactly these checked addresses, if any (``pinned.pooled``).
+    transport = pooled(request.url.scheme, request.url.raw_host.decode("ascii"), request.url.port, addresses,
+                       deadline, tls_context())
     buffer = bytearray()  # appending to bytes would copy the whole body per chunk
     try:
-        with httpx.Client(transport=PinnedTransport(backend, tls_context()), trust_env=False,
-                          follow_redirects=False, timeout=httpx.Timeout(timeout)) as client:
-            response = client.send(request, stream=True)
-            try:
-                for chunk in response.iter_bytes():
-                    buffer += chunk
-                    if len(buffer) > MAX_RESPONSE_BYTES:
-                        fail(ToolError, f"response from {url} is larger than {MAX_RESPONSE_BYTES} bytes")
-            finally:
-                response.close()
+        response = transport.handle_request(request)
+        response.request = request
+        try:
+            for chunk in response.iter_bytes():
+                buffer += chunk
+                if len(buffer) > MAX_RESPONSE_BYTES:
+                    fail(ToolError, f"response from {url} is larger than {MAX_RESPONSE_BYTES} bytes")
+        finally:
+            response.close()
     except (ToolError, ToolUnavailable):
         raise
     except httpcore.TimeoutException:

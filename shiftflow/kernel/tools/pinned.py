@@ -13,6 +13,12 @@ inside the read timeout holds a call for as long as it likes (a 1 s step was hel
 Every connect, TLS handshake, read and write here gets at most the time left before the
 call's deadline, and none starts after it.
 
+Why a pool per thread (``pooled``): a new TCP (and TLS) connection per call cost a connect
+and a close on both sides for every step. A thread keeps one transport per (host, port,
+scheme, checked addresses); a call reuses a kept connection only when its own check gave
+the same addresses, and the deadline of each call applies to the reused connection as it
+would to a new one. A connection the server closed is noticed by httpcore before reuse.
+
 Only public names of httpx and httpcore are used (``httpcore.ConnectionPool``'s
 ``network_backend``; httpx's ``BaseTransport``); httpcore's exceptions are not mapped to
 httpx's, the caller maps them (``tools.http``).
@@ -20,7 +26,9 @@ httpx's, the caller maps them (``tools.http``).
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -28,15 +36,23 @@ import httpcore
 import httpx
 
 
-class DeadlineStream(httpcore.NetworkStream):
-    """A network stream whose every operation ends by ``deadline`` (``time.monotonic``)."""
+class Deadline:
+    """The ``time.monotonic()`` moment after which nothing starts; set anew for each call
+    over a kept connection."""
 
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
+class DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every operation ends by the current call's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: Deadline) -> None:
         self._inner = inner
         self._deadline = deadline
 
     def _clip(self, timeout: float | None, error: type[Exception]) -> float:
-        remaining = self._deadline - time.monotonic()
+        remaining = self._deadline.at - time.monotonic()
         if remaining <= 0:
             raise error("the call's deadline passed")
         return remaining if timeout is None else min(timeout, remaining)
@@ -76,8 +92,19 @@ class PinnedBackend(httpcore.NetworkBackend):
     def __init__(self, host: str, addresses: Sequence[str], deadline: float) -> None:
         self.host = host
         self.addresses = list(addresses)
-        self.deadline = deadline
+        self._deadline = Deadline(deadline)
         self._system = httpcore.SyncBackend()
+        #: TCP connections made (tests and benchmarks count reuse by it).
+        self.connects = 0
+
+    @property
+    def deadline(self) -> float:
+        """The current call's deadline (``time.monotonic``); its streams follow it."""
+        return self._deadline.at
+
+    @deadline.setter
+    def deadline(self, at: float) -> None:
+        self._deadline.at = at
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
@@ -86,7 +113,7 @@ class PinnedBackend(httpcore.NetworkBackend):
             raise httpcore.ConnectError(f"refusing to connect {host!r}: only {self.host!r} was checked")
         last: Exception | None = None
         for address in self.addresses:
-            remaining = self.deadline - time.monotonic()
+            remaining = self._deadline.at - time.monotonic()
             if remaining <= 0:
                 raise httpcore.ConnectTimeout("the call's deadline passed")
             try:
@@ -95,7 +122,8 @@ class PinnedBackend(httpcore.NetworkBackend):
             except httpcore.ConnectError as exc:
                 last = exc
                 continue
-            return DeadlineStream(stream, self.deadline)
+            self.connects += 1
+            return DeadlineStream(stream, self._deadline)
         raise last or httpcore.ConnectError("no address to connect to")
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
@@ -124,8 +152,10 @@ class _ResponseStream(httpx.SyncByteStream):
 class PinnedTransport(httpx.BaseTransport):
     """An httpx transport over one ``httpcore.ConnectionPool`` on a ``PinnedBackend``."""
 
-    def __init__(self, backend: PinnedBackend, ssl_context: Any) -> None:
-        self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=backend, max_connections=1)
+    def __init__(self, backend: PinnedBackend, ssl_context: Any, *, keepalive_expiry: float | None = None) -> None:
+        self.backend = backend
+        self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=backend, max_connections=1,
+                                             keepalive_expiry=keepalive_expiry)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` (httpcore's exceptions are left to the caller to classify)."""
@@ -145,3 +175,43 @@ class PinnedTransport(httpx.BaseTransport):
     def close(self) -> None:
         """Close the pool's connection."""
         self._pool.close()
+
+
+#: Kept transports per thread, and how long an idle connection is kept.
+MAX_KEPT_PER_THREAD = 16
+KEEPALIVE_SECONDS = 30.0
+_kept = threading.local()
+
+
+def pooled(scheme: str, host: str, port: int | None, addresses: Sequence[str], deadline: float,
+           ssl_context: Any) -> PinnedTransport:
+    """This thread's transport for ``host`` pinned to exactly ``addresses`` (checked by the
+    caller for this call), with ``deadline`` as its current call's deadline.
+
+    A transport (and its kept connection) is shared only by calls whose check gave the
+    same addresses, in the same order, for the same host, port and scheme: a host that
+    now resolves elsewhere gets a new transport, never the old connection. At most
+    ``MAX_KEPT_PER_THREAD`` are kept; the least recently used is closed first.
+    """
+    kept: OrderedDict[tuple[Any, ...], PinnedTransport] | None = getattr(_kept, "transports", None)
+    if kept is None:
+        kept = _kept.transports = OrderedDict()
+    key = (scheme, host, port, tuple(addresses))
+    transport = kept.get(key)
+    if transport is None:
+        transport = PinnedTransport(PinnedBackend(host, addresses, deadline), ssl_context,
+                                    keepalive_expiry=KEEPALIVE_SECONDS)
+        kept[key] = transport
+        while len(kept) > MAX_KEPT_PER_THREAD:
+            kept.popitem(last=False)[1].close()
+    else:
+        kept.move_to_end(key)
+        transport.backend.deadline = deadline
+    return transport
+
+
+def close_pooled() -> None:
+    """Close this thread's kept connections (tests; a thread's exit drops them anyway)."""
+    kept = getattr(_kept, "transports", None)
+    while kept:
+        kept.popitem()[1].close()

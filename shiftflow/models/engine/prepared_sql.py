@@ -43,6 +43,22 @@ def _quote(db: peewee.Database, name: str) -> str:
     return f"{db.quote[0]}{name}{db.quote[1]}"
 
 
+#: Public names for other hot-path statement modules (``claim_sql``, ``lock_sql``).
+bound = _bound
+quote = _quote
+
+
+def instance_from(model: type[M], fields: Sequence[peewee.Field], values: Sequence[Any]) -> M:
+    """A ``model`` instance from one row's ``values`` of ``fields``, as Peewee builds it
+    (``python_value`` conversions, nothing dirty)."""
+    instance: Any = model(__no_default__=True)
+    data = instance.__data__
+    for field, value in zip(fields, values, strict=True):
+        data[field.name] = None if value is None else field.python_value(value)
+    instance._dirty.clear()
+    return instance
+
+
 def _columns(model: type[peewee.Model], rows: Sequence[Mapping[str, Any]]) -> list[peewee.Field]:
     """The fields an insert of ``rows`` writes: every key of any row, then defaulted fields."""
     fields = model._meta.fields
@@ -186,12 +202,7 @@ def select_where(model: type[M], *, for_update: bool = False, **equals: Any) -> 
     params = [fields[name].db_value(equals[name]) for name in names if name not in nulls]
     found: list[M] = []
     for row in db.execute_sql(sql, params).fetchall():
-        instance: Any = model(__no_default__=True)
-        data = instance.__data__
-        for field, value in zip(columns, row, strict=True):
-            data[field.name] = None if value is None else field.python_value(value)
-        instance._dirty.clear()
-        found.append(instance)
+        found.append(instance_from(model, columns, row))
     return found
 
 

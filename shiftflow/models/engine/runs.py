@@ -40,7 +40,16 @@ from shiftflow.kernel.expressions import render
 from shiftflow.kernel.settings import get_settings
 from shiftflow.kernel.sizes import SizeLimitExceeded, json_size
 from shiftflow.kernel.steps import TERMINAL, StepState
-from shiftflow.models.engine import connection_secrets, flow_control, inline, leases, mongo_log, prepared_sql
+from shiftflow.models.engine import (
+    claim_sql,
+    connection_secrets,
+    flow_control,
+    inline,
+    leases,
+    lock_sql,
+    mongo_log,
+    prepared_sql,
+)
 from shiftflow.models.engine.step_events import step_finished
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
@@ -178,16 +187,18 @@ def _insert(execution: Execution, step_id: str, step_type: str, status: str, ite
     return row
 
 
-def advance(execution: Execution, definition: Definition, *, first: bool = False) -> list[Outgoing]:
+def advance(execution: Execution, definition: Definition, *, first: bool = False,
+            rows: dict[str, StepExecution] | None = None) -> list[Outgoing]:
     """Plan and start what is ready; run cheap steps inline; finish when done.
 
     Call inside ``transaction()`` with ``execution`` locked. ``first`` marks the first
-    steps of a new execution (no follow-on priority boost).
+    steps of a new execution (no follow-on priority boost). ``rows``: the header rows as
+    they are now, when the caller has them (``lock_sql``); else they are read.
     """
     outgoing: list[Outgoing] = []
     if execution.status in TERMINAL:
         return outgoing
-    rows = _rows(execution)
+    rows = _rows(execution) if rows is None else rows
     unrolled = inline.unroll(definition, {sid: StepState(r.status, r.output) for sid, r in rows.items()},
                              context_for(execution, definition, {}))
     for decided in unrolled.steps:
@@ -210,13 +221,24 @@ def advance(execution: Execution, definition: Definition, *, first: bool = False
         _cancel_active(execution, "stopped by a stop step")
     if decision.finished:
         outgoing += finish_execution(execution, definition, "FAILED" if decision.failed else "SUCCEEDED", rows)
-    else:
-        done = sum(1 for r in rows.values() if r.status in TERMINAL)
-        progress = min(99, int(100 * done / max(1, len(definition.steps))))
-        if progress != execution.progress:
-            execution.progress = progress
-            execution.save(only=[Execution.progress])
+    # A running execution's progress is not written per step (one row version and one
+    # statement less per step): ``progress_of`` derives it from the step rows when read.
     return outgoing
+
+
+def progress_of(execution: Execution) -> int:
+    """An execution's progress in percent: the stored figure once it is final (100 when it
+    succeeded) or before it runs; while it runs, the share of its steps that are final
+    (at most 99), from the step rows (the engine does not write it per step)."""
+    if execution.status != "RUNNING":
+        return int(execution.progress or 0)
+    try:
+        steps = len(load_definition(execution.workflow_id, execution.workflow_version).steps)
+    except NotFound:
+        return int(execution.progress or 0)
+    done = StepExecution.select().where((StepExecution.execution == execution.id) & (StepExecution.iteration == 0)
+                                        & StepExecution.status.in_(sorted(TERMINAL))).count()
+    return max(int(execution.progress or 0), min(99, int(100 * done / max(1, steps))))
 
 
 def _cancel_active(execution: Execution, reason: str) -> None:
@@ -352,10 +374,11 @@ def capped_result(result: dict[str, Any]) -> dict[str, Any]:
 
 def record_step(execution: Execution, definition: Definition, step: StepExecution, status: str, *,
                 output: Any = None, error: str | None = None, from_status: tuple[str, ...] = ("RUNNING",),
-                stored_input: Any = None) -> list[Outgoing]:
+                stored_input: Any = None, headers: dict[str, StepExecution] | None = None) -> list[Outgoing]:
     """Record a step's outcome and advance the execution. Call in ``transaction()`` with
     ``execution`` locked. A step no longer in ``from_status`` (a duplicate finished first,
-    the execution was cancelled) is left alone."""
+    the execution was cancelled) is left alone. ``headers``: the header rows read with the
+    lock (``lock_sql.lock_with_headers``), so planning does not read them again."""
     now = utcnow()
     if status == "SUCCEEDED" and output is not None:
         try:
@@ -372,12 +395,20 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
         return pending_messages(execution, definition)
     announce_step(execution, step.step_id, step.step_type, status,
                   {"iteration": step.iteration, "output": output, "error": error,
-                   "durationMs": fields["duration_ms"] or 0})
+                   "durationMs": fields["duration_ms"] or 0, "attempt": step.attempts,
+                   "startedAt": step.started_at.isoformat() if step.started_at else None})
     if status in ("FAILED", "TIMED_OUT") and not execution.error:
         execution.error = f"step {step.step_id}: {error}"
     if step.iteration > 0:
         return _item_finished(execution, definition, step)
-    return advance(execution, definition)
+    if headers is not None:
+        # The row as just written: the planner must see this step final.
+        row = headers.get(step.step_id) or step
+        for name, value in fields.items():
+            setattr(row, name, value)
+        row._dirty.clear()  # type: ignore[attr-defined]  # Peewee's private dirty set: the row is saved
+        headers[step.step_id] = row
+    return advance(execution, definition, rows=headers)
 
 
 def _item_finished(execution: Execution, definition: Definition, item: StepExecution) -> list[Outgoing]:
@@ -428,6 +459,14 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, token: str | None =
     its thread died at once).
     """
     token = token or holders.new_token()
+    now = utcnow()
+    # The plain case (PENDING, due, within the delivery limit, execution live) in one
+    # statement without the execution lock (``claim_sql``); every other case below.
+    claimed = claim_sql.claim_pending(payload.execution_id, payload.step_id, payload.iteration, token=token,
+                                      lease_until=leases.lease_from(now), now=now, delivery_limit=delivery_limit)
+    if claimed is not None:
+        return Claim(claimed[0], claimed[1],
+                     load_definition(claimed[1].workflow_id, claimed[1].workflow_version), token=token)
     with transaction():
         execution = lock_execution(payload.execution_id)
         definition = load_definition(execution.workflow_id, execution.workflow_version)
@@ -472,8 +511,8 @@ def claim_step(payload: StepPayload, *, delivery_limit: int, token: str | None =
         prepared_sql.update_where(StepExecution, {"status": step.status, "claimed_by": step.claimed_by,
                                               "lease_until": step.lease_until, "started_at": step.started_at,
                                               "timeout_at": None, "attempts": step.attempts}, id=step.id)
-        mongo_log.execution_log(execution, f"step {step.step_id} started", step_id=step.step_id,
-                           metadata={"attempt": step.attempts, "iteration": step.iteration})
+        # No "step started" document: the outcome's document carries the attempt and the
+        # start (one document per step outcome; the row says RUNNING meanwhile).
     return Claim(step, execution, definition, token=token)
 
 
@@ -490,17 +529,18 @@ def complete_step(claim: Claim, output: Any, stored_input: Any = None) -> list[O
     return the messages to publish."""
     assert claim.step is not None
     with transaction():
-        execution = lock_execution(claim.execution.id)
+        execution, headers = lock_sql.lock_with_headers(claim.execution.id)
         return record_step(execution, claim.definition, claim.step, "SUCCEEDED", output=output,
-                           stored_input=stored_input)
+                           stored_input=stored_input, headers=headers)
 
 
 def fail_step(claim: Claim, error: str, *, status: str = "FAILED", stored_input: Any = None) -> list[Outgoing]:
     """Record a permanent failure of a step; the execution fails with it."""
     assert claim.step is not None
     with transaction():
-        execution = lock_execution(claim.execution.id)
-        return record_step(execution, claim.definition, claim.step, status, error=error, stored_input=stored_input)
+        execution, headers = lock_sql.lock_with_headers(claim.execution.id)
+        return record_step(execution, claim.definition, claim.step, status, error=error, stored_input=stored_input,
+                           headers=headers)
 
 
 def retry_later(claim: Claim, error: str, delay_seconds: float) -> None:
@@ -540,7 +580,9 @@ def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> Rendered
     """
     assert claim.step is not None
     step = claim.definition.step(claim.step.step_id)
-    context = context_for(claim.execution, claim.definition, _rows(claim.execution), extra)
+    # The other steps' outputs are read only when the inputs may refer to them.
+    rows = _rows(claim.execution) if reads_steps(step.inputs) else {}
+    context = context_for(claim.execution, claim.definition, rows, extra)
     settings = get_settings()
     if not (connection_secrets.allowed(step.type) and connection_secrets.referenced(step.inputs)):
         inputs = render(step.inputs, context)
@@ -551,6 +593,18 @@ def render_inputs(claim: Claim, extra: dict[str, Any] | None = None) -> Rendered
     check_inputs(real, settings)
     stored = render(step.inputs, {**context, "secrets": connection_secrets.MASKED})
     return Rendered(real, stored, connection_secrets.scrubber(used))
+
+
+def reads_steps(inputs: Any) -> bool:
+    """True when ``inputs`` may refer to other steps' outputs (``steps`` appears anywhere in
+    them: a reference, or text that merely looks like one; either way they are read)."""
+    if isinstance(inputs, str):
+        return "steps" in inputs
+    if isinstance(inputs, dict):
+        return any(reads_steps(k) or reads_steps(v) for k, v in inputs.items())
+    if isinstance(inputs, list | tuple):
+        return any(reads_steps(v) for v in inputs)
+    return False
 
 
 def masked(inputs: Any) -> Any:

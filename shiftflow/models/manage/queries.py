@@ -17,6 +17,7 @@ from typing import Any
 
 from shiftflow.kernel.db import is_postgres
 from shiftflow.kernel.errors import NotFound
+from shiftflow.models.engine.runs import progress_of
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.audit import entry_dict
 from shiftflow.models.manage.paging import Page, choice, keyset, parse_limit, scoped, window
@@ -50,7 +51,7 @@ def execution_dict(row: Execution) -> dict[str, Any]:
         "priority": row.priority,
         "parent_id": str(row.parent_id) if row.parent_id else None,
         "error": row.error,
-        "progress": row.progress,
+        "progress": progress_of(row),
         "created_at": stamp(row.created_at),
         "started_at": stamp(row.started_at),
         "completed_at": stamp(row.completed_at),
