@@ -36,7 +36,9 @@ def _step(status: str = "PENDING", *, execution_status: str = "RUNNING", **field
                                  started_at=utcnow())
     step = StepExecution.create(execution=execution, step_id="call", iteration=0, step_type="http", status=status,
                                 **fields)
-    if execution_status != "RUNNING":
+    if execution_status == "PAUSED":
+        Execution.update(status="PAUSED").where(Execution.id == execution.id).execute()
+    elif execution_status != "RUNNING":
         Execution.update(status=execution_status, completed_at=utcnow()).where(
             Execution.id == execution.id).execute()
     return step
@@ -61,13 +63,15 @@ def test_a_pending_step_is_claimed_once_with_its_execution(db: None) -> None:
     assert _claim(step) is None  # a second copy goes to the general claim
 
 
-@pytest.mark.parametrize("case", ["finished", "backing_off", "over_limit", "execution_over"])
+@pytest.mark.parametrize("case", ["finished", "backing_off", "over_limit", "execution_over", "execution_paused"])
 def test_every_other_case_is_left_to_the_general_claim(db: None, case: str) -> None:
     step = {
         "finished": lambda: _step("SUCCEEDED"),
         "backing_off": lambda: _step(resume_at=utcnow() + dt.timedelta(seconds=60)),
         "over_limit": lambda: _step(attempts=3, retry_count=1),
         "execution_over": lambda: _step(execution_status="CANCELLED"),
+        # A paused execution (an agent task's pause) runs nothing until it is resumed.
+        "execution_paused": lambda: _step(execution_status="PAUSED"),
     }[case]()
     before = StepExecution.get_by_id(step.id)
     assert _claim(step, limit=2) is None

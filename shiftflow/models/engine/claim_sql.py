@@ -13,7 +13,8 @@ Concurrency without the execution lock: two copies of one message both ask for
 ``status = 'PENDING'``; the second waits for the first's row lock, sees RUNNING and
 takes the general path (which drops it while the holder lives). A cancel or a failure
 elsewhere that commits first has moved the step off PENDING (it cancels every active
-step), so the claim finds nothing; one that commits after the claim cancels the RUNNING
+step), so the claim finds nothing; a paused execution (an agent task's pause) is not
+live here either, and the general claim leaves its step for the resume; one that commits after the claim cancels the RUNNING
 step, whose holder then records nothing (``record_step``'s status check), as before.
 
 PostgreSQL only (SQLite has no data-modifying CTE); elsewhere ``claim_pending`` returns
@@ -54,7 +55,7 @@ def _statement(db: peewee.Database) -> tuple[str, list[peewee.Field], list[peewe
         f"AND s.{col(s['status'])} = 'PENDING' AND s.{col(s['resume_at'])} IS NULL "
         f"AND s.{col(s['attempts'])} + 1 - s.{col(s['retry_count'])} <= %s "
         f"AND EXISTS (SELECT 1 FROM {quote(db, Execution._meta.table_name)} AS x "
-        f"WHERE x.{col(e['id'])} = s.{col(s['execution'])} AND x.{col(e['status'])} NOT IN ({terminal})) "
+        f"WHERE x.{col(e['id'])} = s.{col(s['execution'])} AND x.{col(e['status'])} NOT IN ({terminal}, 'PAUSED')) "
         "RETURNING " + ", ".join(f"s.{col(f)}" for f in steps) + ") "
         "SELECT " + ", ".join(f"c.{col(f)}" for f in steps) + ", "
         + ", ".join(f"e.{col(f)}" for f in executions)
