@@ -47,6 +47,7 @@ from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.llm_calls import LlmCall
 from shiftflow.models.tables.prompts import Prompt, PromptValidation, PromptVersion
 from shiftflow.models.tables.tenancy import Workspace
+from shiftflow.models.tables.workflows import Workflow
 
 READ, WRITE, RUN, RUNS = "workflows:read", "workflows:write", "executions:write", "executions:read"
 #: The fields of a version's ``config`` (model settings).
@@ -420,6 +421,10 @@ def run_workflow_name(prompt: Prompt) -> str:
 
 def run_workflow(prompt: Prompt) -> Any:
     """The prompt's own workflow, created on first use."""
+    found = Workflow.get_or_none((Workflow.workspace == prompt.workspace_id)
+                                 & (Workflow.name == run_workflow_name(prompt)) & (Workflow.status == "ACTIVE"))
+    if found is not None:
+        return found
     workspace = Workspace.get_by_id(prompt.workspace_id)
     definition = {"name": run_workflow_name(prompt), "description": f"Runs prompt {prompt.name!r} (the prompt API)",
                   "trigger": {"type": "manual"},
