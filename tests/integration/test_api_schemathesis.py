@@ -27,7 +27,7 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog, connections
+from shiftflow.models.manage import catalog, connections, prompts
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.dead_letters import DeadLetter
@@ -97,7 +97,16 @@ def _seed(settings: Settings):
     ref = make_store(settings).put(b"fuzz bytes", "fuzz.txt", "text/plain")
     artifact = Artifact.create(workspace=tenant.workspace.id, execution=failed.id, type="TEXT", name=ref.name,
                                url=ref.location, size_bytes=ref.size, mime_type=ref.mime, sha256=ref.sha256)
+    prompt = prompts.create_prompt(Principal.operator(tenant.workspace.id), name="fuzz-prompt",
+                                   template="Say {{ word }} in json.",
+                                   variables=[{"name": "word", "type": "string", "default": "hi"}],
+                                   config={"connection": "fuzz-llm", "model": "gpt-4o-mini"})
+    prompts.publish(Principal.operator(tenant.workspace.id), prompt.id, 1)
+    validation = prompts.add_validation(Principal.operator(tenant.workspace.id), prompt.id, name="non-empty",
+                                        type="FUNCTION", config={"name": "non_empty"})
     ids = {
+        "prompt_id": str(prompt.id),
+        "validation_id": str(validation.id),
         "connection_id": connection["id"],
         "artifact_id": str(artifact.id),
         "tool_name": "media.image",
