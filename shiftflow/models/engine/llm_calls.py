@@ -282,9 +282,10 @@ def _reserve(workspace_id: Any, conn: _Connection, request: LlmRequest, estimate
                     cost = None if row.cost_usd is None else Decimal(row.cost_usd)
                     return _Reservation(row.id, row.attempt, LlmResult(
                         completion_from_json(row.response), row.id, row.attempt, cost, reused=True))
-            LlmCall.update(status="FAILED", error=ABANDONED, completed_at=now).where(
-                (LlmCall.step_execution == step_execution_id) & (LlmCall.call_key == call_key)
-                & (LlmCall.status == "RUNNING")).execute()
+            if any(r.call_key == call_key and r.status == "RUNNING" for r in earlier):
+                LlmCall.update(status="FAILED", error=ABANDONED, completed_at=now).where(
+                    (LlmCall.step_execution == step_execution_id) & (LlmCall.call_key == call_key)
+                    & (LlmCall.status == "RUNNING")).execute()
             attempt = max([r.attempt for r in earlier], default=0) + 1
         if budget is not None:
             slug = Workspace.select(Workspace.slug).where(Workspace.id == workspace_id).scalar()
