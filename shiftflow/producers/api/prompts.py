@@ -76,7 +76,7 @@ SCHEMAS["PromptDetail"] = {"allOf": [ref("Prompt"), obj(
 for _name in ("Prompt", "PromptRun", "PromptVersionStats"):
     SCHEMAS[f"{_name}List"] = obj(["items"], items={"type": "array", "items": ref(_name)})
 
-_CONTENT = {"template": {"type": "string", "minLength": 1, "maxLength": 100_000}, "variables": _VARIABLES,
+_CONTENT = {"template": {"type": "string", "minLength": 1, "maxLength": 50_000}, "variables": _VARIABLES,
             "config": _CONFIG, "change_log": {"type": "string", "maxLength": 10_000}}
 
 
