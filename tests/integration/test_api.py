@@ -21,7 +21,7 @@ from shiftflow.kernel.contracts import TriggerPayload
 from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog, connections
+from shiftflow.models.manage import catalog, connections, prompts
 from shiftflow.models.manage.access import MATRIX, ROLES, Principal
 from shiftflow.models.tables import webhook_secrets
 from shiftflow.models.tables.artifacts import Artifact
@@ -76,6 +76,14 @@ AUDITED = {
     "updateConnection": "connection.updated",
     "testConnection": "connection.tested",
     "deleteConnection": "connection.deleted",
+    "createPrompt": "prompt.created",
+    "addPromptVersion": "prompt.version_added",
+    "publishPromptVersion": "prompt.published",
+    "archivePromptVersion": "prompt.archived",
+    "archivePrompt": "prompt.archived",
+    "addPromptValidation": "prompt.validation_added",
+    "removePromptValidation": "prompt.validation_removed",
+    "runPrompt": "execution.triggered",
 }
 
 
@@ -227,6 +235,8 @@ def test_role_matrix_over_every_operation(api):
                 "template_key",
                 "connection_id",
                 "artifact_id",
+                "prompt_id",
+                "validation_id",
             )
         }
         values["step_id"] = "approve"
@@ -331,6 +341,21 @@ def test_every_mutation_writes_an_audit_entry(api):
     assert made.status_code == 201, made.text
     assert c.patch(f"/connections/{made.json()['id']}", json={"name": "api2"}, headers=auth).status_code == 200
     assert c.delete(f"/connections/{made.json()['id']}", headers=auth).status_code == 204
+    prompt = c.post("/prompts", json={"name": "audited", "template": "Say {{ w }}.",
+                                      "variables": [{"name": "w", "type": "string", "default": "hi"}],
+                                      "config": {"model": "gpt-4o-mini"}}, headers=auth)
+    assert prompt.status_code == 201, prompt.text
+    pid = prompt.json()["id"]
+    check = c.post(f"/prompts/{pid}/validations", json={"name": "n", "type": "FUNCTION",
+                                                         "config": {"name": "non_empty"}}, headers=auth)
+    assert check.status_code == 201, check.text
+    assert c.post(f"/prompts/{pid}/versions", json={"template": "Say {{ w }}!", "config": {"model": "gpt-4o-mini"},
+                                                    "variables": [{"name": "w"}]}, headers=auth).status_code == 201
+    assert c.post(f"/prompts/{pid}/versions/1/publish", headers=auth).status_code == 200
+    assert c.post(f"/prompts/{pid}/versions/2/archive", headers=auth).status_code == 200
+    assert c.post(f"/prompts/{pid}/run", json={"priority": "LOW"}, headers=auth).status_code == 202
+    assert c.delete(f"/prompts/{pid}/validations/{check.json()['id']}", headers=auth).status_code == 204
+    assert c.post(f"/prompts/{pid}/archive", headers=auth).status_code == 200
 
     actions = {e.action for e in AuditLog.select().where(AuditLog.workspace_id == a.workspace.id)}
     # Deleting the workspace, deciding an approval, settling an effect and testing a
@@ -381,6 +406,11 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
                                                  {"auth": "bearer", "token": "b-token-123456", "base_url": "https://api.example.com"})
     b_artifact = Artifact.create(workspace=b.workspace.id, execution=b_execution.id, type="TEXT", name="b.txt",
                                  url="local:2026/01/01/x/b.txt", size_bytes=1)
+    b_operator = Principal.operator(b.workspace.id)
+    b_prompt = prompts.create_prompt(b_operator, name="b-prompt", template="B {{ x }}",
+                                     variables=[{"name": "x", "default": "y"}], config={"model": "gpt-4o-mini"})
+    prompts.publish(b_operator, b_prompt.id, 1)
+    b_validation = prompts.add_validation(b_operator, b_prompt.id, name="b", type="REGEX", config={"pattern": "B"})
     b_ids = {
         "connection_id": b_connection["id"],
         "artifact_id": b_artifact.id,
@@ -392,6 +422,8 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
         "effect_id": b_effect.id,
         "version": 1,
         "step_id": "approve",
+        "prompt_id": b_prompt.id,
+        "validation_id": b_validation.id,
     }
 
     checked = []
