@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     from shiftflow.kernel.broker import build_broker, install
     from shiftflow.kernel.contracts import Priority
     from shiftflow.kernel.enqueue import send
-    from shiftflow.models.manage import prompts
+    from shiftflow.models.manage import control, prompts
 
     settings = connect(args)
     if settings.dev:
@@ -145,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
                                  version=args.version)
     install(build_broker(settings, worker=False))
     send("triggers.start", payload, priority=int(Priority.parse(payload.priority)))
+    control.record_trigger(actor, payload)
     execution_id = prompts.run_started(payload)
     print(f"{args.prompt}: run {execution_id} started (version {payload.data['version']}, {payload.priority})",
           flush=True)

@@ -143,3 +143,22 @@ def test_the_page_digest_example_in_dev_mode(dev: dict[str, Any]) -> None:
     assert b"Subject: Page digest: ShiftFlow dev page" in mail and b"thumbnail.png" in mail
     wait_until(lambda: "[dev chat] Digest of ShiftFlow dev page" in dev["log"].read_text(), timeout=20,
                message="the chat message was not printed")
+def test_the_prompt_example_runs_against_the_fake_llm_in_dev_mode(dev: dict[str, Any]) -> None:
+    import json
+    from decimal import Decimal
+
+    lines = [line.strip() for line in dev["banner"].splitlines()]
+    run_command = next(line for line in lines if "/api/v1/prompts/" in line and "/run -d" in line)
+    runs_command = next(line for line in lines if line.endswith("/runs; echo"))
+    started = subprocess.run(["bash", "-c", run_command], capture_output=True, text=True, timeout=30)
+    accepted = json.loads(started.stdout)
+    assert accepted["status"] == "accepted" and accepted["priority"] == "HIGH", started.stdout + started.stderr
+
+    def finished() -> dict[str, Any] | None:
+        listed = subprocess.run(["bash", "-c", runs_command], capture_output=True, text=True, timeout=30)
+        runs = [r for r in json.loads(listed.stdout)["items"] if r["execution_id"] == accepted["execution_id"]]
+        return runs[0] if runs and runs[0]["status"] in ("SUCCEEDED", "FAILED") else None
+
+    run = wait_until(finished, timeout=60, message="the example prompt's run finished")
+    assert run["status"] == "SUCCEEDED" and run["validation_status"] == "PASSED", run
+    assert run["tokens"]["total"] > 0 and Decimal(run["cost_usd"]) > 0

@@ -22,7 +22,7 @@ from shiftflow.kernel.mongo import get_sink
 from shiftflow.kernel.signatures import signed_headers
 from shiftflow.models.engine.connection_secrets import store_connection
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog, connections, tasks
+from shiftflow.models.manage import catalog, connections, prompts, tasks
 from shiftflow.models.manage.access import MATRIX, ROLES, Principal
 from shiftflow.models.tables import webhook_secrets
 from shiftflow.models.tables.artifacts import Artifact
@@ -89,6 +89,14 @@ AUDITED = {
     "pauseTask": "task.paused",
     "resumeTask": "task.resumed",
     "cancelTask": "execution.cancelled",
+    "createPrompt": "prompt.created",
+    "addPromptVersion": "prompt.version_added",
+    "publishPromptVersion": "prompt.published",
+    "archivePromptVersion": "prompt.archived",
+    "archivePrompt": "prompt.archived",
+    "addPromptValidation": "prompt.validation_added",
+    "removePromptValidation": "prompt.validation_removed",
+    "runPrompt": "execution.triggered",
 }
 #: Agent-task operations: audited in tests/integration/test_tasks.py (they need an LLM connection).
 TASK_OPS = ("createTask", "approveTask", "pauseTask", "resumeTask", "cancelTask")
@@ -246,6 +254,8 @@ def test_role_matrix_over_every_operation(api):
                 "queue_job_id",
                 "pattern_id",
                 "task_id",
+                "prompt_id",
+                "validation_id",
             )
         }
         values["step_id"] = "approve"
@@ -350,6 +360,21 @@ def test_every_mutation_writes_an_audit_entry(api):
     assert made.status_code == 201, made.text
     assert c.patch(f"/connections/{made.json()['id']}", json={"name": "api2"}, headers=auth).status_code == 200
     assert c.delete(f"/connections/{made.json()['id']}", headers=auth).status_code == 204
+    prompt = c.post("/prompts", json={"name": "audited", "template": "Say {{ w }}.",
+                                      "variables": [{"name": "w", "type": "string", "default": "hi"}],
+                                      "config": {"model": "gpt-4o-mini"}}, headers=auth)
+    assert prompt.status_code == 201, prompt.text
+    pid = prompt.json()["id"]
+    check = c.post(f"/prompts/{pid}/validations", json={"name": "n", "type": "FUNCTION",
+                                                         "config": {"name": "non_empty"}}, headers=auth)
+    assert check.status_code == 201, check.text
+    assert c.post(f"/prompts/{pid}/versions", json={"template": "Say {{ w }}!", "config": {"model": "gpt-4o-mini"},
+                                                    "variables": [{"name": "w"}]}, headers=auth).status_code == 201
+    assert c.post(f"/prompts/{pid}/versions/1/publish", headers=auth).status_code == 200
+    assert c.post(f"/prompts/{pid}/versions/2/archive", headers=auth).status_code == 200
+    assert c.post(f"/prompts/{pid}/run", json={"priority": "LOW"}, headers=auth).status_code == 202
+    assert c.delete(f"/prompts/{pid}/validations/{check.json()['id']}", headers=auth).status_code == 204
+    assert c.post(f"/prompts/{pid}/archive", headers=auth).status_code == 200
 
     actions = {e.action for e in AuditLog.select().where(AuditLog.workspace_id == a.workspace.id)}
     # Deleting the workspace, deciding an approval, settling an effect and testing a
@@ -410,6 +435,11 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
     b_pattern = PatternWorkspace.create(workspace=b.workspace.id, pattern_type="bos", name="B's", category="p")
     store_connection(b.workspace.id, "openai", "b-llm", {"api_key": "sk-b", "base_url": "http://127.0.0.1:9/v1"})
     b_task, _unsent = tasks.create_task(Principal.operator(b.workspace.id), "b's task", approve_required=True)
+    b_operator = Principal.operator(b.workspace.id)
+    b_prompt = prompts.create_prompt(b_operator, name="b-prompt", template="B {{ x }}",
+                                     variables=[{"name": "x", "default": "y"}], config={"model": "gpt-4o-mini"})
+    prompts.publish(b_operator, b_prompt.id, 1)
+    b_validation = prompts.add_validation(b_operator, b_prompt.id, name="b", type="REGEX", config={"pattern": "B"})
     b_ids = {
         "tool_execution_id": b_call.id,
         "queue_job_id": b_job.id,
@@ -425,6 +455,8 @@ def test_a_key_of_workspace_a_gets_404_for_every_object_of_workspace_b(api):
         "effect_id": b_effect.id,
         "version": 1,
         "step_id": "approve",
+        "prompt_id": b_prompt.id,
+        "validation_id": b_validation.id,
     }
 
     checked = []

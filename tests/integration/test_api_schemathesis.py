@@ -26,7 +26,7 @@ from shiftflow.kernel.db import bind_database
 from shiftflow.kernel.settings import Settings, configure
 from shiftflow.models.engine.connection_secrets import store_connection
 from shiftflow.models.engine.start import start_execution
-from shiftflow.models.manage import catalog, connections, tasks
+from shiftflow.models.manage import catalog, connections, prompts, tasks
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.tables.artifacts import Artifact
 from shiftflow.models.tables.dead_letters import DeadLetter
@@ -112,11 +112,20 @@ def _seed(settings: Settings):
     # An LLM connection nobody listens on: tasks can be created (their planner is never published here).
     store_connection(tenant.workspace.id, "openai", "planner", {"api_key": "sk-fuzz", "base_url": "http://127.0.0.1:9/v1"})
     task, _unsent = tasks.create_task(Principal.operator(tenant.workspace.id), "fuzzed task", approve_required=True)
+    prompt = prompts.create_prompt(Principal.operator(tenant.workspace.id), name="fuzz-prompt",
+                                   template="Say {{ word }} in json.",
+                                   variables=[{"name": "word", "type": "string", "default": "hi"}],
+                                   config={"connection": "fuzz-llm", "model": "gpt-4o-mini"})
+    prompts.publish(Principal.operator(tenant.workspace.id), prompt.id, 1)
+    validation = prompts.add_validation(Principal.operator(tenant.workspace.id), prompt.id, name="non-empty",
+                                        type="FUNCTION", config={"name": "non_empty"})
     ids = {
         "tool_execution_id": str(call.id),
         "queue_job_id": str(job.id),
         "pattern_id": str(pattern.id),
         "task_id": task["id"],
+        "prompt_id": str(prompt.id),
+        "validation_id": str(validation.id),
         "connection_id": connection["id"],
         "artifact_id": str(artifact.id),
         "tool_name": "media.image",

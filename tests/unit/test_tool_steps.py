@@ -48,7 +48,7 @@ def test_a_tool_step_without_a_tool_is_refused():
 
 
 def test_only_tool_steps_name_a_tool_or_a_connection():
-    with pytest.raises(DefinitionError, match=r"^steps\[1\]\.connection: only tool steps have a connection"):
+    with pytest.raises(DefinitionError, match=r"^steps\[1\]\.connection: only tool and llm steps have a connection"):
         validate(_definition({"id": "t", "type": "transform", "connection": "x", "with": {}}))
 
 

@@ -1,8 +1,11 @@
 """The ``openai`` and ``anthropic`` integrations: API keys of the LLM providers.
 
 Only what a connection holds is described here: the credentials and the API root. The
-clients that call the models live in ``kernel/llm/``; until they land, a connection of
-either serves the ``http.request`` tool (its key goes only to its ``base_url``).
+clients that call the models live in ``kernel/llm/``; ``llm`` steps and prompt runs reach
+them through ``models.engine.llm_calls.call_llm``, which maps these fields onto the
+client's (``version`` is ``anthropic_version``; the base URL's ``/v1`` is the client's to
+add). A connection of either also serves the ``http.request`` tool (its key goes only to
+its ``base_url``).
 
 Test: list the models (``GET <base_url>/models``), which is free, changes nothing and
 needs a valid key: OpenAI with ``Authorization: Bearer``, Anthropic with ``x-api-key`` and

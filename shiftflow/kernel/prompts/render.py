@@ -18,8 +18,9 @@ from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
 from shiftflow.kernel.prompts.errors import PromptTemplateError
 
-#: Longest template, and longest rendered text (characters).
-MAX_TEMPLATE = 100_000
+#: Longest template (a JSON body of one, every character escaped, stays under the API's 1 MiB),
+#: and longest rendered text (characters).
+MAX_TEMPLATE = 50_000
 MAX_RENDERED = 400_000
 
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)

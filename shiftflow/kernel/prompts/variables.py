@@ -22,6 +22,11 @@ MAX_VARIABLES = 100
 MAX_STRING = 100_000
 
 
+def _a(kind: str) -> str:
+    """``a string``, ``an integer``: the type with its article, for messages."""
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
 def _is(kind: str, value: Any) -> bool:
     if kind == "string":
         return isinstance(value, str)
@@ -75,14 +80,14 @@ def check_declared(declared: Any) -> list[dict[str, Any]]:
                 raise PromptError(f"{where}.options", "expected a non-empty list of allowed values")
             for n, option in enumerate(options):
                 if not _is(kind, option):
-                    raise PromptError(f"{where}.options[{n}]", f"{option!r} is not a {kind}")
+                    raise PromptError(f"{where}.options[{n}]", f"{option!r} is not {_a(kind)}")
         normal: dict[str, Any] = {"name": name, "type": kind, "required": required}
         if "default" in item:
             if required:
                 raise PromptError(f"{where}.default", "a required variable has no default")
             default = item["default"]
             if default is not None and not _is(kind, default):
-                raise PromptError(f"{where}.default", f"{default!r} is not a {kind}")
+                raise PromptError(f"{where}.default", f"{default!r} is not {_a(kind)}")
             if options is not None and default not in options:
                 raise PromptError(f"{where}.default", f"{default!r} is not one of the options")
             normal["default"] = default
@@ -121,7 +126,7 @@ def resolve(declared: list[Mapping[str, Any]], given: Any) -> dict[str, Any]:
             continue
         value = given[name]
         if not _is(kind, value):
-            raise PromptInputError(where, f"expected a {kind}, got {type(value).__name__}")
+            raise PromptInputError(where, f"expected {_a(kind)}, got {type(value).__name__}")
         if isinstance(value, str) and len(value) > MAX_STRING:
             raise PromptInputError(where, f"longer than {MAX_STRING} characters")
         options = item.get("options")

@@ -45,7 +45,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -73,7 +73,7 @@ from shiftflow.kernel.llm.types import ToolCall
 from shiftflow.kernel.secretbox import vault_for
 from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.models.tables.base import utcnow
-from shiftflow.models.tables.integrations import Connection
+from shiftflow.models.tables.integrations import Connection, Integration
 from shiftflow.models.tables.llm_calls import LlmCall
 from shiftflow.models.tables.tenancy import Workspace
 
@@ -95,6 +95,15 @@ class LlmConnectionError(PermanentError):
 
 
 @dataclass(frozen=True)
+class Checked:
+    """What a caller's check of an answer found, recorded with the answer (``check=``)."""
+
+    status: str  # PASSED, FAILED or SKIPPED
+    validated: Any = None
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LlmResult:
     """What one call answered and cost.
 
@@ -105,6 +114,7 @@ class LlmResult:
         cost: USD, six places; None when the provider reported no usage.
         reused: True when the answer was recorded by an earlier delivery of the step and
             nothing was called now (its cost is counted once, on that row).
+        checked: what ``check`` found (SKIPPED without one).
     """
 
     completion: Completion
@@ -112,6 +122,7 @@ class LlmResult:
     attempt: int
     cost: Decimal | None
     reused: bool = False
+    checked: Checked = Checked("SKIPPED")
 
     def output(self) -> dict[str, Any]:
         """The JSON a step outputs: text, parsed JSON, tool calls, usage, cost, model, latency."""
@@ -159,9 +170,9 @@ class _Connection:
 def _connection(workspace_id: Any, name: str, settings: Settings) -> _Connection:
     if not name:
         raise LlmConnectionError("connection: an LLM call needs a connection (an openai or anthropic one)")
-    row: Connection | None = Connection.get_or_none(
+    row: Connection | None = (Connection.select(Connection, Integration).join(Integration).where(
         (Connection.workspace == workspace_id) & (Connection.name == name)
-        & (Connection.is_active == True))  # noqa: E712 - peewee expression
+        & (Connection.is_active == True)).first())  # noqa: E712 - peewee expression
     if row is None:
         raise LlmConnectionError(f"connection: no active connection {name!r} in this workspace")
     provider = row.integration.key
@@ -256,10 +267,11 @@ class _Reservation:
 
 def _reserve(workspace_id: Any, conn: _Connection, request: LlmRequest, estimate: Decimal, *, execution_id: Any,
              step_execution_id: Any, call_key: str, prompt_id: Any, prompt_version_id: Any,
-             inputs: Mapping[str, Any] | None, budget: Decimal | None, workspace_name: str) -> _Reservation:
+             inputs: Mapping[str, Any] | None, budget: Decimal | None) -> _Reservation:
     now = utcnow()
     with database.atomic():
-        _lock_budget(workspace_id)
+        if budget is not None:
+            _lock_budget(workspace_id)
         attempt = 1
         if step_execution_id is not None:
             earlier = list(LlmCall.select().where(LlmCall.step_execution == step_execution_id)
@@ -270,11 +282,14 @@ def _reserve(workspace_id: Any, conn: _Connection, request: LlmRequest, estimate
                     cost = None if row.cost_usd is None else Decimal(row.cost_usd)
                     return _Reservation(row.id, row.attempt, LlmResult(
                         completion_from_json(row.response), row.id, row.attempt, cost, reused=True))
-            LlmCall.update(status="FAILED", error=ABANDONED, completed_at=now).where(
-                (LlmCall.step_execution == step_execution_id) & (LlmCall.call_key == call_key)
-                & (LlmCall.status == "RUNNING")).execute()
+            if any(r.call_key == call_key and r.status == "RUNNING" for r in earlier):
+                LlmCall.update(status="FAILED", error=ABANDONED, completed_at=now).where(
+                    (LlmCall.step_execution == step_execution_id) & (LlmCall.call_key == call_key)
+                    & (LlmCall.status == "RUNNING")).execute()
             attempt = max([r.attempt for r in earlier], default=0) + 1
-        check_budget(spent_today(workspace_id), estimate, budget, workspace=workspace_name)
+        if budget is not None:
+            slug = Workspace.select(Workspace.slug).where(Workspace.id == workspace_id).scalar()
+            check_budget(spent_today(workspace_id), estimate, budget, workspace=slug)
         row = LlmCall.create(workspace=workspace_id, execution=execution_id, step_execution=step_execution_id,
                              attempt=attempt, prompt=prompt_id, prompt_version=prompt_version_id,
                              provider=conn.provider, model=request.model, status="RUNNING",
@@ -305,12 +320,13 @@ def _failed(row_id: Any, exc: BaseException) -> None:
         row.save()
 
 
-def _succeeded(row_id: Any, completion: Completion, cost: Decimal | None) -> None:
+def _succeeded(row_id: Any, completion: Completion, cost: Decimal | None, checked: Checked) -> None:
     LlmCall.update(status="SUCCEEDED", output=completion.text, token_usage=completion.token_usage(),
                    latency_ms=completion.latency_ms, cost_usd=cost, model=completion.model,
                    provider_call_id=completion.response_id or completion.request_id,
-                   response=completion_json(completion), validation_status="SKIPPED",
-                   completed_at=utcnow()).where(
+                   response=completion_json(completion), validation_status=checked.status,
+                   validated_output=checked.validated if checked.status == "PASSED" else None,
+                   validation_errors=list(checked.errors) or None, completed_at=utcnow()).where(
         LlmCall.id == row_id).execute()
 
 
@@ -320,7 +336,8 @@ def _succeeded(row_id: Any, completion: Completion, cost: Decimal | None) -> Non
 def call_llm(workspace_id: Any, connection: str, request: LlmRequest, *, execution_id: Any,
              step_execution_id: Any = None, call_key: str = "call", prompt_id: Any = None,
              prompt_version_id: Any = None, inputs: Mapping[str, Any] | None = None,
-             timeout: float | None = None, settings: Settings | None = None) -> LlmResult:
+             timeout: float | None = None, settings: Settings | None = None,
+             check: Callable[[Completion], Checked] | None = None) -> LlmResult:
     """Make one LLM call for a step of an execution, held to the workspace's daily budget
     and recorded as an ``llm_call`` row (see the module docstring).
 
@@ -333,6 +350,9 @@ def call_llm(workspace_id: Any, connection: str, request: LlmRequest, *, executi
         call_key: the call's name within its step (distinct per call of one step).
         prompt_id, prompt_version_id, inputs: the prompt run this call serves, if any.
         timeout: this call's deadline in seconds (else the request's, else the setting).
+        check: judges the answer (validation); its outcome is written with the answer
+            (``validation_status``, ``validated_output``, ``validation_errors``), in the
+            same statement. Without it the validation status is SKIPPED.
 
     Raises:
         LlmConnectionError: no such active connection, or not an LLM provider's.
@@ -354,13 +374,13 @@ def call_llm(workspace_id: Any, connection: str, request: LlmRequest, *, executi
     if wait:
         raise RateLimited(f"connection {connection!r}: the {conn.provider} rate limit is reached (not called)",
                           retry_after=wait)
-    workspace = Workspace.get_by_id(workspace_id)
     reserved = _reserve(workspace_id, conn, request, estimate, execution_id=execution_id,
                         step_execution_id=step_execution_id, call_key=call_key, prompt_id=prompt_id,
                         prompt_version_id=prompt_version_id, inputs=inputs,
-                        budget=daily_budget(workspace_id, settings), workspace_name=workspace.slug)
+                        budget=daily_budget(workspace_id, settings))
     if reserved.reused is not None:
-        return reserved.reused
+        done = reserved.reused
+        return dataclasses.replace(done, checked=check(done.completion)) if check is not None else done
     try:
         completion = client.complete(request)
     except LlmRateLimited as exc:
@@ -372,5 +392,6 @@ def call_llm(workspace_id: Any, connection: str, request: LlmRequest, *, executi
         raise
     cost = table.cost(completion.model, completion.tokens_in, completion.tokens_out,
                       asked=request.model) if completion.usage_reported else None
-    _succeeded(reserved.row_id, completion, cost)
-    return LlmResult(completion, reserved.row_id, reserved.attempt, cost)
+    checked = check(completion) if check is not None else Checked("SKIPPED")
+    _succeeded(reserved.row_id, completion, cost, checked)
+    return LlmResult(completion, reserved.row_id, reserved.attempt, cost, checked=checked)

@@ -42,7 +42,6 @@ from shiftflow.kernel.llm import LlmRequest, Message, ResponseFormat, Tool
 from shiftflow.kernel.prompts import PromptError, Validation, render, resolve, validate_output
 from shiftflow.kernel.settings import Settings, get_settings
 from shiftflow.models.engine import llm_calls, runs
-from shiftflow.models.tables.llm_calls import LlmCall
 from shiftflow.models.tables.prompts import Prompt, PromptValidation, PromptVersion
 
 #: Most validation retries a version may ask for.
@@ -228,11 +227,6 @@ def feedback(reasons: list[str]) -> str:
     return f"Your answer failed validation:\n{listed}\nAnswer again, fixing these problems. Reply with the answer only."
 
 
-def _record_validation(call_id: Any, status: str, validated: Any, reasons: list[str]) -> None:
-    LlmCall.update(validation_status=status, validated_output=validated if status == "PASSED" else None,
-                   validation_errors=reasons or None).where(LlmCall.id == call_id).execute()
-
-
 def execute(plan: Plan, *, workspace_id: Any, execution_id: Any, step_execution_id: Any,
             timeout: float | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Call the model for ``plan``, validating and asking again as the module docstring says.
@@ -247,23 +241,25 @@ def execute(plan: Plan, *, workspace_id: Any, execution_id: Any, step_execution_
     tokens_in = tokens_out = 0
     total: Decimal | None = Decimal(0)
     reasons: list[str] = []
+
+    def judge(c: Any) -> llm_calls.Checked:
+        if c.tool_calls or not checks:
+            return llm_calls.Checked("SKIPPED", c.parsed if c.parsed is not None else c.text)
+        found = [f"response_format: {c.json_error}"] if c.json_error else []
+        value, more = validate_output(c.text, c.parsed, plan.validations)
+        found += more
+        return llm_calls.Checked("FAILED" if found else "PASSED", value, tuple(found))
+
     for attempt in range(1, plan.retries + 2):
         result = llm_calls.call_llm(workspace_id, plan.connection, request, execution_id=execution_id,
                                     step_execution_id=step_execution_id, call_key=f"v{attempt}",
                                     prompt_id=plan.prompt_id, prompt_version_id=plan.version_id,
-                                    inputs=plan.variables, timeout=timeout, settings=settings)
+                                    inputs=plan.variables, timeout=timeout, settings=settings, check=judge)
         c = result.completion
         tokens_in, tokens_out = tokens_in + c.tokens_in, tokens_out + c.tokens_out
         total = None if total is None or result.cost is None else total + result.cost
-        if c.tool_calls or not checks:
-            validated: Any = c.parsed if c.parsed is not None else c.text
-            status, reasons = ("SKIPPED", [])
-        else:
-            reasons = [f"response_format: {c.json_error}"] if c.json_error else []
-            validated, found = validate_output(c.text, c.parsed, plan.validations)
-            reasons += found
-            status = "FAILED" if reasons else "PASSED"
-            _record_validation(result.call_id, status, validated, reasons)
+        verdict = result.checked
+        status, validated, reasons = verdict.status, verdict.validated, list(verdict.errors)
         if status != "FAILED":
             out = result.output()
             out.update(validated=validated, attempts=attempt,

@@ -31,7 +31,7 @@ from typing import Any
 import peewee
 
 from shiftflow.kernel.contracts import Priority, TriggerPayload, execution_id_for
-from shiftflow.kernel.db import database
+from shiftflow.kernel.db import database, is_postgres
 from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.prompts import PromptError, check_declared, check_validation, resolve
 from shiftflow.kernel.prompts.render import compile_template
@@ -47,6 +47,7 @@ from shiftflow.models.tables.executions import Execution
 from shiftflow.models.tables.llm_calls import LlmCall
 from shiftflow.models.tables.prompts import Prompt, PromptValidation, PromptVersion
 from shiftflow.models.tables.tenancy import Workspace
+from shiftflow.models.tables.workflows import Workflow
 
 READ, WRITE, RUN, RUNS = "workflows:read", "workflows:write", "executions:write", "executions:read"
 #: The fields of a version's ``config`` (model settings).
@@ -57,6 +58,11 @@ MAX_RUNS = 500
 MAX_STATS_CALLS = 20_000
 #: The step of a prompt's own workflow.
 RUN_STEP = "prompt"
+
+
+def _locked(query: Any) -> Any:
+    """``query`` row-locked for the transaction (PostgreSQL; SQLite, dev mode's, has one writer)."""
+    return query.for_update() if is_postgres() else query
 
 
 def _invalid(exc: PromptError) -> InvalidInput:
@@ -180,7 +186,7 @@ def add_version(actor: Principal, ref: Any, *, template: Any, variables: Any = N
     prompt = get_prompt_row(actor, ref)
     text, declared, settings = _check_content(template, variables, config)
     with database.atomic():
-        prompt = Prompt.select().where(Prompt.id == prompt.id).for_update().get()
+        prompt = _locked(Prompt.select().where(Prompt.id == prompt.id)).get()
         if prompt.status == "ARCHIVED":
             raise Conflict(f"prompt {prompt.name!r} is archived")
         number = (PromptVersion.select(PromptVersion.version).where(PromptVersion.prompt == prompt.id)
@@ -206,7 +212,7 @@ def get_version(prompt: Prompt, number: Any, lock: bool = False) -> PromptVersio
     except (TypeError, ValueError):
         raise InvalidInput("version", f"expected a version number, got {number!r}") from None
     query = PromptVersion.select().where((PromptVersion.prompt == prompt.id) & (PromptVersion.version == value))
-    row = (query.for_update() if lock else query).first()
+    row = (_locked(query) if lock else query).first()
     if row is None:
         raise NotFound(f"prompt {prompt.name!r} has no version {value}")
     return row
@@ -222,7 +228,7 @@ def publish(actor: Principal, ref: Any, number: Any) -> PromptVersion:
     prompt = get_prompt_row(actor, ref)
     now = utcnow()
     with database.atomic():
-        prompt = Prompt.select().where(Prompt.id == prompt.id).for_update().get()
+        prompt = _locked(Prompt.select().where(Prompt.id == prompt.id)).get()
         if prompt.status == "ARCHIVED":
             raise Conflict(f"prompt {prompt.name!r} is archived")
         version = get_version(prompt, number, lock=True)
@@ -253,7 +259,7 @@ def archive(actor: Principal, ref: Any, number: Any = None) -> Prompt:
     prompt = get_prompt_row(actor, ref)
     now = utcnow()
     with database.atomic():
-        prompt = Prompt.select().where(Prompt.id == prompt.id).for_update().get()
+        prompt = _locked(Prompt.select().where(Prompt.id == prompt.id)).get()
         if number is None:
             if prompt.status == "ARCHIVED":
                 raise Conflict(f"prompt {prompt.name!r} is already archived")
@@ -415,6 +421,10 @@ def run_workflow_name(prompt: Prompt) -> str:
 
 def run_workflow(prompt: Prompt) -> Any:
     """The prompt's own workflow, created on first use."""
+    found = Workflow.get_or_none((Workflow.workspace == prompt.workspace_id)
+                                 & (Workflow.name == run_workflow_name(prompt)) & (Workflow.status == "ACTIVE"))
+    if found is not None:
+        return found
     workspace = Workspace.get_by_id(prompt.workspace_id)
     definition = {"name": run_workflow_name(prompt), "description": f"Runs prompt {prompt.name!r} (the prompt API)",
                   "trigger": {"type": "manual"},

@@ -14,7 +14,7 @@ from typing import Any
 
 from shiftflow.kernel.contracts import Priority
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.models.manage import prompts
+from shiftflow.models.manage import control, prompts
 from shiftflow.producers.api.schemas import (
     ID,
     NULL_ID,
@@ -76,7 +76,7 @@ SCHEMAS["PromptDetail"] = {"allOf": [ref("Prompt"), obj(
 for _name in ("Prompt", "PromptRun", "PromptVersionStats"):
     SCHEMAS[f"{_name}List"] = obj(["items"], items={"type": "array", "items": ref(_name)})
 
-_CONTENT = {"template": {"type": "string", "minLength": 1, "maxLength": 100_000}, "variables": _VARIABLES,
+_CONTENT = {"template": {"type": "string", "minLength": 1, "maxLength": 50_000}, "variables": _VARIABLES,
             "config": _CONFIG, "change_log": {"type": "string", "maxLength": 10_000}}
 
 
@@ -207,7 +207,7 @@ def handlers(result: Callable[..., Any]) -> dict[str, Callable[[Any], Any]]:
         body = {"status": "accepted", "execution_id": prompts.run_started(payload),
                 "prompt_id": str(prompts.get_prompt_row(call.actor, call.path["prompt_id"]).id),
                 "version": payload.data["version"], "priority": payload.priority}
-        return result(202, body, publish=[out])
+        return result(202, body, publish=[out], after=lambda: control.record_trigger(call.actor, payload))
 
     def ok(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return lambda call: result(200, read(call))
