@@ -83,6 +83,7 @@ AUDITED = {
     "deleteConnection": "connection.deleted",
     "createPatternWorkspace": "pattern.created",
     "sendPatternFeedback": "pattern.feedback_sent",
+    "setLlmBudget": "workspace.llm_budget_set",
     "approvePatternRun": "execution.approval_decided",
     "createTask": "task.created",
     "approveTask": "execution.approval_decided",
