@@ -3,6 +3,10 @@
 A workspace's quotas default to the deployment's (``SHIFTFLOW_QUOTA_*``); ``set`` overrides
 some of them for one workspace, and ``default`` puts one back. The ingress and the API pick
 a change up within 30 s (their lookups' cache). See ``models.manage.quotas``.
+
+The daily LLM budget (``--llm-daily-budget-usd``, default ``SHIFTFLOW_LLM_DAILY_BUDGET_USD``)
+is set here too; ``show`` prints it with today's spend. LLM calls read it at once
+(``models.manage.llm_budget``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ FLAGS: dict[str, tuple[str, bool]] = {
     "--runs-burst": ("quota_runs_burst", True),
     "--max-queued-executions": ("quota_max_queued_executions", True),
 }
+
+#: The ``set`` flag of the daily LLM budget (USD, six places at most, or 'default').
+BUDGET_FLAG = "--llm-daily-budget-usd"
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -52,11 +59,24 @@ def _print(data: dict[str, Any]) -> None:
           f"({source('quota_runs_per_second')}), burst {effective['runs_burst']} ({source('quota_runs_burst')})")
     cap = effective["max_queued_executions"]
     print(f"  queued executions  {'no cap' if cap <= 0 else cap} ({source('quota_max_queued_executions')})")
+    budget = data["llm_budget"]
+    limit = "no limit" if budget["effective_usd"] is None else f"{budget['effective_usd']} USD/day"
+    remaining = "" if budget["remaining_usd"] is None else f", {budget['remaining_usd']} USD left"
+    print(f"  LLM budget         {limit} ({budget['source']}); spent today (UTC) "
+          f"{budget['spent_today_usd']} USD{remaining}")
 
 
 def _set(args: argparse.Namespace) -> int:
-    from shiftflow.models.manage import quotas, workspaces
+    from shiftflow.models.manage import llm_budget, quotas, workspaces
+    from shiftflow.models.manage.problems import InvalidInput
 
+    budget_raw = args.llm_daily_budget_usd
+    budget: Any = None
+    if budget_raw is not None and budget_raw.strip().lower() != "default":
+        try:
+            budget = llm_budget.parse_budget(budget_raw)
+        except InvalidInput as exc:
+            return usage_error(BUDGET_FLAG, exc.reason)
     values: dict[str, Any] = {}
     for flag, (column, whole) in FLAGS.items():
         raw = getattr(args, column)
@@ -74,17 +94,22 @@ def _set(args: argparse.Namespace) -> int:
         if not math.isfinite(number) or number < floor:
             return usage_error(flag, f"expected at least {floor} (or 'default'), got {raw}")
         values[column] = number
-    if not values:
-        return usage_error("--webhooks-per-second", f"give at least one of {', '.join(FLAGS)}")
+    if not values and budget_raw is None:
+        return usage_error("--webhooks-per-second", f"give at least one of {', '.join([*FLAGS, BUDGET_FLAG])}")
     settings = connect(args)
-    workspace = quotas.set_quotas(operator(argparse.Namespace()), args.slug, values)
-    _print(quotas.quotas_dict(workspaces.by_slug(workspace.slug), settings))
+    actor = operator(argparse.Namespace())
+    workspaces.by_slug(args.slug)  # an unknown workspace is refused before anything is written
+    if values:
+        quotas.set_quotas(actor, args.slug, values)
+    if budget_raw is not None:
+        llm_budget.set_budget(actor, budget, settings, slug=args.slug)
+    _print(quotas.quotas_dict(workspaces.by_slug(args.slug), settings))
     return 0
 
 
 def register(sub: Any) -> None:
     """Add ``quotas`` to the ``shiftflow`` parser."""
-    parser = sub.add_parser("quotas", help="show or set a workspace's webhook, run and queue quotas")
+    parser = sub.add_parser("quotas", help="show or set a workspace's webhook, run and queue quotas and its daily LLM budget")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = actions.add_parser("show", help="the quotas in force for a workspace, and where each comes from")
     p.add_argument("slug", help="workspace slug")
@@ -100,4 +125,7 @@ def register(sub: Any) -> None:
     for flag, (column, whole) in FLAGS.items():
         p.add_argument(flag, dest=column, metavar="N" if whole else "RATE",
                        help=f"{'a whole number' if whole else 'per second'}, or 'default'")
+    p.add_argument(BUDGET_FLAG, dest="llm_daily_budget_usd", metavar="USD",
+                   help="what the workspace's LLM calls may cost per UTC day (e.g. 5 or 0.25; at most six "
+                        "decimal places; 0 allows only free calls), or 'default' for SHIFTFLOW_LLM_DAILY_BUDGET_USD")
     p.set_defaults(func=guarded(_set))

@@ -83,6 +83,7 @@ AUDITED = {
     "deleteConnection": "connection.deleted",
     "createPatternWorkspace": "pattern.created",
     "sendPatternFeedback": "pattern.feedback_sent",
+    "setLlmBudget": "workspace.llm_budget_set",
     "approvePatternRun": "execution.approval_decided",
     "createTask": "task.created",
     "approveTask": "execution.approval_decided",
@@ -375,6 +376,7 @@ def test_every_mutation_writes_an_audit_entry(api):
     assert c.post(f"/prompts/{pid}/run", json={"priority": "LOW"}, headers=auth).status_code == 202
     assert c.delete(f"/prompts/{pid}/validations/{check.json()['id']}", headers=auth).status_code == 204
     assert c.post(f"/prompts/{pid}/archive", headers=auth).status_code == 200
+    assert c.put("/llm-budget", json={"llm_daily_budget_usd": "1"}, headers=auth).status_code == 200
 
     actions = {e.action for e in AuditLog.select().where(AuditLog.workspace_id == a.workspace.id)}
     # Deleting the workspace, deciding an approval, settling an effect and testing a

@@ -14,14 +14,15 @@ from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.quota import Admission
 from shiftflow.kernel.settings import Settings
 from shiftflow.models.engine.quotas import COLUMNS, QuotaExceeded, effective, queued_executions, queued_reason
-from shiftflow.models.manage import audit
+from shiftflow.models.manage import audit, llm_budget
 from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.problems import InvalidInput
 from shiftflow.models.tables.tenancy import Workspace
 
 
 def quotas_dict(workspace: Workspace, settings: Settings) -> dict[str, Any]:
-    """The overrides and what is in force, as plain data (``shiftflow quotas show``)."""
+    """The overrides and what is in force, as plain data (``shiftflow quotas show``), with the
+    daily LLM budget and today's spend (``models.manage.llm_budget``)."""
     quotas = effective(workspace, settings)
     return {
         "workspace": workspace.slug,
@@ -33,6 +34,7 @@ def quotas_dict(workspace: Workspace, settings: Settings) -> dict[str, Any]:
             "runs_burst": quotas.runs.burst,
             "max_queued_executions": quotas.max_queued_executions,
         },
+        "llm_budget": llm_budget.budget_dict(workspace, settings),
     }
 
 

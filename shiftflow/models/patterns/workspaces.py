@@ -19,6 +19,7 @@ from typing import Any
 import peewee
 
 from shiftflow.kernel.contracts import TriggerPayload
+from shiftflow.kernel.db import database, is_postgres
 from shiftflow.kernel.enqueue import Outgoing
 from shiftflow.kernel.errors import NotFound
 from shiftflow.kernel.storable import unstorable
@@ -34,6 +35,8 @@ from shiftflow.models.tables.executions import Execution, StepExecution
 from shiftflow.models.tables.patterns import FeedbackItem, PatternRun, PatternWorkspace
 
 MAX_BATCH = 100
+#: Longest ``Idempotency-Key`` (as on the API's other idempotent POSTs).
+MAX_IDEMPOTENCY_KEY = 200
 MAX_CONTENT = 10_000
 _PATTERN_TYPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,49}$")
 #: Approval steps of the shipped workflow, in the order they wait.
@@ -123,26 +126,70 @@ def _items(items: Any) -> list[dict[str, Any]]:
     return checked
 
 
-def send_feedback(actor: Principal, pattern_id: Any, items: Any) -> tuple[dict[str, Any], list[Outgoing]]:
+def _check_idempotency_key(key: str | None) -> None:
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable() and key.isascii()):
+        raise InvalidInput("Idempotency-Key", f"expected 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+
+
+def _keyed_dedup(pattern_id: Any, key: str) -> str:
+    """The dedup key of the run a keyed batch starts (the key hashed: any length fits the column)."""
+    return f"feedback:{pattern_id}:key:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+def _lock_key(dedup_key: str) -> None:
+    """Serialise two requests with the same key until the transaction ends (PostgreSQL), so
+    that a retry racing its original waits for it and then finds its run."""
+    if is_postgres():
+        database.execute_sql("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"shiftflow.{dedup_key}",))
+
+
+def _replay(earlier: Execution, checked: list[dict[str, Any]], key: str) -> tuple[dict[str, Any], list[Outgoing]]:
+    """The answer to a batch already sent under ``key``: the same run, if it is the same batch."""
+    run = PatternRun.get(PatternRun.execution == earlier.id)
+    ids = [str(i) for i in run.feedback_ids]
+    stored = {str(r.id): r for r in FeedbackItem.select().where(FeedbackItem.id.in_(ids))}
+    sent = [{"content": stored[i].content, "data": stored[i].data} for i in ids if i in stored]
+    if sent != checked:
+        raise Conflict(f"Idempotency-Key {key!r} was already used for another batch of feedback to this pattern "
+                       f"workspace (run {earlier.id}); send a new batch with a new key")
+    definition = runs.load_definition(earlier.workflow_id, earlier.workflow_version)
+    again = runs.pending_messages(earlier, definition) if earlier.status == "RUNNING" else []
+    return {"execution_id": str(earlier.id), "pattern_id": str(run.pattern_id), "feedback_ids": ids}, again
+
+
+def send_feedback(actor: Principal, pattern_id: Any, items: Any, *,
+                  idempotency_key: str | None = None) -> tuple[dict[str, Any], list[Outgoing]]:
     """Store a batch of feedback and start the agent run that processes it.
+
+    Parameters:
+        idempotency_key: a client's retry with the same key (for the same pattern workspace)
+            and the same items gets the same answer and run: no second batch, no second run.
 
     Returns:
         ``{"execution_id", "pattern_id", "feedback_ids"}`` and the messages to publish.
 
     Raises:
-        NotFound: unknown pattern workspace; InvalidInput: a bad item (named); Forbidden.
+        NotFound: unknown pattern workspace; InvalidInput: a bad item or key (named); Forbidden;
+        Conflict: the key was used for another batch.
     """
     actor.require("executions:write")
+    _check_idempotency_key(idempotency_key)
     pattern = get(actor, pattern_id)
     checked = _items(items)
     workflow = flow.install(pattern.workspace_id)
     with runs.transaction():
+        keyed = None if idempotency_key is None else _keyed_dedup(pattern.id, idempotency_key)
+        if keyed is not None and idempotency_key is not None:
+            _lock_key(keyed)
+            earlier = Execution.get_or_none((Execution.workflow == workflow.id) & (Execution.dedup_key == keyed))
+            if earlier is not None:
+                return _replay(earlier, checked, idempotency_key)
         rows = [FeedbackItem.create(workspace=pattern.workspace_id, pattern=pattern.id, user=actor.user_id,
                                     content=item["content"], data=item["data"]) for item in checked]
         ids = [str(r.id) for r in rows]
         batch = hashlib.sha256(",".join(ids).encode()).hexdigest()[:24]
         started = start_execution(TriggerPayload(
-            workflow_id=str(workflow.id), dedup_key=f"feedback:{pattern.id}:{batch}", source="api",
+            workflow_id=str(workflow.id), dedup_key=keyed or f"feedback:{pattern.id}:{batch}", source="api",
             data={"pattern_id": str(pattern.id), "pattern_type": pattern.pattern_type, "feedback_ids": ids,
                   "feedback": [{"id": i, **item} for i, item in zip(ids, checked, strict=True)]},
             triggered_by=str(actor.user_id) if actor.user_id else ""))

@@ -33,6 +33,7 @@ from shiftflow.models.manage.access import Principal
 from shiftflow.models.manage.paging import Page
 from shiftflow.models.manage.quotas import RunAdmission
 from shiftflow.producers.api import analytics as api_analytics
+from shiftflow.producers.api import llm_budget as api_llm_budget
 from shiftflow.producers.api import multi_phase as api_multi_phase
 from shiftflow.producers.api import prompts as api_prompts
 from shiftflow.producers.api import tasks as api_tasks
@@ -494,3 +495,4 @@ HANDLERS.update({op_id: api_analytics.answer(read, Result) for op_id, read in ap
 HANDLERS.update(api_multi_phase.handlers(Result))
 HANDLERS.update(api_tasks.handlers(Result, control.defer_to_timers))
 HANDLERS.update(api_prompts.handlers(Result))
+HANDLERS.update(api_llm_budget.handlers(Result))

@@ -76,7 +76,8 @@ _STEP_ID = {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]{0,99}$"}
 
 
 def paths(op: Callable[..., dict[str, Any]], query: Callable[..., dict[str, Any]], path: Callable[..., dict[str, Any]],
-          ok: Callable[..., dict[str, Any]], errors: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+          ok: Callable[..., dict[str, Any]], errors: Callable[..., dict[str, Any]],
+          idempotency_key: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
     """The multi-phase paths, built with ``api.spec``'s helpers (passed in: no import cycle)."""
     body = (400, 413, 422)
     execution, pattern = path("execution_id"), path("pattern_id")
@@ -126,7 +127,9 @@ def paths(op: Callable[..., dict[str, Any]], query: Callable[..., dict[str, Any]
             "workflow (phases, checkpoints, commit, deploy, approvals)", "executions:write",
             {**ok(202, "FeedbackSent", "the run started"), **errors(404, 409, *body)}, tags=("patterns",),
             example={"items": [{"content": "the swing high at 10:05 was missed"}]},
-            params=[pattern],
+            params=[pattern, idempotency_key(
+                "a retry with the same key (for the same pattern workspace) and the same items gets the same "
+                "answer and run, never a second batch; the same key with other items is a 409")],
             body=closed(["items"], items={"type": "array", "minItems": 1, "maxItems": workspaces.MAX_BATCH,
                                           "items": closed(["content"], content={
                                               "type": "string", "minLength": 1, "maxLength": workspaces.MAX_CONTENT},
@@ -245,7 +248,8 @@ def handlers(result: Callable[..., Any]) -> dict[str, Callable[[Any], Any]]:
                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def feedback(call: Any) -> Any:
-        sent, outgoing = workspaces.send_feedback(call.actor, call.path["pattern_id"], call.body.get("items"))
+        sent, outgoing = workspaces.send_feedback(call.actor, call.path["pattern_id"], call.body.get("items"),
+                                                  idempotency_key=call.params.get("Idempotency-Key"))
         return result(202, sent, publish=outgoing)
 
     def approve(call: Any) -> Any:

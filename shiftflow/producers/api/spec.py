@@ -16,6 +16,7 @@ from shiftflow.models.manage.paging import MAX_LIMIT
 from shiftflow.models.manage.queries import EXECUTION_STATUSES, WORKFLOW_STATUSES
 from shiftflow.models.tables.side_effects import EFFECT_STATES
 from shiftflow.producers.api import analytics as api_analytics
+from shiftflow.producers.api import llm_budget as api_llm_budget
 from shiftflow.producers.api import multi_phase as api_multi_phase
 from shiftflow.producers.api import prompts as api_prompts
 from shiftflow.producers.api import tasks as api_tasks
@@ -761,12 +762,14 @@ PATHS.update(api_analytics.paths(_op, _query, _ok, _errors))
 SCHEMAS.update(api_analytics.SCHEMAS)
 PATHS.update(api_tool_runs.paths(_op, _query, _path, _ok, _errors))
 SCHEMAS.update(api_tool_runs.SCHEMAS)
-PATHS.update(api_multi_phase.paths(_op, _query, _path, _ok, _errors))
+PATHS.update(api_multi_phase.paths(_op, _query, _path, _ok, _errors, _idempotency_key))
 SCHEMAS.update(api_multi_phase.SCHEMAS)
 PATHS.update(api_tasks.paths(_op, _query, _ok, _errors))
 SCHEMAS.update(api_tasks.SCHEMAS)
 PATHS.update(api_prompts.paths(_op, _query, _ok, _errors, _path))
 SCHEMAS.update(api_prompts.SCHEMAS)
+PATHS.update(api_llm_budget.paths(_op, _ok, _errors))
+SCHEMAS.update(api_llm_budget.SCHEMAS)
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
