@@ -96,10 +96,13 @@ def _unknown_effects(pg_url: str) -> list[tuple[str, str, int]]:
 
 
 def _settled_or_parked(pg_url: str) -> bool:
-    """Every execution terminal, or waiting on an item parked for an operator."""
+    """Every execution terminal, or waiting on an item parked for an operator, and no step
+    left to run (a cut item still RUNNING under its dead holder may park later)."""
     waiting = {e for e, _ in _parked(pg_url)}
     rows = _query(pg_url, "SELECT id, status FROM execution")
-    return len(rows) == BATCH and all(s in TERMINAL or str(i) in waiting for i, s in rows)
+    open_steps = _query(pg_url, "SELECT count(*) FROM step_execution WHERE status IN ('PENDING', 'QUEUED', 'RUNNING')")
+    return (len(rows) == BATCH and all(s in TERMINAL or str(i) in waiting for i, s in rows)
+            and open_steps[0][0] == 0)
 
 
 def _settle(env: dict[str, str], effect_id: str, *how: str) -> None:
