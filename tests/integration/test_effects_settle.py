@@ -210,3 +210,41 @@ def test_the_cli_lists_and_settles_and_names_the_flag_on_bad_usage(api: dict[str
     entry = AuditLog.get(AuditLog.action == "effect.settled", AuditLog.entity_id == effect_id)
     assert entry.changes["after"]["by"] == "ada" and entry.metadata["via"] == "cli"
     assert service.calls == []
+
+
+def test_retry_of_a_for_each_item_calls_with_its_own_item(api: dict[str, Any], service: JsonService) -> None:
+    """A ``for_each`` item parked on an unknown outcome keeps its item: called again by
+    order of an operator, it renders the same request (and so the same ledger hash) as
+    the attempt that was cut, instead of failing with "the request differs"."""
+    c, a = api["client"], api["a"]
+    url = service.url + "/pay"
+    fanout = catalog.apply_definition(a.workspace, {
+        "name": "pay-each",
+        "trigger": {"type": "manual"},
+        "steps": [
+            {"id": "pay", "type": "http", "effect": "once", "for_each": [11, 12], "concurrency": 2,
+             "with": {"method": "POST", "url": url, "json": {"amount": "{{ item }}"}}},
+            {"id": "join", "type": "transform", "with": {"output": {"paid": "{{ steps.pay.output }}"}}},
+        ],
+    }).workflow
+    started = start_execution(TriggerPayload(str(fanout.id), "each-1", "test", {}))
+    assert started.execution is not None
+    execution_id = started.execution.id
+    # Item 1's call was sent by an attempt that died before recording the answer.
+    effect = SideEffect.create(workspace=fanout.workspace_id, execution=execution_id, step_id="pay", iteration=1,
+                               kind="http", state="SENDING", attempts=1, sent_at=utcnow(),
+                               request_hash=request_hash({"method": "POST", "url": url, "json": {"amount": 11}}))
+    send_all(started.outgoing)
+    item = lambda: StepExecution.get((StepExecution.execution == execution_id)  # noqa: E731
+                                     & (StepExecution.step_id == "pay") & (StepExecution.iteration == 1))
+    wait_until(lambda: item().status == "WAITING", timeout=30, message="item 1 to park")
+    wait_until(lambda: service.calls, timeout=30, message="item 2's call")
+    assert [call["body"] for call in service.calls] == [{"amount": 12}]
+
+    answer = c.post(f"/effects/{effect.id}/settle", json={"outcome": "retry"}, headers=a.auth("OWNER"))
+    assert answer.status_code == 200, answer.text
+    execution = _final(execution_id)
+    assert (execution.status, execution.error) == ("SUCCEEDED", None), execution.error
+    assert sorted(call["body"]["amount"] for call in service.calls) == [11, 12]
+    join = _step(execution_id, "join").output["paid"]
+    assert [out["json"]["got"]["amount"] for out in join] == [11, 12]

@@ -142,11 +142,16 @@ class Transition:
 
 @dataclass(frozen=True)
 class OutsideCall:
-    """One call the outside service received (``at`` naive UTC, taken on receipt)."""
+    """One call the outside service received (``at`` naive UTC, taken on receipt).
+
+    ``iteration``: the ``for_each`` item the call was made for (1..n), 0 for a plain step;
+    each item is judged against its own row's completion.
+    """
 
     execution_id: str
     step_id: str
     at: dt.datetime
+    iteration: int = 0
 
 
 @dataclass
@@ -303,19 +308,19 @@ def _doubled_transitions(transitions: list[Transition]) -> dict[str, list[str]]:
 def _judge_calls(history: History) -> tuple[list[OutsideCall], list[OutsideCall], int]:
     """Split outside calls into late ones (after completion), stray ones (unknown execution),
     and count the allowed at-least-once extras."""
-    steps = {(s.execution_id, s.step_id): s for s in history.steps if s.iteration == 0}
+    steps = {(s.execution_id, s.step_id, s.iteration): s for s in history.steps}
     known = {e.id for e in history.executions}
     late: list[OutsideCall] = []
     stray: list[OutsideCall] = []
-    in_time: Counter[tuple[str, str]] = Counter()
+    in_time: Counter[tuple[str, str, int]] = Counter()
     for call in history.calls:
-        step = steps.get((call.execution_id, call.step_id))
+        step = steps.get((call.execution_id, call.step_id, call.iteration))
         if call.execution_id not in known or step is None:
             stray.append(call)
         elif step.status == "SUCCEEDED" and step.completed_at is not None and call.at > step.completed_at:
             late.append(call)
         else:
-            in_time[(call.execution_id, call.step_id)] += 1
+            in_time[(call.execution_id, call.step_id, call.iteration)] += 1
     return late, stray, sum(n - 1 for n in in_time.values() if n > 1)
 
 

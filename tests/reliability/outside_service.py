@@ -23,6 +23,8 @@ class OutsideService:
     ``{"ok": true, "echo": <body>}`` after ``delay`` seconds (a delay widens the window in
     which a kill lands between the call and the commit), or after ``step_delays[step]``.
     ``failures[step]`` calls of a step are answered 503 first (a transient failure).
+    A body naming an ``iteration`` (a ``for_each`` item) is recorded as that item's call;
+    ``in_flight`` says how many calls are being answered right now.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class OutsideService:
         self.step_delays = dict(step_delays or {})
         self.failures = dict(failures or {})
         self.calls: list[OutsideCall] = []
+        self.in_flight = 0
         self._lock = threading.Lock()
         service = self
 
@@ -49,19 +52,28 @@ class OutsideService:
                 body = json.loads(raw)
                 step = str(body.get("step"))
                 with service._lock:
-                    service.calls.append(OutsideCall(str(body.get("execution")), step, at))
+                    service.calls.append(OutsideCall(str(body.get("execution")), step, at,
+                                                     int(body.get("iteration") or 0)))
                     failing = service.failures.get(step, 0) > 0
                     if failing:
                         service.failures[step] -= 1
-                pause = service.step_delays.get(step, service.delay)
-                if pause:
-                    time.sleep(pause)
+                    service.in_flight += 1
+                try:
+                    pause = service.step_delays.get(step, service.delay)
+                    if pause:
+                        time.sleep(pause)
+                finally:
+                    with service._lock:
+                        service.in_flight -= 1
                 out = json.dumps({"ok": not failing, "echo": body}).encode()
                 self.send_response(503 if failing else 200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
-                self.wfile.write(out)
+                try:
+                    self.wfile.write(out)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller was SIGKILLed while we answered: its call still counts
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -177,9 +177,13 @@ def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
         holders.set_deadline(token, None)  # the answer is in: recording may take as long as it takes
     except call_once.OutcomeUnknown as exc:
         effect_id, unsent = exc.effect_id, f"not sent: {exc}"
+        # A for_each item's row keeps its item (``for_each.item_context``) while it is parked:
+        # an operator's retry renders the item's request again, and it must be the same one
+        # (the ledger compares its hash), not one rendered without the item.
+        kept = stored if claim.step.iteration == 0 else None
         return leases.until_stored(f"step {step.id}: park for an operator", lambda: _recorded(
             tool_call, lambda t: t.finished("FAILED", error=unsent),
-            lambda: call_once.park_unknown(claim, effect_id, stored)))
+            lambda: call_once.park_unknown(claim, effect_id, kept)))
     except PermanentError as exc:
         reason = scrub(str(exc))
         return leases.until_stored(f"step {step.id}: record its failure", lambda: _recorded(
