@@ -28,7 +28,7 @@ from typing import Any
 
 from shiftflow.kernel import expressions
 from shiftflow.kernel.cron import ScheduleError
-from shiftflow.kernel.definition import SECRET_STEP_TYPES, Definition
+from shiftflow.kernel.definition import LLM_FIELDS, SECRET_STEP_TYPES, Definition
 from shiftflow.kernel.errors import DefinitionError
 from shiftflow.kernel.tools.registry import UnknownTool, default_registry
 from shiftflow.kernel.triggers import definition_config, poll_config
@@ -185,7 +185,11 @@ def _check_secret_placement(definition: Definition) -> None:
     """
     why = "a secret is decrypted only for what an http step sends; here it would be stored in clear"
     for index, item in enumerate(definition.raw.get("steps", [])):
-        fields = ("for_each",) if item["type"] in SECRET_STEP_TYPES else ("with", "for_each")
+        fields: tuple[str, ...] = ("for_each",) if item["type"] in SECRET_STEP_TYPES else ("with", "for_each")
+        if item["type"] == "llm":
+            # A model call's fields sit at the step's top level; its messages, prompt and
+            # variables are stored (the llm_call row, the prompt run), never only sent.
+            fields += LLM_FIELDS
         for name in fields:
             for where, text in _strings(item.get(name), f"steps[{index}].{name}"):
                 for ref in references(text):

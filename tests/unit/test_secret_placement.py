@@ -89,6 +89,9 @@ MISPLACED = {
     "deploy": ({"type": "deploy", "with": {"project": "p", "ref": REF}}, "with.ref"),
     "task": ({"type": "task", "with": {"task": "agent.phased", "feedback": REF}}, "with.feedback"),
     "agent_plan": ({"type": "agent_plan", "with": {"note": REF}}, "with.note"),
+    # A model call's messages and variables are stored (the llm_call row, the prompt run).
+    "llm": ({"type": "llm", "connection": "openai-main", "model": "gpt-4o-mini",
+             "messages": [{"role": "user", "content": REF}]}, "messages[0].content"),
     "for_each": ({"type": "http", "for_each": "{{ secrets.crm.list }}", "with": {"url": "http://x"}}, "for_each"),
 }
 
