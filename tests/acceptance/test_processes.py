@@ -112,7 +112,7 @@ def test_webhook_to_finished_execution_through_real_processes(processes, pg_url,
     client = MongoClient(mongo_url)
     try:
         docs = wait_until(lambda: (d := list(client[mongo_db]["execution_logs"].find({"executionId": row["id"]})))
-                          and len(d) >= 6 and d, timeout=20)
+                          and len(d) >= 5 and d, timeout=20)  # created, one outcome per step, succeeded
     finally:
         client.close()
     assert {d.get("stepId") for d in docs} >= {"check", "call", "done"}

@@ -400,7 +400,8 @@ def test_the_canary_never_rests_in_clear(stack: Stack, tmp_path, pg_url, mongo_u
     assert "key=***;" in "".join(stack.seen["postgresql"]) and str(outcomes[main].id) in "".join(
         stack.seen["postgresql"]), "the dump does not hold the masked input"
     assert "execution created" in "".join(stack.seen["mongodb"])
-    assert len(bodies) >= 20 and "triggers.start" in stack.seen["rabbitmq"][0], f"{len(bodies)} messages traced"
+    # At least a message per execution and its steps' hops (chained tool steps share one).
+    assert len(bodies) >= 15 and "triggers.start" in stack.seen["rabbitmq"][0], f"{len(bodies)} messages traced"
     assert "POST /api/v1/workflows" in "".join(stack.seen["ingress log"]), "the ingress's access log is missing"
     assert "Worker process is ready" in "".join(stack.seen["workers log"]), "the workers' log is missing"
 

@@ -174,7 +174,7 @@ def _drive(package: Any, client: Any, literal: bool, tenant: Any, mongo: Any) ->
         cursor = page.next_cursor
         if not cursor:
             break
-    assert len(seen) > 200, len(seen)
+    assert len(seen) > 100, len(seen)  # more than two pages of 50
     assert "succeeded" in seen[-1].message, seen[-1].message  # the outcome is the last line
     stored = mongo.execution_logs.count_documents({"executionId": str(execution_id)})
     assert len(seen) == stored, "every log document once, none skipped or repeated"

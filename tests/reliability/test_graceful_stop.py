@@ -73,7 +73,9 @@ def test_sigterm_finishes_the_calls_in_flight_and_loses_nothing(rig: Rig) -> Non
 
 @pytest.mark.timeout(300)
 def test_a_worker_process_recycled_every_few_messages_loses_nothing(rig: Rig) -> None:
-    total = 12
+    # Two messages per execution (the trigger, then both calls chained on one step message):
+    # 40 messages, so a process recycled every 10 is replaced at least three times.
+    total = 20
     rig.service.step_delays.clear()
     env = {**rig.env, "SHIFTFLOW_WORKER_MAX_MESSAGES": "10"}
     workflow = rig.workflow(two_call_definition("recycled", rig.service.url))

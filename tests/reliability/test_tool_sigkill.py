@@ -31,6 +31,7 @@ import json
 import random
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,35 @@ def _store_connections(env: dict[str, str], pg_url: str, connections: list[tuple
         db.close()
 
 
+def _seed_source_artifact(pg_url: str, workflow_id: str, ref: dict[str, Any]) -> str:
+    """Make the source picture an artifact of the workspace (a tool reads only those), on a
+    finished execution of its own; return that execution's id, deleted (with its artifact
+    row) before the checker runs, so that it counts only the batch."""
+    from shiftflow.kernel.db import bind_database
+    from shiftflow.models.tables.artifacts import Artifact
+    from shiftflow.models.tables.base import utcnow
+    from shiftflow.models.tables.executions import Execution
+    from shiftflow.models.tables.workflows import Workflow
+
+    db = bind_database(pg_url)
+    try:
+        with db.connection_context():
+            workflow = Workflow.get_by_id(workflow_id)
+            now = utcnow()
+            seed = Execution.create(workflow=workflow.id, workflow_version=1, workspace=workflow.workspace_id,
+                                    dedup_key=f"seed-{uuid.uuid4().hex}", status="SUCCEEDED", trigger_data={},
+                                    started_at=now, completed_at=now)
+            Artifact.create(workspace=workflow.workspace_id, execution=seed.id, type="IMAGE", name=ref["name"],
+                            url=ref["location"], size_bytes=ref["size"], mime_type=ref["mime"],
+                            sha256=ref["sha256"])
+            return str(seed.id)
+    finally:
+        close_all = getattr(db, "close_all", None)
+        if close_all is not None:
+            close_all()
+        db.close()
+
+
 def _query(pg_url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     conn = psycopg2.connect(pg_url)
     try:
@@ -254,6 +284,7 @@ def run_kind(kind: str, rig: Rig, tmp_path: Path, batch: int, kills: int) -> Non
             data["image"] = _source_image(artifacts)
             in_flight = lambda: _running_calls(rig.pg_url, spec.tool)  # noqa: E731
         workflow = rig.workflow(_definition(kind, web.url))
+        seed = _seed_source_artifact(rig.pg_url, workflow, data["image"]) if kind == "image" else None
 
         pool = rig.pool(env, queues=("triggers", "steps", spec.queue), processes=1, threads=3)
         pool.start()
@@ -290,6 +321,8 @@ def run_kind(kind: str, rig: Rig, tmp_path: Path, batch: int, kills: int) -> Non
                 retried += 1
         wait_terminal(rig.pg_url, keys, pool, stall=60)
         drained = time.monotonic() - fault_end
+        if seed is not None:
+            _query(rig.pg_url, "DELETE FROM execution WHERE id = %s RETURNING id", seed)
 
         calls = arrivals.per_execution()
         report = check(rig.pg_url, keys, arrivals.outside_calls("call"))

@@ -24,6 +24,7 @@ message and so a new job; the step's row ties them together.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import threading
 import time
@@ -328,9 +329,26 @@ def _connection_row(workspace_id: Any, name: str | None) -> Connection | None:
     return row
 
 
+def job_key(message: Any, step_id: str, iteration: int) -> str | None:
+    """The queue job's key: the message id for the step the message names, and the message
+    id with the step for a step the same worker continued with (``run_chain``), which rides
+    on the same message but is a job of its own (its own attempts, status and timings)."""
+    message_id = getattr(message, "message_id", None)
+    if not message_id:
+        return None
+    args = getattr(message, "args", None) or ()
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    if payload.get("step_id") == step_id and int(payload.get("iteration", 0) or 0) == iteration:
+        return str(message_id)
+    # Hashed so that a long step id still fits the 64-character column without colliding.
+    step = hashlib.sha256(f"{step_id}\0{iteration}".encode()).hexdigest()[:16]
+    return f"{message_id}:{step}"
+
+
 def _job_started(message: Any, claim: runs.Claim, step: Step, tool: Tool, now: Any) -> str | None:
     """Insert (or, on a redelivery of the same message, count again) the message's job."""
-    message_id = getattr(message, "message_id", None)
+    message_id = job_key(message, claim.step.step_id if claim.step is not None else "",
+                         claim.step.iteration if claim.step is not None else 0)
     if not message_id:
         return None  # called outside a worker (a test calling the engine directly)
     assert claim.step is not None
