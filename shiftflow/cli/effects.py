@@ -18,28 +18,8 @@ import json
 from typing import Any
 
 from shiftflow.cli.operator import connect, guarded, operator, print_json
-from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import TransientError
-from shiftflow.kernel.settings import Settings
+from shiftflow.cli.publish import publish_after_commit
 from shiftflow.models.manage.problems import InvalidInput
-
-
-def _publish(settings: Settings, outgoing: list[Outgoing]) -> None:
-    """Send the step messages after the commit, or hand them to the timer loop."""
-    from shiftflow.kernel.broker import build_broker, install
-    from shiftflow.kernel.enqueue import send_all
-    from shiftflow.models.manage import control
-
-    if not outgoing:
-        return
-    if not settings.dev:
-        try:
-            install(build_broker(settings, worker=False))
-            send_all(outgoing)
-            return
-        except TransientError as exc:
-            print(f"broker unavailable ({exc}); the timer loop will publish {len(outgoing)} message(s)", flush=True)
-    control.defer_to_timers(outgoing)
 
 
 def _line(item: dict[str, Any]) -> str:
@@ -94,7 +74,7 @@ def _settle(args: argparse.Namespace) -> int:
     settings = connect(args)
     effect, outgoing = effects.settle(operator(args), args.effect, outcome, reason=args.reason, by=args.by,
                                          **extra)
-    _publish(settings, outgoing)
+    publish_after_commit(settings, outgoing)
     then = {
         "done": "its step succeeded with that result; the execution goes on",
         "failed": "its step failed",

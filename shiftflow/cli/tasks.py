@@ -12,28 +12,8 @@ import argparse
 from typing import Any
 
 from shiftflow.cli.operator import connect, guarded, operator, print_json
+from shiftflow.cli.publish import publish_after_commit
 from shiftflow.kernel.enqueue import Outgoing
-from shiftflow.kernel.errors import TransientError
-from shiftflow.kernel.settings import Settings
-
-
-def _publish(settings: Settings, outgoing: list[Outgoing]) -> None:
-    """Send the messages after the commit, or hand them to the timer loop (dev mode, broker down)."""
-    from shiftflow.models.manage import control
-
-    if not outgoing:
-        return
-    if not settings.dev:
-        from shiftflow.kernel.broker import build_broker, install
-        from shiftflow.kernel.enqueue import send_all
-
-        try:
-            install(build_broker(settings, worker=False))
-            send_all(outgoing)
-            return
-        except TransientError as exc:
-            print(f"broker unavailable ({exc}); the timer loop will publish {len(outgoing)} message(s)", flush=True)
-    control.defer_to_timers(outgoing)
 
 
 def _line(task: dict[str, Any]) -> str:
@@ -49,7 +29,7 @@ def _create(args: argparse.Namespace) -> int:
     task, outgoing = tasks.create_task(operator(args), args.intent, connection=args.connection,
                                        approve_required=args.approve_required, model=args.model,
                                        priority=args.priority)
-    _publish(settings, outgoing)
+    publish_after_commit(settings, outgoing)
     if args.json:
         print_json(task)
     else:
@@ -116,7 +96,7 @@ def _command(verb: str) -> Any:
             task, outgoing = tasks.resume_task(actor, args.task)
         else:
             task, outgoing = tasks.cancel_task(actor, args.task)
-        _publish(settings, outgoing)
+        publish_after_commit(settings, outgoing)
         print(_line(task))
         return 0
 
