@@ -146,7 +146,14 @@ class Heartbeat:
     def _run(self) -> None:
         down = False
         while not self._stop.is_set():
-            ok = self.beat()
+            try:
+                ok = self.beat()
+            except Exception:
+                # Never let the thread die: a dead heartbeat lets every lease of this process
+                # run out, and other workers would take steps that are still running.
+                log.exception("lease heartbeat: unexpected error; trying again in a second")
+                self._stop.wait(1.0)
+                continue
             if ok and down:
                 log.warning("database reachable again: claim leases renewed")
             elif not ok and not down:
