@@ -1,12 +1,17 @@
 """``shiftflow queues migrate --to quorum|classic``: re-declare ShiftFlow's queues as another type.
 
 A queue's type cannot change in place. This moves each queue's messages (and those of its
-``.DQ`` and ``.XQ``) to a temporary quorum queue, deletes the queue, declares it with the
+``.DQ`` and ``.XQ``) to a temporary queue, deletes the queue, declares it with the
 arguments of the target type and moves the messages back (``kernel.queue_migration``).
-Stop the workers first (a queue with consumers is refused) and switch every process to
-the same SHIFTFLOW_QUEUE_TYPE before starting them again; producers left running get
-503s for the moment their queue is absent, which senders retry. Run it again after a
-crash: it resumes, and no confirmed message is lost (docs/scaling.md).
+
+Stop every ShiftFlow process first: the workers (a queue with consumers is refused) and
+every process that publishes (ingress, API, scheduler, poller). RabbitMQ confirms a
+message published to a queue at the moment it is deleted, and drops it, so a producer
+left running could lose a trigger it was told was safe. The tool watches the emptied
+queues for --quiet-seconds before deleting any: if a message arrives it puts everything
+back, changes nothing and says which queue is still fed. Then start every process with
+the same SHIFTFLOW_QUEUE_TYPE. Run it again after a crash: it resumes, and no confirmed
+message is lost (docs/scaling.md). With no stop at all, migrate through a new vhost.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from shiftflow.kernel.broker import max_lengths
     from shiftflow.kernel.confirm_publisher import queue_declarations
     from shiftflow.kernel.contracts import Queue
-    from shiftflow.kernel.queue_migration import MigrationError, migrate
+    from shiftflow.kernel.queue_migration import QUIET_SECONDS, MigrationError, migrate
 
     settings = Settings.from_env()
     queues = args.queue or list(Queue.ALL)
@@ -34,7 +39,8 @@ def _migrate(args: argparse.Namespace) -> int:
         item for queue in queues for item in queue_declarations(queue, limits.get(queue, 0), args.to)
     ]
     try:
-        results = migrate(settings.amqp_urls, declarations)
+        quiet = QUIET_SECONDS if args.quiet_seconds is None else args.quiet_seconds
+        results = migrate(settings.amqp_urls, declarations, quiet)
     except MigrationError as exc:
         print(f"shiftflow queues migrate: {exc}")
         return 1
@@ -52,4 +58,7 @@ def add_to(actions: Any) -> None:
                    help="the queue type to give every queue (with its .DQ and .XQ)")
     p.add_argument("--queue", action="append",
                    help="only this queue (repeatable; default: every ShiftFlow queue)")
+    p.add_argument("--quiet-seconds", type=float, metavar="S",
+                   help="how long the emptied queues must stay empty before they are deleted, "
+                        "proof that no producer is left (default 2)")
     p.set_defaults(func=_migrate)

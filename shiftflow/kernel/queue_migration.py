@@ -1,34 +1,40 @@
 """Change the type of existing queues (classic <-> quorum) without losing a message.
 
 RabbitMQ cannot change a queue's type (or any argument) in place: the queue must be
-deleted and declared anew. ``migrate_queue`` does that for one queue name through a
-temporary queue ``<name>.migrating``:
+deleted and declared anew. Deleting a queue that something still publishes to can lose a
+message *the broker has confirmed*: a publish routed to the queue while it is being
+deleted is dropped with it, and RabbitMQ confirms a deleted queue's outstanding messages
+instead of refusing them. So every process that publishes (ingress, API, scheduler,
+poller, workers) must be stopped, and ``migrate`` checks it before it deletes anything.
 
-1. declare ``<name>.migrating`` (classic, durable: a quorum queue cannot be deleted
-   "only if empty" before RabbitMQ 4);
-2. unless ``<name>`` already has the target arguments: refuse while it has consumers
-   (workers must be stopped), move every message to the temporary queue, delete
-   ``<name>`` only if it is empty (``if_empty``: a producer that published meanwhile makes
-   the delete fail, and the move runs again), then declare it with the target arguments;
-3. move every message back and delete the temporary queue (again only if empty).
+For the queues that do not already have the target arguments (a queue that has them is
+left alone, which makes a second run a no-op and lets a crashed run resume):
 
-Going back from quorum to classic, the quorum queue cannot be deleted "only if empty":
-it is deleted once a passive declare counts no message, so its producers must be stopped
-for that direction (the tool cannot see a publish that lands between count and delete).
+1. refuse if any has consumers (the workers must be stopped);
+2. move each one's messages to a temporary classic queue ``<name>.migrating``;
+3. watch every emptied queue for ``quiet_seconds``: a message arriving means a producer
+   is still publishing, and the migration moves everything back and refuses, leaving
+   the queues as they were;
+4. delete each queue (a classic one only if empty; a quorum one, which RabbitMQ 3.x cannot
+   delete "only if empty", once a passive declare counts no message), declare it with the
+   target arguments, move its messages back and delete the temporary queue.
 
 A move publishes a copy with publisher confirms (mandatory, same properties) and acks the
 original only after the broker confirmed the copy, so a crash at any point leaves each
 message in one of the two queues (or, at worst, in both: a duplicate, which the workers
-already tolerate as a redelivery), never in neither. Running it again resumes: step 2
-is skipped for a queue of the target type, and step 3 empties what a crash left behind.
+already tolerate as a redelivery), never in neither. Running it again resumes: a queue of
+the target type is not touched, and what a crash left in ``<name>.migrating`` moves back.
 
-Producers that publish while a queue is deleted get their publish returned (mandatory) and
-answer 503 or retry, as they do when a broker is down; nothing they had confirmed is lost.
+The quiet watch catches a producer that publishes steadily; one that publishes once in a
+while could still hit the moment of the delete, which is why stopping the publishing
+processes is the procedure and the watch only its check (docs/scaling.md). With no stop
+at all, migrate through a new vhost instead.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,10 +51,13 @@ log = logging.getLogger(__name__)
 TEMPORARY_SUFFIX = ".migrating"
 #: Attempts at deleting a queue that producers keep refilling before giving up.
 DELETE_ATTEMPTS = 20
+#: Seconds the emptied queues must stay empty before any is deleted (no producer left).
+QUIET_SECONDS = 2.0
+QUIET_POLL_SECONDS = 0.05
 
 
 class MigrationError(Exception):
-    """A queue cannot be migrated now (it has consumers, or producers keep refilling it)."""
+    """A queue cannot be migrated now (it has consumers, or a producer still publishes to it)."""
 
 
 @dataclass
@@ -110,46 +119,15 @@ def move_messages(channel: BlockingChannel, source: str, target: str) -> int:
         moved += 1
 
 
-def migrate_queue(connection: pika.BlockingConnection, name: str, arguments: Mapping[str, Any]) -> QueueMigration:
-    """Give queue ``name`` the ``arguments`` (e.g. another ``x-queue-type``), keeping its messages.
+def _message_count(channel: BlockingChannel, name: str) -> int:
+    return int(channel.queue_declare(name, passive=True).method.message_count)
 
-    Raises:
-        MigrationError: it has consumers, or producers refilled it ``DELETE_ATTEMPTS`` times.
-    """
+
+def _move_back_and_delete(connection: pika.BlockingConnection, name: str) -> int:
+    """Move ``<name>.migrating`` back into ``name`` and delete it (only if empty)."""
     temporary = name + TEMPORARY_SUFFIX
-    if not _declare(connection, temporary, {}):
-        raise MigrationError(f"{temporary} exists with other arguments: delete it after moving its messages")
-    moved_out = 0
-    changed = False
-    if not _declare(connection, name, arguments):
-        consumers = _consumers(connection, name)
-        if consumers:
-            raise MigrationError(f"queue {name} has {consumers} consumers: stop the workers first")
-        channel = _channel(connection)
-        # The existing queue is of the other type when the target is quorum, and a quorum one
-        # when the target is classic (a classic queue changing another argument is classic).
-        source_is_quorum = arguments.get("x-queue-type") != QUORUM
-        for _ in range(DELETE_ATTEMPTS):
-            moved_out += move_messages(channel, name, temporary)
-            try:
-                if source_is_quorum:
-                    if channel.queue_declare(name, passive=True).method.message_count:
-                        continue
-                    channel.queue_delete(name)
-                else:
-                    channel.queue_delete(name, if_empty=True)
-                break
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 406:  # 406: not empty, a producer published meanwhile
-                    raise
-                channel = _channel(connection)
-        else:
-            raise MigrationError(f"queue {name} kept receiving messages: stop its producers and run again")
-        if not _declare(connection, name, arguments):
-            raise MigrationError(f"queue {name} was declared again by another process with its old arguments")
-        changed = True
     channel = _channel(connection)
-    moved_back = move_messages(channel, temporary, name)
+    moved = move_messages(channel, temporary, name)
     try:
         channel.queue_delete(temporary, if_empty=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
@@ -158,16 +136,99 @@ def migrate_queue(connection: pika.BlockingConnection, name: str, arguments: Map
         log.warning("%s received messages while it was emptied; run the migration again", temporary)
     else:
         channel.close()
-    return QueueMigration(name, changed, moved_out, moved_back)
+    return moved
+
+
+def _delete(connection: pika.BlockingConnection, name: str, source_is_quorum: bool) -> int:
+    """Delete the emptied queue ``name``; move out (and count) what arrived meanwhile."""
+    channel = _channel(connection)
+    moved = 0
+    for _ in range(DELETE_ATTEMPTS):
+        moved += move_messages(channel, name, name + TEMPORARY_SUFFIX)
+        try:
+            if source_is_quorum:
+                if _message_count(channel, name):
+                    continue
+                channel.queue_delete(name)
+            else:
+                channel.queue_delete(name, if_empty=True)
+            return moved
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406:  # 406: not empty, a producer published meanwhile
+                raise
+            channel = _channel(connection)
+    raise MigrationError(f"queue {name} kept receiving messages: stop its producers and run again")
+
+
+def _watch_quiet(connection: pika.BlockingConnection, names: list[str], quiet_seconds: float) -> list[str]:
+    """The queues among ``names`` that received a message within ``quiet_seconds``."""
+    channel = connection.channel()
+    deadline = time.monotonic() + quiet_seconds
+    while True:
+        busy = [name for name in names if _message_count(channel, name)]
+        if busy or time.monotonic() >= deadline:
+            channel.close()
+            return busy
+        time.sleep(min(QUIET_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def migrate_queues(
+    connection: pika.BlockingConnection,
+    declarations: Iterable[tuple[str, Mapping[str, Any]]],
+    quiet_seconds: float = QUIET_SECONDS,
+) -> list[QueueMigration]:
+    """Give each queue its ``arguments`` (e.g. another ``x-queue-type``), keeping its messages.
+
+    Raises:
+        MigrationError: a queue has consumers, a producer still publishes to one (every
+            queue is then left as it was, with its messages), or the temporary queue exists
+            with other arguments.
+    """
+    declarations = list(declarations)
+    changing: list[tuple[str, Mapping[str, Any]]] = []
+    for name, arguments in declarations:
+        if not _declare(connection, name + TEMPORARY_SUFFIX, {}):
+            raise MigrationError(
+                f"{name}{TEMPORARY_SUFFIX} exists with other arguments: delete it after moving its messages")
+        if not _declare(connection, name, arguments):
+            changing.append((name, arguments))
+    for name, _ in changing:
+        consumers = _consumers(connection, name)
+        if consumers:
+            raise MigrationError(f"queue {name} has {consumers} consumers: stop the workers first")
+    moved_out = {name: 0 for name, _ in changing}
+    channel = _channel(connection)
+    for name, _ in changing:
+        moved_out[name] += move_messages(channel, name, name + TEMPORARY_SUFFIX)
+    busy = _watch_quiet(connection, [name for name, _ in changing], quiet_seconds) if changing else []
+    if busy:
+        for name, _ in changing:
+            _move_back_and_delete(connection, name)
+        raise MigrationError(
+            f"a process is still publishing to {', '.join(busy)}: stop every ShiftFlow process "
+            "(ingress, API, scheduler, poller, workers) and run again; nothing was changed")
+    for name, arguments in changing:
+        # The existing queue is of the other type when the target is quorum, and a quorum one
+        # when the target is classic (a classic queue changing another argument is classic).
+        moved_out[name] += _delete(connection, name, source_is_quorum=arguments.get("x-queue-type") != QUORUM)
+        if not _declare(connection, name, arguments):
+            raise MigrationError(f"queue {name} was declared again by another process with its old arguments")
+    changed = {name for name, _ in changing}
+    return [
+        QueueMigration(name, name in changed, moved_out.get(name, 0), _move_back_and_delete(connection, name))
+        for name, _ in declarations
+    ]
 
 
 def migrate(
-    urls: Iterable[str], declarations: Iterable[tuple[str, Mapping[str, Any]]]
+    urls: Iterable[str],
+    declarations: Iterable[tuple[str, Mapping[str, Any]]],
+    quiet_seconds: float = QUIET_SECONDS,
 ) -> list[QueueMigration]:
-    """Migrate each (name, arguments) in turn on the first broker address that answers."""
+    """Migrate the (name, arguments) declarations on the first broker address that answers."""
     connection = pika.BlockingConnection([pika.URLParameters(amqp_url_with_defaults(url)) for url in urls])
     try:
-        return [migrate_queue(connection, name, arguments) for name, arguments in declarations]
+        return migrate_queues(connection, declarations, quiet_seconds)
     finally:
         if connection.is_open:
             connection.close()
