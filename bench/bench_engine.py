@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import signal
@@ -502,6 +503,34 @@ def report_wait(systems: list[System], results: dict[str, WaitResult]) -> None:
                 print(f"ShiftFlow / {s.label:<13} wake/s: {sf.wake_per_s / other.wake_per_s:5.2f}x")
 
 
+#: The components bench/capacity.py models (the rest, e.g. the echo service, are the work itself).
+CAPACITY_COMPONENTS = ("workers", "postgres", "rabbitmq", "mongo")
+
+
+def write_figures(
+    path: Path, workload: str, thr: dict[str, Phase], docs: dict[str, int], runs: dict[str, int]
+) -> None:
+    """Merge the burst phase's figures for ``workload`` into ``path`` (bench/capacity.py's
+    ``--figures``): ShiftFlow's CPU ms per execution by component, commits and Mongo
+    documents per execution, and bare Dramatiq's CPU as ``bare_dramatiq``."""
+    sf = thr.get("sf")
+    if sf is None or not sf.cpu:
+        print(f"  --figures-out: no ShiftFlow burst figures for {workload}; {path} unchanged")
+        return
+    figures: dict[str, Any] = {c: round(sf.cpu.get(c, 0.0), 3) for c in CAPACITY_COMPONENTS}
+    if sf.pg.get("xact_commit"):
+        figures["commits"] = round(sf.pg["xact_commit"], 2)
+    if runs.get("sf"):
+        figures["documents"] = round(docs.get("sf", 0) / runs["sf"], 2)
+    dq = thr.get("dq")
+    if dq is not None and dq.cpu:
+        figures["bare_dramatiq"] = {c: round(dq.cpu.get(c, 0.0), 3) for c in CAPACITY_COMPONENTS}
+    existing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    existing[workload] = figures
+    path.write_text(json.dumps(existing, indent=2) + "\n", encoding="utf-8")
+    print(f"  --figures-out: {workload} written to {path} (bench/capacity.py --figures {path})")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -529,6 +558,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-dir", default="", help="keep the workers' logs there (default: a temporary folder)")
     parser.add_argument("--profile", action="store_true", help="then profile ShiftFlow (py-spy + a trace)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--figures-out", default="", metavar="FILE",
+                        help="merge this workload's CPU by component into FILE, the input of bench/capacity.py")
     args = parser.parse_args(argv)
     unknown = set(args.systems.split(",")) - set(SYSTEMS)
     if unknown:
@@ -677,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{s.label} {docs[s.key] / max(1, runs[s.key]):.1f}" for s in systems)
             )
             print(f"load average after {os.getloadavg()[0]:.2f}")
+            if args.figures_out:
+                write_figures(Path(args.figures_out), args.workload, thr, docs, runs)
             if args.profile and any(s.key == "sf" for s in systems):
                 from bench.engine_profile import profile_shiftflow
 

@@ -6,7 +6,15 @@ same keys), per workload. Defaults are the latest measured figures of docs/engin
 (the mean of its two runs; where that page gives only a total, the split is estimated
 and marked so). ``--figures FILE.json`` replaces them: ``{"outside": {"workers": 15.5,
 "postgres": 8.7, "rabbitmq": 3.0, "mongo": 2.5, "messages": 4, "busiest_queue": 3,
-"commits": 11.4}, ...}`` (any subset of workloads and keys).
+"commits": 11.4, "bare_dramatiq": {"workers": 5.6, ...}}, ...}`` (any subset of workloads
+and keys). ``bench_engine.py --figures-out FILE.json`` writes that file from its run
+(ShiftFlow's and bare Dramatiq's CPU by component, commits and documents per execution), so
+
+    .venv/bin/python bench/bench_engine.py --workload outside --quick --figures-out run.json
+    .venv/bin/python bench/bench_engine.py --workload fanout --quick --figures-out run.json
+    .venv/bin/python bench/capacity.py --figures run.json
+
+gives tables that move when the engine gets faster.
 
 For each workload and rate it prints the cores each component needs at a target
 utilisation, the messages per second of the busiest queue, PostgreSQL's commits per
@@ -157,7 +165,7 @@ def report(args: argparse.Namespace, workloads: dict[str, Workload]) -> list[dic
                      queue_max_rate=args.queue_max_rate, pg_partitions=parts)
             print(f"  - {label}: {n.saturates_first} first at {_fmt_rate(n.ceilings[n.saturates_first])}; "
                   f"PostgreSQL {n.cores['postgres'] / parts:,.1f} cores per primary, Mongo {n.cores['mongo']:,.1f}")
-        base = BASELINE.get(w.name)
+        base = args.baselines.get(w.name)
         if base:
             ratios = ", ".join(f"{c} {w.cpu(c) / base[c]:.1f}x" for c in COMPONENTS if base.get(c))
             print(f"ShiftFlow / bare Dramatiq CPU per execution (same runs): {ratios}")
@@ -165,10 +173,29 @@ def report(args: argparse.Namespace, workloads: dict[str, Workload]) -> list[dic
     return rows
 
 
-def load_figures(path: str) -> dict[str, Workload]:
-    """The defaults with what ``path`` (JSON, workload -> component -> ms) replaces."""
-    with open(path, encoding="utf-8") as handle:
-        given = json.load(handle)
+def read_figures(path: str) -> dict[str, dict[str, Any]]:
+    """The JSON of ``path`` (workload -> key -> value), with a message naming what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            given = json.load(handle)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"capacity: --figures {path}: {exc}") from None
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        raise SystemExit(f"capacity: --figures {path}: expected an object of workload -> figures")
+    return given
+
+
+def load_baselines(given: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The bare Dramatiq figures, with what ``given`` measured replacing the defaults."""
+    out = dict(BASELINE)
+    for name, values in given.items():
+        if isinstance(values.get("bare_dramatiq"), dict):
+            out[name] = {k: float(v) for k, v in values["bare_dramatiq"].items() if k in COMPONENTS}
+    return out
+
+
+def load_figures(given: dict[str, dict[str, Any]]) -> dict[str, Workload]:
+    """The defaults with what ``given`` (workload -> component -> ms) replaces."""
     out = dict(DEFAULTS)
     for name, values in given.items():
         known = {k: float(v) for k, v in values.items() if k in Workload.__dataclass_fields__ and k != "name"}
@@ -206,7 +233,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Print the capacity tables."""
     args = parse_args(argv)
-    workloads = load_figures(args.figures) if args.figures else dict(DEFAULTS)
+    given = read_figures(args.figures) if args.figures else {}
+    workloads = load_figures(given)
+    args.baselines = load_baselines(given)
     chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in workloads]
     if unknown:
