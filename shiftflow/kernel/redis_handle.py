@@ -60,14 +60,34 @@ UPDATE_BATCH = 500
 LINGER_SECONDS = 0.01
 
 
+def _lines(updates: list[dict[str, Any]]) -> str:
+    """The JSON of ``updates`` without its brackets: one queued piece of a channel's message."""
+    return json.dumps(updates, default=str)[1:-1]
+
+
+def _coalesce(batch: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One message per channel of ``batch`` (queued ``(channel, lines)`` pieces): its pieces
+    joined in the order they were queued, at the place of the channel's first piece.
+
+    A subscriber reads one execution's channel, so only the order within a channel is
+    kept; every line is kept (nothing is merged away, a final state included).
+    """
+    joined: dict[str, list[str]] = {}
+    for name, lines in batch:
+        joined.setdefault(name, []).append(lines)
+    return [(name, '{"updates": [' + ", ".join(pieces) + "]}") for name, pieces in joined.items()]
+
+
 class _LiveUpdates:
     """A per-process background sender: message threads queue, one thread publishes.
 
     Publishing on the message thread cost a Redis round trip per transition, a visible
     share of a worker's CPU (docs/benchmarks.md#the-trigger-path). Queued here, the
-    transitions of many messages go out in one pipeline, in the order they were queued,
-    without the message thread waiting for Redis. Live updates are best effort (Redis is not the
-    truth): a full queue drops its oldest message, a failed send is logged and dropped.
+    transitions of many messages go out in one pipeline without the message thread waiting
+    for Redis, and the transitions of one execution queued since the last send go out as
+    one PUBLISH (``_coalesce``: a chained execution's steps, finished within one linger,
+    cost one message, not one per step). Live updates are best effort (Redis is not the
+    truth): a full queue drops its oldest piece, a failed send is logged and dropped.
     """
 
     def __init__(self) -> None:
@@ -76,6 +96,8 @@ class _LiveUpdates:
         self._pid = -1
         self._busy = False
         self._idle = False
+        #: PUBLISH commands sent by this process (a count for the benchmark's trace).
+        self.published = 0
 
     def put(self, messages: list[tuple[str, str]]) -> None:
         with self._cond:
@@ -119,33 +141,40 @@ class _LiveUpdates:
             client = get_redis()
             if client is None:
                 continue
+            messages = _coalesce(batch)
             try:
                 pipe = client.pipeline(transaction=False)
-                for name, data in batch:
+                for name, data in messages:
                     pipe.publish(name, data)
                 pipe.execute()
+                self.published += len(messages)
             except redis.RedisError as exc:
-                log.warning("%d live update message(s) not published: %s", len(batch), exc)
+                log.warning("%d live update message(s) not published: %s", len(messages), exc)
 
 
 _live = _LiveUpdates()
 
 
 def publish_updates(updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    """Queue the live updates of one transition: one message per execution on its
-    channel, ``{"updates": [update, ...]}`` in the order they happened.
+    """Queue the live updates of one transition for each execution's channel, where they
+    are published as ``{"updates": [update, ...]}`` in the order they happened.
 
     A transition that writes five log lines (created, three inline steps, finished) is
-    one PUBLISH, not five, and a background thread sends the messages of many
-    transitions in one pipeline (``_LiveUpdates``). Never raises, never blocks on Redis.
+    one PUBLISH, not five; a background thread sends the messages of many transitions in
+    one pipeline, and the transitions of one execution queued since its last send in one
+    message (``_LiveUpdates``). Never raises, never blocks on Redis.
     """
     if not _url or not updates:
         return
     grouped: dict[str, list[dict[str, Any]]] = {}
     for execution_id, update in updates:
         grouped.setdefault(execution_id, []).append(update)
-    _live.put([(channel(execution_id), json.dumps({"updates": lines}, default=str))
-               for execution_id, lines in grouped.items()])
+    _live.put([(channel(execution_id), _lines(lines)) for execution_id, lines in grouped.items()])
+
+
+def messages_published() -> int:
+    """How many live-update messages (PUBLISH commands) this process has sent."""
+    return _live.published
 
 
 def flush_updates(timeout: float = 5.0) -> bool:
