@@ -56,8 +56,10 @@ def channel(execution_id: str) -> str:
 MAX_PENDING_UPDATES = 10_000
 #: The most messages sent in one pipeline.
 UPDATE_BATCH = 500
-#: How long the sender lets messages gather before a pipeline (latency of a live update).
-LINGER_SECONDS = 0.01
+#: How long the sender lets messages gather before a pipeline (latency of a live update):
+#: as long as a log document may wait for its batch (``SHIFTFLOW_LOG_FLUSH_MS``, 100 ms), so
+#: the steps an execution finishes meanwhile (a chain in one worker) share one message.
+LINGER_SECONDS = 0.1
 
 
 def _lines(updates: list[dict[str, Any]]) -> str:

@@ -89,3 +89,20 @@ def test_redis_down_never_blocks_or_raises():
         assert redis_handle.flush_updates(10)  # the sender gives up on them and drains
     finally:
         redis_handle.configure_redis("")
+
+
+def test_a_stopping_worker_sends_its_queued_updates(live, redis_prefix):
+    """Updates wait up to a linger before they are sent: a worker process that stops (its
+    message threads joined) sends what is queued before it exits, a final state included."""
+    from shiftflow.kernel.broker import middleware_for
+    from shiftflow.kernel.middleware import LiveUpdatesLifecycle
+    from shiftflow.kernel.settings import Settings
+
+    assert redis_handle.LINGER_SECONDS >= 0.05  # the window this test relies on
+    assert any(isinstance(m, LiveUpdatesLifecycle)
+               for m in middleware_for(Settings(redis_url=live), worker=True))
+    redis_handle.flush_updates(5)
+    before = redis_handle.messages_published()
+    redis_handle.publish_updates([(f"{redis_prefix}z", {"message": "execution succeeded"})])
+    LiveUpdatesLifecycle().after_worker_shutdown(None, None)
+    assert redis_handle.messages_published() == before + 1
