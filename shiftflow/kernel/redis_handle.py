@@ -6,6 +6,7 @@ PostgreSQL's unique keys and status checks are what make work happen once.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import logging
@@ -108,6 +109,10 @@ class _LiveUpdates:
                 self._busy = self._idle = False
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="shiftflow-live-updates", daemon=True).start()
+                # The sender is a daemon that lingers before it sends: a process that exits
+                # normally (API, ingress, CLI) sends what is queued first. A worker process
+                # (a multiprocessing child: no atexit) is flushed by ``LiveUpdatesLifecycle``.
+                atexit.register(self.flush, 2.0)
             overflow = len(self._queue) + len(messages) - MAX_PENDING_UPDATES
             for _ in range(max(0, overflow)):
                 self._queue.popleft()

@@ -106,3 +106,24 @@ def test_a_stopping_worker_sends_its_queued_updates(live, redis_prefix):
     redis_handle.publish_updates([(f"{redis_prefix}z", {"message": "execution succeeded"})])
     LiveUpdatesLifecycle().after_worker_shutdown(None, None)
     assert redis_handle.messages_published() == before + 1
+
+
+def test_a_process_that_exits_sends_its_queued_updates(live, redis_prefix):
+    """An API or ingress process that exits normally right after a transition still sends
+    its live update (the sender is a daemon thread that lingers before it sends)."""
+    import subprocess
+    import sys
+
+    import redis
+
+    client = redis.Redis.from_url(live)
+    pubsub = client.pubsub()
+    pubsub.psubscribe(redis_handle.channel(f"{redis_prefix}*"))
+    pubsub.get_message(timeout=1)
+    code = ("from shiftflow.kernel import redis_handle as r; import sys; r.configure_redis(sys.argv[1]); "
+            "r.publish_updates([(sys.argv[2], {'message': 'execution succeeded'})])")
+    subprocess.run([sys.executable, "-c", code, live, f"{redis_prefix}exit"], check=True, timeout=30)
+    got = _collect(pubsub, 1, timeout=3)
+    pubsub.close()
+    client.close()
+    assert [u["message"] for m in got for u in m["updates"]] == ["execution succeeded"]
