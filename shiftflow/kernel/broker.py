@@ -35,7 +35,7 @@ from dramatiq.middleware import (
 from shiftflow.kernel import tracing
 from shiftflow.kernel.contracts import MAX_PRIORITY, Queue
 from shiftflow.kernel.errors import TransientError
-from shiftflow.kernel.middleware import DbConnections, Metrics, MongoLifecycle
+from shiftflow.kernel.middleware import DbConnections, LiveUpdatesLifecycle, Metrics, MongoLifecycle
 from shiftflow.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ def middleware_for(settings: Settings, *, extra: Sequence[Middleware] = (), work
         if settings.mongo_url:
             stack.append(MongoLifecycle(settings.mongo_url, settings.mongo_db, settings.log_batch_size,
                                         settings.log_flush_ms))
+        if settings.redis_url:
+            stack.append(LiveUpdatesLifecycle())
     # 3. Observability: per-message metrics; one exporter per pool (a fork) when a port is set.
     stack.append(Metrics(settings.metrics_dir, settings.metrics_port if worker else 0))
     # 4. Models-aware middleware from consumers (dead letters into Postgres).

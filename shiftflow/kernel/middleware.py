@@ -15,6 +15,7 @@ from dramatiq.middleware import Middleware
 from shiftflow.kernel import metrics
 from shiftflow.kernel.db import database
 from shiftflow.kernel.mongo import MongoSink, configure_sink, get_sink
+from shiftflow.kernel.redis_handle import flush_updates
 from shiftflow.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,20 @@ class MongoLifecycle(Middleware):
         if sink is not None:
             sink.close(timeout=10)
             configure_sink(None)
+
+
+class LiveUpdatesLifecycle(Middleware):
+    """Send the live updates still queued when a worker process stops.
+
+    The sender thread lets updates gather for ``redis_handle.LINGER_SECONDS`` and is a daemon:
+    without this, the last transitions of a stopping process (an execution's final state
+    among them) could be lost with it. Runs after the message threads were joined, so
+    nothing is queued after it.
+    """
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if not flush_updates(timeout=5):
+            log.warning("live updates still queued at shutdown were not all sent")
 
 
 def pool_exporter() -> None:

@@ -6,6 +6,7 @@ PostgreSQL's unique keys and status checks are what make work happen once.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import logging
@@ -56,8 +57,28 @@ def channel(execution_id: str) -> str:
 MAX_PENDING_UPDATES = 10_000
 #: The most messages sent in one pipeline.
 UPDATE_BATCH = 500
-#: How long the sender lets messages gather before a pipeline (latency of a live update).
-LINGER_SECONDS = 0.01
+#: How long the sender lets messages gather before a pipeline (latency of a live update):
+#: as long as a log document may wait for its batch (``SHIFTFLOW_LOG_FLUSH_MS``, 100 ms), so
+#: the steps an execution finishes meanwhile (a chain in one worker) share one message.
+LINGER_SECONDS = 0.1
+
+
+def _lines(updates: list[dict[str, Any]]) -> str:
+    """The JSON of ``updates`` without its brackets: one queued piece of a channel's message."""
+    return json.dumps(updates, default=str)[1:-1]
+
+
+def _coalesce(batch: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One message per channel of ``batch`` (queued ``(channel, lines)`` pieces): its pieces
+    joined in the order they were queued, at the place of the channel's first piece.
+
+    A subscriber reads one execution's channel, so only the order within a channel is
+    kept; every line is kept (nothing is merged away, a final state included).
+    """
+    joined: dict[str, list[str]] = {}
+    for name, lines in batch:
+        joined.setdefault(name, []).append(lines)
+    return [(name, '{"updates": [' + ", ".join(pieces) + "]}") for name, pieces in joined.items()]
 
 
 class _LiveUpdates:
@@ -65,9 +86,11 @@ class _LiveUpdates:
 
     Publishing on the message thread cost a Redis round trip per transition, a visible
     share of a worker's CPU (docs/benchmarks.md#the-trigger-path). Queued here, the
-    transitions of many messages go out in one pipeline, in the order they were queued,
-    without the message thread waiting for Redis. Live updates are best effort (Redis is not the
-    truth): a full queue drops its oldest message, a failed send is logged and dropped.
+    transitions of many messages go out in one pipeline without the message thread waiting
+    for Redis, and the transitions of one execution queued since the last send go out as
+    one PUBLISH (``_coalesce``: a chained execution's steps, finished within one linger,
+    cost one message, not one per step). Live updates are best effort (Redis is not the
+    truth): a full queue drops its oldest piece, a failed send is logged and dropped.
     """
 
     def __init__(self) -> None:
@@ -76,6 +99,8 @@ class _LiveUpdates:
         self._pid = -1
         self._busy = False
         self._idle = False
+        #: PUBLISH commands sent by this process (a count for the benchmark's trace).
+        self.published = 0
 
     def put(self, messages: list[tuple[str, str]]) -> None:
         with self._cond:
@@ -84,6 +109,10 @@ class _LiveUpdates:
                 self._busy = self._idle = False
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="shiftflow-live-updates", daemon=True).start()
+                # The sender is a daemon that lingers before it sends: a process that exits
+                # normally (API, ingress, CLI) sends what is queued first. A worker process
+                # (a multiprocessing child: no atexit) is flushed by ``LiveUpdatesLifecycle``.
+                atexit.register(self.flush, 2.0)
             overflow = len(self._queue) + len(messages) - MAX_PENDING_UPDATES
             for _ in range(max(0, overflow)):
                 self._queue.popleft()
@@ -119,33 +148,40 @@ class _LiveUpdates:
             client = get_redis()
             if client is None:
                 continue
+            messages = _coalesce(batch)
             try:
                 pipe = client.pipeline(transaction=False)
-                for name, data in batch:
+                for name, data in messages:
                     pipe.publish(name, data)
                 pipe.execute()
+                self.published += len(messages)
             except redis.RedisError as exc:
-                log.warning("%d live update message(s) not published: %s", len(batch), exc)
+                log.warning("%d live update message(s) not published: %s", len(messages), exc)
 
 
 _live = _LiveUpdates()
 
 
 def publish_updates(updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    """Queue the live updates of one transition: one message per execution on its
-    channel, ``{"updates": [update, ...]}`` in the order they happened.
+    """Queue the live updates of one transition for each execution's channel, where they
+    are published as ``{"updates": [update, ...]}`` in the order they happened.
 
     A transition that writes five log lines (created, three inline steps, finished) is
-    one PUBLISH, not five, and a background thread sends the messages of many
-    transitions in one pipeline (``_LiveUpdates``). Never raises, never blocks on Redis.
+    one PUBLISH, not five; a background thread sends the messages of many transitions in
+    one pipeline, and the transitions of one execution queued since its last send in one
+    message (``_LiveUpdates``). Never raises, never blocks on Redis.
     """
     if not _url or not updates:
         return
     grouped: dict[str, list[dict[str, Any]]] = {}
     for execution_id, update in updates:
         grouped.setdefault(execution_id, []).append(update)
-    _live.put([(channel(execution_id), json.dumps({"updates": lines}, default=str))
-               for execution_id, lines in grouped.items()])
+    _live.put([(channel(execution_id), _lines(lines)) for execution_id, lines in grouped.items()])
+
+
+def messages_published() -> int:
+    """How many live-update messages (PUBLISH commands) this process has sent."""
+    return _live.published
 
 
 def flush_updates(timeout: float = 5.0) -> bool:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from pymongo.errors import OperationFailure
 
+from shiftflow.consumers import timers
 from shiftflow.kernel import usage
 from shiftflow.kernel.mongo import ANALYTICS_EVENTS, INTEGRATION_USAGE, get_sink
 from shiftflow.models.engine.start import start_execution
@@ -226,6 +227,35 @@ def test_executions_run_by_a_worker_are_counted(rig: dict[str, Any]) -> None:
     assert all(s["duration_ms"]["p50"] is not None for s in steps.values()), steps
     (calls,) = analytics.integration_usage(actor, db, since=since)["items"]
     assert (calls["integration"], calls["action"], calls["calls"], calls["failed"]) == ("http", "POST", 4, 1)
+
+
+def test_a_retried_call_counts_each_attempt_but_one_step_outcome(rig: dict[str, Any]) -> None:
+    """The integrations report counts calls (every attempt, a failed one too: one
+    ``integration_usage`` document per call), the steps report outcomes (one ``step_executed``
+    per final outcome): a step that failed once and then succeeded is 2 calls, 1 run. So
+    the usage of a step cannot be read from its outcome's document alone."""
+    a, db, service = rig["a"], rig["db"], rig["service"]
+    retried = dict(CALLING, name="retried", steps=[
+        dict(CALLING["steps"][1], retry={"max": 1, "backoff": 0.1, "jitter": False}),
+    ])
+    workflow = catalog.apply_definition(a.workspace, dict(retried, vars={"url": service.url + "/svc"})).workflow
+    service.script = [503, 200]  # the first call fails (transient), its retry succeeds
+    execution = _start(workflow.id, "retried-0", 1)
+    # The retry waits on a durable timer: this test is the timer loop (``consumers.timers``).
+    wait_until(lambda: (timers.tick(), _finished(execution.id))[1], timeout=30)
+    assert Execution.get_by_id(execution.id).status == "SUCCEEDED"
+    actor = Principal.operator(a.workspace.id)
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+
+    def reported() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        rig["sink"].flush(5)
+        steps = analytics.step_stats(actor, db, since=since, workflow_id=str(workflow.id))["items"]
+        calls = analytics.integration_usage(actor, db, since=since, workflow_id=str(workflow.id))["items"]
+        return (steps[0], calls[0]) if steps and calls and calls[0]["calls"] == 2 else None
+
+    step, calls = wait_until(reported, timeout=30)
+    assert (step["step_id"], step["runs"], step["succeeded"], step["failed"]) == ("call", 1, 1, 0)
+    assert (calls["calls"], calls["failed"]) == (2, 1)
 
 
 def test_percentiles_without_server_support_match(rig: dict[str, Any]) -> None:
