@@ -239,13 +239,13 @@ def test_a_chain_stops_at_a_cancelled_execution(engine, service, monkeypatch):
     workflow = _chain(service.url + "/echo")
     real = run_step_module.run_step
 
-    def cancel_after_first(payload, *, continued=False, **kwargs):
+    def cancel_after_first(payload, *, continued=False):
         if continued:  # cancelled between the first step's commit and the next claim
             with runs.transaction():
                 locked = runs.lock_execution(payload.execution_id)
                 definition = runs.load_definition(locked.workflow_id, locked.workflow_version)
                 runs.finish_execution(locked, definition, "CANCELLED", error="cancelled by the test")
-        return real(payload, continued=continued, **kwargs)
+        return real(payload, continued=continued)
 
     monkeypatch.setattr(run_step_module, "run_step", cancel_after_first)
     _trigger(workflow, "c-3", 1)
@@ -283,11 +283,11 @@ def test_a_continued_step_that_raises_is_published_as_its_own_message(engine, se
     published = _count_published(engine, monkeypatch)
     real, raised = run_step_module.run_step, []
 
-    def fail_once_when_continued(payload, *, continued=False, **kwargs):
+    def fail_once_when_continued(payload, *, continued=False):
         if continued and not raised:
             raised.append(payload.step_id)
             raise RuntimeError("boom in a chain")
-        return real(payload, continued=continued, **kwargs)
+        return real(payload, continued=continued)
 
     monkeypatch.setattr(run_step_module, "run_step", fail_once_when_continued)
     workflow = _chain(service.url + "/echo")

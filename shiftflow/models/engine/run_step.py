@@ -31,7 +31,6 @@ from shiftflow.kernel.usage import observed_call
 from shiftflow.models.engine import call_once, for_each, leases, llm_steps, tool_calls, waits
 from shiftflow.models.engine.runs import (
     Claim,
-    Continuation,
     claim_step,
     complete_step,
     fail_step,
@@ -72,16 +71,15 @@ def run_chain(payload: StepPayload, actor: str) -> list[Outgoing]:
     the same ``actor``, run that one too in this thread; return the messages left to publish.
 
     Why: a linear chain of outside calls would otherwise cost a publish and a consume per
-    step. Each step's outcome is committed before the next step's call. When the
-    completion's plan is exactly that next step, the completion writes its row already
-    claimed by this thread (``runs.Continuation``: RUNNING under a token held here, one
-    delivery counted), one claim statement and commit less; otherwise the next step is
-    claimed on its own, a normal claim (a cancelled or finished execution, a step already
-    taken, the delivery limit all apply). What resumes the chain after a crash is the
+    step. Each step is still claimed and completed in transactions of its own (the next
+    one is claimed only after the previous one's completion committed), so a crash leaves
+    the same rows as between two messages. What resumes the chain after a crash is the
     message being run: it is acknowledged only when this function returns, so a killed
     worker's message is delivered again, finds its step done and re-publishes every step
-    still PENDING or RUNNING (``runs.claim_step``), the continued one included, which its
-    copy takes over once the dead thread's claim is provably gone, as after any claim. A chain stops after
+    still PENDING or RUNNING (``runs.claim_step``), the continued one included.
+
+    The claim of each continued step is a normal one: a cancelled or finished execution,
+    a step already taken, the delivery limit all apply. A chain stops after
     ``SHIFTFLOW_CHAIN_MAX_STEPS`` steps or ``SHIFTFLOW_CHAIN_MAX_SECONDS`` so one message
     does not hold a worker thread (or its broker delivery) for long; a next step of lower
     priority than the message being run is published instead, so a chain never jumps the
@@ -91,82 +89,41 @@ def run_chain(payload: StepPayload, actor: str) -> list[Outgoing]:
     started, steps = time.monotonic(), 1
     message = CurrentMessage.get_current_message()
     priority = int((getattr(message, "options", None) or {}).get("broker_priority", 0) or 0)
-    until = started + settings.chain_max_seconds
-
-    def offer() -> Continuation | None:
-        # The next step is claimed by the completion that makes it ready (one commit less),
-        # under a token this thread holds from before that commit.
-        if steps >= settings.chain_max_steps:
-            return None
-        offered = Continuation(actor, priority, until, holders.new_token())
-        holders.hold(offered.token)
-        return offered
-
-    carry = offer()
-    try:
-        outgoing = run_step(payload, continuation=carry)
-        while len(outgoing) == 1:
-            nxt = outgoing[0]
-            claimed = carry.claimed if carry is not None else None
-            if claimed is None:
-                # Not claimed by the completion (a plan with more than one write: an inline
-                # step before it, a for_each's next queued item...): claimed on its own.
-                _withdraw(carry)
-                carry = None
-                if not (nxt.actor == actor and nxt.delay_ms is None and nxt.priority >= priority
-                        and steps < settings.chain_max_steps and time.monotonic() < until):
-                    return outgoing
-            failpoints.hit("step.before_continue", nxt.payload.step_id)
-            steps += 1
-            carry = offer()  # the claimed step's token is run_step's from here
-            try:
-                outgoing = run_step(nxt.payload, continued=True, claimed=claimed, continuation=carry)
-            except Exception:
-                # A continued step that raises fails as its own message would have: its
-                # message is published, so its retries, delivery limit and dead letter stay
-                # its own (``run_step`` released its claim), and the step before it stays done.
-                log.exception("step %s of execution %s failed in a chain; publishing its message",
-                              nxt.payload.step_id, nxt.payload.execution_id)
-                if claimed is not None:  # claimed for this thread: the message's copy takes it
-                    holders.let_go(claimed.token)
-                    leases.release(claimed.token)
-                return [nxt]
-        return outgoing
-    finally:
-        _withdraw(carry)
+    outgoing = run_step(payload)
+    while (len(outgoing) == 1 and outgoing[0].actor == actor and outgoing[0].delay_ms is None
+           and outgoing[0].priority >= priority and steps < settings.chain_max_steps
+           and time.monotonic() - started < settings.chain_max_seconds):
+        nxt = outgoing[0]
+        failpoints.hit("step.before_continue", nxt.payload.step_id)
+        steps += 1
+        try:
+            outgoing = run_step(nxt.payload, continued=True)
+        except Exception:
+            # A continued step that raises fails as its own message would have: its message
+            # is published, so its retries, delivery limit and dead letter stay its own
+            # (``run_step`` released its claim), and the step before it stays done.
+            log.exception("step %s of execution %s failed in a chain; publishing its message",
+                          nxt.payload.step_id, nxt.payload.execution_id)
+            return [nxt]
+    return outgoing
 
 
-def _withdraw(carry: Continuation | None) -> None:
-    """Let go of an offer no completion took up (or one that did, in a transaction whose
-    commit is in doubt): a step left RUNNING under its token goes to the next copy."""
-    if carry is None:
-        return
-    holders.let_go(carry.token)
-    if carry.claimed is not None:
-        # Claimed, but the chain does not run it (it is not the one message left): release
-        # it for its published message.
-        leases.release(carry.token)
-
-
-def run_step(payload: StepPayload, *, continued: bool = False, claimed: Claim | None = None,
-             continuation: Continuation | None = None) -> list[Outgoing]:
+def run_step(payload: StepPayload, *, continued: bool = False) -> list[Outgoing]:
     """Claim, run and record one step; return the messages for the steps that follow.
 
     A redelivered message whose step was RUNNING under a holder that is gone is a suspect
     and runs alone in this process (``kernel.isolation``), so a death can be pinned on it.
     ``continued``: the step is run after another in the same message (``run_chain``), so
-    the message's delivery says nothing about it. ``claimed``: the step, claimed already by
-    the completion before it under a token this thread holds. ``continuation``: the offer
-    to claim the next step the same way (``runs.Continuation``).
+    the message's delivery says nothing about it.
     """
     message = None if continued else CurrentMessage.get_current_message()
     suspect = bool(getattr(message, "redelivered", False)) and orphaned(payload)
     with isolation.guard(suspect):
-        token = claimed.token if claimed is not None else holders.new_token()
+        token = holders.new_token()
         holders.hold(token)
         leases.HEARTBEAT.ensure_running()
         try:
-            return _run_step(payload, token, claimed, continuation)
+            return _run_step(payload, token)
         except BaseException:
             # The step may be left RUNNING under this token: hand it to the next copy.
             holders.let_go(token)
@@ -176,10 +133,9 @@ def run_step(payload: StepPayload, *, continued: bool = False, claimed: Claim | 
             holders.let_go(token)
 
 
-def _run_step(payload: StepPayload, token: str, claimed: Claim | None,
-              continuation: Continuation | None) -> list[Outgoing]:
+def _run_step(payload: StepPayload, token: str) -> list[Outgoing]:
     settings = get_settings()
-    claim = claimed or claim_step(payload, delivery_limit=settings.delivery_limit, token=token)
+    claim = claim_step(payload, delivery_limit=settings.delivery_limit, token=token)
     if claim.step is None:
         return claim.outgoing
     step = claim.definition.step(claim.step.step_id)
@@ -247,13 +203,9 @@ def _run_step(payload: StepPayload, token: str, claimed: Claim | None,
             lambda: retry_later(claim, error, delay)))
         return []
     failpoints.hit("step.after_work", step.id)
-    def complete() -> list[Outgoing]:
-        if step.effect == "once":
-            return call_once.complete(claim, output, stored)
-        return complete_step(claim, output, stored, continuation=continuation)
-
+    complete = call_once.complete if step.effect == "once" else complete_step
     outgoing = leases.until_stored(f"step {step.id}: record its output", lambda: _recorded(
-        tool_call, lambda t: t.finished("SUCCEEDED", output=output), complete))
+        tool_call, lambda t: t.finished("SUCCEEDED", output=output), lambda: complete(claim, output, stored)))
     failpoints.hit("step.after_commit", step.id)
     return outgoing
 

@@ -18,7 +18,6 @@ and no broker round trip, yet still leaves one row per step.
 from __future__ import annotations
 
 import datetime as dt
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -87,26 +86,6 @@ class Claim:
     reason: str = ""
     #: The claiming thread's holder token (``kernel.holders``), when it claimed the step.
     token: str = ""
-
-
-@dataclass
-class Continuation:
-    """A thread's offer to run the step a completion makes ready (``run_step.run_chain``).
-
-    When the completion makes exactly one step ready, for ``actor``, of at least
-    ``min_priority``, and ``time.monotonic()`` is before ``until``, the completion writes
-    that step's row already claimed (RUNNING under ``token``, a lease, one delivery
-    counted) in its own statement and commit, and sets ``claimed``: the chain runs it
-    without a claim of its own. After a crash the row is RUNNING under a holder that is
-    gone, which the redelivered message's copy takes over, as after any claim.
-    """
-
-    actor: str
-    min_priority: int
-    until: float
-    token: str
-    #: Set by the completion that claimed the next step; reset by each attempt to record.
-    claimed: Claim | None = None
 
 
 @contextmanager
@@ -414,8 +393,7 @@ def capped_result(result: dict[str, Any]) -> dict[str, Any]:
 
 def record_step(execution: Execution, definition: Definition, step: StepExecution, status: str, *,
                 output: Any = None, error: str | None = None, from_status: tuple[str, ...] = ("RUNNING",),
-                stored_input: Any = None, headers: dict[str, StepExecution] | None = None,
-                continuation: Continuation | None = None) -> list[Outgoing]:
+                stored_input: Any = None, headers: dict[str, StepExecution] | None = None) -> list[Outgoing]:
     """Record a step's outcome and advance the execution. Call in ``transaction()`` with
     ``execution`` locked. A step no longer in ``from_status`` (a duplicate finished first,
     the execution was cancelled) is left alone. ``headers``: the header rows read with the
@@ -443,25 +421,15 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
         unrolled = _plan(execution, definition, headers)
         nxt = _the_one_next(unrolled)
         if nxt is not None:
-            # A linear chain: this step's outcome and the next step's row in one statement;
-            # the row claimed already when this thread goes on with it.
-            message = message_for(execution, definition, nxt.step_id)
-            claims = continuation is not None and execution.status == "RUNNING" and _continues(continuation, message)
+            # A linear chain: this step's outcome and the next step's row in one statement.
             values = _new_row(execution, nxt.step_id, definition.step(nxt.step_id).type, nxt.status)
-            if claims:
-                assert continuation is not None
-                values.update(status="RUNNING", claimed_by=continuation.token, lease_until=leases.lease_from(now),
-                              started_at=now, attempts=1)
             written = complete_sql.complete_and_insert(step.id, fields, status_in=from_status, row=values)
             if written is not None:
                 if not written:
                     return pending_messages(execution, definition)
                 _announce_outcome(execution, step, status, output, error, fields)
-                headers[nxt.step_id] = row = _saved(values)
-                if claims:
-                    assert continuation is not None
-                    continuation.claimed = Claim(row, execution, definition, token=continuation.token)
-                return [message]
+                headers[nxt.step_id] = _saved(values)
+                return [message_for(execution, definition, nxt.step_id)]
     updated = prepared_sql.update_where(StepExecution, fields, status_in=from_status, id=step.id)
     if not updated:
         return pending_messages(execution, definition)
@@ -469,12 +437,6 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
     if step.iteration > 0:
         return _item_finished(execution, definition, step)
     return advance(execution, definition, rows=headers, unrolled=unrolled)
-
-
-def _continues(continuation: Continuation, message: Outgoing) -> bool:
-    """True when the thread of ``continuation`` runs ``message``'s step itself."""
-    return (message.actor == continuation.actor and message.delay_ms is None
-            and message.priority >= continuation.min_priority and time.monotonic() < continuation.until)
 
 
 def _the_one_next(unrolled: inline.Unrolled) -> inline.Decided | None:
@@ -611,17 +573,14 @@ def orphaned(payload: StepPayload) -> bool:
     return bool(found) and leases.holder_gone(found[0])
 
 
-def complete_step(claim: Claim, output: Any, stored_input: Any = None, *,
-                  continuation: Continuation | None = None) -> list[Outgoing]:
+def complete_step(claim: Claim, output: Any, stored_input: Any = None) -> list[Outgoing]:
     """Record a step's output (and its inputs, secrets masked), plan what follows, and
-    return the messages to publish. ``continuation``: see ``Continuation``."""
+    return the messages to publish."""
     assert claim.step is not None
-    if continuation is not None:
-        continuation.claimed = None  # an attempt that did not commit claimed nothing
     with transaction():
         execution, headers = lock_sql.lock_with_headers(claim.execution.id)
         return record_step(execution, claim.definition, claim.step, "SUCCEEDED", output=output,
-                           stored_input=stored_input, headers=headers, continuation=continuation)
+                           stored_input=stored_input, headers=headers)
 
 
 def fail_step(claim: Claim, error: str, *, status: str = "FAILED", stored_input: Any = None) -> list[Outgoing]:
