@@ -87,8 +87,11 @@ def release(token: str) -> None:
     unreachable, the lease runs out instead)."""
     try:
         with database.connection_context():
+            # ``completed_at IS NULL``: every RUNNING step has none, and it lets the query read
+            # the index of open steps (``idx_step_execution_open``) instead of the table.
             StepExecution.update(claimed_by=None, lease_until=lease_from(utcnow())).where(
-                (StepExecution.claimed_by == token) & (StepExecution.status == "RUNNING")).execute()
+                (StepExecution.claimed_by == token) & (StepExecution.status == "RUNNING")
+                & StepExecution.completed_at.is_null()).execute()
     except UNREACHABLE:
         holders.STORE.failed()
 
@@ -97,8 +100,10 @@ def renew(tokens: list[str]) -> int:
     """Extend the leases of ``tokens`` (their steps still RUNNING under them); how many."""
     if not tokens:
         return 0
+    # ``completed_at IS NULL`` (true of every RUNNING step) reads the index of open steps.
     return int(StepExecution.update(lease_until=lease_from(utcnow())).where(
-        (StepExecution.claimed_by.in_(tokens)) & (StepExecution.status == "RUNNING")).execute())
+        (StepExecution.claimed_by.in_(tokens)) & (StepExecution.status == "RUNNING")
+        & StepExecution.completed_at.is_null()).execute())
 
 
 class Heartbeat:

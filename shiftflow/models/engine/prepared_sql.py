@@ -73,6 +73,16 @@ def _columns(model: type[peewee.Model], rows: Sequence[Mapping[str, Any]]) -> li
     return chosen
 
 
+def insert_columns(model: type[peewee.Model], rows: Sequence[Mapping[str, Any]]) -> list[peewee.Field]:
+    """The fields an insert of ``rows`` writes, in order (for SQL built elsewhere: ``complete_sql``)."""
+    return _columns(model, rows)
+
+
+def insert_params(columns: Sequence[peewee.Field], rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The parameters of an insert of ``rows`` into ``columns`` (``insert_columns``), defaults filled in."""
+    return _params(columns, rows)
+
+
 def insert_rows(model: type[peewee.Model], rows: Sequence[Mapping[str, Any]], *, ignore_conflicts: bool = False) -> int:
     """``model.insert_many(rows)`` (``.on_conflict_ignore()``) with its SQL built once per shape.
 

@@ -42,6 +42,7 @@ from shiftflow.kernel.sizes import SizeLimitExceeded, json_size
 from shiftflow.kernel.steps import TERMINAL, StepState
 from shiftflow.models.engine import (
     claim_sql,
+    complete_sql,
     connection_secrets,
     flow_control,
     inline,
@@ -176,31 +177,43 @@ def _insert(execution: Execution, step_id: str, step_type: str, status: str, ite
             **fields: Any) -> StepExecution:
     """Create one step row. Only ``advance`` calls this, with the execution locked, so no
     other transaction can create the same row meanwhile: one INSERT, no read-back."""
+    values = _new_row(execution, step_id, step_type, status, iteration, **fields)
+    prepared_sql.insert_rows(StepExecution, [values])
+    return _saved(values)
+
+
+def _new_row(execution: Execution, step_id: str, step_type: str, status: str, iteration: int = 0,
+             **fields: Any) -> dict[str, Any]:
+    """The field values of a new step row."""
     now = utcnow()
     values = {"id": uuid.uuid4(), "execution": execution.id, "step_id": step_id, "iteration": iteration,
               "step_type": step_type, "status": status, "created_at": now, **fields}
     if status in TERMINAL:
         values.setdefault("completed_at", now)
-    prepared_sql.insert_rows(StepExecution, [values])
+    return values
+
+
+def _saved(values: dict[str, Any]) -> StepExecution:
+    """The row object of ``values``, just written."""
     row = StepExecution(**values)
     row._dirty.clear()  # type: ignore[attr-defined]  # Peewee's private dirty set: the row is saved
     return row
 
 
 def advance(execution: Execution, definition: Definition, *, first: bool = False,
-            rows: dict[str, StepExecution] | None = None) -> list[Outgoing]:
+            rows: dict[str, StepExecution] | None = None, unrolled: inline.Unrolled | None = None) -> list[Outgoing]:
     """Plan and start what is ready; run cheap steps inline; finish when done.
 
     Call inside ``transaction()`` with ``execution`` locked. ``first`` marks the first
     steps of a new execution (no follow-on priority boost). ``rows``: the header rows as
     they are now, when the caller has them (``lock_sql``); else they are read.
+    ``unrolled``: the plan of ``rows`` (``_plan``), when the caller made it already.
     """
     outgoing: list[Outgoing] = []
     if execution.status in TERMINAL:
         return outgoing
     rows = _rows(execution) if rows is None else rows
-    unrolled = inline.unroll(definition, {sid: StepState(r.status, r.output) for sid, r in rows.items()},
-                             context_for(execution, definition, {}))
+    unrolled = _plan(execution, definition, rows) if unrolled is None else unrolled
     for decided in unrolled.steps:
         step_id, step_type = decided.step_id, definition.step(decided.step_id).type
         if decided.inline:
@@ -224,6 +237,12 @@ def advance(execution: Execution, definition: Definition, *, first: bool = False
     # A running execution's progress is not written per step (one row version and one
     # statement less per step): ``progress_of`` derives it from the step rows when read.
     return outgoing
+
+
+def _plan(execution: Execution, definition: Definition, rows: dict[str, StepExecution]) -> inline.Unrolled:
+    """What ``advance`` will do with the header ``rows``: the steps it decides, in order."""
+    return inline.unroll(definition, {sid: StepState(r.status, r.output) for sid, r in rows.items()},
+                         context_for(execution, definition, {}))
 
 
 def progress_of(execution: Execution) -> int:
@@ -390,25 +409,55 @@ def record_step(execution: Execution, definition: Definition, step: StepExecutio
                               "duration_ms": ms_between(step.started_at or step.created_at, now)}
     if stored_input is not None:
         fields["input"] = masked(stored_input)
+    unrolled = None
+    if headers is not None and step.iteration == 0 and execution.status not in TERMINAL:
+        # The row as it is about to be written: the planner must see this step final. (If
+        # the update finds the step moved on, nothing below reads ``headers``.)
+        row = headers.get(step.step_id) or step
+        for name, value in fields.items():
+            setattr(row, name, value)
+        row._dirty.clear()  # type: ignore[attr-defined]  # Peewee's private dirty set: the row is saved
+        headers[step.step_id] = row
+        unrolled = _plan(execution, definition, headers)
+        nxt = _the_one_next(unrolled)
+        if nxt is not None:
+            # A linear chain: this step's outcome and the next step's row in one statement.
+            values = _new_row(execution, nxt.step_id, definition.step(nxt.step_id).type, nxt.status)
+            written = complete_sql.complete_and_insert(step.id, fields, status_in=from_status, row=values)
+            if written is not None:
+                if not written:
+                    return pending_messages(execution, definition)
+                _announce_outcome(execution, step, status, output, error, fields)
+                headers[nxt.step_id] = _saved(values)
+                return [message_for(execution, definition, nxt.step_id)]
     updated = prepared_sql.update_where(StepExecution, fields, status_in=from_status, id=step.id)
     if not updated:
         return pending_messages(execution, definition)
+    _announce_outcome(execution, step, status, output, error, fields)
+    if step.iteration > 0:
+        return _item_finished(execution, definition, step)
+    return advance(execution, definition, rows=headers, unrolled=unrolled)
+
+
+def _the_one_next(unrolled: inline.Unrolled) -> inline.Decided | None:
+    """The step a plan makes ready when it is exactly one step for a worker and nothing else
+    (nothing inline, skipped, stopped or finished): the case ``complete_sql`` writes in one
+    statement. None otherwise."""
+    if len(unrolled.steps) != 1 or unrolled.decision.stopped or unrolled.decision.finished:
+        return None
+    decided = unrolled.steps[0]
+    return decided if decided.status == "PENDING" else None
+
+
+def _announce_outcome(execution: Execution, step: StepExecution, status: str, output: Any, error: str | None,
+                      fields: dict[Any, Any]) -> None:
+    """The outcome's metrics, document and live update; a failure's reason on the execution."""
     announce_step(execution, step.step_id, step.step_type, status,
                   {"iteration": step.iteration, "output": output, "error": error,
                    "durationMs": fields["duration_ms"] or 0, "attempt": step.attempts,
                    "startedAt": step.started_at.isoformat() if step.started_at else None})
     if status in ("FAILED", "TIMED_OUT") and not execution.error:
         execution.error = f"step {step.step_id}: {error}"
-    if step.iteration > 0:
-        return _item_finished(execution, definition, step)
-    if headers is not None:
-        # The row as just written: the planner must see this step final.
-        row = headers.get(step.step_id) or step
-        for name, value in fields.items():
-            setattr(row, name, value)
-        row._dirty.clear()  # type: ignore[attr-defined]  # Peewee's private dirty set: the row is saved
-        headers[step.step_id] = row
-    return advance(execution, definition, rows=headers)
 
 
 def _item_finished(execution: Execution, definition: Definition, item: StepExecution) -> list[Outgoing]:

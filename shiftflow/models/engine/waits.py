@@ -243,7 +243,9 @@ def _resume_orphans(now: dt.datetime, limit: int) -> list[Outgoing]:
         return []
     outgoing: list[Outgoing] = []
     with runs.transaction():
+        # ``completed_at IS NULL`` (true of every RUNNING step) reads the index of open steps.
         expired = _due(StepExecution.select().where((StepExecution.status == "RUNNING")
+                                                    & StepExecution.completed_at.is_null()
                                                     & (StepExecution.lease_until < now)), limit)
         for step in expired:
             if not leases.holder_gone(step, now) or not leases.adopt(step, now):

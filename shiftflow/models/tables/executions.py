@@ -199,12 +199,15 @@ Execution.add_index(Execution.index(Execution.deadline_at,
                                     name="idx_execution_deadline"))
 StepExecution.add_index(StepExecution.index(StepExecution.wait_key, where=peewee.SQL("wait_key IS NOT NULL"),
                                             name="idx_step_execution_wait_key"))
-StepExecution.add_index(StepExecution.index(StepExecution.status, StepExecution.resume_at,
-                                            where=peewee.SQL("resume_at IS NOT NULL"),
+# The timer loop's timers (migration 0017: keyed on the timer alone, so that no index of the
+# table names ``status`` and a claim's update is HOT; the queries still filter the status).
+StepExecution.add_index(StepExecution.index(StepExecution.resume_at, where=peewee.SQL("resume_at IS NOT NULL"),
                                             name="idx_step_execution_resume"))
-StepExecution.add_index(StepExecution.index(StepExecution.status, StepExecution.timeout_at,
-                                            where=peewee.SQL("timeout_at IS NOT NULL"),
+StepExecution.add_index(StepExecution.index(StepExecution.timeout_at, where=peewee.SQL("timeout_at IS NOT NULL"),
                                             name="idx_step_execution_timeout"))
-# The timer loop's sweep of claims whose lease ran out (migration 0010): only RUNNING rows.
-StepExecution.add_index(StepExecution.index(StepExecution.lease_until, where=peewee.SQL("status = 'RUNNING'"),
-                                            name="idx_step_execution_lease"))
+# The steps not final yet (migration 0017): what the lease sweep and the heartbeat read
+# (``completed_at IS NULL`` in their queries). Keyed and filtered on columns a claim and a
+# lease renewal never change, so those updates are HOT; an outcome sets ``completed_at``
+# and the row leaves the index.
+StepExecution.add_index(StepExecution.index(StepExecution.created_at, where=peewee.SQL("completed_at IS NULL"),
+                                            name="idx_step_execution_open"))
