@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 import sys
 
+from shiftflow.kernel import memprofile
 from shiftflow.kernel.errors import SettingsError
 from shiftflow.kernel.settings import Settings, configure
+
+# Opt-in (SHIFTFLOW_TRACEMALLOC_DIR): on before the actors are imported, so their
+# allocations carry a traceback.
+memprofile.start_from_env()
 
 try:
     settings = configure(Settings.from_env())

@@ -140,6 +140,11 @@ class MongoSink:
             if len(self._buffer) >= self.batch_size:
                 self._cond.notify()
 
+    def buffered(self) -> int:
+        """Documents waiting to be sent (the batch being sent not counted)."""
+        with self._cond:
+            return len(self._buffer)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued document was sent; False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
