@@ -31,6 +31,6 @@ if settings.metrics_dir:
     os.makedirs(settings.metrics_dir, exist_ok=True)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", settings.metrics_dir)
 
-from shiftflow.consumers.boot import boot
+from shiftflow.consumers.boot import boot  # noqa: E402 - after the profiling hook and the metrics directory
 
 broker = boot(settings)
