@@ -68,7 +68,7 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
 MAX_BUFFERED = 50_000
 #: Past this backlog a writing thread waits for room while MongoDB is reachable. Why: under
 #: sustained load the one writer thread of a process fell behind its worker threads, and
-#: the backlog grew by thousands of documents a second (about 1.2 kB resident each) up to
+#: the backlog grew by thousands of documents a second (about 1.1 kB resident each) up to
 #: ``MAX_BUFFERED``, where documents were dropped (docs/engine-cost.md#worker-memory).
 HIGH_WATER = 5_000
 #: The longest one write waits for room; past it the document is queued anyway.

@@ -1,7 +1,7 @@
 """The MongoDB sink's backlog stays bounded while MongoDB is up but slower than the workers.
 
 Under a long soak the writer thread fell behind the worker threads and its buffer grew to
-tens of thousands of documents (about 1.2 kB of resident memory each), towards the cap
+tens of thousands of documents (about 1.1 kB of resident memory each), towards the cap
 at which it drops the oldest: memory that never came back, then lost logs. Past the
 high-water mark a writer waits for room instead, as long as the sink is sending; while
 MongoDB is unreachable it does not wait (PostgreSQL is the truth, the workers go on).
