@@ -111,6 +111,37 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+#: glibc maps each thread arena's heap at an address aligned to its maximum size (64 MiB).
+_ARENA_ALIGN = 64 * 1024 * 1024
+
+
+def heap_breakdown(pid: int) -> dict[str, int]:
+    """Resident kB of ``pid`` by kind of mapping: glibc's main arena (``[heap]``), its thread
+    arenas (anonymous mappings at a 64 MiB-aligned address), other anonymous memory (Python's
+    object arenas, large blocks, thread stacks) and files. Empty when it is gone."""
+    kinds: dict[str, int] = {"main arena": 0, "thread arenas": 0, "other anonymous": 0, "files": 0}
+    kind = ""
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            name = head[5] if len(head) > 5 else ""
+            if name == "[heap]":
+                kind = "main arena"
+            elif name.startswith("/"):
+                kind = "files"
+            elif name:
+                kind = ""
+            else:
+                kind = "thread arenas" if int(head[0].split("-")[0], 16) % _ARENA_ALIGN == 0 else "other anonymous"
+        elif head and head[0] == "Rss:" and kind:
+            kinds[kind] += int(head[1])
+    return kinds
+
+
 def pool_rss(roots: list[int]) -> dict[int, int]:
     """RSS per process of the pool (the roots and every descendant)."""
     return {pid: rss_kb(pid) for pid in sorted(_descendants(_proc_table(), roots))}
@@ -126,6 +157,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--every", type=float, default=2.0, help="seconds between RSS samples (default 2)")
     parser.add_argument("--warmup-share", type=float, default=0.10, help="warm-up share of the messages (0.10)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the growth target is missed")
+    parser.add_argument("--tracemalloc-dir", default="", help="worker processes write tracemalloc snapshots here "
+                        "(SHIFTFLOW_TRACEMALLOC_DIR; compare them with bench/memdiff.py); tracing slows them")
+    parser.add_argument("--tracemalloc-seconds", type=float, default=30.0, help="seconds between snapshots (30)")
+    parser.add_argument("--tracemalloc-frames", type=int, default=12,
+                        help="frames per traceback (12); 0: no tracing, only RSS, object counts and the Mongo backlog")
     return parser.parse_args(argv)
 
 
@@ -181,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"bench_soak: {args.messages:,} messages ({executions:,} executions, cheap and outside-call in turn) "
           f"through {args.processes} worker processes x {args.threads} threads; at most {args.in_flight} in flight; "
-          f"load average before {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"load average before {os.getloadavg()[0]:.2f}; MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', '')!r}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     samples: list[Sample] = []
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="sf-soak-") as tmp:
         try:
@@ -191,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             engine_services.ECHO_PIDS[:] = [echo_pid]
             system = SoakSystem(args.processes, args.threads, "outside", echo_url)
             system.setup(res, mongo_url)
+            if args.tracemalloc_dir:
+                system.env["SHIFTFLOW_TRACEMALLOC_DIR"] = str(Path(args.tracemalloc_dir).resolve())
+                system.env["SHIFTFLOW_TRACEMALLOC_SECONDS"] = str(args.tracemalloc_seconds)
+                system.env["SHIFTFLOW_TRACEMALLOC_FRAMES"] = str(args.tracemalloc_frames)
             stack.callback(system.close)
             workers = system.workers(Path(tmp))
             workers.start()
@@ -222,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             samples.append(Sample(time.time(), messages_for(done), pool_rss(workers.pids())))
             after = cpu_snapshot(workers.pids(), mongo_pids)
             growth = report(samples, roots, args.messages, warmup)
+            for pid in sorted(samples[-1].rss):
+                if pid not in roots and (kinds := heap_breakdown(pid)):
+                    print(f"  {pid} resident MB at the end: " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in kinds.items()))
             cpu = cpu_ms_per_execution(before, after, executions)
             spent = samples[-1].at - samples[0].at
             print(f"{executions / spent:.1f} executions/s, {args.messages / spent:.0f} messages/s; CPU ms per "

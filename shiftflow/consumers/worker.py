@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 import sys
 
+from shiftflow.kernel import memprofile
 from shiftflow.kernel.errors import SettingsError
 from shiftflow.kernel.settings import Settings, configure
+
+# Opt-in (SHIFTFLOW_TRACEMALLOC_DIR): on before the actors are imported, so their
+# allocations carry a traceback.
+memprofile.start_from_env()
 
 try:
     settings = configure(Settings.from_env())
@@ -26,6 +31,6 @@ if settings.metrics_dir:
     os.makedirs(settings.metrics_dir, exist_ok=True)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", settings.metrics_dir)
 
-from shiftflow.consumers.boot import boot
+from shiftflow.consumers.boot import boot  # noqa: E402 - after the profiling hook and the metrics directory
 
 broker = boot(settings)

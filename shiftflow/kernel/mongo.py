@@ -66,6 +66,13 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
 
 #: Documents kept in memory while MongoDB is unreachable; older ones are dropped first.
 MAX_BUFFERED = 50_000
+#: Past this backlog a writing thread waits for room while MongoDB is reachable. Why: under
+#: sustained load the one writer thread of a process fell behind its worker threads, and
+#: the backlog grew by thousands of documents a second (about 1.1 kB resident each) up to
+#: ``MAX_BUFFERED``, where documents were dropped (docs/engine-cost.md#worker-memory).
+HIGH_WATER = 5_000
+#: The longest one write waits for room; past it the document is queued anyway.
+MAX_WAIT_SECONDS = 5.0
 _DUPLICATE_KEY = 11000
 #: Write errors about the server's state, not the document: the batch is tried again.
 _RETRYABLE_CODES = frozenset({91, 189, 262, 6, 7, 89, 9001, 10107, 11600, 11602, 13435, 13436, 50})
@@ -80,17 +87,27 @@ class MongoSink:
         batch_size: the most documents sent in one ``insert_many``.
         flush_ms: the longest a document waits in memory before it is sent.
         max_document_bytes: a larger document is replaced by a stand-in before it is sent.
+        high_water: past this many waiting documents, ``write`` waits (at most ``max_wait``
+            seconds) for the writer to make room, unless the last send failed.
+        max_wait: seconds one ``write`` waits for room at most.
     """
 
     def __init__(self, url: str, db_name: str, *, batch_size: int = 200, flush_ms: int = 100,
-                 max_document_bytes: int = bson_guard.MAX_DOCUMENT_BYTES) -> None:
+                 max_document_bytes: int = bson_guard.MAX_DOCUMENT_BYTES, high_water: int = HIGH_WATER,
+                 max_wait: float = MAX_WAIT_SECONDS) -> None:
         self.url = url
         self.max_document_bytes = max_document_bytes
         self.db_name = db_name
         self.batch_size = batch_size
         self.flush_seconds = flush_ms / 1000.0
+        self.high_water = high_water
+        self.max_wait = max_wait
         self._buffer: deque[tuple[str, dict[str, Any]]] = deque()
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # the writer thread waits on it for documents
+        self._room = threading.Condition(lock)  # writing threads wait on it for room
+        #: Whether the last send reached MongoDB: only then is waiting for room worth it.
+        self._sending = True
         self._pid = -1
         self._client: MongoClient[dict[str, Any]] | None = None
         self._thread: threading.Thread | None = None
@@ -129,16 +146,34 @@ class MongoSink:
 
     # -- writing ----------------------------------------------------------------------
     def write(self, collection: str, document: dict[str, Any]) -> None:
-        """Queue one document; it is sent within ``flush_ms``. Never blocks on MongoDB."""
+        """Queue one document; it is sent within ``flush_ms``.
+
+        Past ``high_water`` waiting documents it waits (``max_wait`` at most) for the writer
+        to make room, so a writer slower than the worker threads slows them instead of
+        filling memory; while MongoDB is unreachable it never waits.
+        """
         document.setdefault("_id", ObjectId())
         with self._cond:
             self._start_thread()
+            if len(self._buffer) >= self.high_water and self._sending:
+                deadline = time.monotonic() + self.max_wait
+                self._cond.notify()
+                while len(self._buffer) >= self.high_water and self._sending and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._room.wait(remaining)
             if len(self._buffer) >= MAX_BUFFERED:
                 self._buffer.popleft()
                 metrics.LOG_DOCUMENTS.labels("dropped").inc()
             self._buffer.append((collection, document))
             if len(self._buffer) >= self.batch_size:
                 self._cond.notify()
+
+    def buffered(self) -> int:
+        """Documents waiting to be sent (the batch being sent not counted)."""
+        with self._cond:
+            return len(self._buffer)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued document was sent; False if ``timeout`` passed first."""
@@ -159,6 +194,7 @@ class MongoSink:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            self._room.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._client is not None and self._pid == os.getpid():
@@ -183,6 +219,8 @@ class MongoSink:
                     return
                 batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
                 self._inflight = len(batch)
+                if batch:
+                    self._room.notify_all()
             try:
                 if batch:
                     self._send(batch)
@@ -192,6 +230,8 @@ class MongoSink:
                 with self._cond:
                     self._buffer.extendleft(reversed(batch))
                     self._inflight = 0
+                    self._sending = False  # writing threads stop waiting for room
+                    self._room.notify_all()
                 time.sleep(min(1.0, self.flush_seconds * 5))
                 continue
             except Exception:
@@ -202,6 +242,7 @@ class MongoSink:
             if batch:
                 with self._cond:
                     self._inflight = 0
+                    self._sending = True
                     self._cond.notify_all()
 
     def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
