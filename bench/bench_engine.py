@@ -84,7 +84,7 @@ from bench.engine_services import (  # noqa: E402
 from bench.engine_systems import SYSTEMS, WORKLOADS, System  # noqa: E402
 
 TARGET_P50_MS, TARGET_P99_MS = 15.0, 40.0
-#: Executions/s targets per workload: ShiftFlow / bare Dramatiq, ShiftFlow / Celery (issue 14).
+#: Executions/s targets per workload: ShiftFlow / bare Dramatiq, ShiftFlow / Celery.
 TARGETS: dict[str, tuple[float, float]] = {"cheap": (2.0, 2.5), "outside": (1.5, 2.0), "fanout": (0.0, 1.0)}
 #: Phase-1 executions per workload (``--executions`` overrides): normal, ``--quick``.
 EXECUTIONS: dict[str, tuple[int, int]] = {"cheap": (2000, 600), "outside": (1000, 300), "fanout": (150, 50)}

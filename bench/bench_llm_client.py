@@ -14,7 +14,7 @@ that load drifts hit both:
   "by hand" costs, and the floor the client is compared with.
 
 Prints calls/s and CPU ms per call of both, and the ratios client/bare (calls/s below 1
-and CPU above 1 are the client's cost). The engine-level LLM workload of issue 16 (1,000
+and CPU above 1 are the client's cost). The engine-level LLM workload (1,000
 prompt runs through ShiftFlow against a bare Dramatiq actor) builds on this.
 
 Usage: ``.venv/bin/python bench/bench_llm_client.py [--calls 2000] [--blocks 20]``

@@ -15,7 +15,7 @@ process of the pool (the dramatiq supervisor, its worker processes, the timer fo
 It prints the curve (total RSS of the worker processes against messages processed) at
 its start, at the end of the warm-up (``--warmup-share`` of the messages, default 10 %),
 in the middle and at the end, each process's RSS at those points, and the growth from the
-end of the warm-up to the end. Target: at most 10 % (issue 14). Exit 0 when the run
+end of the warm-up to the end. Target: at most 10 %. Exit 0 when the run
 completed (``--strict``: 1 when the target is missed).
 """
 

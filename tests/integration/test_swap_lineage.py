@@ -1,4 +1,4 @@
-"""One order per swap across a re-run lineage, whatever the operators do (issue 11, findings 1-3).
+"""One order per swap across a re-run lineage, whatever the operators do.
 
 Real RabbitMQ, PostgreSQL, Redis and a Dramatiq worker with the timer loop in this
 process; the fake SideShift over real HTTP; the management API in uvicorn where the

@@ -257,7 +257,7 @@ def operator_unknowns(env: dict[str, str]) -> tuple[set[tuple[str, str]], str]:
 
     Reads ``shiftflow effects list --json`` (a list of objects, or ``{"items": [...]}``,
     naming ``execution_id`` or ``execution`` and ``step_id`` or ``step``). While that
-    command does not exist (issue 12, finding 4) nothing is listed, and the second value
+    command does not exist nothing is listed, and the second value
     says why.
     """
     result = subprocess.run(

@@ -453,7 +453,7 @@ class Driver:
         return answers
 
     def legacy_rerun(self, execution_id: Any) -> Any:
-        """A re-run inserted as ``control.rerun`` made them before issue 11 (no check for an
+        """A re-run inserted as ``control.rerun`` made them before the lineage fix (no check for an
         active re-run): the lineage then has two executions running the same swap."""
         with runs.transaction():
             old = runs.lock_execution(execution_id)
