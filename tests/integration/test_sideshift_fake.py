@@ -9,7 +9,6 @@ prefix, deleted afterwards.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -54,6 +53,7 @@ from shiftflow.kernel.sideshift import (
     Unauthorized,
     UnknownOutcome,
 )
+from tests.support.stopping import DIAGNOSABLE, stop_or_explain
 
 pytestmark = pytest.mark.integration
 
@@ -701,6 +701,7 @@ def test_the_fakes_command_takes_the_behaviour_as_flags():
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=DIAGNOSABLE,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -721,5 +722,4 @@ def test_the_fakes_command_takes_the_behaviour_as_flags():
             "commission_format": "percent",
         }
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
+        assert stop_or_explain(proc) == 0

@@ -15,6 +15,7 @@ import httpx
 
 from shiftflow.cli.main import main
 from shiftflow.kernel.llm import LlmRequest, Message, make_client
+from tests.support.stopping import DIAGNOSABLE, stop_or_explain
 
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
 
@@ -22,7 +23,8 @@ SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
 @contextmanager
 def serving(*args: str, stop: signal.Signals = signal.SIGINT) -> Iterator[list[str]]:
     """Run ``shiftflow fakes ARGS`` until it printed its Stop line; yield what it printed; stop it with ``stop``."""
-    proc = subprocess.Popen([SHIFTFLOW, "fakes", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([SHIFTFLOW, "fakes", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=DIAGNOSABLE)
     try:
         assert proc.stdout is not None
         lines: list[str] = []
@@ -33,8 +35,7 @@ def serving(*args: str, stop: signal.Signals = signal.SIGINT) -> Iterator[list[s
         assert lines and "Stop: Ctrl-C" in lines[-1], "\n".join(lines)
         yield lines
     finally:
-        proc.send_signal(stop)
-        assert proc.wait(20) == 0
+        assert stop_or_explain(proc, stop) == 0
 
 
 def test_fakes_llm_serves_both_apis_until_interrupted():
