@@ -3,8 +3,7 @@
 Inputs are CPU milliseconds per execution by component (workers, PostgreSQL, RabbitMQ,
 Mongo), as ``bench/bench_engine.py`` measures them (its ``cpu_ms_per_execution``: the
 same keys), per workload. Defaults are the latest measured figures of docs/engine-cost.md
-(the mean of its two runs; where that page gives only a total, the split is estimated
-and marked so). ``--figures FILE.json`` replaces them: ``{"outside": {"workers": 15.5,
+(the mean of its two runs). ``--figures FILE.json`` replaces them: ``{"outside": {"workers": 15.5,
 "postgres": 8.7, "rabbitmq": 3.0, "mongo": 2.5, "messages": 4, "busiest_queue": 3,
 "commits": 11.4, "bare_dramatiq": {"workers": 5.6, ...}}, ...}`` (any subset of workloads
 and keys). ``bench_engine.py --figures-out FILE.json`` writes that file from its run
@@ -66,29 +65,25 @@ class Workload:
         return float(getattr(self, component))
 
 
-#: docs/engine-cost.md, "Figures" (2026-12-06, --quick, mean of the two runs).
+#: docs/engine-cost.md, "After the lean step, on a quiet machine" (2026-12-06, --quick, the
+#: mean of two runs at load average 0.7-2.7; ``bench_engine.py --figures-out`` writes these).
 DEFAULTS: dict[str, Workload] = {
-    # Three http steps: 25.1 / 36.0 ms in all; components as measured.
-    "outside": Workload("outside", workers=15.55, postgres=8.75, rabbitmq=3.05, mongo=2.55,
-                        messages=4, busiest_queue=3, commits=11.35, documents=10),
-    # Inline transform steps: only the total (5.1 / 3.6 ms) is published; split by the
-    # outside workload's cost per commit (PostgreSQL), per message (RabbitMQ) and per
-    # document (Mongo), the rest to the workers.
-    "cheap": Workload("cheap", workers=1.31, postgres=1.54, rabbitmq=0.76, mongo=0.77,
-                      messages=1, busiest_queue=1, commits=2.0, documents=3,
-                      estimated=("workers", "postgres", "rabbitmq", "mongo")),
-    # for_each over 20 http calls then a join: workers and PostgreSQL measured (117, 45 ms);
-    # RabbitMQ and Mongo scaled from the outside workload by messages (about 23) and
-    # documents (46.7).
-    "fanout": Workload("fanout", workers=117.0, postgres=45.0, rabbitmq=17.5, mongo=11.9,
-                       messages=23, busiest_queue=21, commits=65.9, documents=46.7,
-                       estimated=("rabbitmq", "mongo")),
+    # Three http steps; the chain runs on one tools message after the trigger.
+    "outside": Workload("outside", workers=8.47, postgres=4.80, rabbitmq=0.89, mongo=2.94,
+                        messages=2, busiest_queue=1, commits=8.15, documents=12.95),
+    # Three inline steps in the trigger's message.
+    "cheap": Workload("cheap", workers=2.26, postgres=0.70, rabbitmq=0.29, mongo=0.82,
+                      messages=1, busiest_queue=1, commits=2.0, documents=7.3),
+    # for_each over 20 http calls then a join: each item is a tools message of its own.
+    "fanout": Workload("fanout", workers=87.0, postgres=36.5, rabbitmq=10.1, mongo=20.6,
+                       messages=23, busiest_queue=21, commits=45.3, documents=67.75),
 }
 
-#: Bare Dramatiq doing the same work (same page, same runs), for the ratios.
+#: Bare Dramatiq doing the same work (same runs), for the ratios.
 BASELINE: dict[str, dict[str, float]] = {
-    "outside": {"workers": 5.6, "postgres": 1.1, "rabbitmq": 1.2, "mongo": 1.6},
-    "fanout": {"workers": 50.7, "postgres": 6.5, "rabbitmq": 0.0, "mongo": 0.0},
+    "outside": {"workers": 5.15, "postgres": 0.54, "rabbitmq": 0.88, "mongo": 1.42},
+    "cheap": {"workers": 2.27, "postgres": 0.51, "rabbitmq": 0.76, "mongo": 1.34},
+    "fanout": {"workers": 45.9, "postgres": 4.9, "rabbitmq": 5.9, "mongo": 9.2},
 }
 
 
@@ -226,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.utilisation <= 1:
         parser.error("--utilisation: expected a share from 0 (excluded) to 1")
     # One document per step outcome (docs/engine-cost.md, "What is avoidable").
-    args.documents_after = {"outside": 7.0, "cheap": 2.0, "fanout": 25.0}
+    args.documents_after = {"outside": 7.0, "cheap": 4.0, "fanout": 25.0}
     return args
 
 
