@@ -13,23 +13,10 @@ Both serve until Ctrl-C or SIGTERM, then close every connection and exit 0.
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from typing import Any
 
+from shiftflow.cli.interrupt import wait_for_stop_signal
 from shiftflow.cli.operator import usage_error
-
-
-def _serve_until_interrupted() -> None:
-    """Return on Ctrl-C (SIGINT) or SIGTERM, so the caller's ``with`` stops the server cleanly."""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _aliases(values: list[str]) -> dict[str, str] | None:
@@ -65,7 +52,7 @@ def _llm(args: argparse.Namespace) -> int:
               "(docs/llm.md).")
         print(f"requests: curl {server.url}/_fake/requests   counters: curl {server.url}/_fake/counters   "
               "Stop: Ctrl-C", flush=True)
-        _serve_until_interrupted()
+        wait_for_stop_signal()
     return 0
 
 
@@ -91,7 +78,7 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"Deployments are queued {args.queued_seconds:g} s, build {args.building_seconds:g} s, then are "
               'ready (metadata {"fake_outcome": "error"} or "canceled" ends them otherwise).')
         print(f"requests: curl {server.url}/_fake/requests   Stop: Ctrl-C", flush=True)
-        _serve_until_interrupted()
+        wait_for_stop_signal()
     return 0
 
 

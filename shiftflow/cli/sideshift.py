@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 from typing import Any
 
+from shiftflow.cli.interrupt import wait_for_stop_signal
 from shiftflow.cli.main import bind, settings_from_args
 from shiftflow.kernel.errors import SettingsError
 
@@ -189,10 +189,7 @@ def _fakes(args: argparse.Namespace) -> int:
         root = sideshift.base_url.rsplit("/api", 1)[0]
         print(f"where SideShift's documentation is silent the fake answers: {json.dumps(behaviour.to_json())}")
         print(f"counters: curl {root}/_fake/counters   behaviour: curl {root}/_fake/behaviour   Stop: Ctrl-C", flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+        wait_for_stop_signal()
     return 0
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from shiftflow.cli.main import main
 from shiftflow.kernel.llm import LlmRequest, Message, make_client
@@ -20,11 +21,18 @@ from tests.support.stopping import DIAGNOSABLE, stop_or_explain
 SHIFTFLOW = str(Path(sys.executable).with_name("shiftflow"))
 
 
+def _ctrl_c_ignored_and_blocked() -> None:
+    """What a background job of a shell, or a parent that blocked signals, hands down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 @contextmanager
-def serving(*args: str, stop: signal.Signals = signal.SIGINT) -> Iterator[list[str]]:
+def serving(*args: str, stop: signal.Signals = signal.SIGINT, inherited_ignore: bool = False,
+            command: tuple[str, ...] = ("fakes",)) -> Iterator[list[str]]:
     """Run ``shiftflow fakes ARGS`` until it printed its Stop line; yield what it printed; stop it with ``stop``."""
-    proc = subprocess.Popen([SHIFTFLOW, "fakes", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=DIAGNOSABLE)
+    proc = subprocess.Popen([SHIFTFLOW, *command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=DIAGNOSABLE, preexec_fn=_ctrl_c_ignored_and_blocked if inherited_ignore else None)
     try:
         assert proc.stdout is not None
         lines: list[str] = []
@@ -50,6 +58,15 @@ def test_fakes_llm_serves_both_apis_until_interrupted():
             with make_client(provider, credentials, allow_private=True) as client:
                 out = client.complete(LlmRequest(model="fake-echo", messages=(Message.user("ping"),)))
                 assert out.text == "echo: ping" and out.model == "fake-echo-2025-01-01"
+
+
+@pytest.mark.parametrize("command", [("fakes", "llm"), ("fakes", "deploy"), ("sideshift", "fakes")])
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_a_fake_even_when_the_parent_ignored_or_blocked_it(command, stop):
+    """Started from a shell's background job SIGINT arrives ignored (and a parent may have
+    blocked it): a command that says "Stop: Ctrl-C" must still stop on it."""
+    with serving(stop=stop, inherited_ignore=True, command=command) as lines:
+        assert "Stop: Ctrl-C" in lines[-1]
 
 
 def test_fakes_deploy_runs_a_deployment_in_real_time():
