@@ -93,7 +93,10 @@ def started_groups() -> Iterator[list[int]]:
     yield groups
     Chromium.__init__ = real_init  # type: ignore[method-assign]
     browser.close_pools()
-    assert groups, "no browser was started"
+    # Not "some browser was started": pytest-xdist may run this module in more than one
+    # stretch, each with its own instance of this fixture, and a stretch of tests that
+    # refuse before starting a browser is right to start none (it failed that way in a
+    # three-process run). The browsing tests check their own pages.
     assert _group_members(groups) == [], "browser processes outlived their pool"
 
 
