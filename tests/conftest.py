@@ -230,6 +230,19 @@ def pg_url(pg_supply: PgDatabaseSupply, pg_admin_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def pg_bound(pg_url: str) -> Iterator[None]:
+    """The models bound to this test's database (``pg_url``), inside one connection."""
+    from shiftflow.kernel.db import bind_database
+
+    database = bind_database(pg_url)
+    with database.connection_context():
+        yield
+    close_all = getattr(database, "close_all", None)
+    if close_all is not None:
+        close_all()
+
+
+@pytest.fixture
 def amqp_url(services: Services) -> Iterator[str]:
     """``amqp://guest:guest@127.0.0.1:5672/sf_t_<hex>``: a vhost of this test, deleted after."""
     with services.vhosts.temp_vhost() as url:

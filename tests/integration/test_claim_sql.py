@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from shiftflow.kernel.db import bind_database
 from shiftflow.models.engine import claim_sql
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
@@ -16,16 +14,6 @@ from shiftflow.models.tables.tenancy import Workspace
 from shiftflow.models.tables.workflows import Workflow
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def db(pg_url: str) -> Iterator[None]:
-    database = bind_database(pg_url)
-    with database.connection_context():
-        yield
-    close_all = getattr(database, "close_all", None)
-    if close_all is not None:
-        close_all()
 
 
 def _step(status: str = "PENDING", *, execution_status: str = "RUNNING", **fields: object) -> StepExecution:
@@ -50,7 +38,7 @@ def _claim(step: StepExecution, limit: int = 5) -> tuple[StepExecution, Executio
                                    lease_until=now + dt.timedelta(seconds=30), now=now, delivery_limit=limit)
 
 
-def test_a_pending_step_is_claimed_once_with_its_execution(db: None) -> None:
+def test_a_pending_step_is_claimed_once_with_its_execution(pg_bound: None) -> None:
     step = _step()
     claimed = _claim(step)
     assert claimed is not None
@@ -64,7 +52,7 @@ def test_a_pending_step_is_claimed_once_with_its_execution(db: None) -> None:
 
 
 @pytest.mark.parametrize("case", ["finished", "backing_off", "over_limit", "execution_over", "execution_paused"])
-def test_every_other_case_is_left_to_the_general_claim(db: None, case: str) -> None:
+def test_every_other_case_is_left_to_the_general_claim(pg_bound: None, case: str) -> None:
     step = {
         "finished": lambda: _step("SUCCEEDED"),
         "backing_off": lambda: _step(resume_at=utcnow() + dt.timedelta(seconds=60)),
@@ -79,7 +67,7 @@ def test_every_other_case_is_left_to_the_general_claim(db: None, case: str) -> N
     assert (after.status, after.attempts, after.claimed_by) == (before.status, before.attempts, before.claimed_by)
 
 
-def test_lock_with_headers_reads_the_execution_and_its_header_rows(db: None) -> None:
+def test_lock_with_headers_reads_the_execution_and_its_header_rows(pg_bound: None) -> None:
     from shiftflow.kernel.errors import NotFound
     from shiftflow.models.engine import lock_sql
     from shiftflow.models.tables.base import database

@@ -4,11 +4,9 @@ both or neither."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from shiftflow.kernel.db import bind_database
 from shiftflow.models.engine import complete_sql
 from shiftflow.models.tables.base import utcnow
 from shiftflow.models.tables.executions import Execution, StepExecution
@@ -16,16 +14,6 @@ from shiftflow.models.tables.tenancy import Workspace
 from shiftflow.models.tables.workflows import Workflow
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def db(pg_url: str) -> Iterator[None]:
-    database = bind_database(pg_url)
-    with database.connection_context():
-        yield
-    close_all = getattr(database, "close_all", None)
-    if close_all is not None:
-        close_all()
 
 
 def _running() -> StepExecution:
@@ -42,7 +30,7 @@ def _next_row(step: StepExecution) -> dict[str, object]:
             "step_type": "http", "status": "PENDING", "created_at": utcnow()}
 
 
-def test_the_outcome_and_the_next_row_are_written_together(db: None) -> None:
+def test_the_outcome_and_the_next_row_are_written_together(pg_bound: None) -> None:
     step = _running()
     row = _next_row(step)
     done = complete_sql.complete_and_insert(step.id, {"status": "SUCCEEDED", "output": {"x": [1, "y"]},
@@ -57,7 +45,7 @@ def test_the_outcome_and_the_next_row_are_written_together(db: None) -> None:
                                                                                           None)
 
 
-def test_a_step_that_moved_on_writes_neither(db: None) -> None:
+def test_a_step_that_moved_on_writes_neither(pg_bound: None) -> None:
     step = _running()
     StepExecution.update(status="CANCELLED", completed_at=utcnow()).where(StepExecution.id == step.id).execute()
     row = _next_row(step)
